@@ -1,0 +1,149 @@
+"""From trained SAEs to numbers: cosine tables, matching, clean/broken/dead latents, peaks, firing patterns."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.signal import find_peaks
+
+from .saes import StackedSAE
+from .train import DataStream, TrainResult
+from .world import World
+
+CLEAN_COS = 0.95
+"""A latent whose decoder has at least this cosine with its matched feature is clean."""
+PEAK_FLOOR = 0.1
+"""Peaks are counted above this fraction of a latent's max (tied latents fire weakly everywhere)."""
+PEAK_MIN_SHARE = 0.005
+"""A peak must hold at least this share of the latent's activations above the floor."""
+HISTOGRAM_BINS = 100
+EVAL_STREAM = 7
+"""Stream offset of the held-out evaluation samples (training uses offset 0)."""
+
+
+def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(a_AD, dim=-1) @ torch.nn.functional.normalize(b_BD, dim=-1).T
+
+
+def count_peaks(acts: np.ndarray) -> tuple[int, list[float]]:
+    """Number and locations of activation peaks above PEAK_FLOOR * max; 0 for a silent latent."""
+    top = float(acts.max()) if acts.size else 0.0
+    if top <= 0:
+        return 0, []
+    above = acts[acts > PEAK_FLOOR * top]
+    counts, edges = np.histogram(above, bins=HISTOGRAM_BINS, range=(PEAK_FLOOR * top, top * 1.0001))
+    padded = np.concatenate([[0], counts, [0]])  # so a peak in the first or last bin counts
+    idx, _ = find_peaks(padded, height=max(PEAK_MIN_SHARE * above.size, 1), distance=2)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return len(idx), [float(centres[i - 1]) for i in idx]
+
+
+def match_latents(decoder_cos_KN: np.ndarray, live: np.ndarray) -> list[dict]:
+    """One-to-one matching of live latents to features maximising decoder cosine (Hungarian)."""
+    latents = np.flatnonzero(live)
+    if latents.size == 0:
+        return []
+    rows, cols = linear_sum_assignment(-decoder_cos_KN[latents])
+    return [
+        {"latent": int(latents[r]), "feature": int(c), "cos": round(float(decoder_cos_KN[latents[r], c]), 4)}
+        for r, c in sorted(zip(rows, cols), key=lambda rc: latents[rc[0]])
+    ]
+
+
+def firing_pattern_sets(world: World, matched_features: set[int]) -> list[list[int]]:
+    """The feature sets the post's firing tables show: each relevant feature alone, then each
+    parent with each child and with all its children."""
+    related = {f for rel in world.config.hierarchy for f in (rel.parent, *rel.children)}
+    sets = [[f] for f in sorted(matched_features | related)]
+    for rel in world.config.hierarchy:
+        sets += [sorted([rel.parent, c]) for c in rel.children]
+        if len(rel.children) > 1:
+            sets.append(sorted([rel.parent, *rel.children]))
+    return sets
+
+
+@torch.no_grad()
+def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]], tau_SK) -> list[dict]:
+    """Latent activations of SAE s when exactly the given features fire at their magnitudes."""
+    f_PN = torch.zeros(len(sets), world.n_features, device=world.magnitudes_N.device)
+    for p, features in enumerate(sets):
+        f_PN[p, features] = world.magnitudes_N[features]
+    x = (f_PN @ world.directions_ND).expand(sae.n_saes, -1, -1)
+    h, _ = sae(x, tau_SK)
+    return [{"features": features, "activations": [round(float(v), 4) for v in h[s, p]]} for p, features in enumerate(sets)]
+
+
+@torch.no_grad()
+def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
+    """metrics.json without the claims: one entry per (SAE, seed)."""
+    world = result.world
+    F_ND = world.directions_ND
+    stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
+    f_RBN = stream.next()
+    x_RBD = f_RBN @ F_ND
+    variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
+    dead_below = 0.1 * float(world.magnitudes_N.min())
+    runs = []
+    for stack in result.stacks:
+        sae = stack.sae
+        h_SBK, x_hat = sae(x_RBD, stack.tau_SK)
+        mse_S = (x_hat - x_RBD).pow(2).sum(-1).mean(-1)
+        W_enc_SDK, _ = sae.encoder()
+        norms_SK = sae.W_dec_SKD.norm(dim=-1)
+        for s, seed in enumerate(result.seeds):
+            dec_cos = cosine(sae.W_dec_SKD[s], F_ND).cpu().numpy()
+            enc_cos = cosine(W_enc_SDK[s].T, F_ND).cpu().numpy()
+            acts = h_SBK[s].cpu().numpy()
+            # Dead: never writes even a tenth of the weakest feature's magnitude.
+            writes = acts.max(axis=0) * norms_SK[s].cpu().numpy()
+            live = writes >= dead_below
+            matches = match_latents(dec_cos, live)
+            clean = [m for m in matches if m["cos"] >= clean_cos]
+            peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            sets = firing_pattern_sets(world, {m["feature"] for m in clean})
+            runs.append({
+                "label": stack.config.label,
+                "architecture": stack.config.architecture,
+                "seed": seed,
+                "decoder_cos": _round(dec_cos),
+                "encoder_cos": _round(enc_cos),
+                "latent_cos": _round(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
+                "decoder_norms": _round(norms_SK[s].cpu().numpy()),
+                "matches": matches,
+                "learned_features": sorted(m["feature"] for m in clean),
+                "broken_latents": sorted(m["latent"] for m in matches if m["cos"] < clean_cos),
+                "dead_latents": [int(j) for j in np.flatnonzero(~live)],
+                "activation_peaks": [n for n, _ in peaks],
+                "peak_locations": [locs for _, locs in peaks],
+                "mse": round(float(mse_S[s]), 6),
+                "l0": round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
+                "explained_variance": round(float(1 - mse_S[s] / variance[s]), 6),
+                "firing_patterns": firing_patterns(sae, s, world, sets, stack.tau_SK),
+            })
+    return {
+        "name": result.config.name,
+        "samples": result.samples,
+        "samples_per_second": round(result.samples_per_second, 1),
+        "world": {
+            "expected_mse": _round(world.expected_mse().numpy()),
+            "expected_mse_ranking": world.expected_mse_ranking(),
+            "feature_cos": _round(cosine(F_ND, F_ND).cpu().numpy()),
+            "firing_rates": _round(world.marginal_rates().numpy()),
+        },
+        "runs": runs,
+    }
+
+
+def latent_activations(result: TrainResult, label: str, s: int, samples: int = 50_000) -> np.ndarray:
+    """Held-out activations [samples, K] of one SAE, for histograms."""
+    world = result.world
+    stack = next(st for st in result.stacks if st.config.label == label)
+    stream = DataStream(world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1)
+    with torch.no_grad():
+        h, _ = stack.sae(stream.next() @ world.directions_ND, stack.tau_SK)
+    return h[s].cpu().numpy()
+
+
+def _round(a: np.ndarray, digits: int = 4):
+    return np.round(np.asarray(a, dtype=np.float64), digits).tolist()

@@ -1,0 +1,360 @@
+"""Typed experiment configs: one dataclass per TOML table, validated on construction.
+
+Every error is a `ConfigError` naming the dotted field and what is allowed, so the CLI can
+print one line and exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# A per-feature quantity: one number for all, a list with one value per feature,
+# or {linear = [start, stop]} spread evenly from the first feature to the last.
+Spec = Union[float, list, dict]
+
+
+class ConfigError(ValueError):
+    """A bad config value; `field` is the dotted path, e.g. `sae.tied.l1`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field, message)
+
+
+@dataclass
+class HierarchyConfig:
+    parent: int
+    """Index of the parent feature."""
+    children: list[int]
+    """Indices of the child features; each co-occurs with the parent."""
+    mode: Literal["force", "conditional"] = "force"
+    """force: a child fires at its own rate and switches the parent on.
+    conditional: a child fires only while its parent fires, at its rate given the parent."""
+
+
+@dataclass
+class WorldConfig:
+    features: int = 20
+    """Number of true features."""
+    dim: int = 50
+    """Dimension of the input space; dim < features puts the features in superposition."""
+    firing: Spec = 0.2
+    """Firing probability: a number, a list (one per feature) or {linear = [start, stop]}."""
+    magnitude: Spec = 1.0
+    """Activation magnitude when a feature fires; same forms as `firing`."""
+    seed: int = 0
+    """Seed of the feature directions (the data stream is seeded by the training seed)."""
+    hierarchy: list[HierarchyConfig] = field(default_factory=list)
+    """Parent/child co-occurrence relations."""
+
+    def __post_init__(self) -> None:
+        _require(self.features >= 1, "world.features", f"must be >= 1, got {self.features}")
+        _require(self.dim >= 1, "world.dim", f"must be >= 1, got {self.dim}")
+        rates = resolve_spec(self.firing, self.features, "world.firing")
+        _require(all(0.0 <= r <= 1.0 for r in rates), "world.firing", f"rates must lie in [0, 1], got {rates}")
+        mags = resolve_spec(self.magnitude, self.features, "world.magnitude")
+        _require(all(m > 0 for m in mags), "world.magnitude", f"magnitudes must be > 0, got {mags}")
+        seen_children: set[int] = set()
+        for i, rel in enumerate(self.hierarchy):
+            where = f"world.hierarchy.{i}"
+            for idx, name in [(rel.parent, "parent"), *[(c, "children") for c in rel.children]]:
+                _require(0 <= idx < self.features, f"{where}.{name}",
+                         f"feature index must lie in [0, {self.features - 1}], got {idx}")
+            _require(len(rel.children) > 0, f"{where}.children", "needs at least one child")
+            _require(rel.parent not in rel.children, f"{where}.children", "a feature cannot be its own child")
+            again = seen_children.intersection(rel.children)
+            _require(not again, f"{where}.children", f"features {sorted(again)} already have a parent")
+            seen_children.update(rel.children)
+        # Nested levels are fine, cycles are not: walk up from every feature.
+        parent_of = {c: rel.parent for rel in self.hierarchy for c in rel.children}
+        for start in parent_of:
+            node, steps = start, 0
+            while node in parent_of:
+                node, steps = parent_of[node], steps + 1
+                _require(steps <= self.features, "world.hierarchy", f"cycle through feature {start}")
+
+
+@dataclass
+class TrainConfig:
+    samples: int = 30_000_000
+    """Training samples per SAE."""
+    batch_size: int = 1024
+    """Samples per optimiser step."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    seeds: int = 3
+    """Independent seeds; each seed has its own data stream and SAE initialisations."""
+    init: Literal["random", "orthogonal"] = "random"
+    """Decoder init: random unit-norm rows, or orthonormal rows (as far as dim allows)."""
+    unit_norm_decoder: bool = False
+    """Renormalise decoder rows to unit norm after every step."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate schedule over the last `lr_decay_fraction` of training."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of training, at the end, over which the learning rate decays to 0."""
+    eval_samples: int = 200_000
+    """Samples drawn (from a held-out stream) to compute the metrics after training."""
+
+    def __post_init__(self) -> None:
+        _require(self.samples >= 1, "train.samples", f"must be >= 1, got {self.samples}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a positive number, got {self.lr}")
+        _require(self.seeds >= 1, "train.seeds", f"must be >= 1, got {self.seeds}")
+        _require(0.0 <= self.lr_decay_fraction <= 1.0, "train.lr_decay_fraction",
+                 f"must lie in [0, 1], got {self.lr_decay_fraction}")
+        _require(self.eval_samples >= 1000, "train.eval_samples", f"must be >= 1000, got {self.eval_samples}")
+
+
+@dataclass
+class AuxConfig:
+    """Activation-orthogonality loss: penalise cos(x - b, W_j)^2 wherever latent j fires below tau_j."""
+
+    coefficient: float = 10_000.0
+    """lambda, reached at the end of the warm-up."""
+    threshold_ratio: float = 0.7
+    """tau_j = threshold_ratio * (max activation of latent j over the last window_batches batches)."""
+    window_batches: int = 50
+    """Batches over which the running max is kept."""
+    delay_samples: int = 50_000_000
+    """Samples trained with lambda = tau = 0 before the warm-up starts."""
+    warmup_samples: int = 50_000_000
+    """Samples over which lambda and tau rise linearly to their full values."""
+
+    def __post_init__(self) -> None:
+        _require(self.coefficient >= 0, "aux.coefficient", f"must be >= 0, got {self.coefficient}")
+        _require(0 < self.threshold_ratio <= 1, "aux.threshold_ratio", f"must lie in (0, 1], got {self.threshold_ratio}")
+        _require(self.window_batches >= 1, "aux.window_batches", f"must be >= 1, got {self.window_batches}")
+        _require(self.delay_samples >= 0, "aux.delay_samples", f"must be >= 0, got {self.delay_samples}")
+        _require(self.warmup_samples >= 0, "aux.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+
+
+@dataclass
+class SAEConfig:
+    label: str = "tied"
+    """Name of this SAE in tables, figures and weight files."""
+    architecture: Literal["tied", "untied"] = "tied"
+    """tied: W_enc = W_dec^T and b_enc = 0. untied: independent encoder and decoder."""
+    latents: int = 5
+    """Number of SAE latents K."""
+    activation: Literal["relu", "jumprelu"] = "relu"
+    """relu, or jumprelu (threshold per latent: tau_j of the aux loss when it is on, else learned)."""
+    l1: float = 3e-3
+    """L1 coefficient (tied: plain L1 of activations; untied: weighted by decoder-row norm)."""
+    aux: AuxConfig | None = None
+    """Activation-orthogonality loss; absent means off."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",
+                 f"must be letters, digits, '-' or '_', got {self.label!r}")
+        _require(self.latents >= 1, f"sae.{self.label}.latents", f"must be >= 1, got {self.latents}")
+        _require(math.isfinite(self.l1) and self.l1 >= 0, f"sae.{self.label}.l1", f"must be >= 0, got {self.l1}")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    """Short name; also the default run directory's name."""
+    description: str = ""
+    """One line on what the experiment shows."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sae: list[SAEConfig] = field(default_factory=lambda: [SAEConfig()])
+    """One or more SAEs; all train in lockstep on the same data stream."""
+
+    def __post_init__(self) -> None:
+        _require(len(self.sae) >= 1, "sae", "needs at least one [[sae]] table")
+        labels = [s.label for s in self.sae]
+        dupes = sorted({label for label in labels if labels.count(label) > 1})
+        _require(not dupes, "sae.label", f"labels must be unique, repeated: {dupes}")
+
+
+def resolve_spec(spec: Spec, n: int, field_name: str) -> list[float]:
+    """Turn a number, list or {linear = [start, stop]} into n floats."""
+    if isinstance(spec, bool):
+        raise ConfigError(field_name, "must be a number, a list or {linear = [start, stop]}, got a boolean")
+    if isinstance(spec, (int, float)):
+        return [float(spec)] * n
+    if isinstance(spec, list):
+        _require(len(spec) == n, field_name, f"list needs one value per feature ({n}), got {len(spec)}")
+        _require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec), field_name,
+                 "list values must be numbers")
+        return [float(v) for v in spec]
+    if isinstance(spec, dict):
+        _require(set(spec) == {"linear"}, field_name, f"table form is {{linear = [start, stop]}}, got keys {sorted(spec)}")
+        ends = spec["linear"]
+        _require(isinstance(ends, list) and len(ends) == 2 and all(isinstance(v, (int, float)) for v in ends),
+                 field_name, "linear takes [start, stop]")
+        start, stop = float(ends[0]), float(ends[1])
+        return [start + (stop - start) * i / max(n - 1, 1) for i in range(n)]
+    raise ConfigError(field_name, f"must be a number, a list or {{linear = [start, stop]}}, got {spec!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# dict <-> dataclass, with errors that name the field
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is Spec:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where)
+    if origin is list:
+        _require(isinstance(value, list), where, f"must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        _require(isinstance(value, dict), where, f"must be a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        _require(isinstance(value, bool), where, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if isinstance(value, float) and value.is_integer():
+            value, ok = int(value), True
+        _require(ok, where, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), where, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), where, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(where, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - set(names))
+    _require(not unknown, f"{prefix}{unknown[0]}" if unknown else where,
+             f"unknown key; allowed keys here: {', '.join(names)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for name in required:
+        _require(name in data, f"{prefix}{name}", "is required")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # Nested __post_init__ names its field relative to its own table; keep the outer path.
+        if where and not err.field.startswith(where.split(".")[0]):
+            raise ConfigError(f"{prefix}{err.field.split('.', 1)[-1]}", str(err).split(": ", 1)[1]) from None
+        raise
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict for TOML, dropping None (TOML has no null)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if getattr(obj, f.name) is not None}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def load_toml(path: Path) -> ExperimentConfig:
+    """Read an experiment TOML; a bad file raises ConfigError naming the file and field."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError("TARGET", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError("TARGET", f"{path} is a directory; give a .toml file or a registered name") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("TARGET", f"{path} is not valid TOML: {err}") from None
+    return from_dict(ExperimentConfig, data)
+
+
+def dump_toml(config: ExperimentConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(config))
+
+
+# ---------------------------------------------------------------------------------------
+# --set KEY=VALUE overrides
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value if it parses as one (numbers, booleans, lists, tables), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
+    """Apply `KEY=VALUE` strings; `sae.LABEL.key` or `sae.INDEX.key` address one SAE, `sae.*.key` all."""
+    data = to_dict(config)
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        _require(bool(sep) and bool(key), "--set", f"expects KEY=VALUE, got {assignment!r}")
+        parts = key.strip().split(".")
+        value = _parse_value(raw.strip())
+        for target, rest in _resolve_targets(data, parts, key):
+            target[rest] = value
+    return from_dict(ExperimentConfig, data)
+
+
+def _resolve_targets(data: dict, parts: list[str], key: str) -> list[tuple[dict, str]]:
+    nodes: list[Any] = [data]
+    for depth, part in enumerate(parts[:-1]):
+        nxt = []
+        for node in nodes:
+            if isinstance(node, list):
+                nxt.extend(_pick_items(node, part, ".".join(parts[: depth + 1]), key))
+            elif isinstance(node, dict):
+                if part not in node:
+                    node[part] = {}  # e.g. sae.tied.aux.coefficient creates [sae.aux]
+                nxt.append(node[part])
+            else:
+                raise ConfigError(key, f"{'.'.join(parts[:depth])} is a value, not a table")
+        nodes = nxt
+    for node in nodes:
+        _require(isinstance(node, dict), key, "must address a key inside a table, e.g. train.lr or sae.tied.l1")
+    return [(node, parts[-1]) for node in nodes]
+
+
+def _pick_items(items: list, part: str, where: str, key: str) -> list:
+    if part == "*":
+        return items
+    if part.isdigit():
+        _require(int(part) < len(items), key, f"{where}: index out of range (0..{len(items) - 1})")
+        return [items[int(part)]]
+    labelled = [item for item in items if isinstance(item, dict) and item.get("label") == part]
+    labels = [item.get("label") for item in items if isinstance(item, dict)]
+    _require(bool(labelled), key, f"no entry labelled {part!r}; use an index, '*' or one of {labels}")
+    return labelled
