@@ -8,7 +8,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.signal import find_peaks
 
 from .saes import StackedSAE
-from .train import DataStream, TrainResult
+from .stream import DataStream
+from .train import TrainResult
 from .world import World
 
 CLEAN_COS = 0.95
@@ -80,8 +81,7 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
     world = result.world
     F_ND = world.directions_ND
     stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
-    f_RBN = stream.next()
-    x_RBD = f_RBN @ F_ND
+    x_RBD = world.inputs(stream.next())
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
     dead_below = 0.1 * float(world.magnitudes_N.min())
     runs = []
@@ -141,7 +141,7 @@ def latent_activations(result: TrainResult, label: str, s: int, samples: int = 5
     stack = next(st for st in result.stacks if st.config.label == label)
     stream = DataStream(world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1)
     with torch.no_grad():
-        h, _ = stack.sae(stream.next() @ world.directions_ND, stack.tau_SK)
+        h, _ = stack.sae(world.inputs(stream.next()), stack.tau_SK)
     return h[s].cpu().numpy()
 
 

@@ -109,6 +109,8 @@ class TrainConfig:
     """Learning-rate schedule over the last `lr_decay_fraction` of training."""
     lr_decay_fraction: float = 0.2
     """Fraction of training, at the end, over which the learning rate decays to 0."""
+    engine: Literal["fast", "autograd"] = "fast"
+    """fast: hand-derived gradients in feature space; autograd: the plain reference (slower, same math)."""
     eval_samples: int = 200_000
     """Samples drawn (from a held-out stream) to compute the metrics after training."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -10,11 +11,13 @@ import torch
 
 from .aux import AuxState, aux_loss
 from .config import ExperimentConfig, SAEConfig
+from .fastpath import WorldGeometry, loss_and_grads
+from .optim import FlatAdam, flatten_parameters
 from .saes import StackedSAE, build_sae
+from .stream import DataStream
 from .world import World
 
-# Draw this many batches per seed at once: fewer generator calls, same stream for any run length.
-STREAM_CHUNK_BATCHES = 16
+LOG_EVERY = 200  # steps between loss logs, NaN checks and progress updates
 
 
 class TrainingDiverged(RuntimeError):
@@ -23,26 +26,6 @@ class TrainingDiverged(RuntimeError):
             f"train.lr: loss of SAE '{label}' (seed {seed}) became NaN/inf after {samples:,} samples; "
             f"lower train.lr (now {lr:g}) or the l1/aux coefficients"
         )
-
-
-class DataStream:
-    """Seed r's samples come from its own generator, so seed r gives the same SAEs in any run."""
-
-    def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device, offset: int = 0,
-                 chunk: int = STREAM_CHUNK_BATCHES):
-        self.world, self.batch, self.chunk = world, batch, chunk
-        self.generators = [torch.Generator(device=device).manual_seed(1_000_000 * offset + s) for s in seeds]
-        self.buffer_RCBN: torch.Tensor | None = None
-        self.position = chunk
-
-    def next(self) -> torch.Tensor:
-        """Feature magnitudes f_RBN of the next batch of every seed."""
-        if self.position == self.chunk:
-            chunks = [self.world.sample(g, self.chunk * self.batch, 1)[0] for g in self.generators]
-            self.buffer_RCBN = torch.stack(chunks).view(len(chunks), self.chunk, self.batch, -1)
-            self.position = 0
-        self.position += 1
-        return self.buffer_RCBN[:, self.position - 1]
 
 
 @dataclass
@@ -79,6 +62,25 @@ def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
 
 
 def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True) -> TrainResult:
+    """Train every [[sae]] of `config` for every seed; the SAEs of one seed share its data."""
+    with single_torch_thread(device):
+        return _train(config, device, progress)
+
+
+@contextlib.contextmanager
+def single_torch_thread(device: str):
+    """One intra-op thread for the toy-sized products: a second thread costs more in hand-offs
+    than it brings, and collapses when the other core is busy; the sampling thread takes that core."""
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(config: ExperimentConfig, device: str, progress: bool) -> TrainResult:
     world = World.build(config.world).to(device)
     seeds = list(range(config.train.seeds))
     batch = config.train.batch_size
@@ -87,31 +89,28 @@ def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True) 
         for sc in config.sae
     ]
     auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, device) if s.config.aux else None for s in stacks]
-    optimiser = torch.optim.Adam([p for s in stacks for p in s.sae.parameters()], lr=config.train.lr)
-    stream = DataStream(world, seeds, batch, device)
+    params = [p for stack in stacks for p in stack.sae.parameters()]
+    optimiser = FlatAdam(flatten_parameters(params), lr=config.train.lr)
     steps = math.ceil(config.train.samples / batch)
     history: list[dict] = []
+    fast = config.train.engine == "fast"
+    geometry = WorldGeometry.of(world.directions_ND)
 
-    with _progress_bar(progress, steps * batch) as bar:
+    with DataStream(world, seeds, batch, device, prefetch=True) as stream, _progress_bar(progress, steps * batch) as bar:
         start = time.perf_counter()
         for step in range(steps):
-            x_RBD = stream.next() @ world.directions_ND
-            total = torch.zeros((), device=device)
-            logged = {}
-            for stack, aux in zip(stacks, auxes):
-                loss_S, parts = _stack_loss(stack, aux, x_RBD, step * batch)
-                total = total + loss_S.sum()
-                logged[stack.config.label] = parts
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            for group in optimiser.param_groups:
-                group["lr"] = config.train.lr * lr_factor(config, step, steps)
-            optimiser.step()
+            f_RNB = stream.next()
+            want_loss = step % LOG_EVERY == 0 or step == steps - 1
+            if fast:
+                logged, grads = _fast_step(stacks, auxes, geometry, f_RNB, step * batch, want_loss)
+            else:
+                logged, grads = _autograd_step(stacks, auxes, world.inputs(f_RNB), step * batch)
+            optimiser.step(torch.cat([g.reshape(-1) for g in grads]), config.train.lr * lr_factor(config, step, steps))
             if config.train.unit_norm_decoder:
-                with torch.no_grad():
-                    for stack in stacks:
-                        stack.sae.W_dec_SKD.data = torch.nn.functional.normalize(stack.sae.W_dec_SKD.data, dim=-1)
-            if step % 200 == 0 or step == steps - 1:
+                for stack in stacks:
+                    W = stack.sae.W_dec_SKD.data
+                    W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            if want_loss:
                 _check_finite(stacks, logged, seeds, (step + 1) * batch, config.train.lr)
                 history.append({"samples": (step + 1) * batch, **_summarise(logged)})
                 bar.update((step + 1) * batch, time.perf_counter() - start, history[-1])
@@ -121,6 +120,32 @@ def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True) 
         if aux is not None:
             stack.tau_SK = aux.schedule(steps * batch)[1]
     return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history)
+
+
+def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch.Tensor]]:
+    """The reference: losses through autograd; gradients in parameter order."""
+    total, logged = 0.0, {}
+    for stack, aux in zip(stacks, auxes):
+        loss_S, parts = _stack_loss(stack, aux, x_RBD, samples_seen)
+        total = total + loss_S.sum()
+        logged[stack.config.label] = parts
+    for stack in stacks:
+        stack.sae.zero_grad(set_to_none=True)
+    total.backward()
+    return logged, [p.grad for stack in stacks for p in stack.sae.parameters()]
+
+
+def _fast_step(stacks, auxes, geometry, f_RNB, samples_seen, want_loss) -> tuple[dict, list[torch.Tensor]]:
+    """Hand-derived gradients (fastpath.py); same values as `_autograd_step`."""
+    logged, all_grads = {}, []
+    for stack, aux in zip(stacks, auxes):
+        lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
+        losses, h, grads = loss_and_grads(stack.sae, geometry, f_RNB, stack.config.l1, lam, tau_SK, want_loss)
+        all_grads += [grads[name] for name, _ in stack.sae.named_parameters()]
+        if aux is not None:
+            aux.running_max.update(h.amax(dim=-1))
+        logged[stack.config.label] = losses or {}
+    return logged, all_grads
 
 
 def _stack_loss(stack: TrainedStack, aux: AuxState | None, x_RBD: torch.Tensor, samples_seen: int):
@@ -139,7 +164,7 @@ def _stack_loss(stack: TrainedStack, aux: AuxState | None, x_RBD: torch.Tensor, 
 
 
 def _summarise(logged: dict) -> dict:
-    return {label: {k: float(v.mean()) for k, v in parts.items()} for label, parts in logged.items()}
+    return {label: {k: float(v.mean()) for k, v in parts.items()} for label, parts in logged.items() if parts}
 
 
 def _check_finite(stacks, logged, seeds, samples, lr) -> None:

@@ -65,11 +65,15 @@ class StackedSAE(nn.Module):
         W_enc_SDK, b_enc_SK = self.encoder()
         return (x_SBD - self.b_dec_SD[:, None]) @ W_enc_SDK + b_enc_SK[:, None]
 
-    def activate(self, pre_SBK: torch.Tensor, tau_SK: torch.Tensor | None = None) -> torch.Tensor:
+    def thresholds(self, tau_SK: torch.Tensor | None) -> torch.Tensor | None:
+        """JumpReLU thresholds: learned, or the aux loss's tau_j; None for ReLU."""
         if self.config.activation == "relu":
-            return torch.relu(pre_SBK)
-        threshold = tau_SK if self.log_threshold_SK is None else self.log_threshold_SK.exp()
-        if threshold is None:  # aux-thresholded JumpReLU before any threshold exists
+            return None
+        return tau_SK if self.log_threshold_SK is None else self.log_threshold_SK.exp()
+
+    def activate(self, pre_SBK: torch.Tensor, tau_SK: torch.Tensor | None = None) -> torch.Tensor:
+        threshold = self.thresholds(tau_SK)
+        if threshold is None:  # ReLU, or an aux-thresholded JumpReLU before any tau exists
             return torch.relu(pre_SBK)
         return JumpReLU.apply(pre_SBK, threshold[:, None], self.jumprelu_bandwidth)
 

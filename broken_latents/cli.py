@@ -1,0 +1,139 @@
+"""`broken-latents`: list, run, reproduce, show. Flags come from the function signatures (tyro).
+
+Bad input of any kind ends in one line naming the field and what is allowed, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
+from rich.console import Console
+
+from . import experiments
+from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .train import TrainingDiverged
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def list_experiments() -> None:
+    """List the registered experiments, one line each."""
+    width = max(len(name) for name in experiments.EXPERIMENTS)
+    for name, exp in experiments.EXPERIMENTS.items():
+        print(f"{name:<{width}}  {exp.config.description}")
+
+
+def run(
+    target: tyro.conf.Positional[str],
+    out: Optional[Path] = None,
+    seeds: Optional[int] = None,
+    samples: Optional[int] = None,
+    device: Literal["cpu", "cuda"] = "cpu",
+    set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (),
+) -> None:
+    """Train an experiment (a registered name or a .toml path) and write its run directory.
+
+    Args:
+        target: registered experiment name (see `list`) or path to a .toml config.
+        out: run directory (default runs/NAME); an earlier run there is replaced once this one completes.
+        seeds: number of seeds (overrides train.seeds).
+        samples: training samples per SAE (overrides train.samples).
+        device: cpu, or cuda when a GPU is present.
+        set: override any config key, KEY=VALUE, repeatable (e.g. --set train.lr=1e-3 --set sae.tied.l1=0.01).
+    """
+    from .rundir import run_experiment
+
+    config, claims, clean_cos = resolve_target(target)
+    config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
+    _check_device(device)
+    out = out or Path("runs") / config.name
+    outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
+    _print_summary(outcome.metrics, outcome.directory)
+
+
+def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = False,
+              device: Literal["cpu", "cuda"] = "cpu") -> None:
+    """Re-run every registered experiment and write one report (report.md and report.html).
+
+    Args:
+        seeds: seeds per experiment.
+        out: folder for the experiments' run directories and the report.
+        quick: scale every budget down to finish in a few minutes on 2 cores.
+        device: cpu, or cuda when a GPU is present.
+    """
+    from .reproduce import reproduce_all
+
+    if seeds < 1:
+        raise ConfigError("--seeds", f"must be >= 1, got {seeds}")
+    _check_device(device)
+    reproduce_all(seeds=seeds, out=out, quick=quick, device=device, progress=sys.stderr.isatty())
+
+
+def show(run_dir: tyro.conf.Positional[Path]) -> None:
+    """Print a run directory's tables in the terminal."""
+    from .show import show_run
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no metrics.json)")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError("RUN_DIR", f"{path} is not valid JSON: {err}") from None
+    show_run(metrics, console)
+
+
+def resolve_target(target: str) -> tuple[ExperimentConfig, list, float]:
+    """A registered name, or a TOML path; a TOML named like a registered experiment keeps its claims."""
+    if target in experiments.EXPERIMENTS:
+        exp = experiments.EXPERIMENTS[target]
+        return exp.config, exp.claims, exp.clean_cos
+    if not target.endswith(".toml") and not Path(target).exists():
+        names = ", ".join(experiments.EXPERIMENTS)
+        raise ConfigError("TARGET", f"{target!r} is neither a registered experiment ({names}) nor a .toml file")
+    config = load_toml(Path(target))
+    exp = experiments.EXPERIMENTS.get(config.name)
+    return config, (exp.claims if exp else []), (exp.clean_cos if exp else 0.95)
+
+
+def _budget_overrides(seeds: int | None, samples: int | None) -> list[str]:
+    return [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "cuda is not available on this machine; allowed here: cpu")
+
+
+def _print_summary(metrics: dict, directory: Path) -> None:
+    from .show import broken_latent_table, claims_summary
+
+    console.print(broken_latent_table(metrics))
+    if metrics.get("claims"):
+        console.print(claims_summary(metrics["claims"]))
+    console.print(f"{metrics['samples']:,} samples per SAE in {metrics['wall_seconds']:.1f} s "
+                  f"({metrics['samples_per_second'] / 1e6:.2f}M samples/s over all SAEs)")
+    console.print(f"run directory: {directory}  (report: {directory / 'report.md'}, figures: {directory / 'figures'})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show}
+    try:
+        tyro.extras.subcommand_cli_from_dict(commands, prog="broken-latents", args=argv)
+    except (ConfigError, TrainingDiverged) as err:
+        err_console.print(f"[bold red]error[/]: {err}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

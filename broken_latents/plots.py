@@ -1,0 +1,161 @@
+"""Figures of a run: cosine heatmaps, activation histograms, the world's feature profile (PNG)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window or need a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
+
+CELL_INCHES = 0.5
+"""Side of one heatmap cell: room for a two-decimal value in a small font."""
+HIST_FLOOR = 0.1
+"""Histograms show activations above this fraction of the latent's max, as the peak counter does
+(tied latents fire weakly on most inputs, and that bulk near zero would hide the peaks)."""
+HIST_BINS = 100
+HIGHLIGHT = "tab:orange"
+DPI = 110
+
+
+def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature") -> None:
+    """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs."""
+    cos_RC = np.asarray(matrix, dtype=float)
+    rows, cols = cos_RC.shape
+    # Cells keep their size whatever the shape; the margins hold labels, title and colour bar.
+    fig, ax = plt.subplots(figsize=(CELL_INCHES * cols + 2.2, CELL_INCHES * rows + 1.4))
+    image = ax.imshow(cos_RC, cmap="RdBu_r", vmin=-1, vmax=1, aspect="equal")
+    _write_cell_values(ax, cos_RC)
+    ax.set_xticks(range(cols))
+    ax.set_yticks(range(rows))
+    ax.tick_params(labelsize=8, length=0)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=10)
+    # An axis cut from the heatmap's own box keeps the colour bar exactly as tall as the cells.
+    bar_ax = make_axes_locatable(ax).append_axes("right", size=0.15, pad=0.1)
+    fig.colorbar(image, cax=bar_ax).ax.tick_params(labelsize=7)
+    _save(fig, path)
+
+
+def latent_cos_heatmap(matrix, title: str, path: str | Path) -> None:
+    """Latent-latent cosines: off-diagonal colour means latents share directions."""
+    cos_heatmap(matrix, title, path, row_label="latent", col_label="latent")
+
+
+def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path) -> None:
+    """One panel per latent: activations above HIST_FLOOR of its max, counted peaks dashed.
+    One peak is a clean latent; several peaks are features mixed into it (broken)."""
+    acts_BK = np.asarray(acts, dtype=float)
+    latents = acts_BK.shape[1]
+    rows = math.ceil(latents / 5)
+    cols = math.ceil(latents / rows)  # 8 latents: 2 rows of 4 rather than 5 + 3
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.5), squeeze=False, layout="constrained")
+    for j, ax in enumerate(axes.flat):
+        if j < latents:
+            _latent_panel(ax, j, acts_BK[:, j], peak_locations[j] if j < len(peak_locations) else [])
+        else:
+            ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path, highlight: Sequence[int] = ()) -> None:
+    """Magnitude, firing probability and expected MSE (p * m^2) per feature; an SAE with K
+    latents should learn the K features with the largest expected MSE (`highlight`)."""
+    panels = [("magnitude", magnitudes), ("firing probability", rates), ("expected MSE = p·m²", expected_mse)]
+    features = len(expected_mse)
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5), 6.0))
+    top = set(highlight)
+    colours = [HIGHLIGHT if i in top else "tab:blue" for i in range(features)]
+    for ax, (name, values) in zip(axes, panels):
+        ax.bar(range(features), values, color=colours)
+        ax.set_ylabel(name, fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(range(features))
+    axes[-1].set_xlabel("feature")
+    if highlight:
+        title += f"\n(orange: top {len(highlight)} by expected MSE)"
+    axes[0].set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def write_run_figures(metrics: dict, activations: dict[str, np.ndarray], figures_dir: str | Path) -> dict[str, list[str]]:
+    """Every figure of a run; returns run key ("LABEL-seedN", and "world") -> file names
+    relative to figures_dir's parent (the run directory, where report.md lives)."""
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+
+    def relative(name: str) -> str:
+        return f"{figures_dir.name}/{name}"
+
+    written = {"world": [relative(_world_figure(metrics, figures_dir))]} if "world" in metrics else {}
+    for run in metrics.get("runs", []):
+        key = f"{run['label']}-seed{run['seed']}"
+        written[key] = [relative(name) for name in _run_figures(run, key, activations.get(key), figures_dir)]
+    return written
+
+
+def _run_figures(run: dict, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+    heading = f"{run['label']} seed {run['seed']}"
+    names = [f"{key}-decoder.png"]
+    cos_heatmap(run["decoder_cos"], f"{heading}: decoder cos with true features", figures_dir / names[-1])
+    # A tied SAE's encoder is its decoder: a second heatmap would repeat the first.
+    if run.get("architecture", run["label"]) != "tied" and "encoder_cos" in run:
+        names.append(f"{key}-encoder.png")
+        cos_heatmap(run["encoder_cos"], f"{heading}: encoder cos with true features", figures_dir / names[-1])
+    if "latent_cos" in run:
+        names.append(f"{key}-latents.png")
+        latent_cos_heatmap(run["latent_cos"], f"{heading}: decoder cos between latents", figures_dir / names[-1])
+    if acts is not None:
+        names.append(f"{key}-hist.png")
+        activation_histograms(acts, run.get("peak_locations", []), f"{heading}: latent activations", figures_dir / names[-1])
+    return names
+
+
+def _world_figure(metrics: dict, figures_dir: Path) -> str:
+    world = metrics["world"]
+    expected = np.asarray(world["expected_mse"], dtype=float)
+    rates = np.asarray(world["firing_rates"], dtype=float)
+    magnitudes = world.get("magnitudes")
+    if magnitudes is None:  # older metrics.json: p * m^2 = expected MSE gives m back
+        magnitudes = np.sqrt(np.divide(expected, rates, out=np.zeros_like(expected), where=rates > 0))
+    latents = max((len(run["decoder_cos"]) for run in metrics.get("runs", [])), default=0)
+    top = world.get("expected_mse_ranking", list(np.argsort(-expected)))[:latents]
+    world_profile(expected, rates, magnitudes, f"{metrics.get('name', 'world')}: features", figures_dir / "world.png", top)
+    return "world.png"
+
+
+def _write_cell_values(ax, cos_RC: np.ndarray) -> None:
+    for (r, c), value in np.ndenumerate(cos_RC):
+        colour = "white" if abs(value) > 0.55 else "black"  # dark ends of RdBu need light text
+        shown = round(float(value), 2) + 0.0  # + 0.0 prints -0.001 as 0.00, not -0.00
+        ax.text(c, r, f"{shown:.2f}", ha="center", va="center", fontsize=6.5, color=colour)
+
+
+def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float]) -> None:
+    top = float(acts_B.max()) if acts_B.size else 0.0
+    ax.tick_params(labelsize=7)
+    if top <= 0:
+        ax.set_title(f"latent {latent}: dead", fontsize=9)
+        ax.text(0.5, 0.5, "dead", ha="center", va="center", transform=ax.transAxes, color="grey", fontsize=12)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    ax.hist(acts_B[acts_B > HIST_FLOOR * top], bins=HIST_BINS, range=(HIST_FLOOR * top, top), histtype="stepfilled")
+    ax.set_yscale("log")
+    for location in peaks:
+        ax.axvline(location, color="tab:red", linestyle="--", linewidth=0.9)
+    ax.set_title(f"latent {latent}: {len(peaks)} peak{'' if len(peaks) == 1 else 's'}", fontsize=9)
+    ax.set_xlabel("activation", fontsize=7)
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)  # a reproduction writes hundreds of figures; open ones would pile up

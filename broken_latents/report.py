@@ -1,0 +1,254 @@
+"""report.md from metrics.json, and a self-contained HTML page (figures embedded) from our markdown."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+RANKING_ROWS = 10
+
+
+# -- markdown ---------------------------------------------------------------------------------
+
+
+def render_markdown(metrics: dict, figures: dict[str, list[str]]) -> str:
+    """The run's report: what ran, which claims hold, the world, and per SAE the seeds' results.
+    `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory."""
+    runs = metrics.get("runs", [])
+    detail_seeds = _detail_seeds(runs, metrics.get("claims", []))
+    parts = [f"# {metrics.get('name', 'run')}", metrics.get("description") or "", _run_facts(metrics)]
+    if metrics.get("claims"):
+        parts += ["## Claims", claims_table(metrics["claims"])]
+    if "world" in metrics:
+        parts += ["## World", _ranking_table(metrics["world"]), _images(figures.get("world", []))]
+    for label in dict.fromkeys(run["label"] for run in runs):  # labels in run order, once each
+        label_runs = [run for run in runs if run["label"] == label]
+        parts += [f"## SAE `{label}`", _summary_table(label_runs)]
+        others = [run["seed"] for run in label_runs if run["seed"] not in detail_seeds]
+        if others:
+            parts.append(f"Seeds {_join(others)}: summary row only; their figures are in `figures/`.")
+        for run in label_runs:
+            if run["seed"] in detail_seeds:
+                parts += _run_detail(run, figures.get(f"{label}-seed{run['seed']}", []))
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def claims_table(claims: Sequence[dict]) -> str:
+    """One row per claim; an "experiment" column appears when claims carry one (multi-experiment summary)."""
+    with_experiment = any("experiment" in claim for claim in claims)
+    header = (["experiment"] if with_experiment else []) + ["claim", "text", "seeds held", "holds", "detail"]
+    rows = []
+    for claim in claims:
+        seeds = f"{claim['seeds_held']}/{claim['seeds_run']}" if "seeds_run" in claim else "-"
+        row = [f"`{claim['id']}`", claim.get("text", ""), seeds, "yes" if claim["holds"] else "no", claim.get("detail", "")]
+        rows.append(([claim.get("experiment", "")] if with_experiment else []) + row)
+    return _table(header, rows)
+
+
+def _detail_seeds(runs: list[dict], claims: list[dict]) -> set:
+    """The first seed, and the first seed where a claim failed: enough detail to see a success
+    and a failure without one page per seed. `per_seed[i]` is the i-th seed in run order."""
+    seeds = list(dict.fromkeys(run["seed"] for run in runs))
+    failed = [i for claim in claims for i, held in enumerate(claim.get("per_seed", [])) if not held and i < len(seeds)]
+    return set(seeds[:1]) | ({seeds[min(failed)]} if failed else set())
+
+
+def _run_facts(metrics: dict) -> str:
+    facts = [f"- samples per SAE: {metrics['samples']:,}"] if "samples" in metrics else []
+    if "wall_seconds" in metrics:
+        facts.append(f"- wall time: {metrics['wall_seconds']:.1f} s")
+    if "samples_per_second" in metrics:
+        facts.append(f"- throughput: {metrics['samples_per_second']:,.0f} samples/s (all SAEs together)")
+    return "\n".join(facts)
+
+
+def _ranking_table(world: dict) -> str:
+    expected = world["expected_mse"]
+    ranking = world.get("expected_mse_ranking") or sorted(range(len(expected)), key=lambda i: -expected[i])
+    columns = {"p": world.get("firing_rates"), "m": world.get("magnitudes")}
+    columns = {name: values for name, values in columns.items() if values is not None}  # older runs lack m
+    rows = [
+        [str(rank), str(f)] + [f"{values[f]:.3f}" for values in columns.values()] + [f"{expected[f]:.3f}"]
+        for rank, f in enumerate(ranking[:RANKING_ROWS], start=1)
+    ]
+    header = ["rank", "feature", *columns, "p·m²"]
+    title = f"Features by expected MSE (p·m²), top {len(rows)}: an SAE with K latents should learn the top K."
+    return title + "\n\n" + _table(header, rows, right=range(len(header)))
+
+
+def _summary_table(runs: list[dict]) -> str:
+    header = ["seed", "learned features", "broken latents", "dead latents", "peaks per latent", "MSE", "L0", "explained variance"]
+    rows = [
+        [
+            str(run["seed"]), _join(run["learned_features"]), _join(run["broken_latents"]), _join(run["dead_latents"]),
+            ", ".join(map(str, run.get("activation_peaks", []))) or "-",
+            f"{run['mse']:#.4g}", f"{run['l0']:.2f}", f"{run['explained_variance']:.3f}",
+        ]
+        for run in runs
+    ]
+    return _table(header, rows, right=[5, 6, 7])
+
+
+def _run_detail(run: dict, images: list[str]) -> list[str]:
+    heading = f"### `{run['label']}` seed {run['seed']}"
+    broken, dead = set(run["broken_latents"]), run["dead_latents"]
+    match_rows = [
+        [str(m["latent"]), str(m["feature"]), f"{m['cos']:.3f}", "broken" if m["latent"] in broken else "clean"]
+        for m in run["matches"]
+    ] + [[str(j), "-", "-", "dead"] for j in dead]
+    parts = [heading, "Latent -> feature (one-to-one, by decoder cosine):", _table(["latent", "feature", "cos", "state"], match_rows, right=[2])]
+    patterns = run.get("firing_patterns", [])
+    if patterns:
+        latents = range(len(patterns[0]["activations"]))
+        rows = [["{" + ", ".join(map(str, p["features"])) + "}"] + [f"{a:.2f}" for a in p["activations"]] for p in patterns]
+        parts += ["Latent activations when exactly these features fire, at their magnitudes:",
+                  _table(["features"] + [f"latent {j}" for j in latents], rows, right=range(1, len(latents) + 1))]
+    return parts + [_images(images)]
+
+
+def _images(paths: list[str]) -> str:
+    return "\n".join(f"![{Path(p).stem}]({p})" for p in paths)
+
+
+def _table(header: list[str], rows: list[list[str]], right: Sequence[int] = ()) -> str:
+    """A pipe table; `right` are the numeric columns, right-aligned so digits line up."""
+    align = ["---:" if i in set(right) else "---" for i in range(len(header))]
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(_cell(c) for c in line) + " |" for line in lines)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")  # a raw pipe or newline would cut the row
+
+
+def _join(values) -> str:
+    return ", ".join(map(str, values)) or "none"
+
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+
+class HtmlSection(NamedTuple):
+    markdown: str
+    base_dir: Path
+    """Image paths in the markdown resolve against this (each experiment's run directory)."""
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; line-height: 1.5; color: #222; }
+h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; vertical-align: top; }
+th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.holds { background: #d8f5d8 !important; color: #155215; font-weight: bold; }
+td.fails { background: #fadbd8 !important; color: #8a1c12; font-weight: bold; }
+img { max-width: 100%; display: block; margin: .5em 0; }
+code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; }
+.missing { color: #8a1c12; }
+"""
+
+
+def render_html(sections: Sequence[HtmlSection], title: str = "broken-latents report") -> str:
+    """One page, no external references: figures are embedded as base64 data URIs."""
+    body = "\n".join(f"<section>\n{markdown_to_html(s.markdown, Path(s.base_dir))}\n</section>" for s in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def write_html(path: str | Path, title: str, markdown_text: str, base_dir: str | Path) -> None:
+    Path(path).write_text(render_html([HtmlSection(markdown_text, Path(base_dir))], title), encoding="utf-8")
+
+
+def markdown_to_html(text: str, base_dir: Path) -> str:
+    """The markdown this package writes: headings, paragraphs, pipe tables, bullet lists,
+    images, **bold** and `code`. Not a general converter."""
+    blocks, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if not line:
+            block_end = i + 1
+        elif heading := re.match(r"(#{1,6})\s+(.*)", line):
+            level = len(heading.group(1))
+            blocks.append(f"<h{level}>{_inline(heading.group(2), base_dir)}</h{level}>")
+            block_end = i + 1
+        elif line.startswith("|"):
+            block_end = _run_of(lines, i, lambda s: s.startswith("|"))
+            blocks.append(_html_table([lines[k].strip() for k in range(i, block_end)], base_dir))
+        elif re.match(r"[-*]\s", line):
+            block_end = _run_of(lines, i, lambda s: bool(re.match(r"[-*]\s", s)))
+            items = "".join(f"<li>{_inline(lines[k].strip()[2:], base_dir)}</li>" for k in range(i, block_end))
+            blocks.append(f"<ul>{items}</ul>")
+        else:
+            block_end = _block_end(lines, i)
+            blocks.append(f"<p>{_inline(' '.join(lines[k].strip() for k in range(i, block_end)), base_dir)}</p>")
+        i = block_end
+    return "\n".join(blocks)
+
+
+def _run_of(lines: list[str], start: int, belongs) -> int:
+    end = start
+    while end < len(lines) and belongs(lines[end].strip()):
+        end += 1
+    return end
+
+
+def _block_end(lines: list[str], start: int) -> int:
+    """End of a paragraph: a blank line or the start of another kind of block."""
+    return _run_of(lines, start, lambda s: bool(s) and not re.match(r"#{1,6}\s|\||[-*]\s", s))
+
+
+def _html_table(rows: list[str], base_dir: Path) -> str:
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row.strip("|"))] for row in rows]
+    has_header = len(cells) > 1 and all(re.fullmatch(r":?-{3,}:?", c) for c in cells[1])
+    header, body = (cells[0], cells[2:]) if has_header else ([], cells)
+    right = [c.endswith(":") for c in cells[1]] if has_header else []
+    holds_column = header.index("holds") if "holds" in header else -1
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{_inline(c, base_dir)}</th>" for c in header) + "</tr>")
+    for row in body:
+        out.append("<tr>" + "".join(_td(c, j, right, holds_column, base_dir) for j, c in enumerate(row)) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def _td(cell: str, column: int, right: list[bool], holds_column: int, base_dir: Path) -> str:
+    classes = []
+    if column < len(right) and right[column]:
+        classes.append("num")
+    if column == holds_column and cell in ("yes", "no"):
+        classes.append("holds" if cell == "yes" else "fails")  # a failing claim must catch the eye
+    attribute = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<td{attribute}>{_inline(cell, base_dir)}</td>"
+
+
+INLINE = re.compile(r"`(?P<code>[^`]+)`|!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)|\*\*(?P<bold>.+?)\*\*")
+
+
+def _inline(text: str, base_dir: Path) -> str:
+    out, last = [], 0
+    for m in INLINE.finditer(text):
+        out.append(html.escape(text[last:m.start()]))
+        if m.group("code") is not None:
+            out.append(f"<code>{html.escape(m.group('code'))}</code>")
+        elif m.group("src") is not None:
+            out.append(_img(m.group("alt"), m.group("src"), base_dir))
+        else:
+            out.append(f"<strong>{html.escape(m.group('bold'))}</strong>")
+        last = m.end()
+    return "".join(out) + html.escape(text[last:])
+
+
+def _img(alt: str, src: str, base_dir: Path) -> str:
+    path = base_dir / src
+    if not path.is_file():  # say so on the page rather than link outside it
+        return f'<span class="missing">[missing figure: {html.escape(src)}]</span>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'

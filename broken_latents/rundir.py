@@ -1,0 +1,96 @@
+"""Run an experiment into a run directory, atomically.
+
+Everything is written into a hidden sibling folder first and moved into place only when the
+run is complete, so a failed or interrupted run never leaves a DIR that looks finished, and
+a previous run at DIR is replaced only by a complete new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from .analysis import analyse, latent_activations
+from .claims import Claim, evaluate_claims
+from .config import ConfigError, ExperimentConfig, dump_toml
+from .plots import write_run_figures
+from .report import render_markdown
+from .train import TrainResult, train
+
+HISTOGRAM_SAMPLES = 50_000
+
+
+@dataclass
+class RunOutcome:
+    directory: Path
+    metrics: dict
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse a DIR that holds something other than a previous run: we would replace it."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").exists())):
+        raise ConfigError("--out", f"{out} exists and is not a previous run directory (no metrics.json); "
+                                   "choose a new path or an earlier run's directory to replace")
+
+
+def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, device: str = "cpu",
+                   progress: bool = True, clean_cos: float = 0.95) -> RunOutcome:
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        result = train(config, device=device, progress=progress)
+        metrics = analyse(result, clean_cos=clean_cos)
+        metrics["description"] = config.description
+        metrics["world"]["magnitudes"] = [round(float(m), 4) for m in result.world.magnitudes_N.cpu()]
+        metrics["claims"] = evaluate_claims(claims, metrics)
+        _write_directory(partial, config, result, metrics, started)
+        _swap_into_place(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return RunOutcome(out, metrics)
+
+
+def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: dict, started: float) -> None:
+    (path / "weights").mkdir(parents=True)
+    (path / "config.toml").write_text(dump_toml(config))
+    for stack in result.stacks:
+        for s, seed in enumerate(result.seeds):
+            tensors = stack.sae.saelens_state(s)
+            if stack.config.activation == "jumprelu":
+                tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
+            save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
+                      str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
+    activations = {
+        f"{stack.config.label}-seed{seed}": latent_activations(result, stack.config.label, s, HISTOGRAM_SAMPLES)
+        for stack in result.stacks for s, seed in enumerate(result.seeds)
+    }
+    figures = write_run_figures(metrics, activations, path / "figures")
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
+    ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
+    ordered.update({k: v for k, v in metrics.items() if k not in ordered})
+    (path / "report.md").write_text(render_markdown(ordered, figures))
+    # metrics.json last: its presence marks a complete run directory.
+    (path / "metrics.json").write_text(json.dumps(ordered, indent=1))
+    metrics.clear()
+    metrics.update(ordered)
+
+
+def _swap_into_place(partial: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(partial, out)

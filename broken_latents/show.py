@@ -1,0 +1,62 @@
+"""Terminal tables of a run's metrics (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def broken_latent_table(metrics: dict) -> Table:
+    """One row per SAE and seed: what it learned, which latents are broken or dead, their peaks."""
+    table = Table(title=f"{metrics['name']}: latents per SAE and seed")
+    for column in ("SAE", "seed", "learned features", "broken latents (best feature, cos)", "dead", "peaks", "EV"):
+        table.add_column(column)
+    for run in metrics["runs"]:
+        by_latent = {m["latent"]: m for m in run["matches"]}
+        broken = ", ".join(f"{j} (f{by_latent[j]['feature']}, {by_latent[j]['cos']:.2f})" for j in run["broken_latents"])
+        table.add_row(
+            run["label"], str(run["seed"]), _ints(run["learned_features"]), broken or "-",
+            _ints(run["dead_latents"]) or "-", _ints(run["activation_peaks"]), f"{run['explained_variance']:.3f}",
+        )
+    return table
+
+
+def claims_summary(claims: list[dict]) -> Table:
+    table = Table(title="claims")
+    for column in ("claim", "what is checked", "seeds held", "holds"):
+        table.add_column(column)
+    for claim in claims:
+        mark = "[green]yes[/]" if claim["holds"] else "[red]no[/]"
+        table.add_row(claim["id"], claim["text"], f"{claim['seeds_held']}/{claim['seeds_run']}", mark)
+    return table
+
+
+def decoder_table(run: dict, top_features: list[int]) -> Table:
+    """Decoder cosines of one SAE with the features it cares about most."""
+    table = Table(title=f"{run['label']} seed {run['seed']}: decoder cos (latent x feature)")
+    table.add_column("latent")
+    for f in top_features:
+        table.add_column(f"f{f}", justify="right")
+    for j, row in enumerate(run["decoder_cos"]):
+        cells = [f"[bold]{row[f]:+.2f}[/]" if abs(row[f]) >= 0.5 else f"{row[f]:+.2f}" for f in top_features]
+        table.add_row(str(j), *cells)
+    return table
+
+
+def show_run(metrics: dict, console: Console) -> None:
+    console.print(f"[bold]{metrics['name']}[/]  {metrics.get('description', '')}")
+    console.print(f"{metrics['samples']:,} samples per SAE; {metrics.get('wall_seconds', 0):.1f} s; "
+                  f"{metrics['samples_per_second'] / 1e6:.2f}M samples/s over all SAEs")
+    console.print(broken_latent_table(metrics))
+    if metrics.get("claims"):
+        console.print(claims_summary(metrics["claims"]))
+    ranking = metrics["world"]["expected_mse_ranking"]
+    first_seed = min(run["seed"] for run in metrics["runs"])
+    for run in metrics["runs"]:
+        if run["seed"] == first_seed:
+            wanted = sorted(set(ranking[:8]) | {m["feature"] for m in run["matches"]})
+            console.print(decoder_table(run, wanted))
+
+
+def _ints(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)

@@ -1,0 +1,79 @@
+"""The training data: one independent stream of feature firings per seed, drawn ahead in a thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import torch
+
+from .world import World
+
+CHUNK_BATCHES = 16
+"""Batches drawn per seed at a time: fewer calls, and the same stream for any run length."""
+
+
+class DataStream:
+    """Seed r's samples come from its own generator (SFC64 seeded by (offset, r)), so seed r
+    trains the same SAEs whichever other seeds run beside it. With `prefetch`, a thread draws
+    the next chunk while the trainer works: numpy's generators and ufuncs release the GIL, so
+    sampling runs on the second core."""
+
+    def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device = "cpu",
+                 offset: int = 0, chunk: int = CHUNK_BATCHES, prefetch: bool = False):
+        self.world, self.batch, self.chunk, self.device = world, batch, chunk, device
+        self.rngs = [np.random.Generator(np.random.SFC64([offset, seed])) for seed in seeds]
+        self.buffer_RNCB: torch.Tensor | None = None
+        self.position = chunk
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        if prefetch:
+            self._queue = queue.Queue(maxsize=2)
+            self._error: BaseException | None = None
+            self._thread = threading.Thread(target=self._produce, daemon=True)
+            self._thread.start()
+
+    def next(self) -> torch.Tensor:
+        """Feature magnitudes f_RNB of the next batch of every seed."""
+        if self.position == self.chunk:
+            self.buffer_RNCB = self._draw() if self._queue is None else self._take()
+            self.position = 0
+        self.position += 1
+        return self.buffer_RNCB[:, :, self.position - 1]
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __enter__(self) -> "DataStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _draw(self) -> torch.Tensor:
+        f = np.stack([self.world.sample(rng, self.chunk * self.batch) for rng in self.rngs])
+        return torch.from_numpy(f).view(len(self.rngs), -1, self.chunk, self.batch).to(self.device)
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._draw()
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # surfaced to the trainer by _take
+            self._error = err
+
+    def _take(self) -> torch.Tensor:
+        while True:
+            try:
+                return self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self._error is not None:
+                    raise self._error
+                if not self._thread.is_alive():
+                    raise RuntimeError("the sampling thread stopped")

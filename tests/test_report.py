@@ -1,0 +1,191 @@
+"""Figures, report.md and the self-contained HTML page, on small hand-built metrics."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from broken_latents import plots
+from broken_latents.report import HtmlSection, claims_table, markdown_to_html, render_html, render_markdown, write_html
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(label: str, seed: int, cos: float = 0.987, broken: tuple[int, ...] = ()) -> dict:
+    """3 latents, 4 features: latent j matches feature j + 1."""
+    decoder_cos = np.zeros((3, 4))
+    for j in range(3):
+        decoder_cos[j, j + 1] = cos if j == 0 else 1.0
+    return {
+        "label": label, "architecture": label, "seed": seed,
+        "decoder_cos": decoder_cos.tolist(), "encoder_cos": decoder_cos.tolist(), "latent_cos": np.eye(3).tolist(),
+        "decoder_norms": [1.0, 1.0, 1.0],
+        "matches": [{"latent": j, "feature": j + 1, "cos": float(decoder_cos[j, j + 1])} for j in range(3)],
+        "learned_features": [j + 1 for j in range(3) if j not in broken], "broken_latents": list(broken),
+        "dead_latents": [], "activation_peaks": [1, 2, 1], "peak_locations": [[4.0], [2.0, 3.0], [1.5]],
+        "mse": 0.0123, "l0": 1.25, "explained_variance": 0.975,
+        "firing_patterns": [{"features": [1], "activations": [4.0, 0.0, 0.0]},
+                            {"features": [1, 2], "activations": [4.5, 2.25, 0.0]}],
+    }
+
+
+def make_metrics(seeds: int = 1, claims: list[dict] | None = None) -> dict:
+    runs = [make_run(label, s) for label in ("tied", "untied") for s in range(seeds)]
+    return {
+        "name": "tiny-world", "description": "A tiny world.", "samples": 1_000_000, "samples_per_second": 5e6,
+        "world": {"expected_mse": [0.5, 4.0, 2.0, 1.0], "expected_mse_ranking": [1, 2, 3, 0],
+                  "firing_rates": [0.5, 0.25, 0.125, 0.0625], "magnitudes": [1.0, 4.0, 4.0, 4.0]},
+        "runs": runs, "claims": claims or [],
+    }
+
+
+def assert_png(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return matplotlib.image.imread(path)
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def test_heatmap_shape_follows_matrix(tmp_path):
+    plots.cos_heatmap(np.random.default_rng(0).uniform(-1, 1, (5, 20)), "wide", tmp_path / "wide.png")
+    plots.cos_heatmap(np.random.default_rng(0).uniform(-1, 1, (8, 4)), "tall", tmp_path / "tall.png")
+    wide, tall = assert_png(tmp_path / "wide.png"), assert_png(tmp_path / "tall.png")
+    assert wide.shape[1] > 2.5 * wide.shape[0]  # 20 columns by 5 rows: clearly landscape
+    assert tall.shape[0] > tall.shape[1]
+    # The figure grows with the matrix, so every cell keeps room for its printed value.
+    assert wide.shape[1] > 20 * 45 and tall.shape[0] > 8 * 45
+
+
+def test_heatmap_writes_every_value_readably(tmp_path, monkeypatch):
+    texts = []
+
+    def record_texts(fig, path):
+        texts.extend((t.get_text(), t.get_color()) for t in fig.axes[0].texts)
+        fig.savefig(path)
+
+    monkeypatch.setattr(plots, "_save", record_texts)
+    plots.cos_heatmap([[0.9, -0.001], [-0.95, 0.1234]], "values", tmp_path / "values.png")
+    assert texts == [("0.90", "white"), ("0.00", "black"), ("-0.95", "white"), ("0.12", "black")]
+
+
+def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
+    titles = []
+
+    def record_titles(fig, path):
+        titles.extend(ax.get_title() for ax in fig.axes if ax.get_visible())
+        fig.savefig(path)
+
+    monkeypatch.setattr(plots, "_save", record_titles)
+    acts = np.random.default_rng(0).uniform(0, 5, (500, 3))
+    acts[:, 2] = 0.0
+    plots.activation_histograms(acts, [[4.0], [2.0, 3.0], []], "hist", tmp_path / "hist.png")
+    assert titles == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
+    assert_png(tmp_path / "hist.png")
+
+
+def test_write_run_figures_names_and_skips(tmp_path):
+    metrics = make_metrics()
+    acts = {"tied-seed0": np.random.default_rng(0).uniform(0, 5, (200, 3))}  # untied's are missing
+    figures = plots.write_run_figures(metrics, acts, tmp_path / "figures")
+    assert figures == {
+        "world": ["figures/world.png"],
+        "tied-seed0": ["figures/tied-seed0-decoder.png", "figures/tied-seed0-latents.png", "figures/tied-seed0-hist.png"],
+        "untied-seed0": ["figures/untied-seed0-decoder.png", "figures/untied-seed0-encoder.png",
+                         "figures/untied-seed0-latents.png"],
+    }
+    for names in figures.values():
+        for name in names:
+            assert_png(tmp_path / name)
+
+
+# -- markdown ---------------------------------------------------------------------------------
+
+
+def test_markdown_has_match_and_firing_tables():
+    text = render_markdown(make_metrics(), {"tied-seed0": ["figures/tied-seed0-decoder.png"]})
+    assert text.startswith("# tiny-world\n\nA tiny world.\n")
+    assert "| 0 | 1 | 0.987 | clean |" in text
+    assert "| 2 | 3 | 1.000 | clean |" in text
+    assert "| {1, 2} | 4.50 | 2.25 | 0.00 |" in text
+    assert "| 0 | 1, 2, 3 | none | none | 1, 2, 1 | 0.01230 | 1.25 | 0.975 |" in text
+    assert "![tied-seed0-decoder](figures/tied-seed0-decoder.png)" in text
+    assert "| 1 | 1 | 0.250 | 4.000 | 4.000 |" in text  # expected-MSE ranking: rank, feature, p, m, p*m^2
+    assert "## Claims" not in text  # no claims, no empty table
+
+
+def test_failing_claim_renders_as_failing_and_gets_detail():
+    claims = [
+        {"id": "all-clean", "text": "every latent is clean", "holds": False, "seeds_held": 2, "seeds_run": 4,
+         "per_seed": [True, True, False, False], "detail": "seed 2: latent 0 at cos 0.7"},
+        {"id": "no-dead", "text": "no dead latents", "holds": True, "seeds_held": 4, "seeds_run": 4,
+         "per_seed": [True] * 4, "detail": ""},
+    ]
+    text = render_markdown(make_metrics(seeds=4, claims=claims), {})
+    assert "| `all-clean` | every latent is clean | 2/4 | no | seed 2: latent 0 at cos 0.7 |" in text
+    assert "| `no-dead` | no dead latents | 4/4 | yes |  |" in text
+    # Detail for seed 0 and the first failing seed (2), summary rows only for 1 and 3.
+    assert "### `tied` seed 0" in text and "### `tied` seed 2" in text
+    assert "### `tied` seed 1" not in text and "### `untied` seed 3" not in text
+    assert "Seeds 1, 3: summary row only" in text
+    page = markdown_to_html(claims_table(claims), Path("."))
+    assert '<td class="fails">no</td>' in page and '<td class="holds">yes</td>' in page
+
+
+def test_claims_table_adds_experiment_column_and_escapes_pipes():
+    table = claims_table([{"experiment": "recap", "id": "c", "text": "a | b", "holds": True}])
+    assert table.splitlines()[0] == "| experiment | claim | text | seeds held | holds | detail |"
+    assert table.splitlines()[2] == "| recap | `c` | a \\| b | - | yes |  |"
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+
+def test_markdown_converter_pipe_table():
+    page = markdown_to_html("| name | value |\n| --- | ---: |\n| `a\\|b` | **1.5** |\n| c | 2 |", Path("."))
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    assert rows == [
+        "<th>name</th><th>value</th>",
+        '<td><code>a|b</code></td><td class="num"><strong>1.5</strong></td>',
+        '<td>c</td><td class="num">2</td>',
+    ]
+
+
+def test_markdown_converter_blocks_and_escaping():
+    page = markdown_to_html("## Title `x`\n\nline one\nline <two>\n\n- first\n- **second**", Path("."))
+    assert page.splitlines() == [
+        "<h2>Title <code>x</code></h2>",
+        "<p>line one line &lt;two&gt;</p>",
+        "<ul><li>first</li><li><strong>second</strong></li></ul>",
+    ]
+
+
+def test_html_embeds_figures_and_references_nothing_outside(tmp_path):
+    metrics = make_metrics()
+    figures = {"tied-seed0": ["figures/one.png"]}
+    (tmp_path / "figures").mkdir()
+    plots.latent_cos_heatmap(np.eye(2), "tiny", tmp_path / "figures" / "one.png")
+    write_html(tmp_path / "report.html", "tiny <world>", render_markdown(metrics, figures), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "<title>tiny &lt;world&gt;</title>" in page
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 1 and sources[0].startswith("data:image/png;base64,iVBORw0KGgo")  # PNG signature
+    assert not re.search(r"https?://|<link|<script|url\(", page)
+
+
+def test_html_flags_missing_figure_and_keeps_sections_apart(tmp_path):
+    page = render_html([HtmlSection("# one\n\n![gone](figures/gone.png)", tmp_path), HtmlSection("# two", tmp_path)])
+    assert "[missing figure: figures/gone.png]" in page
+    assert page.count("<section>") == 2 and "src=" not in page
+
+
+@pytest.mark.parametrize("absent", ["description", "wall_seconds", "samples_per_second", "claims", "world"])
+def test_markdown_tolerates_missing_optional_keys(absent):
+    metrics = make_metrics()
+    metrics.pop(absent, None)
+    text = render_markdown(metrics, {})
+    assert "| 0 | 1 | 0.987 | clean |" in text
