@@ -66,11 +66,11 @@ def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = Fa
         quick: scale every budget down to finish in a few minutes on 2 cores.
         device: cpu, or cuda when a GPU is present.
     """
-    from .reproduce import reproduce_all
-
     if seeds < 1:
         raise ConfigError("--seeds", f"must be >= 1, got {seeds}")
     _check_device(device)
+    from .reproduce import reproduce_all
+
     reproduce_all(seeds=seeds, out=out, quick=quick, device=device, progress=sys.stderr.isatty())
 
 

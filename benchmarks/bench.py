@@ -1,0 +1,229 @@
+"""Training throughput and peak memory of broken-latents against a plain PyTorch baseline.
+
+    .venv/bin/python benchmarks/bench.py            # full run, ~2-4 minutes on 2 cores
+    .venv/bin/python benchmarks/bench.py --quick    # tiny budgets: a smoke check, not a measurement
+
+Every figure comes from this one run. Each row trains in its own fresh process, so each
+gets its own peak RSS and nothing warmed up by one row helps the next. The processes are
+forked from a server that has already imported torch and the package (multiprocessing's
+"forkserver"): a cold interpreter spends ~3 s importing torch, which would double the run
+and make --quick impossible. The peak RSS is therefore that of a process holding
+torch and the package as imported, without the import's transient peak (a cold start reads
+~55 MiB higher on every row alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from baseline import run_baseline
+from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.train import train
+from sae_lens_toy import run_sae_lens
+
+NARROW = WorldConfig(features=20, dim=50, firing={"linear": [0.02, 0.3]}, magnitude={"linear": [20.0, 1.0]})
+WORLDS = {
+    "narrow": NARROW,
+    "5,7 -> 12": replace(NARROW, hierarchy=[HierarchyConfig(parent=12, children=[5, 7], mode="force")]),
+}
+LATENTS, L1 = 5, 3e-3
+
+# (engine, SAEs, batch, samples per SAE): budgets that take a few seconds each on 2 cores.
+CONFIGS = [
+    ("baseline", 1, 1024, 1_000_000),
+    ("fast", 1, 1024, 3_000_000),
+    ("fast", 1, 4096, 8_000_000),
+    ("fast", 16, 1024, 1_000_000),
+    ("autograd", 1, 1024, 2_000_000),
+    ("sae_lens", 1, 1024, 1_000_000),
+]
+MEMORY_BUDGETS = (2_000_000, 8_000_000)
+QUICK_SAMPLES = 8 * 4096  # a few steps of every row
+ENGINE_NAMES = {"baseline": "plain PyTorch", "fast": "broken-latents", "autograd": "broken-latents autograd",
+                "sae_lens": "SAELens train_toy_sae"}
+SAE_LENS_INSTALLED = importlib.util.find_spec("sae_lens") is not None
+
+
+@dataclass(frozen=True)
+class Row:
+    world: str
+    engine: str
+    saes: int
+    batch: int
+    aux: bool
+    samples: int
+    """Samples per SAE."""
+
+
+def table_rows(quick: bool) -> list[Row]:
+    rows = []
+    for world in WORLDS:
+        for aux in (False, True):
+            for engine, saes, batch, samples in CONFIGS:
+                if engine == "sae_lens" and aux:
+                    continue  # SAELens has no activation-orthogonality loss
+                rows.append(Row(world, engine, saes, batch, aux, QUICK_SAMPLES if quick else samples))
+    return rows
+
+
+def memory_rows(quick: bool) -> list[Row]:
+    budgets = (QUICK_SAMPLES, 4 * QUICK_SAMPLES) if quick else MEMORY_BUDGETS
+    return [Row("narrow", "fast", 1, 1024, False, samples) for samples in budgets]
+
+
+# ---------------------------------------------------------------------------------------
+# one row, in its own process
+
+
+def experiment(row: Row) -> ExperimentConfig:
+    # Aux on from the first step at full strength, as in the baseline.
+    aux = AuxConfig(delay_samples=0, warmup_samples=0) if row.aux else None
+    return ExperimentConfig(
+        name="bench",
+        world=WORLDS[row.world],
+        train=TrainConfig(samples=row.samples, batch_size=row.batch, seeds=row.saes,
+                          engine="autograd" if row.engine == "autograd" else "fast"),
+        sae=[SAEConfig(label="tied", latents=LATENTS, l1=L1, aux=aux)],
+    )
+
+
+def measure(row: Row, device: str) -> tuple[float, float]:
+    """Train `row` in this process; return (aggregate samples/s, peak RSS of this process in MiB)."""
+    world = WORLDS[row.world]
+    if row.engine == "baseline":
+        speed = run_baseline(world, LATENTS, row.samples, row.aux, l1=L1, batch_size=row.batch, device=device)
+    elif row.engine == "sae_lens":
+        speed = run_sae_lens(world, LATENTS, row.samples, l1=L1, batch_size=row.batch, device=device)
+    else:
+        speed = train(experiment(row), device=device, progress=False).samples_per_second
+    return speed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_all(rows: list[Row], device: str, console: Console) -> dict[Row, tuple[float, float] | None]:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__"])  # this module's imports: torch, the package, the baseline
+    results = {}
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
+        for row in rows:
+            if row.engine == "sae_lens" and not SAE_LENS_INSTALLED:
+                results[row] = None
+                continue
+            with console.status(f"{row.world}: {describe(row)}, aux {'on' if row.aux else 'off'}, {row.samples:,} samples"):
+                results[row] = pool.submit(measure, row, device).result()
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+def describe(row: Row) -> str:
+    return ENGINE_NAMES[row.engine] + (" (lockstep)" if row.saes > 1 else "")
+
+
+def main_table(rows: list[Row], results: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["world", "engine / config", "SAEs", "batch", "aux", "samples/s", "vs baseline", "peak RSS MiB"]
+    cells = []
+    for row in rows:
+        result = results[row]
+        if result is None:
+            cells.append([row.world, describe(row), str(row.saes), str(row.batch), on_off(row.aux), "not installed", "-", "-"])
+            continue
+        speed, rss = result
+        baseline_speed = next(results[b][0] for b in rows
+                              if b.engine == "baseline" and b.world == row.world and b.aux == row.aux)
+        cells.append([row.world, describe(row), str(row.saes), str(row.batch), on_off(row.aux),
+                      f"{speed:,.0f}", f"{speed / baseline_speed:.2f}x", f"{rss:.0f}"])
+    return header, cells
+
+
+def memory_table(rows: list[Row], results: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["world", "engine / config", "SAEs", "batch", "samples per SAE", "samples/s", "peak RSS MiB"]
+    cells = [[row.world, describe(row), str(row.saes), str(row.batch), f"{row.samples:,}",
+              f"{results[row][0]:,.0f}", f"{results[row][1]:.0f}"] for row in rows]
+    return header, cells
+
+
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def machine_lines(device: str, quick: bool) -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
+    return [
+        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"CPU: {cpu}, {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f}",
+        f"device: {device}{gpu}",
+        f"torch {torch.__version__}, default threads {torch.get_num_threads()} (the baseline uses them;"
+        " broken-latents runs 1 torch thread plus its sampling thread)",
+        "budgets: --quick (a smoke check; the figures mean nothing)" if quick
+        else "budgets: a few seconds per row; samples/s excludes start-up; ratio vs the baseline of the same world and aux setting",
+    ]
+
+
+def rich_table(title: str, header: list[str], cells: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(header: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke check")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--out", type=Path, help="markdown results (default benchmarks/results.md; "
+                                                   "with --quick a file in the temp directory)")
+    args = parser.parse_args()
+    out = args.out or (Path(tempfile.gettempdir()) / "broken-latents-bench-quick.md" if args.quick
+                       else Path(__file__).with_name("results.md"))
+    console = Console()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        console.print("CUDA is not available here; nothing to benchmark with --device cuda.")
+        return
+
+    rows, mem_rows = table_rows(args.quick), memory_rows(args.quick)
+    results = measure_all(rows + mem_rows, args.device, console)
+    tables = [
+        ("Training throughput, side by side", *main_table(rows, results)),
+        ("Peak memory vs sample budget (should not grow)", *memory_table(mem_rows, results)),
+    ]
+    header_lines = machine_lines(args.device, args.quick)
+
+    for line in header_lines:
+        console.print(line)
+    for title, header, cells in tables:
+        console.print(rich_table(title, header, cells))
+    markdown = ["# broken-latents benchmark", "", *[f"- {line}" for line in header_lines]]
+    for title, header, cells in tables:
+        markdown += ["", f"## {title}", "", markdown_table(header, cells)]
+    out.write_text("\n".join(markdown) + "\n")
+    console.print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The CLI contract: list, run (TOML or name), show, rerun from config.toml; bad input exits 2 cleanly."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from broken_latents.cli import main
+from broken_latents.experiments import EXPERIMENTS
+
+TINY = """
+name = "tiny-world"
+description = "two independent features and a parent/child pair"
+
+[world]
+features = 4
+dim = 8
+firing = [0.3, 0.1, 0.2, 0.2]
+magnitude = 1.0
+
+[[world.hierarchy]]
+parent = 0
+children = [1]
+
+[train]
+samples = 150_000
+seeds = 2
+lr = 3e-3
+eval_samples = 5_000
+
+[[sae]]
+label = "tied"
+architecture = "tied"
+latents = 4
+
+[[sae]]
+label = "untied"
+architecture = "untied"
+latents = 3
+activation = "jumprelu"
+"""
+
+RUN_KEYS = {"label", "seed", "decoder_cos", "encoder_cos", "latent_cos", "decoder_norms", "matches",
+            "learned_features", "broken_latents", "dead_latents", "activation_peaks", "mse", "l0", "explained_variance"}
+
+
+def _exit_code(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.toml").write_text(TINY)
+    main(["run", str(root / "tiny.toml"), "--out", str(root / "run")])
+    return root / "run"
+
+
+def test_list_names_every_experiment(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXPERIMENTS)
+
+
+def test_run_directory_contract(tiny_run):
+    assert (tiny_run / "config.toml").is_file() and (tiny_run / "report.md").is_file()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"name", "samples", "wall_seconds", "samples_per_second", "runs", "claims"} <= set(metrics)
+    assert metrics["name"] == "tiny-world" and metrics["samples"] >= 150_000
+    assert len(metrics["runs"]) == 4  # 2 SAEs x 2 seeds
+    for run in metrics["runs"]:
+        assert RUN_KEYS <= set(run)
+        assert len(run["decoder_cos"]) == (4 if run["label"] == "tied" else 3)
+        assert len(run["decoder_cos"][0]) == 4
+    weights = load_file(str(tiny_run / "weights" / "untied-seed1.safetensors"))
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {
+        "W_enc": (8, 3), "W_dec": (3, 8), "b_enc": (3,), "b_dec": (8,), "threshold": (3,)}
+    assert sorted(p.name for p in (tiny_run / "figures").glob("*.png"))[:2] == ["tied-seed0-decoder.png", "tied-seed0-hist.png"]
+    assert "![" in (tiny_run / "report.md").read_text()
+
+
+def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
+    before = json.loads((tiny_run / "metrics.json").read_text())
+    main(["run", str(tiny_run / "config.toml"), "--out", str(tiny_run), "--seeds", "1"])
+    after = json.loads((tiny_run / "metrics.json").read_text())
+    assert len(after["runs"]) == 2
+    assert after["runs"][0]["decoder_cos"] == before["runs"][0]["decoder_cos"]  # seed 0 is seed 0 in any run
+    assert not list(tiny_run.parent.glob(".run.*"))
+
+
+def test_show_prints_tables(tiny_run, capsys):
+    main(["show", str(tiny_run)])
+    out = capsys.readouterr().out
+    assert "tiny-world" in out and "learned" in out and "decoder cos" in out and "f3" in out
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["run", "no-such-experiment"], "TARGET"),
+    (["run", "missing.toml"], "TARGET"),
+    (["run", "narrow-independent", "--set", "train.lr=-1"], "train.lr"),
+    (["run", "narrow-independent", "--set", "sae.tide.l1=1"], "sae.tide.l1"),
+    (["run", "narrow-independent", "--seeds", "0"], "train.seeds"),
+    (["run", "narrow-independent", "--device", "tpu"], "--device"),
+    (["run", "narrow-independent", "--seeds", "x"], "--seeds"),
+    (["show", "/nonexistent"], "RUN_DIR"),
+    (["reproduce", "--seeds", "0"], "--seeds"),
+])
+def test_bad_input_exits_2_naming_the_field(argv, field, capsys):
+    code, err = _exit_code(argv, capsys)
+    assert code == 2
+    assert field in err
+    assert "Traceback" not in err
+
+
+def test_out_dir_that_is_not_a_run_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = _exit_code(["run", "narrow-independent", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--out" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_divergence_exits_2_and_leaves_nothing(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    out = tmp_path / "run"
+    code, err = _exit_code(["run", str(tmp_path / "tiny.toml"), "--out", str(out), "--set", "world.magnitude=1e30"], capsys)
+    assert code == 2 and "NaN" in err and "train.lr" in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_console_script_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "broken_latents.cli", "run", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "TARGET" in proc.stderr and "Traceback" not in proc.stderr

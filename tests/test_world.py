@@ -1,0 +1,80 @@
+"""Worlds: directions meet their bounds, measured firing rates match the config, the post's ranking."""
+
+import numpy as np
+import pytest
+import torch
+
+from broken_latents.config import HierarchyConfig, WorldConfig
+from broken_latents.experiments import narrow_world
+from broken_latents.stream import DataStream
+from broken_latents.world import World, feature_directions
+
+
+def test_orthonormal_when_room():
+    F = feature_directions(20, 50, seed=3)
+    assert torch.allclose(F @ F.T, torch.eye(20), atol=1e-5)
+
+
+def test_near_orthogonal_in_superposition_as_in_post():
+    F = feature_directions(20, 19, seed=0)
+    cos = F @ F.T
+    assert torch.allclose(cos.diagonal(), torch.ones(20), atol=1e-5)
+    assert (cos - torch.eye(20)).abs().max() <= 0.06
+
+
+def test_directions_are_seeded():
+    assert torch.equal(feature_directions(8, 5, 1), feature_directions(8, 5, 1))
+    assert not torch.equal(feature_directions(8, 5, 1), feature_directions(8, 5, 2))
+
+
+def _measured_rates(config: WorldConfig, samples: int = 400_000) -> np.ndarray:
+    world = World.build(config)
+    f = DataStream(world, [0], samples, chunk=1).next()[0]
+    return (f > 0).float().mean(1).numpy()
+
+
+@pytest.mark.parametrize("hierarchy", [
+    [HierarchyConfig(parent=0, children=[1, 2], mode="force")],
+    [HierarchyConfig(parent=0, children=[1, 2], mode="conditional")],
+    # nested: 3 forces 1, which forces 0; 4 fires only inside 2
+    [HierarchyConfig(parent=0, children=[1]), HierarchyConfig(parent=1, children=[3]),
+     HierarchyConfig(parent=2, children=[4], mode="conditional")],
+])
+def test_measured_rates_match_marginals(hierarchy):
+    config = WorldConfig(features=5, dim=8, firing=[0.2, 0.1, 0.3, 0.15, 0.4], hierarchy=hierarchy)
+    expected = World.build(config).marginal_rates().numpy()
+    assert np.allclose(_measured_rates(config), expected, atol=0.004)
+
+
+def test_hierarchy_rules_hold_in_every_sample():
+    config = WorldConfig(features=4, dim=8, firing=0.3, hierarchy=[
+        HierarchyConfig(parent=0, children=[1], mode="force"), HierarchyConfig(parent=2, children=[3], mode="conditional")])
+    f = DataStream(World.build(config), [0], 50_000, chunk=1).next()[0] > 0
+    assert not (f[1] & ~f[0]).any()  # a forcing child never fires without its parent
+    assert not (f[3] & ~f[2]).any()  # a conditional child never fires without its parent
+    assert (f[0] & ~f[1]).any()  # the parent still fires alone
+
+
+def test_conditional_child_rate_is_given_the_parent():
+    config = WorldConfig(features=4, dim=8, firing=[0.3, 0.4, 0.4, 0.2],
+                         hierarchy=[HierarchyConfig(parent=0, children=[1, 2], mode="conditional")])
+    f = DataStream(World.build(config), [0], 200_000, chunk=1).next()[0] > 0
+    given_parent = f[1][f[0]].float().mean().item()
+    assert given_parent == pytest.approx(0.4, abs=0.01)
+
+
+def test_narrow_world_expected_mse_ranking_matches_post():
+    world = World.build(narrow_world())
+    ranking = world.expected_mse_ranking()
+    assert sorted(ranking[:5]) == [4, 5, 6, 7, 8]
+    assert ranking[0] == 6 and ranking[5] == 3
+    p, m = 0.02 + 0.28 * 6 / 19, 20 - 6
+    assert world.expected_mse()[6].item() == pytest.approx(p * m * m, rel=1e-5)
+
+
+def test_streams_are_per_seed():
+    world = World.build(WorldConfig(features=6, dim=6))
+    alone = DataStream(world, [3], 256).next()[0]
+    together = DataStream(world, [0, 1, 2, 3], 256).next()[3]
+    assert torch.equal(alone, together)
+    assert not torch.equal(DataStream(world, [0], 256).next()[0], alone)
