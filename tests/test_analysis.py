@@ -1,0 +1,46 @@
+"""Analysis known answers: peak counting, one-to-one matching, dead latents, firing patterns."""
+
+import numpy as np
+import torch
+
+from broken_latents.analysis import count_peaks, firing_pattern_sets, match_latents
+from broken_latents.config import HierarchyConfig, WorldConfig
+from broken_latents.world import World
+
+
+def _mixture(centres, counts, spread=0.05, bulk=20_000, seed=0):
+    rng = np.random.default_rng(seed)
+    parts = [rng.uniform(0, 0.05 * max(centres), bulk)]  # tied latents' weak firing near zero
+    parts += [rng.normal(c, spread, n) for c, n in zip(centres, counts)]
+    return np.clip(np.concatenate(parts), 0, None)
+
+
+def test_one_peak_with_ripples_counts_once():
+    # one feature at 16 with interference ripples of +-0.8, as a clean tied latent shows
+    acts = _mixture([15.2, 16.0, 16.8], [2000, 9000, 1500])
+    n, locs = count_peaks(acts)
+    assert n == 1 and abs(locs[0] - 16.0) < 0.5
+
+
+def test_broken_latent_peaks_are_counted():
+    # parent alone (weak), child + parent, child + parent + sibling: the 5,7 -> 12 pattern
+    acts = _mixture([4.5, 11.4, 15.8], [8000, 1200, 9000])
+    n, locs = count_peaks(acts)
+    assert n == 3
+    assert np.allclose(sorted(locs), [4.5, 11.4, 15.8], atol=0.4)
+
+
+def test_silent_latent_has_no_peak():
+    assert count_peaks(np.zeros(1000)) == (0, [])
+
+
+def test_matching_is_one_to_one_and_skips_dead():
+    cos = np.array([[0.99, 0.10, 0.0], [0.98, 0.20, 0.0], [0.0, 0.0, 0.97]])
+    matches = match_latents(cos, live=np.array([True, True, False]))
+    assert matches == [{"latent": 0, "feature": 0, "cos": 0.99}, {"latent": 1, "feature": 1, "cos": 0.2}]
+
+
+def test_firing_pattern_sets_cover_hierarchy():
+    world = World.build(WorldConfig(features=4, dim=4, hierarchy=[HierarchyConfig(parent=0, children=[1, 2])]))
+    sets = firing_pattern_sets(world, {3})
+    assert [[0], [1], [2], [3], [0, 1], [0, 2], [0, 1, 2]] == sets
