@@ -7,9 +7,9 @@ Every figure comes from this one run. Each row trains in its own fresh process, 
 gets its own peak RSS and nothing warmed up by one row helps the next. The processes are
 forked from a server that has already imported torch and the package (multiprocessing's
 "forkserver"): a cold interpreter spends ~3 s importing torch, which would double the run
-and make --quick impossible. The peak RSS is therefore that of a process holding
-torch and the package as imported, without the import's transient peak (a cold start reads
-~55 MiB higher on every row alike).
+and make --quick impossible. The peak RSS is therefore that of a process holding torch
+and the package as imported, without the import's transient peak (a cold start reads
+about 55 MiB higher, on every row alike).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ CONFIGS = [
     ("sae_lens", 1, 1024, 1_000_000),
 ]
 MEMORY_BUDGETS = (2_000_000, 8_000_000)
-QUICK_SAMPLES = 8 * 4096  # a few steps of every row
+QUICK_SAMPLES = 4 * 4096  # a few steps of every row
 ENGINE_NAMES = {"baseline": "plain PyTorch", "fast": "broken-latents", "autograd": "broken-latents autograd",
                 "sae_lens": "SAELens train_toy_sae"}
 SAE_LENS_INSTALLED = importlib.util.find_spec("sae_lens") is not None
@@ -114,17 +114,18 @@ def measure(row: Row, device: str) -> tuple[float, float]:
     return speed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure_all(rows: list[Row], device: str, console: Console) -> dict[Row, tuple[float, float] | None]:
+def measure_all(rows: list[Row], device: str, console: Console) -> list[tuple[float, float] | None]:
+    """One fresh process per row, in order; None for a row whose library is not installed."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__"])  # this module's imports: torch, the package, the baseline
-    results = {}
+    context.set_forkserver_preload(["torch", "rich.table", "broken_latents.train", "baseline", "sae_lens_toy"])
+    results = []
     with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
         for row in rows:
             if row.engine == "sae_lens" and not SAE_LENS_INSTALLED:
-                results[row] = None
+                results.append(None)
                 continue
-            with console.status(f"{row.world}: {describe(row)}, aux {'on' if row.aux else 'off'}, {row.samples:,} samples"):
-                results[row] = pool.submit(measure, row, device).result()
+            with console.status(f"{row.world}: {describe(row)}, aux {on_off(row.aux)}, {row.samples:,} samples"):
+                results.append(pool.submit(measure, row, device).result())
     return results
 
 
@@ -136,26 +137,24 @@ def describe(row: Row) -> str:
     return ENGINE_NAMES[row.engine] + (" (lockstep)" if row.saes > 1 else "")
 
 
-def main_table(rows: list[Row], results: dict) -> tuple[list[str], list[list[str]]]:
+def main_table(measured: list[tuple[Row, tuple[float, float] | None]]) -> tuple[list[str], list[list[str]]]:
     header = ["world", "engine / config", "SAEs", "batch", "aux", "samples/s", "vs baseline", "peak RSS MiB"]
+    baselines = {(row.world, row.aux): result[0] for row, result in measured if row.engine == "baseline"}
     cells = []
-    for row in rows:
-        result = results[row]
+    for row, result in measured:
+        config = [row.world, describe(row), str(row.saes), str(row.batch), on_off(row.aux)]
         if result is None:
-            cells.append([row.world, describe(row), str(row.saes), str(row.batch), on_off(row.aux), "not installed", "-", "-"])
-            continue
-        speed, rss = result
-        baseline_speed = next(results[b][0] for b in rows
-                              if b.engine == "baseline" and b.world == row.world and b.aux == row.aux)
-        cells.append([row.world, describe(row), str(row.saes), str(row.batch), on_off(row.aux),
-                      f"{speed:,.0f}", f"{speed / baseline_speed:.2f}x", f"{rss:.0f}"])
+            cells.append(config + ["not installed", "-", "-"])
+        else:
+            speed, rss = result
+            cells.append(config + [f"{speed:,.0f}", f"{speed / baselines[row.world, row.aux]:.2f}x", f"{rss:.0f}"])
     return header, cells
 
 
-def memory_table(rows: list[Row], results: dict) -> tuple[list[str], list[list[str]]]:
+def memory_table(measured: list[tuple[Row, tuple[float, float]]]) -> tuple[list[str], list[list[str]]]:
     header = ["world", "engine / config", "SAEs", "batch", "samples per SAE", "samples/s", "peak RSS MiB"]
-    cells = [[row.world, describe(row), str(row.saes), str(row.batch), f"{row.samples:,}",
-              f"{results[row][0]:,.0f}", f"{results[row][1]:.0f}"] for row in rows]
+    cells = [[row.world, describe(row), str(row.saes), str(row.batch), f"{row.samples:,}", f"{speed:,.0f}", f"{rss:.0f}"]
+             for row, (speed, rss) in measured]
     return header, cells
 
 
@@ -163,13 +162,15 @@ def on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def machine_lines(device: str, quick: bool) -> list[str]:
+def machine_lines(device: str, quick: bool, load_at_start: float) -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
     return [
         f"date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"CPU: {cpu}, {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f}",
+        # Other processes skew every row, the baseline's two torch threads most of all.
+        f"CPU: {cpu}, {os.cpu_count()} cores; 1-minute load average {load_at_start:.2f} at start,"
+        f" {os.getloadavg()[0]:.2f} at end",
         f"device: {device}{gpu}",
         f"torch {torch.__version__}, default threads {torch.get_num_threads()} (the baseline uses them;"
         " broken-latents runs 1 torch thread plus its sampling thread)",
@@ -201,18 +202,19 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or (Path(tempfile.gettempdir()) / "broken-latents-bench-quick.md" if args.quick
                        else Path(__file__).with_name("results.md"))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 130)  # rich wraps at 80 columns in a pipe
     if args.device == "cuda" and not torch.cuda.is_available():
         console.print("CUDA is not available here; nothing to benchmark with --device cuda.")
         return
 
+    load_at_start = os.getloadavg()[0]
     rows, mem_rows = table_rows(args.quick), memory_rows(args.quick)
-    results = measure_all(rows + mem_rows, args.device, console)
+    measured = list(zip(rows + mem_rows, measure_all(rows + mem_rows, args.device, console)))
     tables = [
-        ("Training throughput, side by side", *main_table(rows, results)),
-        ("Peak memory vs sample budget (should not grow)", *memory_table(mem_rows, results)),
+        ("Training throughput, side by side", *main_table(measured[: len(rows)])),
+        ("Peak memory vs sample budget (should not grow)", *memory_table(measured[len(rows):])),
     ]
-    header_lines = machine_lines(args.device, args.quick)
+    header_lines = machine_lines(args.device, args.quick, load_at_start)
 
     for line in header_lines:
         console.print(line)
@@ -226,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

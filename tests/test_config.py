@@ -126,3 +126,13 @@ def test_linear_spec_spans_its_ends(start, stop, n):
     if n > 1:
         assert values[-1] == pytest.approx(stop)
         assert all(min(start, stop) - 1e-12 <= v <= max(start, stop) + 1e-12 for v in values)
+
+
+def test_example_worlds_parse_and_match_the_readme():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "my-hierarchy.toml"
+    config = load_toml(example)
+    assert config.world.hierarchy[0].mode == "conditional"
+    assert example.read_text() in (root / "README.md").read_text()
