@@ -135,6 +135,8 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
         "world": {
             "expected_mse": _round(world.expected_mse().numpy()),
             "expected_mse_ranking": world.expected_mse_ranking(),
+            "variance": _round(world.variance().numpy()),
+            "variance_ranking": world.variance_ranking(),
             "feature_cos": _round(cosine(F_ND, F_ND).cpu().numpy()),
             "firing_rates": _round(world.marginal_rates().numpy()),
         },

@@ -90,6 +90,10 @@ def top_expected_mse(world: dict, latents: int) -> list[int]:
     return world["expected_mse_ranking"][:latents]
 
 
+def top_variance(world: dict, latents: int) -> list[int]:
+    return world["variance_ranking"][:latents]
+
+
 def all_features(world: dict, latents: int) -> list[int]:
     return list(range(len(world["expected_mse"])))
 

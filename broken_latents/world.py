@@ -111,6 +111,14 @@ class World:
     def expected_mse_ranking(self) -> list[int]:
         return torch.argsort(self.expected_mse(), descending=True, stable=True).tolist()
 
+    def variance(self) -> torch.Tensor:
+        """What leaving a feature out costs an SAE whose decoder bias takes the feature's mean: p(1-p) m^2."""
+        p = self.marginal_rates()
+        return p * (1 - p) * self.magnitudes_N.cpu() ** 2
+
+    def variance_ranking(self) -> list[int]:
+        return torch.argsort(self.variance(), descending=True, stable=True).tolist()
+
 
 def feature_directions(features: int, dim: int, seed: int) -> torch.Tensor:
     """Orthonormal rows when dim >= features, otherwise rows spread as evenly as possible.

@@ -63,13 +63,22 @@ def test_conditional_child_rate_is_given_the_parent():
     assert given_parent == pytest.approx(0.4, abs=0.01)
 
 
-def test_narrow_world_expected_mse_ranking_matches_post():
+def test_narrow_world_rankings_match_post():
     world = World.build(narrow_world())
     ranking = world.expected_mse_ranking()
-    assert sorted(ranking[:5]) == [4, 5, 6, 7, 8]
-    assert ranking[0] == 6 and ranking[5] == 3
-    p, m = 0.02 + 0.28 * 6 / 19, 20 - 6
+    assert sorted(ranking[:5]) == [4, 5, 6, 7, 8] and ranking[0] == 6
+    p, m = 0.01 + 0.29 * 6 / 19, 20 - 6
     assert world.expected_mse()[6].item() == pytest.approx(p * m * m, rel=1e-5)
+    # what an SAE with a decoder bias really ranks by: the same top 5, then 3 (the post's "feature 3 as well")
+    by_variance = world.variance_ranking()
+    assert sorted(by_variance[:5]) == [4, 5, 6, 7, 8] and by_variance[0] == 6 and by_variance[5] == 3
+    assert world.variance()[6].item() == pytest.approx(p * (1 - p) * m * m, rel=1e-5)
+
+
+def test_rates_from_002_split_the_two_rankings():
+    world = World.build(narrow_world(rates={"linear": [0.02, 0.3]}))
+    assert sorted(world.expected_mse_ranking()[:5]) == [4, 5, 6, 7, 8]
+    assert sorted(world.variance_ranking()[:5]) == [3, 4, 5, 6, 7]
 
 
 def test_streams_are_per_seed():
