@@ -24,14 +24,20 @@ class WorldGeometry:
 
     F_ND: torch.Tensor
     G_NN: torch.Tensor
+    orthonormal: bool
+    """Then ||x||^2 = sum_n f_n^2, without the N x N product."""
 
     @classmethod
     def of(cls, F_ND: torch.Tensor) -> "WorldGeometry":
-        return cls(F_ND, F_ND @ F_ND.T)
+        G = F_ND @ F_ND.T
+        eye = torch.eye(G.shape[0], device=G.device, dtype=G.dtype)
+        return cls(F_ND, G, bool(torch.allclose(G, eye, atol=1e-5)))
 
-
-def _bmm_t(a, b):
-    return torch.bmm(a, b.transpose(1, 2))
+    def squared_norms(self, f_SNB: torch.Tensor) -> torch.Tensor:
+        """||x||^2 per sample, [S, B]."""
+        if self.orthonormal:
+            return f_SNB.pow(2).sum(1)
+        return ((self.G_NN @ f_SNB) * f_SNB).sum(1)
 
 
 @torch.no_grad()
@@ -49,24 +55,29 @@ def loss_and_grads(
     loss per SAE = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux.
     Batch-last layout throughout ([S, K, B], [S, N, B]): long contiguous rows keep the CPU's
     small matrix products fast."""
-    F, G = geometry.F_ND, geometry.G_NN
+    F = geometry.F_ND
     B = f_SNB.shape[-1]
     W_dec, b_dec = sae.W_dec_SKD, sae.b_dec_SD
-    W_enc, b_enc = sae.encoder()
+    tied = sae.architecture == "tied"
     fT_SBN = f_SNB.transpose(1, 2)
 
-    # Forward: pre = W_enc^T (x - b_dec) + b_enc with x = F^T f.
-    A_SKN = W_enc.transpose(1, 2) @ F.T
-    c_SK = b_enc - (b_dec[:, None] @ W_enc)[:, 0]
-    pre = torch.baddbmm(c_SK[..., None], A_SKN, f_SNB)
+    # x . W_j and b . W_j for every decoder row; a tied encoder needs nothing more.
+    M_SKN = W_dec @ F.T
+    q_SK1 = W_dec @ b_dec[..., None]
+    xW = M_SKN @ f_SNB
+    if tied:
+        W_enc = W_dec.transpose(1, 2)
+        pre = xW - q_SK1  # W (x - b)
+    else:
+        W_enc, b_enc = sae.encoder()
+        A_SKN = W_enc.transpose(1, 2) @ F.T
+        c_SK1 = b_enc[..., None] - W_enc.transpose(1, 2) @ b_dec[..., None]
+        pre = torch.baddbmm(c_SK1, A_SKN, f_SNB)
     threshold = sae.thresholds(tau_SK)
     gate = pre > (threshold[..., None] if threshold is not None else 0.0)
     h = pre * gate
 
-    M_SKN = W_dec @ F.T
     P_SKK = W_dec @ W_dec.transpose(1, 2)
-    q_SK1 = W_dec @ b_dec[..., None]
-    xW = M_SKN @ f_SNB  # x . W_j for every latent and sample
     r = torch.baddbmm(q_SK1 - xW, P_SKK, h)  # W_dec e: the error seen by each decoder row
 
     norms_SK = W_dec.norm(dim=-1)
@@ -89,12 +100,17 @@ def loss_and_grads(
     g_W_enc_SKD = (grad_pre @ fT_SBN) @ F - sum_g[..., None] * b_dec[:, None]
     g_b_dec -= (W_enc @ sum_g[..., None])[..., 0]
 
+    x_sq = x_dot_b = None
+    if aux_lambda > 0 or want_loss:
+        x_sq = geometry.squared_norms(f_SNB)
+        x_dot_b = ((b_dec @ F.T)[:, None] @ f_SNB)[:, 0]
     if aux_lambda > 0:
-        gW, gb = _aux_grads(f_SNB, xW, q_SK1, h, tau_SK, W_dec, b_dec, norms_SK, geometry, aux_lambda)
+        r2 = x_sq - 2 * x_dot_b + b_dec.pow(2).sum(-1)[:, None]  # ||x - b||^2
+        gW, gb = _aux_grads(f_SNB, xW - q_SK1, r2, h, tau_SK, W_dec, b_dec, norms_SK, F, aux_lambda)
         g_W_dec += gW
         g_b_dec += gb
 
-    if sae.architecture == "tied":
+    if tied:
         grads = {"W_dec_SKD": g_W_dec + g_W_enc_SKD, "b_dec_SD": g_b_dec}
     else:
         grads = {"W_dec_SKD": g_W_dec, "b_dec_SD": g_b_dec, "W_enc_SDK": g_W_enc_SKD.transpose(1, 2), "b_enc_SK": sum_g}
@@ -106,21 +122,16 @@ def loss_and_grads(
     losses = None
     if want_loss:
         # ||e||^2 = h P h + 2 h.q - 2 h.(x W) + ||b||^2 - 2 x.b + ||x||^2
-        x_dot_b = ((b_dec @ F.T)[:, None] @ f_SNB)[:, 0]
-        x_sq = ((G @ f_SNB) * f_SNB).sum(1)
         err = (h * (r + q_SK1 - xW)).sum(1) + b_dec.pow(2).sum(-1)[:, None] - 2 * x_dot_b + x_sq
         losses = {"mse": err.mean(-1), "l1": (h * l1_w[..., None]).sum(1).mean(-1)}
     return losses, h, grads
 
 
-def _aux_grads(f, xW, q_SK1, h, tau, W_dec, b_dec, norms, geometry: WorldGeometry, lam: float):
-    """Gradients of lam/(B K) sum [h <= tau] cos(x - b, W_j)^2 w.r.t. W_dec and b_dec (h, f batch-last)."""
-    F, G = geometry.F_ND, geometry.G_NN
+def _aux_grads(f, a, r2, h, tau, W_dec, b_dec, norms, F, lam: float):
+    """Gradients of lam/(B K) sum [h <= tau] cos(x - b, W_j)^2 w.r.t. W_dec and b_dec, given
+    a = (x - b) . W_j and r2 = ||x - b||^2 (h, f batch-last)."""
     K, B = h.shape[1], h.shape[2]
-    a = xW - q_SK1  # (x - b) . W_j
-    x_dot_b = ((b_dec @ F.T)[:, None] @ f)[:, 0]
-    r2 = ((G @ f) * f).sum(1) - 2 * x_dot_b + b_dec.pow(2).sum(-1)[:, None]
-    r = r2.clamp_min(0).sqrt().clamp_min(EPS)  # ||x - b||
+    r = r2.clamp_min(0).sqrt().clamp_min(EPS)
     n = norms.clamp_min(EPS)[..., None]  # ||W_j||
     cos = a / (r[:, None] * n)
     g = (2.0 * lam / (B * K)) * (h <= tau[..., None]).to(cos.dtype) * cos  # dL/dcos

@@ -21,7 +21,10 @@ def _setup(architecture, activation, aux, dim=12, features=8):
     with torch.no_grad():  # move off the symmetric start so every term is exercised
         for p in sae.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    world = World(world.config, world.directions_ND.double(), world.rates_N.double(), world.magnitudes_N.double())
+    directions = world.directions_ND.double()
+    if dim >= features:  # exactly orthonormal in float64 too, so the fast path's shortcut is exact
+        directions = torch.linalg.qr(directions.T).Q.T
+    world = World(world.config, directions, world.rates_N.double(), world.magnitudes_N.double())
     f = torch.from_numpy(np.stack([world.sample(np.random.default_rng(s), 64) for s in range(3)])).double()  # [S, N, B]
     return world, sae, config, f
 
@@ -29,8 +32,9 @@ def _setup(architecture, activation, aux, dim=12, features=8):
 @pytest.mark.parametrize("architecture", ["tied", "untied"])
 @pytest.mark.parametrize("activation", ["relu", "jumprelu"])
 @pytest.mark.parametrize("aux", [False, True])
-def test_fast_gradients_match_autograd(architecture, activation, aux):
-    world, sae, config, f = _setup(architecture, activation, aux)
+@pytest.mark.parametrize("dim", [12, 6])  # orthonormal features, and superposition
+def test_fast_gradients_match_autograd(architecture, activation, aux, dim):
+    world, sae, config, f = _setup(architecture, activation, aux, dim=dim)
     x = world.inputs(f)
     tau = torch.rand(3, 5, dtype=torch.float64) * 2 if aux else None
     lam = 7.0 if aux else 0.0
