@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import amax
 from .config import AuxConfig
 
 
@@ -26,18 +27,18 @@ def warmup_factor(config: AuxConfig, samples_seen: int) -> float:
 
 
 class RunningMax:
-    """Per-latent max activation over the last `window` batches, as a ring buffer."""
+    """Per-latent max activation over the last `window` batches, as a ring buffer (numpy or torch)."""
 
-    def __init__(self, window: int, n_saes: int, latents: int, device: torch.device | str = "cpu"):
-        self.maxes_WSK = torch.zeros(window, n_saes, latents, device=device)
+    def __init__(self, window: int, n_saes: int, latents: int, zeros=torch.zeros):
+        self.maxes_WSK = zeros((window, n_saes, latents))
         self.position = 0
 
-    def update(self, batch_max_SK: torch.Tensor) -> None:
+    def update(self, batch_max_SK) -> None:
         self.maxes_WSK[self.position % self.maxes_WSK.shape[0]] = batch_max_SK
         self.position += 1
 
-    def value(self) -> torch.Tensor:
-        return self.maxes_WSK.amax(dim=0)
+    def value(self):
+        return amax(self.maxes_WSK, 0)
 
 
 def aux_loss(
@@ -54,11 +55,11 @@ def aux_loss(
 class AuxState:
     """What one SAE stack needs between steps to compute the aux loss."""
 
-    def __init__(self, config: AuxConfig, n_saes: int, latents: int, device: torch.device | str = "cpu"):
+    def __init__(self, config: AuxConfig, n_saes: int, latents: int, zeros=torch.zeros):
         self.config = config
-        self.running_max = RunningMax(config.window_batches, n_saes, latents, device)
+        self.running_max = RunningMax(config.window_batches, n_saes, latents, zeros)
 
-    def schedule(self, samples_seen: int) -> tuple[float, torch.Tensor]:
+    def schedule(self, samples_seen: int):
         """(lambda, tau_SK) for the step that starts after `samples_seen` samples."""
         factor = warmup_factor(self.config, samples_seen)
         tau = self.config.threshold_ratio * factor * self.running_max.value()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from .backend import xp, zeros_like
+
 
 def flatten_parameters(params: list[torch.Tensor]) -> torch.Tensor:
     """Move the parameters into one contiguous buffer; each parameter becomes a view of it."""
@@ -17,23 +19,25 @@ def flatten_parameters(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 class FlatAdam:
-    """PyTorch's Adam (same formula, same defaults) on a flat parameter buffer."""
+    """PyTorch's Adam (same formula, same defaults) on a flat buffer, numpy or torch, in place."""
 
-    def __init__(self, flat: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, flat, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.flat, self.lr = flat, lr
         self.beta1, self.beta2 = betas
         self.eps = eps
-        self.exp_avg = torch.zeros_like(flat)
-        self.exp_avg_sq = torch.zeros_like(flat)
-        self.denom = torch.empty_like(flat)
+        self.exp_avg = zeros_like(flat)
+        self.exp_avg_sq = zeros_like(flat)
+        self.denom = zeros_like(flat)
         self.steps = 0
 
-    @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: float | None = None) -> None:
+    def step(self, grad, lr: float | None = None) -> None:
         self.steps += 1
         lr = self.lr if lr is None else lr
-        self.exp_avg.lerp_(grad, 1 - self.beta1)
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        bias2_sqrt = (1 - self.beta2**self.steps) ** 0.5
-        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bias2_sqrt).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg, self.denom, value=-lr / (1 - self.beta1**self.steps))
+        self.exp_avg *= self.beta1
+        self.exp_avg += (1 - self.beta1) * grad
+        self.exp_avg_sq *= self.beta2
+        self.exp_avg_sq += (1 - self.beta2) * grad * grad
+        xp(self.flat).sqrt(self.exp_avg_sq, out=self.denom)
+        self.denom /= (1 - self.beta2**self.steps) ** 0.5
+        self.denom += self.eps
+        self.flat -= (lr / (1 - self.beta1**self.steps)) * self.exp_avg / self.denom

@@ -20,11 +20,12 @@ class DataStream:
     the next chunk while the trainer works: numpy's generators and ufuncs release the GIL, so
     sampling runs on the second core."""
 
-    def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device = "cpu",
+    def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device | None = "cpu",
                  offset: int = 0, chunk: int = CHUNK_BATCHES, prefetch: bool = False):
+        """device None: batches are numpy arrays (the CPU fast path); else torch tensors there."""
         self.world, self.batch, self.chunk, self.device = world, batch, chunk, device
         self.rngs = [np.random.Generator(np.random.SFC64([offset, seed])) for seed in seeds]
-        self.buffer_RNCB: torch.Tensor | None = None
+        self.buffer_CRNB = None
         self.position = chunk
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
@@ -34,13 +35,13 @@ class DataStream:
             self._thread = threading.Thread(target=self._produce, daemon=True)
             self._thread.start()
 
-    def next(self) -> torch.Tensor:
-        """Feature magnitudes f_RNB of the next batch of every seed."""
+    def next(self):
+        """Feature magnitudes f_RNB of the next batch of every seed (contiguous)."""
         if self.position == self.chunk:
-            self.buffer_RNCB = self._draw() if self._queue is None else self._take()
+            self.buffer_CRNB = self._draw() if self._queue is None else self._take()
             self.position = 0
         self.position += 1
-        return self.buffer_RNCB[:, :, self.position - 1]
+        return self.buffer_CRNB[self.position - 1]
 
     def close(self) -> None:
         self._stop.set()
@@ -51,9 +52,12 @@ class DataStream:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _draw(self) -> torch.Tensor:
+    def _draw(self):
+        """The next chunk, [chunk, seeds, N, B]: batch-major so each step's slice is contiguous."""
         f = np.stack([self.world.sample(rng, self.chunk * self.batch) for rng in self.rngs])
-        return torch.from_numpy(f).view(len(self.rngs), -1, self.chunk, self.batch).to(self.device)
+        n_seeds, n_features = f.shape[:2]
+        f = np.ascontiguousarray(f.reshape(n_seeds, n_features, self.chunk, self.batch).transpose(2, 0, 1, 3))
+        return f if self.device is None else torch.from_numpy(f).to(self.device)
 
     def _produce(self) -> None:
         try:
@@ -68,7 +72,7 @@ class DataStream:
         except BaseException as err:  # surfaced to the trainer by _take
             self._error = err
 
-    def _take(self) -> torch.Tensor:
+    def _take(self):
         while True:
             try:
                 return self._queue.get(timeout=0.5)

@@ -6,12 +6,15 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
+import numpy as np
 import torch
 
 from .aux import AuxState, aux_loss
 from .config import ExperimentConfig, SAEConfig
-from .fastpath import WorldGeometry, loss_and_grads
+from .backend import amax, as_torch, clamp_min, concat_flat, norm_last
+from .fastpath import Architecture, WorldGeometry, loss_and_grads, params_of
 from .optim import FlatAdam, flatten_parameters
 from .saes import StackedSAE, build_sae
 from .stream import DataStream
@@ -88,29 +91,37 @@ def _train(config: ExperimentConfig, device: str, progress: bool) -> TrainResult
         TrainedStack(sc, build_sae(sc, len(seeds), config.world.dim, seeds, config.train.init).to(device))
         for sc in config.sae
     ]
-    auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, device) if s.config.aux else None for s in stacks]
-    params = [p for stack in stacks for p in stack.sae.parameters()]
-    optimiser = FlatAdam(flatten_parameters(params), lr=config.train.lr)
+    fast = config.train.engine == "fast"
+    # The fast path runs on numpy views of the parameters on the CPU, on torch tensors on a GPU.
+    backend = "numpy" if fast and device == "cpu" else "torch"
+    zeros = partial(np.zeros, dtype=np.float32) if backend == "numpy" else partial(torch.zeros, device=device)
+    auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros) if s.config.aux else None for s in stacks]
+    flat = flatten_parameters([p for stack in stacks for p in stack.sae.parameters()])
+    optimiser = FlatAdam(flat.numpy() if backend == "numpy" else flat, lr=config.train.lr)
+    arrays = [params_of(stack.sae, backend) for stack in stacks]
+    archs = [Architecture.of(stack.sae) for stack in stacks]
+    geometry = WorldGeometry.of(world.directions_ND, backend)
     steps = math.ceil(config.train.samples / batch)
     history: list[dict] = []
-    fast = config.train.engine == "fast"
-    geometry = WorldGeometry.of(world.directions_ND)
 
-    with DataStream(world, seeds, batch, device, prefetch=True) as stream, _progress_bar(progress, steps * batch) as bar:
+    stream_device = None if backend == "numpy" else device
+    with DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
+            _progress_bar(progress, steps * batch) as bar:
         start = time.perf_counter()
         for step in range(steps):
             f_RNB = stream.next()
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
             if fast:
-                logged, grads = _fast_step(stacks, auxes, geometry, f_RNB, step * batch, want_loss)
+                logged, grads = _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss)
             else:
                 logged, grads = _autograd_step(stacks, auxes, world.inputs(f_RNB), step * batch)
-            optimiser.step(torch.cat([g.reshape(-1) for g in grads]), config.train.lr * lr_factor(config, step, steps))
+            optimiser.step(concat_flat(grads), config.train.lr * lr_factor(config, step, steps))
             if config.train.unit_norm_decoder:
-                for stack in stacks:
-                    W = stack.sae.W_dec_SKD.data
-                    W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+                for params in arrays:
+                    W = params["W_dec_SKD"]
+                    W /= clamp_min(norm_last(W), 1e-12)[..., None]
             if want_loss:
+                logged = {label: {k: as_torch(v) for k, v in parts.items()} for label, parts in logged.items()}
                 _check_finite(stacks, logged, seeds, (step + 1) * batch, config.train.lr)
                 history.append({"samples": (step + 1) * batch, **_summarise(logged)})
                 bar.update((step + 1) * batch, time.perf_counter() - start, history[-1])
@@ -118,7 +129,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool) -> TrainResult
 
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
-            stack.tau_SK = aux.schedule(steps * batch)[1]
+            stack.tau_SK = as_torch(aux.schedule(steps * batch)[1]).to(device)
     return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history)
 
 
@@ -135,15 +146,15 @@ def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch
     return logged, [p.grad for stack in stacks for p in stack.sae.parameters()]
 
 
-def _fast_step(stacks, auxes, geometry, f_RNB, samples_seen, want_loss) -> tuple[dict, list[torch.Tensor]]:
+def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss) -> tuple[dict, list]:
     """Hand-derived gradients (fastpath.py); same values as `_autograd_step`."""
     logged, all_grads = {}, []
-    for stack, aux in zip(stacks, auxes):
+    for stack, arch, params, aux in zip(stacks, archs, arrays, auxes):
         lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
-        losses, h, grads = loss_and_grads(stack.sae, geometry, f_RNB, stack.config.l1, lam, tau_SK, want_loss)
-        all_grads += [grads[name] for name, _ in stack.sae.named_parameters()]
+        losses, h, grads = loss_and_grads(arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK, want_loss)
+        all_grads += [grads[name] for name in params]
         if aux is not None:
-            aux.running_max.update(h.amax(dim=-1))
+            aux.running_max.update(amax(h, -1))
         logged[stack.config.label] = losses or {}
     return logged, all_grads
 

@@ -6,7 +6,8 @@ import torch
 
 from broken_latents.aux import aux_loss
 from broken_latents.config import AuxConfig, HierarchyConfig, SAEConfig, WorldConfig
-from broken_latents.fastpath import WorldGeometry, loss_and_grads
+from broken_latents.backend import as_torch
+from broken_latents.fastpath import Architecture, WorldGeometry, loss_and_grads, params_of
 from broken_latents.saes import build_sae
 from broken_latents.world import World
 
@@ -33,7 +34,8 @@ def _setup(architecture, activation, aux, dim=12, features=8):
 @pytest.mark.parametrize("activation", ["relu", "jumprelu"])
 @pytest.mark.parametrize("aux", [False, True])
 @pytest.mark.parametrize("dim", [12, 6])  # orthonormal features, and superposition
-def test_fast_gradients_match_autograd(architecture, activation, aux, dim):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_fast_gradients_match_autograd(architecture, activation, aux, dim, backend):
     world, sae, config, f = _setup(architecture, activation, aux, dim=dim)
     x = world.inputs(f)
     tau = torch.rand(3, 5, dtype=torch.float64) * 2 if aux else None
@@ -47,10 +49,13 @@ def test_fast_gradients_match_autograd(architecture, activation, aux, dim):
     loss.sum().backward()
     expected = {name: p.grad.clone() for name, p in sae.named_parameters()}
 
-    losses, h, grads = loss_and_grads(sae, WorldGeometry.of(world.directions_ND), f, config.l1, lam, tau, want_loss=True)
+    arrays = {"numpy": lambda t: t.numpy(), "torch": lambda t: t}[backend]
+    losses, h, grads = loss_and_grads(Architecture.of(sae), params_of(sae, backend),
+                                      WorldGeometry.of(world.directions_ND, backend), arrays(f), config.l1, lam,
+                                      None if tau is None else arrays(tau), want_loss=True)
     assert set(grads) == set(expected)
     for name, g in grads.items():
-        torch.testing.assert_close(g, expected[name], rtol=1e-8, atol=1e-10, msg=name)
-    torch.testing.assert_close(losses["mse"], out["mse"].detach())
-    torch.testing.assert_close(losses["l1"], out["l1"].detach())
-    torch.testing.assert_close(h.transpose(1, 2), out["h"].detach())
+        torch.testing.assert_close(as_torch(g), expected[name], rtol=1e-8, atol=1e-10, msg=name)
+    torch.testing.assert_close(as_torch(losses["mse"]), out["mse"].detach())
+    torch.testing.assert_close(as_torch(losses["l1"]), out["l1"].detach())
+    torch.testing.assert_close(as_torch(h).transpose(1, 2), out["h"].detach())
