@@ -72,7 +72,8 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
     """Return (losses if asked, activations h_SKB, d(loss)/d(param) by parameter name).
 
     loss per SAE = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux."""
-    with torch.no_grad():
+    # Overflow is not an error here: training checks for NaN/inf and stops with a clear message.
+    with torch.no_grad(), np.errstate(all="ignore"):
         return _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_loss)
 
 
