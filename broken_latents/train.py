@@ -105,8 +105,9 @@ def _train(config: ExperimentConfig, device: str, progress: bool) -> TrainResult
     history: list[dict] = []
 
     stream_device = None if backend == "numpy" else device
+    # Overflow is not a numpy warning here: the NaN/inf check below stops training with a clear message.
     with DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
-            _progress_bar(progress, steps * batch) as bar:
+            _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"):
         start = time.perf_counter()
         for step in range(steps):
             f_RNB = stream.next()
