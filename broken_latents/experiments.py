@@ -47,6 +47,13 @@ def narrow_world(*hierarchy: HierarchyConfig, dim: int = 50, rates: dict = NARRO
     return WorldConfig(features=20, dim=dim, firing=rates, magnitude=NARROW_MAGNITUDES, hierarchy=list(hierarchy))
 
 
+def recipe(samples: int) -> TrainConfig:
+    """The plain experiments' training recipe: Adam at 1e-3 with a cosine decay over the last 20%.
+    Over 10 seeds it matched or beat lr 3e-4 without decay on every claim measured (children-repel
+    4/10 -> 7/10) in 1.3-1.7x less time; orthogonal init with unit-norm rows did worse (recap 3/10)."""
+    return TrainConfig(samples=samples, lr=1e-3, lr_decay="cosine")
+
+
 def tied(latents: int, l1: float = 3e-3, aux: AuxConfig | None = None, label: str = "tied") -> SAEConfig:
     return SAEConfig(label=label, architecture="tied", latents=latents, l1=l1, aux=aux)
 
@@ -102,6 +109,28 @@ def children_repel(a: int, b: int):
     return check
 
 
+def one_child_repels(a: int, b: int, at_most: float = -0.1):
+    """The weaker form: at least one of the two child latents carries a clear negative part of the other child."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs["tied"]
+        cos = dec(run)
+        ja, _ = latent_for(run, a)
+        jb, _ = latent_for(run, b)
+        ok = min(cos[ja, b], cos[jb, a]) <= at_most
+        return ok, f"latent {ja} has f{b} {cos[ja, b]:+.3f}; latent {jb} has f{a} {cos[jb, a]:+.3f}"
+
+    return check
+
+
+def same_reconstruction(a: str, b: str, rel: float = 0.01) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        ma, mb = runs[a]["mse"], runs[b]["mse"]
+        return abs(ma - mb) <= rel * max(ma, mb), f"mse {a} {ma:.3f}, {b} {mb:.3f}"
+
+    return check
+
+
 def tied_latents_orthogonal(max_abs: float = 0.05):
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         run = runs["tied"]
@@ -139,7 +168,7 @@ def _recap(name: str, rates: list[float], description: str, samples: int) -> Exp
         name=name,
         description=description,
         world=WorldConfig(features=4, dim=50, firing=rates, magnitude=1.0, hierarchy=[RECAP_HIERARCHY]),
-        train=TrainConfig(samples=samples),
+        train=recipe(samples),
         sae=[untied(4), tied(4)],
     )
 
@@ -178,7 +207,7 @@ register(Experiment(
         name="wide-independent",
         description="4 independent features, 8 latents: untied misuses spare latents, tied kills them",
         world=WorldConfig(features=4, dim=20, firing=0.2, magnitude=1.0),
-        train=TrainConfig(samples=20_000_000),
+        train=recipe(20_000_000),
         sae=[untied(8), tied(8)],
     ),
     [
@@ -196,7 +225,7 @@ def _wide_hierarchy(name: str, child_rate: float, description: str) -> Experimen
         description=description,
         world=WorldConfig(features=4, dim=20, firing=[0.2, child_rate, child_rate, 0.2], magnitude=1.0,
                           hierarchy=[HierarchyConfig(parent=0, children=[1, 2], mode="force")]),
-        train=TrainConfig(samples=20_000_000),
+        train=recipe(20_000_000),
         sae=[tied(8)],
     )
 
@@ -219,14 +248,17 @@ register(Experiment(
         name="narrow-independent",
         description="20 independent features, 5 latents: both SAEs learn the top 5 by expected MSE (4-8)",
         world=narrow_world(),
-        train=TrainConfig(samples=30_000_000),
-        sae=[untied(5), tied(5)],
+        train=recipe(30_000_000),
+        # l1 0.03: at 3e-3 the untied L1 is ~0.02 of a loss of ~116 and barely prefers the feature basis.
+        sae=[untied(5, l1=0.03), tied(5)],
     ),
     [
         Claim("tied-top5", "tied: clean latents for exactly the 5 features of highest p*m^2 (4-8)",
               "the SAE perfectly reconstructs features 4-8, as we predicted", learns_exactly("tied", top_expected_mse)),
         Claim("untied-top5", "untied: clean latents for exactly the 5 features of highest p*m^2 (4-8)",
               "The untied SAE also perfectly reconstructs the 5 true features", learns_exactly("untied", top_expected_mse)),
+        Claim("untied-same-mse", "untied reconstructs as well as tied (MSE within 1%), whatever its basis",
+              "The untied SAE also perfectly reconstructs the 5 true features", same_reconstruction("untied", "tied")),
     ],
 ))
 
@@ -235,7 +267,7 @@ register(Experiment(
         name="narrow-independent-boundary",
         description="As narrow-independent with rates from 0.02: SAEs pick the top 5 by variance (3-7), not p*m^2 (4-8)",
         world=narrow_world(rates={"linear": [0.02, 0.3]}),
-        train=TrainConfig(samples=30_000_000),
+        train=recipe(30_000_000),
         sae=[tied(5)],
     ),
     [
@@ -258,7 +290,7 @@ register(Experiment(
         name="narrow-5-7-force-12",
         description="Features 5 and 7 force 12; tied SAE learns broken latents",
         world=narrow_world(HierarchyConfig(parent=12, children=[5, 7])),
-        train=TrainConfig(samples=30_000_000),
+        train=recipe(30_000_000),
         sae=[tied(5)],
     ),
     [
@@ -266,6 +298,9 @@ register(Experiment(
               "Both these latents now include a portion of feature 12", children_carry_parent(12, [5, 7])),
         Claim("children-repel", "the latent for 5 has a negative cos with 7, and vice versa",
               "Features 5 and 7 each also include a negative component of each other", children_repel(5, 7)),
+        Claim("one-child-repels", "at least one of the two child latents has cos <= -0.1 with the other child "
+              "(the loss is nearly flat along the rotation that would share it)",
+              "Features 5 and 7 each also include a negative component of each other", one_child_repels(5, 7)),
         Claim("latents-orthogonal", "all live latents mutually orthogonal (|cos| <= 0.05)",
               "the latents are all already orthogonal", tied_latents_orthogonal()),
         Claim("peaks-mark-broken", "broken latents (best cos < 0.95) show >= 2 activation peaks, clean ones "
@@ -367,7 +402,7 @@ register(Experiment(
         name="narrow-parent-6",
         description="Features 5 and 7 force 6, the feature of highest expected MSE: tied latents merge 5-7",
         world=narrow_world(HierarchyConfig(parent=6, children=[5, 7])),
-        train=TrainConfig(samples=30_000_000),
+        train=recipe(30_000_000),
         sae=[tied(5)],
     ),
     [
@@ -444,7 +479,7 @@ register(Experiment(
         description="Parent 0 with conditional children 1, 2; one latent merges parent and children",
         world=WorldConfig(features=4, dim=20, firing=[0.3, 0.4, 0.4, 0.2], magnitude=1.0,
                           hierarchy=[HierarchyConfig(parent=0, children=[1, 2], mode="conditional")]),
-        train=TrainConfig(samples=20_000_000),
+        train=recipe(20_000_000),
         sae=[untied(1), tied(1)],
     ),
     [
