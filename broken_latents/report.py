@@ -19,7 +19,7 @@ def render_markdown(metrics: dict, figures: dict[str, list[str]]) -> str:
     """The run's report: what ran, which claims hold, the world, and per SAE the seeds' results.
     `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory."""
     runs = metrics.get("runs", [])
-    detail_seeds = _detail_seeds(runs, metrics.get("claims", []))
+    shown = detail_seeds(runs, metrics.get("claims", []))
     parts = [f"# {metrics.get('name', 'run')}", metrics.get("description") or "", _run_facts(metrics)]
     if metrics.get("claims"):
         parts += ["## Claims", claims_table(metrics["claims"])]
@@ -28,11 +28,11 @@ def render_markdown(metrics: dict, figures: dict[str, list[str]]) -> str:
     for label in dict.fromkeys(run["label"] for run in runs):  # labels in run order, once each
         label_runs = [run for run in runs if run["label"] == label]
         parts += [f"## SAE `{label}`", _summary_table(label_runs)]
-        others = [run["seed"] for run in label_runs if run["seed"] not in detail_seeds]
+        others = [run["seed"] for run in label_runs if run["seed"] not in shown]
         if others:
-            parts.append(f"Seeds {_join(others)}: summary row only; their figures are in `figures/`.")
+            parts.append(f"Seeds {_join(others)}: summary row only (all numbers are in `metrics.json`).")
         for run in label_runs:
-            if run["seed"] in detail_seeds:
+            if run["seed"] in shown:
                 parts += _run_detail(run, figures.get(f"{label}-seed{run['seed']}", []))
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -49,7 +49,7 @@ def claims_table(claims: Sequence[dict]) -> str:
     return _table(header, rows)
 
 
-def _detail_seeds(runs: list[dict], claims: list[dict]) -> set:
+def detail_seeds(runs: list[dict], claims: list[dict]) -> set:
     """The first seed, and the first seed where a claim failed: enough detail to see a success
     and a failure without one page per seed. `per_seed[i]` is the i-th seed in run order."""
     seeds = list(dict.fromkeys(run["seed"] for run in runs))

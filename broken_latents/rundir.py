@@ -20,7 +20,7 @@ from .analysis import analyse, latent_activations
 from .claims import Claim, evaluate_claims
 from .config import ConfigError, ExperimentConfig, dump_toml
 from .plots import write_run_figures
-from .report import render_markdown
+from .report import detail_seeds, render_markdown
 from .train import TrainResult, train
 
 HISTOGRAM_SAMPLES = 50_000
@@ -71,11 +71,15 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
             save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
                       str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
+    # Figures for the seeds the report shows in detail (the first, and the first that failed a
+    # claim): drawing every seed of a 10-seed run would take longer than training it.
+    shown = detail_seeds(metrics["runs"], metrics.get("claims", []))
     activations = {
         f"{stack.config.label}-seed{seed}": latent_activations(result, stack.config.label, s, HISTOGRAM_SAMPLES)
-        for stack in result.stacks for s, seed in enumerate(result.seeds)
+        for stack in result.stacks for s, seed in enumerate(result.seeds) if seed in shown
     }
-    figures = write_run_figures(metrics, activations, path / "figures")
+    figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
+                                activations, path / "figures")
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})
