@@ -69,14 +69,17 @@ def _run_facts(metrics: dict) -> str:
 def _ranking_table(world: dict) -> str:
     expected = world["expected_mse"]
     ranking = world.get("expected_mse_ranking") or sorted(range(len(expected)), key=lambda i: -expected[i])
-    columns = {"p": world.get("firing_rates"), "m": world.get("magnitudes")}
-    columns = {name: values for name, values in columns.items() if values is not None}  # older runs lack m
+    columns = {"p": world.get("firing_rates"), "m": world.get("magnitudes"), "p·m²": expected,
+               "p(1-p)·m²": world.get("variance")}
+    columns = {name: values for name, values in columns.items() if values is not None}  # older runs lack some
     rows = [
-        [str(rank), str(f)] + [f"{values[f]:.3f}" for values in columns.values()] + [f"{expected[f]:.3f}"]
+        [str(rank), str(f)] + [f"{values[f]:.3f}" for values in columns.values()]
         for rank, f in enumerate(ranking[:RANKING_ROWS], start=1)
     ]
-    header = ["rank", "feature", *columns, "p·m²"]
-    title = f"Features by expected MSE (p·m²), top {len(rows)}: an SAE with K latents should learn the top K."
+    header = ["rank", "feature", *columns]
+    title = (f"Features by expected MSE (p·m², the post's ranking), top {len(rows)}. An SAE's decoder bias takes "
+             "the mean of every feature it leaves out, so what a left-out feature really costs is its variance "
+             "p(1-p)·m²: where the two rankings differ, SAEs follow the variance.")
     return title + "\n\n" + _table(header, rows, right=range(len(header)))
 
 

@@ -56,7 +56,7 @@ def _summary(results, seeds: int, quick: bool, seconds: float) -> str:
     rows = []
     for name, outcome in results:
         for claim in outcome.metrics["claims"]:
-            rows.append({**claim, "experiment": f"[{name}](#{name})", "text": f"{claim['text']} (post: \"{claim['post']}\")"})
+            rows.append({**claim, "experiment": name, "text": f"{claim['text']} (post: \"{claim['post']}\")"})
     walls = "; ".join(f"{name} {o.metrics['wall_seconds']:.0f} s" for name, o in results)
     budget = "quick budgets (10% of the post's)" if quick else "the post's budgets"
     return "\n\n".join([
