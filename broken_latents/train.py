@@ -64,10 +64,13 @@ def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
     return 1 - progress if train.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True) -> TrainResult:
-    """Train every [[sae]] of `config` for every seed; the SAEs of one seed share its data."""
+def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True, backend: str | None = None) -> TrainResult:
+    """Train every [[sae]] of `config` for every seed; the SAEs of one seed share its data.
+
+    backend: the fast path's arrays, "numpy" (default on the CPU) or "torch" (default, and the
+    only choice, on a GPU); tests run the torch backend on the CPU to cover the GPU's code path."""
     with single_torch_thread(device):
-        return _train(config, device, progress)
+        return _train(config, device, progress, backend)
 
 
 @contextlib.contextmanager
@@ -83,7 +86,7 @@ def single_torch_thread(device: str):
         torch.set_num_threads(before)
 
 
-def _train(config: ExperimentConfig, device: str, progress: bool) -> TrainResult:
+def _train(config: ExperimentConfig, device: str, progress: bool, backend: str | None) -> TrainResult:
     world = World.build(config.world).to(device)
     seeds = list(range(config.train.seeds))
     batch = config.train.batch_size
@@ -93,7 +96,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool) -> TrainResult
     ]
     fast = config.train.engine == "fast"
     # The fast path runs on numpy views of the parameters on the CPU, on torch tensors on a GPU.
-    backend = "numpy" if fast and device == "cpu" else "torch"
+    backend = backend or ("numpy" if fast and device == "cpu" else "torch")
     zeros = partial(np.zeros, dtype=np.float32) if backend == "numpy" else partial(torch.zeros, device=device)
     auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros) if s.config.aux else None for s in stacks]
     flat = flatten_parameters([p for stack in stacks for p in stack.sae.parameters()])
