@@ -46,9 +46,9 @@ LATENTS, L1 = 5, 3e-3
 # (engine, SAEs, batch, samples per SAE): budgets that take a few seconds each on 2 idle cores.
 CONFIGS = [
     ("baseline", 1, 1024, 1_000_000),
-    ("fast", 1, 1024, 2_000_000),
-    ("fast", 1, 4096, 4_000_000),
-    ("fast", 16, 1024, 500_000),
+    ("fast", 1, 1024, 6_000_000),
+    ("fast", 1, 4096, 12_000_000),
+    ("fast", 16, 1024, 1_000_000),
     ("autograd", 1, 1024, 1_000_000),
     ("sae_lens", 1, 1024, 1_000_000),
 ]

@@ -8,21 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from .claims import (
-    Check,
-    Claim,
-    all_features,
-    combo_or_duplicate,
-    dec,
-    latent_for,
-    learns_exactly,
-    live_latents,
-    matches_all_and_kills_rest,
-    top_expected_mse,
-    top_variance,
-)
+from . import checks as c
+from .claims import Claim
 from .config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
 
 
@@ -66,97 +54,6 @@ def untied(latents: int, l1: float = 3e-3, label: str = "untied") -> SAEConfig:
 # checks specific to one experiment
 
 
-def untied_absorbs(runs: dict, world: dict) -> tuple[bool, str]:
-    """Recap: the child latent decodes f0 + f1; the parent latent's encoder is negative on f1."""
-    run = runs["untied"]
-    cos = dec(run)
-    combo = max(live_latents(run), key=lambda j: min(cos[j, 0], cos[j, 1]))
-    parent = max((j for j in live_latents(run) if j != combo), key=lambda j: cos[j, 0])
-    enc_parent_child = run["encoder_cos"][parent][1]
-    ok = cos[combo, 0] >= 0.5 and cos[combo, 1] >= 0.5 and enc_parent_child < 0
-    return ok, (f"latent {combo} decodes f0 {cos[combo, 0]:.2f}, f1 {cos[combo, 1]:.2f}; "
-                f"parent latent {parent} encoder cos with f1 {enc_parent_child:.2f}")
-
-
-def tied_rotates_pair(runs: dict, world: dict) -> tuple[bool, str]:
-    """Boundary: parent and child come out as the 45-degree pair (f0 +- f1)/sqrt 2 instead of themselves."""
-    run = runs["tied"]
-    cos = dec(run)
-    rotated = [j for j in live_latents(run) if abs(cos[j, 0]) >= 0.5 and abs(cos[j, 1]) >= 0.5]
-    return len(rotated) >= 2, f"latents mixing f0 and f1 at |cos| >= 0.5: {rotated}"
-
-
-def children_carry_parent(parent: int, children: list[int], min_cos: float = 0.2):
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
-        cos = dec(run)
-        found = [(c, *latent_for(run, c)) for c in children]
-        ok = all(cos[j, parent] >= min_cos for _, j, _ in found)
-        return ok, ", ".join(f"latent {j} (f{c} {cc:.2f}) has f{parent} {cos[j, parent]:+.2f}" for c, j, cc in found)
-
-    return check
-
-
-def children_repel(a: int, b: int):
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
-        cos = dec(run)
-        ja, _ = latent_for(run, a)
-        jb, _ = latent_for(run, b)
-        ok = cos[ja, b] < 0 and cos[jb, a] < 0
-        return ok, f"latent {ja} has f{b} {cos[ja, b]:+.3f}; latent {jb} has f{a} {cos[jb, a]:+.3f}"
-
-    return check
-
-
-def one_child_repels(a: int, b: int, at_most: float = -0.1):
-    """The weaker form: at least one of the two child latents carries a clear negative part of the other child."""
-
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
-        cos = dec(run)
-        ja, _ = latent_for(run, a)
-        jb, _ = latent_for(run, b)
-        ok = min(cos[ja, b], cos[jb, a]) <= at_most
-        return ok, f"latent {ja} has f{b} {cos[ja, b]:+.3f}; latent {jb} has f{a} {cos[jb, a]:+.3f}"
-
-    return check
-
-
-def same_reconstruction(a: str, b: str, rel: float = 0.01) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        ma, mb = runs[a]["mse"], runs[b]["mse"]
-        return abs(ma - mb) <= rel * max(ma, mb), f"mse {a} {ma:.3f}, {b} {mb:.3f}"
-
-    return check
-
-
-def tied_latents_orthogonal(max_abs: float = 0.05):
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
-        live = live_latents(run)
-        lc = np.abs(np.asarray(run["latent_cos"])[np.ix_(live, live)] - np.eye(len(live)))
-        worst = float(lc.max()) if len(live) > 1 else 0.0
-        return worst <= max_abs, f"max |cos| between live latents {worst:.3f}"
-
-    return check
-
-
-def peaks_mark_broken(clean: float = 0.98):
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
-        best = dec(run).max(axis=1)
-        peaks = run["activation_peaks"]
-        live = live_latents(run)
-        broken = [j for j in live if best[j] < 0.95]
-        clean_ones = [j for j in live if best[j] >= clean]
-        ok = bool(broken) and all(peaks[j] >= 2 for j in broken) and all(peaks[j] == 1 for j in clean_ones)
-        return ok, (f"broken {[(j, peaks[j]) for j in broken]} (latent, peaks); "
-                    f"clean {[(j, peaks[j]) for j in clean_ones]}")
-
-    return check
-
-
 # ---------------------------------------------------------------------------------------
 # the registry
 
@@ -187,9 +84,9 @@ register(Experiment(
     [
         Claim("untied-absorbs", "untied: a latent decodes f0+f1 (cos >= 0.5 to both) and the parent latent's "
               "encoder has negative cos with f1", "the SAE decoder for feature 1 contains the sum of features 0 and 1",
-              untied_absorbs),
+              c.untied_absorbs),
         Claim("tied-clean", "tied: every feature matched by a latent with decoder cos >= 0.95",
-              "using a tied SAE solves absorption in this simple case", learns_exactly("tied", all_features)),
+              "using a tied SAE solves absorption in this simple case", c.learns_exactly("tied", c.all_features)),
     ],
 ))
 
@@ -198,7 +95,7 @@ register(Experiment(
            "As recap-absorption with a commoner child (0.1) and parent (0.3): the tied SAE rotates", 20_000_000),
     [
         Claim("tied-rotates", "tied: two latents mix f0 and f1 at |cos| >= 0.5 (the 45-degree pair)",
-              "(boundary of) using a tied SAE solves absorption", tied_rotates_pair),
+              "(boundary of) using a tied SAE solves absorption", c.tied_rotates_pair),
     ],
 ))
 
@@ -212,9 +109,9 @@ register(Experiment(
     ),
     [
         Claim("untied-misuses-spare", "untied: some latent mixes two features (cos >= 0.5 to both) or two latents "
-              "duplicate a feature (cos >= 0.95)", "Untied SAEs misuse excess capacity", combo_or_duplicate("untied")),
+              "duplicate a feature (cos >= 0.95)", "Untied SAEs misuse excess capacity", c.combo_or_duplicate("untied")),
         Claim("tied-kills-spare", "tied: all 4 features matched at >= 0.95 and the 4 spare latents dead",
-              "The SAE kills off all latents which do not map onto a true feature", matches_all_and_kills_rest("tied")),
+              "The SAE kills off all latents which do not map onto a true feature", c.matches_all_and_kills_rest("tied")),
     ],
 ))
 
@@ -234,13 +131,13 @@ register(Experiment(
     _wide_hierarchy("wide-hierarchy", 0.05, "Parent 0 with children 1 and 2 (0.05 each), 8 tied latents: still clean"),
     [Claim("tied-clean", "tied: all 4 features matched at >= 0.95 and the 4 spare latents dead",
            "Tied SAEs continue to solve absorption with more latents than true features",
-           matches_all_and_kills_rest("tied"))],
+           c.matches_all_and_kills_rest("tied"))],
 ))
 
 register(Experiment(
     _wide_hierarchy("wide-hierarchy-boundary", 0.2, "As wide-hierarchy with children at 0.2: where tied stops being clean"),
     [Claim("tied-rotates", "tied: two latents mix f0 and f1 at |cos| >= 0.5",
-           "(boundary of) tied SAEs continue to solve absorption", tied_rotates_pair)],
+           "(boundary of) tied SAEs continue to solve absorption", c.tied_rotates_pair)],
 ))
 
 register(Experiment(
@@ -254,11 +151,11 @@ register(Experiment(
     ),
     [
         Claim("tied-top5", "tied: clean latents for exactly the 5 features of highest p*m^2 (4-8)",
-              "the SAE perfectly reconstructs features 4-8, as we predicted", learns_exactly("tied", top_expected_mse)),
+              "the SAE perfectly reconstructs features 4-8, as we predicted", c.learns_exactly("tied", c.top_expected_mse)),
         Claim("untied-top5", "untied: clean latents for exactly the 5 features of highest p*m^2 (4-8)",
-              "The untied SAE also perfectly reconstructs the 5 true features", learns_exactly("untied", top_expected_mse)),
+              "The untied SAE also perfectly reconstructs the 5 true features", c.learns_exactly("untied", c.top_expected_mse)),
         Claim("untied-same-mse", "untied reconstructs as well as tied (MSE within 1%), whatever its basis",
-              "The untied SAE also perfectly reconstructs the 5 true features", same_reconstruction("untied", "tied")),
+              "The untied SAE also perfectly reconstructs the 5 true features", c.same_reconstruction("untied", "tied")),
     ],
 ))
 
@@ -273,16 +170,12 @@ register(Experiment(
     [
         Claim("tied-top5-by-variance", "tied: clean latents for exactly the 5 features of highest variance p(1-p)m^2",
               "(boundary of) the SAE will choose to represent the features with the largest expected MSE",
-              learns_exactly("tied", top_variance)),
+              c.learns_exactly("tied", c.top_variance)),
         Claim("tied-not-top5-by-pm2", "tied: the clean latents are not the top 5 by p*m^2 (4-8)",
               "(boundary of) In our toy setup with 5 latents, this corresponds to features 4,5,6,7, and 8",
-              lambda runs, world: _not(learns_exactly("tied", top_expected_mse)(runs, world))),
+              c.negated(c.learns_exactly("tied", c.top_expected_mse))),
     ],
 ))
-
-
-def _not(result: tuple[bool, str]) -> tuple[bool, str]:
-    return not result[0], result[1]
 
 
 register(Experiment(
@@ -295,17 +188,17 @@ register(Experiment(
     ),
     [
         Claim("children-carry-parent", "the latents for 5 and 7 have decoder cos >= 0.2 with feature 12",
-              "Both these latents now include a portion of feature 12", children_carry_parent(12, [5, 7])),
+              "Both these latents now include a portion of feature 12", c.children_carry_parent(12, [5, 7])),
         Claim("children-repel", "the latent for 5 has a negative cos with 7, and vice versa",
-              "Features 5 and 7 each also include a negative component of each other", children_repel(5, 7)),
+              "Features 5 and 7 each also include a negative component of each other", c.children_repel(5, 7)),
         Claim("one-child-repels", "at least one of the two child latents has cos <= -0.1 with the other child "
               "(the loss is nearly flat along the rotation that would share it)",
-              "Features 5 and 7 each also include a negative component of each other", one_child_repels(5, 7)),
+              "Features 5 and 7 each also include a negative component of each other", c.one_child_repels(5, 7)),
         Claim("latents-orthogonal", "all live latents mutually orthogonal (|cos| <= 0.05)",
-              "the latents are all already orthogonal", tied_latents_orthogonal()),
+              "the latents are all already orthogonal", c.tied_latents_orthogonal()),
         Claim("peaks-mark-broken", "broken latents (best cos < 0.95) show >= 2 activation peaks, clean ones "
               "(best cos >= 0.98) exactly 1", "for latents 0 and 4 which correspond to the broken merged latents, "
-              "there are 4 visible peaks", peaks_mark_broken()),
+              "there are 4 visible peaks", c.peaks_mark_broken()),
     ],
 ))
 
@@ -315,69 +208,6 @@ register(Experiment(
 POST_AUX = AuxConfig(coefficient=10_000.0, threshold_ratio=0.7, window_batches=50,
                      delay_samples=50_000_000, warmup_samples=50_000_000)
 POST_AUX_SAMPLES = 150_000_000
-
-
-def every_live_latent_clean(label: str, clean: float = 0.95, max_cos_with: dict[int, float] | None = None,
-                            single_peak: bool = False) -> Check:
-    """Check: each live latent matches one feature at >= clean (optionally: small cos with some
-    features, and one activation peak)."""
-
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs[label]
-        cos = dec(run)
-        live = live_latents(run)
-        best = {j: float(cos[j].max()) for j in live}
-        bad = [j for j in live if best[j] < clean]
-        for feature, limit in (max_cos_with or {}).items():
-            bad += [j for j in live if abs(cos[j, feature]) > limit and j not in bad]
-        if single_peak:
-            bad += [j for j in live if run["activation_peaks"][j] != 1 and j not in bad]
-        learned = sorted(int(cos[j].argmax()) for j in live if best[j] >= clean)
-        return not bad and bool(live), f"{label}: learned {learned}; latents failing {sorted(bad)}"
-
-    return check
-
-
-def learned_set_report(label: str, usual: list[int], clean: float = 0.95) -> Check:
-    """Check: the clean latents cover exactly `usual`; the detail says what was learned instead."""
-
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean)
-        swapped_in, left_out = sorted(set(got) - set(usual)), sorted(set(usual) - set(got))
-        return got == usual, f"{label} learned {got}" + (f" (in: {swapped_in}, out: {left_out})" if got != usual else "")
-
-    return check
-
-
-def mixes(label: str, features: list[int], clean: float = 0.95, min_mixing_latents: int = 2, mix_cos: float = 0.3) -> Check:
-    """Check: no latent reaches `clean` with any of `features`; at least `min_mixing_latents` latents
-    have |cos| >= mix_cos with two or more of them."""
-
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        cos = dec(runs[label])
-        live = live_latents(runs[label])
-        clean_hits = [(j, f) for j in live for f in features if cos[j, f] >= clean]
-        mixing = [j for j in live if sum(abs(cos[j, f]) >= mix_cos for f in features) >= 2]
-        ok = not clean_hits and len(mixing) >= min_mixing_latents
-        return ok, f"{label}: clean hits on {features}: {clean_hits}; latents mixing them: {mixing}"
-
-    return check
-
-
-def learns_outside(label: str, outside_of: list[int], expected: int, clean: float = 0.95) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean and m["feature"] not in outside_of)
-        return expected in got, f"{label} clean latents outside {outside_of}: {got}"
-
-    return check
-
-
-def lacks(label: str, feature: int, clean: float = 0.95) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        best = float(dec(runs[label])[:, feature].max())
-        return best < clean, f"{label}: best latent cos with f{feature} is {best:.2f}"
-
-    return check
 
 
 register(Experiment(
@@ -391,9 +221,9 @@ register(Experiment(
     [
         Claim("aux-clean", "every latent matches one feature at >= 0.95, has |cos| <= 0.1 with feature 12 and one "
               "activation peak", "we again perfectly recover true features despite co-occurrence",
-              every_live_latent_clean("tied", max_cos_with={12: 0.1}, single_peak=True)),
+              c.every_live_latent_clean("tied", max_cos_with={12: 0.1}, single_peak=True)),
         Claim("aux-learns-4-8", "the clean latents are features 4-8 (the detail names any feature traded for a neighbour)",
-              "(the SAE represents the top 5 by expected MSE)", learned_set_report("tied", [4, 5, 6, 7, 8])),
+              "(the SAE represents the top 5 by expected MSE)", c.learned_set_report("tied", [4, 5, 6, 7, 8])),
     ],
 ))
 
@@ -407,9 +237,9 @@ register(Experiment(
     ),
     [
         Claim("merged-5-6-7", "no latent reaches 0.95 with 5, 6 or 7; at least two latents mix them (|cos| >= 0.3 "
-              "with two of them)", "we see merged combinations of latents 5,6, and 7", mixes("tied", [5, 6, 7])),
+              "with two of them)", "we see merged combinations of latents 5,6, and 7", c.mixes("tied", [5, 6, 7])),
         Claim("learns-3", "feature 3 (next by expected MSE) gets a clean latent",
-              "the SAE is now representing feature 3 as well", learns_outside("tied", [4, 5, 6, 7, 8], 3)),
+              "the SAE is now representing feature 3 as well", c.learns_outside("tied", [4, 5, 6, 7, 8], 3)),
     ],
 ))
 
@@ -423,9 +253,9 @@ register(Experiment(
     ),
     [
         Claim("aux-clean", "every live latent matches one feature at >= 0.95",
-              "the SAE is now correctly representing true features", every_live_latent_clean("tied")),
+              "the SAE is now correctly representing true features", c.every_live_latent_clean("tied")),
         Claim("drops-6", "no latent reaches 0.95 with feature 6", "The SAE no longer represents feature 6 at all",
-              lacks("tied", 6)),
+              c.lacks("tied", 6)),
     ],
 ))
 
@@ -439,38 +269,15 @@ register(Experiment(
     ),
     [
         Claim("plain-3-4-8-clean", "without aux: features 3, 4 and 8 clean (cos >= 0.9)",
-              "features 3, 4, and 8 are clearly tracked", lambda runs, world: _clean_includes(runs, "tied", [3, 4, 8])),
+              "features 3, 4, and 8 are clearly tracked", c.clean_includes("tied", [3, 4, 8])),
         Claim("plain-5-7-mixed", "without aux: no latent reaches 0.9 with 5, 6 or 7; two latents mix them",
-              "features 5, 6, and 7 are mixed together", mixes("tied", [5, 6, 7], clean=0.9)),
+              "features 5, 6, and 7 are mixed together", c.mixes("tied", [5, 6, 7], clean=0.9)),
         Claim("aux-clean-without-6", "with aux: features 3, 4, 5, 7, 8 clean (cos >= 0.9) and 6 absent",
               "The SAE learns clean latents for features 3,4,5,7 and 8, but not feature 6",
-              learned_set_report("tied-aux", [3, 4, 5, 7, 8], clean=0.9)),
+              c.learned_set_report("tied-aux", [3, 4, 5, 7, 8], clean=0.9)),
     ],
     clean_cos=0.9,
 ))
-
-
-def _clean_includes(runs: dict, label: str, features: list[int], clean: float = 0.9) -> tuple[bool, str]:
-    got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean)
-    return set(features) <= set(got), f"{label} clean at >= {clean}: {got}"
-
-
-def single_latent_merges(label: str) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        cos = dec(runs[label])[0]
-        ok = int(np.argmax(cos)) == 0 and cos[1] >= 0.3 and cos[2] >= 0.3 and abs(cos[3]) <= 0.1
-        return ok, f"{label} latent cos with f0..f3: " + ", ".join(f"{c:+.2f}" for c in cos)
-
-    return check
-
-
-def encoder_profile_matches_decoder(runs: dict, world: dict) -> tuple[bool, str]:
-    run = runs["untied"]
-    enc, dec_ = np.asarray(run["encoder_cos"][0]), np.asarray(run["decoder_cos"][0])
-    profile_cos = float(enc @ dec_ / (np.linalg.norm(enc) * np.linalg.norm(dec_) + 1e-12))
-    span_share = float(np.linalg.norm(enc))  # the encoder row's share inside the features' span
-    return profile_cos >= 0.9, (f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
-                                f"encoder row's norm share in the features' span {span_share:.2f}")
 
 
 register(Experiment(
@@ -485,12 +292,12 @@ register(Experiment(
     [
         Claim("untied-merges", "untied: the latent's cos is highest with f0, >= 0.3 with f1 and f2, |cos| <= 0.1 with f3",
               "it also merges in the child features 1 and 2. Feature 3 ... is fully excluded",
-              single_latent_merges("untied")),
+              c.single_latent_merges("untied")),
         Claim("tied-merges", "tied: the same profile", "The tied SAE learns a nearly identical representation",
-              single_latent_merges("tied")),
+              c.single_latent_merges("tied")),
         Claim("encoder-like-decoder", "untied: the encoder's cosine profile over the features matches the decoder's "
               "(cos >= 0.9)", "the encoder of the untied SAE is nearly identical to the decoder",
-              encoder_profile_matches_decoder),
+              c.encoder_profile_matches_decoder),
     ],
 ))
 

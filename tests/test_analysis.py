@@ -1,7 +1,6 @@
 """Analysis known answers: peak counting, one-to-one matching, dead latents, firing patterns."""
 
 import numpy as np
-import torch
 
 from broken_latents.analysis import count_peaks, firing_pattern_sets, match_latents
 from broken_latents.config import HierarchyConfig, WorldConfig

@@ -1,0 +1,274 @@
+"""Checks: functions over one seed's metrics that decide a claim, with the numbers that decided it.
+
+A check takes `runs` (label -> that SAE's metrics entry for one seed) and `world` (the world block
+of metrics.json) and returns (holds, detail). Builders (`learns_exactly("tied", ...)`) return checks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Check = Callable[[dict, dict], "tuple[bool, str]"]
+
+def dec(run: dict) -> np.ndarray:
+    return np.asarray(run["decoder_cos"])
+
+
+def live_latents(run: dict) -> list[int]:
+    return [j for j in range(len(run["decoder_cos"])) if j not in run["dead_latents"]]
+
+
+def latent_for(run: dict, feature: int) -> tuple[int, float]:
+    """The live latent whose decoder is closest to `feature`, and that cosine."""
+    cos = dec(run)[:, feature]
+    live = live_latents(run)
+    j = max(live, key=lambda k: cos[k])
+    return j, float(cos[j])
+
+
+def learns_exactly(label: str, features_from_world: Callable[[dict, int], list[int]], clean: float = 0.95) -> Check:
+    """Check: the SAE's clean latents cover exactly the given features (each matched at >= clean)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        want = sorted(features_from_world(world, len(run["decoder_cos"])))
+        got = sorted(m["feature"] for m in run["matches"] if m["cos"] >= clean)
+        return got == want, f"{label} learned {got}, expected {want}"
+
+    return check
+
+
+def top_expected_mse(world: dict, latents: int) -> list[int]:
+    return world["expected_mse_ranking"][:latents]
+
+
+def top_variance(world: dict, latents: int) -> list[int]:
+    return world["variance_ranking"][:latents]
+
+
+def all_features(world: dict, latents: int) -> list[int]:
+    return list(range(len(world["expected_mse"])))
+
+
+def matches_all_and_kills_rest(label: str, clean: float = 0.95) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        n_features = len(world["expected_mse"])
+        learned = sorted(m["feature"] for m in run["matches"] if m["cos"] >= clean)
+        spare = len(run["decoder_cos"]) - n_features
+        dead = len(run["dead_latents"])
+        ok = learned == list(range(n_features)) and dead == spare
+        return ok, f"{label} learned {learned} of {n_features}; dead {dead} of {spare} spare latents"
+
+    return check
+
+
+def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float = 0.95) -> Check:
+    """Check: some live latent mixes two features (cos >= combo_cos with both), or two latents duplicate one feature."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        cos = dec(run)
+        live = live_latents(run)
+        combos = [(j, [int(i) for i in np.flatnonzero(cos[j] >= combo_cos)]) for j in live]
+        combos = [(j, fs) for j, fs in combos if len(fs) >= 2]
+        dupes = [i for i in range(cos.shape[1]) if sum(cos[j, i] >= duplicate_cos for j in live) >= 2]
+        parts = [f"combo latents {combos}" if combos else "no combo latent",
+                 f"duplicated features {dupes}" if dupes else "no duplicate"]
+        return bool(combos or dupes), f"{label}: " + ", ".join(parts)
+
+    return check
+
+
+def untied_absorbs(runs: dict, world: dict) -> tuple[bool, str]:
+    """Recap: the child latent decodes f0 + f1; the parent latent's encoder is negative on f1."""
+    run = runs["untied"]
+    cos = dec(run)
+    combo = max(live_latents(run), key=lambda j: min(cos[j, 0], cos[j, 1]))
+    parent = max((j for j in live_latents(run) if j != combo), key=lambda j: cos[j, 0])
+    enc_parent_child = run["encoder_cos"][parent][1]
+    ok = cos[combo, 0] >= 0.5 and cos[combo, 1] >= 0.5 and enc_parent_child < 0
+    return ok, (f"latent {combo} decodes f0 {cos[combo, 0]:.2f}, f1 {cos[combo, 1]:.2f}; "
+                f"parent latent {parent} encoder cos with f1 {enc_parent_child:.2f}")
+
+
+def tied_rotates_pair(runs: dict, world: dict) -> tuple[bool, str]:
+    """Boundary: parent and child come out as the 45-degree pair (f0 +- f1)/sqrt 2 instead of themselves."""
+    run = runs["tied"]
+    cos = dec(run)
+    rotated = [j for j in live_latents(run) if abs(cos[j, 0]) >= 0.5 and abs(cos[j, 1]) >= 0.5]
+    return len(rotated) >= 2, f"latents mixing f0 and f1 at |cos| >= 0.5: {rotated}"
+
+
+def children_carry_parent(parent: int, children: list[int], min_cos: float = 0.2):
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs["tied"]
+        cos = dec(run)
+        found = [(c, *latent_for(run, c)) for c in children]
+        ok = all(cos[j, parent] >= min_cos for _, j, _ in found)
+        return ok, ", ".join(f"latent {j} (f{c} {cc:.2f}) has f{parent} {cos[j, parent]:+.2f}" for c, j, cc in found)
+
+    return check
+
+
+def children_repel(a: int, b: int):
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs["tied"]
+        cos = dec(run)
+        ja, _ = latent_for(run, a)
+        jb, _ = latent_for(run, b)
+        ok = cos[ja, b] < 0 and cos[jb, a] < 0
+        return ok, f"latent {ja} has f{b} {cos[ja, b]:+.3f}; latent {jb} has f{a} {cos[jb, a]:+.3f}"
+
+    return check
+
+
+def one_child_repels(a: int, b: int, at_most: float = -0.1):
+    """The weaker form: at least one of the two child latents carries a clear negative part of the other child."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs["tied"]
+        cos = dec(run)
+        ja, _ = latent_for(run, a)
+        jb, _ = latent_for(run, b)
+        ok = min(cos[ja, b], cos[jb, a]) <= at_most
+        return ok, f"latent {ja} has f{b} {cos[ja, b]:+.3f}; latent {jb} has f{a} {cos[jb, a]:+.3f}"
+
+    return check
+
+
+def same_reconstruction(a: str, b: str, rel: float = 0.01) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        ma, mb = runs[a]["mse"], runs[b]["mse"]
+        return abs(ma - mb) <= rel * max(ma, mb), f"mse {a} {ma:.3f}, {b} {mb:.3f}"
+
+    return check
+
+
+def tied_latents_orthogonal(max_abs: float = 0.05):
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs["tied"]
+        live = live_latents(run)
+        lc = np.abs(np.asarray(run["latent_cos"])[np.ix_(live, live)] - np.eye(len(live)))
+        worst = float(lc.max()) if len(live) > 1 else 0.0
+        return worst <= max_abs, f"max |cos| between live latents {worst:.3f}"
+
+    return check
+
+
+def peaks_mark_broken(clean: float = 0.98):
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs["tied"]
+        best = dec(run).max(axis=1)
+        peaks = run["activation_peaks"]
+        live = live_latents(run)
+        broken = [j for j in live if best[j] < 0.95]
+        clean_ones = [j for j in live if best[j] >= clean]
+        ok = bool(broken) and all(peaks[j] >= 2 for j in broken) and all(peaks[j] == 1 for j in clean_ones)
+        return ok, (f"broken {[(j, peaks[j]) for j in broken]} (latent, peaks); "
+                    f"clean {[(j, peaks[j]) for j in clean_ones]}")
+
+    return check
+
+
+def every_live_latent_clean(label: str, clean: float = 0.95, max_cos_with: dict[int, float] | None = None,
+                            single_peak: bool = False) -> Check:
+    """Check: each live latent matches one feature at >= clean (optionally: small cos with some
+    features, and one activation peak)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        cos = dec(run)
+        live = live_latents(run)
+        best = {j: float(cos[j].max()) for j in live}
+        bad = [j for j in live if best[j] < clean]
+        for feature, limit in (max_cos_with or {}).items():
+            bad += [j for j in live if abs(cos[j, feature]) > limit and j not in bad]
+        if single_peak:
+            bad += [j for j in live if run["activation_peaks"][j] != 1 and j not in bad]
+        learned = sorted(int(cos[j].argmax()) for j in live if best[j] >= clean)
+        return not bad and bool(live), f"{label}: learned {learned}; latents failing {sorted(bad)}"
+
+    return check
+
+
+def learned_set_report(label: str, usual: list[int], clean: float = 0.95) -> Check:
+    """Check: the clean latents cover exactly `usual`; the detail says what was learned instead."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean)
+        swapped_in, left_out = sorted(set(got) - set(usual)), sorted(set(usual) - set(got))
+        return got == usual, f"{label} learned {got}" + (f" (in: {swapped_in}, out: {left_out})" if got != usual else "")
+
+    return check
+
+
+def mixes(label: str, features: list[int], clean: float = 0.95, min_mixing_latents: int = 2, mix_cos: float = 0.3) -> Check:
+    """Check: no latent reaches `clean` with any of `features`; at least `min_mixing_latents` latents
+    have |cos| >= mix_cos with two or more of them."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = dec(runs[label])
+        live = live_latents(runs[label])
+        clean_hits = [(j, f) for j in live for f in features if cos[j, f] >= clean]
+        mixing = [j for j in live if sum(abs(cos[j, f]) >= mix_cos for f in features) >= 2]
+        ok = not clean_hits and len(mixing) >= min_mixing_latents
+        return ok, f"{label}: clean hits on {features}: {clean_hits}; latents mixing them: {mixing}"
+
+    return check
+
+
+def learns_outside(label: str, outside_of: list[int], expected: int, clean: float = 0.95) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean and m["feature"] not in outside_of)
+        return expected in got, f"{label} clean latents outside {outside_of}: {got}"
+
+    return check
+
+
+def lacks(label: str, feature: int, clean: float = 0.95) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        best = float(dec(runs[label])[:, feature].max())
+        return best < clean, f"{label}: best latent cos with f{feature} is {best:.2f}"
+
+    return check
+
+
+def single_latent_merges(label: str) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = dec(runs[label])[0]
+        ok = int(np.argmax(cos)) == 0 and cos[1] >= 0.3 and cos[2] >= 0.3 and abs(cos[3]) <= 0.1
+        return ok, f"{label} latent cos with f0..f3: " + ", ".join(f"{c:+.2f}" for c in cos)
+
+    return check
+
+
+def encoder_profile_matches_decoder(runs: dict, world: dict) -> tuple[bool, str]:
+    run = runs["untied"]
+    enc, dec_ = np.asarray(run["encoder_cos"][0]), np.asarray(run["decoder_cos"][0])
+    profile_cos = float(enc @ dec_ / (np.linalg.norm(enc) * np.linalg.norm(dec_) + 1e-12))
+    span_share = float(np.linalg.norm(enc))  # the encoder row's share inside the features' span
+    return profile_cos >= 0.9, (f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
+                                f"encoder row's norm share in the features' span {span_share:.2f}")
+
+
+def negated(check: Check) -> Check:
+    """The opposite statement, with the same detail."""
+
+    def opposite(runs: dict, world: dict) -> tuple[bool, str]:
+        ok, detail = check(runs, world)
+        return not ok, detail
+
+    return opposite
+
+
+def clean_includes(label: str, features: list[int], clean: float = 0.9) -> Check:
+    """Check: each of `features` has a clean latent (others may too)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean)
+        return set(features) <= set(got), f"{label} clean at >= {clean}: {got}"
+
+    return check
