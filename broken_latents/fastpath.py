@@ -107,27 +107,36 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     grad_h = (2.0 / B) * r + (l1 / B) * l1_w[..., None]
     grad_pre = grad_h * gate
 
-    # Decoder: every reduction over the batch happens before anything of size D.
-    sum_h = h.sum(-1)
-    g_W_dec = (2.0 / B) * ((h @ T(h)) @ W_dec + sum_h[..., None] * b_dec[:, None] - (h @ fT_SBN) @ F)
-    g_b_dec = (2.0 / B) * ((sum_h[:, None] @ W_dec)[:, 0] + B * b_dec - f_SNB.sum(-1) @ F)
-    if arch.l1_weighted_by_decoder_norm:
-        g_W_dec += (l1 / B) * (sum_h / clamp_min(norms_SK, EPS))[..., None] * W_dec
-
-    # Encoder.
-    sum_g = grad_pre.sum(-1)
-    g_W_enc_SKD = (grad_pre @ fT_SBN) @ F - sum_g[..., None] * b_dec[:, None]
-    g_b_dec -= (W_enc @ sum_g[..., None])[..., 0]
-
     x_sq = x_dot_b = None
     if aux_lambda > 0 or want_loss:
         x_sq = geometry.squared_norms(f_SNB)
         x_dot_b = ((b_dec @ F.T)[:, None] @ f_SNB)[:, 0]
+
+    # Every gradient needs sums sum_i c_i (x_i - b) for some per-sample coefficients c: stack the
+    # coefficient rows and take them all with one product through f and one through F.
+    rows = [h, grad_pre]
     if aux_lambda > 0:
+        a = pre if arch.tied else xW - q_SK1  # (x - b) . W_j
         r2 = x_sq - 2 * x_dot_b + (b_dec * b_dec).sum(-1)[:, None]  # ||x - b||^2
-        gW, gb = _aux_grads(f_SNB, xW - q_SK1, r2, h, tau_SK, W_dec, b_dec, norms_SK, F, aux_lambda)
-        g_W_dec += gW
-        g_b_dec += gb
+        c1, d, g_cos_sum, n = _aux_coefficients(a, r2, h, tau_SK, norms_SK, aux_lambda)
+        rows += [c1, d[:, None]]
+    rows.append(xp(f_SNB).ones_like(f_SNB[:, :1]))
+    C = xp(f_SNB).concatenate(rows, 1)
+    sums = C.sum(-1)
+    X = (C @ fT_SBN) @ F - sums[..., None] * b_dec[:, None]  # row k: sum_i C_ki (x_i - b)
+    K = h.shape[1]
+    sum_h, sum_g = sums[:, :K], sums[:, K : 2 * K]
+
+    g_W_dec = (2.0 / B) * ((h @ T(h)) @ W_dec - X[:, :K])
+    g_b_dec = (2.0 / B) * ((sum_h[:, None] @ W_dec)[:, 0] - X[:, -1]) - (W_enc @ sum_g[..., None])[..., 0]
+    g_W_enc_SKD = X[:, K : 2 * K]
+    if arch.l1_weighted_by_decoder_norm:
+        g_W_dec += (l1 / B) * (sum_h / clamp_min(norms_SK, EPS))[..., None] * W_dec
+    if aux_lambda > 0:
+        # dL/dW_j = sum_i c1_ij (x_i - b) - (sum_i g_ij cos_ij) W_j / n_j^2
+        g_W_dec += X[:, 2 * K : 3 * K] - (g_cos_sum / (n * n))[..., None] * W_dec
+        # dL/db = -sum_j (sum_i c1_ij) W_j + sum_i d_i (x_i - b)
+        g_b_dec += X[:, 3 * K] - (sums[:, None, 2 * K : 3 * K] @ W_dec)[:, 0]
 
     if arch.tied:
         grads = {"W_dec_SKD": g_W_dec + g_W_enc_SKD, "b_dec_SD": g_b_dec}
@@ -146,21 +155,15 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     return losses, h, grads
 
 
-def _aux_grads(f, a, r2, h, tau, W_dec, b_dec, norms, F, lam: float):
-    """Gradients of lam/(B K) sum [h <= tau] cos(x - b, W_j)^2 w.r.t. W_dec and b_dec, given
-    a = (x - b) . W_j and r2 = ||x - b||^2 (h, f batch-last)."""
+def _aux_coefficients(a, r2, h, tau, norms, lam: float):
+    """For lam/(B K) sum [h <= tau] cos(x - b, W_j)^2, with cos = a / (r n), a = (x - b) . W_j,
+    r = ||x - b||, n = ||W_j||: the coefficients c1 = (dL/dcos) / (r n) [S, K, B] and
+    d = sum_j (dL/dcos) cos / r^2 [S, B], sum_i (dL/dcos) cos [S, K], and n."""
     K, B = h.shape[1], h.shape[2]
-    r = clamp_min(xp(r2).sqrt(clamp_min(r2, 0.0)), EPS)
-    n = clamp_min(norms, EPS)[..., None]  # ||W_j||
-    cos = a / (r[:, None] * n)
+    inv_r = 1.0 / clamp_min(xp(r2).sqrt(clamp_min(r2, 0.0)), EPS)
+    n = clamp_min(norms, EPS)
+    scale = inv_r[:, None] / n[..., None]
+    cos = a * scale
     g = cos * (h <= tau[..., None]) * (2.0 * lam / (B * K))  # dL/dcos (float first: bool * float is float32 in torch)
-    c1 = g / (r[:, None] * n)
-    sum_c1 = c1.sum(-1)
     g_cos = g * cos
-    # dL/dW_j = sum_i c1_ij (x_i - b) - (sum_i g_ij cos_ij) W_j / n_j^2
-    gW = (c1 @ T(f)) @ F - sum_c1[..., None] * b_dec[:, None] - (g_cos.sum(-1)[..., None] / (n * n)) * W_dec
-    # dL/db = -sum_j (sum_i c1_ij) W_j + sum_i d_i (x_i - b), with d_i = sum_j g_ij cos_ij / r_i^2
-    d = g_cos.sum(1) / (r * r)
-    gb = -(sum_c1[:, None] @ W_dec)[:, 0] + (d[:, None] @ T(f))[:, 0] @ F - d.sum(-1)[:, None] * b_dec
-    return gW, gb
-
+    return g * scale, g_cos.sum(1) * inv_r * inv_r, g_cos.sum(-1), n
