@@ -237,10 +237,24 @@ def lacks(label: str, feature: int, clean: float = 0.95) -> Check:
 
 
 def single_latent_merges(label: str) -> Check:
+    """Check, up to the latent's sign: |cos| highest with f0, >= 0.3 with f1 and f2, <= 0.1 with f3."""
+
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         cos = dec(runs[label])[0]
-        ok = int(np.argmax(cos)) == 0 and cos[1] >= 0.3 and cos[2] >= 0.3 and abs(cos[3]) <= 0.1
+        size = np.abs(cos)
+        ok = int(np.argmax(size)) == 0 and size[1] >= 0.3 and size[2] >= 0.3 and size[3] <= 0.1
         return ok, f"{label} latent cos with f0..f3: " + ", ".join(f"{c:+.2f}" for c in cos)
+
+    return check
+
+
+def points_at(label: str, feature: int) -> Check:
+    """Check: the first latent's decoder has a positive cosine with `feature` (it fires with it,
+    not in its absence)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = float(dec(runs[label])[0, feature])
+        return cos > 0, f"{label} latent cos with f{feature}: {cos:+.2f}"
 
     return check
 

@@ -290,11 +290,16 @@ register(Experiment(
         sae=[untied(1), tied(1)],
     ),
     [
-        Claim("untied-merges", "untied: the latent's cos is highest with f0, >= 0.3 with f1 and f2, |cos| <= 0.1 with f3",
-              "it also merges in the child features 1 and 2. Feature 3 ... is fully excluded",
+        Claim("untied-merges", "untied: up to its sign, the latent's |cos| is highest with f0, >= 0.3 with f1 and f2, "
+              "<= 0.1 with f3", "it also merges in the child features 1 and 2. Feature 3 ... is fully excluded",
               c.single_latent_merges("untied")),
-        Claim("tied-merges", "tied: the same profile", "The tied SAE learns a nearly identical representation",
+        Claim("tied-merges", "tied: the same profile, up to sign", "The tied SAE learns a nearly identical representation",
               c.single_latent_merges("tied")),
+        Claim("untied-fires-with-parent", "untied: the latent points along +f0 (the other sign is a worse local "
+              "minimum that fires when the parent is absent)", "The SAE does represent feature 0 in its single latent",
+              c.points_at("untied", 0)),
+        Claim("tied-fires-with-parent", "tied: the latent points along +f0", "The SAE does represent feature 0 in its "
+              "single latent", c.points_at("tied", 0)),
         Claim("encoder-like-decoder", "untied: the encoder's cosine profile over the features matches the decoder's "
               "(cos >= 0.9)", "the encoder of the untied SAE is nearly identical to the decoder",
               c.encoder_profile_matches_decoder),
