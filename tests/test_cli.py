@@ -134,3 +134,18 @@ def test_divergence_exits_2_and_leaves_nothing(tmp_path, capsys):
 def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "broken_latents.cli", "run", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "TARGET" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_terminated_run_leaves_nothing(tmp_path):
+    import signal
+    import time
+
+    (tmp_path / "tiny.toml").write_text(TINY.replace("samples = 150_000", "samples = 500_000_000"))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "broken_latents.cli", "run", str(tmp_path / "tiny.toml"), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # imported and training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
