@@ -102,9 +102,10 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     P_SKK = W_dec @ T(W_dec)
     r = P_SKK @ h + (q_SK1 - xW)  # W_dec e: the error seen by each decoder row
 
-    norms_SK = norm_last(W_dec)
-    l1_w = norms_SK if arch.l1_weighted_by_decoder_norm else xp(norms_SK).ones_like(norms_SK)
-    grad_h = (2.0 / B) * r + (l1 / B) * l1_w[..., None]
+    # Decoder-row norms only where something needs them (a tied SAE's plain L1 does not).
+    norms_SK = norm_last(W_dec) if arch.l1_weighted_by_decoder_norm or aux_lambda > 0 else None
+    l1_w = norms_SK[..., None] if arch.l1_weighted_by_decoder_norm else 1.0
+    grad_h = (2.0 / B) * r + (l1 / B) * l1_w
     grad_pre = grad_h * gate
 
     x_sq = x_dot_b = None
@@ -151,7 +152,7 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     if want_loss:
         # ||e||^2 = h P h + 2 h.q - 2 h.(x W) + ||b||^2 - 2 x.b + ||x||^2
         err = (h * (r + q_SK1 - xW)).sum(1) + (b_dec * b_dec).sum(-1)[:, None] - 2 * x_dot_b + x_sq
-        losses = {"mse": err.mean(-1), "l1": (h * l1_w[..., None]).sum(1).mean(-1)}
+        losses = {"mse": err.mean(-1), "l1": (h * l1_w).sum(1).mean(-1)}
     return losses, h, grads
 
 
