@@ -144,7 +144,7 @@ def test_terminated_run_leaves_nothing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "broken_latents.cli", "run", str(tmp_path / "tiny.toml"), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # imported and training
+    time.sleep(8)  # imported (about 3 s) and training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "Traceback" not in err
