@@ -177,8 +177,8 @@ def machine_lines(device: str, quick: bool, load_at_start: float) -> list[str]:
         else "budgets: a few seconds per row; samples/s excludes start-up; ratio vs the baseline of the same world and aux setting",
     ]
     if load_at_start > BUSY_LOAD:  # only before the run: during it the load is mostly this benchmark
-        lines.append("WARNING: other processes were using the CPU; the baseline's two torch threads slow down"
-                     " the most when a core is taken, so every ratio is inflated: rerun on an idle machine")
+        lines.append("WARNING: the machine was busy just before the run; if other work kept running, the ratios"
+                     " are inflated (the baseline's two torch threads slow down the most when a core is taken)")
     return lines
 
 
