@@ -7,6 +7,7 @@ magnitudes) so both sides train on the same distribution.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 
@@ -59,7 +60,7 @@ def run_baseline(world_config: WorldConfig, latents: int, samples: int, aux: boo
     sae = TiedSAE(world_config.dim, latents).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-4)
     recent_maxes = deque(maxlen=AUX_WINDOW_BATCHES)
-    steps = -(-samples // batch_size)
+    steps = math.ceil(samples / batch_size)
 
     _sync(device)
     start = time.perf_counter()
