@@ -10,6 +10,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .aux import AuxState, aux_loss
 from .config import ExperimentConfig, SAEConfig
@@ -75,13 +76,17 @@ def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True, 
 
 @contextlib.contextmanager
 def single_torch_thread(device: str):
-    """One intra-op thread for the toy-sized products: a second thread costs more in hand-offs
-    than it brings, and collapses when the other core is busy; the sampling thread takes that core."""
+    """One math thread (torch's and numpy's BLAS) for the toy-sized products: a second thread costs
+    more in hand-offs than it brings, and collapses when the other core is busy; the sampling
+    thread takes that core."""
     before = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
+    if device != "cpu":
         yield
+        return
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 
