@@ -144,14 +144,18 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
     }
 
 
-def latent_activations(result: TrainResult, label: str, s: int, samples: int = 50_000) -> np.ndarray:
-    """Held-out activations [samples, K] of one SAE, for histograms."""
+def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:
+    """Held-out activations [samples, K] of every SAE, keyed "LABEL-seedN", for histograms.
+    One draw of the held-out stream serves every stack."""
     world = result.world
-    stack = next(st for st in result.stacks if st.config.label == label)
     stream = DataStream(world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1)
+    x_RBD = world.inputs(stream.next())
+    out = {}
     with torch.no_grad():
-        h, _ = stack.sae(world.inputs(stream.next()), stack.tau_SK)
-    return h[s].cpu().numpy()
+        for stack in result.stacks:
+            h = stack.sae(x_RBD, stack.tau_SK)[0].cpu().numpy()
+            out.update({f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)})
+    return out
 
 
 def _round(a: np.ndarray, digits: int = 4):

@@ -74,12 +74,8 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
     shown = detail_seeds(metrics["runs"], metrics.get("claims", []))
-    activations = {
-        f"{stack.config.label}-seed{seed}": latent_activations(result, stack.config.label, s, HISTOGRAM_SAMPLES)
-        for stack in result.stacks for s, seed in enumerate(result.seeds) if seed in shown
-    }
     figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
-                                activations, path / "figures")
+                                latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})
