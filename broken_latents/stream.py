@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 
+import numba
 import numpy as np
 import torch
 
@@ -25,7 +26,8 @@ class DataStream:
                  offset: int = 0, chunk: int = CHUNK_BATCHES, prefetch: bool = False):
         """device None: batches are numpy arrays (the CPU fast path); else torch tensors there."""
         self.world, self.batch, self.chunk, self.device = world, batch, chunk, device
-        self.rngs = [np.random.Generator(np.random.SFC64([offset, seed])) for seed in seeds]
+        # The SFC64 state words of each seed's generator: `_fire` draws from them in compiled code.
+        self.states = [np.random.SFC64([offset, seed]).state["state"]["state"].copy() for seed in seeds]
         self.buffer_CRNB = None
         self.position = chunk
         self._queue: queue.Queue | None = None
@@ -45,7 +47,11 @@ class DataStream:
         return self.buffer_CRNB[self.position - 1]
 
     def close(self) -> None:
+        """Stop the sampling thread and wait for it: a thread left inside compiled code while the
+        interpreter shuts down (say after SIGTERM) can crash the process."""
         self._stop.set()
+        if self._queue is not None:
+            self._thread.join(timeout=10)
 
     def __enter__(self) -> "DataStream":
         return self
@@ -55,12 +61,17 @@ class DataStream:
 
     def _draw(self):
         """The next chunk, [chunk, seeds, N, B]: batch-major so each step's slice is contiguous.
-        Each seed's samples are written straight into place (one pass, no stacking copies)."""
-        n = self.world.n_features
-        out = np.empty((self.chunk, len(self.rngs), n, self.batch), dtype=np.float32)
-        for r, rng in enumerate(self.rngs):
-            f_NB = self.world.sample(rng, self.chunk * self.batch)
-            out[:, r] = f_NB.reshape(n, self.chunk, self.batch).transpose(1, 0, 2)
+
+        Bit for bit what `World.sample` draws from each seed's SFC64 generator (tests check it),
+        in two compiled passes per seed: firing masks from the raw bits, then magnitudes written
+        straight into place; the hierarchy runs between them on the masks, as in `World.sample`."""
+        world, n = self.world, self.world.n_features
+        out = np.empty((self.chunk, len(self.states), n, self.batch), dtype=np.float32)
+        fires_NT = np.empty((n, self.chunk * self.batch), dtype=np.bool_)
+        for r, state in enumerate(self.states):
+            _fire(state, world._thresholds_N1[:, 0], fires_NT)
+            world.apply_hierarchy(fires_NT)
+            _place(fires_NT, world._magnitudes_N1[:, 0], out, r)
         return out if self.device is None else torch.from_numpy(out).to(self.device)
 
     def _produce(self) -> None:
@@ -85,3 +96,44 @@ class DataStream:
                     raise self._error
                 if not self._thread.is_alive():
                     raise RuntimeError("the sampling thread stopped")
+
+
+@numba.njit(cache=True, nogil=True)
+def _fire(state, thresholds_N, fires_NT):
+    """fires[n, t] = (32 random bits) < thresholds[n], the bits taken in order from 64-bit SFC64
+    words, low half first, as `World.sample` takes them from numpy's `random_raw`. Advances `state`."""
+    N, T = fires_NT.shape
+    words = np.empty((N * T + 1) // 2, np.uint64)  # whole words, as numpy draws them
+    for i in range(words.shape[0]):
+        words[i] = _sfc64_next(state)
+    bits = words.view(np.uint32)  # little-endian: the low half of each word comes first
+    for n in range(N):
+        threshold = thresholds_N[n]
+        row = bits[n * T : (n + 1) * T]
+        dest = fires_NT[n]
+        for t in range(T):
+            dest[t] = row[t] < threshold
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sfc64_next(s):
+    """One step of Chris Doty-Humphrey's SFC64 (state a, b, c, counter), as numpy's SFC64."""
+    tmp = s[0] + s[1] + s[3]
+    s[3] += np.uint64(1)
+    s[0] = s[1] ^ (s[1] >> np.uint64(11))
+    s[1] = s[2] + (s[2] << np.uint64(3))
+    s[2] = ((s[2] << np.uint64(24)) | (s[2] >> np.uint64(40))) + tmp
+    return tmp
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(fires_NT, magnitudes_N, out_CRNB, r):
+    """out[c, r, n, b] = magnitude n where feature n fires in sample c * B + b of the chunk."""
+    C, _, N, B = out_CRNB.shape
+    for c in range(C):
+        for n in range(N):
+            m = magnitudes_N[n]
+            row = fires_NT[n, c * B : (c + 1) * B]
+            dest = out_CRNB[c, r, n]
+            for b in range(B):
+                dest[b] = m if row[b] else np.float32(0.0)

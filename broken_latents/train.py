@@ -15,8 +15,9 @@ from threadpoolctl import threadpool_limits
 from .aux import AuxState, aux_loss
 from .config import ExperimentConfig, SAEConfig
 from .backend import amax, as_torch, clamp_min, concat_flat, norm_last
-from .fastpath import Architecture, WorldGeometry, loss_and_grads, params_of
-from .optim import FlatAdam, flatten_parameters
+from . import fastpath, kernel
+from .fastpath import Architecture, WorldGeometry, params_of
+from .optim import FlatAdam, flatten_parameters, split_like
 from .saes import StackedSAE, build_sae
 from .stream import DataStream
 from .world import World
@@ -49,11 +50,17 @@ class TrainResult:
     samples: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
+    first_step_seconds: float = 0.0
+    """Part of train_seconds: the first step also loads (or compiles) the kernels."""
+    batch_size: int = 0
 
     @property
     def samples_per_second(self) -> float:
+        """Steady throughput over all SAEs: the first step is left out (see first_step_seconds)."""
         n_saes = sum(stack.sae.n_saes for stack in self.stacks)
-        return self.samples * n_saes / max(self.train_seconds, 1e-9)
+        timed = self.samples - self.batch_size if self.samples > self.batch_size else self.samples
+        seconds = self.train_seconds - (self.first_step_seconds if timed < self.samples else 0.0)
+        return timed * n_saes / max(seconds, 1e-9)
 
 
 def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
@@ -68,8 +75,9 @@ def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
 def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True, backend: str | None = None) -> TrainResult:
     """Train every [[sae]] of `config` for every seed; the SAEs of one seed share its data.
 
-    backend: the fast path's arrays, "numpy" (default on the CPU) or "torch" (default, and the
-    only choice, on a GPU); tests run the torch backend on the CPU to cover the GPU's code path."""
+    backend: how the fast engine computes gradients: "compiled" (kernel.py, the default on the
+    CPU), "numpy" or "torch" (fastpath.py on those arrays; torch is the default, and the only
+    choice, on a GPU). Tests run the torch backend on the CPU to cover the GPU's code path."""
     with single_torch_thread(device):
         return _train(config, device, progress, backend)
 
@@ -100,19 +108,25 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
         for sc in config.sae
     ]
     fast = config.train.engine == "fast"
-    # The fast path runs on numpy views of the parameters on the CPU, on torch tensors on a GPU.
-    backend = backend or ("numpy" if fast and device == "cpu" else "torch")
-    zeros = partial(np.zeros, dtype=np.float32) if backend == "numpy" else partial(torch.zeros, device=device)
+    # The fast engine works on numpy views of the parameters on the CPU, on torch tensors on a GPU.
+    backend = backend or ("compiled" if fast and device == "cpu" else "torch")
+    on_numpy = backend != "torch"
+    zeros = partial(np.zeros, dtype=np.float32) if on_numpy else partial(torch.zeros, device=device)
     auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros) if s.config.aux else None for s in stacks]
-    flat = flatten_parameters([p for stack in stacks for p in stack.sae.parameters()])
-    optimiser = FlatAdam(flat.numpy() if backend == "numpy" else flat, lr=config.train.lr)
-    arrays = [params_of(stack.sae, backend) for stack in stacks]
+    parameters = [p for stack in stacks for p in stack.sae.parameters()]
+    flat = flatten_parameters(parameters)
+    optimiser = FlatAdam(flat.numpy() if on_numpy else flat, lr=config.train.lr)
+    arrays = [params_of(stack.sae, "numpy" if on_numpy else "torch") for stack in stacks]
     archs = [Architecture.of(stack.sae) for stack in stacks]
-    geometry = WorldGeometry.of(world.directions_ND, backend)
+    geometry = WorldGeometry.of(world.directions_ND, "numpy" if on_numpy else "torch")
+    # The compiled kernel writes each gradient straight into its place in one flat buffer.
+    grad_flat = np.zeros_like(optimiser.flat) if backend == "compiled" else None
+    grad_views = iter(split_like(grad_flat, [p.shape for p in parameters])) if grad_flat is not None else None
+    grad_outs = [{name: next(grad_views) for name in params} for params in arrays] if grad_views else None
     steps = math.ceil(config.train.samples / batch)
     history: list[dict] = []
 
-    stream_device = None if backend == "numpy" else device
+    stream_device = None if on_numpy else device
     # Overflow is not a numpy warning here: the NaN/inf check below stops training with a clear message.
     with DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
             _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"):
@@ -120,11 +134,16 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
         for step in range(steps):
             f_RNB = stream.next()
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
-            if fast:
+            if backend == "compiled":
+                logged = _compiled_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss, grad_outs)
+                grad = grad_flat
+            elif fast:
                 logged, grads = _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss)
+                grad = concat_flat(grads)
             else:
                 logged, grads = _autograd_step(stacks, auxes, world.inputs(f_RNB), step * batch)
-            optimiser.step(concat_flat(grads), config.train.lr * lr_factor(config, step, steps))
+                grad = concat_flat(grads)
+            optimiser.step(grad, config.train.lr * lr_factor(config, step, steps))
             if config.train.unit_norm_decoder:
                 for params in arrays:
                     W = params["W_dec_SKD"]
@@ -134,12 +153,14 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
                 _check_finite(stacks, logged, seeds, (step + 1) * batch, config.train.lr)
                 history.append({"samples": (step + 1) * batch, **_summarise(logged)})
                 bar.update((step + 1) * batch, time.perf_counter() - start, history[-1])
+            if step == 0:
+                first_step_seconds = time.perf_counter() - start
         train_seconds = time.perf_counter() - start
 
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
             stack.tau_SK = as_torch(aux.schedule(steps * batch)[1]).to(device)
-    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history)
+    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history, first_step_seconds, batch)
 
 
 def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch.Tensor]]:
@@ -155,12 +176,26 @@ def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch
     return logged, [p.grad for stack in stacks for p in stack.sae.parameters()]
 
 
+def _compiled_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss, grad_outs) -> dict:
+    """The compiled kernel (kernel.py) writes every gradient into `grad_outs`; returns the losses if asked."""
+    logged = {}
+    for stack, arch, params, aux, out in zip(stacks, archs, arrays, auxes, grad_outs):
+        lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
+        losses, h_max, _ = kernel.loss_and_grads(arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK,
+                                                 want_loss, out)
+        if aux is not None:
+            aux.running_max.update(h_max)
+        logged[stack.config.label] = losses or {}
+    return logged
+
+
 def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss) -> tuple[dict, list]:
     """Hand-derived gradients (fastpath.py); same values as `_autograd_step`."""
     logged, all_grads = {}, []
     for stack, arch, params, aux in zip(stacks, archs, arrays, auxes):
         lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
-        losses, h, grads = loss_and_grads(arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK, want_loss)
+        losses, h, grads = fastpath.loss_and_grads(arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK,
+                                                   want_loss)
         all_grads += [grads[name] for name in params]
         if aux is not None:
             aux.running_max.update(amax(h, -1))

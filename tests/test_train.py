@@ -36,12 +36,12 @@ def test_fast_engine_trains_like_autograd():
         torch.testing.assert_close(fast[key], reference[key], rtol=1e-3, atol=1e-4, msg=str(key))
 
 
-def test_torch_backend_trains_like_numpy():
+def test_torch_backend_trains_like_compiled():
     """The GPU runs the fast path on torch tensors; here the same code runs them on the CPU."""
-    numpy_run = _weights(train(_config("fast"), progress=False))
+    compiled_run = _weights(train(_config("fast"), progress=False))
     torch_run = _weights(train(_config("fast"), progress=False, backend="torch"))
-    for key in numpy_run:
-        torch.testing.assert_close(torch_run[key], numpy_run[key], rtol=1e-3, atol=1e-4, msg=str(key))
+    for key in compiled_run:
+        torch.testing.assert_close(torch_run[key], compiled_run[key], rtol=1e-3, atol=1e-4, msg=str(key))
 
 
 def test_training_reduces_the_loss():
