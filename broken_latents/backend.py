@@ -1,7 +1,9 @@
 """The few operations numpy and torch spell differently, so the fast path runs on either.
 
-On the CPU the fast path uses numpy: for the toy models' small arrays its per-call overhead is
-a few times lower than torch's, and that overhead is most of a step. On a GPU it uses torch."""
+On a GPU the fast path runs on torch tensors. On the CPU training uses the compiled kernel
+(kernel.py) on numpy views of the same parameters; the array path on numpy stays as a second
+implementation that tests compare against (numpy's per-call overhead is a few times lower
+than torch's for these small arrays, which made it the CPU engine before the kernel)."""
 
 from __future__ import annotations
 

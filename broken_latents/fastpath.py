@@ -4,7 +4,8 @@ without autograd and without ever forming x.
 A batch is f_SNB (feature magnitudes, batch last) and x = F^T f. Every product with x goes
 through the small matrices W F^T [K, N], and every reduction over the batch is taken before
 touching D, so a step costs O(B K (K + N)) rather than O(B K D) plus autograd's bookkeeping.
-The code runs on numpy arrays (CPU) or torch tensors (GPU) alike (see backend.py).
+The code runs on torch tensors (the GPU's engine) or numpy arrays alike (see backend.py);
+on the CPU, kernel.py computes the same gradients in one compiled call.
 `tests/test_fastpath.py` checks these gradients against autograd.
 """
 

@@ -1,11 +1,13 @@
-"""The CPU fast path: one compiled pass over a batch computes every gradient of an SAE stack.
+"""The CPU fast path: one compiled call computes every gradient of an SAE stack for a batch.
 
 Same math as `fastpath.py` (hand-derived gradients in feature space, checked against autograd
-in tests/test_fastpath.py), but as loops compiled by numba instead of ~40 array calls: at toy
-sizes (K = 5 latents, N = 20 features) each numpy call costs more in overhead than its
-arithmetic, and the loops can skip the zeros of f (a feature fires in 1-30% of samples) and
-of h (a latent fires when its feature does). Per sample the work is O(active features x K +
-active latents x K); reductions over the batch go through F only once, after the batch.
+in tests/test_fastpath.py), as loops compiled by numba instead of ~40 array calls: at toy sizes
+(K = 5 latents, N = 20 features) each numpy call costs more in overhead than its arithmetic.
+Every loop over the batch is innermost and contiguous, so it runs in SIMD lanes; a first try
+that walked sample by sample over the nonzero features was 4x slower despite doing less work.
+Each gradient is a sum over the batch of per-sample coefficients times (x_i - b) plus terms in
+W: the coefficients of one parameter are added up per sample first, so only K + 1 rows (tied)
+or 2K + 1 (untied) go through f and F, once, after the batch.
 
 The kernel runs single-threaded and releases the GIL, so the sampling thread keeps the other core.
 """

@@ -87,3 +87,23 @@ def test_streams_are_per_seed():
     together = DataStream(world, [0, 1, 2, 3], 256).next()[3]
     assert torch.equal(alone, together)
     assert not torch.equal(DataStream(world, [0], 256).next()[0], alone)
+
+
+@pytest.mark.parametrize("hierarchy", [
+    [],
+    [HierarchyConfig(parent=4, children=[1, 2], mode="force")],
+    [HierarchyConfig(parent=0, children=[1, 2], mode="conditional"), HierarchyConfig(parent=1, children=[3])],
+])
+@pytest.mark.parametrize("batch, chunk", [(256, 4), (7, 3)])  # 7 x 3 x 6 features: an odd count of 32-bit draws
+def test_compiled_stream_draws_what_world_sample_draws(hierarchy, batch, chunk):
+    """DataStream's compiled sampler gives, bit for bit, what the readable `World.sample` gives
+    from the same SFC64 generator, chunk after chunk (so the trained SAEs are the same too)."""
+    world = World.build(WorldConfig(features=6, dim=8, firing={"linear": [0.05, 0.6]},
+                                    magnitude={"linear": [3.0, 1.0]}, hierarchy=hierarchy))
+    seeds = [0, 5]
+    stream = DataStream(world, seeds, batch, device=None, chunk=chunk)
+    drawn_CRNB = np.stack([stream.next() for _ in range(2 * chunk)])
+    for r, seed in enumerate(seeds):
+        rng = np.random.Generator(np.random.SFC64([0, seed]))
+        expected = [world.sample(rng, chunk * batch).reshape(6, chunk, batch).transpose(1, 0, 2) for _ in range(2)]
+        np.testing.assert_array_equal(drawn_CRNB[:, r], np.concatenate(expected))
