@@ -6,7 +6,6 @@ Bad input of any kind ends in one line naming the field and what is allowed, exi
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -16,6 +15,7 @@ from rich.console import Console
 
 from . import experiments
 from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .termination import termination
 from .train import TrainingDiverged
 
 console = Console()
@@ -127,7 +127,7 @@ def _print_summary(metrics: dict, directory: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show}
     # A terminated run unwinds like an interrupted one, so its partial directory is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    termination.install()
     try:
         tyro.extras.subcommand_cli_from_dict(commands, prog="broken-latents", args=argv)
     except (ConfigError, TrainingDiverged) as err:

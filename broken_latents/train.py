@@ -20,6 +20,7 @@ from .fastpath import Architecture, WorldGeometry, params_of
 from .optim import FlatAdam, flatten_parameters, split_like
 from .saes import StackedSAE, build_sae
 from .stream import DataStream
+from .termination import termination
 from .world import World
 
 LOG_EVERY = 200  # steps between loss logs, NaN checks and progress updates
@@ -128,10 +129,12 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
 
     stream_device = None if on_numpy else device
     # Overflow is not a numpy warning here: the NaN/inf check below stops training with a clear message.
+    # Signals wait for the end of a step (see termination.py): the first step compiles the kernels.
     with DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
-            _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"):
+            _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"), termination.deferred():
         start = time.perf_counter()
         for step in range(steps):
+            termination.check()
             f_RNB = stream.next()
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
             if backend == "compiled":

@@ -149,3 +149,20 @@ def test_terminated_run_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_signal_inside_deferred_block_stops_at_its_end():
+    """A SIGTERM during a training step (which may be compiling a kernel) stops between steps."""
+    import signal
+
+    from broken_latents.termination import termination
+
+    with pytest.raises(SystemExit) as stopped:
+        with termination.deferred():
+            termination.request(signal.SIGTERM)  # what the handler does: no exception here
+            reached_end_of_step = True
+    assert reached_end_of_step and stopped.value.code == 143
+    with pytest.raises(KeyboardInterrupt), termination.deferred():
+        termination.request(signal.SIGINT)
+        termination.check()  # the next step's check stops at once
+    termination.check()  # the request was consumed: nothing left to stop for
