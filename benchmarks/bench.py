@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import importlib.util
 import multiprocessing
 import os
@@ -53,8 +54,9 @@ CONFIGS = [
     ("sae_lens", 1, 1024, 500_000),
 ]
 # Other work on a shared machine slows a row by up to 30x (the baseline's two torch threads the
-# most), so every row runs in two passes and keeps its best; a burst rarely hits both passes.
-REPEATS = 2
+# most), and this VM's own speed swings up to 2x from one second to the next (the same kernel
+# call measured 0.67 ms, then 1.26 ms), so every row runs in three passes and keeps its best.
+REPEATS = 3
 MEMORY_BUDGETS = (2_000_000, 8_000_000)
 QUICK_SAMPLES = 4 * 4096  # a few steps of every row
 BUSY_LOAD = 0.7  # 1-minute load average above which other work has skewed the figures
@@ -181,8 +183,10 @@ def machine_lines(device: str, quick: bool, repeats: int, load_at_start: float) 
         f"torch {torch.__version__}, default threads {torch.get_num_threads()} (the baseline uses them;"
         " broken-latents runs 1 torch thread plus its sampling thread)",
         "budgets: --quick (a smoke check; the figures mean nothing)" if quick
-        else f"budgets: 1-3 s per row, best of {repeats} passes; samples/s excludes start-up;"
+        else f"budgets: 1-3 s per row, best of {repeats} passes; samples/s excludes start-up and the first step (it loads the compiled kernels);"
         " ratio vs the baseline of the same world and aux setting",
+        f"sae-lens {importlib.metadata.version('sae-lens')}" if SAE_LENS_INSTALLED
+        else "sae-lens not installed (pip install -e .[saelens] for its row)",
     ]
     if load_at_start > BUSY_LOAD:  # only before the run: during it the load is mostly this benchmark
         lines.append("WARNING: the machine was busy just before the run; if other work kept running, the ratios"
