@@ -50,6 +50,7 @@ CONFIGS = [
     ("fast", 1, 1024, 3_000_000),
     ("fast", 1, 4096, 6_000_000),
     ("fast", 16, 1024, 500_000),
+    ("numpy", 1, 1024, 1_000_000),
     ("autograd", 1, 1024, 500_000),
     ("sae_lens", 1, 1024, 500_000),
 ]
@@ -61,6 +62,7 @@ MEMORY_BUDGETS = (2_000_000, 8_000_000)
 QUICK_SAMPLES = 4 * 4096  # a few steps of every row
 BUSY_LOAD = 0.7  # 1-minute load average above which other work has skewed the figures
 ENGINE_NAMES = {"baseline": "plain PyTorch", "fast": "broken-latents", "autograd": "broken-latents autograd",
+                "numpy": "broken-latents, numpy array path",
                 "sae_lens": "SAELens train_toy_sae"}
 SAE_LENS_INSTALLED = importlib.util.find_spec("sae_lens") is not None
 
@@ -116,7 +118,10 @@ def measure(row: Row, device: str) -> tuple[float, float]:
     elif row.engine == "sae_lens":
         speed = run_sae_lens(world, LATENTS, row.samples, l1=L1, batch_size=row.batch, device=device)
     else:
-        speed = train(experiment(row), device=device, progress=False).samples_per_second
+        # "numpy": the same hand-derived gradients as ~40 numpy calls a step (the engine before the
+        # compiled kernel, kept as a cross-check), to show what compiling them brings.
+        backend = "numpy" if row.engine == "numpy" else None
+        speed = train(experiment(row), device=device, progress=False, backend=backend).samples_per_second
     return speed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
