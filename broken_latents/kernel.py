@@ -146,21 +146,42 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         f = f_SNB[s]
         W = W_dec_SKD[s]
         b = b_dec_SD[s]
+        # Small products over D, with plain 2D indexing: a slice per dot product costs two atomic
+        # reference counts, which made these few hundred dots cost more than the whole batch.
         for k in range(K):
             for n in range(N):
-                M[k, n] = _dot(W[k], F_ND[n])
-            q[k] = _dot(W[k], b)
+                acc = zero
+                for dd in range(D):
+                    acc += W[k, dd] * F_ND[n, dd]
+                M[k, n] = acc
+            acc = zero
+            for dd in range(D):
+                acc += W[k, dd] * b[dd]
+            q[k] = acc
             for j in range(K):
-                P[k, j] = _dot(W[k], W[j])
+                acc = zero
+                for dd in range(D):
+                    acc += W[k, dd] * W[j, dd]
+                P[k, j] = acc
             norm[k] = math.sqrt(P[k, k])
             if not tied:
-                w_enc = np.ascontiguousarray(W_enc_SDK[s, :, k])
                 for n in range(N):
-                    E[k, n] = _dot(w_enc, F_ND[n])
-                c[k] = b_enc_SK[s, k] - _dot(w_enc, b)
+                    acc = zero
+                    for dd in range(D):
+                        acc += W_enc_SDK[s, dd, k] * F_ND[n, dd]
+                    E[k, n] = acc
+                acc = zero
+                for dd in range(D):
+                    acc += W_enc_SDK[s, dd, k] * b[dd]
+                c[k] = b_enc_SK[s, k] - acc
+        bb = zero
         for n in range(N):
-            bF[n] = _dot(b, F_ND[n])
-        bb = _dot(b, b)
+            acc = zero
+            for dd in range(D):
+                acc += b[dd] * F_ND[n, dd]
+            bF[n] = acc
+        for dd in range(D):
+            bb += b[dd] * b[dd]
 
         # Forward: pre-activations and h.
         for k in range(K):
@@ -245,35 +266,47 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                 g_cos_sum[k] = total_g_cos
 
         # X[row] = sum_i c_i (x_i - b) = (sum_i c_i f_i) F - (sum_i c_i) b, without forming x.
+        # (The loops over D here are innermost and contiguous too: strided ones cost more than the batch.)
         _products(Cf, C, f)
         for row in range(rows):
             total = _total(C[row])
             for dd in range(D):
-                acc = -total * b[dd]
-                for n in range(N):
-                    acc += Cf[row, n] * F_ND[n, dd]
-                X[row, dd] = acc
+                X[row, dd] = -total * b[dd]
+            for n in range(N):
+                weight = Cf[row, n]
+                for dd in range(D):
+                    X[row, dd] += weight * F_ND[n, dd]
         _products(hh, h, h)
 
+        two_over_B64 = 2.0 / B
         for k in range(K):
             weight = -g_cos_sum[k] / (max(norm[k], EPS) ** 2) if aux else 0.0
             if l1_weighted:
                 weight += (l1 / B) * sum_h[k] / max(norm[k], EPS)
             for dd in range(D):
-                acc = 0.0
-                for j in range(K):
-                    acc += hh[k, j] * W[j, dd]
-                g_W_dec_SKD[s, k, dd] = (2.0 / B) * acc + X[k, dd] + weight * W[k, dd]
-                if not tied:
-                    g_W_enc_SDK[s, dd, k] = X[K + k, dd]
+                g_W_dec_SKD[s, k, dd] = X[k, dd] + weight * W[k, dd]
+            for j in range(K):
+                c_j = two_over_B64 * hh[k, j]
+                for dd in range(D):
+                    g_W_dec_SKD[s, k, dd] += c_j * W[j, dd]
             if not tied:
                 g_b_enc_SK[s, k] = sum_enc[k]
+        if not tied:
+            for dd in range(D):
+                for k in range(K):
+                    g_W_enc_SDK[s, dd, k] = X[K + k, dd]
         for dd in range(D):
-            acc = X[rows - 1, dd]
-            for k in range(K):
-                encoder = W[k, dd] if tied else W_enc_SDK[s, dd, k]
-                acc += ((2.0 / B) * sum_h[k] - sum_c1[k]) * W[k, dd] - encoder * sum_enc[k]
-            g_b_dec_SD[s, dd] = acc
+            g_b_dec_SD[s, dd] = X[rows - 1, dd]
+        for k in range(K):
+            c_k = two_over_B64 * sum_h[k] - sum_c1[k]
+            for dd in range(D):
+                g_b_dec_SD[s, dd] += c_k * W[k, dd]
+            if tied:
+                for dd in range(D):
+                    g_b_dec_SD[s, dd] -= sum_enc[k] * W[k, dd]
+            else:
+                for dd in range(D):
+                    g_b_dec_SD[s, dd] -= sum_enc[k] * W_enc_SDK[s, dd, k]
         if want_loss:
             losses_S2[s, 0] = mse / B
             losses_S2[s, 1] = l1_sum / B
