@@ -27,6 +27,12 @@ EPS = 1e-12  # as torch.nn.functional.normalize
 FAST_MATH = {"reassoc", "contract", "nsz"}
 
 
+BLOCK = 1024
+"""Samples per pass over the scratch rows: their size stays fixed whatever the batch, and a
+4096 batch runs 1.4x faster in four blocks than in one (its rows no longer fit the L2 cache).
+Smaller blocks were slower: each block pays several microseconds of calls and slicing."""
+
+
 @numba.njit(cache=True, nogil=True)
 def _typed(value, like):
     """`value` in the dtype of the array `like`: numba makes Python floats float64, and one
@@ -37,56 +43,90 @@ def _typed(value, like):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _dot(a, b):
-    acc = _typed(0.0, a)
-    for i in range(a.shape[0]):
-        acc += a[i] * b[i]
-    return acc
-
-
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _total(a):
-    acc = _typed(0.0, a)
-    for i in range(a.shape[0]):
-        acc += a[i]
-    return acc
-
-
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _combine(out, matrix, coefficients, offset):
-    """out[i] = offset + sum_n coefficients[n] * matrix[n, i]: a product through f, over the batch.
-    Two rows of `matrix` per pass halve the loads and stores of `out`."""
-    out[:] = offset
-    N = matrix.shape[0]
+def _combine(out, f, i0, n_i, coefficients, offset):
+    """out[i] = offset + sum_n coefficients[n] * f[n, i0 + i] for i < n_i: a product through f.
+    Two rows of f per pass halve the loads and stores of `out`. (Rows are sliced, not indexed
+    as f[n, i0 + i]: numba cannot tell i0 + i is not negative, checks it per element and the
+    loop no longer vectorises, 5x slower.)"""
+    N = f.shape[0]
+    for i in range(n_i):
+        out[i] = offset
     for n in range(0, N - 1, 2):
         c0, c1 = coefficients[n], coefficients[n + 1]
-        row0, row1 = matrix[n], matrix[n + 1]
-        for i in range(out.shape[0]):
+        row0, row1 = f[n, i0 : i0 + n_i], f[n + 1, i0 : i0 + n_i]
+        for i in range(n_i):
             out[i] += c0 * row0[i] + c1 * row1[i]
     if N % 2:
-        c0, row0 = coefficients[N - 1], matrix[N - 1]
-        for i in range(out.shape[0]):
+        c0, row0 = coefficients[N - 1], f[N - 1, i0 : i0 + n_i]
+        for i in range(n_i):
             out[i] += c0 * row0[i]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _products(out_RN, A_RB, f_NB):
-    """out[r, n] = sum_i A[r, i] f[n, i]. Two rows of A per pass over f[n]: one dot product at a
-    time waits on its single running sum; two keep twice the SIMD units busy (2-4x faster)."""
-    R, N = A_RB.shape[0], f_NB.shape[0]
+def _add_products(out_RN, A_RB, f, i0, n_i):
+    """out[r, n] += sum_{i < n_i} A[r, i] f[n, i0 + i]. Two rows of A per pass over f[n]: one
+    dot product at a time waits on its single running sum; two keep twice the SIMD units busy."""
+    R, N = A_RB.shape[0], f.shape[0]
     for n in range(N):
-        fn = f_NB[n]
+        fn = f[n, i0 : i0 + n_i]
         for r in range(0, R - 1, 2):
-            a0, a1 = A_RB[r], A_RB[r + 1]
-            acc0 = _typed(0.0, fn)
-            acc1 = _typed(0.0, fn)
-            for i in range(fn.shape[0]):
-                acc0 += a0[i] * fn[i]
-                acc1 += a1[i] * fn[i]
-            out_RN[r, n] = acc0
-            out_RN[r + 1, n] = acc1
+            acc0 = _typed(0.0, A_RB)
+            acc1 = _typed(0.0, A_RB)
+            for i in range(n_i):
+                acc0 += A_RB[r, i] * fn[i]
+                acc1 += A_RB[r + 1, i] * fn[i]
+            out_RN[r, n] += acc0
+            out_RN[r + 1, n] += acc1
         if R % 2:
-            out_RN[R - 1, n] = _dot(A_RB[R - 1], fn)
+            acc = _typed(0.0, A_RB)
+            for i in range(n_i):
+                acc += A_RB[R - 1, i] * fn[i]
+            out_RN[R - 1, n] += acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+def _small_products(W, b, W_enc_DK, b_enc, F_ND, tied, M, E, q, c, P, norm, bF):
+    """The per-SAE products over D (M = W F^T, q = W b, P = W W^T, the untied E and c, b F^T);
+    returns ||b||^2. Plain 2D indexing: a slice per dot product costs two atomic reference
+    counts, which made these few hundred dots cost more than the whole batch."""
+    K, D = W.shape
+    N = F_ND.shape[0]
+    zero = _typed(0.0, W)
+    for k in range(K):
+        for n in range(N):
+            acc = zero
+            for d in range(D):
+                acc += W[k, d] * F_ND[n, d]
+            M[k, n] = acc
+        acc = zero
+        for d in range(D):
+            acc += W[k, d] * b[d]
+        q[k] = acc
+        for j in range(K):
+            acc = zero
+            for d in range(D):
+                acc += W[k, d] * W[j, d]
+            P[k, j] = acc
+        norm[k] = math.sqrt(P[k, k])
+        if not tied:
+            for n in range(N):
+                acc = zero
+                for d in range(D):
+                    acc += W_enc_DK[d, k] * F_ND[n, d]
+                E[k, n] = acc
+            acc = zero
+            for d in range(D):
+                acc += W_enc_DK[d, k] * b[d]
+            c[k] = b_enc[k] - acc
+    for n in range(N):
+        acc = zero
+        for d in range(D):
+            acc += b[d] * F_ND[n, d]
+        bF[n] = acc
+    bb = zero
+    for d in range(D):
+        bb += b[d] * b[d]
+    return bb
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
@@ -99,19 +139,23 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
 
     loss = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux, as fastpath.py.
     threshold_SK gates h = pre * [pre > threshold] (zeros for ReLU); tau_SK is the aux loss's.
-    Every loop over the batch is innermost and contiguous, so it runs in SIMD lanes.
+    The batch is taken in blocks of BLOCK samples; every loop over a block is innermost and
+    contiguous, so it runs in SIMD lanes.
 
     Each gradient is a sum over the batch of per-sample coefficients times (x_i - b), plus terms
     in W: the coefficients of one parameter are added up per sample first (rows `dec`, `enc`
-    and `bias` below), so only those few rows go through f and F."""
+    and `bias` below), so only those few rows go through f (block by block) and F (once)."""
     S, N, B = f_SNB.shape
     K, D = W_dec_SKD.shape[1], W_dec_SKD.shape[2]
     aux = aux_lambda > 0.0
     dtype = f_SNB.dtype
     zero = _typed(0.0, f_SNB)
     one = _typed(1.0, f_SNB)
+    two = _typed(2.0, f_SNB)
     eps = _typed(EPS, f_SNB)
     two_over_B = _typed(2.0 / B, f_SNB)
+    l1_over_B = _typed(l1 / B, f_SNB)
+    aux_scale = _typed(2.0 * aux_lambda / (B * K), f_SNB)
 
     M = np.empty((K, N), dtype)  # W_dec F^T: x . W_k = sum_n f_n M[k, n]
     E = np.empty((K, N), dtype)  # the untied encoder's W_enc^T F^T
@@ -120,193 +164,186 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
     P = np.empty((K, K), dtype)  # W_dec W_dec^T
     norm = np.empty(K, dtype)
     bF = np.empty(N, dtype)  # b . F_n
-    xW = np.empty((K, B), dtype)
-    pre = np.empty((K, B), dtype)
-    h = np.empty((K, B), dtype)
-    r = np.empty(B, dtype)
-    x_sq = np.zeros(B, dtype)
-    x_dot_b = np.zeros(B, dtype)
-    inv_r = np.empty(B, dtype)
-    Gf = np.empty(B, dtype)
+    l1_w = np.empty(K, dtype)
+    # Scratch for one block of samples.
+    xW = np.empty((K, BLOCK), dtype)
+    pre = np.empty((K, BLOCK), dtype)
+    h = np.empty((K, BLOCK), dtype)
+    r = np.empty(BLOCK, dtype)
+    x_sq = np.zeros(BLOCK, dtype)
+    x_dot_b = np.zeros(BLOCK, dtype)
+    inv_r = np.empty(BLOCK, dtype)
+    Gf = np.empty(BLOCK, dtype)
     # The rows that go through f and F: dec (K), the untied encoder's enc (K), bias (1).
     rows = K + 1 if tied else 2 * K + 1
-    C = np.empty((rows, B), dtype)
+    C = np.empty((rows, BLOCK), dtype)
     dec = C[:K]  # d(loss)/dW_k = sum_i dec_ki (x_i - b) + terms in W
-    enc = np.empty((K, B), dtype) if tied else C[K : 2 * K]  # d(loss)/d(pre_k)
+    enc = np.empty((K, BLOCK), dtype) if tied else C[K : 2 * K]  # d(loss)/d(pre_k)
     bias = C[rows - 1]  # d(loss)/db = sum_i bias_i (x_i - b) + terms in W
-    Cf = np.empty((rows, N), dtype)
-    X = np.empty((rows, D), dtype)  # X[row] = sum_i C[row, i] (x_i - b)
+    # Sums over the batch.
+    Cf = np.empty((rows, N))  # sum_i C[row, i] f_i
+    totals = np.empty(rows)  # sum_i C[row, i]
+    hh = np.empty((K, K))
     sum_h = np.empty(K)
     sum_enc = np.empty(K)
-    sum_c1 = np.zeros(K)
-    g_cos_sum = np.zeros(K)
-    hh = np.empty((K, K), dtype)
+    sum_c1 = np.empty(K)
+    g_cos_sum = np.empty(K)
+    grad_h_near = np.empty(K)  # d(loss)/dh summed where pre is within the JumpReLU's bandwidth
+    X = np.empty((rows, D))  # X[row] = sum_i C[row, i] (x_i - b)
 
     for s in range(S):
         f = f_SNB[s]
         W = W_dec_SKD[s]
         b = b_dec_SD[s]
-        # Small products over D, with plain 2D indexing: a slice per dot product costs two atomic
-        # reference counts, which made these few hundred dots cost more than the whole batch.
+        bb = _small_products(W, b, W_enc_SDK[s], b_enc_SK[s], F_ND, tied, M, E, q, c, P, norm, bF)
         for k in range(K):
-            for n in range(N):
-                acc = zero
-                for dd in range(D):
-                    acc += W[k, dd] * F_ND[n, dd]
-                M[k, n] = acc
-            acc = zero
-            for dd in range(D):
-                acc += W[k, dd] * b[dd]
-            q[k] = acc
-            for j in range(K):
-                acc = zero
-                for dd in range(D):
-                    acc += W[k, dd] * W[j, dd]
-                P[k, j] = acc
-            norm[k] = math.sqrt(P[k, k])
-            if not tied:
-                for n in range(N):
-                    acc = zero
-                    for dd in range(D):
-                        acc += W_enc_SDK[s, dd, k] * F_ND[n, dd]
-                    E[k, n] = acc
-                acc = zero
-                for dd in range(D):
-                    acc += W_enc_SDK[s, dd, k] * b[dd]
-                c[k] = b_enc_SK[s, k] - acc
-        bb = zero
-        for n in range(N):
-            acc = zero
-            for dd in range(D):
-                acc += b[dd] * F_ND[n, dd]
-            bF[n] = acc
-        for dd in range(D):
-            bb += b[dd] * b[dd]
-
-        # Forward: pre-activations and h.
-        for k in range(K):
-            _combine(xW[k], f, M[k], zero)
-            if tied:
-                for i in range(B):
-                    pre[k, i] = xW[k, i] - q[k]
-            else:
-                _combine(pre[k], f, E[k], c[k])
-            theta = threshold_SK[s, k]
-            peak = zero
-            for i in range(B):
-                h[k, i] = pre[k, i] if pre[k, i] > theta else zero
-                peak = max(peak, h[k, i])
-            h_max_SK[s, k] = peak
-            sum_h[k] = _total(h[k])
-        if aux or want_loss:
-            _combine(x_dot_b, f, bF, zero)
-            x_sq[:] = 0.0
-            for n in range(N):
-                if orthonormal:
-                    for i in range(B):
-                        x_sq[i] += f[n, i] * f[n, i]
-                else:
-                    _combine(Gf, f, G_NN[n], zero)
-                    for i in range(B):
-                        x_sq[i] += Gf[i] * f[n, i]
-
-        # Backward through the MSE and L1: r = W_k . e = (P h)_k + q_k - x W_k.
-        mse = bb * B + _total(x_sq) - 2.0 * _total(x_dot_b) if want_loss else 0.0
+            l1_w[k] = l1_over_B * (norm[k] if l1_weighted else one)
+            h_max_SK[s, k] = zero
+        Cf[:] = 0.0
+        totals[:] = 0.0
+        hh[:] = 0.0
+        sum_h[:] = 0.0
+        sum_enc[:] = 0.0
+        sum_c1[:] = 0.0
+        g_cos_sum[:] = 0.0
+        grad_h_near[:] = 0.0
+        mse = 0.0
         l1_sum = 0.0
-        for k in range(K):
-            w_k = norm[k] if l1_weighted else one
-            l1_term = _typed(l1 / B, f_SNB) * w_k
-            for i in range(B):
-                r[i] = q[k] - xW[k, i]
-            for j in range(K):
-                p = P[k, j]
-                for i in range(B):
-                    r[i] += p * h[j, i]
-            if want_loss:
-                # ||e||^2 = h.(P h + 2 q - 2 x W) + ||b||^2 - 2 x.b + ||x||^2
-                for i in range(B):
-                    mse += h[k, i] * (r[i] + q[k] - xW[k, i])
-                l1_sum += w_k * sum_h[k]
-            grad_h_near = zero  # d(loss)/dh summed where pre is within the JumpReLU's bandwidth
-            theta = threshold_SK[s, k]
-            for i in range(B):
-                grad_h = two_over_B * r[i] + l1_term
-                enc[k, i] = grad_h if h[k, i] != zero else zero
-                if learned_threshold and abs(pre[k, i] - theta) < bandwidth / 2:
-                    grad_h_near += grad_h
-                dec[k, i] = enc[k, i] - two_over_B * h[k, i] if tied else -two_over_B * h[k, i]
-            sum_enc[k] = _total(enc[k])
-            if learned_threshold:
-                g_log_threshold_SK[s, k] = grad_h_near * (-(theta / bandwidth)) * theta
-        bias[:] = -two_over_B
 
-        if aux:
-            # L = lam/(B K) sum [h <= tau] cos^2, cos = a / (r n), a = (x - b) . W_k, r = ||x - b||:
-            # dL/dW_k gets c1 = (dL/dcos) / (r n) per sample, dL/db gets d = sum_k (dL/dcos) cos / r^2.
-            aux_scale = _typed(2.0 * aux_lambda / (B * K), f_SNB)
-            two = _typed(2.0, f_SNB)
-            for i in range(B):
-                inv_r[i] = one / max(math.sqrt(max(x_sq[i] - two * x_dot_b[i] + bb, zero)), eps)
+        for i0 in range(0, B, BLOCK):
+            n_i = min(BLOCK, B - i0)
+            # Forward: pre-activations and h.
             for k in range(K):
-                inv_n = one / max(norm[k], eps)
-                tau = tau_SK[s, k]
-                total_c1 = zero
-                total_g_cos = zero
-                for i in range(B):
-                    a = pre[k, i] if tied else xW[k, i] - q[k]
-                    scale = inv_r[i] * inv_n
-                    cos = a * scale
-                    g = cos * aux_scale if h[k, i] <= tau else zero
-                    c1 = g * scale
-                    dec[k, i] += c1
-                    total_c1 += c1
-                    total_g_cos += g * cos
-                    bias[i] += g * cos * inv_r[i] * inv_r[i]
-                sum_c1[k] = total_c1
-                g_cos_sum[k] = total_g_cos
+                _combine(xW[k], f, i0, n_i, M[k], zero)
+                if tied:
+                    for i in range(n_i):
+                        pre[k, i] = xW[k, i] - q[k]
+                else:
+                    _combine(pre[k], f, i0, n_i, E[k], c[k])
+                theta = threshold_SK[s, k]
+                peak = h_max_SK[s, k]
+                for i in range(n_i):
+                    h[k, i] = pre[k, i] if pre[k, i] > theta else zero
+                    peak = max(peak, h[k, i])
+                h_max_SK[s, k] = peak
+            if aux or want_loss:
+                _combine(x_dot_b, f, i0, n_i, bF, zero)
+                for i in range(n_i):
+                    x_sq[i] = zero
+                for n in range(N):
+                    fn = f[n, i0 : i0 + n_i]
+                    if orthonormal:
+                        for i in range(n_i):
+                            x_sq[i] += fn[i] * fn[i]
+                    else:
+                        _combine(Gf, f, i0, n_i, G_NN[n], zero)
+                        for i in range(n_i):
+                            x_sq[i] += Gf[i] * fn[i]
+                if want_loss:
+                    for i in range(n_i):
+                        mse += bb + x_sq[i] - two * x_dot_b[i]
+
+            # Backward through the MSE and L1: r = W_k . e = (P h)_k + q_k - x W_k.
+            for k in range(K):
+                for i in range(n_i):
+                    r[i] = q[k] - xW[k, i]
+                for j in range(K):
+                    p = P[k, j]
+                    for i in range(n_i):
+                        r[i] += p * h[j, i]
+                if want_loss:
+                    # ||e||^2 = h.(P h + 2 q - 2 x W) + ||b||^2 - 2 x.b + ||x||^2
+                    for i in range(n_i):
+                        mse += h[k, i] * (r[i] + q[k] - xW[k, i])
+                        l1_sum += h[k, i] * l1_w[k] / l1_over_B
+                theta = threshold_SK[s, k]
+                near = zero
+                for i in range(n_i):
+                    grad_h = two_over_B * r[i] + l1_w[k]
+                    enc[k, i] = grad_h if h[k, i] != zero else zero
+                    if learned_threshold and abs(pre[k, i] - theta) < bandwidth / 2:
+                        near += grad_h
+                    dec[k, i] = enc[k, i] - two_over_B * h[k, i] if tied else -two_over_B * h[k, i]
+                grad_h_near[k] += near
+            for i in range(n_i):
+                bias[i] = -two_over_B
+
+            if aux:
+                # L = lam/(B K) sum [h <= tau] cos^2, cos = a / (r n), a = (x - b) . W_k, r = ||x - b||:
+                # dL/dW_k gets c1 = (dL/dcos) / (r n) per sample, dL/db gets d = sum_k (dL/dcos) cos / r^2.
+                for i in range(n_i):
+                    inv_r[i] = one / max(math.sqrt(max(x_sq[i] - two * x_dot_b[i] + bb, zero)), eps)
+                for k in range(K):
+                    inv_n = one / max(norm[k], eps)
+                    tau = tau_SK[s, k]
+                    total_c1 = zero
+                    total_g_cos = zero
+                    for i in range(n_i):
+                        a = pre[k, i] if tied else xW[k, i] - q[k]
+                        scale = inv_r[i] * inv_n
+                        cos = a * scale
+                        g = cos * aux_scale if h[k, i] <= tau else zero
+                        c1 = g * scale
+                        dec[k, i] += c1
+                        total_c1 += c1
+                        total_g_cos += g * cos
+                        bias[i] += g * cos * inv_r[i] * inv_r[i]
+                    sum_c1[k] += total_c1
+                    g_cos_sum[k] += total_g_cos
+
+            # This block's share of the sums over the batch.
+            _add_products(Cf, C, f, i0, n_i)
+            _add_products(hh, h, h, 0, n_i)
+            for row in range(rows):
+                acc = zero
+                for i in range(n_i):
+                    acc += C[row, i]
+                totals[row] += acc
+            for k in range(K):
+                acc = zero
+                acc_enc = zero
+                for i in range(n_i):
+                    acc += h[k, i]
+                    acc_enc += enc[k, i]
+                sum_h[k] += acc
+                sum_enc[k] += acc_enc
 
         # X[row] = sum_i c_i (x_i - b) = (sum_i c_i f_i) F - (sum_i c_i) b, without forming x.
         # (The loops over D here are innermost and contiguous too: strided ones cost more than the batch.)
-        _products(Cf, C, f)
         for row in range(rows):
-            total = _total(C[row])
-            for dd in range(D):
-                X[row, dd] = -total * b[dd]
+            for d in range(D):
+                X[row, d] = -totals[row] * b[d]
             for n in range(N):
                 weight = Cf[row, n]
-                for dd in range(D):
-                    X[row, dd] += weight * F_ND[n, dd]
-        _products(hh, h, h)
+                for d in range(D):
+                    X[row, d] += weight * F_ND[n, d]
 
-        two_over_B64 = 2.0 / B
         for k in range(K):
             weight = -g_cos_sum[k] / (max(norm[k], EPS) ** 2) if aux else 0.0
             if l1_weighted:
                 weight += (l1 / B) * sum_h[k] / max(norm[k], EPS)
-            for dd in range(D):
-                g_W_dec_SKD[s, k, dd] = X[k, dd] + weight * W[k, dd]
+            for d in range(D):
+                g_W_dec_SKD[s, k, d] = X[k, d] + weight * W[k, d]
             for j in range(K):
-                c_j = two_over_B64 * hh[k, j]
-                for dd in range(D):
-                    g_W_dec_SKD[s, k, dd] += c_j * W[j, dd]
+                c_j = (2.0 / B) * hh[k, j]
+                for d in range(D):
+                    g_W_dec_SKD[s, k, d] += c_j * W[j, d]
             if not tied:
                 g_b_enc_SK[s, k] = sum_enc[k]
+            if learned_threshold:
+                theta = threshold_SK[s, k]
+                g_log_threshold_SK[s, k] = grad_h_near[k] * (-(theta / bandwidth)) * theta
         if not tied:
-            for dd in range(D):
+            for d in range(D):
                 for k in range(K):
-                    g_W_enc_SDK[s, dd, k] = X[K + k, dd]
-        for dd in range(D):
-            g_b_dec_SD[s, dd] = X[rows - 1, dd]
+                    g_W_enc_SDK[s, d, k] = X[K + k, d]
+        for d in range(D):
+            g_b_dec_SD[s, d] = X[rows - 1, d]
         for k in range(K):
-            c_k = two_over_B64 * sum_h[k] - sum_c1[k]
-            for dd in range(D):
-                g_b_dec_SD[s, dd] += c_k * W[k, dd]
-            if tied:
-                for dd in range(D):
-                    g_b_dec_SD[s, dd] -= sum_enc[k] * W[k, dd]
-            else:
-                for dd in range(D):
-                    g_b_dec_SD[s, dd] -= sum_enc[k] * W_enc_SDK[s, dd, k]
+            c_k = (2.0 / B) * sum_h[k] - sum_c1[k]
+            for d in range(D):
+                encoder = W[k, d] if tied else W_enc_SDK[s, d, k]
+                g_b_dec_SD[s, d] += c_k * W[k, d] - sum_enc[k] * encoder
         if want_loss:
             losses_S2[s, 0] = mse / B
             losses_S2[s, 1] = l1_sum / B

@@ -13,7 +13,7 @@ from broken_latents.saes import build_sae
 from broken_latents.world import World
 
 
-def _setup(architecture, activation, aux, dim=12, features=8):
+def _setup(architecture, activation, aux, dim=12, features=8, batch=64):
     torch.manual_seed(0)
     world = World.build(WorldConfig(features=features, dim=dim, firing=0.4, magnitude={"linear": [3.0, 1.0]},
                                     hierarchy=[HierarchyConfig(parent=0, children=[1, 2])]))
@@ -27,7 +27,7 @@ def _setup(architecture, activation, aux, dim=12, features=8):
     if dim >= features:  # exactly orthonormal in float64 too, so the fast path's shortcut is exact
         directions = torch.linalg.qr(directions.T).Q.T
     world = World(world.config, directions, world.rates_N.double(), world.magnitudes_N.double())
-    f = torch.from_numpy(np.stack([world.sample(np.random.default_rng(s), 64) for s in range(3)])).double()  # [S, N, B]
+    f = torch.from_numpy(np.stack([world.sample(np.random.default_rng(s), batch) for s in range(3)])).double()  # [S, N, B]
     return world, sae, config, f
 
 
@@ -65,3 +65,20 @@ def test_fast_gradients_match_autograd(architecture, activation, aux, dim, backe
         torch.testing.assert_close(as_torch(h), out["h"].detach().amax(1))
     else:
         torch.testing.assert_close(as_torch(h).transpose(1, 2), out["h"].detach())
+
+
+@pytest.mark.parametrize("architecture, activation, aux", [("tied", "relu", True), ("untied", "jumprelu", False)])
+def test_kernel_sums_over_several_blocks(architecture, activation, aux):
+    """A batch longer than the kernel's block (two whole blocks and a partial one) gives the
+    gradients and losses of the array path, which takes the whole batch at once."""
+    world, sae, config, f = _setup(architecture, activation, aux, batch=2 * kernel.BLOCK + 37)
+    tau = np.random.default_rng(0).random((3, 5)) * 2 if aux else None
+    arguments = (Architecture.of(sae), params_of(sae, "numpy"), WorldGeometry.of(world.directions_ND, "numpy"),
+                 f.numpy(), config.l1, 7.0 if aux else 0.0, tau)
+    losses, h, grads = loss_and_grads(*arguments, want_loss=True)
+    kernel_losses, h_max, kernel_grads = kernel.loss_and_grads(*arguments, want_loss=True)
+    for name, g in grads.items():
+        np.testing.assert_allclose(kernel_grads[name], g, rtol=1e-9, atol=1e-11, err_msg=name)
+    for name in ("mse", "l1"):
+        np.testing.assert_allclose(kernel_losses[name], losses[name], rtol=1e-9)
+    np.testing.assert_allclose(h_max, h.max(-1))
