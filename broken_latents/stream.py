@@ -11,6 +11,9 @@ import torch
 
 from .world import World
 
+QUEUED = 2
+"""Chunks drawn ahead by the sampling thread."""
+
 CHUNK_BATCHES = 4
 """Batches drawn per seed at a time: fewer calls than one at a time, small enough to stay in cache
 (16 at a time ran 3x slower per sample), and the same stream for any run length."""
@@ -30,10 +33,23 @@ class DataStream:
         self.states = [np.random.SFC64([offset, seed]).state["state"]["state"].copy() for seed in seeds]
         self.buffer_CRNB = None
         self.position = chunk
+        # Scratch reused by every draw: fresh arrays this size come from mmap, and their page
+        # faults cost more than drawing the samples.
+        n, samples = world.n_features, chunk * batch
+        self._words = np.empty((n * samples + 1) // 2, dtype=np.uint64)
+        self._fires_NT = np.empty((n, samples), dtype=np.bool_)
+        self._shape = (chunk, len(seeds), n, batch)
+        self._recycled: list[np.ndarray] = []
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         if prefetch:
-            self._queue = queue.Queue(maxsize=2)
+            self._queue = queue.Queue(maxsize=QUEUED)
+            # Chunks go round a ring of QUEUED + 2 buffers (numpy only: the trainer steps on views
+            # of them, one step at a time). A buffer comes round again QUEUED + 2 draws later; the
+            # thread gets there only by putting the QUEUED + 1 chunks in between into a queue that
+            # holds QUEUED, so the trainer has taken the chunk right after this one: it is done with it.
+            if device is None:
+                self._recycled = [np.empty(self._shape, dtype=np.float32) for _ in range(QUEUED + 2)]
             self._error: BaseException | None = None
             self._thread = threading.Thread(target=self._produce, daemon=True)
             self._thread.start()
@@ -65,11 +81,14 @@ class DataStream:
         Bit for bit what `World.sample` draws from each seed's SFC64 generator (tests check it),
         in two compiled passes per seed: firing masks from the raw bits, then magnitudes written
         straight into place; the hierarchy runs between them on the masks, as in `World.sample`."""
-        world, n = self.world, self.world.n_features
-        out = np.empty((self.chunk, len(self.states), n, self.batch), dtype=np.float32)
-        fires_NT = np.empty((n, self.chunk * self.batch), dtype=np.bool_)
+        world, fires_NT = self.world, self._fires_NT
+        if self._recycled:
+            out = self._recycled.pop(0)
+            self._recycled.append(out)
+        else:
+            out = np.empty(self._shape, dtype=np.float32)
         for r, state in enumerate(self.states):
-            _fire(state, world._thresholds_N1[:, 0], fires_NT)
+            _fire(state, world._thresholds_N1[:, 0], fires_NT, self._words)
             world.apply_hierarchy(fires_NT)
             _place(fires_NT, world._magnitudes_N1[:, 0], out, r)
         return out if self.device is None else torch.from_numpy(out).to(self.device)
@@ -99,11 +118,11 @@ class DataStream:
 
 
 @numba.njit(cache=True, nogil=True)
-def _fire(state, thresholds_N, fires_NT):
+def _fire(state, thresholds_N, fires_NT, words):
     """fires[n, t] = (32 random bits) < thresholds[n], the bits taken in order from 64-bit SFC64
-    words, low half first, as `World.sample` takes them from numpy's `random_raw`. Advances `state`."""
+    words, low half first, as `World.sample` takes them from numpy's `random_raw`. Advances `state`.
+    `words`: scratch for ceil(N T / 2) words (numpy draws whole words)."""
     N, T = fires_NT.shape
-    words = np.empty((N * T + 1) // 2, np.uint64)  # whole words, as numpy draws them
     for i in range(words.shape[0]):
         words[i] = _sfc64_next(state)
     bits = words.view(np.uint32)  # little-endian: the low half of each word comes first

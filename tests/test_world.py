@@ -107,3 +107,13 @@ def test_compiled_stream_draws_what_world_sample_draws(hierarchy, batch, chunk):
         rng = np.random.Generator(np.random.SFC64([0, seed]))
         expected = [world.sample(rng, chunk * batch).reshape(6, chunk, batch).transpose(1, 0, 2) for _ in range(2)]
         np.testing.assert_array_equal(drawn_CRNB[:, r], np.concatenate(expected))
+
+
+def test_prefetching_stream_draws_the_same_batches():
+    """The sampling thread reuses a ring of buffers; every batch, taken one step at a time as
+    training does, is still what a stream without the thread draws (over several laps)."""
+    world = World.build(WorldConfig(features=6, dim=8, firing={"linear": [0.05, 0.6]}))
+    plain = DataStream(world, [0, 1], 32, device=None, chunk=2)
+    with DataStream(world, [0, 1], 32, device=None, chunk=2, prefetch=True) as threaded:
+        for _ in range(40):
+            np.testing.assert_array_equal(threaded.next(), plain.next())
