@@ -170,8 +170,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
     pre = np.empty((K, BLOCK), dtype)
     h = np.empty((K, BLOCK), dtype)
     r = np.empty(BLOCK, dtype)
-    x_sq = np.zeros(BLOCK, dtype)
-    x_dot_b = np.zeros(BLOCK, dtype)
+    r2 = np.empty(BLOCK, dtype)  # ||x - b||^2
     inv_r = np.empty(BLOCK, dtype)
     Gf = np.empty(BLOCK, dtype)
     # The rows that go through f and F: dec (K), the untied encoder's enc (K), bias (1).
@@ -227,21 +226,29 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                     peak = max(peak, h[k, i])
                 h_max_SK[s, k] = peak
             if aux or want_loss:
-                _combine(x_dot_b, f, i0, n_i, bF, zero)
+                # r2 = ||x - b||^2 = ||b||^2 + sum_n f_n ((G f)_n - 2 b.F_n), with G = I when F is
+                # orthonormal (then two features per pass).
                 for i in range(n_i):
-                    x_sq[i] = zero
-                for n in range(N):
-                    fn = f[n, i0 : i0 + n_i]
-                    if orthonormal:
+                    r2[i] = bb
+                if orthonormal:
+                    for n in range(0, N - 1, 2):
+                        f0, f1 = f[n, i0 : i0 + n_i], f[n + 1, i0 : i0 + n_i]
+                        b0, b1 = two * bF[n], two * bF[n + 1]
                         for i in range(n_i):
-                            x_sq[i] += fn[i] * fn[i]
-                    else:
+                            r2[i] += f0[i] * (f0[i] - b0) + f1[i] * (f1[i] - b1)
+                    if N % 2:
+                        f0, b0 = f[N - 1, i0 : i0 + n_i], two * bF[N - 1]
+                        for i in range(n_i):
+                            r2[i] += f0[i] * (f0[i] - b0)
+                else:
+                    for n in range(N):
+                        fn, b0 = f[n, i0 : i0 + n_i], two * bF[n]
                         _combine(Gf, f, i0, n_i, G_NN[n], zero)
                         for i in range(n_i):
-                            x_sq[i] += Gf[i] * fn[i]
+                            r2[i] += fn[i] * (Gf[i] - b0)
                 if want_loss:
                     for i in range(n_i):
-                        mse += bb + x_sq[i] - two * x_dot_b[i]
+                        mse += r2[i]
 
             # Backward through the MSE and L1: r = W_k . e = (P h)_k + q_k - x W_k.
             for k in range(K):
@@ -272,7 +279,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                 # L = lam/(B K) sum [h <= tau] cos^2, cos = a / (r n), a = (x - b) . W_k, r = ||x - b||:
                 # dL/dW_k gets c1 = (dL/dcos) / (r n) per sample, dL/db gets d = sum_k (dL/dcos) cos / r^2.
                 for i in range(n_i):
-                    inv_r[i] = one / max(math.sqrt(max(x_sq[i] - two * x_dot_b[i] + bb, zero)), eps)
+                    inv_r[i] = one / max(math.sqrt(max(r2[i], zero)), eps)
                 for k in range(K):
                     inv_n = one / max(norm[k], eps)
                     tau = tau_SK[s, k]

@@ -30,7 +30,8 @@ class DataStream:
         """device None: batches are numpy arrays (the CPU fast path); else torch tensors there."""
         self.world, self.batch, self.chunk, self.device = world, batch, chunk, device
         # The SFC64 state words of each seed's generator: `_fire` draws from them in compiled code.
-        self.states = [np.random.SFC64([offset, seed]).state["state"]["state"].copy() for seed in seeds]
+        self.states_R4 = np.stack([np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds])
+        self._hierarchy = world.hierarchy_arrays()
         self.buffer_CRNB = None
         self.position = chunk
         # Scratch reused by every draw: fresh arrays this size come from mmap, and their page
@@ -67,6 +68,11 @@ class DataStream:
         interpreter shuts down (say after SIGTERM) can crash the process."""
         self._stop.set()
         if self._queue is not None:
+            while True:  # make room, so that a thread waiting to put a chunk sees the stop at once
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
             self._thread.join(timeout=10)
 
     def __enter__(self) -> "DataStream":
@@ -79,18 +85,16 @@ class DataStream:
         """The next chunk, [chunk, seeds, N, B]: batch-major so each step's slice is contiguous.
 
         Bit for bit what `World.sample` draws from each seed's SFC64 generator (tests check it),
-        in two compiled passes per seed: firing masks from the raw bits, then magnitudes written
-        straight into place; the hierarchy runs between them on the masks, as in `World.sample`."""
-        world, fires_NT = self.world, self._fires_NT
+        in one compiled call: a sampling thread that came back for the GIL between steps of a
+        chunk waited up to a training step each time, and so fell behind the trainer."""
         if self._recycled:
             out = self._recycled.pop(0)
             self._recycled.append(out)
         else:
             out = np.empty(self._shape, dtype=np.float32)
-        for r, state in enumerate(self.states):
-            _fire(state, world._thresholds_N1[:, 0], fires_NT, self._words)
-            world.apply_hierarchy(fires_NT)
-            _place(fires_NT, world._magnitudes_N1[:, 0], out, r)
+        world = self.world
+        _draw_chunk(self.states_R4, world._thresholds_N1[:, 0], world._magnitudes_N1[:, 0], *self._hierarchy,
+                    self._words, self._fires_NT, out)
         return out if self.device is None else torch.from_numpy(out).to(self.device)
 
     def _produce(self) -> None:
@@ -115,6 +119,37 @@ class DataStream:
                     raise self._error
                 if not self._thread.is_alive():
                     raise RuntimeError("the sampling thread stopped")
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_chunk(states_R4, thresholds_N, magnitudes_N, force_H, parents_H, offsets_H1, children, words, fires_NT,
+                out_CRNB):
+    """Per seed r: firing masks from its generator, the hierarchy, magnitudes into out[:, r]."""
+    for r in range(states_R4.shape[0]):
+        _fire(states_R4[r], thresholds_N, fires_NT, words)
+        _apply_hierarchy(fires_NT, force_H, parents_H, offsets_H1, children)
+        _place(fires_NT, magnitudes_N, out_CRNB, r)
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_hierarchy(fires_NT, force_H, parents_H, offsets_H1, children):
+    """`World.apply_hierarchy` on the arrays of `World.hierarchy_arrays` (relations top-down):
+    conditional children fire only with their parent (top-down), then forcing children switch
+    their parent on (bottom-up), so nested levels propagate."""
+    T = fires_NT.shape[1]
+    H = parents_H.shape[0]
+    for h in range(H):
+        if not force_H[h]:
+            parent = parents_H[h]
+            for child in children[offsets_H1[h] : offsets_H1[h + 1]]:
+                for t in range(T):
+                    fires_NT[child, t] = fires_NT[child, t] and fires_NT[parent, t]
+    for h in range(H - 1, -1, -1):
+        if force_H[h]:
+            parent = parents_H[h]
+            for child in children[offsets_H1[h] : offsets_H1[h + 1]]:
+                for t in range(T):
+                    fires_NT[parent, t] = fires_NT[parent, t] or fires_NT[child, t]
 
 
 @numba.njit(cache=True, nogil=True)

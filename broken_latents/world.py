@@ -74,6 +74,16 @@ class World:
                 fires_NB[rel.parent] |= fires_NB[rel.children].any(axis=0)
         return fires_NB
 
+    def hierarchy_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The relations of `top_down()` as arrays for compiled code (see stream._apply_hierarchy):
+        is-force flags, parents, offsets into the flat children (relation h: offsets[h]:offsets[h+1])."""
+        relations = self.top_down()
+        force = np.array([rel.mode == "force" for rel in relations], dtype=np.bool_)
+        parents = np.array([rel.parent for rel in relations], dtype=np.int64)
+        offsets = np.cumsum([0] + [len(rel.children) for rel in relations]).astype(np.int64)
+        children = np.array([c for rel in relations for c in rel.children], dtype=np.int64)
+        return force, parents, offsets, children
+
     def top_down(self) -> list:
         """Hierarchy relations ordered so that a parent's relation comes before its children's."""
         parent_of = {c: rel.parent for rel in self.config.hierarchy for c in rel.children}
