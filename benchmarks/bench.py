@@ -238,7 +238,7 @@ def main() -> None:
     header_lines = machine_lines(args.device, args.quick, repeats, load_at_start)
 
     for line in header_lines:
-        console.print(line)
+        console.print(line, markup=False)  # "[saelens]" is not a style
     for title, header, cells in tables:
         console.print(rich_table(title, header, cells))
     markdown = ["# broken-latents benchmark", "", *[f"- {line}" for line in header_lines]]
