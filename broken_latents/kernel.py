@@ -85,47 +85,37 @@ def _add_products(out_RN, A_RB, f, i0, n_i):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _small_products(W, b, W_enc_DK, b_enc, F_ND, tied, M, E, q, c, P, norm, bF):
-    """The per-SAE products over D (M = W F^T, q = W b, P = W W^T, the untied E and c, b F^T);
-    returns ||b||^2. Plain 2D indexing: a slice per dot product costs two atomic reference
-    counts, which made these few hundred dots cost more than the whole batch."""
-    K, D = W.shape
-    N = F_ND.shape[0]
-    zero = _typed(0.0, W)
+def _products_over_D(out_RN, A_RD, B_ND):
+    """out[r, n] = A_r . B_n. Plain 2D indexing: a slice per dot product costs two atomic
+    reference counts, which made these few hundred short dots cost more than the whole batch."""
+    for r in range(A_RD.shape[0]):
+        for n in range(B_ND.shape[0]):
+            acc = _typed(0.0, A_RD)
+            for d in range(A_RD.shape[1]):
+                acc += A_RD[r, d] * B_ND[n, d]
+            out_RN[r, n] = acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+def _small_products(W, b_1D, W_enc_DK, b_enc, F_ND, tied, M, E, W_enc_KD, q, c, P, norm, bF):
+    """The per-SAE products over D: M = W F^T, q = W b, P = W W^T, b F^T and, untied, E = W_enc^T F^T
+    and c = b_enc - W_enc^T b. Returns ||b||^2. (b_1D: b as a [1, D] view.)"""
+    K = W.shape[0]
+    _products_over_D(M, W, F_ND)
+    _products_over_D(q, W, b_1D)
+    _products_over_D(P, W, W)
+    _products_over_D(bF, b_1D, F_ND)
     for k in range(K):
-        for n in range(N):
-            acc = zero
-            for d in range(D):
-                acc += W[k, d] * F_ND[n, d]
-            M[k, n] = acc
-        acc = zero
-        for d in range(D):
-            acc += W[k, d] * b[d]
-        q[k] = acc
-        for j in range(K):
-            acc = zero
-            for d in range(D):
-                acc += W[k, d] * W[j, d]
-            P[k, j] = acc
         norm[k] = math.sqrt(P[k, k])
-        if not tied:
-            for n in range(N):
-                acc = zero
-                for d in range(D):
-                    acc += W_enc_DK[d, k] * F_ND[n, d]
-                E[k, n] = acc
-            acc = zero
-            for d in range(D):
-                acc += W_enc_DK[d, k] * b[d]
-            c[k] = b_enc[k] - acc
-    for n in range(N):
-        acc = zero
-        for d in range(D):
-            acc += b[d] * F_ND[n, d]
-        bF[n] = acc
-    bb = zero
-    for d in range(D):
-        bb += b[d] * b[d]
+    if not tied:
+        W_enc_KD[:] = W_enc_DK.T
+        _products_over_D(E, W_enc_KD, F_ND)
+        _products_over_D(c, W_enc_KD, b_1D)
+        for k in range(K):
+            c[k, 0] = b_enc[k] - c[k, 0]
+    bb = _typed(0.0, W)
+    for d in range(b_1D.shape[1]):
+        bb += b_1D[0, d] * b_1D[0, d]
     return bb
 
 
@@ -159,11 +149,12 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
 
     M = np.empty((K, N), dtype)  # W_dec F^T: x . W_k = sum_n f_n M[k, n]
     E = np.empty((K, N), dtype)  # the untied encoder's W_enc^T F^T
-    q = np.empty(K, dtype)  # W_k . b
-    c = np.empty(K, dtype)  # the untied encoder's b_enc - W_enc^T b
+    W_enc_KD = np.empty((K, D), dtype)  # the untied encoder, a row per latent
+    q_K1 = np.empty((K, 1), dtype)  # W_k . b
+    c_K1 = np.empty((K, 1), dtype)  # the untied encoder's b_enc - W_enc^T b
     P = np.empty((K, K), dtype)  # W_dec W_dec^T
     norm = np.empty(K, dtype)
-    bF = np.empty(N, dtype)  # b . F_n
+    bF_1N = np.empty((1, N), dtype)  # b . F_n
     l1_w = np.empty(K, dtype)
     # Scratch for one block of samples.
     xW = np.empty((K, BLOCK), dtype)
@@ -194,7 +185,9 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         f = f_SNB[s]
         W = W_dec_SKD[s]
         b = b_dec_SD[s]
-        bb = _small_products(W, b, W_enc_SDK[s], b_enc_SK[s], F_ND, tied, M, E, q, c, P, norm, bF)
+        bb = _small_products(W, b.reshape(1, D), W_enc_SDK[s], b_enc_SK[s], F_ND, tied, M, E, W_enc_KD, q_K1, c_K1,
+                             P, norm, bF_1N)
+        q, c, bF = q_K1[:, 0], c_K1[:, 0], bF_1N[0]
         for k in range(K):
             l1_w[k] = l1_over_B * (norm[k] if l1_weighted else one)
             h_max_SK[s, k] = zero
