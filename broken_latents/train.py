@@ -57,11 +57,13 @@ class TrainResult:
 
     @property
     def samples_per_second(self) -> float:
-        """Steady throughput over all SAEs: the first step is left out (see first_step_seconds)."""
+        """Steady throughput over all SAEs: the first step is left out (see first_step_seconds),
+        unless it was the only one."""
         n_saes = sum(stack.sae.n_saes for stack in self.stacks)
-        timed = self.samples - self.batch_size if self.samples > self.batch_size else self.samples
-        seconds = self.train_seconds - (self.first_step_seconds if timed < self.samples else 0.0)
-        return timed * n_saes / max(seconds, 1e-9)
+        samples, seconds = self.samples, self.train_seconds
+        if samples > self.batch_size:
+            samples, seconds = samples - self.batch_size, seconds - self.first_step_seconds
+        return samples * n_saes / max(seconds, 1e-9)
 
 
 def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
@@ -121,9 +123,11 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
     archs = [Architecture.of(stack.sae) for stack in stacks]
     geometry = WorldGeometry.of(world.directions_ND, "numpy" if on_numpy else "torch")
     # The compiled kernel writes each gradient straight into its place in one flat buffer.
-    grad_flat = np.zeros_like(optimiser.flat) if backend == "compiled" else None
-    grad_views = iter(split_like(grad_flat, [p.shape for p in parameters])) if grad_flat is not None else None
-    grad_outs = [{name: next(grad_views) for name in params} for params in arrays] if grad_views else None
+    grad_flat = grad_outs = None
+    if backend == "compiled":
+        grad_flat = np.zeros_like(optimiser.flat)
+        views = iter(split_like(grad_flat, [p.shape for p in parameters]))  # in the parameters' order
+        grad_outs = [{name: next(views) for name in params} for params in arrays]
     steps = math.ceil(config.train.samples / batch)
     history: list[dict] = []
 
@@ -137,12 +141,10 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
             termination.check()
             f_RNB = stream.next()
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
-            if backend == "compiled":
-                logged = _compiled_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss, grad_outs)
-                grad = grad_flat
-            elif fast:
-                logged, grads = _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss)
-                grad = concat_flat(grads)
+            if fast:
+                logged, grads = _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss,
+                                           grad_outs)
+                grad = grad_flat if grad_outs is not None else concat_flat(grads)
             else:
                 logged, grads = _autograd_step(stacks, auxes, world.inputs(f_RNB), step * batch)
                 grad = concat_flat(grads)
@@ -179,29 +181,22 @@ def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch
     return logged, [p.grad for stack in stacks for p in stack.sae.parameters()]
 
 
-def _compiled_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss, grad_outs) -> dict:
-    """The compiled kernel (kernel.py) writes every gradient into `grad_outs`; returns the losses if asked."""
-    logged = {}
-    for stack, arch, params, aux, out in zip(stacks, archs, arrays, auxes, grad_outs):
-        lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
-        losses, h_max, _ = kernel.loss_and_grads(arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK,
-                                                 want_loss, out)
-        if aux is not None:
-            aux.running_max.update(h_max)
-        logged[stack.config.label] = losses or {}
-    return logged
-
-
-def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss) -> tuple[dict, list]:
-    """Hand-derived gradients (fastpath.py); same values as `_autograd_step`."""
+def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss, grad_outs=None):
+    """Hand-derived gradients, same values as `_autograd_step`: by the compiled kernel (kernel.py),
+    which writes them into `grad_outs`, or, without `grad_outs`, by fastpath.py. Returns the losses
+    if asked, and the gradients in parameter order."""
     logged, all_grads = {}, []
-    for stack, arch, params, aux in zip(stacks, archs, arrays, auxes):
+    for i, (stack, arch, params, aux) in enumerate(zip(stacks, archs, arrays, auxes)):
         lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
-        losses, h, grads = fastpath.loss_and_grads(arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK,
-                                                   want_loss)
+        arguments = (arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK, want_loss)
+        if grad_outs is not None:
+            losses, h_max, grads = kernel.loss_and_grads(*arguments, out=grad_outs[i])
+        else:
+            losses, h, grads = fastpath.loss_and_grads(*arguments)
+            h_max = amax(h, -1)
         all_grads += [grads[name] for name in params]
         if aux is not None:
-            aux.running_max.update(amax(h, -1))
+            aux.running_max.update(h_max)
         logged[stack.config.label] = losses or {}
     return logged, all_grads
 
