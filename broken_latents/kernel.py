@@ -7,7 +7,7 @@ Every loop over the batch is innermost and contiguous, so it runs in SIMD lanes;
 that walked sample by sample over the nonzero features was 4x slower despite doing less work.
 Each gradient is a sum over the batch of per-sample coefficients times (x_i - b) plus terms in
 W: the coefficients of one parameter are added up per sample first, so only K + 1 rows (tied)
-or 2K + 1 (untied) go through f and F, once, after the batch.
+or 2K + 1 (untied) go through f (block by block) and through F (once, after the batch).
 
 The kernel runs single-threaded and releases the GIL, so the sampling thread keeps the other core.
 """
@@ -200,7 +200,6 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         g_cos_sum[:] = 0.0
         grad_h_near[:] = 0.0
         mse = 0.0
-        l1_sum = 0.0
 
         for i0 in range(0, B, BLOCK):
             n_i = min(BLOCK, B - i0)
@@ -255,7 +254,6 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                     # ||e||^2 = h.(P h + 2 q - 2 x W) + ||b||^2 - 2 x.b + ||x||^2
                     for i in range(n_i):
                         mse += h[k, i] * (r[i] + q[k] - xW[k, i])
-                        l1_sum += h[k, i] * l1_w[k] / l1_over_B
                 theta = threshold_SK[s, k]
                 near = zero
                 for i in range(n_i):
@@ -279,7 +277,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                     total_c1 = zero
                     total_g_cos = zero
                     for i in range(n_i):
-                        a = pre[k, i] if tied else xW[k, i] - q[k]
+                        a = xW[k, i] - q[k]  # (x - b) . W_k, the tied pre-activation too
                         scale = inv_r[i] * inv_n
                         cos = a * scale
                         g = cos * aux_scale if h[k, i] <= tau else zero
@@ -307,6 +305,10 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                     acc_enc += enc[k, i]
                 sum_h[k] += acc
                 sum_enc[k] += acc_enc
+
+        l1_sum = 0.0
+        for k in range(K):
+            l1_sum += sum_h[k] * (norm[k] if l1_weighted else 1.0)
 
         # X[row] = sum_i c_i (x_i - b) = (sum_i c_i f_i) F - (sum_i c_i) b, without forming x.
         # (The loops over D here are innermost and contiguous too: strided ones cost more than the batch.)
@@ -346,7 +348,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                 g_b_dec_SD[s, d] += c_k * W[k, d] - sum_enc[k] * encoder
         if want_loss:
             losses_S2[s, 0] = mse / B
-            losses_S2[s, 1] = l1_sum / B
+            losses_S2[s, 1] = l1_sum / B  # mean_b sum_k w_k h_k
 
 
 def loss_and_grads(arch, params: dict, geometry, f_SNB: np.ndarray, l1: float, aux_lambda: float = 0.0,
