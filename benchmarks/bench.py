@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench.py            # full run, ~3.5 minutes on 2 idle cores
     .venv/bin/python benchmarks/bench.py --quick    # tiny budgets: a smoke check, not a measurement
 
-Every figure comes from this one run. Each row trains in its own fresh process (twice, in
-three passes, keeping the best), so each gets its own peak RSS and nothing warmed up by one
+Every figure comes from this one run. Each row trains in its own fresh process, once in each
+of three passes (the best is kept), so each gets its own peak RSS and nothing warmed up by one
 row helps the next. The processes are forked from a server that has already imported torch
 and the package (multiprocessing's "forkserver"): a cold interpreter spends ~3 s importing
 torch, which would double the run and make --quick impossible. The peak RSS is therefore

@@ -22,16 +22,17 @@ CHUNK_BATCHES = 4
 class DataStream:
     """Seed r's samples come from its own generator (SFC64 seeded by (offset, r)), so seed r
     trains the same SAEs whichever other seeds run beside it. With `prefetch`, a thread draws
-    the next chunk while the trainer works: numpy's generators and ufuncs release the GIL, so
-    sampling runs on the second core."""
+    the next chunk while the trainer works: the compiled sampler releases the GIL, so sampling
+    runs on the second core."""
 
     def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device | None = "cpu",
                  offset: int = 0, chunk: int = CHUNK_BATCHES, prefetch: bool = False):
         """device None: batches are numpy arrays (the CPU fast path); else torch tensors there."""
         self.world, self.batch, self.chunk, self.device = world, batch, chunk, device
-        # The SFC64 state words of each seed's generator: `_fire` draws from them in compiled code.
+        # The SFC64 state words of each seed's generator: `_draw_chunk` draws from them in compiled code.
         self.states_R4 = np.stack([np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds])
-        self._hierarchy = world.hierarchy_arrays()
+        # What the compiled sampler needs of the world, as `World.sample` uses it.
+        self._world_arrays = (world._thresholds_N1[:, 0], world._magnitudes_N1[:, 0], *world.hierarchy_arrays())
         self.buffer_CRNB = None
         self.position = chunk
         # Scratch reused by every draw: fresh arrays this size come from mmap, and their page
@@ -92,9 +93,7 @@ class DataStream:
             self._recycled.append(out)
         else:
             out = np.empty(self._shape, dtype=np.float32)
-        world = self.world
-        _draw_chunk(self.states_R4, world._thresholds_N1[:, 0], world._magnitudes_N1[:, 0], *self._hierarchy,
-                    self._words, self._fires_NT, out)
+        _draw_chunk(self.states_R4, *self._world_arrays, self._words, self._fires_NT, out)
         return out if self.device is None else torch.from_numpy(out).to(self.device)
 
     def _produce(self) -> None:

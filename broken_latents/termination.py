@@ -54,4 +54,3 @@ class _Termination:
 
 
 termination = _Termination()
-
