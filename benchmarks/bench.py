@@ -188,7 +188,7 @@ def machine_lines(device: str, quick: bool, repeats: int, load_at_start: float) 
         f"torch {torch.__version__}, default threads {torch.get_num_threads()} (the baseline uses them;"
         " broken-latents runs 1 torch thread plus its sampling thread)",
         "budgets: --quick (a smoke check; the figures mean nothing)" if quick
-        else f"budgets: 1-3 s per row, best of {repeats} passes; samples/s excludes start-up and the first step (it loads the compiled kernels);"
+        else f"budgets: 1-3 s per row, best of {repeats} passes; samples/s excludes start-up (loading the compiled kernels included);"
         " ratio vs the baseline of the same world and aux setting",
         f"sae-lens {importlib.metadata.version('sae-lens')}" if SAE_LENS_INSTALLED
         else "sae-lens not installed (pip install -e .[saelens] for its row)",

@@ -377,3 +377,11 @@ def loss_and_grads(arch, params: dict, geometry, f_SNB: np.ndarray, l1: float, a
         want_loss, grads["W_dec_SKD"], grads["b_dec_SD"], grads.get("W_enc_SDK", empty3), grads.get("b_enc_SK", empty2),
         grads.get("log_threshold_SK", empty2), h_max, losses)
     return ({"mse": losses[:, 0], "l1": losses[:, 1]} if want_loss else None), h_max, grads
+
+
+def warm_up(arch, params: dict, geometry) -> None:
+    """Load (or, the first time on a machine, compile) the kernel for these arrays' types now,
+    with one call on a single empty sample into throwaway gradients, so no training step pays it."""
+    W_dec = params["W_dec_SKD"]
+    empty_sample = np.zeros((W_dec.shape[0], geometry.F_ND.shape[0], 1), W_dec.dtype)
+    loss_and_grads(arch, params, geometry, empty_sample, 0.0, 0.0, None, False)

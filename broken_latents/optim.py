@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
 import torch
 
 from .backend import is_numpy, xp, zeros_like
@@ -42,6 +43,12 @@ class FlatAdam:
         self.exp_avg_sq = zeros_like(flat)
         self.denom = zeros_like(flat)
         self.steps = 0
+
+    def warm_up(self) -> None:
+        """Load (or compile) the compiled update now, on scratch, so no training step pays it."""
+        if is_numpy(self.flat):
+            scratch = [np.zeros(1, self.flat.dtype) for _ in range(4)]
+            _adam_update(*scratch, self.beta1, self.beta2, self.eps, 1.0, 1.0)
 
     def step(self, grad, lr: float | None = None) -> None:
         self.steps += 1

@@ -45,6 +45,7 @@ class DataStream:
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         if prefetch:
+            self._warm_up()  # here, before anyone times the stream, not in the thread's first draw
             self._queue = queue.Queue(maxsize=QUEUED)
             # Chunks go round a ring of QUEUED + 2 buffers (numpy only: the trainer steps on views
             # of them, one step at a time). A buffer comes round again QUEUED + 2 draws later; the
@@ -95,6 +96,13 @@ class DataStream:
             out = np.empty(self._shape, dtype=np.float32)
         _draw_chunk(self.states_R4, *self._world_arrays, self._words, self._fires_NT, out)
         return out if self.device is None else torch.from_numpy(out).to(self.device)
+
+    def _warm_up(self) -> None:
+        """Load (or compile) the sampler with the real argument types, on copies: the seeds'
+        generators do not move."""
+        n, seeds = len(self._world_arrays[0]), len(self.states_R4)
+        _draw_chunk(self.states_R4.copy(), *self._world_arrays, np.empty(n, np.uint64), np.empty((n, 2), np.bool_),
+                    np.empty((1, seeds, n, 2), np.float32))
 
     def _produce(self) -> None:
         try:

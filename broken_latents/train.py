@@ -51,19 +51,11 @@ class TrainResult:
     samples: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
-    first_step_seconds: float = 0.0
-    """Part of train_seconds: the first step also loads (or compiles) the kernels."""
-    batch_size: int = 0
 
     @property
     def samples_per_second(self) -> float:
-        """Steady throughput over all SAEs: the first step is left out (see first_step_seconds),
-        unless it was the only one."""
         n_saes = sum(stack.sae.n_saes for stack in self.stacks)
-        samples, seconds = self.samples, self.train_seconds
-        if samples > self.batch_size:
-            samples, seconds = samples - self.batch_size, seconds - self.first_step_seconds
-        return samples * n_saes / max(seconds, 1e-9)
+        return self.samples * n_saes / max(self.train_seconds, 1e-9)
 
 
 def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
@@ -132,10 +124,15 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
     history: list[dict] = []
 
     stream_device = None if on_numpy else device
-    # Overflow is not a numpy warning here: the NaN/inf check below stops training with a clear message.
-    # Signals wait for the end of a step (see termination.py): the first step compiles the kernels.
-    with DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
-            _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"), termination.deferred():
+    # Signals wait for the end of a step (see termination.py): loading or compiling the kernels,
+    # here and when the stream starts, must not be cut short. Overflow is not a numpy warning
+    # here: the NaN/inf check below stops training with a clear message.
+    with termination.deferred(), DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
+            _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"):
+        if backend == "compiled":  # start-up, not training time
+            for arch, params in zip(archs, arrays):
+                kernel.warm_up(arch, params, geometry)
+        optimiser.warm_up()
         start = time.perf_counter()
         for step in range(steps):
             termination.check()
@@ -158,14 +155,12 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
                 _check_finite(stacks, logged, seeds, (step + 1) * batch, config.train.lr)
                 history.append({"samples": (step + 1) * batch, **_summarise(logged)})
                 bar.update((step + 1) * batch, time.perf_counter() - start, history[-1])
-            if step == 0:
-                first_step_seconds = time.perf_counter() - start
         train_seconds = time.perf_counter() - start
 
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
             stack.tau_SK = as_torch(aux.schedule(steps * batch)[1]).to(device)
-    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history, first_step_seconds, batch)
+    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history)
 
 
 def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch.Tensor]]:
