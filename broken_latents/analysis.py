@@ -11,7 +11,7 @@ from scipy.signal import find_peaks
 from .saes import StackedSAE
 from .stream import DataStream
 from .train import TrainResult
-from .world import World
+from .world import World, max_abs_cos, welch_bound
 
 CLEAN_COS = 0.95
 """A latent whose decoder has at least this cosine with its matched feature is clean."""
@@ -138,7 +138,10 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             "variance": _round(world.variance().numpy()),
             "variance_ranking": world.variance_ranking(),
             "feature_cos": _round(cosine(F_ND, F_ND).cpu().numpy()),
+            "max_feature_cos": round(max_abs_cos(F_ND.cpu()), 6),
+            "welch_bound": round(welch_bound(world.n_features, world.config.dim), 6),
             "firing_rates": _round(world.marginal_rates().numpy()),
+            "magnitudes": _round(world.magnitudes_N.cpu().numpy()),
         },
         "runs": runs,
     }

@@ -114,8 +114,10 @@ def _check_device(device: str) -> None:
 
 
 def _print_summary(metrics: dict, directory: Path) -> None:
-    from .show import broken_latent_table, claims_summary
+    from .show import broken_latent_table, claims_summary, geometry_line
 
+    if geometry := geometry_line(metrics["world"]):
+        console.print(geometry)
     console.print(broken_latent_table(metrics))
     if metrics.get("claims"):
         console.print(claims_summary(metrics["claims"]))

@@ -31,6 +31,23 @@ def claims_summary(claims: list[dict]) -> Table:
     return table
 
 
+FAR_FROM_WELCH = 1.25
+"""Max |cos| above this multiple of the Welch bound is worth a warning (the bound is exact only for
+some sizes; for many features in few dims no arrangement reaches it)."""
+
+
+def geometry_line(world: dict) -> str | None:
+    """How close a world in superposition came to the least possible interference; None when orthogonal."""
+    bound = world.get("welch_bound", 0.0)
+    if not bound:
+        return None
+    worst = world["max_feature_cos"]
+    line = f"features in superposition: max |cos| {worst:.4f}, Welch bound {bound:.4f} ({worst / bound:.2f}x)"
+    if worst > FAR_FROM_WELCH * bound:
+        line = f"[yellow]warning[/]: {line}: the directions interfere more than the bound allows for"
+    return line
+
+
 def decoder_table(run: dict, top_features: list[int]) -> Table:
     """Decoder cosines of one SAE with the features it cares about most."""
     table = Table(title=f"{run['label']} seed {run['seed']}: decoder cos (latent x feature)")
@@ -47,6 +64,8 @@ def show_run(metrics: dict, console: Console) -> None:
     console.print(f"[bold]{metrics['name']}[/]  {metrics.get('description', '')}")
     console.print(f"{metrics['samples']:,} samples per SAE; {metrics.get('wall_seconds', 0):.1f} s; "
                   f"{metrics['samples_per_second'] / 1e6:.2f}M samples/s over all SAEs")
+    if geometry := geometry_line(metrics["world"]):
+        console.print(geometry)
     console.print(broken_latent_table(metrics))
     if metrics.get("claims"):
         console.print(claims_summary(metrics["claims"]))

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from broken_latents.cli import main
 from broken_latents.experiments import EXPERIMENTS
+from broken_latents.show import geometry_line
 
 TINY = """
 name = "tiny-world"
@@ -72,6 +73,8 @@ def test_run_directory_contract(tiny_run):
     assert {"name", "samples", "wall_seconds", "samples_per_second", "runs", "claims"} <= set(metrics)
     assert metrics["name"] == "tiny-world" and metrics["samples"] >= 150_000
     assert len(metrics["runs"]) == 4  # 2 SAEs x 2 seeds
+    world = metrics["world"]
+    assert world["magnitudes"] == [1.0] * 4 and world["welch_bound"] == 0.0 and world["max_feature_cos"] < 1e-5
     for run in metrics["runs"]:
         assert RUN_KEYS <= set(run)
         assert len(run["decoder_cos"]) == (4 if run["label"] == "tied" else 3)
@@ -90,6 +93,14 @@ def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
     assert len(after["runs"]) == 2
     assert after["runs"][0]["decoder_cos"] == before["runs"][0]["decoder_cos"]  # seed 0 is seed 0 in any run
     assert not list(tiny_run.parent.glob(".run.*"))
+
+
+def test_geometry_line_says_how_far_from_the_welch_bound():
+    assert geometry_line({"welch_bound": 0.0, "max_feature_cos": 0.0}) is None
+    near = geometry_line({"welch_bound": 0.05, "max_feature_cos": 0.051})
+    far = geometry_line({"welch_bound": 0.05, "max_feature_cos": 0.08})
+    assert "1.02x" in near and "warning" not in near
+    assert "1.60x" in far and "warning" in far
 
 
 def test_show_prints_tables(tiny_run, capsys):

@@ -7,7 +7,7 @@ import torch
 from broken_latents.config import HierarchyConfig, WorldConfig
 from broken_latents.experiments import narrow_world
 from broken_latents.stream import DataStream
-from broken_latents.world import World, feature_directions
+from broken_latents.world import World, feature_directions, max_abs_cos, welch_bound
 
 
 def test_orthonormal_when_room():
@@ -15,16 +15,41 @@ def test_orthonormal_when_room():
     assert torch.allclose(F @ F.T, torch.eye(20), atol=1e-5)
 
 
-def test_near_orthogonal_in_superposition_as_in_post():
-    F = feature_directions(20, 19, seed=0)
+@pytest.mark.parametrize("dim", [1, 2, 4, 19, 30])
+@pytest.mark.parametrize("seed", range(8))
+def test_one_more_feature_than_dims_is_the_exact_simplex_frame(dim, seed):
+    F = feature_directions(dim + 1, dim, seed).double()
     cos = F @ F.T
-    assert torch.allclose(cos.diagonal(), torch.ones(20), atol=1e-5)
-    assert (cos - torch.eye(20)).abs().max() <= 0.06
+    assert torch.allclose(cos.diagonal(), torch.ones(dim + 1, dtype=torch.float64), atol=1e-6)
+    off = (cos - torch.eye(dim + 1, dtype=torch.float64)).abs() + torch.eye(dim + 1, dtype=torch.float64) / dim
+    assert torch.allclose(off, torch.full_like(off, 1 / dim), atol=1e-6)  # every |cos| = 1/dim
+    assert max_abs_cos(F) == pytest.approx(welch_bound(dim + 1, dim), abs=1e-6)
 
 
-def test_directions_are_seeded():
-    assert torch.equal(feature_directions(8, 5, 1), feature_directions(8, 5, 1))
-    assert not torch.equal(feature_directions(8, 5, 1), feature_directions(8, 5, 2))
+def test_simplex_sign_pattern_depends_on_the_seed():
+    signs = {tuple(torch.sign(feature_directions(20, 19, seed) @ feature_directions(20, 19, seed).T)
+                   .flatten().tolist()) for seed in range(6)}
+    assert len(signs) == 6
+
+
+@pytest.mark.parametrize("features, dim, within", [
+    # the yardstick, plain normalised descent on the p-norm: ~1.10x (40 in 20), ~1.17x (100 in 30)
+    (40, 20, 1.10), (100, 30, 1.17), (30, 10, 1.18), (12, 6, 1.15), (150, 40, 1.20),
+])
+def test_search_gets_near_the_welch_bound_for_every_seed(features, dim, within):
+    ratios = [max_abs_cos(feature_directions(features, dim, seed)) / welch_bound(features, dim) for seed in range(6)]
+    assert max(ratios) <= within, ratios
+
+
+def test_spread_directions_are_unit_norm():
+    F = feature_directions(40, 20, 0)
+    assert torch.allclose(F.norm(dim=1), torch.ones(40), atol=1e-5)
+
+
+def test_welch_bound_known_values():
+    assert welch_bound(20, 19) == pytest.approx(1 / 19)
+    assert welch_bound(40, 20) == pytest.approx((20 / (20 * 39)) ** 0.5)
+    assert welch_bound(5, 5) == 0.0
 
 
 def _measured_rates(config: WorldConfig, samples: int = 400_000) -> np.ndarray:
