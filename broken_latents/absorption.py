@@ -143,7 +143,11 @@ def absorption_metrics(
     f = np.asarray(f_BN, dtype=np.float64)
     if h.ndim != 2 or W.ndim != 2 or F.ndim != 2 or f.ndim != 2:
         raise ValueError("h_BK, W_dec_KD, directions_ND and f_BN must be 2-D")
+    if not all(np.isfinite(a).all() for a in (h, W, F, f)):
+        raise ValueError("h_BK, W_dec_KD, directions_ND and f_BN must be finite")
     (B, K), (N, D) = h.shape, F.shape
+    if (np.linalg.norm(F, axis=1) == 0).any():
+        raise ValueError("directions_ND has a zero row")
     if W.shape != (K, D) or f.shape != (B, N):
         raise ValueError(f"shapes disagree: h {h.shape}, W_dec {W.shape}, directions {F.shape}, f {f.shape}")
     matched = {int(i): int(j) for i, j in matched.items()}
