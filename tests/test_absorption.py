@@ -186,21 +186,24 @@ def test_cooccurring_takes_ancestors_and_descendants_not_siblings():
 
 def test_unmatched_dead_and_silent_features_are_defined():
     """5 features, 4 latents: feature 2 unmatched and carried by nobody, feature 4 never fires,
-    latent 3 dead (matched anyway, decoder along 0's child) and latent 2 a zero decoder row."""
+    latent 3 dead though matched to the child 1 (its decoder leans on the parent 0: a live
+    latent would hedge 1/sqrt2), latent 2 a zero decoder row."""
     F = basis(5, seed=4)
     f = exact_batch([Fraction(1, 2)] * 4 + [Fraction(0)], {1: 0}, [1.0] * 5)
     W_dec = np.stack([F[0], F[1], np.zeros(50), F[1] + F[0]])
     W_enc = np.stack([F[0], F[1], F[3], F[1]], axis=1)
     h = relu_encode(f @ F, W_enc)
     h[:, 3] = 0.0
-    matched = {0: 0, 1: 1, 3: 2, 4: 3}
+    matched = {0: 0, 1: 3, 3: 2, 4: 1}
     cooccur = cooccurring([HierarchyConfig(parent=0, children=[1])], 5)
     m = absorption_metrics(h, W_dec, F, f, matched, [0, 1, 2], cooccur)
     assert m.firing[4] == 0 and m.absorption[4] == 0.0 and m.full_absorption[4] == 0.0
     assert m.absorption[2] == 0.0 and m.unreconstructed[2] == m.firing[2] > 0
     assert m.absorption[3] == 0.0 and m.unreconstructed[3] == m.firing[3]  # zero decoder row
-    assert m.hedging == pytest.approx([0.0] * 4, abs=1e-12)  # 0-1 orthogonal; zero row; dead latent 3
-    assert m.hedging[2:] == [0.0, 0.0]
+    # the child's latent is dead; unmatched latent 1 carries all of it
+    assert m.absorption[1] == 1.0 and m.full_absorption[1] == 1.0
+    assert m.hedging == pytest.approx([0.0] * 4, abs=1e-12)  # 0-1 orthogonal; 4 has no partners
+    assert m.hedging[2:] == [0.0, 0.0]  # zero row; dead latent
     text = json.dumps(m.to_dict())
     assert "NaN" not in text and "Infinity" not in text
     assert set(json.loads(text)) == {"absorption", "full_absorption", "hedging", "firing", "unreconstructed"}
@@ -225,6 +228,18 @@ def test_negative_contributions_do_not_push_absorption_outside_0_1():
     h = np.array([[1.0, 1.0, 0.0]])
     m = absorption_metrics(h, W_dec, F, f, {0: 2, 1: 1}, [0, 1, 2], {})
     assert m.absorption[0] == pytest.approx(1.0) and m.full_absorption[0] == 0.0
+
+
+def test_per_input_fractions_are_averaged_and_partial_absorption_is_not_full():
+    """Two inputs with f0 at 3 and at 1. On the first another latent carries all of f0, on the
+    second the matched latent carries 0.4 and another 0.6 (not full: the matched one fires).
+    Per-input mean: (1 + 0.6) / 2 = 0.8; a ratio of sums would give (3 + 0.6) / 4 = 0.9."""
+    F = basis(1, dim=3, seed=6)
+    W_dec = np.stack([F[0], F[0]])
+    h = np.array([[0.0, 3.0], [0.4, 0.6]])
+    m = absorption_metrics(h, W_dec, F, np.array([[3.0], [1.0]]), {0: 0}, [0, 1], {})
+    assert m.absorption == pytest.approx([0.8], abs=1e-12)
+    assert m.full_absorption == [0.5]
 
 
 def test_bad_arguments_are_refused():
