@@ -242,6 +242,14 @@ def test_per_input_fractions_are_averaged_and_partial_absorption_is_not_full():
     assert m.full_absorption == [0.5]
 
 
+def test_input_pointing_away_from_the_feature_is_not_full_absorption():
+    """Superposed features at cos -0.9: f = (1, 2) gives x . d0 = -0.8. Nothing carries f0 and
+    its latent is silent, yet 0 >= -0.4 must not count as 'others carry half of it'."""
+    F = np.array([[1.0, 0.0], [-0.9, math.sqrt(1 - 0.81)]])
+    m = absorption_metrics(np.zeros((1, 2)), np.eye(2), F, np.array([[1.0, 2.0]]), {0: 0, 1: 1}, [0, 1], {})
+    assert m.full_absorption == [0.0, 0.0] and m.absorption == [0.0, 0.0] and m.unreconstructed == [1, 1]
+
+
 def test_bad_arguments_are_refused():
     F = basis(2)
     with pytest.raises(ValueError, match="one-to-one"):
