@@ -20,9 +20,9 @@ absorption[i]  (SAEBench's absorption fraction, with the true feature in place o
     absorption[i] = (1 / n_i) sum_{b in I_i} a_b(i)
 
   - Per-input fractions, averaged (as SAEBench's mean_absorption_fraction_score), not a
-    ratio of sums: every input where i fires weighs the same, so absorption[i] reads as "on a
-    typical input with i, the share of i that other latents carry", and in the recap world
-    it equals P(child | parent) exactly.
+    ratio of sums: every input where i fires weighs the same, however large its magnitudes,
+    so absorption[i] reads as "on a typical input with i, the share of i that other latents
+    carry". In the recap world's absorbed SAE it is P(child | parent) exactly.
   - Only positive contributions count, in both numerator and denominator. A latent that
     writes -d_i onto an input is not carrying i; letting it subtract from the total would
     push the fraction above 1 (a negative matched latent) or below 0 (a negative absorber).
@@ -56,8 +56,9 @@ hedging[j]  (decoder of latent j along the features that co-occur with its match
 
   - C(i) = cooccurring(hierarchy)[i]: i's ancestors and descendants (a parent's children,
     a child's parent). Signed: > 0, the latent carries co-occurring features (hedging, the
-    post's merged single latent); < 0, it carries them negatively (the absorbed parent
-    whose decoder subtracts its children).
+    post's merged single latent, or the untied combo latent f0 + f1 matched to the child);
+    < 0, its decoder subtracts them (the absorption-like pattern: a tied parent latent whose
+    weights take its children out so that it stays quiet when they fire).
   - 0 for a latent that is dead (not in `live`), unmatched, matched to a feature with no
     co-occurring features, or whose decoder row is zero.
 """
@@ -135,8 +136,10 @@ def absorption_metrics(
     """Absorption, full absorption and hedging of one SAE (formulas in the module docstring).
 
     h_BK: the SAE's activations on x_B = f_BN @ directions_ND; f_BN: feature magnitudes
-    (0 = not firing); matched: feature -> latent, one-to-one; live: the live latents;
-    cooccur: feature -> co-occurring features (see `cooccurring`)."""
+    (0 = not firing); matched: feature -> latent, one-to-one (pass every Hungarian match,
+    clean or broken: leaving a broken match out makes its feature unmatched, absorption 1
+    wherever anything carries it); live: the live latents; cooccur: feature -> co-occurring
+    features (see `cooccurring`). Every list in the result is plain Python, JSON-ready."""
     h = np.asarray(h_BK, dtype=np.float64)
     W = np.asarray(W_dec_KD, dtype=np.float64)
     F = np.asarray(directions_ND, dtype=np.float64)
