@@ -51,7 +51,6 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
         result = train(config, device=device, progress=progress)
         metrics = analyse(result, clean_cos=clean_cos)
         metrics["description"] = config.description
-        metrics["world"]["magnitudes"] = [round(float(m), 4) for m in result.world.magnitudes_N.cpu()]
         metrics["claims"] = evaluate_claims(claims, metrics)
         _write_directory(partial, config, result, metrics, started)
         _swap_into_place(partial, out)

@@ -1,0 +1,95 @@
+"""Map the narrow and superposition experiments over the narrow world's rate start x world geometry.
+
+The post gives the rates' end (0.3) but not their start. Every claim of the narrow-world experiments
+is checked at rate starts 0.01, 0.015 and 0.02, for world seeds 0-4 (the feature directions; in
+superposition their sign pattern changes what an SAE learns) x 5 training seeds, at the registered
+budgets. Results go to docs/rate-start-map.json cell by cell (a rerun skips finished cells) and the
+table to docs/rate-start-map.md.
+
+    python studies/rate_start_map.py [--starts 0.01 0.015 0.02] [--geometries 5] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from broken_latents.analysis import analyse
+from broken_latents.claims import evaluate_claims
+from broken_latents.config import apply_overrides
+from broken_latents.experiments import EXPERIMENTS
+from broken_latents.train import train
+
+EXPERIMENT_NAMES = ["superposition-parent-6", "narrow-independent", "narrow-5-7-force-12", "narrow-parent-6",
+                    "narrow-5-7-force-12-aux", "narrow-parent-6-aux"]
+OUT = Path(__file__).resolve().parent.parent / "docs" / "rate-start-map.json"
+
+
+def cell_key(name: str, start: float, geometry: int) -> str:
+    return f"{name}|{start:g}|{geometry}"
+
+
+def run_cell(name: str, start: float, geometry: int, seeds: int) -> dict:
+    exp = EXPERIMENTS[name]
+    config = apply_overrides(exp.config, [f"world.firing={{linear=[{start},0.3]}}", f"world.seed={geometry}",
+                                          f"train.seeds={seeds}"])
+    began = time.perf_counter()
+    result = train(config, progress=False)
+    metrics = analyse(result, clean_cos=exp.clean_cos)
+    claims = evaluate_claims(exp.claims, metrics)
+    return {
+        "experiment": name, "rate_start": start, "world_seed": geometry, "seeds": seeds,
+        "max_feature_cos": metrics["world"]["max_feature_cos"], "seconds": round(time.perf_counter() - began, 1),
+        "claims": {c["id"]: {"per_seed": c["per_seed"], "detail": c["detail"]} for c in claims},
+    }
+
+
+def table(cells: dict, starts: list[float]) -> str:
+    """Claims x rate start: seeds held / seeds run over every geometry, and geometries where it held (>= 2/3 of seeds)."""
+    lines = ["| experiment | claim | " + " | ".join(f"start {s:g}" for s in starts) + " |",
+             "|---|---|" + "---|" * len(starts)]
+    for name in EXPERIMENT_NAMES:
+        for claim in EXPERIMENTS[name].claims:
+            row = []
+            for start in starts:
+                found = [c for c in cells.values() if c["experiment"] == name and c["rate_start"] == start]
+                if not found:
+                    row.append("-")
+                    continue
+                per_geo = [c["claims"][claim.id]["per_seed"] for c in sorted(found, key=lambda c: c["world_seed"])]
+                held = sum(sum(p) for p in per_geo)
+                total = sum(len(p) for p in per_geo)
+                geos = sum(sum(p) * 3 >= 2 * len(p) for p in per_geo)
+                row.append(f"{held}/{total} ({geos}/{len(per_geo)} geom.)")
+            lines.append(f"| {name} | {claim.id} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=float, nargs="+", default=[0.01, 0.015, 0.02])
+    parser.add_argument("--geometries", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--experiments", nargs="+", default=EXPERIMENT_NAMES)
+    args = parser.parse_args()
+    cells = json.loads(OUT.read_text())["cells"] if OUT.exists() else {}
+    for name in args.experiments:
+        for start in args.starts:
+            for geometry in range(args.geometries):
+                key = cell_key(name, start, geometry)
+                if key in cells:
+                    continue
+                cells[key] = run_cell(name, start, geometry, args.seeds)
+                held = {cid: f"{sum(c['per_seed'])}/{len(c['per_seed'])}" for cid, c in cells[key]["claims"].items()}
+                print(f"{key}: {cells[key]['seconds']:.0f} s {held}", flush=True)
+                tmp = OUT.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"cells": cells}, indent=1))
+                tmp.replace(OUT)  # a killed study keeps every finished cell
+    OUT.with_suffix(".md").write_text(table(cells, sorted({c["rate_start"] for c in cells.values()})) + "\n")
+    print(OUT.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
