@@ -16,7 +16,7 @@ from rich.console import Console
 from . import experiments
 from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
 from .termination import termination
-from .train import TrainingDiverged
+from .train import TrainingDiverged, choose_engine
 
 console = Console()
 err_console = Console(stderr=True)
@@ -52,6 +52,7 @@ def run(
     config, claims, clean_cos = resolve_target(target)
     config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
     _check_device(device)
+    choose_engine(config, device)  # a config error, before anything is written
     out = out or Path("runs") / config.name
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
     _print_summary(outcome.metrics, outcome.directory)
