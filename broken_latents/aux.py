@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import amax
+from .engine.backend import amax
 from .config import AuxConfig
 
 

@@ -14,12 +14,12 @@ from threadpoolctl import threadpool_limits
 
 from .aux import AuxState
 from .config import ConfigError, ExperimentConfig, SAEConfig
-from .backend import amax, as_torch, clamp_min, concat_flat, norm_last
-from . import fastpath, kernel
-from .fastpath import Architecture, WorldGeometry, params_of
-from .optim import FlatAdam, flatten_parameters, split_like
+from .engine.backend import amax, as_torch, clamp_min, concat_flat, norm_last
+from .engine import fastpath, kernel
+from .engine.fastpath import Architecture, WorldGeometry, params_of
+from .engine.optim import FlatAdam, flatten_parameters, split_like
 from .saes import StackedSAE, build_sae, weighted_sum
-from .stream import DataStream
+from .engine.stream import DataStream
 from .termination import termination
 from .world import World
 

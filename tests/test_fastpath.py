@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, WorldConfig
-from broken_latents.backend import as_torch
-from broken_latents import kernel
-from broken_latents.fastpath import Architecture, WorldGeometry, hand_gradients, loss_and_grads, params_of
+from broken_latents.engine.backend import as_torch
+from broken_latents.engine import kernel
+from broken_latents.engine.fastpath import Architecture, WorldGeometry, hand_gradients, loss_and_grads, params_of
 from broken_latents.saes import ARCHITECTURES, build_sae, weighted_sum
 from broken_latents.train import choose_engine
 from broken_latents.world import World

@@ -15,15 +15,15 @@ decorated with `@register`, that states
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .losses import aux_loss
 
-if TYPE_CHECKING:  # the config validates names against the registry, so it imports this package
-    from ..config import SAEConfig
+# SAEConfig (config.py) stays a name in quotes here: the config validates architecture names
+# against this package's registry, so imports run config -> saes and never back.
 
 
 class JumpReLU(torch.autograd.Function):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .backend import T, clamp_min, norm_last, xp
-from .saes import ARCHITECTURES, StackedSAE
+from ..saes import ARCHITECTURES, StackedSAE
 
 EPS = 1e-12  # as torch.nn.functional.normalize
 
