@@ -99,6 +99,10 @@ class WorldMetrics(_Schema):
     """p (1 - p) m^2 per feature: what leaving it out costs once the decoder bias takes its mean."""
     variance_ranking: list[int] = field(default_factory=list)
     feature_cos: list[list[float]]
+    max_feature_cos: float | None = None
+    """Largest |cos| between two feature directions (main's superposition geometry)."""
+    welch_bound: float | None = None
+    """The least max |cos| any arrangement of the features in dim dimensions can reach."""
     firing_rates: list[float]
     magnitudes: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
