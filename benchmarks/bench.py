@@ -47,10 +47,10 @@ LATENTS, L1 = 5, 3e-3
 # (engine, SAEs, batch, samples per SAE): budgets that take 1-3 s each on 2 idle cores.
 CONFIGS = [
     ("baseline", 1, 1024, 500_000),
-    ("fast", 1, 1024, 3_000_000),
-    ("fast", 1, 4096, 6_000_000),
-    ("fast", 16, 1024, 500_000),
-    ("numpy", 1, 1024, 1_000_000),
+    ("auto", 1, 1024, 3_000_000),
+    ("auto", 1, 4096, 6_000_000),
+    ("auto", 16, 1024, 500_000),
+    ("arrays", 1, 1024, 1_000_000),
     ("autograd", 1, 1024, 500_000),
     ("sae_lens", 1, 1024, 500_000),
 ]
@@ -61,8 +61,8 @@ REPEATS = 3
 MEMORY_BUDGETS = (2_000_000, 8_000_000)
 QUICK_SAMPLES = 4 * 4096  # a few steps of every row
 BUSY_LOAD = 0.7  # 1-minute load average above which other work has skewed the figures
-ENGINE_NAMES = {"baseline": "plain PyTorch", "fast": "broken-latents", "autograd": "broken-latents autograd",
-                "numpy": "broken-latents, numpy array path",
+ENGINE_NAMES = {"baseline": "plain PyTorch", "auto": "broken-latents", "autograd": "broken-latents autograd",
+                "arrays": "broken-latents, torch array path",
                 "sae_lens": "SAELens train_toy_sae"}
 SAE_LENS_INSTALLED = importlib.util.find_spec("sae_lens") is not None
 
@@ -91,7 +91,7 @@ def table_rows(quick: bool) -> list[Row]:
 
 def memory_rows(quick: bool) -> list[Row]:
     budgets = (QUICK_SAMPLES, 4 * QUICK_SAMPLES) if quick else MEMORY_BUDGETS
-    return [Row("narrow", "fast", 1, 1024, False, samples) for samples in budgets]
+    return [Row("narrow", "auto", 1, 1024, False, samples) for samples in budgets]
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def experiment(row: Row) -> ExperimentConfig:
         name="bench",
         world=WORLDS[row.world],
         train=TrainConfig(samples=row.samples, batch_size=row.batch, seeds=row.saes,
-                          engine="autograd" if row.engine == "autograd" else "fast"),
+                          engine=row.engine),
         sae=[SAEConfig(label="tied", latents=LATENTS, l1=L1, aux=aux)],
     )
 
@@ -118,10 +118,9 @@ def measure(row: Row, device: str) -> tuple[float, float]:
     elif row.engine == "sae_lens":
         speed = run_sae_lens(world, LATENTS, row.samples, l1=L1, batch_size=row.batch, device=device)
     else:
-        # "numpy": the same hand-derived gradients as ~40 numpy calls a step (the engine before the
-        # compiled kernel, kept as a cross-check), to show what compiling them brings.
-        backend = "numpy" if row.engine == "numpy" else None
-        speed = train(experiment(row), device=device, progress=False, backend=backend).samples_per_second
+        # "arrays": the same hand-derived gradients as ~40 torch calls a step (the GPU's engine),
+        # to show what compiling them brings on the CPU.
+        speed = train(experiment(row), device=device, progress=False).samples_per_second
     return speed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -9,12 +9,11 @@ from scipy.optimize import linear_sum_assignment
 from scipy.signal import find_peaks
 
 from .saes import StackedSAE
-from .stream import DataStream
+from .engine.stream import DataStream
 from .train import TrainResult
+from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
 from .world import World, max_abs_cos, welch_bound
 
-CLEAN_COS = 0.95
-"""A latent whose decoder has at least this cosine with its matched feature is clean."""
 PEAK_FLOOR = 0.2
 """Peaks are counted above this fraction of a latent's max. Tied latents fire weakly on most
 inputs, and even a clean latent (cos 0.996) shows an interference bump at 12-17% of its max;
@@ -84,7 +83,7 @@ def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]]
 
 @torch.no_grad()
 def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
-    """metrics.json without the claims: one entry per (SAE, seed)."""
+    """metrics.json without the claims (`metrics.Metrics.to_json()`): one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
     stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
@@ -109,42 +108,42 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             clean = [m for m in matches if m["cos"] >= clean_cos]
             peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
             sets = firing_pattern_sets(world, {m["feature"] for m in clean})
-            runs.append({
-                "label": stack.config.label,
-                "architecture": stack.config.architecture,
-                "seed": seed,
-                "decoder_cos": _round(dec_cos),
-                "encoder_cos": _round(enc_cos),
-                "latent_cos": _round(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
-                "decoder_norms": _round(norms_SK[s].cpu().numpy()),
-                "matches": matches,
-                "learned_features": sorted(m["feature"] for m in clean),
-                "broken_latents": sorted(m["latent"] for m in matches if m["cos"] < clean_cos),
-                "dead_latents": [int(j) for j in np.flatnonzero(~live)],
-                "activation_peaks": [n for n, _ in peaks],
-                "peak_locations": [locs for _, locs in peaks],
-                "mse": round(float(mse_S[s]), 6),
-                "l0": round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
-                "explained_variance": round(float(1 - mse_S[s] / variance[s]), 6),
-                "firing_patterns": firing_patterns(sae, s, world, sets, stack.tau_SK),
-            })
-    return {
-        "name": result.config.name,
-        "samples": result.samples,
-        "samples_per_second": round(result.samples_per_second, 1),
-        "world": {
-            "expected_mse": _round(world.expected_mse().numpy()),
-            "expected_mse_ranking": world.expected_mse_ranking(),
-            "variance": _round(world.variance().numpy()),
-            "variance_ranking": world.variance_ranking(),
-            "feature_cos": _round(cosine(F_ND, F_ND).cpu().numpy()),
-            "max_feature_cos": round(max_abs_cos(F_ND.cpu()), 6),
-            "welch_bound": round(welch_bound(world.n_features, world.config.dim), 6),
-            "firing_rates": _round(world.marginal_rates().numpy()),
-            "magnitudes": _round(world.magnitudes_N.cpu().numpy()),
-        },
-        "runs": runs,
-    }
+            runs.append(RunMetrics(
+                label=stack.config.label,
+                architecture=stack.config.architecture,
+                seed=seed,
+                decoder_cos=_round(dec_cos),
+                encoder_cos=_round(enc_cos),
+                latent_cos=_round(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
+                decoder_norms=_round(norms_SK[s].cpu().numpy()),
+                matches=[Match(**m) for m in matches],
+                learned_features=sorted(m["feature"] for m in clean),
+                broken_latents=sorted(m["latent"] for m in matches if m["cos"] < clean_cos),
+                dead_latents=[int(j) for j in np.flatnonzero(~live)],
+                activation_peaks=[n for n, _ in peaks],
+                peak_locations=[locs for _, locs in peaks],
+                mse=round(float(mse_S[s]), 6),
+                l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
+                explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
+                firing_patterns=[FiringPattern(**p) for p in firing_patterns(sae, s, world, sets, stack.tau_SK)],
+            ))
+    return Metrics(
+        name=result.config.name,
+        samples=result.samples,
+        samples_per_second=round(result.samples_per_second, 1),
+        world=WorldMetrics(
+            expected_mse=_round(world.expected_mse().numpy()),
+            expected_mse_ranking=world.expected_mse_ranking(),
+            variance=_round(world.variance().numpy()),
+            variance_ranking=world.variance_ranking(),
+            feature_cos=_round(cosine(F_ND, F_ND).cpu().numpy()),
+            max_feature_cos=round(max_abs_cos(F_ND.cpu()), 6),
+            welch_bound=round(welch_bound(world.n_features, world.config.dim), 6),
+            firing_rates=_round(world.marginal_rates().numpy()),
+            magnitudes=_round(world.magnitudes_N.cpu().numpy()),
+        ),
+        runs=runs,
+    ).to_json()
 
 
 def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:

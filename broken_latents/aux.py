@@ -1,4 +1,5 @@
-"""The activation-orthogonality loss of the post ("Incentivizing a single activation peak").
+"""The schedule of the activation-orthogonality loss of the post ("Incentivizing a single activation
+peak"); the loss term itself is `saes.losses.aux_loss`, declared by the SAE.
 
 L_aux = lambda / (B K) * sum_i sum_j [h_ij <= tau_j] * cos(x_i - b, W_j)^2
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import amax
+from .engine.backend import amax
 from .config import AuxConfig
 
 
@@ -39,17 +40,6 @@ class RunningMax:
 
     def value(self):
         return amax(self.maxes_WSK, 0)
-
-
-def aux_loss(
-    x_SBD: torch.Tensor, b_SD: torch.Tensor, W_dec_SKD: torch.Tensor, h_SBK: torch.Tensor, tau_SK: torch.Tensor
-) -> torch.Tensor:
-    """Mean over batch and latents of [h <= tau] * cos(x - b, W_j)^2, one value per SAE (lambda not applied)."""
-    centred = torch.nn.functional.normalize(x_SBD - b_SD[:, None], dim=-1)
-    directions = torch.nn.functional.normalize(W_dec_SKD, dim=-1)
-    cos_SBK = centred @ directions.transpose(1, 2)
-    low = (h_SBK <= tau_SK[:, None]).to(cos_SBK.dtype)
-    return (low * cos_SBK.pow(2)).mean(dim=(1, 2))
 
 
 class AuxState:

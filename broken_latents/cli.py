@@ -15,8 +15,9 @@ from rich.console import Console
 
 from . import experiments
 from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .metrics import CLEAN_COS
 from .termination import termination
-from .train import TrainingDiverged
+from .train import TrainingDiverged, choose_engine
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,11 +48,12 @@ def run(
         device: cpu, or cuda when a GPU is present.
         set: override any config key, KEY=VALUE, repeatable (e.g. --set train.lr=1e-3 --set sae.tied.l1=0.01).
     """
-    from .rundir import run_experiment
+    from .output.rundir import run_experiment
 
     config, claims, clean_cos = resolve_target(target)
     config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
     _check_device(device)
+    choose_engine(config, device)  # a config error, before anything is written
     out = out or Path("runs") / config.name
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
     _print_summary(outcome.metrics, outcome.directory)
@@ -77,7 +79,7 @@ def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = Fa
 
 def show(run_dir: tyro.conf.Positional[Path]) -> None:
     """Print a run directory's tables in the terminal."""
-    from .show import show_run
+    from .output.show import show_run
 
     path = run_dir / "metrics.json"
     if not path.is_file():
@@ -99,7 +101,7 @@ def resolve_target(target: str) -> tuple[ExperimentConfig, list, float]:
         raise ConfigError("TARGET", f"{target!r} is neither a registered experiment ({names}) nor a .toml file")
     config = load_toml(Path(target))
     exp = experiments.EXPERIMENTS.get(config.name)
-    return config, (exp.claims if exp else []), (exp.clean_cos if exp else 0.95)
+    return config, (exp.claims if exp else []), (exp.clean_cos if exp else CLEAN_COS)
 
 
 def _budget_overrides(seeds: int | None, samples: int | None) -> list[str]:
@@ -114,7 +116,7 @@ def _check_device(device: str) -> None:
 
 
 def _print_summary(metrics: dict, directory: Path) -> None:
-    from .show import broken_latent_table, claims_summary, geometry_line
+    from .output.show import broken_latent_table, claims_summary, geometry_line
 
     if geometry := geometry_line(metrics["world"]):
         console.print(geometry)

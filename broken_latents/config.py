@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +36,23 @@ class ConfigError(ValueError):
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ConfigError(field, message)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A string field whose allowed values are known only at run time (e.g. registered names):
+    `Annotated[str, OneOf(function returning the allowed values)]`."""
+
+    allowed: typing.Callable[[], typing.Sequence[str]]
+
+
+def registered_architectures() -> tuple[str, ...]:
+    from .saes import ARCHITECTURES  # the SAEs register themselves on import
+
+    return tuple(ARCHITECTURES)
+
+
+Engine = Literal["auto", "autograd", "arrays", "compiled"]
 
 
 @dataclass
@@ -109,10 +126,15 @@ class TrainConfig:
     """Learning-rate schedule over the last `lr_decay_fraction` of training."""
     lr_decay_fraction: float = 0.2
     """Fraction of training, at the end, over which the learning rate decays to 0."""
-    engine: Literal["fast", "autograd"] = "fast"
-    """fast: hand-derived gradients in feature space; autograd: the plain reference (slower, same math)."""
+    engine: Engine = "auto"
+    """auto: hand-derived gradients where every SAE declares them (compiled on the CPU, arrays on a
+    GPU), else autograd. autograd: the plain reference (slower, same math). arrays: the hand-derived
+    gradients as torch array code (the GPU's engine). compiled: the same as one numba kernel (CPU only)."""
     eval_samples: int = 200_000
     """Samples drawn (from a held-out stream) to compute the metrics after training."""
+
+    value_aliases: ClassVar[dict[str, dict[str, str]]] = {"engine": {"fast": "auto"}}
+    """Old values that config files may still hold, and what they mean now."""
 
     def __post_init__(self) -> None:
         _require(self.samples >= 1, "train.samples", f"must be >= 1, got {self.samples}")
@@ -151,8 +173,9 @@ class AuxConfig:
 class SAEConfig:
     label: str = "tied"
     """Name of this SAE in tables, figures and weight files."""
-    architecture: Literal["tied", "untied"] = "tied"
-    """tied: W_enc = W_dec^T and b_enc = 0. untied: independent encoder and decoder."""
+    architecture: Annotated[str, OneOf(registered_architectures)] = "tied"
+    """A registered architecture (broken_latents/saes/): tied: W_enc = W_dec^T and b_enc = 0.
+    untied: independent encoder and decoder."""
     latents: int = 5
     """Number of SAE latents K."""
     activation: Literal["relu", "jumprelu"] = "relu"
@@ -220,6 +243,14 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any or tp is Spec:
         return value
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _convert(base, value, where)
+        for extra in extras:
+            if isinstance(extra, OneOf):
+                allowed = tuple(extra.allowed())
+                _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        return value
     if origin is Literal:
         allowed = typing.get_args(tp)
         _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
@@ -256,8 +287,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
+    aliases = getattr(cls, "value_aliases", {})
+    data = {k: aliases.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in data.items()}
     prefix = f"{where}." if where else ""
     unknown = sorted(set(data) - set(names))
     _require(not unknown, f"{prefix}{unknown[0]}" if unknown else where,

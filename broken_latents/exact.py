@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .config import SAEConfig
-from .saes import build_sae
+from .saes import build_sae, weighted_sum
 from .world import World
 
 MAX_FEATURES = 14
@@ -47,7 +47,7 @@ def covariance(world: World) -> torch.Tensor:
 
 
 def expected_loss_optimum(world: World, config: SAEConfig, seed: int = 0, steps: int = 500) -> torch.nn.Module:
-    """The SAE of `config` minimising E[||x_hat - x||^2 + l1 * sum_k w_k h_k] over the exact distribution."""
+    """The SAE of `config` minimising the expectation of its declared loss terms over the exact distribution."""
     f, p = firing_distribution(world)
     x = (f @ world.directions_ND.double().cpu())[None]  # [1, P, D]
     sae = build_sae(config, 1, world.config.dim, [seed], "random").double()
@@ -56,9 +56,8 @@ def expected_loss_optimum(world: World, config: SAEConfig, seed: int = 0, steps:
 
     def closure():
         optimiser.zero_grad()
-        h, x_hat = sae(x)
-        per_pattern = (x_hat - x).pow(2).sum(-1) + config.l1 * (h * sae.l1_weights_SK()[:, None]).sum(-1)
-        loss = (per_pattern * p).sum()
+        terms, _ = sae.loss_terms(x)
+        loss = (weighted_sum(terms) * p).sum()
         loss.backward()
         return loss
 

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from .config import ExperimentConfig
 from .experiments import EXPERIMENTS, Experiment
-from .report import HtmlSection, claims_table, render_html
-from .rundir import run_experiment
+from .output.report import HtmlSection, claims_table, render_html
+from .output.rundir import run_experiment
 
 QUICK_FACTOR = 0.1
 """--quick trains every SAE on this share of its budget (aux delay and warm-up scale alike)."""

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .aux import AuxState, aux_loss
-from .config import ExperimentConfig, SAEConfig
-from .backend import amax, as_torch, clamp_min, concat_flat, norm_last
-from . import fastpath, kernel
-from .fastpath import Architecture, WorldGeometry, params_of
-from .optim import FlatAdam, flatten_parameters, split_like
-from .saes import StackedSAE, build_sae
-from .stream import DataStream
+from .aux import AuxState
+from .config import ConfigError, ExperimentConfig, SAEConfig
+from .engine.backend import amax, as_torch, clamp_min, concat_flat, norm_last
+from .engine import fastpath, kernel
+from .engine.fastpath import Architecture, WorldGeometry, params_of
+from .engine.optim import FlatAdam, flatten_parameters, split_like
+from .saes import StackedSAE, build_sae, weighted_sum
+from .engine.stream import DataStream
 from .termination import termination
 from .world import World
 
@@ -67,14 +67,28 @@ def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:
     return 1 - progress if train.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True, backend: str | None = None) -> TrainResult:
+def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True) -> TrainResult:
     """Train every [[sae]] of `config` for every seed; the SAEs of one seed share its data.
-
-    backend: how the fast engine computes gradients: "compiled" (kernel.py, the default on the
-    CPU), "numpy" or "torch" (fastpath.py on those arrays; torch is the default, and the only
-    choice, on a GPU). Tests run the torch backend on the CPU to cover the GPU's code path."""
+    `train.engine` says how gradients are computed (see `choose_engine`)."""
+    engine = choose_engine(config, device)
     with single_torch_thread(device):
-        return _train(config, device, progress, backend)
+        return _train(config, device, progress, engine)
+
+
+def choose_engine(config: ExperimentConfig, device: str) -> str:
+    """`train.engine` made concrete: "autograd", "arrays" (fastpath.py on torch tensors: the GPU's
+    engine, and on the CPU a check of it) or "compiled" (kernel.py, CPU only). "auto" takes the
+    hand-derived gradients where every SAE declares them, else autograd for all."""
+    engine = config.train.engine
+    without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
+    if engine == "auto":
+        return "autograd" if without else "compiled" if device == "cpu" else "arrays"
+    if engine in ("arrays", "compiled") and without:
+        raise ConfigError("train.engine", f"{engine!r} needs hand-derived gradients, and SAE(s) {without} declare "
+                                          "none (architecture, activation or loss terms); use 'auto' or 'autograd'")
+    if engine == "compiled" and device != "cpu":
+        raise ConfigError("train.engine", f"'compiled' runs on the CPU only; on {device} use 'auto', 'arrays' or 'autograd'")
+    return engine
 
 
 @contextlib.contextmanager
@@ -94,7 +108,7 @@ def single_torch_thread(device: str):
         torch.set_num_threads(before)
 
 
-def _train(config: ExperimentConfig, device: str, progress: bool, backend: str | None) -> TrainResult:
+def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -> TrainResult:
     world = World.build(config.world).to(device)
     seeds = list(range(config.train.seeds))
     batch = config.train.batch_size
@@ -102,21 +116,19 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
         TrainedStack(sc, build_sae(sc, len(seeds), config.world.dim, seeds, config.train.init).to(device))
         for sc in config.sae
     ]
-    fast = config.train.engine == "fast"
-    # The fast engine works on numpy views of the parameters on the CPU, on torch tensors on a GPU.
-    backend = backend or ("compiled" if fast and device == "cpu" else "torch")
-    on_numpy = backend != "torch"
+    # The compiled kernel works on numpy views of the parameters; the other engines on torch tensors.
+    on_numpy = engine == "compiled"
     zeros = partial(np.zeros, dtype=np.float32) if on_numpy else partial(torch.zeros, device=device)
     auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros) if s.config.aux else None for s in stacks]
     parameters = [p for stack in stacks for p in stack.sae.parameters()]
     flat = flatten_parameters(parameters)
     optimiser = FlatAdam(flat.numpy() if on_numpy else flat, lr=config.train.lr)
     arrays = [params_of(stack.sae, "numpy" if on_numpy else "torch") for stack in stacks]
-    archs = [Architecture.of(stack.sae) for stack in stacks]
+    archs = [Architecture.of(stack.sae) for stack in stacks] if engine != "autograd" else None
     geometry = WorldGeometry.of(world.directions_ND, "numpy" if on_numpy else "torch")
     # The compiled kernel writes each gradient straight into its place in one flat buffer.
     grad_flat = grad_outs = None
-    if backend == "compiled":
+    if engine == "compiled":
         grad_flat = np.zeros_like(optimiser.flat)
         views = iter(split_like(grad_flat, [p.shape for p in parameters]))  # in the parameters' order
         grad_outs = [{name: next(views) for name in params} for params in arrays]
@@ -129,7 +141,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
     # here: the NaN/inf check below stops training with a clear message.
     with termination.deferred(), DataStream(world, seeds, batch, stream_device, prefetch=True) as stream, \
             _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"):
-        if backend == "compiled":  # start-up, not training time
+        if engine == "compiled":  # start-up, not training time
             for arch, params in zip(archs, arrays):
                 kernel.warm_up(arch, params, geometry)
         optimiser.warm_up()
@@ -138,7 +150,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool, backend: str |
             termination.check()
             f_RNB = stream.next()
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
-            if fast:
+            if engine != "autograd":
                 logged, grads = _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss,
                                            grad_outs)
                 grad = grad_flat if grad_outs is not None else concat_flat(grads)
@@ -177,13 +189,14 @@ def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch
 
 
 def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss, grad_outs=None):
-    """Hand-derived gradients, same values as `_autograd_step`: by the compiled kernel (kernel.py),
-    which writes them into `grad_outs`, or, without `grad_outs`, by fastpath.py. Returns the losses
-    if asked, and the gradients in parameter order."""
+    """Hand-derived gradients of the loss terms each SAE declares, same values as `_autograd_step`:
+    by the compiled kernel (kernel.py), which writes them into `grad_outs`, or, without `grad_outs`,
+    by fastpath.py. Returns the losses if asked, and the gradients in parameter order."""
     logged, all_grads = {}, []
     for i, (stack, arch, params, aux) in enumerate(zip(stacks, archs, arrays, auxes)):
         lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
-        arguments = (arch, params, geometry, f_RNB, stack.config.l1, lam, tau_SK, want_loss)
+        weights = stack.sae.loss_weights(stack.config, lam)
+        arguments = (arch, params, geometry, f_RNB, weights, tau_SK, want_loss)
         if grad_outs is not None:
             losses, h_max, grads = kernel.loss_and_grads(*arguments, out=grad_outs[i])
         else:
@@ -197,18 +210,13 @@ def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want
 
 
 def _stack_loss(stack: TrainedStack, aux: AuxState | None, x_RBD: torch.Tensor, samples_seen: int):
+    """The weighted sum of the terms the SAE declares, per SAE and averaged over the batch; and each
+    term's batch mean, to log."""
     lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
-    out = stack.sae.losses(x_RBD, tau_SK)
-    loss_S = out["mse"] + stack.config.l1 * out["l1"]
-    parts = {"mse": out["mse"].detach(), "l1": out["l1"].detach()}
+    terms, h = stack.sae.loss_terms(x_RBD, tau_SK, lam)
     if aux is not None:
-        h = out["h"].detach()
-        if lam > 0:
-            aux_S = aux_loss(x_RBD, stack.sae.b_dec_SD, stack.sae.W_dec_SKD, h, tau_SK)
-            loss_S = loss_S + lam * aux_S
-            parts["aux"] = aux_S.detach()
-        aux.running_max.update(h.amax(dim=1))
-    return loss_S, parts
+        aux.running_max.update(h.detach().amax(dim=1))
+    return weighted_sum(terms).mean(-1), {name: value.detach().mean(-1) for name, (_, value) in terms.items()}
 
 
 def _summarise(logged: dict) -> dict:

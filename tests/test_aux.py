@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from broken_latents.aux import AuxState, RunningMax, aux_loss, warmup_factor
+from broken_latents.aux import AuxState, RunningMax, warmup_factor
+from broken_latents.saes.losses import aux_loss
 from broken_latents.config import AuxConfig
 
 
@@ -44,7 +45,7 @@ def test_loss_value_by_hand():
     h = torch.tensor([[[1.0, 0.0], [0.5, 2.0]]])
     tau = torch.tensor([[0.6, 1.0]])
     # counted: (0, 1) silent, cos 0 -> 0; (1, 0) below tau, cos^2 = 1/2; (0, 0) and (1, 1) above tau
-    assert aux_loss(x, b, W, h, tau).item() == pytest.approx(0.5 / (2 * 2))
+    assert aux_loss(x, b, W, h, tau).mean().item() == pytest.approx(0.5 / (2 * 2))
 
 
 def test_silent_latents_are_penalised():

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from broken_latents.cli import main
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.show import geometry_line
+from broken_latents.metrics import Metrics
+from broken_latents.output.show import geometry_line
 
 TINY = """
 name = "tiny-world"
@@ -70,6 +71,8 @@ def test_list_names_every_experiment(capsys):
 def test_run_directory_contract(tiny_run):
     assert (tiny_run / "config.toml").is_file() and (tiny_run / "report.md").is_file()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
+    typed = Metrics.from_json(metrics).to_json()  # the typed schema round-trips, keys and their order
+    assert typed == metrics and list(typed) == list(metrics) and list(typed["runs"][0]) == list(metrics["runs"][0])
     assert {"name", "samples", "wall_seconds", "samples_per_second", "runs", "claims"} <= set(metrics)
     assert metrics["name"] == "tiny-world" and metrics["samples"] >= 150_000
     assert len(metrics["runs"]) == 4  # 2 SAEs x 2 seeds

@@ -1,16 +1,21 @@
-"""The fast path's hand-derived gradients equal autograd's, for every architecture and loss term."""
+"""The fast path's hand-derived gradients equal autograd's, for every registered architecture,
+activation and loss term; an architecture without them is trained by autograd."""
+
+import typing
 
 import numpy as np
 import pytest
 import torch
 
-from broken_latents.aux import aux_loss
-from broken_latents.config import AuxConfig, HierarchyConfig, SAEConfig, WorldConfig
-from broken_latents.backend import as_torch
-from broken_latents import kernel
-from broken_latents.fastpath import Architecture, WorldGeometry, loss_and_grads, params_of
-from broken_latents.saes import build_sae
+from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, WorldConfig
+from broken_latents.engine.backend import as_torch
+from broken_latents.engine import kernel
+from broken_latents.engine.fastpath import Architecture, WorldGeometry, hand_gradients, loss_and_grads, params_of
+from broken_latents.saes import ARCHITECTURES, build_sae, weighted_sum
+from broken_latents.train import choose_engine
 from broken_latents.world import World
+
+ACTIVATIONS = typing.get_args(typing.get_type_hints(SAEConfig)["activation"])
 
 
 def _setup(architecture, activation, aux, dim=12, features=8, batch=64):
@@ -31,50 +36,61 @@ def _setup(architecture, activation, aux, dim=12, features=8, batch=64):
     return world, sae, config, f
 
 
-@pytest.mark.parametrize("architecture", ["tied", "untied"])
-@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def _skip_without_hand_gradients(architecture, activation, aux):
+    """Where no hand gradients are declared, "auto" must train by autograd (and the rest of the
+    test has nothing to compare)."""
+    config = SAEConfig(label="s", architecture=architecture, activation=activation, aux=AuxConfig() if aux else None)
+    if hand_gradients(config) is None:
+        assert choose_engine(ExperimentConfig(name="t", sae=[config]), "cpu") == "autograd"
+        pytest.skip(f"{architecture}/{activation} declares no hand-derived gradients: autograd trains it")
+
+
+# Every registered architecture: a new one cannot leave this test out.
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("aux", [False, True])
 @pytest.mark.parametrize("dim", [12, 6])  # orthonormal features, and superposition
 @pytest.mark.parametrize("backend", ["numpy", "torch", "compiled"])
 def test_fast_gradients_match_autograd(architecture, activation, aux, dim, backend):
+    _skip_without_hand_gradients(architecture, activation, aux)
     world, sae, config, f = _setup(architecture, activation, aux, dim=dim)
     x = world.inputs(f)
     tau = torch.rand(3, 5, dtype=torch.float64) * 2 if aux else None
     lam = 7.0 if aux else 0.0
 
-    out = sae.losses(x, tau)
-    loss = out["mse"] + config.l1 * out["l1"]
-    if aux:
-        loss = loss + lam * aux_loss(x, sae.b_dec_SD, sae.W_dec_SKD, out["h"].detach(), tau)
+    terms, h_expected = sae.loss_terms(x, tau, lam)
     sae.zero_grad()
-    loss.sum().backward()
+    weighted_sum(terms).mean(-1).sum().backward()
     expected = {name: p.grad.clone() for name, p in sae.named_parameters()}
 
     arrays = {"torch": lambda t: t}.get(backend, lambda t: t.numpy())
     array_backend = "torch" if backend == "torch" else "numpy"
     gradients = kernel.loss_and_grads if backend == "compiled" else loss_and_grads
     losses, h, grads = gradients(Architecture.of(sae), params_of(sae, array_backend),
-                                 WorldGeometry.of(world.directions_ND, array_backend), arrays(f), config.l1, lam,
-                                 None if tau is None else arrays(tau), want_loss=True)
+                                 WorldGeometry.of(world.directions_ND, array_backend), arrays(f),
+                                 sae.loss_weights(config, lam), None if tau is None else arrays(tau), want_loss=True)
     assert set(grads) == set(expected)
     for name, g in grads.items():
         torch.testing.assert_close(as_torch(g), expected[name], rtol=1e-8, atol=1e-10, msg=name)
-    torch.testing.assert_close(as_torch(losses["mse"]), out["mse"].detach())
-    torch.testing.assert_close(as_torch(losses["l1"]), out["l1"].detach())
+    for name in ("mse", "l1"):
+        torch.testing.assert_close(as_torch(losses[name]), terms[name][1].detach().mean(-1))
     if backend == "compiled":  # the kernel returns only what training needs of h: its batch max
-        torch.testing.assert_close(as_torch(h), out["h"].detach().amax(1))
+        torch.testing.assert_close(as_torch(h), h_expected.detach().amax(1))
     else:
-        torch.testing.assert_close(as_torch(h).transpose(1, 2), out["h"].detach())
+        torch.testing.assert_close(as_torch(h).transpose(1, 2), h_expected.detach())
 
 
-@pytest.mark.parametrize("architecture, activation, aux", [("tied", "relu", True), ("untied", "jumprelu", False)])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("aux", [False, True])
 def test_kernel_sums_over_several_blocks(architecture, activation, aux):
     """A batch longer than the kernel's block (two whole blocks and a partial one) gives the
     gradients and losses of the array path, which takes the whole batch at once."""
+    _skip_without_hand_gradients(architecture, activation, aux)
     world, sae, config, f = _setup(architecture, activation, aux, batch=2 * kernel.BLOCK + 37)
     tau = np.random.default_rng(0).random((3, 5)) * 2 if aux else None
     arguments = (Architecture.of(sae), params_of(sae, "numpy"), WorldGeometry.of(world.directions_ND, "numpy"),
-                 f.numpy(), config.l1, 7.0 if aux else 0.0, tau)
+                 f.numpy(), sae.loss_weights(config, 7.0 if aux else 0.0), tau)
     losses, h, grads = loss_and_grads(*arguments, want_loss=True)
     kernel_losses, h_max, kernel_grads = kernel.loss_and_grads(*arguments, want_loss=True)
     for name, g in grads.items():

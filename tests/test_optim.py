@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from broken_latents.optim import FlatAdam
+from broken_latents.engine.optim import FlatAdam
 
 
 @pytest.mark.parametrize("on", ["numpy", "torch"])

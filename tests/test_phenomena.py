@@ -9,7 +9,7 @@ the post's 20-feature one, whose runs take minutes.
 import numpy as np
 
 from broken_latents.analysis import analyse
-from broken_latents.claims import evaluate_claims
+from broken_latents.experiments.claims import evaluate_claims
 from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig, apply_overrides
 from broken_latents.experiments import get
 from broken_latents.train import train

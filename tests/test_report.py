@@ -9,8 +9,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from broken_latents import plots
-from broken_latents.report import HtmlSection, claims_table, markdown_to_html, render_html, render_markdown, write_html
+from broken_latents.output import plots
+from broken_latents.output.report import HtmlSection, claims_table, markdown_to_html, render_html, render_markdown, write_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -25,27 +25,27 @@ def _weights(result) -> dict:
 
 
 def test_same_seed_same_result():
-    a, b = _weights(train(_config("fast"), progress=False)), _weights(train(_config("fast"), progress=False))
+    a, b = _weights(train(_config("auto"), progress=False)), _weights(train(_config("auto"), progress=False))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fast_engine_trains_like_autograd():
-    fast = _weights(train(_config("fast"), progress=False))
+def test_hand_gradients_train_like_autograd():
+    fast = _weights(train(_config("auto"), progress=False))
     reference = _weights(train(_config("autograd"), progress=False))
     for key in fast:
         torch.testing.assert_close(fast[key], reference[key], rtol=1e-3, atol=1e-4, msg=str(key))
 
 
-def test_torch_backend_trains_like_compiled():
-    """The GPU runs the fast path on torch tensors; here the same code runs them on the CPU."""
-    compiled_run = _weights(train(_config("fast"), progress=False))
-    torch_run = _weights(train(_config("fast"), progress=False, backend="torch"))
+def test_arrays_engine_trains_like_compiled():
+    """The GPU runs the fast path on torch tensors ("arrays"); here the same code runs them on the CPU."""
+    compiled_run = _weights(train(_config("compiled"), progress=False))
+    torch_run = _weights(train(_config("arrays"), progress=False))
     for key in compiled_run:
         torch.testing.assert_close(torch_run[key], compiled_run[key], rtol=1e-3, atol=1e-4, msg=str(key))
 
 
 def test_training_reduces_the_loss():
-    result = train(_config("fast", samples=200_000), progress=False)
+    result = train(_config("auto", samples=200_000), progress=False)
     first, last = result.history[0], result.history[-1]
     for label in ("tied", "untied", "aux"):
         assert last[label]["mse"] < 0.5 * first[label]["mse"], label

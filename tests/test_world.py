@@ -6,7 +6,7 @@ import torch
 
 from broken_latents.config import HierarchyConfig, WorldConfig
 from broken_latents.experiments import narrow_world
-from broken_latents.stream import DataStream
+from broken_latents.engine.stream import DataStream
 from broken_latents.world import World, feature_directions, max_abs_cos, welch_bound
 
 

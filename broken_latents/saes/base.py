@@ -1,8 +1,15 @@
 """The thin base every SAE architecture shares: S SAEs of one shape, parameters stacked [S, ...].
 
 Shapes follow SAELens so weights interoperate: W_enc [D, K], W_dec [K, D], b_enc [K],
-b_dec [D], each with a leading S. An architecture says how it gets its encoder
-(`encoder`), how its L1 is weighted (`l1_weights_SK`) and, if it wants, how it initialises.
+b_dec [D], each with a leading S. An architecture is one file in this folder: a subclass,
+decorated with `@register`, that states
+
+- `architecture`: its registry name (the `[[sae]] architecture` of the TOML);
+- `hand_gradients`: which hand-derived gradient formulas of the engine compute its gradients
+  ("tied" or "untied", see `engine.fastpath.Architecture`), or None: it trains by autograd,
+  and `train.engine = "auto"` picks autograd for it;
+- `l1_weighted_by_decoder_norm`, `encoder()`, and if it wants `__init__` (extra parameters)
+  and `loss_terms` (extra terms: the training loop sums whatever is declared there).
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..config import SAEConfig
+from .losses import aux_loss
+
+# SAEConfig (config.py) stays a name in quotes here: the config validates architecture names
+# against this package's registry, so imports run config -> saes and never back.
 
 
 class JumpReLU(torch.autograd.Function):
@@ -39,11 +49,14 @@ class JumpReLU(torch.autograd.Function):
 class StackedSAE(nn.Module):
     architecture: ClassVar[str]
     """Registry name, e.g. "tied"."""
+    hand_gradients: ClassVar[str | None]
+    """The engine's hand-derived gradient formulas for this architecture ("tied", "untied"), or
+    None for autograd only. Each registered class states it in its own body (see `register`)."""
     l1_weighted_by_decoder_norm: ClassVar[bool]
     """Untied SAEs could shrink the L1 by growing decoder rows; weighting by the row norm stops that."""
     jumprelu_bandwidth: ClassVar[float] = 0.05
 
-    def __init__(self, config: SAEConfig, n_saes: int, dim: int, seeds: list[int], init: str):
+    def __init__(self, config: "SAEConfig", n_saes: int, dim: int, seeds: list[int], init: str):
         super().__init__()
         self.config = config
         self.n_saes, self.dim, self.latents = n_saes, dim, config.latents
@@ -89,13 +102,29 @@ class StackedSAE(nn.Module):
         h = self.activate(self.encode_pre(x_SBD), tau_SK)
         return h, self.decode(h)
 
-    # -- named losses (means over the batch, one value per SAE) ---------------------------
+    # -- named, weighted loss terms: the training loop sums what is declared here ----------
 
-    def losses(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    @classmethod
+    def loss_weights(cls, config: "SAEConfig", aux_lambda: float = 0.0) -> dict[str, float]:
+        """The weight of every loss term an SAE of `config` trains on, by name. The hand-derived
+        gradients know "mse", "l1" and "aux" (`fastpath.HAND_DERIVED_TERMS`): an SAE that declares
+        another term trains by autograd unless its gradients are derived too."""
+        weights = {"mse": 1.0, "l1": config.l1}
+        if config.aux is not None:
+            weights["aux"] = aux_lambda
+        return weights
+
+    def loss_terms(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, aux_lambda: float = 0.0):
+        """({name: (weight, value per SAE and sample [S, B])}, activations h_SBK).
+
+        mse: ||x_hat - x||^2; l1: sum_k w_k h_k; aux (with [sae.aux]): the activation-orthogonality
+        loss at the aux loss's thresholds tau_SK (only while its weight is above 0)."""
         h, x_hat = self(x_SBD, tau_SK)
-        mse = (x_hat - x_SBD).pow(2).sum(-1).mean(-1)
-        l1 = (h * self.l1_weights_SK()[:, None]).sum(-1).mean(-1)
-        return {"mse": mse, "l1": l1, "h": h}
+        values = {"mse": (x_hat - x_SBD).pow(2).sum(-1), "l1": (h * self.l1_weights_SK()[:, None]).sum(-1)}
+        if self.config.aux is not None and aux_lambda > 0:
+            values["aux"] = aux_loss(x_SBD, self.b_dec_SD, self.W_dec_SKD, h.detach(), tau_SK)
+        weights = self.loss_weights(self.config, aux_lambda)
+        return {name: (weights[name], value) for name, value in values.items()}, h
 
     # -- export ---------------------------------------------------------------------------
 

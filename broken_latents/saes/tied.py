@@ -3,10 +3,13 @@
 import torch
 
 from .base import StackedSAE
+from .registry import register
 
 
+@register
 class TiedSAE(StackedSAE):
     architecture = "tied"
+    hand_gradients = "tied"
     # A plain L1: weighting by row norm would make splitting one feature over several
     # shrunken tied latents free, and spare latents would duplicate instead of dying.
     l1_weighted_by_decoder_norm = False

@@ -4,10 +4,13 @@ import torch
 from torch import nn
 
 from .base import StackedSAE
+from .registry import register
 
 
+@register
 class UntiedSAE(StackedSAE):
     architecture = "untied"
+    hand_gradients = "untied"
     # Without the norm weighting an untied SAE grows decoder rows to dodge the L1.
     l1_weighted_by_decoder_norm = True
 

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import torch
 
-from .world import World
+from ..world import World
 
 QUEUED = 2
 """Chunks drawn ahead by the sampling thread."""

@@ -19,6 +19,8 @@ import math
 import numba
 import numpy as np
 
+from .fastpath import Architecture, WorldGeometry, term_weights
+
 EPS = 1e-12  # as torch.nn.functional.normalize
 
 
@@ -351,11 +353,13 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
             losses_S2[s, 1] = l1_sum / B  # mean_b sum_k w_k h_k
 
 
-def loss_and_grads(arch, params: dict, geometry, f_SNB: np.ndarray, l1: float, aux_lambda: float = 0.0,
-                   tau_SK: np.ndarray | None = None, want_loss: bool = False, out: dict | None = None):
+def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB: np.ndarray,
+                   weights: dict[str, float], tau_SK: np.ndarray | None = None, want_loss: bool = False,
+                   out: dict | None = None):
     """As `fastpath.loss_and_grads` on numpy arrays, but returns the batch max of h [S, K]
     instead of h. `out`: arrays to write the gradients into (by parameter name), e.g. views of
     the optimiser's flat gradient buffer; allocated when None."""
+    l1, aux_lambda = term_weights(weights)
     W_dec = params["W_dec_SKD"]
     S, K, D = W_dec.shape
     dtype = W_dec.dtype
@@ -379,9 +383,9 @@ def loss_and_grads(arch, params: dict, geometry, f_SNB: np.ndarray, l1: float, a
     return ({"mse": losses[:, 0], "l1": losses[:, 1]} if want_loss else None), h_max, grads
 
 
-def warm_up(arch, params: dict, geometry) -> None:
+def warm_up(arch: Architecture, params: dict, geometry: WorldGeometry) -> None:
     """Load (or, the first time on a machine, compile) the kernel for these arrays' types now,
     with one call on a single empty sample into throwaway gradients, so no training step pays it."""
     W_dec = params["W_dec_SKD"]
     empty_sample = np.zeros((W_dec.shape[0], geometry.F_ND.shape[0], 1), W_dec.dtype)
-    loss_and_grads(arch, params, geometry, empty_sample, 0.0, 0.0, None, False)
+    loss_and_grads(arch, params, geometry, empty_sample, {"mse": 1.0, "l1": 0.0}, None, False)

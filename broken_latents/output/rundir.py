@@ -16,12 +16,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .analysis import analyse, latent_activations
-from .claims import Claim, evaluate_claims
-from .config import ConfigError, ExperimentConfig, dump_toml
+from ..analysis import analyse, latent_activations
+from ..experiments.claims import Claim, evaluate_claims
+from ..config import ConfigError, ExperimentConfig, dump_toml
+from ..metrics import CLEAN_COS
 from .plots import write_run_figures
 from .report import detail_seeds, render_markdown
-from .train import TrainResult, train
+from ..train import TrainResult, train
 
 HISTOGRAM_SAMPLES = 50_000
 
@@ -40,7 +41,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, device: str = "cpu",
-                   progress: bool = True, clean_cos: float = 0.95) -> RunOutcome:
+                   progress: bool = True, clean_cos: float = CLEAN_COS) -> RunOutcome:
     out = Path(out)
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,25 +1,15 @@
 """The post's experiments as named, declarative configs with the claims each must show.
 
-EXPERIMENTS is the one registry. Where a claim holds only for some rates, the setting where it
-holds is registered, and a `-boundary` twin shows where it stops holding.
+Each is registered in EXPERIMENTS (registry.py). Where a claim holds only for some rates, the
+setting where it holds is registered, and a `-boundary` twin shows where it stops holding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-
 from . import checks as c
 from .claims import Claim
-from .config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
-
-
-@dataclass
-class Experiment:
-    config: ExperimentConfig
-    claims: list[Claim] = field(default_factory=list)
-    clean_cos: float = 0.95
-    """Decoder cosine from which a latent counts as clean (superposition blurs, so it uses less)."""
+from .registry import Experiment, register
+from ..config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
 
 
 # The post gives the rates' end (0.3) but not their start. An SAE's decoder bias takes the mean
@@ -70,21 +60,13 @@ def _recap(name: str, rates: list[float], description: str, samples: int) -> Exp
     )
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
-
-
-def register(experiment: Experiment) -> Experiment:
-    EXPERIMENTS[experiment.config.name] = experiment
-    return experiment
-
-
 register(Experiment(
     _recap("recap-absorption", [0.25, 0.05, 0.25, 0.25],
            "4 orthogonal features, child 1 forces parent 0: untied absorbs, tied does not", 20_000_000),
     [
         Claim("untied-absorbs", "untied: a latent decodes f0+f1 (cos >= 0.5 to both) and the parent latent's "
               "encoder has negative cos with f1", "the SAE decoder for feature 1 contains the sum of features 0 and 1",
-              c.untied_absorbs),
+              c.absorbs("untied", parent=0, child=1)),
         Claim("tied-clean", "tied: every feature matched by a latent with decoder cos >= 0.95",
               "using a tied SAE solves absorption in this simple case", c.learns_exactly("tied", c.all_features)),
     ],
@@ -95,7 +77,7 @@ register(Experiment(
            "As recap-absorption with a commoner child (0.1) and parent (0.3): the tied SAE rotates", 20_000_000),
     [
         Claim("tied-rotates", "tied: two latents mix f0 and f1 at |cos| >= 0.5 (the 45-degree pair)",
-              "(boundary of) using a tied SAE solves absorption", c.tied_rotates_pair),
+              "(boundary of) using a tied SAE solves absorption", c.rotates_pair("tied", 0, 1)),
     ],
 ))
 
@@ -137,7 +119,7 @@ register(Experiment(
 register(Experiment(
     _wide_hierarchy("wide-hierarchy-boundary", 0.2, "As wide-hierarchy with children at 0.2: where tied stops being clean"),
     [Claim("tied-rotates", "tied: two latents mix f0 and f1 at |cos| >= 0.5",
-           "(boundary of) tied SAEs continue to solve absorption", c.tied_rotates_pair)],
+           "(boundary of) tied SAEs continue to solve absorption", c.rotates_pair("tied", 0, 1))],
 ))
 
 register(Experiment(
@@ -188,17 +170,17 @@ register(Experiment(
     ),
     [
         Claim("children-carry-parent", "the latents for 5 and 7 have decoder cos >= 0.2 with feature 12",
-              "Both these latents now include a portion of feature 12", c.children_carry_parent(12, [5, 7])),
+              "Both these latents now include a portion of feature 12", c.children_carry_parent("tied", 12, [5, 7])),
         Claim("children-repel", "the latent for 5 has a negative cos with 7, and vice versa",
-              "Features 5 and 7 each also include a negative component of each other", c.children_repel(5, 7)),
+              "Features 5 and 7 each also include a negative component of each other", c.children_repel("tied", 5, 7)),
         Claim("one-child-repels", "at least one of the two child latents has cos <= -0.1 with the other child "
               "(the loss is nearly flat along the rotation that would share it)",
-              "Features 5 and 7 each also include a negative component of each other", c.one_child_repels(5, 7)),
+              "Features 5 and 7 each also include a negative component of each other", c.one_child_repels("tied", 5, 7)),
         Claim("latents-orthogonal", "all live latents mutually orthogonal (|cos| <= 0.05)",
-              "the latents are all already orthogonal", c.tied_latents_orthogonal()),
+              "the latents are all already orthogonal", c.latents_orthogonal("tied")),
         Claim("peaks-mark-broken", "broken latents (best cos < 0.95) show >= 2 activation peaks, clean ones "
               "(best cos >= 0.98) exactly 1", "for latents 0 and 4 which correspond to the broken merged latents, "
-              "there are 4 visible peaks", c.peaks_mark_broken()),
+              "there are 4 visible peaks", c.peaks_mark_broken("tied")),
     ],
 ))
 
@@ -302,10 +284,7 @@ register(Experiment(
               "single latent", c.points_at("tied", 0)),
         Claim("encoder-like-decoder", "untied: the encoder's cosine profile over the features matches the decoder's "
               "(cos >= 0.9)", "the encoder of the untied SAE is nearly identical to the decoder",
-              c.encoder_profile_matches_decoder),
+              c.encoder_profile_matches_decoder("untied", latent=0)),
     ],
 ))
 
-
-def get(name: str) -> Experiment:
-    return EXPERIMENTS[name]

@@ -1,5 +1,5 @@
-"""Hand-derived gradients in feature space: the same losses as `StackedSAE.losses` + `aux_loss`,
-without autograd and without ever forming x.
+"""Hand-derived gradients in feature space: of the loss terms an SAE declares
+(`StackedSAE.loss_terms`: mse, l1 and aux), without autograd and without ever forming x.
 
 A batch is f_SNB (feature magnitudes, batch last) and x = F^T f. Every product with x goes
 through the small matrices W F^T [K, N], and every reduction over the batch is taken before
@@ -17,9 +17,24 @@ import numpy as np
 import torch
 
 from .backend import T, clamp_min, norm_last, xp
-from .saes import StackedSAE
+from ..saes import ARCHITECTURES, StackedSAE
 
 EPS = 1e-12  # as torch.nn.functional.normalize
+
+GRADIENT_FORMULAS = ("tied", "untied")
+"""The formulas derived here: what an architecture's `hand_gradients` may name."""
+HAND_DERIVED_TERMS = frozenset({"mse", "l1", "aux"})
+"""The loss terms whose gradients are derived here, with mse's weight 1."""
+HAND_DERIVED_ACTIVATIONS = ("relu", "jumprelu")
+
+
+def hand_gradients(sae_config) -> str | None:
+    """The formulas here that compute the gradients of the SAE `sae_config` describes, or None
+    when its architecture declares none, or its activation or a loss term has none derived."""
+    sae_class = ARCHITECTURES[sae_config.architecture]
+    covered = (sae_class.hand_gradients in GRADIENT_FORMULAS and sae_config.activation in HAND_DERIVED_ACTIVATIONS
+               and set(sae_class.loss_weights(sae_config)) <= HAND_DERIVED_TERMS)
+    return sae_class.hand_gradients if covered else None
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,12 @@ class Architecture:
 
     @classmethod
     def of(cls, sae: StackedSAE) -> "Architecture":
-        return cls(sae.architecture == "tied", sae.l1_weighted_by_decoder_norm, sae.config.activation == "jumprelu",
+        """Raises for an SAE without hand-derived gradients: no SAE trains with another's."""
+        formulas = hand_gradients(sae.config)
+        if formulas is None:
+            raise ValueError(f"SAE {sae.config.label!r} ({sae.architecture}, {sae.config.activation}) has no "
+                             "hand-derived gradients; train it by autograd")
+        return cls(formulas == "tied", sae.l1_weighted_by_decoder_norm, sae.config.activation == "jumprelu",
                    sae.log_threshold_SK is not None, sae.jumprelu_bandwidth)
 
 
@@ -68,14 +88,22 @@ def params_of(sae: StackedSAE, backend: str) -> dict:
     return {name: (p.detach().numpy() if backend == "numpy" else p.detach()) for name, p in sae.named_parameters()}
 
 
-def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB, l1: float,
-                   aux_lambda: float = 0.0, tau_SK=None, want_loss: bool = False):
-    """Return (losses if asked, activations h_SKB, d(loss)/d(param) by parameter name).
-
-    loss per SAE = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux."""
+def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB, weights: dict[str, float],
+                   tau_SK=None, want_loss: bool = False):
+    """Return (the mse and l1 terms' batch means if asked, activations h_SKB, d(loss)/d(param) by
+    parameter name), for the loss the SAE declares: its terms' weighted sum, averaged over the batch.
+    `weights`: `StackedSAE.loss_weights`, by term name."""
+    l1, aux_lambda = term_weights(weights)
     # Overflow is not an error here: training checks for NaN/inf and stops with a clear message.
     with torch.no_grad(), np.errstate(all="ignore"):
         return _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_loss)
+
+
+def term_weights(weights: dict[str, float]) -> tuple[float, float]:
+    """(l1, aux lambda) of declared weights that the formulas here cover, else ValueError."""
+    if set(weights) - HAND_DERIVED_TERMS or weights["mse"] != 1.0:
+        raise ValueError(f"no hand-derived gradients for the loss terms {weights}")
+    return weights["l1"], weights.get("aux", 0.0)
 
 
 def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_loss):

@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..metrics import CLEAN_COS
+
 Check = Callable[[dict, dict], "tuple[bool, str]"]
 
 def dec(run: dict) -> np.ndarray:
@@ -28,7 +30,7 @@ def latent_for(run: dict, feature: int) -> tuple[int, float]:
     return j, float(cos[j])
 
 
-def learns_exactly(label: str, features_from_world: Callable[[dict, int], list[int]], clean: float = 0.95) -> Check:
+def learns_exactly(label: str, features_from_world: Callable[[dict, int], list[int]], clean: float = CLEAN_COS) -> Check:
     """Check: the SAE's clean latents cover exactly the given features (each matched at >= clean)."""
 
     def check(runs: dict, world: dict) -> tuple[bool, str]:
@@ -52,7 +54,7 @@ def all_features(world: dict, latents: int) -> list[int]:
     return list(range(len(world["expected_mse"])))
 
 
-def matches_all_and_kills_rest(label: str, clean: float = 0.95) -> Check:
+def matches_all_and_kills_rest(label: str, clean: float = CLEAN_COS) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         run = runs[label]
         n_features = len(world["expected_mse"])
@@ -65,7 +67,7 @@ def matches_all_and_kills_rest(label: str, clean: float = 0.95) -> Check:
     return check
 
 
-def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float = 0.95) -> Check:
+def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float = CLEAN_COS) -> Check:
     """Check: some live latent mixes two features (cos >= combo_cos with both), or two latents duplicate one feature."""
 
     def check(runs: dict, world: dict) -> tuple[bool, str]:
@@ -82,29 +84,37 @@ def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float 
     return check
 
 
-def untied_absorbs(runs: dict, world: dict) -> tuple[bool, str]:
-    """Recap: the child latent decodes f0 + f1; the parent latent's encoder is negative on f1."""
-    run = runs["untied"]
-    cos = dec(run)
-    combo = max(live_latents(run), key=lambda j: min(cos[j, 0], cos[j, 1]))
-    parent = max((j for j in live_latents(run) if j != combo), key=lambda j: cos[j, 0])
-    enc_parent_child = run["encoder_cos"][parent][1]
-    ok = cos[combo, 0] >= 0.5 and cos[combo, 1] >= 0.5 and enc_parent_child < 0
-    return ok, (f"latent {combo} decodes f0 {cos[combo, 0]:.2f}, f1 {cos[combo, 1]:.2f}; "
-                f"parent latent {parent} encoder cos with f1 {enc_parent_child:.2f}")
+def absorbs(label: str, parent: int, child: int) -> Check:
+    """Check (recap): the child latent decodes parent + child; the parent latent's encoder is negative on the child."""
 
-
-def tied_rotates_pair(runs: dict, world: dict) -> tuple[bool, str]:
-    """Boundary: parent and child come out as the 45-degree pair (f0 +- f1)/sqrt 2 instead of themselves."""
-    run = runs["tied"]
-    cos = dec(run)
-    rotated = [j for j in live_latents(run) if abs(cos[j, 0]) >= 0.5 and abs(cos[j, 1]) >= 0.5]
-    return len(rotated) >= 2, f"latents mixing f0 and f1 at |cos| >= 0.5: {rotated}"
-
-
-def children_carry_parent(parent: int, children: list[int], min_cos: float = 0.2):
     def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
+        run = runs[label]
+        cos = dec(run)
+        combo = max(live_latents(run), key=lambda j: min(cos[j, parent], cos[j, child]))
+        parent_latent = max((j for j in live_latents(run) if j != combo), key=lambda j: cos[j, parent])
+        enc_parent_child = run["encoder_cos"][parent_latent][child]
+        ok = cos[combo, parent] >= 0.5 and cos[combo, child] >= 0.5 and enc_parent_child < 0
+        return ok, (f"latent {combo} decodes f{parent} {cos[combo, parent]:.2f}, f{child} {cos[combo, child]:.2f}; "
+                    f"parent latent {parent_latent} encoder cos with f{child} {enc_parent_child:.2f}")
+
+    return check
+
+
+def rotates_pair(label: str, a: int, b: int) -> Check:
+    """Check (boundary): features a and b come out as the 45-degree pair (fa +- fb)/sqrt 2 instead of themselves."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        cos = dec(run)
+        rotated = [j for j in live_latents(run) if abs(cos[j, a]) >= 0.5 and abs(cos[j, b]) >= 0.5]
+        return len(rotated) >= 2, f"latents mixing f{a} and f{b} at |cos| >= 0.5: {rotated}"
+
+    return check
+
+
+def children_carry_parent(label: str, parent: int, children: list[int], min_cos: float = 0.2) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
         cos = dec(run)
         found = [(c, *latent_for(run, c)) for c in children]
         ok = all(cos[j, parent] >= min_cos for _, j, _ in found)
@@ -113,9 +123,9 @@ def children_carry_parent(parent: int, children: list[int], min_cos: float = 0.2
     return check
 
 
-def children_repel(a: int, b: int):
+def children_repel(label: str, a: int, b: int) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
+        run = runs[label]
         cos = dec(run)
         ja, _ = latent_for(run, a)
         jb, _ = latent_for(run, b)
@@ -125,11 +135,11 @@ def children_repel(a: int, b: int):
     return check
 
 
-def one_child_repels(a: int, b: int, at_most: float = -0.1):
+def one_child_repels(label: str, a: int, b: int, at_most: float = -0.1) -> Check:
     """The weaker form: at least one of the two child latents carries a clear negative part of the other child."""
 
     def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
+        run = runs[label]
         cos = dec(run)
         ja, _ = latent_for(run, a)
         jb, _ = latent_for(run, b)
@@ -147,9 +157,9 @@ def same_reconstruction(a: str, b: str, rel: float = 0.01) -> Check:
     return check
 
 
-def tied_latents_orthogonal(max_abs: float = 0.05):
+def latents_orthogonal(label: str, max_abs: float = 0.05) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
+        run = runs[label]
         live = live_latents(run)
         lc = np.abs(np.asarray(run["latent_cos"])[np.ix_(live, live)] - np.eye(len(live)))
         worst = float(lc.max()) if len(live) > 1 else 0.0
@@ -158,13 +168,13 @@ def tied_latents_orthogonal(max_abs: float = 0.05):
     return check
 
 
-def peaks_mark_broken(clean: float = 0.98):
+def peaks_mark_broken(label: str, clean: float = 0.98) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs["tied"]
+        run = runs[label]
         best = dec(run).max(axis=1)
         peaks = run["activation_peaks"]
         live = live_latents(run)
-        broken = [j for j in live if best[j] < 0.95]
+        broken = [j for j in live if best[j] < CLEAN_COS]
         clean_ones = [j for j in live if best[j] >= clean]
         ok = bool(broken) and all(peaks[j] >= 2 for j in broken) and all(peaks[j] == 1 for j in clean_ones)
         return ok, (f"broken {[(j, peaks[j]) for j in broken]} (latent, peaks); "
@@ -173,7 +183,7 @@ def peaks_mark_broken(clean: float = 0.98):
     return check
 
 
-def every_live_latent_clean(label: str, clean: float = 0.95, max_cos_with: dict[int, float] | None = None,
+def every_live_latent_clean(label: str, clean: float = CLEAN_COS, max_cos_with: dict[int, float] | None = None,
                             single_peak: bool = False) -> Check:
     """Check: each live latent matches one feature at >= clean (optionally: small cos with some
     features, and one activation peak)."""
@@ -194,7 +204,7 @@ def every_live_latent_clean(label: str, clean: float = 0.95, max_cos_with: dict[
     return check
 
 
-def learned_set_report(label: str, usual: list[int], clean: float = 0.95) -> Check:
+def learned_set_report(label: str, usual: list[int], clean: float = CLEAN_COS) -> Check:
     """Check: the clean latents cover exactly `usual`; the detail says what was learned instead."""
 
     def check(runs: dict, world: dict) -> tuple[bool, str]:
@@ -205,7 +215,7 @@ def learned_set_report(label: str, usual: list[int], clean: float = 0.95) -> Che
     return check
 
 
-def mixes(label: str, features: list[int], clean: float = 0.95, min_mixing_latents: int = 2, mix_cos: float = 0.3) -> Check:
+def mixes(label: str, features: list[int], clean: float = CLEAN_COS, min_mixing_latents: int = 2, mix_cos: float = 0.3) -> Check:
     """Check: no latent reaches `clean` with any of `features`; at least `min_mixing_latents` latents
     have |cos| >= mix_cos with two or more of them."""
 
@@ -220,7 +230,7 @@ def mixes(label: str, features: list[int], clean: float = 0.95, min_mixing_laten
     return check
 
 
-def learns_outside(label: str, outside_of: list[int], expected: int, clean: float = 0.95) -> Check:
+def learns_outside(label: str, outside_of: list[int], expected: int, clean: float = CLEAN_COS) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean and m["feature"] not in outside_of)
         return expected in got, f"{label} clean latents outside {outside_of}: {got}"
@@ -228,7 +238,7 @@ def learns_outside(label: str, outside_of: list[int], expected: int, clean: floa
     return check
 
 
-def lacks(label: str, feature: int, clean: float = 0.95) -> Check:
+def lacks(label: str, feature: int, clean: float = CLEAN_COS) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         best = float(dec(runs[label])[:, feature].max())
         return best < clean, f"{label}: best latent cos with f{feature} is {best:.2f}"
@@ -259,13 +269,16 @@ def points_at(label: str, feature: int) -> Check:
     return check
 
 
-def encoder_profile_matches_decoder(runs: dict, world: dict) -> tuple[bool, str]:
-    run = runs["untied"]
-    enc, dec_ = np.asarray(run["encoder_cos"][0]), np.asarray(run["decoder_cos"][0])
-    profile_cos = float(enc @ dec_ / (np.linalg.norm(enc) * np.linalg.norm(dec_) + 1e-12))
-    span_share = float(np.linalg.norm(enc))  # the encoder row's share inside the features' span
-    return profile_cos >= 0.9, (f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
-                                f"encoder row's norm share in the features' span {span_share:.2f}")
+def encoder_profile_matches_decoder(label: str, latent: int) -> Check:
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        enc, dec_ = np.asarray(run["encoder_cos"][latent]), np.asarray(run["decoder_cos"][latent])
+        profile_cos = float(enc @ dec_ / (np.linalg.norm(enc) * np.linalg.norm(dec_) + 1e-12))
+        span_share = float(np.linalg.norm(enc))  # the encoder row's share inside the features' span
+        return profile_cos >= 0.9, (f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
+                                    f"encoder row's norm share in the features' span {span_share:.2f}")
+
+    return check
 
 
 def negated(check: Check) -> Check:

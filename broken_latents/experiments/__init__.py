@@ -1,0 +1,8 @@
+"""Experiments: the registry's mechanics (registry.py), the post's declarations (post.py), the
+checks their claims are made of (checks.py) and how claims are evaluated across seeds (claims.py)."""
+
+from . import post  # noqa: F401  (registers the post's experiments)
+from .post import narrow_world
+from .registry import EXPERIMENTS, Experiment, get, register
+
+__all__ = ["EXPERIMENTS", "Experiment", "get", "narrow_world", "register"]

@@ -1,0 +1,138 @@
+"""The schema of metrics.json as typed dataclasses: what analysis writes, and what claims,
+reports and figures read. `to_json` gives the file's dict (keys as documented in DESIGN.md, in
+its order; optional values left out when absent); `from_json` reads it back, so the two
+round-trip. Keys a newer version wrote and this one does not know are kept in `extra`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CLEAN_COS = 0.95
+"""Decoder cosine with a true feature from which a latent counts as clean (learned)."""
+
+
+class _Schema:
+    """to_json / from_json for a flat dataclass; nested ones say how to read their parts."""
+
+    _nested: dict[str, type] = {}
+    """Field -> dataclass of its value (or of each item of its list)."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None:
+                continue
+            if isinstance(value, list):
+                value = [v.to_json() if isinstance(v, _Schema) else v for v in value]
+            elif isinstance(value, _Schema):
+                value = value.to_json()
+            out[f.name] = value
+        return {**out, **getattr(self, "extra", {})}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {}
+        for name in names & set(data):
+            value, part = data[name], cls._nested.get(name)
+            if part is not None:
+                value = [part.from_json(v) for v in value] if isinstance(value, list) else part.from_json(value)
+            kwargs[name] = value
+        if "extra" in {f.name for f in dataclasses.fields(cls)}:
+            kwargs["extra"] = {k: v for k, v in data.items() if k not in names}
+        return cls(**kwargs)
+
+
+@dataclass(kw_only=True)
+class Match(_Schema):
+    """A latent matched one-to-one to a true feature (Hungarian matching on decoder cosines)."""
+
+    latent: int
+    feature: int
+    cos: float
+
+
+@dataclass(kw_only=True)
+class FiringPattern(_Schema):
+    """One set of clean features firing together, and what every latent outputs then."""
+
+    features: list[int]
+    activations: list[float]
+
+
+@dataclass(kw_only=True)
+class RunMetrics(_Schema):
+    """One SAE (label) of one seed."""
+
+    label: str
+    architecture: str | None = None
+    seed: int
+    decoder_cos: list[list[float]]
+    """[latent][feature]: cosine of latent j's decoder row with true feature i."""
+    encoder_cos: list[list[float]]
+    latent_cos: list[list[float]]
+    decoder_norms: list[float]
+    matches: list[Match]
+    learned_features: list[int]
+    broken_latents: list[int]
+    dead_latents: list[int]
+    activation_peaks: list[int]
+    peak_locations: list[list[float]] = field(default_factory=list)
+    mse: float
+    l0: float
+    explained_variance: float
+    firing_patterns: list[FiringPattern] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _nested = {"matches": Match, "firing_patterns": FiringPattern}
+
+
+@dataclass(kw_only=True)
+class WorldMetrics(_Schema):
+    expected_mse: list[float]
+    """p * m^2 per feature: what leaving the feature out costs, ignoring the decoder bias."""
+    expected_mse_ranking: list[int] = field(default_factory=list)
+    variance: list[float] = field(default_factory=list)
+    """p (1 - p) m^2 per feature: what leaving it out costs once the decoder bias takes its mean."""
+    variance_ranking: list[int] = field(default_factory=list)
+    feature_cos: list[list[float]]
+    max_feature_cos: float | None = None
+    """Largest |cos| between two feature directions (main's superposition geometry)."""
+    welch_bound: float | None = None
+    """The least max |cos| any arrangement of the features in dim dimensions can reach."""
+    firing_rates: list[float]
+    magnitudes: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ClaimResult(_Schema):
+    id: str
+    text: str
+    post: str = ""
+    holds: bool
+    seeds_held: int = 0
+    seeds_run: int = 0
+    per_seed: list[bool] = field(default_factory=list)
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Metrics(_Schema):
+    """All of metrics.json."""
+
+    name: str
+    samples: int
+    wall_seconds: float | None = None
+    samples_per_second: float
+    world: WorldMetrics
+    runs: list[RunMetrics]
+    description: str | None = None
+    claims: list[ClaimResult] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _nested = {"world": WorldMetrics, "runs": RunMetrics, "claims": ClaimResult}
