@@ -57,6 +57,10 @@ def run(
     out = out or Path("runs") / config.name
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
     _print_summary(outcome.metrics, outcome.directory)
+    registered = experiments.EXPERIMENTS.get(config.name)
+    if registered is not None and registered.geometries > 1:
+        console.print(f"note: these claims depend on the feature geometry; this run used world seed {config.world.seed}. "
+                      f"`reproduce` checks world seeds 0-{registered.geometries - 1}; try --set world.seed=N for others.")
 
 
 def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = False,

@@ -76,6 +76,9 @@ class WorldConfig:
     """Firing probability: a number, a list (one per feature) or {linear = [start, stop]}."""
     magnitude: Spec = 1.0
     """Activation magnitude when a feature fires; same forms as `firing`."""
+    magnitude_std: Spec = 0.0
+    """Noise of the magnitude: each firing draws N(magnitude, magnitude_std^2), clipped at 0, so
+    activation peaks overlap as in real models; same forms as `firing`. 0 = exact magnitudes."""
     seed: int = 0
     """Seed of the feature directions (the data stream is seeded by the training seed)."""
     hierarchy: list[HierarchyConfig] = field(default_factory=list)
@@ -88,6 +91,9 @@ class WorldConfig:
         _require(all(0.0 <= r <= 1.0 for r in rates), "world.firing", f"rates must lie in [0, 1], got {rates}")
         mags = resolve_spec(self.magnitude, self.features, "world.magnitude")
         _require(all(m > 0 for m in mags), "world.magnitude", f"magnitudes must be > 0, got {mags}")
+        stds = resolve_spec(self.magnitude_std, self.features, "world.magnitude_std")
+        _require(all(math.isfinite(v) and v >= 0 for v in stds), "world.magnitude_std",
+                 f"standard deviations must be finite and >= 0, got {stds}")
         seen_children: set[int] = set()
         for i, rel in enumerate(self.hierarchy):
             where = f"world.hierarchy.{i}"
