@@ -90,8 +90,8 @@ def show(run_dir: tyro.conf.Positional[Path]) -> None:
 
 
 def inspect(
-    sae: tyro.conf.Positional[Path],
-    activations: Path,
+    sae: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SAE")]],
+    activations: Annotated[Path, tyro.conf.arg(metavar="FILE")],
     key: Optional[str] = None,
     out: Optional[Path] = None,
     limit: Optional[int] = None,
