@@ -95,6 +95,8 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
         sae = stack.sae
         h_SBK, x_hat = sae(x_RBD, stack.tau_SK)
         mse_S = (x_hat - x_RBD).pow(2).sum(-1).mean(-1)
+        widths = stack.config.matryoshka_widths or [sae.latents]
+        width_mse_WS = torch.stack([(sae.decode(h_SBK, w) - x_RBD).pow(2).sum(-1).mean(-1) for w in widths])
         W_enc_SDK, _ = sae.encoder()
         norms_SK = sae.W_dec_SKD.norm(dim=-1)
         for s, seed in enumerate(result.seeds):
@@ -125,6 +127,7 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
                 mse=round(float(mse_S[s]), 6),
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
+                width_explained_variance=[round(float(1 - mse[s] / variance[s]), 6) for mse in width_mse_WS],
                 firing_patterns=[FiringPattern(**p) for p in firing_patterns(sae, s, world, sets, stack.tau_SK)],
             ))
     return Metrics(

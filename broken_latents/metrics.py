@@ -84,6 +84,9 @@ class RunMetrics(_Schema):
     mse: float
     l0: float
     explained_variance: float
+    width_explained_variance: list[float] = field(default_factory=list)
+    """Explained variance of the reconstruction from the first w latents, per Matryoshka width w
+    (a plain SAE: one value, the explained variance)."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -68,7 +68,7 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_state(s)
-            if stack.config.activation == "jumprelu":
+            if stack.config.activation in ("jumprelu", "batchtopk"):  # the threshold of h = pre * [pre > threshold]
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
             save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
                       str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
