@@ -25,6 +25,9 @@ def render_markdown(metrics: dict, figures: dict[str, list[str]]) -> str:
         parts += ["## Claims", claims_table(metrics["claims"])]
     if "world" in metrics:
         parts += ["## World", _ranking_table(metrics["world"]), _images(figures.get("world", []))]
+    if figures.get("training"):
+        parts += ["## Training", "Loss terms per logged step, a line per SAE and seed (every value is in "
+                  "`history.json`):", _images(figures["training"])]
     for label in dict.fromkeys(run["label"] for run in runs):  # labels in run order, once each
         label_runs = [run for run in runs if run["label"] == label]
         parts += [f"## SAE `{label}`", _summary_table(label_runs)]
