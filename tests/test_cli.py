@@ -82,6 +82,8 @@ def test_run_directory_contract(tiny_run):
         assert RUN_KEYS <= set(run)
         assert len(run["decoder_cos"]) == (4 if run["label"] == "tied" else 3)
         assert len(run["decoder_cos"][0]) == 4
+        assert len(run["absorption"]) == len(run["full_absorption"]) == 4 and len(run["hedging"]) == len(run["decoder_cos"])
+        assert all(0 <= a <= 1 for a in run["absorption"] + run["full_absorption"])
     weights = load_file(str(tiny_run / "weights" / "untied-seed1.safetensors"))
     assert {k: tuple(v.shape) for k, v in weights.items()} == {
         "W_enc": (8, 3), "W_dec": (3, 8), "b_enc": (3,), "b_dec": (8,), "threshold": (3,)}
@@ -124,6 +126,7 @@ def test_show_prints_tables(tiny_run, capsys):
     main(["show", str(tiny_run)])
     out = capsys.readouterr().out
     assert "tiny-world" in out and "learned" in out and "decoder cos" in out and "f3" in out
+    assert "absorption and hedging" in out
 
 
 @pytest.mark.parametrize("argv, field", [
