@@ -82,9 +82,14 @@ def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]]
     return [{"features": features, "activations": [round(float(v), 4) for v in h[s, p]]} for p, features in enumerate(sets)]
 
 
-@torch.no_grad()
 def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
-    """metrics.json without the claims (`metrics.Metrics.to_json()`): one run entry per (SAE, seed)."""
+    """metrics.json without the claims, as the run directory writes it (`measure(...).to_json()`)."""
+    return measure(result, clean_cos).to_json()
+
+
+@torch.no_grad()
+def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
+    """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
     stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
@@ -153,7 +158,7 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             magnitudes=_round(world.magnitudes_N.cpu().numpy()),
         ),
         runs=runs,
-    ).to_json()
+    )
 
 
 def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:

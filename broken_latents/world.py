@@ -42,6 +42,11 @@ class World:
         return cls(config, directions, rates, mags)
 
     @property
+    def directions(self) -> torch.Tensor:
+        """The unit feature directions [F, D] (`directions_ND`)."""
+        return self.directions_ND
+
+    @property
     def n_features(self) -> int:
         return self.config.features
 
