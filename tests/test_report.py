@@ -210,4 +210,4 @@ def test_show_tables_absorption_only_when_present():
     assert absorption_table(metrics) is None  # a run from before the metrics
     metrics["runs"][1].update(absorption=[0.0, 0.9, 0.0, 0.0], full_absorption=[0.0, 0.8, 0.0, 0.0], hedging=[0.3, 0.0, 0.0])
     rows = absorption_table(metrics).columns
-    assert [cell for cell in rows[2].cells] == ["f1 (0.90, full 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]
+    assert [cell for cell in rows[2].cells] == ["f1 (0.90, 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]

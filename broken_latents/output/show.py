@@ -33,7 +33,7 @@ def absorption_table(metrics: dict) -> Table | None:
     for column in ("SAE", "seed", "absorbed features (absorption, full)", "hedging latents (signed)"):
         table.add_column(column)
     for run in runs:
-        absorbed = ", ".join(f"f{i} ({a:.2f}, full {run['full_absorption'][i]:.2f})"
+        absorbed = ", ".join(f"f{i} ({a:.2f}, {run['full_absorption'][i]:.2f})"
                              for i, a in enumerate(run["absorption"]) if a > SHOWN_ABSORPTION)
         hedging = ", ".join(f"{j} ({h:+.2f})" for j, h in enumerate(run["hedging"]) if abs(h) > SHOWN_ABSORPTION)
         table.add_row(run["label"], str(run["seed"]), absorbed or "-", hedging or "-")
