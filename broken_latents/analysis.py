@@ -8,6 +8,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import linear_sum_assignment
 from scipy.signal import find_peaks
 
+from .absorption import absorption_metrics, cooccurring
 from .saes import StackedSAE
 from .engine.stream import DataStream
 from .train import TrainResult
@@ -81,14 +82,21 @@ def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]]
     return [{"features": features, "activations": [round(float(v), 4) for v in h[s, p]]} for p, features in enumerate(sets)]
 
 
-@torch.no_grad()
 def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
-    """metrics.json without the claims (`metrics.Metrics.to_json()`): one run entry per (SAE, seed)."""
+    """metrics.json without the claims, as the run directory writes it (`measure(...).to_json()`)."""
+    return measure(result, clean_cos).to_json()
+
+
+@torch.no_grad()
+def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
+    """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
     stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
-    x_RBD = world.inputs(stream.next())
+    f_RNB = stream.next()
+    x_RBD = world.inputs(f_RNB)
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
+    cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
     runs = []
     for stack in result.stacks:
@@ -110,6 +118,10 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             clean = [m for m in matches if m["cos"] >= clean_cos]
             peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
             sets = firing_pattern_sets(world, {m["feature"] for m in clean})
+            # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
+            absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
+                                          f_RNB[s].T.cpu().numpy(), {m["feature"]: m["latent"] for m in matches},
+                                          np.flatnonzero(live), cooccur)
             runs.append(RunMetrics(
                 label=stack.config.label,
                 architecture=stack.config.architecture,
@@ -128,6 +140,9 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
                 width_explained_variance=[round(float(1 - mse[s] / variance[s]), 6) for mse in width_mse_WS],
+                absorption=_round(absorbed.absorption),
+                full_absorption=_round(absorbed.full_absorption),
+                hedging=_round(absorbed.hedging),
                 firing_patterns=[FiringPattern(**p) for p in firing_patterns(sae, s, world, sets, stack.tau_SK)],
             ))
     return Metrics(
@@ -146,7 +161,7 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             magnitudes=_round(world.magnitudes_N.cpu().numpy()),
         ),
         runs=runs,
-    ).to_json()
+    )
 
 
 def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:

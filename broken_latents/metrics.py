@@ -87,6 +87,13 @@ class RunMetrics(_Schema):
     width_explained_variance: list[float] = field(default_factory=list)
     """Explained variance of the reconstruction from the first w latents, per Matryoshka width w
     (a plain SAE: one value, the explained variance)."""
+    absorption: list[float] | None = None
+    """[feature]: on inputs where it fires, the mean share of its projection carried by latents
+    other than its match (absorption.py has the formula). Absent in runs from before it existed."""
+    full_absorption: list[float] | None = None
+    """[feature]: share of its inputs where its match is silent and other latents carry >= half."""
+    hedging: list[float] | None = None
+    """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 

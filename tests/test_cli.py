@@ -82,11 +82,27 @@ def test_run_directory_contract(tiny_run):
         assert RUN_KEYS <= set(run)
         assert len(run["decoder_cos"]) == (4 if run["label"] == "tied" else 3)
         assert len(run["decoder_cos"][0]) == 4
+        assert len(run["absorption"]) == len(run["full_absorption"]) == 4 and len(run["hedging"]) == len(run["decoder_cos"])
+        assert all(0 <= a <= 1 for a in run["absorption"] + run["full_absorption"])
     weights = load_file(str(tiny_run / "weights" / "untied-seed1.safetensors"))
     assert {k: tuple(v.shape) for k, v in weights.items()} == {
         "W_enc": (8, 3), "W_dec": (3, 8), "b_enc": (3,), "b_dec": (8,), "threshold": (3,)}
-    assert sorted(p.name for p in (tiny_run / "figures").glob("*.png"))[:2] == ["tied-seed0-decoder.png", "tied-seed0-hist.png"]
+    assert sorted(p.name for p in (tiny_run / "figures").glob("tied-seed0-*.png"))[:2] == ["tied-seed0-decoder.png", "tied-seed0-hist.png"]
     assert "![" in (tiny_run / "report.md").read_text()
+
+
+def test_history_json_has_every_term_per_sae_and_seed(tiny_run):
+    history = json.loads((tiny_run / "history.json").read_text())
+    steps = history["steps"]
+    assert steps == sorted(steps) and steps[-1] >= 150_000 and len(steps) >= 2
+    assert [(r["label"], r["seed"]) for r in history["runs"]] == [("tied", 0), ("tied", 1), ("untied", 0), ("untied", 1)]
+    for run in history["runs"]:
+        assert set(run["terms"]) == {"mse", "l1"}
+        assert all(len(values) == len(steps) and None not in values for values in run["terms"].values())
+        assert run["terms"]["mse"][-1] < run["terms"]["mse"][0]
+    assert history["runs"][0]["terms"]["mse"] != history["runs"][1]["terms"]["mse"]  # seeds kept apart
+    assert (tiny_run / "figures" / "loss-curves.png").is_file()
+    assert "](figures/loss-curves.png)" in (tiny_run / "report.md").read_text()
 
 
 def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
@@ -110,6 +126,7 @@ def test_show_prints_tables(tiny_run, capsys):
     main(["show", str(tiny_run)])
     out = capsys.readouterr().out
     assert "tiny-world" in out and "learned" in out and "decoder cos" in out and "f3" in out
+    assert "absorption and hedging" in out
 
 
 @pytest.mark.parametrize("argv, field", [

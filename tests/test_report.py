@@ -189,3 +189,25 @@ def test_markdown_tolerates_missing_optional_keys(absent):
     metrics.pop(absent, None)
     text = render_markdown(metrics, {})
     assert "| 0 | 1 | 0.987 | clean |" in text
+
+
+def test_markdown_lists_absorbed_features_and_hedging_latents_above_the_floor():
+    metrics = make_metrics()
+    run = metrics["runs"][0]  # latent j matches feature j + 1
+    run.update(absorption=[0.0, 0.0, 0.75, 0.04], full_absorption=[0.0, 0.0, 0.5, 0.0], hedging=[-0.4, 0.02, 0.0])
+    text = render_markdown(metrics, {})
+    assert "| 2 | 1 | 0.750 | 0.500 |" in text  # feature 2, its latent 1
+    assert "| 0 | 1 | -0.400 |" in text  # latent 0 (feature 1) subtracts its co-occurring features
+    assert "| 3 | 2 | 0.040" not in text and "| 1 | 2 | +0.020" not in text  # below 0.05: no row
+    metrics["runs"][0].update(absorption=[0.0] * 4, full_absorption=[0.0] * 4, hedging=[0.0] * 3)
+    assert "No feature absorbed above 0.05" in render_markdown(metrics, {})
+
+
+def test_show_tables_absorption_only_when_present():
+    from broken_latents.output.show import absorption_table
+
+    metrics = make_metrics()
+    assert absorption_table(metrics) is None  # a run from before the metrics
+    metrics["runs"][1].update(absorption=[0.0, 0.9, 0.0, 0.0], full_absorption=[0.0, 0.8, 0.0, 0.0], hedging=[0.3, 0.0, 0.0])
+    rows = absorption_table(metrics).columns
+    assert [cell for cell in rows[2].cells] == ["f1 (0.90, 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]

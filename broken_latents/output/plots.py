@@ -86,6 +86,38 @@ def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path,
     _save(fig, path)
 
 
+def loss_curves(history: dict, title: str, path: str | Path) -> None:
+    """One panel per loss term (history.json's layout), a line per SAE and seed; log y, samples on x.
+    A seed whose curve sits apart from its siblings' trained differently, not just noisily."""
+    names = list(dict.fromkeys(name for run in history["runs"] for name in run["terms"]))
+    if not names:
+        return
+    steps = np.asarray(history["steps"], dtype=float)
+    labels = list(dict.fromkeys(run["label"] for run in history["runs"]))
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, layout="constrained")
+    for ax, name in zip(axes[0], names):
+        for run in history["runs"]:
+            values = run["terms"].get(name)
+            if values is None:
+                continue
+            y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+            y[y <= 0] = np.nan  # a log axis cannot show 0 (e.g. an L1 of silent latents)
+            seed_rank = [r["seed"] for r in history["runs"] if r["label"] == run["label"]].index(run["seed"])
+            ax.plot(steps, y, color=colours[run["label"]], linestyle=styles[seed_rank % len(styles)],
+                    linewidth=1.0, label=f"{run['label']} seed {run['seed']}")
+        ax.set_yscale("log")
+        ax.set_xlabel("samples seen (per SAE)", fontsize=8)
+        ax.set_ylabel(f"{name} (batch mean)", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def write_run_figures(metrics: dict, activations: dict[str, np.ndarray], figures_dir: str | Path) -> dict[str, list[str]]:
     """Every figure of a run; returns run key ("LABEL-seedN", and "world") -> file names
     relative to figures_dir's parent (the run directory, where report.md lives)."""

@@ -20,7 +20,8 @@ from ..analysis import analyse, latent_activations
 from ..experiments.claims import Claim, evaluate_claims
 from ..config import ConfigError, ExperimentConfig, dump_toml
 from ..metrics import CLEAN_COS
-from .plots import write_run_figures
+from .history import history_json
+from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown
 from ..saelens_format import write_saelens
 from ..train import TrainResult, train
@@ -80,6 +81,11 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     shown = detail_seeds(metrics["runs"], metrics.get("claims", []))
     figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
                                 latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
+    history = history_json(result.seed_history, [stack.config.label for stack in result.stacks], result.seeds)
+    (path / "history.json").write_text(json.dumps(history))
+    if history["steps"]:
+        loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
+        figures["training"] = ["figures/loss-curves.png"]
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})
