@@ -169,6 +169,20 @@ def test_console_script_entry_point():
     assert proc.returncode == 2 and "TARGET" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _wait_until_catching(pid: int, signum: int, timeout: float = 120.0) -> None:
+    """Wait until the process has a handler for `signum` (Linux: the SigCgt mask in /proc)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = open(f"/proc/{pid}/status").read()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught >> (signum - 1) & 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} never installed a handler for signal {signum}")
+
+
 def test_terminated_run_leaves_nothing(tmp_path):
     import signal
     import time
@@ -177,7 +191,8 @@ def test_terminated_run_leaves_nothing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "broken_latents.cli", "run", str(tmp_path / "tiny.toml"), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # imported (about 3 s) and training
+    _wait_until_catching(proc.pid, signal.SIGTERM)  # imported (3 s idle, far longer on a busy machine)
+    time.sleep(3)  # and training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "Traceback" not in err
