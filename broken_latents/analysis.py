@@ -12,6 +12,7 @@ from .absorption import absorption_metrics, cooccurring
 from .saes import StackedSAE
 from .engine.stream import DataStream
 from .train import TrainResult
+from .peak_model import fit_peak_model
 from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
 from .world import World, max_abs_cos, welch_bound
 
@@ -116,7 +117,8 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
             live = writes >= dead_below
             matches = match_latents(dec_cos, live)
             clean = [m for m in matches if m["cos"] >= clean_cos]
-            peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            histogram_peaks = [count_peaks(acts[:, j])[0] if live[j] else 0 for j in range(sae.latents)]
+            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in np.flatnonzero(live)}
             sets = firing_pattern_sets(world, {m["feature"] for m in clean})
             # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
             absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
@@ -134,8 +136,11 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 learned_features=sorted(m["feature"] for m in clean),
                 broken_latents=sorted(m["latent"] for m in matches if m["cos"] < clean_cos),
                 dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[n for n, _ in peaks],
-                peak_locations=[locs for _, locs in peaks],
+                activation_peaks=[models[j].n_peaks if j in models else 0 for j in range(sae.latents)],
+                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else []
+                                for j in range(sae.latents)],
+                histogram_peaks=histogram_peaks,
+                peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],
                 mse=round(float(mse_S[s]), 6),
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),

@@ -80,7 +80,14 @@ class RunMetrics(_Schema):
     broken_latents: list[int]
     dead_latents: list[int]
     activation_peaks: list[int]
+    """[latent]: separated peaks of its activations by its peak model (0 for a dead latent)."""
     peak_locations: list[list[float]] = field(default_factory=list)
+    """[latent]: the peaks' means."""
+    histogram_peaks: list[int] | None = None
+    """[latent]: peaks counted in a smoothed histogram above 20% of the max, the cross-check."""
+    peak_models: list[dict] | None = None
+    """Per live latent: {latent, mixture: [{mean, std, weight}], peaks, peak_means, threshold, floor}
+    (peak_model.py: a Gaussian mixture fitted by BIC to the activations above the floor)."""
     mse: float
     l0: float
     explained_variance: float

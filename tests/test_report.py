@@ -83,8 +83,14 @@ def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "_save", record_titles)
     acts = np.random.default_rng(0).uniform(0, 5, (500, 3))
     acts[:, 2] = 0.0
-    plots.activation_histograms(acts, [[4.0], [2.0, 3.0], []], "hist", tmp_path / "hist.png")
-    assert titles == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
+    acts[:50, 1] = 0.1  # below 10% of the max: left out of the panel, and the title says how many
+    models = [{"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 0.5}, {"mean": 3.0, "std": 0.3, "weight": 0.5}],
+               "threshold": 2.5, "floor": 1.0}]
+    plots.activation_histograms(acts, [[4.0], [2.0, 3.0], []], "hist", tmp_path / "hist.png", models)
+    assert [t.split("\n")[0] for t in titles] == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
+    for j in (0, 1):
+        hidden = float((acts[:, j] <= 0.1 * acts[:, j].max()).mean())
+        assert f"({hidden:.0%} of firings, below 10% of max, not shown)" in titles[j]
     assert_png(tmp_path / "hist.png")
 
 
