@@ -12,41 +12,13 @@ import torch
 import broken_latents as bl
 from broken_latents.cli import main
 from broken_latents.saes import build_sae
+from worlds import TINY
 
-TOML = """
-name = "api-world"
-
-[world]
-features = 5
-dim = 8
-firing = [0.3, 0.1, 0.2, 0.2, 0.15]
-magnitude = { linear = [2.0, 1.0] }
-
-[[world.hierarchy]]
-parent = 0
-children = [1]
-
-[train]
-samples = 120_000
-seeds = 2
-lr = 3e-3
-eval_samples = 5_000
-
+TOML = TINY.replace('name = "tiny-world"', 'name = "api-world"') + """
 [[sae]]
-label = "tied"
-architecture = "tied"
-latents = 4
-
-[[sae]]
-label = "untied"
+label = "untied-relu"
 architecture = "untied"
 latents = 5
-
-[[sae]]
-label = "untied-jump"
-architecture = "untied"
-latents = 4
-activation = "jumprelu"
 
 [[sae]]
 label = "tied-jump-aux"
@@ -60,7 +32,7 @@ window_batches = 5
 delay_samples = 20_000
 warmup_samples = 20_000
 """
-LABELS = ["tied", "untied", "untied-jump", "tied-jump-aux"]
+LABELS = ["tied", "untied", "untied-relu", "tied-jump-aux"]  # relu/jumprelu, tied/untied, learned/aux threshold
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +50,12 @@ def run(run_dir):
 
 def test_load_run_gives_config_world_saes_typed_metrics_and_history(run):
     assert isinstance(run.config, bl.api.ExperimentConfig) and run.config.name == "api-world"
-    assert tuple(run.world.directions.shape) == (5, 8)
+    assert tuple(run.world.directions.shape) == (4, 8)
     assert isinstance(run.metrics, bl.Metrics) and len(run.metrics.runs) == 8
     assert list(run.saes) == LABELS and run.seeds == [0, 1]
-    sae = run.saes["untied-jump"][1]
-    assert (sae.architecture, sae.activation, sae.latents) == ("untied", "jumprelu", 4)
-    assert tuple(sae.W_enc.shape) == (8, 4) and tuple(sae.W_dec.shape) == (4, 8) and tuple(sae.threshold.shape) == (4,)
+    sae = run.saes["untied"][1]
+    assert (sae.architecture, sae.activation, sae.latents) == ("untied", "jumprelu", 3)
+    assert tuple(sae.W_enc.shape) == (8, 3) and tuple(sae.W_dec.shape) == (3, 8) and tuple(sae.threshold.shape) == (3,)
     assert run.saes["tied"][0].threshold is None
     assert [(r["label"], r["seed"]) for r in run.history["runs"]] == [(label, s) for label in LABELS for s in (0, 1)]
 
@@ -101,7 +73,7 @@ def test_encode_reproduces_the_trained_activations(run):
     for entry in run.metrics.runs:
         sae = run.saes[entry.label][entry.seed]
         for pattern in entry.firing_patterns:
-            f_N = torch.zeros(5)
+            f_N = torch.zeros(run.config.world.features)
             f_N[pattern.features] = run.world.magnitudes_N[pattern.features]
             h = sae.encode(f_N @ run.world.directions)
             np.testing.assert_allclose(h.numpy(), pattern.activations, atol=2e-4, err_msg=f"{entry.label} {pattern}")
@@ -155,9 +127,9 @@ def test_a_run_without_its_weights_raises_a_config_error(run_dir, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    for f in (copy / "weights").glob("untied-seed*.safetensors"):
+    for f in (copy / "weights").glob("untied-relu-seed*.safetensors"):
         f.unlink()
-    with pytest.raises(bl.ConfigError, match="untied-seedN"):
+    with pytest.raises(bl.ConfigError, match="untied-relu-seedN"):
         bl.load_run(copy)
 
 
