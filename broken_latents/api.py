@@ -181,23 +181,49 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
-    from .train import choose_engine, train as train_stacks
+    from .train import train as train_stacks
 
-    config = load_config(target)
-    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
-    config = apply_overrides(config, [*budget, *set])
-    choose_engine(config, device)  # a config error before training starts
+    config = _configured(target, seeds, samples, set, device)
     return train_stacks(config, device=device, progress=progress)
+
+
+def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | None = None,
+        samples: int | None = None, set: tuple[str, ...] | list[str] = (), device: str = "cpu",
+        progress: bool = False) -> Run:
+    """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
+    give it back loaded (`load_run(out)`)."""
+    from .output.rundir import run_experiment
+
+    config = _configured(target, seeds, samples, set, device)
+    experiment = _experiment_named(config.name)
+    run_experiment(config, experiment.claims if experiment else [], Path(out), device=device, progress=progress,
+                   clean_cos=experiment.clean_cos if experiment else CLEAN_COS)
+    return load_run(out)
+
+
+def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
+    from .train import choose_engine
+
+    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
+    config = apply_overrides(load_config(target), [*budget, *assignments])
+    choose_engine(config, device)  # a config error before training starts
+    return config
+
+
+def _experiment_named(name: str):
+    """The registered experiment a config belongs to by name (its claims apply), or None."""
+    from . import experiments
+
+    return experiments.EXPERIMENTS.get(name)
 
 
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    from . import experiments
     from .analysis import measure
     from .experiments.claims import evaluate_claims
 
-    experiment = experiments.EXPERIMENTS.get(result.config.name)
+    experiment = _experiment_named(result.config.name)
     if clean_cos is None:
         clean_cos = experiment.clean_cos if experiment else CLEAN_COS
     metrics = measure(result, clean_cos=clean_cos)

@@ -144,6 +144,13 @@ def test_train_and_analyse_in_memory_with_the_experiments_claims():
         bl.load_config("no-such-experiment")
 
 
+def test_run_writes_the_directory_and_loads_it_back(tmp_path):
+    loaded = bl.run("recap-absorption", tmp_path / "recap", seeds=1, samples=20_000, set=["train.eval_samples=2000"])
+    assert (tmp_path / "recap" / "metrics.json").is_file() and (tmp_path / "recap" / "history.json").is_file()
+    assert loaded.config.train.samples == 20_000 and list(loaded.saes) == ["untied", "tied"]
+    assert [c.id for c in loaded.metrics.claims] == ["untied-absorbs", "tied-clean"]
+
+
 def test_importing_the_package_loads_neither_torch_nor_numba():
     code = "import sys, broken_latents as bl; bl.experiments; print('torch' in sys.modules, 'numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
