@@ -103,6 +103,8 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
         sae = stack.sae
         h_SBK, x_hat = sae(x_RBD, stack.tau_SK)
         mse_S = (x_hat - x_RBD).pow(2).sum(-1).mean(-1)
+        widths = stack.config.matryoshka_widths or [sae.latents]
+        width_mse_WS = torch.stack([(sae.decode(h_SBK, w) - x_RBD).pow(2).sum(-1).mean(-1) for w in widths])
         W_enc_SDK, _ = sae.encoder()
         norms_SK = sae.W_dec_SKD.norm(dim=-1)
         for s, seed in enumerate(result.seeds):
@@ -137,6 +139,7 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 mse=round(float(mse_S[s]), 6),
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
+                width_explained_variance=[round(float(1 - mse[s] / variance[s]), 6) for mse in width_mse_WS],
                 absorption=_round(absorbed.absorption),
                 full_absorption=_round(absorbed.full_absorption),
                 hedging=_round(absorbed.hedging),

@@ -1,4 +1,4 @@
-"""`broken-latents`: list, run, reproduce, show. Flags come from the function signatures (tyro).
+"""`broken-latents`: list, run, reproduce, show, inspect. Flags come from the function signatures (tyro).
 
 Bad input of any kind ends in one line naming the field and what is allowed, exit code 2.
 """
@@ -57,6 +57,10 @@ def run(
     out = out or Path("runs") / config.name
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
     _print_summary(outcome.metrics, outcome.directory)
+    registered = experiments.EXPERIMENTS.get(config.name)
+    if registered is not None and registered.geometries > 1:
+        console.print(f"note: these claims depend on the feature geometry; this run used world seed {config.world.seed}. "
+                      f"`reproduce` checks world seeds 0-{registered.geometries - 1}; try --set world.seed=N for others.")
 
 
 def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = False,
@@ -89,6 +93,28 @@ def show(run_dir: tyro.conf.Positional[Path]) -> None:
     except json.JSONDecodeError as err:
         raise ConfigError("RUN_DIR", f"{path} is not valid JSON: {err}") from None
     show_run(metrics, console)
+
+
+def inspect(
+    sae: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SAE")]],
+    activations: Annotated[Path, tyro.conf.arg(metavar="FILE")],
+    key: Optional[str] = None,
+    out: Optional[Path] = None,
+    limit: Optional[int] = None,
+) -> None:
+    """Find latents that look broken (several activation peaks) in an SAE trained anywhere.
+
+    Args:
+        sae: a SAELens folder (cfg.json + sae_weights.safetensors) or a run's weights/LABEL-seedN.safetensors.
+        activations: a .npy or .safetensors file of activations [N, D], read in chunks.
+        key: the tensor to read from a .safetensors file.
+        out: output folder (default inspect/NAME); an earlier inspect folder there is replaced once this one completes.
+        limit: read at most this many samples.
+    """
+    from .inspect_sae import inspect_sae, print_summary
+
+    outcome = inspect_sae(sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty())
+    print_summary(outcome, console)
 
 
 def resolve_target(target: str) -> tuple[ExperimentConfig, list, float]:
@@ -129,7 +155,7 @@ def _print_summary(metrics: dict, directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show}
+    commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show, "inspect": inspect}
     # A terminated run unwinds like an interrupted one, so its partial directory is removed.
     termination.install()
     try:

@@ -84,6 +84,9 @@ class RunMetrics(_Schema):
     mse: float
     l0: float
     explained_variance: float
+    width_explained_variance: list[float] = field(default_factory=list)
+    """Explained variance of the reconstruction from the first w latents, per Matryoshka width w
+    (a plain SAE: one value, the explained variance)."""
     absorption: list[float] | None = None
     """[feature]: on inputs where it fires, the mean share of its projection carried by latents
     other than its match (absorption.py has the formula). Absent in runs from before it existed."""

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from .config import ExperimentConfig
 from .experiments import EXPERIMENTS, Experiment
+from .experiments.claims import seeds_needed
 from .output.report import HtmlSection, claims_table, render_html
 from .output.rundir import run_experiment
 
@@ -39,31 +40,68 @@ def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: boo
     results = []
     for i, (name, exp) in enumerate(experiments.items(), 1):
         config = scaled(exp.config, seeds, QUICK_FACTOR if quick else 1.0)
-        console.print(f"[{i}/{len(experiments)}] {name}: {config.train.samples:,} samples x {seeds} seeds")
-        outcome = run_experiment(config, exp.claims, out / name, device=device, progress=progress, clean_cos=exp.clean_cos)
-        held = sum(c["holds"] for c in outcome.metrics["claims"])
-        console.print(f"    {outcome.metrics['wall_seconds']:.0f} s, claims holding: {held}/{len(exp.claims)}")
-        results.append((name, outcome))
+        where = f" x {exp.geometries} world seeds" if exp.geometries > 1 else ""
+        console.print(f"[{i}/{len(experiments)}] {name}: {config.train.samples:,} samples x {seeds} seeds{where}")
+        for geometry in range(exp.geometries):
+            geometry_config = with_world_seed(config, geometry) if exp.geometries > 1 else config
+            outcome = run_experiment(geometry_config, exp.claims, out / geometry_dir(name, geometry), device=device,
+                                     progress=progress, clean_cos=exp.clean_cos)
+            held = sum(c["holds"] for c in outcome.metrics["claims"])
+            console.print(f"    {geometry_dir(name, geometry)}: {outcome.metrics['wall_seconds']:.0f} s, "
+                          f"claims holding: {held}/{len(exp.claims)}")
+            results.append((name, geometry, outcome))
     summary = _summary(results, seeds, quick, time.perf_counter() - started)
-    (out / "report.md").write_text(summary + "\n\n" + "\n\n".join(_section_markdown(name, o) for name, o in results))
-    sections = [HtmlSection(summary, out)] + [HtmlSection(_experiment_markdown(o), o.directory) for _, o in results]
+    shown = [(name, o) for name, geometry, o in results if geometry == 0]  # one section per experiment
+    (out / "report.md").write_text(summary + "\n\n" + "\n\n".join(_section_markdown(name, o) for name, o in shown))
+    sections = [HtmlSection(summary, out)] + [HtmlSection(_experiment_markdown(o), o.directory) for _, o in shown]
     (out / "report.html").write_text(render_html(sections, "broken-latents: reproduction of the post"), encoding="utf-8")
     console.print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     return out
 
 
+def with_world_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    return dataclasses.replace(config, world=dataclasses.replace(config.world, seed=seed))
+
+
+def geometry_dir(name: str, geometry: int) -> str:
+    """World seed 0 keeps the experiment's own directory; the others sit beside it."""
+    return name if geometry == 0 else f"{name}-world-seed-{geometry}"
+
+
+def pooled_claims(outcomes: list) -> list[dict]:
+    """The claims of one experiment over every world seed: seeds held are added up, a claim holds
+    when it holds in two thirds of all (geometry, seed) runs, and the detail says in which
+    geometries it held."""
+    if len(outcomes) == 1:
+        return outcomes[0].metrics["claims"]
+    pooled = []
+    for i, first in enumerate(outcomes[0].metrics["claims"]):
+        per_geometry = [o.metrics["claims"][i] for o in outcomes]
+        held = sum(c["seeds_held"] for c in per_geometry)
+        run = sum(c["seeds_run"] for c in per_geometry)
+        by_geometry = ", ".join(f"world seed {g} (max |cos| {o.metrics['world']['max_feature_cos']:.3f}): "
+                                f"{c['seeds_held']}/{c['seeds_run']}" for g, (o, c) in enumerate(zip(outcomes, per_geometry)))
+        pooled.append({**first, "seeds_held": held, "seeds_run": run, "holds": held >= seeds_needed(run),
+                       "per_seed": [ok for c in per_geometry for ok in c["per_seed"]],
+                       "detail": f"{sum(c['holds'] for c in per_geometry)}/{len(outcomes)} geometries held; {by_geometry}"})
+    return pooled
+
+
 def _summary(results, seeds: int, quick: bool, seconds: float) -> str:
     rows = []
-    for name, outcome in results:
-        for claim in outcome.metrics["claims"]:
+    experiments = list(dict.fromkeys(name for name, _, _ in results))
+    for name in experiments:
+        outcomes = [o for n, _, o in results if n == name]
+        for claim in pooled_claims(outcomes):
             rows.append({**claim, "experiment": name, "text": f"{claim['text']} (post: \"{claim['post']}\")"})
-    walls = "; ".join(f"{name} {o.metrics['wall_seconds']:.0f} s" for name, o in results)
+    walls = "; ".join(f"{geometry_dir(name, g)} {o.metrics['wall_seconds']:.0f} s" for name, g, o in results)
     budget = "quick budgets (10% of the post's)" if quick else "the post's budgets"
     return "\n\n".join([
         "# broken-latents: the post's claims, reproduced",
-        f"{len(results)} experiments, {seeds} seeds each, {budget}; total wall time {seconds / 60:.1f} min ({walls}).",
+        f"{len(experiments)} experiments, {seeds} seeds each, {budget}; total wall time {seconds / 60:.1f} min ({walls}).",
         "A claim holds overall when it holds in at least two thirds of the seeds; `detail` gives the first seed's "
-        "numbers and, if any seed failed, the first failing seed's.",
+        "numbers and, if any seed failed, the first failing seed's. An experiment run over several world seeds "
+        "(feature geometries) pools their seeds, and its detail gives the count per geometry.",
         "## Summary",
         claims_table(rows),
     ])

@@ -27,19 +27,29 @@ class World:
     rates_N: torch.Tensor
     """Each feature's own firing probability (a conditional child: its rate given the parent)."""
     magnitudes_N: torch.Tensor
+    """Mean magnitude of each feature when it fires."""
+    magnitude_stds_N: torch.Tensor | None = None
+    """Standard deviation of each firing's magnitude (before clipping at 0); None: exact magnitudes."""
 
     def __post_init__(self) -> None:
         # Sampling runs in numpy (see `sample`); keep its constants ready.
         scaled = np.floor(self.rates_N.cpu().double().numpy() * 2.0**32)
         self._thresholds_N1 = np.minimum(scaled, 2.0**32 - 1).astype(np.uint32)[:, None]
         self._magnitudes_N1 = self.magnitudes_N.cpu().float().numpy()[:, None]
+        stds = self.magnitude_stds_N
+        self._stds_N1 = (np.zeros_like(self._magnitudes_N1) if stds is None else stds.cpu().float().numpy()[:, None])
 
     @classmethod
     def build(cls, config: WorldConfig) -> "World":
         rates = torch.tensor(resolve_spec(config.firing, config.features, "world.firing"))
         mags = torch.tensor(resolve_spec(config.magnitude, config.features, "world.magnitude"))
+        stds = torch.tensor(resolve_spec(config.magnitude_std, config.features, "world.magnitude_std"))
         directions = feature_directions(config.features, config.dim, config.seed)
-        return cls(config, directions, rates, mags)
+        return cls(config, directions, rates, mags, stds if bool((stds > 0).any()) else None)
+
+    @property
+    def noisy(self) -> bool:
+        return self.magnitude_stds_N is not None
 
     @property
     def directions(self) -> torch.Tensor:
@@ -51,7 +61,8 @@ class World:
         return self.config.features
 
     def to(self, device: str | torch.device) -> "World":
-        return World(self.config, self.directions_ND.to(device), self.rates_N.to(device), self.magnitudes_N.to(device))
+        stds = None if self.magnitude_stds_N is None else self.magnitude_stds_N.to(device)
+        return World(self.config, self.directions_ND.to(device), self.rates_N.to(device), self.magnitudes_N.to(device), stds)
 
     # -- sampling -------------------------------------------------------------------------
 
@@ -59,12 +70,19 @@ class World:
         """Feature magnitudes `f_NB` (float32) of `batch` samples from one seed's generator.
 
         Fires where 32 random bits fall below rate * 2^32: exact rates to 2^-32, and raw bits
-        are several times cheaper than uniform floats (sampling is the hot loop's other half)."""
+        are several times cheaper than uniform floats (sampling is the hot loop's other half).
+        A noisy world then takes one more 64-bit word per feature and sample for its magnitude
+        (`normal_from_word`), firing or not, so the stream stays aligned; exact worlds take none,
+        and draw what they drew before noise existed."""
         n = self.n_features
         words = rng.bit_generator.random_raw((n * batch + 1) // 2)
         bits = words.view(np.uint32)[: n * batch].reshape(n, batch)
         fires = self.apply_hierarchy(bits < self._thresholds_N1)
-        return fires * self._magnitudes_N1
+        if not self.noisy:
+            return fires * self._magnitudes_N1
+        z = normal_from_word(rng.bit_generator.random_raw(n * batch).reshape(n, batch))
+        magnitudes = np.maximum(self._magnitudes_N1 + self._stds_N1.astype(np.float64) * z, 0.0).astype(np.float32)
+        return fires * magnitudes
 
     def inputs(self, f_RNB: torch.Tensor) -> torch.Tensor:
         """x_RBD = f^T F."""
@@ -121,20 +139,42 @@ class World:
                 p[rel.parent] = 1 - off
         return p.float()
 
+    def magnitude_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[M] and E[M^2] of a firing's magnitude M = max(m + s Z, 0), Z standard normal."""
+        m = self.magnitudes_N.cpu().double()
+        if not self.noisy:
+            return m, m * m
+        s = self.magnitude_stds_N.cpu().double()
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        t = m / safe
+        cdf, pdf = torch.special.ndtr(t), torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
+        mean = torch.where(s > 0, m * cdf + s * pdf, m)
+        square = torch.where(s > 0, (m * m + s * s) * cdf + m * s * pdf, m * m)
+        return mean, square
+
     def expected_mse(self) -> torch.Tensor:
-        """Loss a feature costs when left out: P(fires) * magnitude^2 (the post's ranking)."""
-        return self.marginal_rates() * self.magnitudes_N.cpu() ** 2
+        """Loss a feature costs when left out: P(fires) * E[magnitude^2] (the post's ranking, p m^2)."""
+        return (self.marginal_rates().double() * self.magnitude_moments()[1]).float()
 
     def expected_mse_ranking(self) -> list[int]:
         return torch.argsort(self.expected_mse(), descending=True, stable=True).tolist()
 
     def variance(self) -> torch.Tensor:
         """What leaving a feature out costs an SAE whose decoder bias takes the feature's mean: p(1-p) m^2."""
-        p = self.marginal_rates()
-        return p * (1 - p) * self.magnitudes_N.cpu() ** 2
+        p = self.marginal_rates().double()
+        mean, square = self.magnitude_moments()
+        return (p * square - (p * mean) ** 2).float()  # p(1-p) m^2 for exact magnitudes
 
     def variance_ranking(self) -> list[int]:
         return torch.argsort(self.variance(), descending=True, stable=True).tolist()
+
+
+def normal_from_word(words: np.ndarray) -> np.ndarray:
+    """One standard normal per 64-bit word, by Box-Muller on its two 32-bit halves (the cosine
+    branch only). The compiled sampler (engine/stream.py) computes the same in float64."""
+    u1 = ((words >> np.uint64(32)).astype(np.float64) + 1.0) * 2.0**-32  # (0, 1]: log is finite
+    u2 = (words & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
 def feature_directions(features: int, dim: int, seed: int) -> torch.Tensor:

@@ -104,6 +104,8 @@ def test_show_prints_tables(tiny_run, capsys):
     (["run", "narrow-independent", "--set", "train.lr=-1"], "train.lr"),
     (["run", "narrow-independent", "--set", "sae.tide.l1=1"], "sae.tide.l1"),
     (["run", "narrow-independent", "--seeds", "0"], "train.seeds"),
+    (["run", "narrow-independent", "--set", "world.magnitude_std=-0.5"], "world.magnitude_std"),
+    (["run", "narrow-independent", "--set", "world.magnitude_std=[0.1]"], "world.magnitude_std"),
     (["run", "narrow-independent", "--device", "tpu"], "--device"),
     (["run", "narrow-independent", "--seeds", "x"], "--seeds"),
     (["show", "/nonexistent"], "RUN_DIR"),

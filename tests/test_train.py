@@ -12,6 +12,7 @@ SAES = [
     SAEConfig(label="untied", architecture="untied", latents=3, activation="jumprelu"),
     SAEConfig(label="aux", architecture="tied", latents=4,
               aux=AuxConfig(coefficient=100.0, window_batches=3, delay_samples=2_000, warmup_samples=4_000)),
+    SAEConfig(label="nested", architecture="untied", latents=4, matryoshka_widths=[1, 2, 4]),
 ]
 
 
@@ -47,7 +48,7 @@ def test_arrays_engine_trains_like_compiled():
 def test_training_reduces_the_loss():
     result = train(_config("auto", samples=200_000), progress=False)
     first, last = result.history[0], result.history[-1]
-    for label in ("tied", "untied", "aux"):
+    for label in ("tied", "untied", "aux", "nested"):
         assert last[label]["mse"] < 0.5 * first[label]["mse"], label
 
 

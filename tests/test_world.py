@@ -120,18 +120,52 @@ def test_streams_are_per_seed():
     [HierarchyConfig(parent=0, children=[1, 2], mode="conditional"), HierarchyConfig(parent=1, children=[3])],
 ])
 @pytest.mark.parametrize("batch, chunk", [(256, 4), (7, 3)])  # 7 x 3 x 6 features: an odd count of 32-bit draws
-def test_compiled_stream_draws_what_world_sample_draws(hierarchy, batch, chunk):
+@pytest.mark.parametrize("noise", [0.0, {"linear": [1.0, 0.0]}])
+def test_compiled_stream_draws_what_world_sample_draws(hierarchy, batch, chunk, noise):
     """DataStream's compiled sampler gives, bit for bit, what the readable `World.sample` gives
-    from the same SFC64 generator, chunk after chunk (so the trained SAEs are the same too)."""
+    from the same SFC64 generator, chunk after chunk (so the trained SAEs are the same too).
+    Noisy magnitudes go through log and cos, whose last bit numpy and numba may round apart:
+    the float32 magnitudes agree to 1e-6 and the firing masks exactly."""
     world = World.build(WorldConfig(features=6, dim=8, firing={"linear": [0.05, 0.6]},
-                                    magnitude={"linear": [3.0, 1.0]}, hierarchy=hierarchy))
+                                    magnitude={"linear": [3.0, 1.0]}, magnitude_std=noise, hierarchy=hierarchy))
     seeds = [0, 5]
     stream = DataStream(world, seeds, batch, device=None, chunk=chunk)
     drawn_CRNB = np.stack([stream.next() for _ in range(2 * chunk)])
     for r, seed in enumerate(seeds):
         rng = np.random.Generator(np.random.SFC64([0, seed]))
         expected = [world.sample(rng, chunk * batch).reshape(6, chunk, batch).transpose(1, 0, 2) for _ in range(2)]
-        np.testing.assert_array_equal(drawn_CRNB[:, r], np.concatenate(expected))
+        np.testing.assert_array_equal(drawn_CRNB[:, r] > 0, np.concatenate(expected) > 0)
+        np.testing.assert_allclose(drawn_CRNB[:, r], np.concatenate(expected), rtol=1e-6, atol=1e-6)
+        if not world.noisy:
+            np.testing.assert_array_equal(drawn_CRNB[:, r], np.concatenate(expected))
+
+
+def test_noisy_magnitudes_have_the_moments_of_a_clipped_normal():
+    """Known answers: M = max(m + s Z, 0) has E[M] = m Phi(m/s) + s phi(m/s) and
+    E[M^2] = (m^2 + s^2) Phi(m/s) + m s phi(m/s); expected_mse and variance follow from them."""
+    mags, stds = [2.0, 1.0, 1.0, 3.0], [0.0, 0.3, 1.0, 0.9]
+    world = World.build(WorldConfig(features=4, dim=4, firing=[0.5, 0.4, 0.6, 0.3], magnitude=mags, magnitude_std=stds))
+    f = DataStream(world, [0], 400_000, chunk=1).next()[0].double()  # [N, B]
+    fired = f > 0
+    mean, square = world.magnitude_moments()
+    assert mean[2] == pytest.approx(1.0 * 0.8413447 + 1.0 * 0.2419707, rel=1e-5)  # m = s = 1: Phi(1), phi(1)
+    for n in range(4):
+        # a clipped draw of exactly 0 reads as not firing: compare the moments over all samples
+        rate = float(world.marginal_rates()[n])
+        assert float(f[n].mean()) == pytest.approx(rate * float(mean[n]), rel=0.01)
+        assert float((f[n] ** 2).mean()) == pytest.approx(float(world.expected_mse()[n]), rel=0.01)
+        assert float(f[n].var()) == pytest.approx(float(world.variance()[n]), rel=0.015)
+    assert float(f[0][fired[0]].std()) == 0.0  # std 0 keeps the exact magnitude
+    assert float(f[1][fired[1]].std()) == pytest.approx(0.3, rel=0.02)
+
+
+def test_exact_worlds_draw_what_they_drew_before_noise_existed():
+    """magnitude_std = 0 takes no extra random words: every registered result stays as it was."""
+    exact = World.build(WorldConfig(features=5, dim=5, firing=0.3))
+    words = np.random.Generator(np.random.SFC64([0, 3])).bit_generator.random_raw(3)  # 5 x 1 bits: 3 words
+    f = exact.sample(np.random.Generator(np.random.SFC64([0, 3])), 1)
+    expected = (words.view(np.uint32)[:5] < exact._thresholds_N1[:, 0]).astype(np.float32)
+    np.testing.assert_array_equal(f[:, 0], expected)
 
 
 def test_prefetching_stream_draws_the_same_batches():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 
@@ -32,13 +33,15 @@ class DataStream:
         # The SFC64 state words of each seed's generator: `_draw_chunk` draws from them in compiled code.
         self.states_R4 = np.stack([np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds])
         # What the compiled sampler needs of the world, as `World.sample` uses it.
-        self._world_arrays = (world._thresholds_N1[:, 0], world._magnitudes_N1[:, 0], *world.hierarchy_arrays())
+        self._world_arrays = (world._thresholds_N1[:, 0], world._magnitudes_N1[:, 0], world._stds_N1[:, 0], world.noisy,
+                              *world.hierarchy_arrays())
         self.buffer_CRNB = None
         self.position = chunk
         # Scratch reused by every draw: fresh arrays this size come from mmap, and their page
         # faults cost more than drawing the samples.
         n, samples = world.n_features, chunk * batch
         self._words = np.empty((n * samples + 1) // 2, dtype=np.uint64)
+        self._noise_words = np.empty(n * samples if world.noisy else 0, dtype=np.uint64)
         self._fires_NT = np.empty((n, samples), dtype=np.bool_)
         self._shape = (chunk, len(seeds), n, batch)
         self._recycled: list[np.ndarray] = []
@@ -94,15 +97,15 @@ class DataStream:
             self._recycled.append(out)
         else:
             out = np.empty(self._shape, dtype=np.float32)
-        _draw_chunk(self.states_R4, *self._world_arrays, self._words, self._fires_NT, out)
+        _draw_chunk(self.states_R4, *self._world_arrays, self._words, self._noise_words, self._fires_NT, out)
         return out if self.device is None else torch.from_numpy(out).to(self.device)
 
     def _warm_up(self) -> None:
         """Load (or compile) the sampler with the real argument types, on copies: the seeds'
         generators do not move."""
         n, seeds = len(self._world_arrays[0]), len(self.states_R4)
-        _draw_chunk(self.states_R4.copy(), *self._world_arrays, np.empty(n, np.uint64), np.empty((n, 2), np.bool_),
-                    np.empty((1, seeds, n, 2), np.float32))
+        _draw_chunk(self.states_R4.copy(), *self._world_arrays, np.empty(n, np.uint64), np.empty(2 * n, np.uint64),
+                    np.empty((n, 2), np.bool_), np.empty((1, seeds, n, 2), np.float32))
 
     def _produce(self) -> None:
         try:
@@ -129,13 +132,19 @@ class DataStream:
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw_chunk(states_R4, thresholds_N, magnitudes_N, force_H, parents_H, offsets_H1, children, words, fires_NT,
-                out_CRNB):
-    """Per seed r: firing masks from its generator, the hierarchy, magnitudes into out[:, r]."""
+def _draw_chunk(states_R4, thresholds_N, magnitudes_N, stds_N, noisy, force_H, parents_H, offsets_H1, children, words,
+                noise_words, fires_NT, out_CRNB):
+    """Per seed r: firing masks from its generator, the hierarchy, magnitudes into out[:, r]
+    (noisy: one more word per feature and sample, after the firing words, as `World.sample`)."""
     for r in range(states_R4.shape[0]):
         _fire(states_R4[r], thresholds_N, fires_NT, words)
         _apply_hierarchy(fires_NT, force_H, parents_H, offsets_H1, children)
-        _place(fires_NT, magnitudes_N, out_CRNB, r)
+        if noisy:
+            for i in range(noise_words.shape[0]):
+                noise_words[i] = _sfc64_next(states_R4[r])
+            _place_noisy(fires_NT, magnitudes_N, stds_N, noise_words, out_CRNB, r)
+        else:
+            _place(fires_NT, magnitudes_N, out_CRNB, r)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -198,3 +207,25 @@ def _place(fires_NT, magnitudes_N, out_CRNB, r):
             dest = out_CRNB[c, r, n]
             for b in range(B):
                 dest[b] = m if row[b] else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_noisy(fires_NT, magnitudes_N, stds_N, noise_words, out_CRNB, r):
+    """As `_place`, with each magnitude max(m + s z, 0), z = `World.normal_from_word` of the
+    word for (feature n, sample t) of the chunk, computed the same way in float64."""
+    C, _, N, B = out_CRNB.shape
+    T = C * B
+    scale = 2.0**-32
+    for c in range(C):
+        for n in range(N):
+            m, s = np.float64(magnitudes_N[n]), np.float64(stds_N[n])
+            for b in range(B):
+                t = c * B + b
+                if not fires_NT[n, t]:
+                    out_CRNB[c, r, n, b] = np.float32(0.0)
+                    continue
+                word = noise_words[n * T + t]
+                u1 = (np.float64(word >> np.uint64(32)) + 1.0) * scale
+                u2 = np.float64(word & np.uint64(0xFFFFFFFF)) * scale
+                z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+                out_CRNB[c, r, n, b] = np.float32(max(m + s * z, 0.0))

@@ -15,6 +15,9 @@ class Experiment:
     claims: list[Claim] = field(default_factory=list)
     clean_cos: float = CLEAN_COS
     """Decoder cosine from which a latent counts as clean (superposition blurs, so it uses less)."""
+    geometries: int = 1
+    """World seeds (0, 1, ...) that `reproduce` checks the claims over. In superposition the
+    directions' sign pattern changes what an SAE learns, so one draw of them proves little."""
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

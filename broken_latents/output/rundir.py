@@ -23,6 +23,7 @@ from ..metrics import CLEAN_COS
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown
+from ..saelens_format import write_saelens
 from ..train import TrainResult, train
 
 HISTOGRAM_SAMPLES = 50_000
@@ -68,10 +69,13 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_state(s)
-            if stack.config.activation == "jumprelu":
+            if stack.config.activation in ("jumprelu", "batchtopk"):  # the threshold of h = pre * [pre > threshold]
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
             save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
                       str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
+            write_saelens(path / "weights" / f"{stack.config.label}-seed{seed}", tensors, stack.config.activation,
+                          tied=stack.config.architecture == "tied",
+                          metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
     shown = detail_seeds(metrics["runs"], metrics.get("claims", []))

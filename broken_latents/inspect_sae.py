@@ -1,0 +1,346 @@
+"""`broken-latents inspect`: which latents of an SAE trained anywhere look broken, from activations alone.
+
+The activations are streamed in chunks (a .npy is memory-mapped, a .safetensors tensor read by
+slices), so a file larger than memory works. Per latent we keep exact counts (fires, max) and a
+uniform reservoir sample of at most RESERVOIR positive activations, and fit the peak model
+(`peak_model.fit_peak_model`) to the sample. Rules, per latent:
+
+- fires: fraction of the samples where the latent is > 0.
+- peaks: the peak model's separated peaks above the floor (PEAK_FLOOR x the latent's max).
+- threshold: the peak model's threshold between the main (highest) peak and the one below.
+- broken: more than one separated peak. The post's broken latents merge a feature with its
+  parent (or with a sibling's negative part) and fire in one cluster per combination; a clean
+  latent fires in one. Silent or nearly silent latents (too few firings to fit) are not broken.
+- score: suspicion, the share of the latent's firings above the floor that belong to peaks
+  other than the main one (0 for one peak; towards 1 when the main peak is a small minority).
+  The figures and the report's table show the latents with the highest scores.
+
+Output (written to a hidden sibling folder and renamed into place at the end, so a failed or
+interrupted inspect leaves nothing that looks complete): DIR/inspect.json, DIR/figures/*.png
+for the FIGURES most suspicious latents, DIR/report.html with the figures embedded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError
+from .peak_model import PEAK_FLOOR, MAX_SAMPLES, PeakModel, fit_peak_model
+from .saelens_format import NumpySAE, load_sae
+
+RESERVOIR = MAX_SAMPLES
+"""Positive activations kept per latent (a uniform sample of all of them): K x RESERVOIR x 4 bytes."""
+CHUNK_BYTES = 64 * 2**20
+"""Rows per chunk are chosen so one chunk of activations and its latents stay under this."""
+FIGURES = 8
+"""Histograms drawn: the most suspicious latents by score."""
+TABLE_ROWS = 50
+SEED = 0
+
+
+@dataclass
+class ActivationFile:
+    path: Path
+    key: str | None
+    samples: int
+    dim: int
+    dtype: str
+
+    def chunks(self, rows: int, limit: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 chunk [B, D]) over the first `limit` rows, never the whole file at once."""
+        if self.key is None:
+            array = np.load(self.path, mmap_mode="r")
+            for start in range(0, limit, rows):
+                yield start, np.asarray(array[start:min(start + rows, limit)], dtype=np.float32)
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            tensor = f.get_slice(self.key)
+            for start in range(0, limit, rows):
+                yield start, tensor[start:min(start + rows, limit)].float().numpy()
+
+
+FLOAT_DTYPES_NPY = ("float16", "float32", "float64")
+FLOAT_DTYPES_SAFETENSORS = ("F16", "BF16", "F32", "F64")
+
+
+def open_activations(path: str | Path, key: str | None) -> ActivationFile:
+    """Check the file (exists, suffix, key, 2-D, floating) without reading its data."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--activations", f"{path} does not exist (or is not a file)")
+    if path.suffix == ".npy":
+        if key is not None:
+            raise ConfigError("--key", f"applies to .safetensors files only; {path} is a .npy holding one array")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as err:
+            raise ConfigError("--activations", f"{path} is not a readable .npy array: {err}") from None
+        shape, dtype = array.shape, str(array.dtype)
+        allowed = FLOAT_DTYPES_NPY
+    elif path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+                if key is None:
+                    raise ConfigError("--key", f"{path} holds {len(keys)} tensor(s) ({', '.join(keys[:10])}); "
+                                               "name the activations with --key")
+                if key not in keys:
+                    raise ConfigError("--key", f"{key!r} is not in {path}; its tensors: {', '.join(keys[:10])}")
+                tensor = f.get_slice(key)
+                shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
+        except ConfigError:
+            raise
+        except Exception as err:  # safetensors raises its own types for a corrupt header
+            raise ConfigError("--activations", f"{path} is not a readable safetensors file: {err}") from None
+        allowed = FLOAT_DTYPES_SAFETENSORS
+    else:
+        raise ConfigError("--activations", f"{path}: unknown suffix {path.suffix!r}; allowed: .npy, .safetensors")
+    if len(shape) != 2:
+        raise ConfigError("--activations", f"{path}{'' if key is None else f' [{key}]'} has shape {list(shape)}; "
+                                           "expected 2-D [samples, D]")
+    if dtype not in allowed:
+        raise ConfigError("--activations", f"{path} has dtype {dtype}; allowed: {', '.join(allowed)}")
+    return ActivationFile(path, key, int(shape[0]), int(shape[1]), dtype)
+
+
+class Reservoirs:
+    """Per latent, a uniform sample of at most `size` of its positive activations (algorithm R,
+    vectorised over a chunk): the i-th positive value (0-based) replaces a random slot with
+    probability size / (i + 1), so every value seen so far is kept with equal probability."""
+
+    def __init__(self, latents: int, size: int, seed: int):
+        self.size = size
+        self.values_KR = np.zeros((latents, size), dtype=np.float32)
+        self.seen_K = np.zeros(latents, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, h_BK: np.ndarray) -> None:
+        rows, cols = np.nonzero(h_BK > 0)
+        if cols.size == 0:
+            return
+        order = np.argsort(cols, kind="stable")  # by latent, chronological within a latent
+        rows, cols = rows[order], cols[order]
+        values = h_BK[rows, cols]
+        counts = np.bincount(cols, minlength=self.seen_K.size)
+        starts = np.cumsum(counts) - counts
+        t = self.seen_K[cols] + np.arange(cols.size) - starts[cols]  # index in the latent's stream
+        slot = np.where(t < self.size, t, (self.rng.random(cols.size) * (t + 1)).astype(np.int64))
+        keep = slot < self.size
+        flat = cols[keep] * self.size + slot[keep]
+        # A later value in the same slot replaces an earlier one: keep the last write per slot.
+        last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]
+        self.values_KR.reshape(-1)[flat[last]] = values[keep][last]
+        self.seen_K += counts
+
+    def sample(self, j: int) -> np.ndarray:
+        return self.values_KR[j, :min(self.seen_K[j], self.size)]
+
+
+@dataclass
+class InspectOutcome:
+    directory: Path
+    result: dict
+
+
+def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None = None, out: str | Path | None = None,
+                limit: int | None = None, progress: bool = True) -> InspectOutcome:
+    """Check everything, stream the activations, fit a peak model per latent, write DIR atomically."""
+    sae_path = Path(sae_path)
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit", f"must be >= 1, got {limit}")
+    sae = load_sae(sae_path)
+    file = open_activations(activations, key)
+    if file.dim != sae.d_in:
+        raise ConfigError("--activations", f"{file.path} has D = {file.dim} per sample but the SAE takes "
+                                           f"d_in = {sae.d_in}")
+    if file.samples == 0:
+        raise ConfigError("--activations", f"{file.path} holds no samples")
+    out = Path(out) if out is not None else Path("inspect") / sae_path.stem
+    _check_out_dir(out)
+    samples = min(file.samples, limit) if limit else file.samples
+    fires_K, max_K, reservoirs = _stream(sae, file, samples, progress)
+    models = [fit_peak_model(reservoirs.sample(j), seed=SEED) for j in range(sae.d_sae)]
+    result = {
+        "sae": str(sae_path), "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
+        "activations": str(file.path), "key": file.key, "samples": samples,
+        "rules": {"peak_floor": PEAK_FLOOR, "reservoir": RESERVOIR,
+                  "broken": "more than one separated peak in the peak model",
+                  "score": "share of the fitted firings outside the main (highest) peak"},
+        "latents": [_latent_record(j, fires_K[j] / samples, float(max_K[j]), models[j]) for j in range(sae.d_sae)],
+    }
+    _write_atomically(out, result, reservoirs, models)
+    return InspectOutcome(out, result)
+
+
+def _stream(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    rows = max(1, CHUNK_BYTES // (4 * (file.dim + sae.d_sae)))
+    fires_K = np.zeros(sae.d_sae, dtype=np.int64)
+    max_K = np.zeros(sae.d_sae, dtype=np.float32)
+    reservoirs = Reservoirs(sae.d_sae, RESERVOIR, SEED)
+    columns = (TextColumn("inspect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("samples", total=samples)
+        for start, x_BD in file.chunks(rows, samples):
+            bad = ~np.isfinite(x_BD).all(axis=1)
+            if bad.any():
+                raise ConfigError("--activations", f"{file.path} has NaN or infinite values (first at sample "
+                                                   f"{start + int(np.argmax(bad))}); nothing was written")
+            h_BK = sae.encode(x_BD)
+            fires_K += (h_BK > 0).sum(0)
+            np.maximum(max_K, h_BK.max(0), out=max_K)
+            reservoirs.add(h_BK)
+            bar.advance(task, len(x_BD))
+    return fires_K, max_K, reservoirs
+
+
+def _latent_record(j: int, fires: float, top: float, model: PeakModel) -> dict:
+    fitted = model.to_json()
+    return {"latent": j, "fires": round(float(fires), 6), "peaks": model.n_peaks, "mixture": fitted["mixture"],
+            "threshold": fitted["threshold"], "broken": model.n_peaks > 1, "score": round(model.off_main_weight, 4),
+            "peak_means": fitted["peak_means"], "max": round(top, 6), "floor": fitted["floor"], "fitted": model.fitted}
+
+
+def suspicious(result: dict, n: int) -> list[dict]:
+    """The n latents with the highest score (ties: the more often firing first)."""
+    return sorted(result["latents"], key=lambda r: (-r["score"], -r["fires"], r["latent"]))[:n]
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "inspect.json").exists())):
+        raise ConfigError("--out", f"{out} exists and is not an earlier inspect folder (no inspect.json); "
+                                   "choose a new path or an earlier inspect folder to replace")
+
+
+def _write_atomically(out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        (partial / "figures").mkdir(parents=True)
+        figures = []
+        for record in suspicious(result, FIGURES):
+            j = record["latent"]
+            if models[j].n_peaks:
+                path = partial / "figures" / f"latent-{j}.png"
+                histogram(reservoirs.sample(j), models[j], record, path)
+                figures.append(path)
+        (partial / "report.html").write_text(render_html(result, figures))
+        (partial / "inspect.json").write_text(json.dumps(result, indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(partial, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def histogram(acts: np.ndarray, model: PeakModel, record: dict, path: Path) -> None:
+    """The fitted activations (above the floor) as a density, the mixture and its components over
+    them, the threshold; the share of firings below the floor (not shown) is written on the plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = acts[acts > model.floor]
+    below = 1.0 - shown.size / max(acts.size, 1)
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), layout="constrained")
+    ax.hist(shown, bins=100, density=True, color="0.75", label="activations")
+    grid = np.linspace(model.floor, float(shown.max()) * 1.02, 400)
+    for i, c in enumerate(model.components):
+        ax.plot(grid, model.density(grid, (i,)), color="tab:blue", lw=0.8, ls=":",
+                label="components" if i == 0 else None)
+    ax.plot(grid, model.density(grid), color="tab:blue", lw=1.6, label="mixture")
+    if model.threshold is not None:
+        ax.axvline(model.threshold, color="tab:red", ls="--", lw=1.2, label=f"threshold {model.threshold:.3g}")
+    ax.set_xlabel(f"latent activation\n(not shown: {below:.0%} of the sampled firings, at or below the floor "
+                  f"{model.floor:.3g} = {PEAK_FLOOR:.0%} of the max)", fontsize=9)
+    ax.set_ylabel("density (firings above the floor)")
+    verdict = "broken" if record["broken"] else "one peak"
+    ax.set_title(f"latent {record['latent']}: {record['peaks']} peak(s), {verdict}, score {record['score']:.2f}",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_html(result: dict, figures: list[Path]) -> str:
+    """A self-contained page: facts, the rules, the most suspicious latents, the figures (base64)."""
+    latents = result["latents"]
+    broken = [r for r in latents if r["broken"]]
+    silent = [r for r in latents if r["fires"] == 0]
+    esc = html.escape
+    rows = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in _row(r)) + "</tr>"
+                   for r in suspicious(result, TABLE_ROWS))
+    images = "".join(
+        f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        f"<figcaption>{esc(p.stem)}</figcaption></figure>" for p in figures)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>inspect: {esc(result['sae'])}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.2em 0.6em;text-align:right}}
+img{{max-width:100%}}</style></head><body>
+<h1>Broken-latent inspection</h1>
+<ul><li>SAE: <code>{esc(result['sae'])}</code> ({esc(result['architecture'])}, d_in {result['d_in']},
+d_sae {result['d_sae']})</li>
+<li>activations: <code>{esc(result['activations'])}</code>{'' if not result['key'] else f" [{esc(result['key'])}]"},
+{result['samples']:,} samples</li>
+<li>broken: {len(broken)} of {len(latents)} latents; silent: {len(silent)}</li></ul>
+<h2>Rules</h2>
+<p>Per latent, a 1-D Gaussian mixture (components by BIC, up to 5) is fitted to a uniform sample of
+at most {result['rules']['reservoir']:,} of its activations above {PEAK_FLOOR:.0%} of its max.
+Components with weight under 2% are ignored; adjacent ones separated (Ashman's D &ge; 2 and 5% of
+the upper mean apart) are separate peaks. <b>broken</b>: more than one peak. <b>score</b>: the share of
+the fitted firings outside the main (highest) peak. <b>threshold</b>: where the main peak's weighted
+density equals the next peak's (one peak: its mean minus 3 std).</p>
+<h2>Most suspicious latents</h2>
+<table><tr><th>latent</th><th>fires</th><th>peaks</th><th>threshold</th><th>peak means</th><th>score</th>
+<th>broken</th></tr>{rows}</table>
+<h2>Histograms</h2>{images or '<p>No latent fired often enough to fit.</p>'}
+</body></html>
+"""
+
+
+def _row(r: dict) -> list[str]:
+    threshold = "" if r["threshold"] is None else f"{r['threshold']:.4g}"
+    means = ", ".join(f"{m:.3g}" for m in r["peak_means"])
+    return [str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]), threshold, means, f"{r['score']:.3f}",
+            "yes" if r["broken"] else "no"]
+
+
+def print_summary(outcome: InspectOutcome, console) -> None:
+    from rich.table import Table
+
+    result = outcome.result
+    broken = [r for r in result["latents"] if r["broken"]]
+    table = Table(title=f"{len(broken)} of {result['d_sae']} latents look broken ({result['samples']:,} samples)")
+    for column in ("latent", "fires", "peaks", "peak means", "threshold", "score"):
+        table.add_column(column, justify="right")
+    for r in suspicious(result, 10):
+        if r["broken"]:
+            table.add_row(str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]),
+                          ", ".join(f"{m:.3g}" for m in r["peak_means"]), f"{r['threshold']:.4g}", f"{r['score']:.3f}")
+    console.print(table)
+    console.print(f"inspect folder: {outcome.directory}  (report: {outcome.directory / 'report.html'})")

@@ -1,0 +1,175 @@
+"""`broken-latents inspect` end to end: an SAE and activations made here in plain numpy, from a
+world the training code never sees; the broken latent is flagged, the clean one is not; bad
+input exits 2 naming the problem and leaves nothing behind."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from broken_latents import inspect_sae
+from broken_latents.cli import main
+from broken_latents.inspect_sae import Reservoirs
+from broken_latents.saelens_format import write_saelens
+
+D, N = 8, 20_000
+CONTRACT_KEYS = {"latent", "fires", "peaks", "mixture", "threshold", "broken", "score"}
+
+
+def _world(n: int = N, seed: int = 5):
+    """Parent f0 (rate 0.25), child f1 (rate 0.15, switches the parent on), f2 and f3 independent
+    (0.2); magnitudes ~ N(1, 0.05); a little isotropic noise. Returns (x [n, D], directions [4, D])."""
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.normal(size=(D, D)))[0].T[:4]
+    on = rng.random((n, 4)) < [0.25, 0.15, 0.2, 0.2]
+    on[:, 0] |= on[:, 1]
+    magnitudes = np.clip(rng.normal(1.0, 0.05, (n, 4)), 0, None)
+    x = (on * magnitudes) @ directions + rng.normal(0, 0.01, (n, D))
+    return x.astype(np.float32), directions
+
+
+def _tied_sae(directions: np.ndarray) -> dict:
+    """Latent 0 merges the child with its parent, as the post's broken tied latents do; latents 1
+    and 2 are the clean independent features."""
+    broken = directions[1] + 0.4 * directions[0]
+    W_dec = np.stack([broken / np.linalg.norm(broken), directions[2], directions[3]]).astype(np.float32)
+    return {"W_enc": W_dec.T.copy(), "W_dec": W_dec, "b_enc": np.zeros(3, np.float32), "b_dec": np.zeros(D, np.float32)}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    x, directions = _world()
+    weights = _tied_sae(directions)
+    write_saelens(root / "sae", weights, "relu", tied=True)
+    save_file(weights, str(root / "tied-seed0.safetensors"))  # a run's weights file
+    np.save(root / "acts.npy", x)
+    save_file({"acts": x.astype(np.float16), "tokens": np.arange(N, dtype=np.int64)}, str(root / "acts.safetensors"))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(inspect_sae, "CHUNK_BYTES", 4 * (D + 3) * 3000)  # ~3000 rows a chunk: several chunks
+
+
+def _check_flags(out, samples: int) -> dict:
+    result = json.loads((out / "inspect.json").read_text())
+    assert result["samples"] == samples
+    assert isinstance(result["sae"], str)
+    latents = result["latents"]
+    assert [r["latent"] for r in latents] == [0, 1, 2]
+    for r in latents:
+        assert CONTRACT_KEYS <= set(r)
+        assert all(set(c) == {"mean", "std", "weight"} for c in r["mixture"])
+    broken, clean = latents[0], latents[1]
+    assert broken["broken"] and broken["peaks"] == 2
+    # Parent alone: 0.4 / |f1 + 0.4 f0| = 0.371; child with parent: 1.4 / 1.077 = 1.300.
+    assert broken["peak_means"] == pytest.approx([0.371, 1.300], abs=0.03)
+    assert 0.371 < broken["threshold"] < 1.300
+    # The parent alone fires 0.25 x 0.85 of the time, the child 0.15: 59% of firings off the main peak.
+    assert broken["score"] == pytest.approx(0.2125 / 0.3625, abs=0.04)
+    # It fires when the parent does (0.3625) and, from the noise alone, on half the other samples.
+    assert broken["fires"] == pytest.approx(0.3625 + 0.5 * 0.6375, abs=0.015)
+    for r in latents[1:]:
+        assert not r["broken"] and r["peaks"] == 1 and r["score"] == 0
+    assert clean["peak_means"] == pytest.approx([1.0], abs=0.02)
+    assert (out / "figures" / "latent-0.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "latent-0" in page and 'src="figures' not in page
+    return result
+
+
+def test_npy_with_a_saelens_folder(files, tmp_path):
+    main(["inspect", str(files / "sae"), "--activations", str(files / "acts.npy"), "--out", str(tmp_path / "out")])
+    _check_flags(tmp_path / "out", N)
+
+
+def test_float16_safetensors_with_key_and_limit_and_run_weights(files, tmp_path):
+    main(["inspect", str(files / "tied-seed0.safetensors"), "--activations", str(files / "acts.safetensors"),
+          "--key", "acts", "--limit", "15000", "--out", str(tmp_path / "out")])
+    _check_flags(tmp_path / "out", 15_000)
+
+
+def test_reservoir_is_a_uniform_sample():
+    reservoirs = Reservoirs(latents=2, size=1000, seed=0)
+    stream = np.arange(1, 50_001, dtype=np.float32)
+    for chunk in np.array_split(stream, 17):
+        reservoirs.add(np.stack([chunk, np.zeros_like(chunk)], axis=1))
+    sample = reservoirs.sample(0)
+    assert sample.size == 1000 and np.unique(sample).size == 1000
+    assert sample.mean() == pytest.approx(25_000, rel=0.05)  # early and late values alike
+    assert np.quantile(sample, 0.1) == pytest.approx(5_000, rel=0.2)
+    assert reservoirs.sample(1).size == 0 and reservoirs.seen_K.tolist() == [50_000, 0]
+
+
+def _bad(files, tmp_path, capsys, argv, problem):
+    out = tmp_path / "outdir" / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", *argv, "--out", str(out)])
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert exc.value.code == 2
+    assert problem in err and "Traceback" not in err
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_missing_file(files, tmp_path, capsys):
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(files / "nope.npy")], "does not exist")
+
+
+def test_missing_sae(files, tmp_path, capsys):
+    _bad(files, tmp_path, capsys, [str(files / "nosae"), "--activations", str(files / "acts.npy")], "does not exist")
+
+
+def test_unknown_suffix(files, tmp_path, capsys):
+    (tmp_path / "acts.csv").write_text("1,2\n")
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "acts.csv")],
+         "unknown suffix '.csv'")
+
+
+def test_d_mismatch(files, tmp_path, capsys):
+    np.save(tmp_path / "wide.npy", np.zeros((10, D + 1), np.float32))
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "wide.npy")],
+         f"D = {D + 1} per sample but the SAE takes d_in = {D}")
+
+
+def test_nan_found_while_reading(files, tmp_path, capsys):
+    x = np.load(files / "acts.npy")
+    x[12_345, 3] = np.nan  # in a later chunk: found while streaming, after the checks up front
+    np.save(tmp_path / "nan.npy", x)
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "nan.npy")],
+         "NaN or infinite values (first at sample 12345)")
+
+
+def test_unknown_architecture(files, tmp_path, capsys):
+    folder = write_saelens(tmp_path / "gated", _tied_sae(_world(10)[1]), "relu")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    _bad(files, tmp_path, capsys, [str(folder), "--activations", str(files / "acts.npy")], "architecture 'gated'")
+
+
+def test_missing_key(files, tmp_path, capsys):
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(files / "acts.safetensors")],
+         "name the activations with --key")
+
+
+def test_key_not_in_file(files, tmp_path, capsys):
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(files / "acts.safetensors"),
+                                   "--key", "resid"], "'resid' is not in")
+
+
+def test_not_two_dimensional(files, tmp_path, capsys):
+    np.save(tmp_path / "cube.npy", np.zeros((4, 5, D), np.float32))
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "cube.npy")],
+         "has shape [4, 5, 8]; expected 2-D")
+
+
+def test_out_that_is_not_an_inspect_folder_is_refused(files, tmp_path, capsys):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", str(files / "sae"), "--activations", str(files / "acts.npy"), "--out", str(keep)])
+    assert exc.value.code == 2 and "not an earlier inspect folder" in capsys.readouterr().err
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"]

@@ -1,0 +1,41 @@
+"""`reproduce`: every experiment into its directory, one report; experiments over several world seeds pool them."""
+
+from types import SimpleNamespace
+
+from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.experiments.checks import learns_exactly
+from broken_latents.experiments.claims import Claim
+from broken_latents.experiments.registry import Experiment
+from broken_latents.reproduce import pooled_claims, reproduce_all
+
+
+def _outcome(held: list[bool], max_cos: float):
+    claim = {"id": "c", "text": "t", "post": "p", "holds": sum(held) >= 2, "seeds_held": sum(held),
+             "seeds_run": len(held), "per_seed": held, "detail": "d"}
+    return SimpleNamespace(metrics={"claims": [claim], "world": {"max_feature_cos": max_cos}})
+
+
+def test_pooled_claims_add_seeds_over_geometries():
+    (claim,) = pooled_claims([_outcome([True, True, False], 0.05), _outcome([False, False, True], 0.06)])
+    assert (claim["seeds_held"], claim["seeds_run"], claim["holds"]) == (3, 6, False)
+    assert claim["per_seed"] == [True, True, False, False, False, True]
+    assert claim["detail"].startswith("1/2 geometries held")
+    assert "world seed 1 (max |cos| 0.060): 1/3" in claim["detail"]
+    (alone,) = pooled_claims([_outcome([True, False, True], 0.05)])
+    assert alone["detail"] == "d"  # a single geometry is reported as it is
+
+
+def test_reproduce_runs_every_geometry_and_pools_them(tmp_path):
+    superposed = ExperimentConfig(
+        name="tiny-superposition", world=WorldConfig(features=4, dim=3, firing=0.2, magnitude=1.0),
+        train=TrainConfig(samples=60_000, lr=3e-3, eval_samples=5_000), sae=[SAEConfig(label="tied", latents=4)])
+    experiments = {"tiny-superposition": Experiment(
+        superposed, [Claim("all", "learns every feature", "-", learns_exactly("tied", lambda world, k: [0, 1, 2, 3],
+                                                                                clean=0.5))], geometries=2)}
+    reproduce_all(seeds=2, out=tmp_path, quick=False, device="cpu", progress=False, experiments=experiments)
+    assert (tmp_path / "tiny-superposition" / "metrics.json").is_file()
+    assert (tmp_path / "tiny-superposition-world-seed-1" / "metrics.json").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert "/4 |" in report  # seeds pooled: 2 seeds x 2 world seeds
+    assert "geometries held" in report and "world seed 1 (max \\|cos\\| 0.333)" in report  # pipes escaped
+    assert report.count("## tiny-superposition") == 1  # one section per experiment
