@@ -4,6 +4,7 @@
     run = bl.load_run("runs/recap-absorption")     # config, world, saes[label][seed], metrics, history
     result = bl.train("recap-absorption", seeds=2, samples=2_000_000)
     metrics = bl.analyse(result)                     # typed metrics.json
+    run = bl.run("recap-absorption", "runs/recap", seeds=2)   # as `broken-latents run`, loaded back
     bl.experiments.EXPERIMENTS                       # the registry
 
 The names below load on first use (api.py), so importing the package loads neither torch nor numba."""
@@ -15,13 +16,13 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_API = {"load_run", "load_config", "train", "analyse", "Run", "SAE"}
+_API = {"load_run", "load_config", "train", "analyse", "run", "Run", "SAE"}
 _SUBMODULES = {"experiments"}
 __all__ = sorted(_API | _SUBMODULES | {"Metrics", "ConfigError", "__version__"})
 
 if TYPE_CHECKING:
     from . import experiments
-    from .api import SAE, Run, analyse, load_config, load_run, train
+    from .api import SAE, Run, analyse, load_config, load_run, run, train
     from .config import ConfigError
     from .metrics import Metrics
 

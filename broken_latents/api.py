@@ -22,6 +22,7 @@ import torch
 
 from .config import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
 from .metrics import CLEAN_COS, ClaimResult, Metrics
+from .saes.base import _keep_largest
 from .world import World
 
 # -- one trained SAE --------------------------------------------------------------------------
@@ -31,20 +32,33 @@ def _relu(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
     return torch.relu(pre_BK)
 
 
-def _jumprelu(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
+def _above_threshold(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
     return pre_BK * (pre_BK > sae.threshold)
 
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor, "SAE"], torch.Tensor]] = {"relu": _relu, "jumprelu": _jumprelu}
-"""`[[sae]] activation` -> h from the pre-activations, as the trained SAE computes it (saes/base.py).
-A new activation (topk, batchtopk) is one entry here; it reads what it needs (k) from `sae.config`."""
+def _topk(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
+    return _keep_largest(torch.relu(pre_BK), sae.config.k, dim=-1)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor, "SAE"], torch.Tensor]] = {
+    "relu": _relu,
+    "jumprelu": _above_threshold,
+    "topk": _topk,
+    # At inference BatchTopK is a JumpReLU at the threshold estimated in training (saes/base.py),
+    # so a sample's latents do not depend on the rest of its batch.
+    "batchtopk": _above_threshold,
+}
+"""`[[sae]] activation` -> h from the pre-activations, as the trained SAE computes it at inference
+(`StackedSAE.activate`). A new activation is one entry here, reading what it needs from `sae.config`."""
+THRESHOLDED = ("jumprelu", "batchtopk")
+"""Activations whose weights file carries `threshold`."""
 
 
 @dataclass
 class SAE:
     """One trained SAE (one label, one seed), in SAELens' layout, with the trained SAE's math:
     h = act((x - b_dec) @ W_enc + b_enc), x_hat = h @ W_dec + b_dec. A tied SAE is saved with
-    W_enc = W_dec^T and b_enc = 0, so one formula serves both."""
+    W_enc = W_dec^T and b_enc = 0, so one formula serves both; `act` is in ACTIVATIONS."""
 
     label: str
     seed: int
@@ -58,7 +72,8 @@ class SAE:
     b_dec: torch.Tensor
     """[D]"""
     threshold: torch.Tensor | None = None
-    """[K], JumpReLU only: the learned threshold, or the aux loss's final tau_j."""
+    """[K], JumpReLU: the learned threshold or the aux loss's final tau_j; BatchTopK: the one
+    inference threshold estimated in training, for every latent."""
 
     @property
     def architecture(self) -> str:
@@ -71,6 +86,11 @@ class SAE:
     @property
     def latents(self) -> int:
         return self.W_dec.shape[0]
+
+    @property
+    def widths(self) -> list[int] | None:
+        """A Matryoshka SAE's nested prefix widths (`decode(h, width=w)`), else None."""
+        return self.config.matryoshka_widths
 
     def encode_pre(self, x_BD: torch.Tensor) -> torch.Tensor:
         return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
@@ -102,7 +122,7 @@ class SAE:
 
         tensors = load_file(str(path))
         missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
-        if config.activation == "jumprelu":
+        if config.activation in THRESHOLDED:
             missing |= {"threshold"} - set(tensors)
         if missing:
             raise ConfigError("DIR", f"{path} lacks {sorted(missing)}")
@@ -181,23 +201,49 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
-    from .train import choose_engine, train as train_stacks
+    from .train import train as train_stacks
 
-    config = load_config(target)
-    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
-    config = apply_overrides(config, [*budget, *set])
-    choose_engine(config, device)  # a config error before training starts
+    config = _configured(target, seeds, samples, set, device)
     return train_stacks(config, device=device, progress=progress)
+
+
+def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | None = None,
+        samples: int | None = None, set: tuple[str, ...] | list[str] = (), device: str = "cpu",
+        progress: bool = False) -> Run:
+    """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
+    give it back loaded (`load_run(out)`)."""
+    from .output.rundir import run_experiment
+
+    config = _configured(target, seeds, samples, set, device)
+    experiment = _experiment_named(config.name)
+    run_experiment(config, experiment.claims if experiment else [], Path(out), device=device, progress=progress,
+                   clean_cos=experiment.clean_cos if experiment else CLEAN_COS)
+    return load_run(out)
+
+
+def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
+    from .train import choose_engine
+
+    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
+    config = apply_overrides(load_config(target), [*budget, *assignments])
+    choose_engine(config, device)  # a config error before training starts
+    return config
+
+
+def _experiment_named(name: str):
+    """The registered experiment a config belongs to by name (its claims apply), or None."""
+    from . import experiments
+
+    return experiments.EXPERIMENTS.get(name)
 
 
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    from . import experiments
     from .analysis import measure
     from .experiments.claims import evaluate_claims
 
-    experiment = experiments.EXPERIMENTS.get(result.config.name)
+    experiment = _experiment_named(result.config.name)
     if clean_cos is None:
         clean_cos = experiment.clean_cos if experiment else CLEAN_COS
     metrics = measure(result, clean_cos=clean_cos)

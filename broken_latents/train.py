@@ -243,7 +243,7 @@ def _stack_loss(stack: TrainedStack, aux: AuxState | None, x_RBD: torch.Tensor, 
 
 
 def _per_seed(logged: dict) -> dict:
-    return {label: {k: [float(v) for v in values.reshape(-1)] for k, values in parts.items()}
+    return {label: {k: values.reshape(-1).tolist() for k, values in parts.items()}
             for label, parts in logged.items() if parts}
 
 

@@ -11,38 +11,7 @@ from broken_latents.cli import main
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.metrics import Metrics
 from broken_latents.output.show import geometry_line
-
-TINY = """
-name = "tiny-world"
-description = "two independent features and a parent/child pair"
-
-[world]
-features = 4
-dim = 8
-firing = [0.3, 0.1, 0.2, 0.2]
-magnitude = 1.0
-
-[[world.hierarchy]]
-parent = 0
-children = [1]
-
-[train]
-samples = 150_000
-seeds = 2
-lr = 3e-3
-eval_samples = 5_000
-
-[[sae]]
-label = "tied"
-architecture = "tied"
-latents = 4
-
-[[sae]]
-label = "untied"
-architecture = "untied"
-latents = 3
-activation = "jumprelu"
-"""
+from worlds import TINY
 
 RUN_KEYS = {"label", "seed", "decoder_cos", "encoder_cos", "latent_cos", "decoder_norms", "matches",
             "learned_features", "broken_latents", "dead_latents", "activation_peaks", "mse", "l0", "explained_variance"}

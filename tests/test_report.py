@@ -217,3 +217,16 @@ def test_show_tables_absorption_only_when_present():
     metrics["runs"][1].update(absorption=[0.0, 0.9, 0.0, 0.0], full_absorption=[0.0, 0.8, 0.0, 0.0], hedging=[0.3, 0.0, 0.0])
     rows = absorption_table(metrics).columns
     assert [cell for cell in rows[2].cells] == ["f1 (0.90, 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]
+
+
+def test_history_json_keeps_seeds_apart_and_marks_terms_not_yet_computed(tmp_path):
+    from broken_latents.output.history import history_json
+
+    seed_history = [{"samples": 100, "tied": {"mse": [2.0, 3.0], "l1": [0.1, 0.2]}},
+                    {"samples": 200, "tied": {"mse": [1.0, 1.5], "l1": [0.3, 0.4], "aux": [0.05, 0.06]}}]
+    history = history_json(seed_history, ["tied"], [0, 1])
+    assert history == {"steps": [100, 200], "runs": [
+        {"label": "tied", "seed": 0, "terms": {"mse": [2.0, 1.0], "l1": [0.1, 0.3], "aux": [None, 0.05]}},
+        {"label": "tied", "seed": 1, "terms": {"mse": [3.0, 1.5], "l1": [0.2, 0.4], "aux": [None, 0.06]}}]}
+    plots.loss_curves(history, "losses", tmp_path / "loss-curves.png")
+    assert assert_png(tmp_path / "loss-curves.png").shape[1] > 3 * 300  # one panel per term

@@ -9,9 +9,6 @@ loss without its lambda), as `StackedSAE.loss_terms` declares them."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def history_json(seed_history: list[dict], labels: list[str], seeds: list[int]) -> dict:
     """From `TrainResult.seed_history` ({"samples", LABEL: {term: [per seed]}} per logged step)."""
@@ -22,10 +19,6 @@ def history_json(seed_history: list[dict], labels: list[str], seeds: list[int]) 
             terms = {name: [_value(record.get(label, {}).get(name), s) for record in seed_history] for name in names}
             runs.append({"label": label, "seed": seed, "terms": terms})
     return {"steps": [record["samples"] for record in seed_history], "runs": runs}
-
-
-def read_history(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def _value(per_seed: list[float] | None, s: int) -> float | None:

@@ -74,7 +74,7 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
             save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
                       str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
             write_saelens(path / "weights" / f"{stack.config.label}-seed{seed}", tensors, stack.config.activation,
-                          tied=stack.config.architecture == "tied",
+                          tied=stack.config.architecture == "tied", k=stack.config.k,
                           metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
