@@ -192,7 +192,8 @@ def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], m
         # The mixture was fitted to activations above its own floor: scale it to the count here.
         xs = np.linspace(max(low, model["floor"]), top, 300)
         fitted = int((acts_B > model["floor"]).sum())
-        density = sum(c["weight"] * np.exp(-0.5 * ((xs - c["mean"]) / c["std"]) ** 2) / (c["std"] * math.sqrt(2 * math.pi))
+        density = sum(c["weight"] * np.exp(-0.5 * ((xs - c["mean"]) / max(c["std"], 1e-12)) ** 2)
+                      / (max(c["std"], 1e-12) * math.sqrt(2 * math.pi))
                       for c in model["mixture"])
         ax.plot(xs, np.maximum(fitted * density * (top - low) / HIST_BINS, 1e-1), color="black", linewidth=0.9,
                 label="mixture")
