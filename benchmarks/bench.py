@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench.py            # full run, ~3.5 minutes on 2 idle cores
     .venv/bin/python benchmarks/bench.py --quick    # tiny budgets: a smoke check, not a measurement
+    .venv/bin/python benchmarks/bench.py --only narrow  # the rows whose world or engine/config say so
 
 Every figure comes from this one run. Each row trains in its own fresh process, once in each
 of three passes (the best is kept), so each gets its own peak RSS and nothing warmed up by one
@@ -54,6 +55,10 @@ CONFIGS = [
     ("autograd", 1, 1024, 500_000),
     ("sae_lens", 1, 1024, 500_000),
 ]
+MATRYOSHKA_WIDTHS = (1, LATENTS)
+"""The Matryoshka row: a tied SAE with these nested widths on the narrow world, beside the plain
+tied SAE of the same run (target: at least half its samples/s)."""
+MATRYOSHKA_SAMPLES = 3_000_000
 # Other work on a shared machine slows a row by up to 30x (the baseline's two torch threads the
 # most), and this VM's own speed swings up to 2x from one second to the next (the same kernel
 # call measured 0.67 ms, then 1.26 ms), so every row runs in three passes and keeps its best.
@@ -76,6 +81,8 @@ class Row:
     aux: bool
     samples: int
     """Samples per SAE."""
+    widths: tuple[int, ...] | None = None
+    """Matryoshka widths, or None for a plain SAE."""
 
 
 def table_rows(quick: bool) -> list[Row]:
@@ -86,6 +93,9 @@ def table_rows(quick: bool) -> list[Row]:
                 if engine == "sae_lens" and aux:
                     continue  # SAELens has no activation-orthogonality loss
                 rows.append(Row(world, engine, saes, batch, aux, QUICK_SAMPLES if quick else samples))
+                if world == "narrow" and (engine, saes, batch) == ("auto", 1, 1024):
+                    rows.append(Row(world, engine, saes, batch, aux, QUICK_SAMPLES if quick else MATRYOSHKA_SAMPLES,
+                                    MATRYOSHKA_WIDTHS))
     return rows
 
 
@@ -106,7 +116,8 @@ def experiment(row: Row) -> ExperimentConfig:
         world=WORLDS[row.world],
         train=TrainConfig(samples=row.samples, batch_size=row.batch, seeds=row.saes,
                           engine=row.engine),
-        sae=[SAEConfig(label="tied", latents=LATENTS, l1=L1, aux=aux)],
+        sae=[SAEConfig(label="tied", latents=LATENTS, l1=L1, aux=aux,
+                       matryoshka_widths=list(row.widths) if row.widths else None)],
     )
 
 
@@ -148,7 +159,8 @@ def measure_all(rows: list[Row], device: str, repeats: int, console: Console) ->
 
 
 def describe(row: Row) -> str:
-    return ENGINE_NAMES[row.engine] + (" (lockstep)" if row.saes > 1 else "")
+    nested = f", Matryoshka {list(row.widths)}" if row.widths else ""
+    return ENGINE_NAMES[row.engine] + nested + (" (lockstep)" if row.saes > 1 else "")
 
 
 def main_table(measured: list[tuple[Row, tuple[float, float] | None]]) -> tuple[list[str], list[list[str]]]:
@@ -161,7 +173,9 @@ def main_table(measured: list[tuple[Row, tuple[float, float] | None]]) -> tuple[
             cells.append(config + ["not installed", "-", "-"])
         else:
             speed, rss = result
-            cells.append(config + [f"{speed:,.0f}", f"{speed / baselines[row.world, row.aux]:.2f}x", f"{rss:.0f}"])
+            baseline = baselines.get((row.world, row.aux))
+            ratio = f"{speed / baseline:.2f}x" if baseline else "-"
+            cells.append(config + [f"{speed:,.0f}", ratio, f"{rss:.0f}"])
     return header, cells
 
 
@@ -218,8 +232,11 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", type=Path, help="markdown results (default benchmarks/results.md; "
                                                    "with --quick a file in the temp directory)")
+    parser.add_argument("--only", metavar="TEXT", help="only the rows whose world or engine/config contain TEXT "
+                                                       "(e.g. 'Matryoshka', 'narrow'); no memory table")
     args = parser.parse_args()
-    out = args.out or (Path(tempfile.gettempdir()) / "broken-latents-bench-quick.md" if args.quick
+    partial = args.quick or args.only  # a smoke check or a few rows: never over the full results
+    out = args.out or (Path(tempfile.gettempdir()) / "broken-latents-bench-partial.md" if partial
                        else Path(__file__).with_name("results.md"))
     console = Console(width=None if sys.stdout.isatty() else 130)  # rich wraps at 80 columns in a pipe
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -228,12 +245,15 @@ def main() -> None:
 
     load_at_start = os.getloadavg()[0]
     rows, mem_rows = table_rows(args.quick), memory_rows(args.quick)
+    if args.only:
+        rows = [row for row in rows if args.only in row.world or args.only in describe(row)]
+        mem_rows = []
     repeats = 1 if args.quick else REPEATS
     measured = list(zip(rows + mem_rows, measure_all(rows + mem_rows, args.device, repeats, console)))
     tables = [
         ("Training throughput, side by side", *main_table(measured[: len(rows)])),
         ("Peak memory vs sample budget (should not grow)", *memory_table(measured[len(rows):])),
-    ]
+    ][: 2 if mem_rows else 1]
     header_lines = machine_lines(args.device, args.quick, repeats, load_at_start)
 
     for line in header_lines:

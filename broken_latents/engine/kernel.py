@@ -124,15 +124,17 @@ def _small_products(W, b_1D, W_enc_DK, b_enc, F_ND, tied, M, E, W_enc_KD, q, c, 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_SDK, b_enc_SK, threshold_SK,
                     tied, l1_weighted, learned_threshold, bandwidth, l1, aux_lambda, tau_SK, want_loss,
-                    nested, n_K, N_KK, n_widths,
+                    nesting_3KK,
                     g_W_dec_SKD, g_b_dec_SD, g_W_enc_SDK, g_b_enc_SK, g_log_threshold_SK, h_max_SK, losses_S3):
     """Write d(loss)/d(param) of every SAE s of the stack into the g_* arrays (the untied ones
     and g_log_threshold only where they apply), the batch max of each latent into h_max_SK and,
     if want_loss, (mse, l1, prefix_mse) into losses_S3.
 
     loss = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux, as fastpath.py;
-    Matryoshka (`nested`): the squared error summed over the n_widths prefixes instead, with
-    n_K[k] the prefixes that hold latent k and N_KK[k, j] = n_K[max(k, j)] (ones, and 1, when plain).
+    Matryoshka: the squared error summed over the prefixes instead. nesting_3KK[0] = N with
+    N[k, j] = n_max(k, j), n_k the number of prefixes that hold latent k, so n_k = N[k, k] and
+    the number of widths is N[0, 0] (all ones for a plain SAE); [1] and [2] are scratch for
+    P * N and P * (N - 1) (passed in: an allocation per call costs as much as a few loops here).
     threshold_SK gates h = pre * [pre > threshold] (zeros for ReLU); tau_SK is the aux loss's.
     The batch is taken in blocks of BLOCK samples; every loop over a block is innermost and
     contiguous, so it runs in SIMD lanes.
@@ -142,6 +144,9 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
     and `bias` below), so only those few rows go through f (block by block) and F (once)."""
     S, N, B = f_SNB.shape
     K, D = W_dec_SKD.shape[1], W_dec_SKD.shape[2]
+    N_KK, PN, PN_prefix = nesting_3KK[0], nesting_3KK[1], nesting_3KK[2]
+    n_widths = N_KK[0, 0]
+    nested = n_widths > 1
     aux = aux_lambda > 0.0
     dtype = f_SNB.dtype
     zero = _typed(0.0, f_SNB)
@@ -158,9 +163,6 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
     q_K1 = np.empty((K, 1), dtype)  # W_k . b
     c_K1 = np.empty((K, 1), dtype)  # the untied encoder's b_enc - W_enc^T b
     P = np.empty((K, K), dtype)  # W_dec W_dec^T
-    PN = np.empty((K, K), dtype)  # Matryoshka: P * N, and P * (N - 1) for the prefixes' loss alone
-    PN_prefix = np.empty((K, K), dtype)
-    two_over_B_n = np.empty(K, dtype)  # 2/B n_k
     bias_row = _typed(-2.0 * n_widths / B, f_SNB)
     prefix_widths = _typed(n_widths - 1.0, f_SNB)
     norm = np.empty(K, dtype)
@@ -211,9 +213,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         grad_h_near[:] = 0.0
         mse = 0.0
         prefix_mse = 0.0
-        for k in range(K):
-            two_over_B_n[k] = two_over_B * n_K[k]
-        if nested:
+        if nested:  # P * N, and P * (N - 1) for the prefixes' loss alone
             for k in range(K):
                 for j in range(K):
                     PN[k, j] = P[k, j] * N_KK[k, j]
@@ -268,7 +268,8 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
             # Backward through the MSE and L1: r = W_k . e = (P h)_k + q_k - x W_k; Matryoshka:
             # summed over the prefixes, r = (P N h)_k + n_k (q_k - x W_k).
             for k in range(K):
-                nk = n_K[k]
+                nk = N_KK[k, k]
+                two_over_B_n = two_over_B * nk
                 if nested:
                     for i in range(n_i):
                         r[i] = nk * (q[k] - xW[k, i])
@@ -300,7 +301,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                     enc[k, i] = grad_h if h[k, i] != zero else zero
                     if learned_threshold and abs(pre[k, i] - theta) < bandwidth / 2:
                         near += grad_h
-                    dec[k, i] = enc[k, i] - two_over_B_n[k] * h[k, i] if tied else -two_over_B_n[k] * h[k, i]
+                    dec[k, i] = enc[k, i] - two_over_B_n * h[k, i] if tied else -two_over_B_n * h[k, i]
                 grad_h_near[k] += near
             for i in range(n_i):
                 bias[i] = bias_row
@@ -381,7 +382,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         for d in range(D):
             g_b_dec_SD[s, d] = X[rows - 1, d]
         for k in range(K):
-            c_k = (2.0 / B) * n_K[k] * sum_h[k] - sum_c1[k]
+            c_k = (2.0 / B) * N_KK[k, k] * sum_h[k] - sum_c1[k]
             for d in range(D):
                 encoder = W[k, d] if tied else W_enc_SDK[s, d, k]
                 g_b_dec_SD[s, d] += c_k * W[k, d] - sum_enc[k] * encoder
@@ -412,12 +413,11 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
     tau = tau_SK.astype(dtype, copy=False) if tau_SK is not None else threshold
     h_max = np.empty((S, K), dtype)
     losses = np.zeros((S, 3), dtype)
-    n_K, N_KK = _nesting(arch, K, dtype)
     stack_gradients(
         f_SNB, geometry.F_ND, geometry.G_NN, geometry.orthonormal, W_dec, params["b_dec_SD"],
         params.get("W_enc_SDK", empty3), params.get("b_enc_SK", empty2), threshold,
         arch.tied, arch.l1_weighted_by_decoder_norm, arch.learned_threshold, arch.bandwidth, l1, aux_lambda, tau,
-        want_loss, arch.widths is not None, n_K, N_KK, float(len(arch.widths or (K,))),
+        want_loss, _nesting(arch, K, dtype),
         grads["W_dec_SKD"], grads["b_dec_SD"], grads.get("W_enc_SDK", empty3), grads.get("b_enc_SK", empty2),
         grads.get("log_threshold_SK", empty2), h_max, losses)
     if not want_loss:
@@ -431,12 +431,15 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
 _NESTINGS: dict = {}
 
 
-def _nesting(arch: Architecture, K: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """`Architecture.nesting` in the kernel's dtype, made once per widths (every step asks)."""
-    key = (arch.widths, K, np.dtype(dtype))
-    if key not in _NESTINGS:
-        _NESTINGS[key] = tuple(np.ascontiguousarray(a, dtype=dtype) for a in arch.nesting(K))
-    return _NESTINGS[key]
+def _nesting(arch: Architecture, K: int, dtype) -> np.ndarray:
+    """The kernel's nesting_3KK: N of `Architecture.nesting` in its dtype and two scratch
+    matrices, made once per widths (every step asks; one training thread calls the kernel)."""
+    key = (arch.widths, K, dtype)
+    nesting = _NESTINGS.get(key)
+    if nesting is None:
+        nesting = _NESTINGS[key] = np.zeros((3, K, K), dtype)
+        nesting[0] = arch.nesting(K)[1]
+    return nesting
 
 
 def warm_up(arch: Architecture, params: dict, geometry: WorldGeometry) -> None:
