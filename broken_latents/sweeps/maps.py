@@ -80,8 +80,7 @@ def claim_map(record: dict, measure: Measure, title: str, path: Path, axes: list
             note = f"{held}/{seeds}" if seeds else "failed" if failed else ""
             ax.text(j, i, note, ha="center", va="center", fontsize=8,
                     color="white" if seeds and (held / seeds < 0.25 or held / seeds > 0.75) else "black")
-        cmap = matplotlib.colormaps["RdYlGn"].copy()
-        cmap.set_bad("#bbbbbb")
+        cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#bbbbbb")
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto", origin="lower")
         ax.set_xticks(range(len(ticks[1])), ticks[1], rotation=45 if max(map(len, ticks[1])) > 5 else 0, ha="right")
         ax.set_yticks(range(len(ticks[0])), ticks[0])
