@@ -100,7 +100,11 @@ def sweep(
     """
     from .sweeps import run_sweep
 
-    outcome = run_sweep(spec, out=out, workers=workers, ray=ray, progress=True)
+    try:
+        outcome = run_sweep(spec, out=out, workers=workers, ray=ray, progress=True)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the finished cells are kept: rerun the same command to resume")
+        sys.exit(130)
     if outcome.failed:
         sys.exit(1)
 

@@ -173,11 +173,15 @@ def test_sigkill_then_resume_equals_an_uninterrupted_sweep(swept, tmp_path, caps
         process.wait()
     partial = json.loads((out / "sweep.json").read_text())
     assert any(c["status"] == "pending" for c in partial["cells"])  # killed mid-sweep
+    finished = [c["path"] for c in partial["cells"] if c["status"] == "done"]
+    stamps = {path: (out / path / "metrics.json").stat().st_mtime_ns for path in finished}
     with pytest.raises(SystemExit) as exc:  # rerun the same command; cells failed, so exit 1
         main(["sweep", str(spec), "--out", str(out), "--workers", "2"])
     assert exc.value.code == 1 and "failed" in capsys.readouterr().err
     resumed = json.loads((out / "sweep.json").read_text())
     assert _without_timings(resumed) == _without_timings(outcome.record)
+    # the cells finished before the kill were kept, not trained again
+    assert {path: (out / path / "metrics.json").stat().st_mtime_ns for path in finished} == stamps
 
 
 def test_grid_names_are_safe_and_unique():
@@ -307,6 +311,13 @@ def test_ray_gives_the_pools_metrics_and_retries_a_dead_worker(swept, ray_sessio
         ray_metrics = json.loads((tmp_path / "out" / cell["path"] / "metrics.json").read_text())
         assert [r["decoder_cos"] for r in ray_metrics["runs"]] == [r["decoder_cos"] for r in pool["runs"]]
         assert ray_metrics["claims"] == pool["claims"]
+
+
+def test_example_spec_is_valid():
+    from broken_latents.sweeps import load_spec
+
+    spec = load_spec(ROOT / "examples" / "recap-absorption-sweep.toml")
+    assert spec.claims == ["tied-clean"] and len(grid(spec)) == 16 and spec.config.train.samples == 5_000_000
 
 
 def test_config_error_type():
