@@ -1,4 +1,4 @@
-"""`broken-latents`: list, run, reproduce, show, inspect. Flags come from the function signatures (tyro).
+"""`broken-latents`: list, run, reproduce, show, sweep, inspect. Flags come from the function signatures (tyro).
 
 Bad input of any kind ends in one line naming the field and what is allowed, exit code 2.
 """
@@ -50,11 +50,15 @@ def run(
     """
     from .output.rundir import run_experiment
 
+    from .preflight import check_config, check_writable
+
     config, claims, clean_cos = resolve_target(target)
     config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
     _check_device(device)
     choose_engine(config, device)  # a config error, before anything is written
+    check_config(config)  # sizes the machine cannot hold, worlds too big to lay out
     out = out or Path("runs") / config.name
+    check_writable(out)
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
     _print_summary(outcome.metrics, outcome.directory)
     registered = experiments.EXPERIMENTS.get(config.name)
@@ -76,9 +80,37 @@ def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = Fa
     if seeds < 1:
         raise ConfigError("--seeds", f"must be >= 1, got {seeds}")
     _check_device(device)
+    from .preflight import check_writable
     from .reproduce import reproduce_all
 
+    check_writable(out / "report.md")
+
     reproduce_all(seeds=seeds, out=out, quick=quick, device=device, progress=sys.stderr.isatty())
+
+
+def sweep(
+    spec: tyro.conf.Positional[Path],
+    out: Optional[Path] = None,
+    workers: Optional[int] = None,
+    ray: Optional[str] = None,
+) -> None:
+    """Train a grid of runs (a sweep spec .toml) and map where each claim holds.
+
+    Args:
+        spec: sweep spec: base experiment, seeds, claims, [set] fixed overrides, [axes] the grid.
+        out: sweep directory (default sweeps/SPEC-NAME); rerunning into it skips finished cells.
+        workers: cells trained at once by the local process pool (default: the cores).
+        ray: run every cell as a Ray task: 'auto' (an existing cluster, else a local one) or a cluster ADDRESS.
+    """
+    from .sweeps import run_sweep
+
+    try:
+        outcome = run_sweep(spec, out=out, workers=workers, ray=ray, progress=True)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the finished cells are kept: rerun the same command to resume")
+        sys.exit(130)
+    if outcome.failed:
+        sys.exit(1)
 
 
 def show(run_dir: tyro.conf.Positional[Path]) -> None:
@@ -154,14 +186,43 @@ def _print_summary(metrics: dict, directory: Path) -> None:
     console.print(f"run directory: {directory}  (report: {directory / 'report.md'}, figures: {directory / 'figures'})")
 
 
+def _check_set_arguments(argv: list[str]) -> None:
+    """`--set KEY VALUE` (a space, not '=') would reach tyro as a stray word: explain the form instead."""
+    for i, arg in enumerate(argv):
+        if arg != "--set":
+            continue
+        key = argv[i + 1] if i + 1 < len(argv) else None
+        if key is None or key.startswith("--"):
+            raise ConfigError("--set", "expects KEY=VALUE, e.g. --set train.lr=1e-3")
+        if "=" not in key:
+            value = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("--") else "VALUE"
+            value = argv[i + 3] if value == "=" and i + 3 < len(argv) else value
+            raise ConfigError("--set", f"expects KEY=VALUE as one argument, got {key!r}: write --set {key}={value}")
+        if key.endswith("=") and i + 2 < len(argv) and not argv[i + 2].startswith("--"):
+            raise ConfigError("--set", f"expects KEY=VALUE as one argument with no space after '=': "
+                                       f"write --set {key}{argv[i + 2]}")
+
+
+def _version() -> str:
+    from . import __version__  # the code running, installed or not
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> None:
-    commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show, "inspect": inspect}
+    commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show, "sweep": sweep,
+                "inspect": inspect}
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"broken-latents {_version()}")
+        return
     # A terminated run unwinds like an interrupted one, so its partial directory is removed.
     termination.install()
     try:
-        tyro.extras.subcommand_cli_from_dict(commands, prog="broken-latents", args=argv)
+        _check_set_arguments(args)
+        tyro.extras.subcommand_cli_from_dict(commands, prog="broken-latents", args=args)
     except (ConfigError, TrainingDiverged) as err:
-        err_console.print(f"[bold red]error[/]: {err}", highlight=False)
+        err_console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; nothing was written")

@@ -72,11 +72,11 @@ def test_round_trip_through_toml(tmp_path):
 
 @pytest.mark.parametrize("edit, field, allowed", [
     (("[train]", "[train]\nsamles = 3"), "train.samles", "allowed keys here"),
-    (('architecture = "tied"', 'architecture = "tide"'), "sae.0.architecture", "'tied', 'untied'"),
+    (('architecture = "tied"', 'architecture = "tide"'), "sae.tied.architecture", "'tied', 'untied'"),
     (("lr = 3e-4", "lr = -1.0"), "train.lr", "positive"),
     (("children = [5, 7]", "children = [5, 70]"), "world.hierarchy.0.children", "[0, 19]"),
-    (("threshold_ratio = 0.7", "threshold_ratio = 1.5"), "sae.0.aux.threshold_ratio", "(0, 1]"),
-    (("latents = 5", 'latents = "five"'), "sae.0.latents", "integer"),
+    (("threshold_ratio = 0.7", "threshold_ratio = 1.5"), "sae.tied.aux.threshold_ratio", "(0, 1]"),
+    (("latents = 5", 'latents = "five"'), "sae.tied.latents", "integer"),
     (("firing = { linear = [0.02, 0.3] }", "firing = [0.1, 0.2]"), "world.firing", "one value per feature"),
     (("firing = { linear = [0.02, 0.3] }", "firing = 1.5"), "world.firing", "[0, 1]"),
 ])

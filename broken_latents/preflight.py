@@ -1,0 +1,163 @@
+"""Checks made before any training starts, so that a run that cannot finish says so at once:
+an output path that cannot be written, a config the machine cannot hold in memory, a world whose
+direction search would take minutes. Each failure is a `ConfigError` naming the field to change.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, ExperimentConfig, TrainConfig, WorldConfig, SAEConfig
+
+MEMORY_SHARE = 0.7
+"""A run may plan to use at most this share of the machine's physical memory."""
+
+SEARCH_BUDGET = 6e8
+"""Work (steps x features^2 x (1 + dim/200)) the direction search may take: about 15-20 s on one
+2020s core (measured: 2000 features in 10 dims, 2.1e8, 6 s; 2000 in 500 dims, 7e8, 19 s;
+5000 in 10 dims would be 1.3e9, 40 s)."""
+
+FLOAT = 4  # bytes of a float32
+
+
+def check_writable(out: Path, field: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any training: create its parent and a
+    probe file there. A path under a file, under /proc or without permission fails here."""
+    out = Path(out)
+    for ancestor in [out, *out.parents]:
+        if ancestor.exists() and not ancestor.is_dir():
+            where = "is" if ancestor == out else "lies under"
+            raise ConfigError(field, f"{out} {where} a file ({ancestor}); give a directory path")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(field, f"cannot write under {parent}: {err.strerror or err}") from None
+
+
+@dataclass
+class MemoryEstimate:
+    total: int
+    parts: dict[str, int]
+    """Bytes by what they hold: training state, batch buffers, evaluation, world."""
+    culprit: str
+    """The field most to blame: the one furthest above its default among the largest part's factors."""
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover (not Linux)
+        return 16 * 2**30
+
+
+def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
+    """Bytes a run of `config` needs, roughly and on the high side: parameters with Adam's moments,
+    gradients and the flat copies (x6), the sampling thread's ring of chunks, per-SAE activations
+    of a batch, and the evaluation's samples, inputs, reconstructions and activations at once."""
+    w, t = config.world, config.train
+    R, N, D, B, E = t.seeds, w.features, w.dim, t.batch_size, t.eval_samples
+    Ks = [sae.latents for sae in config.sae]
+    params = sum(R * (2 * K * D + K + D) for K in Ks)
+    aux = sum(R * sae.latents * sae.aux.window_batches for sae in config.sae if sae.aux)
+    state = FLOAT * (6 * params + aux)
+    # 4 batches per chunk, 4 chunks in the ring, the raw words and firing masks of one chunk,
+    # and per SAE a batch of inputs, activations and reconstructions.
+    batches = FLOAT * (16 * R * N * B + 4 * N * B * 3 + sum(R * B * (3 * D + 3 * K) for K in Ks))
+    evaluation = FLOAT * R * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
+    world = 8 * (3 * D * N if D >= N else 6 * N * N)
+    parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world}
+    largest = max(parts, key=parts.get)
+    return MemoryEstimate(sum(parts.values()), parts, _culprit(config, largest))
+
+
+def _culprit(config: ExperimentConfig, part: str) -> str:
+    """Of the fields the largest part grows with, the one furthest above its default."""
+    w, t = config.world, config.train
+    ratios = {
+        "world.features": w.features / WorldConfig.features,
+        "world.dim": w.dim / WorldConfig.dim,
+        "train.seeds": t.seeds / TrainConfig.seeds,
+    }
+    if part == "batch buffers":
+        ratios["train.batch_size"] = t.batch_size / TrainConfig.batch_size
+    if part == "evaluation":
+        ratios["train.eval_samples"] = t.eval_samples / TrainConfig.eval_samples
+    if part in ("training state", "batch buffers", "evaluation"):
+        for sae in config.sae:
+            ratios[f"sae.{sae.label}.latents"] = sae.latents / SAEConfig.latents
+    if part == "world":
+        ratios = {k: v for k, v in ratios.items() if k.startswith("world.")}
+    return max(ratios, key=ratios.get)
+
+
+def check_memory(config: ExperimentConfig, available: int | None = None) -> MemoryEstimate:
+    """Refuse a config whose estimate exceeds MEMORY_SHARE of physical memory, naming the field to lower."""
+    available = physical_memory() if available is None else available
+    estimate = estimate_memory(config)
+    limit = MEMORY_SHARE * available
+    if estimate.total > limit:
+        parts = ", ".join(f"{name} {_gib(b)}" for name, b in estimate.parts.items() if b >= 0.01 * estimate.total)
+        value = _field_value(config, estimate.culprit)
+        raise ConfigError(estimate.culprit, f"this run needs about {_gib(estimate.total)} of memory ({parts}); "
+                                            f"this machine has {_gib(available)} and a run may use {MEMORY_SHARE:.0%} "
+                                            f"of it: lower {estimate.culprit} (now {value:,})")
+    return estimate
+
+
+def search_work(world: WorldConfig) -> float:
+    """The direction search's work (see world._spread_directions): steps x features^2 x (1 + dim/200)."""
+    n, dim = world.features, world.dim
+    if dim >= n or n == dim + 1:
+        return 0.0
+    steps = min(max(int(1e9 / (n * n * dim)), 50), 800)
+    return steps * n * n * (1 + dim / 200)
+
+
+def check_world(world: WorldConfig) -> None:
+    """Refuse a world in superposition too large for the direction search to finish in seconds."""
+    work = search_work(world)
+    if work > SEARCH_BUDGET:
+        most = _largest_searchable(world.dim)
+        fewer = f"with world.dim = {world.dim} use at most {most} features, or " if most > world.dim + 1 else ""
+        raise ConfigError("world.features", f"{world.features} features in {world.dim} dims is too large for the "
+                                            f"direction search (about {work / SEARCH_BUDGET * 15:.0f} s of work against "
+                                            f"a budget of 15 s); {fewer}world.dim >= world.features (orthogonal "
+                                            "directions)")
+
+
+def _largest_searchable(dim: int) -> int:
+    n = dim + 2
+    if search_work(WorldConfig(features=n, dim=dim)) > SEARCH_BUDGET:
+        return dim + 1
+    while search_work(WorldConfig(features=n * 2, dim=dim)) <= SEARCH_BUDGET:
+        n *= 2
+    lo, hi = n, n * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if search_work(WorldConfig(features=mid, dim=dim)) <= SEARCH_BUDGET else (lo, mid)
+    return lo
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Everything about a config that can be refused before training: world size, then memory."""
+    check_world(config.world)
+    check_memory(config)
+
+
+def _field_value(config: ExperimentConfig, field: str):
+    section, *rest = field.split(".")
+    if section == "sae":
+        label, name = rest
+        return getattr(next(s for s in config.sae if s.label == label), name)
+    return getattr(getattr(config, section), rest[0])
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+

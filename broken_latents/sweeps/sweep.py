@@ -1,0 +1,239 @@
+"""`broken-latents sweep SPEC.toml`: a grid of ordinary runs, resumable, then one map per claim.
+
+DIR/cells/NAME/   one run directory per cell (written atomically by run_experiment)
+DIR/sweep.json    {"base", "seeds", "axes", "cells": [{"values", "status", "error", "claims", "path"}]},
+                  rewritten atomically after every cell
+DIR/maps/*.png    per claim and pair of axes, the share of seeds where the claim held
+DIR/report.html   the maps and the cells, one self-contained page
+
+A cell is finished when its directory is complete (metrics.json) and holds the config the spec
+now gives it; a rerun skips finished cells and trains the rest, so a sweep killed at any point
+and rerun ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from ..config import ConfigError
+from .executors import CellTask, run_local, run_ray
+from .spec import Cell, SweepSpec, cell_toml, grid, label, load_spec
+
+
+@dataclass
+class SweepOutcome:
+    directory: Path
+    record: dict
+    failed: list[dict] = field(default_factory=list)
+    trained: int = 0
+    """Cells trained by this call (the others were finished before)."""
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
+def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = None, ray: str | None = None,
+              progress: bool = True, cell_function=None) -> SweepOutcome:
+    """Validate everything, then train every unfinished cell, recording each as it ends."""
+    from ..preflight import check_writable
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if workers is not None and workers < 1:
+        raise ConfigError("--workers", f"must be >= 1, got {workers}")
+    if ray is not None and not ray.strip():
+        raise ConfigError("--ray", "give 'auto' or a cluster address such as ray://host:10001 or host:6379")
+    spec = load_spec(spec_path)
+    cells = grid(spec)
+    if all(cell.error for cell in cells):
+        raise ConfigError(*_first_error(spec, cells))
+    out = Path(out) if out is not None else Path("sweeps") / Path(spec_path).stem
+    _check_sweep_dir(out)
+    check_writable(out / "cells")  # creates DIR and writes a probe file there
+    workers = workers or default_workers()
+    if ray is not None:
+        _check_ray()
+
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    with _Lock(out):
+        _remove_partials(out / "cells")
+        records = {cell.name: _initial_record(cell, out, spec.claims) for cell in cells}
+        tasks = [_task(spec, cell, out) for cell in cells if records[cell.name]["status"] == "pending"]
+        write_json(out / "sweep.json", sweep_record(spec, cells, records))
+        skipped = sum(r["status"] == "done" for r in records.values())
+        invalid = sum(cell.error is not None for cell in cells)
+        if progress:
+            console.print(f"sweep {spec.base}: {len(cells)} cells x {spec.seeds} seeds; {skipped} finished before, "
+                          f"{invalid} invalid, {len(tasks)} to train "
+                          f"({'Ray ' + ray if ray else f'{min(workers, max(len(tasks), 1))} local workers'})")
+        done_count = [0]
+
+        def on_result(task: CellTask, result: dict) -> None:
+            records[task.name] = _record(cells_by_name[task.name], result)
+            write_json(out / "sweep.json", sweep_record(spec, cells, records))
+            done_count[0] += 1
+            if progress:
+                console.print(_line(done_count[0], len(tasks), cells_by_name[task.name], records[task.name]))
+
+        cells_by_name = {cell.name: cell for cell in cells}
+        kwargs = {"cell_function": cell_function} if cell_function else {}
+        if tasks:
+            if ray is not None:
+                run_ray(tasks, ray, workers if ray == "auto" else None, on_result, **kwargs)
+            else:
+                run_local(tasks, workers, on_result, **kwargs)
+        record = sweep_record(spec, cells, records)
+        write_json(out / "sweep.json", record)
+        from .maps import write_maps, write_report
+
+        maps = write_maps(record, out / "maps")
+        write_report(record, maps, out)
+    failed = [c for c in record["cells"] if c["status"] != "done"]
+    if progress:
+        console.print(_summary(record, failed, out))
+    return SweepOutcome(out, record, failed, len(tasks))
+
+
+def _check_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ConfigError("--ray", "Ray is not installed here; pip install 'ray>=2.9' (or run without --ray)") from None
+
+
+def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
+    """No cell is valid: name the axis whose value is wrong on its own, else the first cell."""
+    from ..config import apply_values
+    from .spec import _check_cell
+
+    for key, values in spec.axes.items():
+        for i, value in enumerate(values):
+            try:
+                _check_cell(apply_values(spec.config, [(key, value)]))
+            except ConfigError as err:
+                return f"axes.{key}", f"value {i} ({value!r}): {err}"
+    cell = cells[0]
+    return "axes", f"no cell of the grid is valid; {label(cell.values)}: {cell.error}"
+
+
+def _check_sweep_dir(out: Path) -> None:
+    """A sweep writes into DIR: refuse a DIR that holds something other than an earlier sweep."""
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists() \
+            and not (out / "cells").is_dir():
+        raise ConfigError("--out", f"{out} exists and is not a sweep directory (no sweep.json); choose a new path "
+                                   "or an earlier sweep's directory to resume")
+
+
+class _Lock:
+    """DIR/.lock holds the pid of the sweep writing there: two sweeps in one DIR would trample each
+    other; a lock left by a killed sweep (its pid gone) is taken over."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+
+    def __enter__(self):
+        try:
+            pid = int(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            pid = None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            raise ConfigError("--out", f"another sweep (pid {pid}) is writing to {self.path.parent}; wait for it or "
+                                       "choose another --out")
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_partials(cells_dir: Path) -> None:
+    """Half-written cells of a sweep that was killed (run_experiment's hidden partial folders)."""
+    for path in cells_dir.iterdir():
+        if path.name.startswith(".") and (".partial-" in path.name or ".old-" in path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _initial_record(cell: Cell, out: Path, wanted: list[str]) -> dict:
+    if cell.error is not None:
+        return _record(cell, {"status": "failed", "error": cell.error})
+    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config))
+    if finished is not None:
+        return _record(cell, finished, wanted)
+    return _record(cell, {"status": "pending"})
+
+
+def _finished(directory: Path, config_toml: str) -> dict | None:
+    """A complete run directory holding this very config: its result, read back."""
+    try:
+        if (directory / "config.toml").read_text() != config_toml:
+            return None
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {"status": "done", "metrics": metrics, "wall_seconds": metrics.get("wall_seconds")}
+
+
+def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
+    return CellTask(name=cell.name, config_toml=cell_toml(cell.config), experiment=spec.experiment,
+                    claims=list(spec.claims), clean_cos=spec.clean_cos, out=str((out / "cells" / cell.name).resolve()))
+
+
+def _record(cell: Cell, result: dict, wanted: list[str] = ()) -> dict:
+    from .executors import claim_counts
+
+    claims = result.get("claims")
+    if claims is None and "metrics" in result:
+        claims = claim_counts(result["metrics"], list(wanted))
+    return {"values": cell.values, "status": result["status"], "error": result.get("error"),
+            "claims": claims or {}, "path": f"cells/{cell.name}", "wall_seconds": result.get("wall_seconds")}
+
+
+def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, dict]) -> dict:
+    return {"base": spec.base, "seeds": spec.seeds, "claims": spec.claims, "set": spec.settings,
+            "axes": spec.axes, "cells": [records[cell.name] for cell in cells]}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write-then-rename: a reader (or a kill) never sees half a file."""
+    partial = path.parent / f".{path.name}.partial-{os.getpid()}"
+    partial.write_text(json.dumps(data, indent=1))
+    os.replace(partial, path)
+
+
+def _line(i: int, n: int, cell: Cell, record: dict) -> str:
+    head = f"[{i}/{n}] {label(cell.values)}:"
+    if record["status"] != "done":
+        return f"{head} [red]failed[/]: {record['error']}"
+    claims = ", ".join(f"{cid} {c['held']}/{c['seeds']}" for cid, c in record["claims"].items())
+    return f"{head} done in {record['wall_seconds'] or 0:.1f} s" + (f"; {claims}" if claims else "")
+
+
+def _summary(record: dict, failed: list[dict], out: Path) -> str:
+    n = len(record["cells"])
+    lines = [f"{n - len(failed)}/{n} cells done; sweep.json, maps and report: {out / 'report.html'}"]
+    if failed:
+        lines.append(f"[bold red]{len(failed)} cell(s) failed[/] (rerun the same command to retry them):")
+        lines += [f"  {label(c['values'])}: {c['error']}" for c in failed[:10]]
+        if len(failed) > 10:
+            lines.append(f"  ... and {len(failed) - 10} more (see sweep.json)")
+    return "\n".join(lines)
