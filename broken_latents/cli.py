@@ -37,6 +37,7 @@ def run(
     samples: Optional[int] = None,
     device: Literal["cpu", "cuda"] = "cpu",
     set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = (),
+    figures: Literal["first", "all"] = "first",
 ) -> None:
     """Train an experiment (a registered name or a .toml path) and write its run directory.
 
@@ -47,6 +48,7 @@ def run(
         samples: training samples per SAE (overrides train.samples).
         device: cpu, or cuda when a GPU is present.
         set: override any config key, KEY=VALUE, repeatable (e.g. --set train.lr=1e-3 --set sae.tied.l1=0.01).
+        figures: first: figures and details for the first seed and the first that failed a claim; all: every seed.
     """
     from .output.rundir import run_experiment
 
@@ -59,7 +61,8 @@ def run(
     check_config(config)  # sizes the machine cannot hold, worlds too big to lay out
     out = out or Path("runs") / config.name
     check_writable(out)
-    outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos)
+    outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos,
+                             figures=figures)
     _print_summary(outcome.metrics, outcome.directory)
     registered = experiments.EXPERIMENTS.get(config.name)
     if registered is not None and registered.geometries > 1:
@@ -183,7 +186,7 @@ def _print_summary(metrics: dict, directory: Path) -> None:
         console.print(claims_summary(metrics["claims"]))
     console.print(f"{metrics['samples']:,} samples per SAE in {metrics['wall_seconds']:.1f} s "
                   f"({metrics['samples_per_second'] / 1e6:.2f}M samples/s over all SAEs)")
-    console.print(f"run directory: {directory}  (report: {directory / 'report.md'}, figures: {directory / 'figures'})")
+    console.print(f"run directory: {directory}  (report: {directory / 'report.html'} and report.md, figures: {directory / 'figures'})")
 
 
 def _check_set_arguments(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 from .config import ExperimentConfig
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.claims import seeds_needed
-from .output.report import HtmlSection, claims_table, render_html
+from .output.report import HtmlSection, anchor, claims_table, render_html
 from .output.rundir import run_experiment
 
 QUICK_FACTOR = 0.1
@@ -102,9 +102,21 @@ def _summary(results, seeds: int, quick: bool, seconds: float) -> str:
         "A claim holds overall when it holds in at least two thirds of the seeds; `detail` gives the first seed's "
         "numbers and, if any seed failed, the first failing seed's. An experiment run over several world seeds "
         "(feature geometries) pools their seeds, and its detail gives the count per geometry.",
+        "## Contents",
+        _contents(rows),
         "## Summary",
-        claims_table(rows),
+        claims_table([{**row, "experiment": f"[{row['experiment']}](#{anchor(row['experiment'])})"} for row in rows]),
     ])
+
+
+def _contents(rows: list[dict]) -> str:
+    """A line per experiment, linked to its section, with each claim's verdict linked to its claims table."""
+    lines = []
+    for name in dict.fromkeys(row["experiment"] for row in rows):
+        claims = ", ".join(f"[{row['id']} {row['seeds_held']}/{row['seeds_run']} {'holds' if row['holds'] else 'fails'}]"
+                           f"(#{anchor(name)}--claims)" for row in rows if row["experiment"] == name)
+        lines.append(f"- [{name}](#{anchor(name)}): {claims}")
+    return "\n".join(lines)
 
 
 def _experiment_markdown(outcome) -> str:

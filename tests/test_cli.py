@@ -74,6 +74,15 @@ def test_history_json_has_every_term_per_sae_and_seed(tiny_run):
     assert "](figures/loss-curves.png)" in (tiny_run / "report.md").read_text()
 
 
+def test_figures_all_draws_and_details_every_seed(tiny_run, tmp_path):
+    out = tmp_path / "all"
+    main(["run", str(tiny_run / "config.toml"), "--out", str(out), "--samples", "20000", "--figures", "all"])
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"tied-seed0-hist.png", "tied-seed1-hist.png", "untied-seed1-decoder.png"} <= names
+    assert "![tied-seed1-hist](figures/tied-seed1-hist.png)" in (out / "report.md").read_text()
+    assert (out / "report.html").read_text().count("<img") >= len(names)
+
+
 def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
     before = json.loads((tiny_run / "metrics.json").read_text())
     main(["run", str(tiny_run / "config.toml"), "--out", str(tiny_run), "--seeds", "1"])

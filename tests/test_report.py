@@ -164,10 +164,16 @@ def test_markdown_converter_pipe_table():
 def test_markdown_converter_blocks_and_escaping():
     page = markdown_to_html("## Title `x`\n\nline one\nline <two>\n\n- first\n- **second**", Path("."))
     assert page.splitlines() == [
-        "<h2>Title <code>x</code></h2>",
+        '<h2 id="top--title-x">Title <code>x</code></h2>',
         "<p>line one line &lt;two&gt;</p>",
         "<ul><li>first</li><li><strong>second</strong></li></ul>",
     ]
+
+
+def test_headings_get_ids_that_links_reach_and_repeats_stay_apart():
+    page = markdown_to_html("# exp-a\n\n## Claims\n\n# exp-b\n\n## Claims\n\nsee [exp-b](#exp-b--claims)", Path("."))
+    assert '<h1 id="exp-a">' in page and '<h2 id="exp-a--claims">' in page and '<h2 id="exp-b--claims">' in page
+    assert '<a href="#exp-b--claims">exp-b</a>' in page
 
 
 def test_html_embeds_figures_and_references_nothing_outside(tmp_path):

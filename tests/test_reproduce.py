@@ -39,3 +39,7 @@ def test_reproduce_runs_every_geometry_and_pools_them(tmp_path):
     assert "/4 |" in report  # seeds pooled: 2 seeds x 2 world seeds
     assert "geometries held" in report and "world seed 1 (max \\|cos\\| 0.333)" in report  # pipes escaped
     assert report.count("## tiny-superposition") == 1  # one section per experiment
+    assert "- [tiny-superposition](#tiny-superposition): [all 0/4 fails](#tiny-superposition--claims)" in report
+    page = (tmp_path / "report.html").read_text()
+    assert '<h1 id="tiny-superposition">' in page and 'id="tiny-superposition--claims"' in page
+    assert (tmp_path / "tiny-superposition" / "report.html").is_file()  # every run writes its own page too

@@ -17,11 +17,12 @@ SHOWN_ABSORPTION = 0.05
 # -- markdown ---------------------------------------------------------------------------------
 
 
-def render_markdown(metrics: dict, figures: dict[str, list[str]]) -> str:
+def render_markdown(metrics: dict, figures: dict[str, list[str]], shown: set | None = None) -> str:
     """The run's report: what ran, which claims hold, the world, and per SAE the seeds' results.
-    `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory."""
+    `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory;
+    `shown`: the seeds detailed (default: the first, and the first where a claim failed)."""
     runs = metrics.get("runs", [])
-    shown = detail_seeds(runs, metrics.get("claims", []))
+    shown = detail_seeds(runs, metrics.get("claims", [])) if shown is None else shown
     parts = [f"# {metrics.get('name', 'run')}", metrics.get("description") or "", _run_facts(metrics)]
     if metrics.get("claims"):
         parts += ["## Claims", claims_table(metrics["claims"])]
@@ -202,6 +203,7 @@ def markdown_to_html(text: str, base_dir: Path) -> str:
     """The markdown this package writes: headings, paragraphs, pipe tables, bullet lists,
     images, **bold** and `code`. Not a general converter."""
     blocks, lines = [], text.splitlines()
+    page_section = "top"
     i = 0
     while i < len(lines):
         line = lines[i].strip()
@@ -209,7 +211,11 @@ def markdown_to_html(text: str, base_dir: Path) -> str:
             block_end = i + 1
         elif heading := re.match(r"(#{1,6})\s+(.*)", line):
             level = len(heading.group(1))
-            blocks.append(f"<h{level}>{_inline(heading.group(2), base_dir)}</h{level}>")
+            if level == 1:
+                page_section = anchor(heading.group(2))
+            # Sections repeat headings ("Claims" in every experiment): the page's h1 keeps them apart.
+            ident = page_section if level == 1 else f"{page_section}--{anchor(heading.group(2))}"
+            blocks.append(f'<h{level} id="{ident}">{_inline(heading.group(2), base_dir)}</h{level}>')
             block_end = i + 1
         elif line.startswith("|"):
             block_end = _run_of(lines, i, lambda s: s.startswith("|"))
@@ -261,7 +267,13 @@ def _td(cell: str, column: int, right: list[bool], holds_column: int, base_dir: 
     return f"<td{attribute}>{_inline(cell, base_dir)}</td>"
 
 
-INLINE = re.compile(r"`(?P<code>[^`]+)`|!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)|\*\*(?P<bold>.+?)\*\*")
+INLINE = re.compile(r"`(?P<code>[^`]+)`|!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)|\*\*(?P<bold>.+?)\*\*"
+                    r"|\[(?P<text>[^\]]+)\]\(#(?P<anchor>[^)]+)\)")
+
+
+def anchor(text: str) -> str:
+    """The id a heading gets on the page, and what `[text](#id)` links use: lower case, words joined by '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"`", "", text).lower()).strip("-")
 
 
 def _inline(text: str, base_dir: Path) -> str:
@@ -272,6 +284,8 @@ def _inline(text: str, base_dir: Path) -> str:
             out.append(f"<code>{html.escape(m.group('code'))}</code>")
         elif m.group("src") is not None:
             out.append(_img(m.group("alt"), m.group("src"), base_dir))
+        elif m.group("anchor") is not None:
+            out.append(f'<a href="#{html.escape(m.group("anchor"))}">{html.escape(m.group("text"))}</a>')
         else:
             out.append(f"<strong>{html.escape(m.group('bold'))}</strong>")
         last = m.end()

@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from safetensors.torch import save_file
 
@@ -22,7 +23,7 @@ from ..config import ConfigError, ExperimentConfig, dump_toml
 from ..metrics import CLEAN_COS
 from .history import history_json
 from .plots import loss_curves, write_run_figures
-from .report import detail_seeds, render_markdown
+from .report import detail_seeds, render_markdown, write_html
 from ..saelens_format import write_saelens
 from ..train import TrainResult, train
 
@@ -43,7 +44,10 @@ def check_out_dir(out: Path) -> None:
 
 
 def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, device: str = "cpu",
-                   progress: bool = True, clean_cos: float = CLEAN_COS) -> RunOutcome:
+                   progress: bool = True, clean_cos: float = CLEAN_COS,
+                   figures: Literal["first", "all"] = "first") -> RunOutcome:
+    """Train, measure, check the claims and write DIR. figures: "first" draws the seeds the report
+    details (the first, and the first where a claim failed); "all" draws and details every seed."""
     out = Path(out)
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,7 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
         metrics = analyse(result, clean_cos=clean_cos)
         metrics["description"] = config.description
         metrics["claims"] = evaluate_claims(claims, metrics)
-        _write_directory(partial, config, result, metrics, started)
+        _write_directory(partial, config, result, metrics, started, figures)
         _swap_into_place(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -63,7 +67,8 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
     return RunOutcome(out, metrics)
 
 
-def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: dict, started: float) -> None:
+def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: dict, started: float,
+                     which_figures: str = "first") -> None:
     (path / "weights").mkdir(parents=True)
     (path / "config.toml").write_text(dump_toml(config))
     for stack in result.stacks:
@@ -78,7 +83,7 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
                           metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
-    shown = detail_seeds(metrics["runs"], metrics.get("claims", []))
+    shown = detail_seeds(metrics["runs"], metrics.get("claims", [])) if which_figures == "first" else set(result.seeds)
     figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
                                 latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
     history = history_json(result.seed_history, [stack.config.label for stack in result.stacks], result.seeds)
@@ -89,7 +94,9 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})
-    (path / "report.md").write_text(render_markdown(ordered, figures))
+    report = render_markdown(ordered, figures, shown)
+    (path / "report.md").write_text(report)
+    write_html(path / "report.html", f"broken-latents: {config.name}", report, path)
     # metrics.json last: its presence marks a complete run directory.
     (path / "metrics.json").write_text(json.dumps(ordered, indent=1))
     metrics.clear()
