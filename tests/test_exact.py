@@ -69,3 +69,23 @@ def test_sign_flipped_latent_is_a_worse_local_minimum():
     assert set(found) == {1.0, -1.0}
     assert found[-1.0][0] > found[1.0][0] + 1e-3
     assert found[1.0][1] == pytest.approx(0.3, abs=0.01) and found[-1.0][1] > 0.9
+
+
+@pytest.mark.parametrize("parent_rate, child_rate", [(0.25, 0.05), (0.3, 0.1), (0.1, 0.1), (0.05, 0.2), (0.2, 0.15)])
+def test_tied_absorption_boundary_matches_the_exact_expected_loss(parent_rate, child_rate):
+    """Optimise the exact expected loss from the true basis and from the 45-degree pair: the lower one
+    is the one the boundary formula predicts, and the L1 gap is what basis_and_pair_l1 says."""
+    from broken_latents.config import HierarchyConfig, WorldConfig
+    from broken_latents.exact import basis_and_pair_l1, expected_loss, tied_absorption_boundary
+
+    world = World.build(WorldConfig(features=4, dim=6, firing=[parent_rate, child_rate, 0.25, 0.25], magnitude=1.0,
+                                    hierarchy=[HierarchyConfig(parent=0, children=[1], mode="force")]))
+    config = SAEConfig(label="tied", architecture="tied", latents=4, l1=3e-3)
+    r = 2 ** -0.5
+    basis = torch.eye(4, dtype=torch.float64)
+    pair = torch.tensor([[r, r, 0, 0], [r, -r, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float64)
+    losses = [expected_loss(world, expected_loss_optimum(world, config, start_KN=start)) for start in (basis, pair)]
+    basis_l1, pair_l1 = basis_and_pair_l1(parent_rate, child_rate)
+    assert (losses[0] < losses[1]) == (parent_rate > tied_absorption_boundary(child_rate)) == (basis_l1 < pair_l1)
+    # the gap is the L1 coefficient times the L1 gap, up to the O(l1^2) shrinkage
+    assert losses[1] - losses[0] == pytest.approx(3e-3 * (pair_l1 - basis_l1), abs=2e-5)
