@@ -43,3 +43,12 @@ def test_reproduce_runs_every_geometry_and_pools_them(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert '<h1 id="tiny-superposition">' in page and 'id="tiny-superposition--claims"' in page
     assert (tmp_path / "tiny-superposition" / "report.html").is_file()  # every run writes its own page too
+
+
+def test_a_claim_about_a_missing_sae_fails_with_that_said():
+    from broken_latents.experiments.claims import evaluate_claims
+
+    claim = Claim("x", "t", "p", learns_exactly("untied", lambda world, k: [0]))
+    metrics = {"runs": [{"label": "tied", "seed": 0, "matches": [], "decoder_cos": [[1.0]]}], "world": {}}
+    (result,) = evaluate_claims([claim], metrics)
+    assert not result["holds"] and "no SAE labelled 'untied'" in result["detail"]

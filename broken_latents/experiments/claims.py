@@ -33,7 +33,7 @@ def evaluate_claims(claims: list[Claim], metrics: dict) -> list[dict]:
         by_seed.setdefault(run["seed"], {})[run["label"]] = run
     out = []
     for claim in claims:
-        results = [claim.check(by_seed[seed], metrics["world"]) for seed in sorted(by_seed)]
+        results = [_checked(claim, by_seed[seed], metrics["world"]) for seed in sorted(by_seed)]
         held = [bool(ok) for ok, _ in results]
         details = [f"seed {seed}: {detail}" for seed, (_, detail) in zip(sorted(by_seed), results)]
         failing = [d for ok, d in zip(held, details) if not ok]
@@ -48,3 +48,15 @@ def evaluate_claims(claims: list[Claim], metrics: dict) -> list[dict]:
             "detail": "; ".join(details[:1] + failing[:1]) if failing and failing[0] != details[0] else details[0],
         })
     return out
+
+
+def _checked(claim: Claim, runs: dict, world: dict) -> tuple[bool, str]:
+    """A claim about an SAE the run does not have (a TOML named like a registered experiment, with
+    other [[sae]] labels) fails with that said, instead of stopping the run after training."""
+    try:
+        return claim.check(runs, world)
+    except KeyError as err:
+        missing = err.args[0] if err.args else "?"
+        if missing in runs or not isinstance(missing, str):
+            raise
+        return False, f"no SAE labelled {missing!r} in this run (labels: {', '.join(runs)})"
