@@ -325,3 +325,30 @@ def hedging_of_latent_for(label: str, feature: int, at_least: float) -> Check:
         return value >= at_least, f"{label}: hedging of latent {matched[0]} (f{feature}) {value:+.2f}"
 
     return check
+
+
+def prefix_hedges(label: str, parent: int, children: list[int], at_least: float) -> Check:
+    """Check: latent 0 (a Matryoshka SAE's width-1 prefix) carries the children of the parent it
+    points at: sum of cos(W_0, f_child), taken in the direction of its f_parent component (a latent
+    along -f_parent that fires when the parent is absent counts the same way), >= at_least."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = dec(runs[label])[0]
+        sign = 1.0 if cos[parent] >= 0 else -1.0
+        value = float(sign * cos[children].sum())
+        return value >= at_least, (f"{label} latent 0: f{parent} {cos[parent]:+.2f}, children "
+                                   + ", ".join(f"f{c} {cos[c]:+.2f}" for c in children) + f"; hedging {value:+.2f}")
+
+    return check
+
+
+def latent_is_one_of(label: str, latent: int, features: list[int], clean: float = CLEAN_COS) -> Check:
+    """Check: `latent`'s decoder has |cos| >= clean with one of `features` (either sign); the detail
+    names which, with its sign."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = dec(runs[label])[latent]
+        best = int(np.argmax(np.abs(cos)))
+        return bool(best in features and abs(cos[best]) >= clean), f"{label} latent {latent} is {cos[best]:+.2f} f{best}"
+
+    return check

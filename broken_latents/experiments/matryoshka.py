@@ -40,9 +40,9 @@ register(Experiment(
               c.single_latent_merges("tied-nested")),
         Claim("untied-prefix-merges", "untied Matryoshka: latent 0 merges parent and children, as above",
               "we should not expect Matryoshka SAEs to perfectly solve absorption", c.single_latent_merges("untied-nested")),
-        Claim("tied-prefix-hedges", "tied Matryoshka: the latent matched to f0 carries its children "
-              "(hedging >= 0.3: summed cos with f1, f2)", "it also merges in the child features 1 and 2",
-              c.hedging_of_latent_for("tied-nested", 0, 0.3)),
+        Claim("tied-prefix-hedges", "tied Matryoshka: latent 0 carries the children along its parent component "
+              "(sum of cos with f1, f2, in the sign of its f0 cos, >= 0.3)", "it also merges in the child features 1 and 2",
+              c.prefix_hedges("tied-nested", 0, [1, 2], 0.3)),
         Claim("plain-tied-parent-clean", "plain tied SAE of the same width: its f0 latent is clean and does not "
               "hedge (every feature matched at >= 0.95)", "Tied SAEs continue to solve absorption with more latents",
               c.learns_exactly("tied", c.all_features)),
@@ -85,12 +85,13 @@ register(Experiment(
         Claim("tied-prefix-clean", "tied Matryoshka: latent 0 (the width-1 prefix) is the clean parent (cos >= 0.95 "
               "with f0)", "This allows the narrower SAE sizes to represent parent features, hopefully without any "
               "broken latents", c.latent_is_clean("tied-nested", 0, 0)),
-        Claim("tied-prefix-hedges", "tied Matryoshka: the latent matched to f0 carries its children (hedging >= 0.3)",
+        Claim("tied-prefix-hedges", "tied Matryoshka: latent 0 carries the children along its parent component "
+              "(sum of cos with f1-f3, in the sign of its f0 cos, >= 0.3)",
               "a narrow SAE will learn a broken latent merging the parent and child features together",
-              c.hedging_of_latent_for("tied-nested", 0, 0.3)),
-        Claim("untied-prefix-hedges", "untied Matryoshka: the latent matched to f0 carries its children (hedging >= 0.3)",
+              c.prefix_hedges("tied-nested", 0, [1, 2, 3], 0.3)),
+        Claim("untied-prefix-hedges", "untied Matryoshka: latent 0 carries the children as above",
               "we should not expect Matryoshka SAEs to perfectly solve absorption",
-              c.hedging_of_latent_for("untied-nested", 0, 0.3)),
+              c.prefix_hedges("untied-nested", 0, [1, 2, 3], 0.3)),
         Claim("plain-tied-clean", "plain tied SAE of width 8: all 8 features clean",
               "Tied SAEs continue to solve absorption", c.learns_exactly("tied", c.all_features)),
     ],
@@ -109,5 +110,10 @@ register(Experiment(
         Claim("prefix-clean-parent", "latent 0 (the width-1 prefix) is the clean parent: cos >= 0.95 with f0",
               "We may be able to combine Matryoshka SAEs with variations on our activation orthogonality technique to "
               "project out the child features from Matryoshka parent latents", c.latent_is_clean("tied-nested-aux", 0, 0)),
+        Claim("prefix-clean-on-one-feature", "latent 0 no longer merges: |cos| >= 0.95 with a single feature, "
+              "of either sign (the detail says which)", "(what the aux loss does to the prefix; not in the post)",
+              c.latent_is_one_of("tied-nested-aux", 0, [0, 1, 2, 3])),
+        Claim("prefix-becomes-a-child", "latent 0 becomes a child feature (|cos| >= 0.95 with f1 or f2)",
+              "(what the aux loss does to the prefix; not in the post)", c.latent_is_one_of("tied-nested-aux", 0, [1, 2])),
     ],
 ))
