@@ -92,12 +92,19 @@ def test_narrow_world_rankings_match_post():
     world = World.build(narrow_world())
     ranking = world.expected_mse_ranking()
     assert sorted(ranking[:5]) == [4, 5, 6, 7, 8] and ranking[0] == 6
-    p, m = 0.01 + 0.29 * 6 / 19, 20 - 6
+    p, m = 0.3 * 7 / 20, 20 - 6  # p_i = 0.3 (i + 1) / 20
     assert world.expected_mse()[6].item() == pytest.approx(p * m * m, rel=1e-5)
-    # what an SAE with a decoder bias really ranks by: the same top 5, then 3 (the post's "feature 3 as well")
+    # what an SAE with a decoder bias really ranks by: the same top 5, then 3 clearly ahead of 9
+    # (the post's "feature 3 as well")
     by_variance = world.variance_ranking()
-    assert sorted(by_variance[:5]) == [4, 5, 6, 7, 8] and by_variance[0] == 6 and by_variance[5] == 3
+    assert sorted(by_variance[:5]) == [4, 5, 6, 7, 8] and by_variance[5] == 3
     assert world.variance()[6].item() == pytest.approx(p * (1 - p) * m * m, rel=1e-5)
+    assert world.variance()[3].item() - world.variance()[9].item() > 0.8
+
+
+def test_rates_from_001_tie_features_3_and_9_on_variance():
+    world = World.build(narrow_world(rates={"linear": [0.01, 0.3]}))
+    assert world.variance()[3].item() == pytest.approx(world.variance()[9].item(), abs=0.05)
 
 
 def test_rates_from_002_split_the_two_rankings():
