@@ -211,3 +211,17 @@ def _equal_density_point(model: PeakModel, lower: tuple[int, ...], upper: tuple[
         return float((lo + hi) / 2)  # no crossing between the means (degenerate fit): the midpoint
     i = negative[-1]
     return float(brentq(excess, grid[i], grid[i + 1]))
+
+
+def assign_peaks(model: PeakModel, acts: np.ndarray) -> np.ndarray:
+    """The peak (index into `model.peaks`, sorted by mean) each activation most likely belongs to, by
+    the peaks' weighted densities; -1 for activations at or below the fitted floor (and for every
+    activation of a latent without a model)."""
+    x = np.asarray(acts, dtype=np.float64).ravel()
+    out = np.full(x.shape, -1, dtype=np.int64)
+    if not model.peaks:
+        return out
+    above = x > model.floor
+    densities = np.stack([model.density(x[above], group) for group in model.groups])
+    out[above] = densities.argmax(0)
+    return out
