@@ -6,8 +6,11 @@ The compiled kernel returns only each latent's batch max, never its activations,
 runs the SAE's torch forward on it (ReLU of the pre-activations: a JumpReLU at the aux loss's tau
 would hide the peaks below tau, which are the ones the model must see). Each latent's peak model
 (`peak_model.fit_peak_model`) is fitted with at most REFIT_COMPONENTS components on at most
-REFIT_POINTS activations: a refit of 5 latents x 10 seeds then takes ~0.5 s on one busy core
-(measured in tests/test_refit.py), against ~7 s with the inspection defaults (5 components, 10k points).
+REFIT_POINTS activations, k-means++ starts: a refit of 5 latents x 10 seeds then takes 0.7-0.8 s of
+CPU (measured; tests/test_refit.py guards it), against ~7 s with the inspection defaults (5 components,
+10k points). Most of it is scikit-learn's fixed cost per GaussianMixture fit (~2 ms, 3 fits a latent);
+fewer points barely help (500: 0.69 s). At the default refit_samples (5M) a 150M-sample run refits 20
+times after its delay: ~15 s of one core.
 
 Mixture threshold (`training_threshold`): the model's threshold (where the main peak's density
 overtakes the peak's below it; one peak: 3 stds below its mean), capped at main mean - 3 x
@@ -61,7 +64,8 @@ class Probe:
 def fit_models(h_SBK: torch.Tensor) -> list[list[PeakModel]]:
     """One peak model per SAE and latent, with the refit caps."""
     h = h_SBK.detach().cpu().numpy()
-    return [[fit_peak_model(h[s, :, k], max_components=REFIT_COMPONENTS, max_samples=REFIT_POINTS, seed=k)
+    return [[fit_peak_model(h[s, :, k], max_components=REFIT_COMPONENTS, max_samples=REFIT_POINTS, seed=k,
+                            init="k-means++")
              for k in range(h.shape[2])] for s in range(h.shape[0])]
 
 
