@@ -269,6 +269,18 @@ def points_at(label: str, feature: int) -> Check:
     return check
 
 
+def single_latent_is_feature(label: str, feature: int, clean: float = CLEAN_COS) -> Check:
+    """Check: the first latent's decoder has cos >= clean with `feature` (the clean parent, not the
+    merged latent); the detail gives its whole cosine profile."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        profile = dec(runs[label])[0]
+        shown = ", ".join(f"f{i} {v:+.2f}" for i, v in enumerate(profile))
+        return float(profile[feature]) >= clean, f"{label} latent cos: {shown}"
+
+    return check
+
+
 def encoder_profile_matches_decoder(label: str, latent: int) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         run = runs[label]
