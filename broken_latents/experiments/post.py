@@ -314,5 +314,10 @@ register(Experiment(
               "the inverse ... project out the high activating peaks", c.single_latent_is_feature("untied", 0)),
         Claim("tied-clean-parent", "tied with the inverse technique: the latent's decoder has cos >= 0.95 with f0",
               "(the same, tied)", c.single_latent_is_feature("tied", 0)),
+        Claim("untied-clean-unless-opposite", "untied: the latent is the clean parent wherever it points along +f0 "
+              "(a seed in the -f0 minimum of the plain training stays there)", "(which seeds the technique fixes)",
+              c.clean_unless_opposite("untied", 0)),
+        Claim("tied-clean-unless-opposite", "tied: the same", "(which seeds the technique fixes)",
+              c.clean_unless_opposite("tied", 0)),
     ],
 ))
