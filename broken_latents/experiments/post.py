@@ -264,12 +264,17 @@ register(Experiment(
 ))
 
 
+def single_latent_world() -> WorldConfig:
+    """4 features: parent 0 (0.3) with conditional children 1, 2 (0.4 given the parent), 3 independent (0.2)."""
+    return WorldConfig(features=4, dim=20, firing=[0.3, 0.4, 0.4, 0.2], magnitude=1.0,
+                       hierarchy=[HierarchyConfig(parent=0, children=[1, 2], mode="conditional")])
+
+
 register(Experiment(
     ExperimentConfig(
         name="single-latent",
         description="Parent 0 with conditional children 1, 2; one latent merges parent and children",
-        world=WorldConfig(features=4, dim=20, firing=[0.3, 0.4, 0.4, 0.2], magnitude=1.0,
-                          hierarchy=[HierarchyConfig(parent=0, children=[1, 2], mode="conditional")]),
+        world=single_latent_world(),
         train=recipe(20_000_000),
         sae=[untied(1), tied(1)],
     ),
@@ -302,8 +307,7 @@ register(Experiment(
     ExperimentConfig(
         name="single-latent-inverse",
         description="single-latent with the inverse technique: does the one latent become the clean parent f0?",
-        world=WorldConfig(features=4, dim=20, firing=[0.3, 0.4, 0.4, 0.2], magnitude=1.0,
-                          hierarchy=[HierarchyConfig(parent=0, children=[1, 2], mode="conditional")]),
+        world=single_latent_world(),
         train=recipe(20_000_000),
         sae=[dataclasses.replace(untied(1), inverse=SINGLE_LATENT_INVERSE),
              dataclasses.replace(tied(1), inverse=SINGLE_LATENT_INVERSE)],
