@@ -178,7 +178,8 @@ def test_inverse_term_trains_alike_on_every_engine():
                                        atol=1e-4, msg=f"{engine} {stack.config.label}")
 
 
-def test_tiny_training_with_mixture_thresholds_runs_and_changes_tau(monkeypatch):
+@pytest.mark.parametrize("engine", ["compiled", "arrays", "autograd"])
+def test_tiny_training_with_mixture_thresholds_runs_and_changes_tau(monkeypatch, engine):
     import broken_latents.refit as refit
 
     fitted = []
@@ -188,7 +189,7 @@ def test_tiny_training_with_mixture_thresholds_runs_and_changes_tau(monkeypatch)
                     refit_samples=10_000, refit_inputs=2048)
     config = ExperimentConfig(
         name="t", world=dataclasses.replace(SINGLE_WORLD, magnitude_std=0.2),
-        train=TrainConfig(samples=60_000, batch_size=256, lr=3e-3, seeds=2),
+        train=TrainConfig(samples=60_000, batch_size=256, lr=3e-3, seeds=2, engine=engine),
         sae=[SAEConfig(label="ratio", latents=2, aux=aux),
              SAEConfig(label="mixture", latents=2, aux=dataclasses.replace(aux, threshold="mixture"))])
     result = train(config, progress=False)
