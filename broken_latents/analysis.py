@@ -8,9 +8,11 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import linear_sum_assignment
 from scipy.signal import find_peaks
 
+from .absorption import absorption_metrics, cooccurring
 from .saes import StackedSAE
 from .engine.stream import DataStream
 from .train import TrainResult
+from .peak_model import fit_peak_model
 from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
 from .world import World, max_abs_cos, welch_bound
 
@@ -81,20 +83,29 @@ def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]]
     return [{"features": features, "activations": [round(float(v), 4) for v in h[s, p]]} for p, features in enumerate(sets)]
 
 
-@torch.no_grad()
 def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
-    """metrics.json without the claims (`metrics.Metrics.to_json()`): one run entry per (SAE, seed)."""
+    """metrics.json without the claims, as the run directory writes it (`measure(...).to_json()`)."""
+    return measure(result, clean_cos).to_json()
+
+
+@torch.no_grad()
+def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
+    """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
     stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
-    x_RBD = world.inputs(stream.next())
+    f_RNB = stream.next()
+    x_RBD = world.inputs(f_RNB)
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
+    cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
     runs = []
     for stack in result.stacks:
         sae = stack.sae
         h_SBK, x_hat = sae(x_RBD, stack.tau_SK)
         mse_S = (x_hat - x_RBD).pow(2).sum(-1).mean(-1)
+        widths = stack.config.matryoshka_widths or [sae.latents]
+        width_mse_WS = torch.stack([(sae.decode(h_SBK, w) - x_RBD).pow(2).sum(-1).mean(-1) for w in widths])
         W_enc_SDK, _ = sae.encoder()
         norms_SK = sae.W_dec_SKD.norm(dim=-1)
         for s, seed in enumerate(result.seeds):
@@ -106,8 +117,13 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             live = writes >= dead_below
             matches = match_latents(dec_cos, live)
             clean = [m for m in matches if m["cos"] >= clean_cos]
-            peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            histogram_peaks = [count_peaks(acts[:, j])[0] if live[j] else 0 for j in range(sae.latents)]
+            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in np.flatnonzero(live)}
             sets = firing_pattern_sets(world, {m["feature"] for m in clean})
+            # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
+            absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
+                                          f_RNB[s].T.cpu().numpy(), {m["feature"]: m["latent"] for m in matches},
+                                          np.flatnonzero(live), cooccur)
             runs.append(RunMetrics(
                 label=stack.config.label,
                 architecture=stack.config.architecture,
@@ -120,11 +136,18 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
                 learned_features=sorted(m["feature"] for m in clean),
                 broken_latents=sorted(m["latent"] for m in matches if m["cos"] < clean_cos),
                 dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[n for n, _ in peaks],
-                peak_locations=[locs for _, locs in peaks],
+                activation_peaks=[models[j].n_peaks if j in models else 0 for j in range(sae.latents)],
+                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else []
+                                for j in range(sae.latents)],
+                histogram_peaks=histogram_peaks,
+                peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],
                 mse=round(float(mse_S[s]), 6),
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
+                width_explained_variance=[round(float(1 - mse[s] / variance[s]), 6) for mse in width_mse_WS],
+                absorption=_round(absorbed.absorption),
+                full_absorption=_round(absorbed.full_absorption),
+                hedging=_round(absorbed.hedging),
                 firing_patterns=[FiringPattern(**p) for p in firing_patterns(sae, s, world, sets, stack.tau_SK)],
             ))
     return Metrics(
@@ -143,7 +166,7 @@ def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
             magnitudes=_round(world.magnitudes_N.cpu().numpy()),
         ),
         runs=runs,
-    ).to_json()
+    )
 
 
 def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:

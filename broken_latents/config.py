@@ -224,20 +224,48 @@ class SAEConfig:
     untied: independent encoder and decoder."""
     latents: int = 5
     """Number of SAE latents K."""
-    activation: Literal["relu", "jumprelu"] = "relu"
-    """relu, or jumprelu (threshold per latent: tau_j of the aux loss when it is on, else learned)."""
+    activation: Literal["relu", "jumprelu", "topk", "batchtopk"] = "relu"
+    """relu; jumprelu (threshold per latent: tau_j of the aux loss when it is on, else learned);
+    topk (the k largest pre-activations of each sample, ReLU'd); batchtopk (the k x B largest over a
+    training batch of B; evaluated with a threshold learned in training, see `StackedSAE.activate`)."""
+    k: int | None = None
+    """Active latents per sample for topk (on average, for batchtopk); required by those, refused by the others."""
     l1: float = 3e-3
     """L1 coefficient (tied: plain L1 of activations; untied: weighted by decoder-row norm)."""
     aux: AuxConfig | None = None
     """Activation-orthogonality loss; absent means off."""
+    matryoshka_widths: list[int] | None = None
+    """Matryoshka SAE (SAELens' name): nested prefixes [w1 < w2 < ... = latents]; the reconstruction
+    loss sums the squared error of the reconstruction from the first w latents over every w (the
+    sparsity term counts once). Absent: a plain SAE."""
     inverse: InverseConfig | None = None
     """The inverse technique (project the higher activation peaks' directions out of a latent); absent means off."""
 
     def __post_init__(self) -> None:
         _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",
                  f"must be letters, digits, '-' or '_', got {self.label!r}")
-        _require(self.latents >= 1, f"sae.{self.label}.latents", f"must be >= 1, got {self.latents}")
-        _require(math.isfinite(self.l1) and self.l1 >= 0, f"sae.{self.label}.l1", f"must be >= 0, got {self.l1}")
+        where = f"sae.{self.label}"
+        _require(self.latents >= 1, f"{where}.latents", f"must be >= 1, got {self.latents}")
+        _require(math.isfinite(self.l1) and self.l1 >= 0, f"{where}.l1", f"must be >= 0, got {self.l1}")
+        if self.activation in ("topk", "batchtopk"):
+            _require(self.k is not None, f"{where}.k", f"is required by activation {self.activation!r} "
+                                                       f"(an integer in [1, {self.latents}])")
+            _require(1 <= self.k <= self.latents, f"{where}.k", f"must lie in [1, latents = {self.latents}], got {self.k}")
+        else:
+            _require(self.k is None, f"{where}.k", f"applies to activation 'topk' or 'batchtopk' only, "
+                                                   f"not {self.activation!r}; remove it")
+        widths = self.matryoshka_widths
+        if widths is not None:
+            allowed = f"a strictly increasing list of positive integers ending at latents = {self.latents}"
+            _require(len(widths) >= 1 and all(isinstance(w, int) and not isinstance(w, bool) for w in widths),
+                     f"{where}.matryoshka_widths", f"must be {allowed}, got {widths!r}")
+            _require(widths[0] >= 1 and all(a < b for a, b in zip(widths, widths[1:])) and widths[-1] == self.latents,
+                     f"{where}.matryoshka_widths", f"must be {allowed}, got {widths}")
+
+    def nested_widths(self) -> list[int] | None:
+        """The Matryoshka widths when they nest more than one prefix, else None (a plain SAE:
+        widths [latents] alone train exactly as no widths)."""
+        return self.matryoshka_widths if self.matryoshka_widths and len(self.matryoshka_widths) > 1 else None
 
 
 @dataclass

@@ -80,10 +80,27 @@ class RunMetrics(_Schema):
     broken_latents: list[int]
     dead_latents: list[int]
     activation_peaks: list[int]
+    """[latent]: separated peaks of its activations by its peak model (0 for a dead latent)."""
     peak_locations: list[list[float]] = field(default_factory=list)
+    """[latent]: the peaks' means."""
+    histogram_peaks: list[int] | None = None
+    """[latent]: peaks counted in a smoothed histogram above 20% of the max, the cross-check."""
+    peak_models: list[dict] | None = None
+    """Per live latent: {latent, mixture: [{mean, std, weight}], peaks, peak_means, threshold, floor}
+    (peak_model.py: a Gaussian mixture fitted by BIC to the activations above the floor)."""
     mse: float
     l0: float
     explained_variance: float
+    width_explained_variance: list[float] = field(default_factory=list)
+    """Explained variance of the reconstruction from the first w latents, per Matryoshka width w
+    (a plain SAE: one value, the explained variance)."""
+    absorption: list[float] | None = None
+    """[feature]: on inputs where it fires, the mean share of its projection carried by latents
+    other than its match (absorption.py has the formula). Absent in runs from before it existed."""
+    full_absorption: list[float] | None = None
+    """[feature]: share of its inputs where its match is silent and other latents carry >= half."""
+    hedging: list[float] | None = None
+    """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 

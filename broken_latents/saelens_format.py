@@ -30,16 +30,18 @@ from .config import ConfigError
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 LAYOUT_VERSION = "6.0.0"
-ARCHITECTURE_OF_ACTIVATION = {"relu": "standard", "jumprelu": "jumprelu"}
-"""Our activation -> SAELens architecture (both encode act((x - b_dec) W_enc + b_enc))."""
+ARCHITECTURE_OF_ACTIVATION = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "batchtopk": "jumprelu"}
+"""Our activation -> SAELens architecture (all encode act((x - b_dec) W_enc + b_enc)). BatchTopK
+infers as a JumpReLU at the threshold estimated in training, as SAELens saves it too."""
 READABLE_ARCHITECTURES = ("standard", "jumprelu", "topk")
 READABLE_NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 
 
 def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", tied: bool = False,
-                  metadata: dict | None = None) -> Path:
+                  metadata: dict | None = None, k: int | None = None) -> Path:
     """Write one SAE as a SAELens folder. `tensors`: W_enc, W_dec, b_enc, b_dec (+ threshold for
-    jumprelu), numpy or torch; a tied SAE's encoder is rewritten from W_dec. Returns the folder."""
+    jumprelu and batchtopk), numpy or torch; a tied SAE's encoder is rewritten from W_dec; `k`: topk's.
+    Returns the folder."""
     import torch
     from safetensors.torch import save_file
 
@@ -52,7 +54,10 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
     if tied:
         weights["W_enc"] = weights["W_dec"].T.clone()  # one latent: .T is contiguous and would share memory
         weights["b_enc"] = torch.zeros(d_sae)
-    if activation == "jumprelu":
+    architecture = ARCHITECTURE_OF_ACTIVATION[activation]
+    if architecture == "topk" and not (k and k >= 1):
+        raise ConfigError("k", f"a topk SAE needs k >= 1 to be written for SAELens, got {k!r}")
+    if architecture == "jumprelu":
         # Threshold 0 makes a JumpReLU a ReLU, which is what an SAE without one computed.
         weights.setdefault("threshold", torch.zeros(d_sae))
     else:
@@ -61,7 +66,7 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS_FILENAME))
     cfg = {
-        "architecture": ARCHITECTURE_OF_ACTIVATION[activation],
+        "architecture": architecture,
         "d_in": int(d_in),
         "d_sae": int(d_sae),
         "dtype": "float32",
@@ -69,6 +74,7 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
+        **({"k": int(k)} if architecture == "topk" else {}),
         "metadata": {"sae_lens_version": LAYOUT_VERSION, "written_by": "broken-latents",
                      "tied": bool(tied), "activation": activation, **(metadata or {})},
     }

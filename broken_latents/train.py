@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -53,6 +55,10 @@ class TrainResult:
     samples: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
+    """Every logged step: {"samples", LABEL: {term: mean over seeds}} (the progress bar's view)."""
+    seed_history: list[dict] = field(default_factory=list)
+    """Every logged step: {"samples", LABEL: {term: [value per seed, in `seeds` order]}}; a term an
+    SAE did not compute at that step (the aux loss before its delay) is absent. history.json's source."""
 
     @property
     def samples_per_second(self) -> float:
@@ -142,6 +148,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
         grad_outs = [{name: next(views) for name in params} for params in arrays]
     steps = math.ceil(config.train.samples / batch)
     history: list[dict] = []
+    seed_history: list[dict] = []
 
     stream_device = None if on_numpy else device
     # Signals wait for the end of a step (see termination.py): loading or compiling the kernels,
@@ -173,6 +180,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
             if want_loss:
                 logged = {label: {k: as_torch(v) for k, v in parts.items()} for label, parts in logged.items()}
                 _check_finite(stacks, logged, seeds, (step + 1) * batch, config.train.lr)
+                seed_history.append({"samples": (step + 1) * batch, **_per_seed(logged)})
                 history.append({"samples": (step + 1) * batch, **_summarise(logged)})
                 bar.update((step + 1) * batch, time.perf_counter() - start, history[-1])
         train_seconds = time.perf_counter() - start
@@ -180,7 +188,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
             stack.tau_SK = as_torch(aux.schedule(steps * batch)[1]).to(device)
-    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history)
+    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history, seed_history)
 
 
 def _autograd_step(stacks, auxes, inverses, x_RBD, samples_seen) -> tuple[dict, list[torch.Tensor]]:
@@ -215,8 +223,24 @@ def _fast_step(stacks, archs, arrays, auxes, inverses, geometry, f_RNB, samples_
         all_grads += [grads[name] for name in params]
         if aux is not None:
             aux.running_max.update(h_max)
-        logged[stack.config.label] = {**losses, **extra} if losses else {}
+        if want_loss:
+            losses = {**(losses or {}), **_declared_terms(stack, f_RNB, geometry, tau_SK, lam, skip=losses or {}),
+                      **extra}
+        logged[stack.config.label] = losses or {}
     return logged, all_grads
+
+
+@torch.no_grad()
+def _declared_terms(stack: TrainedStack, f_RNB, geometry, tau_SK, lam: float, skip) -> dict:
+    """The batch means of the loss terms the SAE declares that a hand-gradient engine does not report
+    (the aux loss): one forward pass on a logged step, so every engine logs the same terms."""
+    declared = {name for name, weight in stack.sae.loss_weights(stack.config, lam).items() if weight != 0}
+    if not declared - set(skip):
+        return {}
+    x_RBD = as_torch(f_RNB).transpose(-1, -2) @ as_torch(geometry.F_ND)
+    tau = as_torch(tau_SK) if tau_SK is not None else None
+    terms, _ = stack.sae.loss_terms(x_RBD, tau, lam)
+    return {name: value.mean(-1) for name, (_, value) in terms.items() if name not in skip}
 
 
 def _parameter_terms(stack: TrainedStack, inverse: InverseState | None, samples_seen: int) -> dict:
@@ -250,6 +274,11 @@ def _stack_loss(stack: TrainedStack, aux: AuxState | None, inverse: InverseState
     loss_S = weighted_sum(terms).mean(-1) + (weighted_sum(parameter_terms) if parameter_terms else 0.0)
     logged = {name: value.detach().mean(-1) for name, (_, value) in terms.items()}
     return loss_S, {**logged, **{name: value.detach() for name, (_, value) in parameter_terms.items()}}
+
+
+def _per_seed(logged: dict) -> dict:
+    return {label: {k: values.reshape(-1).tolist() for k, values in parts.items()}
+            for label, parts in logged.items() if parts}
 
 
 def _summarise(logged: dict) -> dict:
@@ -296,3 +325,17 @@ class _progress_bar:
         if self.enabled:
             self.progress.__exit__(*exc)
         return False
+
+
+class _TrainModule(types.ModuleType):
+    """Importing this module makes it the package's attribute `train`, where notebooks call
+    `bl.train(...)` (api.train: a name, .toml path or config, with overrides): the module forwards
+    such calls, so `bl.train` works whichever of the two the attribute holds."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import train as api_train
+
+        return api_train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _TrainModule

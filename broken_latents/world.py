@@ -52,6 +52,11 @@ class World:
         return self.magnitude_stds_N is not None
 
     @property
+    def directions(self) -> torch.Tensor:
+        """The unit feature directions [F, D] (`directions_ND`)."""
+        return self.directions_ND
+
+    @property
     def n_features(self) -> int:
         return self.config.features
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from broken_latents.analysis import analyse
-from broken_latents.claims import evaluate_claims
+from broken_latents.experiments.claims import evaluate_claims
 from broken_latents.config import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.train import train
@@ -73,8 +73,17 @@ def main() -> None:
     parser.add_argument("--geometries", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--experiments", nargs="+", default=EXPERIMENT_NAMES)
+    parser.add_argument("--out", type=Path, default=OUT, help="cells file (several processes: one file each)")
+    parser.add_argument("--table", type=Path, nargs="*", default=[],
+                        help="only write the table, from these cells files (and --out)")
     args = parser.parse_args()
-    cells = json.loads(OUT.read_text())["cells"] if OUT.exists() else {}
+    out = args.out
+    cells = json.loads(out.read_text())["cells"] if out.exists() else {}
+    if args.table:
+        for extra in args.table:
+            cells.update(json.loads(extra.read_text())["cells"])
+        write_table(cells, OUT.with_suffix(".md"))
+        return
     for name in args.experiments:
         for start in args.starts:
             for geometry in range(args.geometries):
@@ -84,11 +93,15 @@ def main() -> None:
                 cells[key] = run_cell(name, start, geometry, args.seeds)
                 held = {cid: f"{sum(c['per_seed'])}/{len(c['per_seed'])}" for cid, c in cells[key]["claims"].items()}
                 print(f"{key}: {cells[key]['seconds']:.0f} s {held}", flush=True)
-                tmp = OUT.with_suffix(".tmp")
+                tmp = out.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"cells": cells}, indent=1))
-                tmp.replace(OUT)  # a killed study keeps every finished cell
-    OUT.with_suffix(".md").write_text(table(cells, sorted({c["rate_start"] for c in cells.values()})) + "\n")
-    print(OUT.with_suffix(".md").read_text())
+                tmp.replace(out)  # a killed study keeps every finished cell
+    write_table(cells, out.with_suffix(".md"))
+
+
+def write_table(cells: dict, path: Path) -> None:
+    path.write_text(table(cells, sorted({c["rate_start"] for c in cells.values()})) + "\n")
+    print(path.read_text())
 
 
 if __name__ == "__main__":

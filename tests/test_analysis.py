@@ -43,3 +43,39 @@ def test_firing_pattern_sets_cover_hierarchy():
     world = World.build(WorldConfig(features=4, dim=4, hierarchy=[HierarchyConfig(parent=0, children=[1, 2])]))
     sets = firing_pattern_sets(world, {3})
     assert [[0], [1], [2], [3], [0, 1], [0, 2], [0, 1, 2]] == sets
+
+
+def test_analyse_measures_absorption_of_the_untied_absorbed_solution():
+    """Hand-set weights through `analyse`: the parent latent (encoder f0 - f1) goes silent when the
+    child fires and a combo latent decoding f0 + f1 (a broken match, cos 0.71) carries both."""
+    import math
+
+    import torch
+
+    from broken_latents.analysis import analyse
+    from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig
+    from broken_latents.saes import build_sae
+    from broken_latents.train import TrainedStack, TrainResult
+
+    rates = [0.25, 0.05, 0.25, 0.25]
+    world_config = WorldConfig(features=4, dim=8, firing=rates, magnitude=1.0,
+                               hierarchy=[HierarchyConfig(parent=0, children=[1], mode="force")])
+    sae_config = SAEConfig(label="untied", architecture="untied", latents=4)
+    config = ExperimentConfig(name="absorbed", world=world_config, sae=[sae_config],
+                              train=TrainConfig(seeds=1, eval_samples=100_000))
+    world = World.build(world_config)
+    f0, f1, f2, f3 = world.directions_ND
+    sae = build_sae(sae_config, 1, 8, [0], "random")
+    with torch.no_grad():
+        sae.W_dec_SKD[0] = torch.stack([f0, (f0 + f1) / math.sqrt(2), f2, f3])
+        sae.W_enc_SDK[0] = torch.stack([f0 - f1, f1 * math.sqrt(2), f2, f3]).T
+        sae.b_enc_SK.zero_()
+        sae.b_dec_SD.zero_()
+    result = TrainResult(config, world, [0], [TrainedStack(sae_config, sae)], samples=0, train_seconds=1.0)
+    run = analyse(result)["runs"][0]
+    assert run["broken_latents"] == [1]
+    p_child_given_parent = rates[1] / (rates[0] + rates[1] - rates[0] * rates[1])  # 0.174
+    assert abs(run["absorption"][0] - p_child_given_parent) < 0.01
+    assert abs(run["full_absorption"][0] - p_child_given_parent) < 0.01
+    assert run["absorption"][1:] == [0.0, 0.0, 0.0]  # the broken match still carries its own feature
+    assert run["hedging"] == [0.0, 0.7071, 0.0, 0.0]  # the combo latent carries the child's parent

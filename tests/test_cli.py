@@ -11,38 +11,7 @@ from broken_latents.cli import main
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.metrics import Metrics
 from broken_latents.output.show import geometry_line
-
-TINY = """
-name = "tiny-world"
-description = "two independent features and a parent/child pair"
-
-[world]
-features = 4
-dim = 8
-firing = [0.3, 0.1, 0.2, 0.2]
-magnitude = 1.0
-
-[[world.hierarchy]]
-parent = 0
-children = [1]
-
-[train]
-samples = 150_000
-seeds = 2
-lr = 3e-3
-eval_samples = 5_000
-
-[[sae]]
-label = "tied"
-architecture = "tied"
-latents = 4
-
-[[sae]]
-label = "untied"
-architecture = "untied"
-latents = 3
-activation = "jumprelu"
-"""
+from worlds import TINY
 
 RUN_KEYS = {"label", "seed", "decoder_cos", "encoder_cos", "latent_cos", "decoder_norms", "matches",
             "learned_features", "broken_latents", "dead_latents", "activation_peaks", "mse", "l0", "explained_variance"}
@@ -82,11 +51,27 @@ def test_run_directory_contract(tiny_run):
         assert RUN_KEYS <= set(run)
         assert len(run["decoder_cos"]) == (4 if run["label"] == "tied" else 3)
         assert len(run["decoder_cos"][0]) == 4
+        assert len(run["absorption"]) == len(run["full_absorption"]) == 4 and len(run["hedging"]) == len(run["decoder_cos"])
+        assert all(0 <= a <= 1 for a in run["absorption"] + run["full_absorption"])
     weights = load_file(str(tiny_run / "weights" / "untied-seed1.safetensors"))
     assert {k: tuple(v.shape) for k, v in weights.items()} == {
         "W_enc": (8, 3), "W_dec": (3, 8), "b_enc": (3,), "b_dec": (8,), "threshold": (3,)}
-    assert sorted(p.name for p in (tiny_run / "figures").glob("*.png"))[:2] == ["tied-seed0-decoder.png", "tied-seed0-hist.png"]
+    assert sorted(p.name for p in (tiny_run / "figures").glob("tied-seed0-*.png"))[:2] == ["tied-seed0-decoder.png", "tied-seed0-hist.png"]
     assert "![" in (tiny_run / "report.md").read_text()
+
+
+def test_history_json_has_every_term_per_sae_and_seed(tiny_run):
+    history = json.loads((tiny_run / "history.json").read_text())
+    steps = history["steps"]
+    assert steps == sorted(steps) and steps[-1] >= 150_000 and len(steps) >= 2
+    assert [(r["label"], r["seed"]) for r in history["runs"]] == [("tied", 0), ("tied", 1), ("untied", 0), ("untied", 1)]
+    for run in history["runs"]:
+        assert set(run["terms"]) == {"mse", "l1"}
+        assert all(len(values) == len(steps) and None not in values for values in run["terms"].values())
+        assert run["terms"]["mse"][-1] < run["terms"]["mse"][0]
+    assert history["runs"][0]["terms"]["mse"] != history["runs"][1]["terms"]["mse"]  # seeds kept apart
+    assert (tiny_run / "figures" / "loss-curves.png").is_file()
+    assert "](figures/loss-curves.png)" in (tiny_run / "report.md").read_text()
 
 
 def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
@@ -110,6 +95,7 @@ def test_show_prints_tables(tiny_run, capsys):
     main(["show", str(tiny_run)])
     out = capsys.readouterr().out
     assert "tiny-world" in out and "learned" in out and "decoder cos" in out and "f3" in out
+    assert "absorption and hedging" in out
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -152,6 +138,20 @@ def test_console_script_entry_point():
     assert proc.returncode == 2 and "TARGET" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _wait_until_catching(pid: int, signum: int, timeout: float = 120.0) -> None:
+    """Wait until the process has a handler for `signum` (Linux: the SigCgt mask in /proc)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = open(f"/proc/{pid}/status").read()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught >> (signum - 1) & 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} never installed a handler for signal {signum}")
+
+
 def test_terminated_run_leaves_nothing(tmp_path):
     import signal
     import time
@@ -160,7 +160,8 @@ def test_terminated_run_leaves_nothing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "broken_latents.cli", "run", str(tmp_path / "tiny.toml"), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # imported (about 3 s) and training
+    _wait_until_catching(proc.pid, signal.SIGTERM)  # imported (3 s idle, far longer on a busy machine)
+    time.sleep(3)  # and training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "Traceback" not in err

@@ -16,14 +16,22 @@ from broken_latents.train import choose_engine
 from broken_latents.world import World
 
 ACTIVATIONS = typing.get_args(typing.get_type_hints(SAEConfig)["activation"])
+LATENTS = 5
+MATRYOSHKA = [None, [1, LATENTS], [1, 2, LATENTS]]
+"""Matryoshka widths: off, two prefixes, three."""
 
 
-def _setup(architecture, activation, aux, dim=12, features=8, batch=64):
+def _sae_config(architecture, activation, aux, widths=None):
+    return SAEConfig(label="s", architecture=architecture, latents=LATENTS, activation=activation, l1=0.05,
+                     aux=AuxConfig() if aux else None, k=2 if activation in ("topk", "batchtopk") else None,
+                     matryoshka_widths=widths)
+
+
+def _setup(architecture, activation, aux, dim=12, features=8, batch=64, widths=None):
     torch.manual_seed(0)
     world = World.build(WorldConfig(features=features, dim=dim, firing=0.4, magnitude={"linear": [3.0, 1.0]},
                                     hierarchy=[HierarchyConfig(parent=0, children=[1, 2])]))
-    config = SAEConfig(label="s", architecture=architecture, latents=5, activation=activation, l1=0.05,
-                       aux=AuxConfig() if aux else None)
+    config = _sae_config(architecture, activation, aux, widths)
     sae = build_sae(config, n_saes=3, dim=dim, seeds=[0, 1, 2], init="random").double()
     with torch.no_grad():  # move off the symmetric start so every term is exercised
         for p in sae.parameters():
@@ -36,10 +44,10 @@ def _setup(architecture, activation, aux, dim=12, features=8, batch=64):
     return world, sae, config, f
 
 
-def _skip_without_hand_gradients(architecture, activation, aux):
+def _skip_without_hand_gradients(architecture, activation, aux, widths=None):
     """Where no hand gradients are declared, "auto" must train by autograd (and the rest of the
     test has nothing to compare)."""
-    config = SAEConfig(label="s", architecture=architecture, activation=activation, aux=AuxConfig() if aux else None)
+    config = _sae_config(architecture, activation, aux, widths)
     if hand_gradients(config) is None:
         assert choose_engine(ExperimentConfig(name="t", sae=[config]), "cpu") == "autograd"
         pytest.skip(f"{architecture}/{activation} declares no hand-derived gradients: autograd trains it")
@@ -49,11 +57,12 @@ def _skip_without_hand_gradients(architecture, activation, aux):
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("aux", [False, True])
+@pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)
 @pytest.mark.parametrize("dim", [12, 6])  # orthonormal features, and superposition
 @pytest.mark.parametrize("backend", ["numpy", "torch", "compiled"])
-def test_fast_gradients_match_autograd(architecture, activation, aux, dim, backend):
-    _skip_without_hand_gradients(architecture, activation, aux)
-    world, sae, config, f = _setup(architecture, activation, aux, dim=dim)
+def test_fast_gradients_match_autograd(architecture, activation, aux, widths, dim, backend):
+    _skip_without_hand_gradients(architecture, activation, aux, widths)
+    world, sae, config, f = _setup(architecture, activation, aux, dim=dim, widths=widths)
     x = world.inputs(f)
     tau = torch.rand(3, 5, dtype=torch.float64) * 2 if aux else None
     lam = 7.0 if aux else 0.0
@@ -72,8 +81,9 @@ def test_fast_gradients_match_autograd(architecture, activation, aux, dim, backe
     assert set(grads) == set(expected)
     for name, g in grads.items():
         torch.testing.assert_close(as_torch(g), expected[name], rtol=1e-8, atol=1e-10, msg=name)
-    for name in ("mse", "l1"):
-        torch.testing.assert_close(as_torch(losses[name]), terms[name][1].detach().mean(-1))
+    assert set(losses) == set(terms) - {"aux"}
+    for name in losses:
+        torch.testing.assert_close(as_torch(losses[name]), terms[name][1].detach().mean(-1), msg=name)
     if backend == "compiled":  # the kernel returns only what training needs of h: its batch max
         torch.testing.assert_close(as_torch(h), h_expected.detach().amax(1))
     else:
@@ -83,11 +93,12 @@ def test_fast_gradients_match_autograd(architecture, activation, aux, dim, backe
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("aux", [False, True])
-def test_kernel_sums_over_several_blocks(architecture, activation, aux):
+@pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)
+def test_kernel_sums_over_several_blocks(architecture, activation, aux, widths):
     """A batch longer than the kernel's block (two whole blocks and a partial one) gives the
     gradients and losses of the array path, which takes the whole batch at once."""
-    _skip_without_hand_gradients(architecture, activation, aux)
-    world, sae, config, f = _setup(architecture, activation, aux, batch=2 * kernel.BLOCK + 37)
+    _skip_without_hand_gradients(architecture, activation, aux, widths)
+    world, sae, config, f = _setup(architecture, activation, aux, batch=2 * kernel.BLOCK + 37, widths=widths)
     tau = np.random.default_rng(0).random((3, 5)) * 2 if aux else None
     arguments = (Architecture.of(sae), params_of(sae, "numpy"), WorldGeometry.of(world.directions_ND, "numpy"),
                  f.numpy(), sae.loss_weights(config, 7.0 if aux else 0.0), tau)
@@ -95,6 +106,7 @@ def test_kernel_sums_over_several_blocks(architecture, activation, aux):
     kernel_losses, h_max, kernel_grads = kernel.loss_and_grads(*arguments, want_loss=True)
     for name, g in grads.items():
         np.testing.assert_allclose(kernel_grads[name], g, rtol=1e-9, atol=1e-11, err_msg=name)
-    for name in ("mse", "l1"):
-        np.testing.assert_allclose(kernel_losses[name], losses[name], rtol=1e-9)
+    assert set(kernel_losses) == set(losses)
+    for name in losses:
+        np.testing.assert_allclose(kernel_losses[name], losses[name], rtol=1e-9, err_msg=name)
     np.testing.assert_allclose(h_max, h.max(-1))

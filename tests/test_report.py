@@ -83,8 +83,14 @@ def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "_save", record_titles)
     acts = np.random.default_rng(0).uniform(0, 5, (500, 3))
     acts[:, 2] = 0.0
-    plots.activation_histograms(acts, [[4.0], [2.0, 3.0], []], "hist", tmp_path / "hist.png")
-    assert titles == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
+    acts[:50, 1] = 0.1  # below 10% of the max: left out of the panel, and the title says how many
+    models = [{"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 0.5}, {"mean": 3.0, "std": 0.3, "weight": 0.5}],
+               "threshold": 2.5, "floor": 1.0}]
+    plots.activation_histograms(acts, [[4.0], [2.0, 3.0], []], "hist", tmp_path / "hist.png", models)
+    assert [t.split("\n")[0] for t in titles] == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
+    for j in (0, 1):
+        hidden = float((acts[:, j] <= 0.1 * acts[:, j].max()).mean())
+        assert f"({hidden:.0%} of firings, below 10% of max, not shown)" in titles[j]
     assert_png(tmp_path / "hist.png")
 
 
@@ -189,3 +195,38 @@ def test_markdown_tolerates_missing_optional_keys(absent):
     metrics.pop(absent, None)
     text = render_markdown(metrics, {})
     assert "| 0 | 1 | 0.987 | clean |" in text
+
+
+def test_markdown_lists_absorbed_features_and_hedging_latents_above_the_floor():
+    metrics = make_metrics()
+    run = metrics["runs"][0]  # latent j matches feature j + 1
+    run.update(absorption=[0.0, 0.0, 0.75, 0.04], full_absorption=[0.0, 0.0, 0.5, 0.0], hedging=[-0.4, 0.02, 0.0])
+    text = render_markdown(metrics, {})
+    assert "| 2 | 1 | 0.750 | 0.500 |" in text  # feature 2, its latent 1
+    assert "| 0 | 1 | -0.400 |" in text  # latent 0 (feature 1) subtracts its co-occurring features
+    assert "| 3 | 2 | 0.040" not in text and "| 1 | 2 | +0.020" not in text  # below 0.05: no row
+    metrics["runs"][0].update(absorption=[0.0] * 4, full_absorption=[0.0] * 4, hedging=[0.0] * 3)
+    assert "No feature absorbed above 0.05" in render_markdown(metrics, {})
+
+
+def test_show_tables_absorption_only_when_present():
+    from broken_latents.output.show import absorption_table
+
+    metrics = make_metrics()
+    assert absorption_table(metrics) is None  # a run from before the metrics
+    metrics["runs"][1].update(absorption=[0.0, 0.9, 0.0, 0.0], full_absorption=[0.0, 0.8, 0.0, 0.0], hedging=[0.3, 0.0, 0.0])
+    rows = absorption_table(metrics).columns
+    assert [cell for cell in rows[2].cells] == ["f1 (0.90, 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]
+
+
+def test_history_json_keeps_seeds_apart_and_marks_terms_not_yet_computed(tmp_path):
+    from broken_latents.output.history import history_json
+
+    seed_history = [{"samples": 100, "tied": {"mse": [2.0, 3.0], "l1": [0.1, 0.2]}},
+                    {"samples": 200, "tied": {"mse": [1.0, 1.5], "l1": [0.3, 0.4], "aux": [0.05, 0.06]}}]
+    history = history_json(seed_history, ["tied"], [0, 1])
+    assert history == {"steps": [100, 200], "runs": [
+        {"label": "tied", "seed": 0, "terms": {"mse": [2.0, 1.0], "l1": [0.1, 0.3], "aux": [None, 0.05]}},
+        {"label": "tied", "seed": 1, "terms": {"mse": [3.0, 1.5], "l1": [0.2, 0.4], "aux": [None, 0.06]}}]}
+    plots.loss_curves(history, "losses", tmp_path / "loss-curves.png")
+    assert assert_png(tmp_path / "loss-curves.png").shape[1] > 3 * 300  # one panel per term

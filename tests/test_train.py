@@ -12,6 +12,7 @@ SAES = [
     SAEConfig(label="untied", architecture="untied", latents=3, activation="jumprelu"),
     SAEConfig(label="aux", architecture="tied", latents=4,
               aux=AuxConfig(coefficient=100.0, window_batches=3, delay_samples=2_000, warmup_samples=4_000)),
+    SAEConfig(label="nested", architecture="untied", latents=4, matryoshka_widths=[1, 2, 4]),
 ]
 
 
@@ -47,5 +48,21 @@ def test_arrays_engine_trains_like_compiled():
 def test_training_reduces_the_loss():
     result = train(_config("auto", samples=200_000), progress=False)
     first, last = result.history[0], result.history[-1]
-    for label in ("tied", "untied", "aux"):
+    for label in ("tied", "untied", "aux", "nested"):
         assert last[label]["mse"] < 0.5 * first[label]["mse"], label
+
+
+def test_every_engine_logs_every_declared_term_per_seed():
+    """history.json's source: the hand-gradient engines log the aux term too, per seed, as autograd does."""
+    runs = {engine: train(_config(engine, samples=12_000), progress=False) for engine in ("compiled", "arrays", "autograd")}
+    reference = runs["autograd"].seed_history
+    assert reference[-1]["aux"].keys() == {"mse", "l1", "aux"} and "aux" not in reference[0]["aux"]  # delay first
+    for engine, result in runs.items():
+        assert [r["samples"] for r in result.seed_history] == [r["samples"] for r in reference], engine
+        for record, expected in zip(result.seed_history, reference):
+            for label in ("tied", "untied", "aux"):
+                assert record[label].keys() == expected[label].keys(), (engine, label)
+                for term, values in record[label].items():
+                    assert len(values) == 2, (engine, label, term)  # one per seed
+                    torch.testing.assert_close(torch.tensor(values), torch.tensor(expected[label][term]),
+                                               rtol=1e-3, atol=1e-5, msg=f"{engine} {label} {term}")

@@ -23,8 +23,8 @@ EPS = 1e-12  # as torch.nn.functional.normalize
 
 GRADIENT_FORMULAS = ("tied", "untied")
 """The formulas derived here: what an architecture's `hand_gradients` may name."""
-HAND_DERIVED_TERMS = frozenset({"mse", "l1", "aux"})
-"""The loss terms whose gradients are derived here, with mse's weight 1."""
+HAND_DERIVED_TERMS = frozenset({"mse", "prefix_mse", "l1", "aux"})
+"""The loss terms whose gradients are derived here, with mse's (and prefix_mse's) weight 1."""
 HAND_DERIVED_ACTIVATIONS = ("relu", "jumprelu")
 
 
@@ -46,6 +46,8 @@ class Architecture:
     jumprelu: bool
     learned_threshold: bool
     bandwidth: float
+    widths: tuple[int, ...] | None = None
+    """Matryoshka prefixes (more than one), or None for a plain SAE."""
 
     @classmethod
     def of(cls, sae: StackedSAE) -> "Architecture":
@@ -54,8 +56,16 @@ class Architecture:
         if formulas is None:
             raise ValueError(f"SAE {sae.config.label!r} ({sae.architecture}, {sae.config.activation}) has no "
                              "hand-derived gradients; train it by autograd")
+        widths = sae.config.nested_widths()
         return cls(formulas == "tied", sae.l1_weighted_by_decoder_norm, sae.config.activation == "jumprelu",
-                   sae.log_threshold_SK is not None, sae.jumprelu_bandwidth)
+                   sae.log_threshold_SK is not None, sae.jumprelu_bandwidth, tuple(widths) if widths else None)
+
+    def nesting(self, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """Matryoshka weights: n_k, the number of prefixes that hold latent k [K], and
+        N_kj = n_max(k, j), the number that hold both k and j [K, K] (all ones for a plain SAE)."""
+        widths = self.widths or (K,)
+        n_K = np.array([sum(w > k for w in widths) for k in range(K)], dtype=np.float64)
+        return n_K, n_K[np.maximum.outer(np.arange(K), np.arange(K))]
 
 
 @dataclass
@@ -90,7 +100,7 @@ def params_of(sae: StackedSAE, backend: str) -> dict:
 
 def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB, weights: dict[str, float],
                    tau_SK=None, want_loss: bool = False):
-    """Return (the mse and l1 terms' batch means if asked, activations h_SKB, d(loss)/d(param) by
+    """Return (the mse and l1 (and prefix_mse) terms' batch means if asked, activations h_SKB, d(loss)/d(param) by
     parameter name), for the loss the SAE declares: its terms' weighted sum, averaged over the batch.
     `weights`: `StackedSAE.loss_weights`, by term name."""
     l1, aux_lambda = term_weights(weights)
@@ -101,7 +111,7 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
 
 def term_weights(weights: dict[str, float]) -> tuple[float, float]:
     """(l1, aux lambda) of declared weights that the formulas here cover, else ValueError."""
-    if set(weights) - HAND_DERIVED_TERMS or weights["mse"] != 1.0:
+    if set(weights) - HAND_DERIVED_TERMS or weights["mse"] != 1.0 or weights.get("prefix_mse", 1.0) != 1.0:
         raise ValueError(f"no hand-derived gradients for the loss terms {weights}")
     return weights["l1"], weights.get("aux", 0.0)
 
@@ -129,7 +139,16 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     h = pre * gate
 
     P_SKK = W_dec @ T(W_dec)
-    r = P_SKK @ h + (q_SK1 - xW)  # W_dec e: the error seen by each decoder row
+    nested = arch.widths is not None
+    if nested:
+        # Matryoshka: latent k sits in n_k prefixes, k and j together in N_kj = n_max(k,j); the
+        # nested loss's gradients are the plain ones with these counts as weights (m = #widths).
+        n_np, N_np = arch.nesting(h.shape[1])
+        n_K1, N_KK = _like(n_np[:, None], W_dec), _like(N_np, W_dec)
+        m = float(len(arch.widths))
+        r = (P_SKK * N_KK) @ h + n_K1 * (q_SK1 - xW)  # sum over prefixes of W_dec e_w
+    else:
+        r = P_SKK @ h + (q_SK1 - xW)  # W_dec e: the error seen by each decoder row
 
     # Decoder-row norms only where something needs them (a tied SAE's plain L1 does not).
     norms_SK = norm_last(W_dec) if arch.l1_weighted_by_decoder_norm or aux_lambda > 0 else None
@@ -157,8 +176,13 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     K = h.shape[1]
     sum_h, sum_g = sums[:, :K], sums[:, K : 2 * K]
 
-    g_W_dec = (2.0 / B) * ((h @ T(h)) @ W_dec - X[:, :K])
-    g_b_dec = (2.0 / B) * ((sum_h[:, None] @ W_dec)[:, 0] - X[:, -1]) - (W_enc @ sum_g[..., None])[..., 0]
+    if nested:
+        g_W_dec = (2.0 / B) * (((h @ T(h)) * N_KK) @ W_dec - n_K1 * X[:, :K])
+        g_b_dec = (2.0 / B) * (((n_K1[:, 0] * sum_h)[:, None] @ W_dec)[:, 0] - m * X[:, -1])
+    else:
+        g_W_dec = (2.0 / B) * ((h @ T(h)) @ W_dec - X[:, :K])
+        g_b_dec = (2.0 / B) * ((sum_h[:, None] @ W_dec)[:, 0] - X[:, -1])
+    g_b_dec = g_b_dec - (W_enc @ sum_g[..., None])[..., 0]
     g_W_enc_SKD = X[:, K : 2 * K]
     if arch.l1_weighted_by_decoder_norm:
         g_W_dec += (l1 / B) * (sum_h / clamp_min(norms_SK, EPS))[..., None] * W_dec
@@ -180,9 +204,23 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     losses = None
     if want_loss:
         # ||e||^2 = h P h + 2 h.q - 2 h.(x W) + ||b||^2 - 2 x.b + ||x||^2
-        err = (h * (r + q_SK1 - xW)).sum(1) + (b_dec * b_dec).sum(-1)[:, None] - 2 * x_dot_b + x_sq
+        x_minus_b_sq = (b_dec * b_dec).sum(-1)[:, None] - 2 * x_dot_b + x_sq
+        if nested:  # the full width, and the other prefixes: counts n - 1, N - 1, m - 1
+            err = (h * (P_SKK @ h + 2 * (q_SK1 - xW))).sum(1) + x_minus_b_sq
+            prefix = (h * ((P_SKK * (N_KK - 1)) @ h + 2 * (n_K1 - 1) * (q_SK1 - xW))).sum(1) + (m - 1) * x_minus_b_sq
+        else:
+            err = (h * (r + q_SK1 - xW)).sum(1) + x_minus_b_sq
         losses = {"mse": err.mean(-1), "l1": (h * l1_w).sum(1).mean(-1)}
+        if nested:
+            losses["prefix_mse"] = prefix.mean(-1)
     return losses, h, grads
+
+
+def _like(a: np.ndarray, like):
+    """The numpy array `a` as an array of `like`'s kind, dtype and device."""
+    if isinstance(like, np.ndarray):
+        return a.astype(like.dtype)
+    return torch.as_tensor(a, dtype=like.dtype, device=like.device)
 
 
 def _aux_coefficients(a, r2, h, tau, norms, lam: float):

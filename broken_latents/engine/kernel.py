@@ -124,12 +124,15 @@ def _small_products(W, b_1D, W_enc_DK, b_enc, F_ND, tied, M, E, W_enc_KD, q, c, 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_SDK, b_enc_SK, threshold_SK,
                     tied, l1_weighted, learned_threshold, bandwidth, l1, aux_lambda, tau_SK, want_loss,
-                    g_W_dec_SKD, g_b_dec_SD, g_W_enc_SDK, g_b_enc_SK, g_log_threshold_SK, h_max_SK, losses_S2):
+                    nested, n_K, N_KK, n_widths,
+                    g_W_dec_SKD, g_b_dec_SD, g_W_enc_SDK, g_b_enc_SK, g_log_threshold_SK, h_max_SK, losses_S3):
     """Write d(loss)/d(param) of every SAE s of the stack into the g_* arrays (the untied ones
     and g_log_threshold only where they apply), the batch max of each latent into h_max_SK and,
-    if want_loss, (mse, l1) into losses_S2.
+    if want_loss, (mse, l1, prefix_mse) into losses_S3.
 
-    loss = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux, as fastpath.py.
+    loss = mean_b ||x_hat - x||^2 + l1 * mean_b sum_k w_k h_k + aux_lambda * aux, as fastpath.py;
+    Matryoshka (`nested`): the squared error summed over the n_widths prefixes instead, with
+    n_K[k] the prefixes that hold latent k and N_KK[k, j] = n_K[max(k, j)] (ones, and 1, when plain).
     threshold_SK gates h = pre * [pre > threshold] (zeros for ReLU); tau_SK is the aux loss's.
     The batch is taken in blocks of BLOCK samples; every loop over a block is innermost and
     contiguous, so it runs in SIMD lanes.
@@ -155,6 +158,11 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
     q_K1 = np.empty((K, 1), dtype)  # W_k . b
     c_K1 = np.empty((K, 1), dtype)  # the untied encoder's b_enc - W_enc^T b
     P = np.empty((K, K), dtype)  # W_dec W_dec^T
+    PN = np.empty((K, K), dtype)  # Matryoshka: P * N, and P * (N - 1) for the prefixes' loss alone
+    PN_prefix = np.empty((K, K), dtype)
+    two_over_B_n = np.empty(K, dtype)  # 2/B n_k
+    bias_row = _typed(-2.0 * n_widths / B, f_SNB)
+    prefix_widths = _typed(n_widths - 1.0, f_SNB)
     norm = np.empty(K, dtype)
     bF_1N = np.empty((1, N), dtype)  # b . F_n
     l1_w = np.empty(K, dtype)
@@ -202,6 +210,15 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         g_cos_sum[:] = 0.0
         grad_h_near[:] = 0.0
         mse = 0.0
+        prefix_mse = 0.0
+        for k in range(K):
+            two_over_B_n[k] = two_over_B * n_K[k]
+        if nested:
+            for k in range(K):
+                for j in range(K):
+                    PN[k, j] = P[k, j] * N_KK[k, j]
+                    PN_prefix[k, j] = P[k, j] * (N_KK[k, j] - one)
+        PR = PN if nested else P  # the matrix of r = W_dec e summed over the prefixes
 
         for i0 in range(0, B, BLOCK):
             n_i = min(BLOCK, B - i0)
@@ -243,19 +260,39 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                 if want_loss:
                     for i in range(n_i):
                         mse += r2[i]
+                    if nested:  # the nested loss counts ||x - b||^2 once per prefix
+                        for i in range(n_i):
+                            mse += prefix_widths * r2[i]
+                            prefix_mse += prefix_widths * r2[i]
 
-            # Backward through the MSE and L1: r = W_k . e = (P h)_k + q_k - x W_k.
+            # Backward through the MSE and L1: r = W_k . e = (P h)_k + q_k - x W_k; Matryoshka:
+            # summed over the prefixes, r = (P N h)_k + n_k (q_k - x W_k).
             for k in range(K):
-                for i in range(n_i):
-                    r[i] = q[k] - xW[k, i]
+                nk = n_K[k]
+                if nested:
+                    for i in range(n_i):
+                        r[i] = nk * (q[k] - xW[k, i])
+                else:
+                    for i in range(n_i):
+                        r[i] = q[k] - xW[k, i]
                 for j in range(K):
-                    p = P[k, j]
+                    p = PR[k, j]
                     for i in range(n_i):
                         r[i] += p * h[j, i]
                 if want_loss:
-                    # ||e||^2 = h.(P h + 2 q - 2 x W) + ||b||^2 - 2 x.b + ||x||^2
+                    # ||e||^2 = h.(P h + 2 q - 2 x W) + ||b||^2 - 2 x.b + ||x||^2; Matryoshka: summed
+                    # over the prefixes, h.(P N h + 2 n (q - x W)) + #widths ||x - b||^2.
                     for i in range(n_i):
-                        mse += h[k, i] * (r[i] + q[k] - xW[k, i])
+                        mse += h[k, i] * (r[i] + nk * (q[k] - xW[k, i]))
+                    if nested:  # the prefixes below the full width alone: counts N - 1, n - 1
+                        for i in range(n_i):
+                            Gf[i] = two * (nk - one) * (q[k] - xW[k, i])
+                        for j in range(K):
+                            p = PN_prefix[k, j]
+                            for i in range(n_i):
+                                Gf[i] += p * h[j, i]
+                        for i in range(n_i):
+                            prefix_mse += h[k, i] * Gf[i]
                 theta = threshold_SK[s, k]
                 near = zero
                 for i in range(n_i):
@@ -263,10 +300,10 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
                     enc[k, i] = grad_h if h[k, i] != zero else zero
                     if learned_threshold and abs(pre[k, i] - theta) < bandwidth / 2:
                         near += grad_h
-                    dec[k, i] = enc[k, i] - two_over_B * h[k, i] if tied else -two_over_B * h[k, i]
+                    dec[k, i] = enc[k, i] - two_over_B_n[k] * h[k, i] if tied else -two_over_B_n[k] * h[k, i]
                 grad_h_near[k] += near
             for i in range(n_i):
-                bias[i] = -two_over_B
+                bias[i] = bias_row
 
             if aux:
                 # L = lam/(B K) sum [h <= tau] cos^2, cos = a / (r n), a = (x - b) . W_k, r = ||x - b||:
@@ -329,7 +366,7 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
             for d in range(D):
                 g_W_dec_SKD[s, k, d] = X[k, d] + weight * W[k, d]
             for j in range(K):
-                c_j = (2.0 / B) * hh[k, j]
+                c_j = (2.0 / B) * hh[k, j] * N_KK[k, j]
                 for d in range(D):
                     g_W_dec_SKD[s, k, d] += c_j * W[j, d]
             if not tied:
@@ -344,13 +381,14 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, W_dec_SKD, b_dec_SD, W_enc_S
         for d in range(D):
             g_b_dec_SD[s, d] = X[rows - 1, d]
         for k in range(K):
-            c_k = (2.0 / B) * sum_h[k] - sum_c1[k]
+            c_k = (2.0 / B) * n_K[k] * sum_h[k] - sum_c1[k]
             for d in range(D):
                 encoder = W[k, d] if tied else W_enc_SDK[s, d, k]
                 g_b_dec_SD[s, d] += c_k * W[k, d] - sum_enc[k] * encoder
         if want_loss:
-            losses_S2[s, 0] = mse / B
-            losses_S2[s, 1] = l1_sum / B  # mean_b sum_k w_k h_k
+            losses_S3[s, 0] = (mse - prefix_mse) / B  # the full width's ||x_hat - x||^2
+            losses_S3[s, 1] = l1_sum / B  # mean_b sum_k w_k h_k
+            losses_S3[s, 2] = prefix_mse / B
 
 
 def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB: np.ndarray,
@@ -373,14 +411,32 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
         threshold = np.zeros((S, K), dtype)
     tau = tau_SK.astype(dtype, copy=False) if tau_SK is not None else threshold
     h_max = np.empty((S, K), dtype)
-    losses = np.zeros((S, 2), dtype)
+    losses = np.zeros((S, 3), dtype)
+    n_K, N_KK = _nesting(arch, K, dtype)
     stack_gradients(
         f_SNB, geometry.F_ND, geometry.G_NN, geometry.orthonormal, W_dec, params["b_dec_SD"],
         params.get("W_enc_SDK", empty3), params.get("b_enc_SK", empty2), threshold,
         arch.tied, arch.l1_weighted_by_decoder_norm, arch.learned_threshold, arch.bandwidth, l1, aux_lambda, tau,
-        want_loss, grads["W_dec_SKD"], grads["b_dec_SD"], grads.get("W_enc_SDK", empty3), grads.get("b_enc_SK", empty2),
+        want_loss, arch.widths is not None, n_K, N_KK, float(len(arch.widths or (K,))),
+        grads["W_dec_SKD"], grads["b_dec_SD"], grads.get("W_enc_SDK", empty3), grads.get("b_enc_SK", empty2),
         grads.get("log_threshold_SK", empty2), h_max, losses)
-    return ({"mse": losses[:, 0], "l1": losses[:, 1]} if want_loss else None), h_max, grads
+    if not want_loss:
+        return None, h_max, grads
+    logged = {"mse": losses[:, 0], "l1": losses[:, 1]}
+    if arch.widths is not None:
+        logged["prefix_mse"] = losses[:, 2]
+    return logged, h_max, grads
+
+
+_NESTINGS: dict = {}
+
+
+def _nesting(arch: Architecture, K: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """`Architecture.nesting` in the kernel's dtype, made once per widths (every step asks)."""
+    key = (arch.widths, K, np.dtype(dtype))
+    if key not in _NESTINGS:
+        _NESTINGS[key] = tuple(np.ascontiguousarray(a, dtype=dtype) for a in arch.nesting(K))
+    return _NESTINGS[key]
 
 
 def warm_up(arch: Architecture, params: dict, geometry: WorldGeometry) -> None:

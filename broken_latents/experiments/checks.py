@@ -323,3 +323,29 @@ def clean_includes(label: str, features: list[int], clean: float = 0.9) -> Check
         return set(features) <= set(got), f"{label} clean at >= {clean}: {got}"
 
     return check
+
+
+def latent_is_clean(label: str, latent: int, feature: int, clean: float = CLEAN_COS) -> Check:
+    """Check: `latent`'s decoder has cos >= clean with `feature` (e.g. a Matryoshka prefix latent
+    that learned its parent alone)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = dec(runs[label])[latent]
+        return bool(cos[feature] >= clean), f"{label} latent {latent} cos with f0..: " + ", ".join(f"{v:+.2f}" for v in cos[:8])
+
+    return check
+
+
+def hedging_of_latent_for(label: str, feature: int, at_least: float) -> Check:
+    """Check: the latent matched to `feature` carries at least `at_least` of the features that co-occur
+    with it (metrics' `hedging`: summed signed cosines with its hierarchy relatives)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        run = runs[label]
+        matched = [m["latent"] for m in run["matches"] if m["feature"] == feature]
+        if not matched:
+            return False, f"{label}: no latent matched to f{feature}"
+        value = float(run["hedging"][matched[0]])
+        return value >= at_least, f"{label}: hedging of latent {matched[0]} (f{feature}) {value:+.2f}"
+
+    return check

@@ -48,9 +48,12 @@ def latent_cos_heatmap(matrix, title: str, path: str | Path) -> None:
     cos_heatmap(matrix, title, path, row_label="latent", col_label="latent")
 
 
-def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path) -> None:
-    """One panel per latent: activations above HIST_FLOOR of its max, counted peaks dashed.
-    One peak is a clean latent; several peaks are features mixed into it (broken)."""
+def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path,
+                          peak_models: Sequence[dict] = ()) -> None:
+    """One panel per latent: activations above HIST_FLOOR of its max (the share left out is written
+    on the panel), the fitted peak model's mixture over them, its peaks dashed and its threshold
+    dotted. One peak is a clean latent; several peaks are features mixed into it (broken)."""
+    models = {m["latent"]: m for m in peak_models}
     acts_BK = np.asarray(acts, dtype=float)
     latents = acts_BK.shape[1]
     rows = math.ceil(latents / 5)
@@ -58,7 +61,7 @@ def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.5), squeeze=False, layout="constrained")
     for j, ax in enumerate(axes.flat):
         if j < latents:
-            _latent_panel(ax, j, acts_BK[:, j], peak_locations[j] if j < len(peak_locations) else [])
+            _latent_panel(ax, j, acts_BK[:, j], peak_locations[j] if j < len(peak_locations) else [], models.get(j))
         else:
             ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
@@ -83,6 +86,38 @@ def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path,
     if highlight:
         title += f"\n(orange: top {len(highlight)} by expected MSE)"
     axes[0].set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def loss_curves(history: dict, title: str, path: str | Path) -> None:
+    """One panel per loss term (history.json's layout), a line per SAE and seed; log y, samples on x.
+    A seed whose curve sits apart from its siblings' trained differently, not just noisily."""
+    names = list(dict.fromkeys(name for run in history["runs"] for name in run["terms"]))
+    if not names:
+        return
+    steps = np.asarray(history["steps"], dtype=float)
+    labels = list(dict.fromkeys(run["label"] for run in history["runs"]))
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, layout="constrained")
+    for ax, name in zip(axes[0], names):
+        for run in history["runs"]:
+            values = run["terms"].get(name)
+            if values is None:
+                continue
+            y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+            y[y <= 0] = np.nan  # a log axis cannot show 0 (e.g. an L1 of silent latents)
+            seed_rank = [r["seed"] for r in history["runs"] if r["label"] == run["label"]].index(run["seed"])
+            ax.plot(steps, y, color=colours[run["label"]], linestyle=styles[seed_rank % len(styles)],
+                    linewidth=1.0, label=f"{run['label']} seed {run['seed']}")
+        ax.set_yscale("log")
+        ax.set_xlabel("samples seen (per SAE)", fontsize=8)
+        ax.set_ylabel(f"{name} (batch mean)", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
 
@@ -115,7 +150,8 @@ def _run_figures(run: dict, key: str, acts: np.ndarray | None, figures_dir: Path
         latent_cos_heatmap(run["latent_cos"], f"{heading}: decoder cos between latents", figures_dir / names[-1])
     if acts is not None:
         names.append(f"{key}-hist.png")
-        activation_histograms(acts, run.get("peak_locations", []), f"{heading}: latent activations", figures_dir / names[-1])
+        activation_histograms(acts, run.get("peak_locations", []), f"{heading}: latent activations", figures_dir / names[-1],
+                              run.get("peak_models") or ())
     return names
 
 
@@ -139,7 +175,7 @@ def _write_cell_values(ax, cos_RC: np.ndarray) -> None:
         ax.text(c, r, f"{shown:.2f}", ha="center", va="center", fontsize=6.5, color=colour)
 
 
-def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float]) -> None:
+def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], model: dict | None = None) -> None:
     top = float(acts_B.max()) if acts_B.size else 0.0
     ax.tick_params(labelsize=7)
     if top <= 0:
@@ -148,12 +184,29 @@ def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float]) -
         ax.set_xticks([])
         ax.set_yticks([])
         return
-    ax.hist(acts_B[acts_B > HIST_FLOOR * top], bins=HIST_BINS, range=(HIST_FLOOR * top, top), histtype="stepfilled")
+    low = HIST_FLOOR * top
+    shown = acts_B[acts_B > low]
+    ax.hist(shown, bins=HIST_BINS, range=(low, top), histtype="stepfilled", color="tab:blue", alpha=0.6)
     ax.set_yscale("log")
+    if model is not None and model.get("mixture"):
+        # The mixture was fitted to activations above its own floor: scale it to the count here.
+        xs = np.linspace(max(low, model["floor"]), top, 300)
+        fitted = int((acts_B > model["floor"]).sum())
+        density = sum(c["weight"] * np.exp(-0.5 * ((xs - c["mean"]) / c["std"]) ** 2) / (c["std"] * math.sqrt(2 * math.pi))
+                      for c in model["mixture"])
+        ax.plot(xs, np.maximum(fitted * density * (top - low) / HIST_BINS, 1e-1), color="black", linewidth=0.9,
+                label="mixture")
+        if model.get("threshold") is not None:
+            ax.axvline(model["threshold"], color="tab:green", linestyle=":", linewidth=1.1, label="threshold")
+        ax.set_ylim(bottom=0.5)
     for location in peaks:
         ax.axvline(location, color="tab:red", linestyle="--", linewidth=0.9)
-    ax.set_title(f"latent {latent}: {len(peaks)} peak{'' if len(peaks) == 1 else 's'}", fontsize=9)
+    positive = int((acts_B > 0).sum())
+    hidden = 1 - len(shown) / positive if positive else 0.0
+    ax.set_title(f"latent {latent}: {len(peaks)} peak{'' if len(peaks) == 1 else 's'}\n"
+                 f"({hidden:.0%} of firings, below {HIST_FLOOR:.0%} of max, not shown)", fontsize=8)
     ax.set_xlabel("activation", fontsize=7)
+    ax.set_ylabel("count (log)", fontsize=7)
 
 
 def _save(fig, path: str | Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 RANKING_ROWS = 10
+SHOWN_ABSORPTION = 0.05
+"""Absorption and |hedging| above which a feature or latent gets a row in the report (and in `show`)."""
 
 
 # -- markdown ---------------------------------------------------------------------------------
@@ -25,6 +27,9 @@ def render_markdown(metrics: dict, figures: dict[str, list[str]]) -> str:
         parts += ["## Claims", claims_table(metrics["claims"])]
     if "world" in metrics:
         parts += ["## World", _ranking_table(metrics["world"]), _images(figures.get("world", []))]
+    if figures.get("training"):
+        parts += ["## Training", "Loss terms per logged step, a line per SAE and seed (every value is in "
+                  "`history.json`):", _images(figures["training"])]
     for label in dict.fromkeys(run["label"] for run in runs):  # labels in run order, once each
         label_runs = [run for run in runs if run["label"] == label]
         parts += [f"## SAE `{label}`", _summary_table(label_runs)]
@@ -110,7 +115,31 @@ def _run_detail(run: dict, images: list[str]) -> list[str]:
         rows = [["{" + ", ".join(map(str, p["features"])) + "}"] + [f"{a:.2f}" for a in p["activations"]] for p in patterns]
         parts += ["Latent activations when exactly these features fire, at their magnitudes:",
                   _table(["features"] + [f"latent {j}" for j in latents], rows, right=range(1, len(latents) + 1))]
-    return parts + [_images(images)]
+    return parts + _absorption_tables(run) + [_images(images)]
+
+
+def _absorption_tables(run: dict) -> list[str]:
+    """Features other latents absorb, and latents that hedge: only those above SHOWN_ABSORPTION."""
+    if run.get("absorption") is None:  # a run from before these metrics
+        return []
+    latent_of = {m["feature"]: m["latent"] for m in run["matches"]}
+    feature_of = {m["latent"]: m["feature"] for m in run["matches"]}
+    absorbed = [i for i, a in enumerate(run["absorption"]) if a > SHOWN_ABSORPTION]
+    hedging = [j for j, h in enumerate(run["hedging"]) if abs(h) > SHOWN_ABSORPTION]
+    parts = []
+    if absorbed:
+        rows = [[str(i), str(latent_of.get(i, "-")), f"{run['absorption'][i]:.3f}", f"{run['full_absorption'][i]:.3f}"]
+                for i in absorbed]
+        parts += [f"Features whose projection other latents carry (absorption > {SHOWN_ABSORPTION}):",
+                  _table(["feature", "its latent", "absorption", "full absorption"], rows, right=[2, 3])]
+    if hedging:
+        rows = [[str(j), str(feature_of.get(j, "-")), f"{run['hedging'][j]:+.3f}"] for j in hedging]
+        parts += [f"Latents whose decoder carries the features co-occurring with their match (|hedging| > "
+                  f"{SHOWN_ABSORPTION}; negative: it subtracts them):",
+                  _table(["latent", "its feature", "hedging"], rows, right=[2])]
+    if not parts:
+        parts.append(f"No feature absorbed above {SHOWN_ABSORPTION}, no latent hedging above {SHOWN_ABSORPTION}.")
+    return parts
 
 
 def _images(paths: list[str]) -> str:

@@ -20,7 +20,8 @@ from ..analysis import analyse, latent_activations
 from ..experiments.claims import Claim, evaluate_claims
 from ..config import ConfigError, ExperimentConfig, dump_toml
 from ..metrics import CLEAN_COS
-from .plots import write_run_figures
+from .history import history_json
+from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown
 from ..saelens_format import write_saelens
 from ..train import TrainResult, train
@@ -68,18 +69,23 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_state(s)
-            if stack.config.activation == "jumprelu":
+            if stack.config.activation in ("jumprelu", "batchtopk"):  # the threshold of h = pre * [pre > threshold]
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
             save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
                       str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
             write_saelens(path / "weights" / f"{stack.config.label}-seed{seed}", tensors, stack.config.activation,
-                          tied=stack.config.architecture == "tied",
+                          tied=stack.config.architecture == "tied", k=stack.config.k,
                           metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
     shown = detail_seeds(metrics["runs"], metrics.get("claims", []))
     figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
                                 latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
+    history = history_json(result.seed_history, [stack.config.label for stack in result.stacks], result.seeds)
+    (path / "history.json").write_text(json.dumps(history))
+    if history["steps"]:
+        loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
+        figures["training"] = ["figures/loss-curves.png"]
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})

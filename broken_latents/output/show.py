@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from .report import SHOWN_ABSORPTION
+
 
 def broken_latent_table(metrics: dict) -> Table:
     """One row per SAE and seed: what it learned, which latents are broken or dead, their peaks."""
@@ -18,6 +20,23 @@ def broken_latent_table(metrics: dict) -> Table:
             run["label"], str(run["seed"]), _ints(run["learned_features"]), broken or "-",
             _ints(run["dead_latents"]) or "-", _ints(run["activation_peaks"]), f"{run['explained_variance']:.3f}",
         )
+    return table
+
+
+def absorption_table(metrics: dict) -> Table | None:
+    """One row per SAE and seed: features absorbed above SHOWN_ABSORPTION ("f1 (0.98, full 0.90)") and
+    latents hedging above it ("0 (-0.45)"); None for runs from before these metrics."""
+    runs = [run for run in metrics["runs"] if run.get("absorption") is not None]
+    if not runs:
+        return None
+    table = Table(title=f"absorption and hedging above {SHOWN_ABSORPTION}")
+    for column in ("SAE", "seed", "absorbed features (absorption, full)", "hedging latents (signed)"):
+        table.add_column(column)
+    for run in runs:
+        absorbed = ", ".join(f"f{i} ({a:.2f}, {run['full_absorption'][i]:.2f})"
+                             for i, a in enumerate(run["absorption"]) if a > SHOWN_ABSORPTION)
+        hedging = ", ".join(f"{j} ({h:+.2f})" for j, h in enumerate(run["hedging"]) if abs(h) > SHOWN_ABSORPTION)
+        table.add_row(run["label"], str(run["seed"]), absorbed or "-", hedging or "-")
     return table
 
 
@@ -67,6 +86,8 @@ def show_run(metrics: dict, console: Console) -> None:
     if geometry := geometry_line(metrics["world"]):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
+    if absorption := absorption_table(metrics):
+        console.print(absorption)
     if metrics.get("claims"):
         console.print(claims_summary(metrics["claims"]))
     ranking = metrics["world"]["expected_mse_ranking"]

@@ -67,6 +67,8 @@ class StackedSAE(nn.Module):
         self.log_threshold_SK = None
         if config.activation == "jumprelu" and config.aux is None:
             self.log_threshold_SK = nn.Parameter(torch.full((n_saes, config.latents), math.log(0.1)))
+        # BatchTopK's inference threshold, estimated in training (NaN until the first batch).
+        self.register_buffer("batchtopk_threshold_S", torch.full((n_saes,), math.nan), persistent=False)
 
     # -- the math of the post -------------------------------------------------------------
 
@@ -79,18 +81,51 @@ class StackedSAE(nn.Module):
         return (x_SBD - self.b_dec_SD[:, None]) @ W_enc_SDK + b_enc_SK[:, None]
 
     def thresholds(self, tau_SK: torch.Tensor | None) -> torch.Tensor | None:
-        """JumpReLU thresholds: learned, or the aux loss's tau_j; None for ReLU."""
-        if self.config.activation == "relu":
+        """Per-latent thresholds [S, K] of h = pre * [pre > threshold] at inference: JumpReLU's
+        (learned, or the aux loss's tau_j) and BatchTopK's (one per SAE); None for ReLU and TopK."""
+        if self.config.activation == "batchtopk":
+            return self.batchtopk_threshold_S[:, None].expand(-1, self.latents)
+        if self.config.activation != "jumprelu":
             return None
         return tau_SK if self.log_threshold_SK is None else self.log_threshold_SK.exp()
 
-    def activate(self, pre_SBK: torch.Tensor, tau_SK: torch.Tensor | None = None) -> torch.Tensor:
+    def activate(self, pre_SBK: torch.Tensor, tau_SK: torch.Tensor | None = None, training: bool = False) -> torch.Tensor:
+        """h from the pre-activations. topk: the k largest of each sample, ReLU'd. batchtopk: in
+        training (`training=True`, as `loss_terms` calls it) the k x B largest of the batch, ReLU'd,
+        and the smallest value kept updates the inference threshold (an exponential moving average
+        over steps, as the BatchTopK and Matryoshka papers estimate theta); at inference a JumpReLU
+        at that threshold, so a sample's latents do not depend on the rest of its batch. Before
+        any training step there is no threshold and inference uses the batch rule."""
+        activation = self.config.activation
+        if activation == "topk":
+            return _keep_largest(torch.relu(pre_SBK), self.config.k, dim=-1)
+        if activation == "batchtopk":
+            if training or self.batchtopk_threshold_S.isnan().any():
+                h = _keep_largest(torch.relu(pre_SBK).flatten(1), self.config.k * pre_SBK.shape[1], dim=-1)
+                if training:
+                    self._update_batchtopk_threshold(h.detach())
+                return h.view_as(pre_SBK)
+            return pre_SBK * (pre_SBK > self.batchtopk_threshold_S[:, None, None])
         threshold = self.thresholds(tau_SK)
         if threshold is None:  # ReLU, or an aux-thresholded JumpReLU before any tau exists
             return torch.relu(pre_SBK)
         return JumpReLU.apply(pre_SBK, threshold[:, None], self.jumprelu_bandwidth)
 
-    def decode(self, h_SBK: torch.Tensor) -> torch.Tensor:
+    batchtopk_threshold_decay: ClassVar[float] = 0.99
+    """Per training step: the threshold averages the last ~100 batches' smallest kept activations."""
+
+    @torch.no_grad()
+    def _update_batchtopk_threshold(self, h_SX: torch.Tensor) -> None:
+        kept = torch.where(h_SX > 0, h_SX, torch.full_like(h_SX, math.inf)).amin(-1)
+        kept = torch.where(kept.isinf(), torch.zeros_like(kept), kept)  # nothing fired: any threshold >= 0 agrees
+        old = self.batchtopk_threshold_S
+        decay = self.batchtopk_threshold_decay
+        self.batchtopk_threshold_S.copy_(torch.where(old.isnan(), kept, decay * old + (1 - decay) * kept))
+
+    def decode(self, h_SBK: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """The reconstruction from every latent, or from the first `width` (a Matryoshka prefix)."""
+        if width is not None:
+            return h_SBK[..., :width] @ self.W_dec_SKD[:, :width] + self.b_dec_SD[:, None]
         return h_SBK @ self.W_dec_SKD + self.b_dec_SD[:, None]
 
     def l1_weights_SK(self) -> torch.Tensor:
@@ -98,8 +133,8 @@ class StackedSAE(nn.Module):
             return self.W_dec_SKD.norm(dim=-1)
         return torch.ones(self.n_saes, self.latents, device=self.W_dec_SKD.device)
 
-    def forward(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None):
-        h = self.activate(self.encode_pre(x_SBD), tau_SK)
+    def forward(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, training: bool = False):
+        h = self.activate(self.encode_pre(x_SBD), tau_SK, training)
         return h, self.decode(h)
 
     # -- named, weighted loss terms: the training loop sums what is declared here ----------
@@ -110,6 +145,8 @@ class StackedSAE(nn.Module):
         gradients know "mse", "l1" and "aux" (`fastpath.HAND_DERIVED_TERMS`): an SAE that declares
         another term trains by autograd unless its gradients are derived too."""
         weights = {"mse": 1.0, "l1": config.l1}
+        if config.nested_widths():
+            weights["prefix_mse"] = 1.0
         if config.aux is not None:
             weights["aux"] = aux_lambda
         return weights
@@ -117,10 +154,16 @@ class StackedSAE(nn.Module):
     def loss_terms(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, aux_lambda: float = 0.0):
         """({name: (weight, value per SAE and sample [S, B])}, activations h_SBK).
 
-        mse: ||x_hat - x||^2; l1: sum_k w_k h_k; aux (with [sae.aux]): the activation-orthogonality
-        loss at the aux loss's thresholds tau_SK (only while its weight is above 0)."""
-        h, x_hat = self(x_SBD, tau_SK)
+        mse: ||x_hat - x||^2; l1: sum_k w_k h_k; prefix_mse (Matryoshka): sum over the widths w
+        below `latents` of ||x_hat_w - x||^2, x_hat_w the reconstruction from the first w latents,
+        so mse + prefix_mse is the nested loss with the full width counted once; aux (with
+        [sae.aux]): the activation-orthogonality loss at the aux loss's thresholds tau_SK (only
+        while its weight is above 0)."""
+        h, x_hat = self(x_SBD, tau_SK, training=True)
         values = {"mse": (x_hat - x_SBD).pow(2).sum(-1), "l1": (h * self.l1_weights_SK()[:, None]).sum(-1)}
+        widths = self.config.nested_widths()
+        if widths:
+            values["prefix_mse"] = sum((self.decode(h, w) - x_SBD).pow(2).sum(-1) for w in widths[:-1])
         if self.config.aux is not None and aux_lambda > 0:
             values["aux"] = aux_loss(x_SBD, self.b_dec_SD, self.W_dec_SKD, h.detach(), tau_SK)
         weights = self.loss_weights(self.config, aux_lambda)
@@ -149,6 +192,12 @@ class StackedSAE(nn.Module):
             "b_enc": b_enc_SK[s].contiguous().clone(),
             "b_dec": self.b_dec_SD[s].contiguous().clone(),
         }
+
+
+def _keep_largest(a: torch.Tensor, count: int, dim: int) -> torch.Tensor:
+    """`a` with all but its `count` largest entries along `dim` set to 0 (gradient flows to the kept ones)."""
+    top = a.topk(count, dim=dim)
+    return torch.zeros_like(a).scatter(dim, top.indices, top.values)
 
 
 def initial_decoder(latents: int, dim: int, seed: int, label: str, init: str) -> torch.Tensor:

@@ -1,0 +1,253 @@
+"""The Python API for notebooks: load a run directory back, or train and analyse in memory.
+
+    import broken_latents as bl
+    run = bl.load_run("runs/recap-absorption")
+    sae = run.saes["untied"][0]
+    h = sae.encode(run.world.directions)      # each true feature alone, at magnitude 1
+    run.metrics.runs[0].absorption            # typed metrics.json
+
+`broken_latents/__init__.py` re-exports these names lazily, so `import broken_latents` stays
+light (torch and numba load on first use)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
+from .metrics import CLEAN_COS, ClaimResult, Metrics
+from .saes.base import _keep_largest
+from .world import World
+
+# -- one trained SAE --------------------------------------------------------------------------
+
+
+def _relu(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
+    return torch.relu(pre_BK)
+
+
+def _above_threshold(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
+    return pre_BK * (pre_BK > sae.threshold)
+
+
+def _topk(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
+    return _keep_largest(torch.relu(pre_BK), sae.config.k, dim=-1)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor, "SAE"], torch.Tensor]] = {
+    "relu": _relu,
+    "jumprelu": _above_threshold,
+    "topk": _topk,
+    # At inference BatchTopK is a JumpReLU at the threshold estimated in training (saes/base.py),
+    # so a sample's latents do not depend on the rest of its batch.
+    "batchtopk": _above_threshold,
+}
+"""`[[sae]] activation` -> h from the pre-activations, as the trained SAE computes it at inference
+(`StackedSAE.activate`). A new activation is one entry here, reading what it needs from `sae.config`."""
+THRESHOLDED = ("jumprelu", "batchtopk")
+"""Activations whose weights file carries `threshold`."""
+
+
+@dataclass
+class SAE:
+    """One trained SAE (one label, one seed), in SAELens' layout, with the trained SAE's math:
+    h = act((x - b_dec) @ W_enc + b_enc), x_hat = h @ W_dec + b_dec. A tied SAE is saved with
+    W_enc = W_dec^T and b_enc = 0, so one formula serves both; `act` is in ACTIVATIONS."""
+
+    label: str
+    seed: int
+    config: SAEConfig
+    W_enc: torch.Tensor
+    """[D, K]"""
+    W_dec: torch.Tensor
+    """[K, D]"""
+    b_enc: torch.Tensor
+    """[K]"""
+    b_dec: torch.Tensor
+    """[D]"""
+    threshold: torch.Tensor | None = None
+    """[K], JumpReLU: the learned threshold or the aux loss's final tau_j; BatchTopK: the one
+    inference threshold estimated in training, for every latent."""
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    @property
+    def activation(self) -> str:
+        return self.config.activation
+
+    @property
+    def latents(self) -> int:
+        return self.W_dec.shape[0]
+
+    @property
+    def widths(self) -> list[int] | None:
+        """A Matryoshka SAE's nested prefix widths (`decode(h, width=w)`), else None."""
+        return self.config.matryoshka_widths
+
+    def encode_pre(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
+
+    @torch.no_grad()
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Latent activations [..., K] of inputs [..., D]."""
+        x_BD = torch.as_tensor(x_BD, dtype=self.W_enc.dtype)
+        if self.activation not in ACTIVATIONS:
+            raise NotImplementedError(f"activation {self.activation!r}: add it to broken_latents.api.ACTIVATIONS")
+        return ACTIVATIONS[self.activation](self.encode_pre(x_BD), self)
+
+    @torch.no_grad()
+    def decode(self, h_BK: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """Reconstruction [..., D]; `width`: from the first `width` latents only (a Matryoshka prefix)."""
+        h_BK = torch.as_tensor(h_BK, dtype=self.W_dec.dtype)
+        if width is None:
+            return h_BK @ self.W_dec + self.b_dec
+        return h_BK[..., :width] @ self.W_dec[:width] + self.b_dec
+
+    def __call__(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, x_hat), as the training code's SAEs return them."""
+        h = self.encode(x_BD)
+        return h, self.decode(h)
+
+    @classmethod
+    def load(cls, path: str | Path, config: SAEConfig, seed: int) -> "SAE":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
+        if config.activation in THRESHOLDED:
+            missing |= {"threshold"} - set(tensors)
+        if missing:
+            raise ConfigError("DIR", f"{path} lacks {sorted(missing)}")
+        return cls(config.label, seed, config, tensors["W_enc"], tensors["W_dec"], tensors["b_enc"], tensors["b_dec"],
+                   tensors.get("threshold"))
+
+
+# -- a run directory ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A run directory, loaded: everything `broken-latents run` wrote, as objects."""
+
+    path: Path
+    config: ExperimentConfig
+    """config.toml"""
+    world: World
+    """Rebuilt from the config: the same directions (`world.directions` [F, D]), rates and magnitudes."""
+    saes: dict[str, dict[int, SAE]]
+    """saes[label][seed], from weights/LABEL-seedN.safetensors."""
+    metrics: Metrics
+    """metrics.json, typed."""
+    history: dict | None = field(default=None, repr=False)
+    """history.json ({"steps", "runs": [{"label", "seed", "terms"}]}); None for runs from before it."""
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({seed for by_seed in self.saes.values() for seed in by_seed})
+
+
+def load_run(directory: str | Path) -> Run:
+    """Load a run directory; a path that is not a complete run raises ConfigError naming it."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise ConfigError("DIR", f"{path} is not a directory")
+    for needed in ("metrics.json", "config.toml"):
+        if not (path / needed).is_file():
+            raise ConfigError("DIR", f"{path} is not a run directory (no {needed})")
+    config = load_toml(path / "config.toml")
+    try:
+        metrics = Metrics.from_json(json.loads((path / "metrics.json").read_text()))
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ConfigError("DIR", f"{path / 'metrics.json'} is not a metrics.json this version reads: {err}") from None
+    saes: dict[str, dict[int, SAE]] = {}
+    for sae_config in config.sae:
+        pattern = re.compile(re.escape(sae_config.label) + r"-seed(\d+)\.safetensors")
+        files = {int(m.group(1)): f for f in (path / "weights").glob("*.safetensors") if (m := pattern.fullmatch(f.name))}
+        if not files:
+            raise ConfigError("DIR", f"{path / 'weights'} has no {sae_config.label}-seedN.safetensors")
+        saes[sae_config.label] = {seed: SAE.load(files[seed], sae_config, seed) for seed in sorted(files)}
+    history_path = path / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else None
+    return Run(path, config, World.build(config.world), saes, metrics, history)
+
+
+# -- train and analyse in memory ---------------------------------------------------------------
+
+
+def load_config(target: str | Path | ExperimentConfig) -> ExperimentConfig:
+    """A registered experiment's config (a copy, safe to change), a .toml path, or a config as is."""
+    if isinstance(target, ExperimentConfig):
+        return target
+    from . import experiments
+
+    if isinstance(target, str) and target in experiments.EXPERIMENTS:
+        return copy.deepcopy(experiments.EXPERIMENTS[target].config)
+    if Path(target).is_file() or str(target).endswith(".toml"):
+        return load_toml(Path(target))
+    raise ConfigError("TARGET", f"{target!r} is neither a registered experiment "
+                                f"({', '.join(experiments.EXPERIMENTS)}) nor a .toml file")
+
+
+def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, samples: int | None = None,
+          set: tuple[str, ...] | list[str] = (), device: str = "cpu", progress: bool = False):
+    """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
+    with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
+    as the CLI's --set."""
+    from .train import train as train_stacks
+
+    config = _configured(target, seeds, samples, set, device)
+    return train_stacks(config, device=device, progress=progress)
+
+
+def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | None = None,
+        samples: int | None = None, set: tuple[str, ...] | list[str] = (), device: str = "cpu",
+        progress: bool = False) -> Run:
+    """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
+    give it back loaded (`load_run(out)`)."""
+    from .output.rundir import run_experiment
+
+    config = _configured(target, seeds, samples, set, device)
+    experiment = _experiment_named(config.name)
+    run_experiment(config, experiment.claims if experiment else [], Path(out), device=device, progress=progress,
+                   clean_cos=experiment.clean_cos if experiment else CLEAN_COS)
+    return load_run(out)
+
+
+def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
+    from .train import choose_engine
+
+    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
+    config = apply_overrides(load_config(target), [*budget, *assignments])
+    choose_engine(config, device)  # a config error before training starts
+    return config
+
+
+def _experiment_named(name: str):
+    """The registered experiment a config belongs to by name (its claims apply), or None."""
+    from . import experiments
+
+    return experiments.EXPERIMENTS.get(name)
+
+
+def analyse(result, clean_cos: float | None = None) -> Metrics:
+    """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
+    same name, if there is one (as `broken-latents run` does)."""
+    from .analysis import measure
+    from .experiments.claims import evaluate_claims
+
+    experiment = _experiment_named(result.config.name)
+    if clean_cos is None:
+        clean_cos = experiment.clean_cos if experiment else CLEAN_COS
+    metrics = measure(result, clean_cos=clean_cos)
+    metrics.description = result.config.description
+    if experiment is not None:
+        metrics.claims = [ClaimResult.from_json(c) for c in evaluate_claims(experiment.claims, metrics.to_json())]
+    return metrics
