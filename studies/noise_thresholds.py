@@ -137,7 +137,8 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(
         "# Aux-loss thresholds under magnitude noise\n\n"
         f"`{BASE}` with `magnitude_std = k x magnitude` (`--samples` shrinks the aux schedule with the budget); both rules train in lockstep on the same data. "
-        "Cells: seeds where the claim held / seeds run. Made by `studies/noise_thresholds.py`.\n\n"
+        "Cells: seeds where the claim held / seeds run (in the figure, a rule's two lines coincide where both "
+        "claims held in the same seeds). Made by `studies/noise_thresholds.py`.\n\n"
         + table(done) + "\n")
     figure(done, args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md").read_text())
