@@ -167,6 +167,15 @@ class AuxConfig:
     """Samples trained with lambda = tau = 0 before the warm-up starts."""
     warmup_samples: int = 50_000_000
     """Samples over which lambda and tau rise linearly to their full values."""
+    threshold: Literal["ratio", "mixture"] = "ratio"
+    """ratio: the post's tau_j = threshold_ratio x running max. mixture: tau_j from latent j's peak model
+    (a Gaussian mixture refitted every refit_samples, see `refit.py`): between its main peak and the peak
+    below; for one peak, 3 stds (at least 15% of the mean) below it. Both rise over the same warm-up;
+    a latent without a model (too few firings) falls back to the ratio rule."""
+    refit_samples: int = 5_000_000
+    """mixture: training samples between refits of the peak models (the first fit comes after the delay)."""
+    refit_inputs: int = 4096
+    """mixture: inputs drawn from a held-out stream for each refit."""
 
     def __post_init__(self) -> None:
         _require(self.coefficient >= 0, "aux.coefficient", f"must be >= 0, got {self.coefficient}")
@@ -174,6 +183,37 @@ class AuxConfig:
         _require(self.window_batches >= 1, "aux.window_batches", f"must be >= 1, got {self.window_batches}")
         _require(self.delay_samples >= 0, "aux.delay_samples", f"must be >= 0, got {self.delay_samples}")
         _require(self.warmup_samples >= 0, "aux.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+        _require(self.threshold in ("ratio", "mixture"), "aux.threshold",
+                 f"must be one of 'ratio', 'mixture'; got {self.threshold!r}")
+        _require(self.refit_samples >= 1, "aux.refit_samples", f"must be >= 1, got {self.refit_samples}")
+        _require(self.refit_inputs >= 256, "aux.refit_inputs", f"must be >= 256, got {self.refit_inputs}")
+
+
+@dataclass
+class InverseConfig:
+    """The inverse technique for narrow SAEs (the post's future work): penalise the alignment of each
+    latent's decoder row with the directions that separate its higher activation peaks from its lowest
+    (main) one, L = coefficient * mean_j sum_p cos(W_j, u_jp)^2, with u_jp refitted from the latent's
+    peak model every refit_samples (see `refit.py`)."""
+
+    coefficient: float = 10.0
+    """Weight of the penalty at the end of the warm-up (cos^2 is at most 1 per latent and direction)."""
+    refit_samples: int = 1_000_000
+    """Training samples between refits of the peak models and their directions."""
+    refit_inputs: int = 4096
+    """Inputs drawn from a held-out stream for each refit."""
+    delay_samples: int = 5_000_000
+    """Samples trained without the penalty (the latent must form its peaks first)."""
+    warmup_samples: int = 5_000_000
+    """Samples over which the penalty's weight rises linearly to `coefficient`."""
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.coefficient) and self.coefficient >= 0, "inverse.coefficient",
+                 f"must be >= 0, got {self.coefficient}")
+        _require(self.refit_samples >= 1, "inverse.refit_samples", f"must be >= 1, got {self.refit_samples}")
+        _require(self.refit_inputs >= 256, "inverse.refit_inputs", f"must be >= 256, got {self.refit_inputs}")
+        _require(self.delay_samples >= 0, "inverse.delay_samples", f"must be >= 0, got {self.delay_samples}")
+        _require(self.warmup_samples >= 0, "inverse.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
 
 
 @dataclass
@@ -199,6 +239,8 @@ class SAEConfig:
     """Matryoshka SAE (SAELens' name): nested prefixes [w1 < w2 < ... = latents]; the reconstruction
     loss sums the squared error of the reconstruction from the first w latents over every w (the
     sparsity term counts once). Absent: a plain SAE."""
+    inverse: InverseConfig | None = None
+    """The inverse technique (project the higher activation peaks' directions out of a latent); absent means off."""
 
     def __post_init__(self) -> None:
         _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",

@@ -111,8 +111,10 @@ EMPTY = PeakModel((), (), (), None, 0.0, 0)
 
 
 def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_components: int = MAX_COMPONENTS,
-                   max_samples: int = MAX_SAMPLES, seed: int = 0) -> PeakModel:
+                   max_samples: int = MAX_SAMPLES, seed: int = 0, init: str = "kmeans", tol: float = 1e-3) -> PeakModel:
     """Fit the peak model to one latent's activations (any shape; zeros and negatives are ignored).
+    `init` and `tol` go to GaussianMixture (init_params, tol): the refits during training trade a
+    little accuracy for speed there (refit.py).
 
     Deterministic for a given input and seed: the subsample and the EM starts are seeded."""
     from sklearn.exceptions import ConvergenceWarning
@@ -143,8 +145,8 @@ def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_compon
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for k in range(1, min(max_components, x.size // MIN_SAMPLES) + 1):
-            gm = GaussianMixture(k, covariance_type="full", reg_covar=reg, n_init=1, init_params="kmeans",
-                                 max_iter=200, random_state=seed).fit(X)
+            gm = GaussianMixture(k, covariance_type="full", reg_covar=reg, n_init=1, init_params=init,
+                                 max_iter=200, tol=tol, random_state=seed).fit(X)
             bic = gm.bic(X)
             if bic < best_bic:
                 best, best_bic = gm, bic
@@ -211,3 +213,17 @@ def _equal_density_point(model: PeakModel, lower: tuple[int, ...], upper: tuple[
         return float((lo + hi) / 2)  # no crossing between the means (degenerate fit): the midpoint
     i = negative[-1]
     return float(brentq(excess, grid[i], grid[i + 1]))
+
+
+def assign_peaks(model: PeakModel, acts: np.ndarray) -> np.ndarray:
+    """The peak (index into `model.peaks`, sorted by mean) each activation most likely belongs to, by
+    the peaks' weighted densities; -1 for activations at or below the fitted floor (and for every
+    activation of a latent without a model)."""
+    x = np.asarray(acts, dtype=np.float64).ravel()
+    out = np.full(x.shape, -1, dtype=np.int64)
+    if not model.peaks:
+        return out
+    above = x > model.floor
+    densities = np.stack([model.density(x[above], group) for group in model.groups])
+    out[above] = densities.argmax(0)
+    return out

@@ -20,12 +20,14 @@ QUICK_FACTOR = 0.1
 
 def scaled(config: ExperimentConfig, seeds: int, factor: float) -> ExperimentConfig:
     """The same experiment with `seeds` seeds and every sample budget times `factor`."""
-    saes = [
-        dataclasses.replace(sae, aux=dataclasses.replace(
-            sae.aux, delay_samples=int(sae.aux.delay_samples * factor), warmup_samples=int(sae.aux.warmup_samples * factor),
-        )) if sae.aux else sae
-        for sae in config.sae
-    ]
+    def schedule(table):  # the aux loss's and the inverse technique's sample counts
+        if table is None:
+            return None
+        return dataclasses.replace(table, delay_samples=int(table.delay_samples * factor),
+                                   warmup_samples=int(table.warmup_samples * factor),
+                                   refit_samples=max(int(table.refit_samples * factor), 1))
+
+    saes = [dataclasses.replace(sae, aux=schedule(sae.aux), inverse=schedule(sae.inverse)) for sae in config.sae]
     train = dataclasses.replace(config.train, seeds=seeds, samples=max(int(config.train.samples * factor), 1))
     return dataclasses.replace(config, train=train, sae=saes)
 

@@ -52,7 +52,7 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
                for k, v in tensors.items() if k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
     d_sae, d_in = weights["W_dec"].shape
     if tied:
-        weights["W_enc"] = weights["W_dec"].T
+        weights["W_enc"] = weights["W_dec"].T.clone()  # one latent: .T is contiguous and would share memory
         weights["b_enc"] = torch.zeros(d_sae)
     architecture = ARCHITECTURE_OF_ACTIVATION[activation]
     if architecture == "topk" and not (k and k >= 1):

@@ -15,8 +15,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .aux import AuxState
+from .inverse import InverseState
+from .refit import Probe
 from .config import ConfigError, ExperimentConfig, SAEConfig
-from .engine.backend import amax, as_torch, clamp_min, concat_flat, norm_last
+from .engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
 from .engine import fastpath, kernel
 from .engine.fastpath import Architecture, WorldGeometry, params_of
 from .engine.optim import FlatAdam, flatten_parameters, split_like
@@ -125,7 +127,13 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
     # The compiled kernel works on numpy views of the parameters; the other engines on torch tensors.
     on_numpy = engine == "compiled"
     zeros = partial(np.zeros, dtype=np.float32) if on_numpy else partial(torch.zeros, device=device)
-    auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros) if s.config.aux else None for s in stacks]
+    # Peak refits (mixture thresholds, inverse technique) run the SAE's torch forward on held-out probe inputs.
+    probe = lambda stack, inputs: partial(Probe(world, seeds, inputs, device), stack.sae)  # noqa: E731
+    auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros, probe(s, s.config.aux.refit_inputs))
+             if s.config.aux else None for s in stacks]
+    inverses = [InverseState(s.config.inverse, len(seeds), s.config.latents, config.world.dim,
+                             probe(s, s.config.inverse.refit_inputs), device)
+                if s.config.inverse else None for s in stacks]
     parameters = [p for stack in stacks for p in stack.sae.parameters()]
     flat = flatten_parameters(parameters)
     optimiser = FlatAdam(flat.numpy() if on_numpy else flat, lr=config.train.lr)
@@ -158,11 +166,11 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
             f_RNB = stream.next()
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
             if engine != "autograd":
-                logged, grads = _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, step * batch, want_loss,
-                                           grad_outs)
+                logged, grads = _fast_step(stacks, archs, arrays, auxes, inverses, geometry, f_RNB, step * batch,
+                                           want_loss, grad_outs)
                 grad = grad_flat if grad_outs is not None else concat_flat(grads)
             else:
-                logged, grads = _autograd_step(stacks, auxes, world.inputs(f_RNB), step * batch)
+                logged, grads = _autograd_step(stacks, auxes, inverses, world.inputs(f_RNB), step * batch)
                 grad = concat_flat(grads)
             optimiser.step(grad, config.train.lr * lr_factor(config, step, steps))
             if config.train.unit_norm_decoder:
@@ -183,11 +191,11 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
     return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history, seed_history)
 
 
-def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch.Tensor]]:
+def _autograd_step(stacks, auxes, inverses, x_RBD, samples_seen) -> tuple[dict, list[torch.Tensor]]:
     """The reference: losses through autograd; gradients in parameter order."""
     total, logged = 0.0, {}
-    for stack, aux in zip(stacks, auxes):
-        loss_S, parts = _stack_loss(stack, aux, x_RBD, samples_seen)
+    for stack, aux, inverse in zip(stacks, auxes, inverses):
+        loss_S, parts = _stack_loss(stack, aux, inverse, x_RBD, samples_seen)
         total = total + loss_S.sum()
         logged[stack.config.label] = parts
     for stack in stacks:
@@ -196,12 +204,13 @@ def _autograd_step(stacks, auxes, x_RBD, samples_seen) -> tuple[dict, list[torch
     return logged, [p.grad for stack in stacks for p in stack.sae.parameters()]
 
 
-def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want_loss, grad_outs=None):
+def _fast_step(stacks, archs, arrays, auxes, inverses, geometry, f_RNB, samples_seen, want_loss, grad_outs=None):
     """Hand-derived gradients of the loss terms each SAE declares, same values as `_autograd_step`:
     by the compiled kernel (kernel.py), which writes them into `grad_outs`, or, without `grad_outs`,
-    by fastpath.py. Returns the losses if asked, and the gradients in parameter order."""
+    by fastpath.py; the parameter terms' gradients (no batch) by autograd on top. Returns the losses if
+    asked, and the gradients in parameter order."""
     logged, all_grads = {}, []
-    for i, (stack, arch, params, aux) in enumerate(zip(stacks, archs, arrays, auxes)):
+    for i, (stack, arch, params, aux, inverse) in enumerate(zip(stacks, archs, arrays, auxes, inverses)):
         lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
         weights = stack.sae.loss_weights(stack.config, lam)
         arguments = (arch, params, geometry, f_RNB, weights, tau_SK, want_loss)
@@ -210,11 +219,13 @@ def _fast_step(stacks, archs, arrays, auxes, geometry, f_RNB, samples_seen, want
         else:
             losses, h, grads = fastpath.loss_and_grads(*arguments)
             h_max = amax(h, -1)
+        extra = _add_parameter_term_grads(stack, inverse, samples_seen, grads)
         all_grads += [grads[name] for name in params]
         if aux is not None:
             aux.running_max.update(h_max)
         if want_loss:
-            losses = {**(losses or {}), **_declared_terms(stack, f_RNB, geometry, tau_SK, lam, skip=losses or {})}
+            losses = {**(losses or {}), **_declared_terms(stack, f_RNB, geometry, tau_SK, lam, skip=losses or {}),
+                      **extra}
         logged[stack.config.label] = losses or {}
     return logged, all_grads
 
@@ -232,14 +243,37 @@ def _declared_terms(stack: TrainedStack, f_RNB, geometry, tau_SK, lam: float, sk
     return {name: value.mean(-1) for name, (_, value) in terms.items() if name not in skip}
 
 
-def _stack_loss(stack: TrainedStack, aux: AuxState | None, x_RBD: torch.Tensor, samples_seen: int):
-    """The weighted sum of the terms the SAE declares, per SAE and averaged over the batch; and each
-    term's batch mean, to log."""
+def _parameter_terms(stack: TrainedStack, inverse: InverseState | None, samples_seen: int) -> dict:
+    return stack.sae.parameter_terms(inverse.schedule(samples_seen) if inverse else None)
+
+
+def _add_parameter_term_grads(stack, inverse, samples_seen, grads) -> dict:
+    """Add the gradients of the terms the SAE declares on its parameters alone (autograd: they need no
+    batch) to the hand-derived `grads`, in place; returns the terms' values."""
+    terms = _parameter_terms(stack, inverse, samples_seen)
+    if not terms:
+        return {}
+    named = dict(stack.sae.named_parameters())
+    with torch.enable_grad():
+        found = torch.autograd.grad(weighted_sum(terms).sum(), list(named.values()), allow_unused=True)
+    for name, g in zip(named, found):
+        if g is not None:
+            grads[name] += g.numpy() if is_numpy(grads[name]) else g
+    return {name: value.detach() for name, (_, value) in terms.items()}
+
+
+def _stack_loss(stack: TrainedStack, aux: AuxState | None, inverse: InverseState | None, x_RBD: torch.Tensor,
+                samples_seen: int):
+    """The weighted sum of the terms the SAE declares, per SAE and averaged over the batch (plus its
+    parameter terms); and each term's batch mean, to log."""
     lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
     terms, h = stack.sae.loss_terms(x_RBD, tau_SK, lam)
     if aux is not None:
         aux.running_max.update(h.detach().amax(dim=1))
-    return weighted_sum(terms).mean(-1), {name: value.detach().mean(-1) for name, (_, value) in terms.items()}
+    parameter_terms = _parameter_terms(stack, inverse, samples_seen)
+    loss_S = weighted_sum(terms).mean(-1) + (weighted_sum(parameter_terms) if parameter_terms else 0.0)
+    logged = {name: value.detach().mean(-1) for name, (_, value) in terms.items()}
+    return loss_S, {**logged, **{name: value.detach() for name, (_, value) in parameter_terms.items()}}
 
 
 def _per_seed(logged: dict) -> dict:

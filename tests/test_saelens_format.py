@@ -68,6 +68,13 @@ def test_tied_sae_is_written_with_its_encoder_and_says_so(tmp_path):
     np.testing.assert_array_equal(sae.b_enc, np.zeros(K))
 
 
+def test_tied_sae_with_one_latent_is_written(tmp_path):
+    """W_dec [1, D] transposed is contiguous already: safetensors refused the shared memory."""
+    W_dec = np.random.default_rng(0).normal(size=(1, D)).astype(np.float32)
+    folder = write_saelens(tmp_path / "sae", {"W_dec": W_dec, "b_dec": np.zeros(D, np.float32)}, "relu", tied=True)
+    np.testing.assert_array_equal(load_sae(folder).W_enc, W_dec.T)
+
+
 def test_run_weights_file_loads(tmp_path):
     weights = _weights()
     save_file(weights, str(tmp_path / "tied-seed0.safetensors"))

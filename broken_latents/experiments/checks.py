@@ -269,6 +269,30 @@ def points_at(label: str, feature: int) -> Check:
     return check
 
 
+def single_latent_is_feature(label: str, feature: int, clean: float = CLEAN_COS) -> Check:
+    """Check: the first latent's decoder has cos >= clean with `feature` (the clean parent, not the
+    merged latent); the detail gives its whole cosine profile."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        profile = dec(runs[label])[0]
+        shown = ", ".join(f"f{i} {v:+.2f}" for i, v in enumerate(profile))
+        return float(profile[feature]) >= clean, f"{label} latent cos: {shown}"
+
+    return check
+
+
+def clean_unless_opposite(label: str, feature: int, clean: float = CLEAN_COS) -> Check:
+    """Check: the first latent is the clean `feature` (cos >= clean) or points against it (cos < 0:
+    the local minimum that fires when the feature is absent, which a technique on peaks cannot reach)."""
+
+    def check(runs: dict, world: dict) -> tuple[bool, str]:
+        cos = float(dec(runs[label])[0, feature])
+        where = "clean" if cos >= clean else "opposite sign" if cos < 0 else "neither"
+        return cos >= clean or cos < 0, f"{label} latent cos with f{feature}: {cos:+.2f} ({where})"
+
+    return check
+
+
 def encoder_profile_matches_decoder(label: str, latent: int) -> Check:
     def check(runs: dict, world: dict) -> tuple[bool, str]:
         run = runs[label]

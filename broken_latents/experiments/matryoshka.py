@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from . import checks as c
 from .claims import Claim
-from .post import POST_AUX, POST_AUX_SAMPLES, narrow_world, recipe, tied, untied
+from .post import POST_AUX, POST_AUX_SAMPLES, SINGLE_LATENT_INVERSE, narrow_world, recipe, tied, untied
 from .registry import Experiment, get, register
 from ..config import ExperimentConfig, HierarchyConfig, TrainConfig, WorldConfig
 
@@ -115,5 +115,25 @@ register(Experiment(
               c.latent_is_one_of("tied-nested-aux", 0, [0, 1, 2, 3])),
         Claim("prefix-becomes-a-child", "latent 0 becomes a child feature (|cos| >= 0.95 with f1 or f2)",
               "(what the aux loss does to the prefix; not in the post)", c.latent_is_one_of("tied-nested-aux", 0, [1, 2])),
+    ],
+))
+
+register(Experiment(
+    ExperimentConfig(
+        name="matryoshka-inverse-single-latent",
+        description="Matryoshka [1, 4] plus the inverse technique (project the higher peaks' directions out of each "
+                    "latent) on the single-latent world: does the width-1 latent become the clean parent?",
+        world=SINGLE_LATENT_WORLD,
+        train=recipe(20_000_000),
+        sae=[replace(nested(tied(4), [1, 4], "tied-nested-inverse"), inverse=SINGLE_LATENT_INVERSE),
+             replace(nested(untied(4), [1, 4], "untied-nested-inverse"), inverse=SINGLE_LATENT_INVERSE)],
+    ),
+    [
+        Claim("tied-prefix-clean-parent", "tied: latent 0 (the width-1 prefix) is the clean parent: cos >= 0.95 with f0",
+              "We may be able to combine Matryoshka SAEs with variations on our activation orthogonality technique to "
+              "project out the child features from Matryoshka parent latents",
+              c.latent_is_clean("tied-nested-inverse", 0, 0)),
+        Claim("untied-prefix-clean-parent", "untied: latent 0 is the clean parent: cos >= 0.95 with f0", "(the same, untied)",
+              c.latent_is_clean("untied-nested-inverse", 0, 0)),
     ],
 ))

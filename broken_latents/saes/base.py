@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .losses import aux_loss
+from .losses import aux_loss, inverse_loss
 
 # SAEConfig (config.py) stays a name in quotes here: the config validates architecture names
 # against this package's registry, so imports run config -> saes and never back.
@@ -168,6 +168,18 @@ class StackedSAE(nn.Module):
             values["aux"] = aux_loss(x_SBD, self.b_dec_SD, self.W_dec_SKD, h.detach(), tau_SK)
         weights = self.loss_weights(self.config, aux_lambda)
         return {name: (weights[name], value) for name, value in values.items()}, h
+
+    def parameter_terms(self, inverse: tuple | None = None) -> dict[str, tuple[float, torch.Tensor]]:
+        """Terms on the parameters alone, without a batch: {name: (weight, value per SAE [S])}. Every
+        engine trains them by autograd, added to the batch terms' gradients (they cost O(S K D)).
+
+        inverse (with [sae.inverse]): (weight, u_SKPD, mask_SKP) of `InverseState.schedule`, the
+        inverse technique's penalty on W_dec's alignment with the higher peaks' directions."""
+        terms = {}
+        if getattr(self.config, "inverse", None) is not None and inverse is not None and inverse[0] > 0:
+            weight, u_SKPD, mask_SKP = inverse
+            terms["inverse"] = (weight, inverse_loss(self.W_dec_SKD, u_SKPD, mask_SKP))
+        return terms
 
     # -- export ---------------------------------------------------------------------------
 

@@ -19,3 +19,11 @@ def aux_loss(
     cos_SBK = centred @ directions.transpose(1, 2)
     low = (h_SBK <= tau_SK[:, None]).to(cos_SBK.dtype)
     return (low * cos_SBK.pow(2)).mean(-1)
+
+
+def inverse_loss(W_dec_SKD: torch.Tensor, u_SKPD: torch.Tensor, mask_SKP: torch.Tensor) -> torch.Tensor:
+    """The inverse technique's penalty per SAE [S]: mean over latents of sum_p mask_jp cos(W_j, u_jp)^2
+    (u_jp unit directions separating latent j's higher peaks from its main one; coefficient not applied)."""
+    directions = torch.nn.functional.normalize(W_dec_SKD, dim=-1)
+    cos_SKP = (u_SKPD @ directions[..., None])[..., 0]
+    return (mask_SKP * cos_SKP.pow(2)).sum(-1).mean(-1)
