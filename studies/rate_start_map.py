@@ -51,7 +51,8 @@ def table(cells: dict, starts: list[float]) -> str:
     lines = ["| experiment | claim | " + " | ".join(f"start {s:g}" for s in starts) + " |",
              "|---|---|" + "---|" * len(starts)]
     for name in EXPERIMENT_NAMES:
-        for claim in EXPERIMENTS[name].claims:
+        mapped = {cid for c in cells.values() if c["experiment"] == name for cid in c["claims"]}
+        for claim in [claim for claim in EXPERIMENTS[name].claims if claim.id in mapped]:  # claims added later: not mapped
             row = []
             for start in starts:
                 found = [c for c in cells.values() if c["experiment"] == name and c["rate_start"] == start]
