@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import swap_into_place
 from .config import ConfigError
 from .peak_model import PEAK_FLOOR, MAX_SAMPLES, PeakModel, fit_peak_model
 from .saelens_format import NumpySAE, load_sae
@@ -244,13 +245,7 @@ def _write_atomically(out: Path, result: dict, reservoirs: Reservoirs, models: l
                 figures.append(path)
         (partial / "report.html").write_text(render_html(result, figures))
         (partial / "inspect.json").write_text(json.dumps(result, indent=1))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(partial, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(partial, out)
+        swap_into_place(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -1,7 +1,5 @@
 """The Python API: `load_run` gives back what a run trained (weights, math, world, typed metrics, history)."""
 
-import json
-import math
 import subprocess
 import sys
 

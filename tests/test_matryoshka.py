@@ -2,7 +2,6 @@
 k active latents, the engine choice, and a tiny training whose width-1 prefix takes the feature
 that costs the most to leave out."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -24,6 +24,7 @@ from ..metrics import CLEAN_COS
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
+from ..atomic import swap_into_place
 from ..saelens_format import write_saelens
 from ..train import TrainResult, train
 
@@ -60,7 +61,7 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
         metrics["description"] = config.description
         metrics["claims"] = evaluate_claims(claims, metrics)
         _write_directory(partial, config, result, metrics, started, figures)
-        _swap_into_place(partial, out)
+        swap_into_place(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -101,13 +102,3 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     (path / "metrics.json").write_text(json.dumps(ordered, indent=1))
     metrics.clear()
     metrics.update(ordered)
-
-
-def _swap_into_place(partial: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(partial, out)
