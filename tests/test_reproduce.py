@@ -52,3 +52,26 @@ def test_a_claim_about_a_missing_sae_fails_with_that_said():
     metrics = {"runs": [{"label": "tied", "seed": 0, "matches": [], "decoder_cos": [[1.0]]}], "world": {}}
     (result,) = evaluate_claims([claim], metrics)
     assert not result["holds"] and "no SAE labelled 'untied'" in result["detail"]
+
+
+def test_quick_reproduction_caps_budgets_and_draws_no_figures(tmp_path):
+    from broken_latents.reproduce import QUICK_SAMPLES
+
+    cheap = ExperimentConfig(name="cheap", world=WorldConfig(features=3, dim=4, firing=0.3),
+                             train=TrainConfig(samples=40_000, eval_samples=5_000), sae=[SAEConfig(label="tied", latents=3)])
+    costly = ExperimentConfig(name="costly", world=WorldConfig(features=3, dim=4, firing=0.3),
+                              train=TrainConfig(samples=QUICK_SAMPLES * 4000, eval_samples=5_000),
+                              sae=[SAEConfig(label="tied", latents=3)])
+    import broken_latents.reproduce as reproduce
+
+    reproduce.QUICK_SAMPLES, saved = 20_000, QUICK_SAMPLES  # keep the test tiny: cap at 20k
+    try:
+        reproduce_all(seeds=1, out=tmp_path, quick=True, device="cpu", progress=False,
+                      experiments={"cheap": Experiment(cheap), "costly": Experiment(costly)})
+    finally:
+        reproduce.QUICK_SAMPLES = saved
+    import json
+
+    assert json.loads((tmp_path / "cheap" / "metrics.json").read_text())["samples"] == 20_480  # capped: 20 batches
+    assert not (tmp_path / "cheap" / "figures").exists()
+    assert "**quick**" in (tmp_path / "report.md").read_text()

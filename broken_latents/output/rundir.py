@@ -46,9 +46,10 @@ def check_out_dir(out: Path) -> None:
 
 def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, device: str = "cpu",
                    progress: bool = True, clean_cos: float = CLEAN_COS,
-                   figures: Literal["first", "all"] = "first") -> RunOutcome:
+                   figures: Literal["first", "all", "none"] = "first") -> RunOutcome:
     """Train, measure, check the claims and write DIR. figures: "first" draws the seeds the report
-    details (the first, and the first where a claim failed); "all" draws and details every seed."""
+    details (the first, and the first where a claim failed); "all" draws and details every seed;
+    "none" draws nothing (a quick reproduction: the report keeps its tables)."""
     out = Path(out)
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,14 +85,16 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
                           metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
-    shown = detail_seeds(metrics["runs"], metrics.get("claims", [])) if which_figures == "first" else set(result.seeds)
-    figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
-                                latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
+    shown = detail_seeds(metrics["runs"], metrics.get("claims", [])) if which_figures != "all" else set(result.seeds)
     history = history_json(result.seed_history, [stack.config.label for stack in result.stacks], result.seeds)
     (path / "history.json").write_text(json.dumps(history))
-    if history["steps"]:
-        loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
-        figures["training"] = ["figures/loss-curves.png"]
+    figures: dict[str, list[str]] = {}
+    if which_figures != "none":
+        figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
+                                    latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
+        if history["steps"]:
+            loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
+            figures["training"] = ["figures/loss-curves.png"]
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})
