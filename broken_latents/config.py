@@ -125,6 +125,9 @@ class TrainConfig:
     """Adam learning rate."""
     seeds: int = 3
     """Independent seeds; each seed has its own data stream and SAE initialisations."""
+    first_seed: int = 0
+    """Seeds run: first_seed, ..., first_seed + seeds - 1. Seed s trains the same SAEs in any run,
+    so a run with first_seed = 5 adds seeds 5-9 to an earlier 5-seed run."""
     init: Literal["random", "orthogonal"] = "random"
     """Decoder init: random unit-norm rows, or orthonormal rows (as far as dim allows)."""
     unit_norm_decoder: bool = False
@@ -148,6 +151,7 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a positive number, got {self.lr}")
         _require(self.seeds >= 1, "train.seeds", f"must be >= 1, got {self.seeds}")
+        _require(self.first_seed >= 0, "train.first_seed", f"must be >= 0, got {self.first_seed}")
         _require(0.0 <= self.lr_decay_fraction <= 1.0, "train.lr_decay_fraction",
                  f"must lie in [0, 1], got {self.lr_decay_fraction}")
         _require(self.eval_samples >= 1000, "train.eval_samples", f"must be >= 1000, got {self.eval_samples}")

@@ -118,7 +118,7 @@ def single_torch_thread(device: str):
 
 def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -> TrainResult:
     world = World.build(config.world).to(device)
-    seeds = list(range(config.train.seeds))
+    seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
     batch = config.train.batch_size
     stacks = [
         TrainedStack(sc, build_sae(sc, len(seeds), config.world.dim, seeds, config.train.init).to(device))

@@ -27,14 +27,14 @@ EXPERIMENT_NAMES = ["superposition-parent-6", "narrow-independent", "narrow-5-7-
 OUT = Path(__file__).resolve().parent.parent / "docs" / "rate-start-map.json"
 
 
-def cell_key(name: str, start: float, geometry: int) -> str:
-    return f"{name}|{start:g}|{geometry}"
+def cell_key(name: str, start: float, geometry: int, first_seed: int = 0) -> str:
+    return f"{name}|{start:g}|{geometry}" + (f"|from-seed-{first_seed}" if first_seed else "")
 
 
-def run_cell(name: str, start: float, geometry: int, seeds: int) -> dict:
+def run_cell(name: str, start: float, geometry: int, seeds: int, first_seed: int = 0) -> dict:
     exp = EXPERIMENTS[name]
     config = apply_overrides(exp.config, [f"world.firing={{linear=[{start},0.3]}}", f"world.seed={geometry}",
-                                          f"train.seeds={seeds}"])
+                                          f"train.seeds={seeds}", f"train.first_seed={first_seed}"])
     began = time.perf_counter()
     result = train(config, progress=False)
     metrics = analyse(result, clean_cos=exp.clean_cos)
@@ -59,7 +59,10 @@ def table(cells: dict, starts: list[float]) -> str:
                 if not found:
                     row.append("-")
                     continue
-                per_geo = [c["claims"][claim.id]["per_seed"] for c in sorted(found, key=lambda c: c["world_seed"])]
+                by_geometry: dict[int, list[bool]] = {}  # a geometry's seeds may come from several cells
+                for c in found:
+                    by_geometry.setdefault(c["world_seed"], []).extend(c["claims"][claim.id]["per_seed"])
+                per_geo = [by_geometry[g] for g in sorted(by_geometry)]
                 held = sum(sum(p) for p in per_geo)
                 total = sum(len(p) for p in per_geo)
                 geos = sum(sum(p) * 3 >= 2 * len(p) for p in per_geo)
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--starts", type=float, nargs="+", default=[0.01, 0.015, 0.02])
     parser.add_argument("--geometries", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (to add seeds)")
+    parser.add_argument("--geometry-from", type=int, default=0, help="world seeds from this one on")
     parser.add_argument("--experiments", nargs="+", default=EXPERIMENT_NAMES)
     parser.add_argument("--out", type=Path, default=OUT, help="cells file (several processes: one file each)")
     parser.add_argument("--table", type=Path, nargs="*", default=[],
@@ -87,11 +92,11 @@ def main() -> None:
         return
     for name in args.experiments:
         for start in args.starts:
-            for geometry in range(args.geometries):
-                key = cell_key(name, start, geometry)
+            for geometry in range(args.geometry_from, args.geometries):
+                key = cell_key(name, start, geometry, args.first_seed)
                 if key in cells:
                     continue
-                cells[key] = run_cell(name, start, geometry, args.seeds)
+                cells[key] = run_cell(name, start, geometry, args.seeds, args.first_seed)
                 held = {cid: f"{sum(c['per_seed'])}/{len(c['per_seed'])}" for cid, c in cells[key]["claims"].items()}
                 print(f"{key}: {cells[key]['seconds']:.0f} s {held}", flush=True)
                 tmp = out.with_suffix(".tmp")

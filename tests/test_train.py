@@ -66,3 +66,18 @@ def test_every_engine_logs_every_declared_term_per_seed():
                     assert len(values) == 2, (engine, label, term)  # one per seed
                     torch.testing.assert_close(torch.tensor(values), torch.tensor(expected[label][term]),
                                                rtol=1e-3, atol=1e-5, msg=f"{engine} {label} {term}")
+
+
+def test_first_seed_trains_what_a_longer_run_trains_for_that_seed():
+    from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
+    from broken_latents.train import train
+
+    def config(seeds, first_seed):
+        return ExperimentConfig(name="t", world=WorldConfig(features=3, dim=4, firing=0.3),
+                                train=TrainConfig(samples=20_000, seeds=seeds, first_seed=first_seed, eval_samples=1000),
+                                sae=[SAEConfig(label="tied", latents=2)])
+
+    both = train(config(2, 0), progress=False)
+    second = train(config(1, 1), progress=False)
+    assert second.seeds == [1]
+    assert torch.equal(second.stacks[0].sae.W_dec_SKD[0], both.stacks[0].sae.W_dec_SKD[1])
