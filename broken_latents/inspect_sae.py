@@ -262,8 +262,11 @@ def histogram(acts: np.ndarray, model: PeakModel, record: dict, path: Path) -> N
     shown = acts[acts > model.floor]
     below = 1.0 - shown.size / max(acts.size, 1)
     fig, ax = plt.subplots(figsize=(6.0, 3.6), layout="constrained")
-    ax.hist(shown, bins=100, density=True, color="0.75", label="activations")
-    grid = np.linspace(model.floor, float(shown.max()) * 1.02, 400)
+    top = float(shown.max()) * 1.02
+    # Bins over [floor, top], not the data's own span: a latent firing at one exact value has a span
+    # of a few float32 steps, too narrow for 100 bins.
+    ax.hist(shown, bins=100, range=(model.floor, top), density=True, color="0.75", label="activations")
+    grid = np.linspace(model.floor, top, 400)
     for i, c in enumerate(model.components):
         ax.plot(grid, model.density(grid, (i,)), color="tab:blue", lw=0.8, ls=":",
                 label="components" if i == 0 else None)

@@ -173,3 +173,16 @@ def test_out_that_is_not_an_inspect_folder_is_refused(files, tmp_path, capsys):
         main(["inspect", str(files / "sae"), "--activations", str(files / "acts.npy"), "--out", str(keep)])
     assert exc.value.code == 2 and "not an earlier inspect folder" in capsys.readouterr().err
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
+
+
+def test_histogram_of_a_latent_firing_at_one_exact_value(tmp_path):
+    """An exact magnitude and no interference: every firing is the same float32 up to rounding.
+    The figure must still draw (numpy refuses 100 bins over a span of a few float32 steps)."""
+    from broken_latents.inspect_sae import histogram
+    from broken_latents.peak_model import fit_peak_model
+
+    acts = np.full(5000, 17.000002, dtype=np.float32)
+    acts[::2] = np.nextafter(np.float32(17.000002), np.float32(18))
+    model = fit_peak_model(acts)
+    histogram(acts, model, {"latent": 0, "peaks": model.n_peaks, "broken": False, "score": 0.0}, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 0
