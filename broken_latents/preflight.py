@@ -115,8 +115,9 @@ def search_work(world: WorldConfig) -> float:
     n, dim = world.features, world.dim
     if dim >= n or n == dim + 1:
         return 0.0
-    steps = min(max(int(1e9 / (n * n * dim)), 50), 800)
-    return steps * n * n * (1 + dim / 200)
+    from .world import search_steps  # the search's own step count (world.py loads torch: only here)
+
+    return search_steps(n, dim) * n * n * (1 + dim / 200)
 
 
 def check_world(world: WorldConfig) -> None:

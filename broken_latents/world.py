@@ -210,6 +210,12 @@ def max_abs_cos(directions_ND: torch.Tensor) -> float:
     return float(gram.abs().max()) if len(gram) > 1 else 0.0
 
 
+def search_steps(features: int, dim: int) -> int:
+    """Steps of the direction search (`_spread_directions`): 800, fewer for big worlds so that
+    steps x features^2 x dim stays near 1e9, and never under 50 (preflight.py budgets the same)."""
+    return int(np.clip(1e9 / (features * features * dim), 50, 800))
+
+
 def _simplex_frame(n: int, rng: np.random.Generator) -> np.ndarray:
     """n = dim + 1 vertices of a regular simplex in a random orientation, each with a random sign.
 
@@ -228,7 +234,7 @@ def _spread_directions(n: int, dim: int, rng: np.random.Generator) -> np.ndarray
     Adam's per-coordinate steps settle where plain normalised descent keeps oscillating:
     40 features in 20 dims reach ~1.08x the Welch bound (plain descent ~1.10x), 100 in 30
     ~1.15x (~1.17x). Steps shrink for big worlds so the search stays bounded in time."""
-    steps = int(np.clip(1e9 / (n * n * dim), 50, 800))
+    steps = search_steps(n, dim)
     V = rng.standard_normal((n, dim))
     V /= np.linalg.norm(V, axis=1, keepdims=True)
     best, best_V = np.inf, V
