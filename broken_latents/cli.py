@@ -5,7 +5,6 @@ Bad input of any kind ends in one line naming the field and what is allowed, exi
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -14,7 +13,7 @@ import tyro
 from rich.console import Console
 
 from . import experiments
-from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml, read_json
 from .metrics import CLEAN_COS
 from .termination import termination
 from .train import TrainingDiverged, choose_engine
@@ -123,11 +122,7 @@ def show(run_dir: tyro.conf.Positional[Path]) -> None:
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no metrics.json)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError("RUN_DIR", f"{path} is not valid JSON: {err}") from None
-    show_run(metrics, console)
+    show_run(read_json(path, "RUN_DIR"), console)
 
 
 def inspect(

@@ -407,6 +407,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def read_json(path: Path, field: str) -> Any:
+    """A JSON file the user pointed us at; invalid JSON is a ConfigError naming `field`."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(field, f"{path} is not valid JSON: {err}") from None
+
+
 def load_toml(path: Path) -> ExperimentConfig:
     """Read an experiment TOML; a bad file raises ConfigError naming the file and field."""
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, read_json
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -148,10 +148,7 @@ def _load_folder(folder: Path) -> NumpySAE:
     for needed in (cfg_path, weights_path):
         if not needed.is_file():
             raise ConfigError("SAE", f"{folder} is not a SAELens folder: {needed.name} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError("SAE", f"{cfg_path} is not valid JSON: {err}") from None
+    cfg = read_json(cfg_path, "SAE")
     # A cfg.json from before SAELens 6 has no architecture: standard, unless its activation says topk.
     kwargs = cfg.get("activation_fn_kwargs") or {}
     default = "topk" if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk" else "standard"
