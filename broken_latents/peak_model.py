@@ -92,13 +92,8 @@ class PeakModel:
 
     def density(self, x: np.ndarray, indices: tuple[int, ...] | None = None) -> np.ndarray:
         """Weighted mixture density at x, over all components or the given ones."""
-        x = np.asarray(x, dtype=float)
         chosen = range(len(self.components)) if indices is None else indices
-        total = np.zeros_like(x)
-        for i in chosen:
-            c = self.components[i]
-            total += c.weight * np.exp(-0.5 * ((x - c.mean) / c.std) ** 2) / (c.std * math.sqrt(2 * math.pi))
-        return total
+        return mixture_density(x, [self.components[i] for i in chosen])
 
     def to_json(self) -> dict:
         return {"mixture": [c.to_json() for c in self.components], "peaks": self.n_peaks,
@@ -108,6 +103,18 @@ class PeakModel:
 
 
 EMPTY = PeakModel((), (), (), None, 0.0, 0)
+
+
+def mixture_density(x: np.ndarray, components) -> np.ndarray:
+    """Weighted density at x of Gaussians given as `Gaussian`s or as metrics.json's {mean, std, weight}
+    (whose std may round to 0 there: such a component is a spike that draws nothing)."""
+    x = np.asarray(x, dtype=float)
+    total = np.zeros_like(x)
+    for c in components:
+        mean, std, weight = (c["mean"], c["std"], c["weight"]) if isinstance(c, dict) else (c.mean, c.std, c.weight)
+        std = max(std, 1e-12)
+        total += weight * np.exp(-0.5 * ((x - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    return total
 
 
 def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_components: int = MAX_COMPONENTS,

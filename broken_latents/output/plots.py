@@ -11,7 +11,10 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; never open a window or need a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
+
+from ..peak_model import mixture_density  # noqa: E402
 
 CELL_INCHES = 0.5
 """Side of one heatmap cell: room for a two-decimal value in a small font."""
@@ -192,9 +195,7 @@ def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], m
         # The mixture was fitted to activations above its own floor: scale it to the count here.
         xs = np.linspace(max(low, model["floor"]), top, 300)
         fitted = int((acts_B > model["floor"]).sum())
-        density = sum(c["weight"] * np.exp(-0.5 * ((xs - c["mean"]) / max(c["std"], 1e-12)) ** 2)
-                      / (max(c["std"], 1e-12) * math.sqrt(2 * math.pi))
-                      for c in model["mixture"])
+        density = mixture_density(xs, model["mixture"])
         ax.plot(xs, np.maximum(fitted * density * (top - low) / HIST_BINS, 1e-1), color="black", linewidth=0.9,
                 label="mixture")
         if model.get("threshold") is not None:
