@@ -336,21 +336,6 @@ def latent_is_clean(label: str, latent: int, feature: int, clean: float = CLEAN_
     return check
 
 
-def hedging_of_latent_for(label: str, feature: int, at_least: float) -> Check:
-    """Check: the latent matched to `feature` carries at least `at_least` of the features that co-occur
-    with it (metrics' `hedging`: summed signed cosines with its hierarchy relatives)."""
-
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        run = runs[label]
-        matched = [m["latent"] for m in run["matches"] if m["feature"] == feature]
-        if not matched:
-            return False, f"{label}: no latent matched to f{feature}"
-        value = float(run["hedging"][matched[0]])
-        return value >= at_least, f"{label}: hedging of latent {matched[0]} (f{feature}) {value:+.2f}"
-
-    return check
-
-
 def prefix_hedges(label: str, parent: int, children: list[int], at_least: float) -> Check:
     """Check: latent 0 (a Matryoshka SAE's width-1 prefix) carries the children of the parent it
     points at: sum of cos(W_0, f_child), taken in the direction of its f_parent component (a latent
