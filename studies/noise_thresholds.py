@@ -26,6 +26,7 @@ from pathlib import Path
 
 from broken_latents.analysis import analyse
 from broken_latents.config import apply_overrides
+from broken_latents.reproduce import scaled
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.experiments import checks as c
 from broken_latents.experiments.claims import Claim, evaluate_claims
@@ -52,12 +53,9 @@ def cell_config(noise: float, seeds: int, samples: int | None):
     (sae,) = config.sae
     saes = [dataclasses.replace(sae, label=rule, aux=dataclasses.replace(sae.aux, threshold=rule)) for rule in RULES]
     config = dataclasses.replace(config, sae=saes)
-    sets = [f"world.magnitude_std={{linear=[{20 * noise:g},{noise:g}]}}", f"train.seeds={seeds}"]
-    if samples:  # a quick look: the whole schedule shrinks with the budget
-        scale = samples / config.train.samples
-        sets += [f"train.samples={samples}"] + [f"sae.*.aux.{key}={int(getattr(sae.aux, key) * scale)}"
-                                                 for key in ("delay_samples", "warmup_samples", "refit_samples")]
-    return apply_overrides(config, sets)
+    # a quick look (--samples): the whole schedule shrinks with the budget, as in `reproduce --quick`
+    config = scaled(config, seeds, samples / config.train.samples if samples else 1.0)
+    return apply_overrides(config, [f"world.magnitude_std={{linear=[{20 * noise:g},{noise:g}]}}"])
 
 
 def run_cell(noise: float, seeds: int, samples: int | None) -> dict:
