@@ -53,6 +53,13 @@ def registered_architectures() -> tuple[str, ...]:
     return tuple(ARCHITECTURES)
 
 
+def architecture_options(name: str) -> type:
+    """The dataclass of the fields architecture `name` owns (empty when it owns none)."""
+    from .saes import ARCHITECTURES
+
+    return ARCHITECTURES[name].Options
+
+
 Engine = Literal["auto", "autograd", "arrays", "compiled"]
 
 
@@ -245,11 +252,40 @@ class SAEConfig:
     sparsity term counts once). Absent: a plain SAE."""
     inverse: InverseConfig | None = None
     """The inverse technique (project the higher activation peaks' directions out of a latent); absent means off."""
+    options: Any = None
+    """The architecture's own fields: an instance of its `Options` dataclass (saes/), written flat
+    in [[sae]] beside the fields above. None: that architecture's defaults."""
+
+    flat_fields: ClassVar[tuple[str, ...]] = ("options",)
+    """Fields whose table is written into this one's (TOML and --set never see an `options` key)."""
+
+    @classmethod
+    def flat_tables(cls, data: dict, where: str) -> dict[str, type]:
+        """{field: dataclass} of the flat fields for the [[sae]] table `data`: the keys an
+        architecture owns belong to it, so which they are depends on `architecture`."""
+        architecture = data.get("architecture", cls.architecture)
+        hint = typing.get_type_hints(cls, include_extras=True)["architecture"]
+        _convert(hint, architecture, f"{where}.architecture" if where else "architecture")
+        return {"options": architecture_options(architecture)}
+
+    @staticmethod
+    def owner_of(key: str) -> str | None:
+        """For an unknown key that another architecture owns: which, to say in the error."""
+        owners = [name for name in registered_architectures()
+                  if key in {f.name for f in dataclasses.fields(architecture_options(name))}]
+        return f" (a field of architecture {', '.join(map(repr, owners))} only)" if owners else None
 
     def __post_init__(self) -> None:
         _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",
                  f"must be letters, digits, '-' or '_', got {self.label!r}")
         where = f"sae.{self.label}"
+        _require(self.architecture in registered_architectures(), f"{where}.architecture",
+                 f"must be one of {', '.join(map(repr, registered_architectures()))}; got {self.architecture!r}")
+        owned = architecture_options(self.architecture)
+        if self.options is None:
+            self.options = owned()
+        _require(isinstance(self.options, owned), f"{where}.options",
+                 f"architecture {self.architecture!r} takes {owned.__qualname__}, got {type(self.options).__qualname__}")
         _require(self.latents >= 1, f"{where}.latents", f"must be >= 1, got {self.latents}")
         _require(math.isfinite(self.l1) and self.l1 >= 0, f"{where}.l1", f"must be >= 0, got {self.l1}")
         if self.activation in ("topk", "batchtopk"):
@@ -375,18 +411,23 @@ def _item_name(item: Any, index: int) -> str:
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    names = [f.name for f in dataclasses.fields(cls)]
+    flat = cls.flat_tables(data, where) if hasattr(cls, "flat_tables") else {}
+    owned = {f.name: table for table, part in flat.items() for f in dataclasses.fields(part)}
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in flat] + list(owned)
     aliases = getattr(cls, "value_aliases", {})
     data = {k: aliases.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in data.items()}
     prefix = f"{where}." if where else ""
     unknown = sorted(set(data) - set(names))
-    _require(not unknown, f"{prefix}{unknown[0]}" if unknown else where,
-             f"unknown key; allowed keys here: {', '.join(names)}")
+    if unknown:
+        owner = cls.owner_of(unknown[0]) if hasattr(cls, "owner_of") else None
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key{owner or ''}; allowed keys here: {', '.join(names)}")
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     for name in required:
         _require(name in data, f"{prefix}{name}", "is required")
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items() if k not in owned}
+    for table, part in flat.items():  # owned keys sit flat in the table; their errors name them so
+        kwargs[table] = from_dict(part, {k: v for k, v in data.items() if owned.get(k) == table}, where)
     try:
         return cls(**kwargs)
     except ConfigError as err:
@@ -397,9 +438,18 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain dict for TOML, dropping None (TOML has no null)."""
+    """Dataclass -> plain dict for TOML, dropping None (TOML has no null). A flat field's table is
+    merged in, with only the values that differ from its defaults: a table whose `architecture`
+    changes (--set) then carries no default of the old one into the new."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if getattr(obj, f.name) is not None}
+        flat = getattr(obj, "flat_fields", ())
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if getattr(obj, f.name) is not None and f.name not in flat}
+        for name in flat:
+            part = getattr(obj, name)
+            defaults = to_dict(type(part)())
+            out.update({k: v for k, v in to_dict(part).items() if defaults.get(k) != v})
+        return out
     if isinstance(obj, list):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

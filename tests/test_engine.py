@@ -91,3 +91,85 @@ def test_cli_exits_2_naming_train_engine(plain_tied, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.engine" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+# -- the fields an architecture owns -------------------------------------------------------
+
+UNTIED = """
+name = "x"
+[world]
+features = 4
+dim = 6
+[[sae]]
+label = "u"
+architecture = "untied"
+latents = 3
+encoder_init = "random"
+l1_decoder_norm = false
+"""
+
+
+def test_owned_fields_sit_flat_in_the_table_and_round_trip(tmp_path):
+    from broken_latents.config import dump_toml, load_toml
+
+    path = tmp_path / "c.toml"
+    path.write_text(UNTIED)
+    config = load_toml(path)
+    assert config.sae[0].options == ARCHITECTURES["untied"].Options(l1_decoder_norm=False, encoder_init="random")
+    text = dump_toml(config)
+    assert 'encoder_init = "random"' in text and "l1_decoder_norm = false" in text and "options" not in text
+    path.write_text(text)
+    assert load_toml(path) == config
+    # Defaults are left out of the file: a reader sees only what was chosen.
+    plain = dump_toml(ExperimentConfig(name="p", sae=[SAEConfig(architecture="untied")]))
+    assert "encoder_init" not in plain and "l1_decoder_norm" not in plain
+
+
+def test_a_field_another_architecture_owns_is_refused_by_name():
+    data = {"name": "x", "sae": [{"label": "t", "architecture": "tied", "encoder_init": "random"}]}
+    with pytest.raises(ConfigError) as err:
+        from_dict(ExperimentConfig, data)
+    assert err.value.field == "sae.t.encoder_init"
+    assert "architecture 'untied' only" in str(err.value)
+    data["sae"][0]["encoder_init"] = 3
+    data["sae"][0]["architecture"] = "untied"
+    with pytest.raises(ConfigError, match="must be one of 'transpose', 'random'") as err:
+        from_dict(ExperimentConfig, data)
+    assert err.value.field == "sae.t.encoder_init"
+
+
+def test_switching_architecture_by_set_keeps_no_default_of_the_old_one():
+    from broken_latents.config import apply_overrides
+
+    config = ExperimentConfig(name="x", sae=[SAEConfig(label="s", architecture="untied")])
+    tied = apply_overrides(config, ["sae.s.architecture=tied"]).sae[0]
+    assert tied.options == ARCHITECTURES["tied"].Options()  # the plain L1 of tied, not untied's weighted one
+    chosen = apply_overrides(config, ["sae.s.encoder_init=random"])
+    with pytest.raises(ConfigError, match="architecture 'untied' only"):
+        apply_overrides(chosen, ["sae.s.architecture=tied"])
+
+
+@pytest.mark.parametrize("encoder_init", ["transpose", "random"])
+def test_untied_encoder_init(encoder_init):
+    options = ARCHITECTURES["untied"].Options(encoder_init=encoder_init)
+    config = SAEConfig(label="u", architecture="untied", latents=4, options=options)
+    sae = build_sae(config, n_saes=2, dim=6, seeds=[0, 1], init="random")
+    transposed = sae.W_dec_SKD.detach().transpose(1, 2)
+    assert torch.equal(sae.W_enc_SDK.detach(), transposed) == (encoder_init == "transpose")
+    torch.testing.assert_close(sae.W_enc_SDK.detach().norm(dim=1), torch.ones(2, 4))
+    again = build_sae(config, n_saes=2, dim=6, seeds=[0, 1], init="random")
+    assert torch.equal(again.W_enc_SDK, sae.W_enc_SDK)  # seeded, like the decoder
+
+
+def test_l1_decoder_norm_weights_the_l1_term():
+    options = ARCHITECTURES["tied"].Options(l1_decoder_norm=True)
+    sae = build_sae(SAEConfig(label="t", latents=3, options=options), n_saes=1, dim=6, seeds=[0], init="random")
+    with torch.no_grad():
+        sae.W_dec_SKD.mul_(torch.tensor([1.0, 2.0, 3.0])[None, :, None])
+    torch.testing.assert_close(sae.l1_weights_SK(), torch.tensor([[1.0, 2.0, 3.0]]))
+
+
+def test_an_architecture_declares_the_fields_it_owns():
+    with pytest.raises(TypeError, match="Options"):
+        register(type("NoOptions", (torch.nn.Module,), {"architecture": "no-options", "hand_gradients": None}))
+    assert "no-options" not in ARCHITECTURES

@@ -1,6 +1,7 @@
 """The fast path's hand-derived gradients equal autograd's, for every registered architecture,
 activation and loss term; an architecture without them is trained by autograd."""
 
+import dataclasses
 import typing
 
 import numpy as np
@@ -21,10 +22,29 @@ MATRYOSHKA = [None, [1, LATENTS], [1, 2, LATENTS]]
 """Matryoshka widths: off, two prefixes, three."""
 
 
-def _sae_config(architecture, activation, aux, widths=None):
+def _variants(architecture):
+    """(architecture, options): its defaults, then each bool / Literal field it owns set to every
+    other value, the rest default; so an option that changes the gradients cannot skip this test."""
+    options = ARCHITECTURES[architecture].Options
+    yield architecture, options()
+    for f in dataclasses.fields(options):
+        hint = typing.get_type_hints(options)[f.name]
+        values = (False, True) if hint is bool else typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+        for value in values:
+            if value != f.default:
+                yield architecture, options(**{f.name: value})
+
+
+VARIANTS = [variant for architecture in sorted(ARCHITECTURES) for variant in _variants(architecture)]
+VARIANT_IDS = [f"{a}" + "".join(f"-{k}={v}" for k, v in dataclasses.asdict(o).items()
+                                if v != dataclasses.asdict(type(o)())[k]) for a, o in VARIANTS]
+
+
+def _sae_config(variant, activation, aux, widths=None):
+    architecture, options = variant
     return SAEConfig(label="s", architecture=architecture, latents=LATENTS, activation=activation, l1=0.05,
                      aux=AuxConfig() if aux else None, k=2 if activation in ("topk", "batchtopk") else None,
-                     matryoshka_widths=widths)
+                     matryoshka_widths=widths, options=options)
 
 
 def _setup(architecture, activation, aux, dim=12, features=8, batch=64, widths=None):
@@ -50,11 +70,11 @@ def _skip_without_hand_gradients(architecture, activation, aux, widths=None):
     config = _sae_config(architecture, activation, aux, widths)
     if hand_gradients(config) is None:
         assert choose_engine(ExperimentConfig(name="t", sae=[config]), "cpu") == "autograd"
-        pytest.skip(f"{architecture}/{activation} declares no hand-derived gradients: autograd trains it")
+        pytest.skip(f"{architecture[0]}/{activation} declares no hand-derived gradients: autograd trains it")
 
 
-# Every registered architecture: a new one cannot leave this test out.
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+# Every registered architecture and option: a new one cannot leave this test out.
+@pytest.mark.parametrize("architecture", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("aux", [False, True])
 @pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)
@@ -90,7 +110,7 @@ def test_fast_gradients_match_autograd(architecture, activation, aux, widths, di
         torch.testing.assert_close(as_torch(h).transpose(1, 2), h_expected.detach())
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("architecture", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("aux", [False, True])
 @pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)

@@ -8,8 +8,11 @@ decorated with `@register`, that states
 - `hand_gradients`: which hand-derived gradient formulas of the engine compute its gradients
   ("tied" or "untied", see `engine.fastpath.Architecture`), or None: it trains by autograd,
   and `train.engine = "auto"` picks autograd for it;
-- `l1_weighted_by_decoder_norm`, `encoder()`, and if it wants `__init__` (extra parameters)
-  and `loss_terms` (extra terms: the training loop sums whatever is declared there).
+- `Options`: a dataclass of the [[sae]] fields it owns (written flat in the table, validated
+  by the config like any other field; `config.options` holds them). Every Options has
+  `l1_decoder_norm`, the default its architecture needs;
+- `encoder()`, and if it wants `__init__` (extra parameters) and `loss_terms` (extra terms:
+  the training loop sums whatever is declared there).
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ class StackedSAE(nn.Module):
     hand_gradients: ClassVar[str | None]
     """The engine's hand-derived gradient formulas for this architecture ("tied", "untied"), or
     None for autograd only. Each registered class states it in its own body (see `register`)."""
-    l1_weighted_by_decoder_norm: ClassVar[bool]
-    """Untied SAEs could shrink the L1 by growing decoder rows; weighting by the row norm stops that."""
+    Options: ClassVar[type]
+    """The dataclass of the fields this architecture owns (see the module docstring)."""
     jumprelu_bandwidth: ClassVar[float] = 0.05
 
     def __init__(self, config: "SAEConfig", n_saes: int, dim: int, seeds: list[int], init: str):
@@ -127,6 +130,10 @@ class StackedSAE(nn.Module):
         if width is not None:
             return h_SBK[..., :width] @ self.W_dec_SKD[:, :width] + self.b_dec_SD[:, None]
         return h_SBK @ self.W_dec_SKD + self.b_dec_SD[:, None]
+
+    @property
+    def l1_weighted_by_decoder_norm(self) -> bool:
+        return self.config.options.l1_decoder_norm
 
     def l1_weights_SK(self) -> torch.Tensor:
         if self.l1_weighted_by_decoder_norm:

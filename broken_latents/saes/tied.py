@@ -1,5 +1,7 @@
 """Tied SAE: W_enc = W_dec^T and b_enc = 0, so h = act(W (x - b)) and x_hat = h W + b."""
 
+from dataclasses import dataclass
+
 import torch
 
 from .base import StackedSAE
@@ -10,9 +12,12 @@ from .registry import register
 class TiedSAE(StackedSAE):
     architecture = "tied"
     hand_gradients = "tied"
-    # A plain L1: weighting by row norm would make splitting one feature over several
-    # shrunken tied latents free, and spare latents would duplicate instead of dying.
-    l1_weighted_by_decoder_norm = False
+
+    @dataclass
+    class Options:
+        l1_decoder_norm: bool = False
+        """Weight each latent's L1 by its decoder row's norm. Off: with it, splitting one feature
+        over several shrunken tied latents is free, and spare latents duplicate instead of dying."""
 
     def encoder(self) -> tuple[torch.Tensor, torch.Tensor]:
         W = self.W_dec_SKD

@@ -1,9 +1,12 @@
 """Untied SAE: h = act(W_enc^T (x - b_dec) + b_enc), x_hat = h W_dec + b_dec, SAELens-style."""
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from .base import StackedSAE
+from .base import StackedSAE, initial_decoder
 from .registry import register
 
 
@@ -11,13 +14,24 @@ from .registry import register
 class UntiedSAE(StackedSAE):
     architecture = "untied"
     hand_gradients = "untied"
-    # Without the norm weighting an untied SAE grows decoder rows to dodge the L1.
-    l1_weighted_by_decoder_norm = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # SAELens starts the encoder as the decoder's transpose.
-        self.W_enc_SDK = nn.Parameter(self.W_dec_SKD.detach().transpose(1, 2).clone())
+    @dataclass
+    class Options:
+        l1_decoder_norm: bool = True
+        """Weight each latent's L1 by its decoder row's norm. On: without it an untied SAE grows
+        decoder rows to shrink its activations and dodge the L1."""
+        encoder_init: Literal["transpose", "random"] = "transpose"
+        """transpose: the encoder starts as the decoder's transpose (as SAELens); random: drawn
+        apart, unit-norm Gaussian columns seeded like the decoder."""
+
+    def __init__(self, config, n_saes, dim, seeds, init):
+        super().__init__(config, n_saes, dim, seeds, init)
+        if config.options.encoder_init == "transpose":
+            W_enc = self.W_dec_SKD.detach().transpose(1, 2).clone()
+        else:
+            W_enc = torch.stack([initial_decoder(self.latents, dim, seed, f"{config.label}-encoder", init).T
+                                 for seed in seeds])
+        self.W_enc_SDK = nn.Parameter(W_enc)
         self.b_enc_SK = nn.Parameter(torch.zeros(self.n_saes, self.latents))
 
     def encoder(self) -> tuple[torch.Tensor, torch.Tensor]:
