@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
-from .metrics import CLEAN_COS, ClaimResult, Metrics
+from .metrics import CLEAN_COS, Metrics
 from .saes.base import _keep_largest
 from .world import World
 
@@ -249,5 +249,5 @@ def analyse(result, clean_cos: float | None = None) -> Metrics:
     metrics = measure(result, clean_cos=clean_cos)
     metrics.description = result.config.description
     if experiment is not None:
-        metrics.claims = [ClaimResult.from_json(c) for c in evaluate_claims(experiment.claims, metrics.to_json())]
+        metrics.claims = evaluate_claims(experiment.claims, metrics)
     return metrics

@@ -7,6 +7,7 @@ from broken_latents.experiments.checks import learns_exactly
 from broken_latents.experiments.claims import Claim
 from broken_latents.experiments.registry import Experiment
 from broken_latents.reproduce import pooled_claims, reproduce_all
+from factories import metrics, run_metrics
 
 
 def _outcome(held: list[bool], max_cos: float):
@@ -49,9 +50,8 @@ def test_a_claim_about_a_missing_sae_fails_with_that_said():
     from broken_latents.experiments.claims import evaluate_claims
 
     claim = Claim("x", "t", "p", learns_exactly("untied", lambda world, k: [0]))
-    metrics = {"runs": [{"label": "tied", "seed": 0, "matches": [], "decoder_cos": [[1.0]]}], "world": {}}
-    (result,) = evaluate_claims([claim], metrics)
-    assert not result["holds"] and "no SAE labelled 'untied'" in result["detail"]
+    (result,) = evaluate_claims([claim], metrics(runs=[run_metrics(label="tied")]))
+    assert not result.holds and "no SAE labelled 'untied'" in result.detail
 
 
 def test_quick_reproduction_caps_budgets_and_draws_no_figures(tmp_path):

@@ -17,7 +17,7 @@ from typing import Literal
 
 from safetensors.torch import save_file
 
-from ..analysis import analyse, latent_activations
+from ..analysis import latent_activations, measure
 from ..experiments.claims import Claim, evaluate_claims
 from ..config import ConfigError, ExperimentConfig, dump_toml
 from ..metrics import CLEAN_COS
@@ -58,9 +58,10 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
     shutil.rmtree(partial, ignore_errors=True)
     try:
         result = train(config, device=device, progress=progress)
-        metrics = analyse(result, clean_cos=clean_cos)
-        metrics["description"] = config.description
-        metrics["claims"] = evaluate_claims(claims, metrics)
+        measured = measure(result, clean_cos=clean_cos)
+        measured.description = config.description
+        measured.claims = evaluate_claims(claims, measured)
+        metrics = measured.to_json()
         _write_directory(partial, config, result, metrics, started, figures)
         swap_into_place(partial, out)
     except BaseException:
