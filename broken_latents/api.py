@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
-from .metrics import CLEAN_COS, Metrics
+from .metrics import CLEAN_COS, Metrics, read_metrics
 from .saes.base import _keep_largest
 from .world import World
 
@@ -163,10 +163,7 @@ def load_run(directory: str | Path) -> Run:
         if not (path / needed).is_file():
             raise ConfigError("DIR", f"{path} is not a run directory (no {needed})")
     config = load_toml(path / "config.toml")
-    try:
-        metrics = Metrics.from_json(json.loads((path / "metrics.json").read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
-        raise ConfigError("DIR", f"{path / 'metrics.json'} is not a metrics.json this version reads: {err}") from None
+    metrics = read_metrics(path / "metrics.json", "DIR")
     saes: dict[str, dict[int, SAE]] = {}
     for sae_config in config.sae:
         pattern = re.compile(re.escape(sae_config.label) + r"-seed(\d+)\.safetensors")

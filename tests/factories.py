@@ -41,3 +41,16 @@ def metrics(runs: list[RunMetrics] | None = None, **fields) -> Metrics:
     plain = dict(name="test", samples=0, samples_per_second=0.0, world=world_metrics(),
                  runs=[run_metrics()] if runs is None else runs)
     return Metrics(**{**plain, **fields})
+
+
+NEWER_WORLD_KEYS = ("magnitudes", "variance", "variance_ranking", "max_feature_cos", "welch_bound")
+NEWER_RUN_KEYS = ("absorption", "full_absorption", "hedging", "width_explained_variance", "peak_models",
+                  "histogram_peaks")
+"""Keys metrics.json gained after its first version: files written before lack them."""
+
+
+def as_older_version(data: dict) -> dict:
+    """metrics.json's dict as the first version wrote it: without the keys added since."""
+    world = {k: v for k, v in data["world"].items() if k not in NEWER_WORLD_KEYS}
+    runs = [{k: v for k, v in run.items() if k not in NEWER_RUN_KEYS} for run in data["runs"]]
+    return {**data, "world": world, "runs": runs}
