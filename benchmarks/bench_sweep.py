@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from broken_latents.metrics import Metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 PARENT_RATES = [0.15, 0.2, 0.25, 0.3]
 CHILD_RATES = [0.02, 0.05, 0.1, 0.15]
@@ -62,8 +64,8 @@ def main() -> None:
                 subprocess.run(cli("run", "recap-absorption", "--out", str(out), "--seeds", str(options.seeds),
                                    *[a for s in sets for a in ("--set", s)]), env=env, check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                metrics = json.loads((out / "metrics.json").read_text())
-                loop_claims.append({c["id"]: c["seeds_held"] for c in metrics["claims"]})
+                metrics = Metrics.from_json(json.loads((out / "metrics.json").read_text()))
+                loop_claims.append({c.id: c.seeds_held for c in metrics.claims})
         loop_seconds = time.perf_counter() - started
 
         record = json.loads((root / "pool" / "sweep.json").read_text())

@@ -48,14 +48,14 @@ def count_peaks(acts: np.ndarray) -> tuple[int, list[float]]:
     return len(idx), [round(float(centres[i - 1]), 4) for i in idx]
 
 
-def match_latents(decoder_cos_KN: np.ndarray, live: np.ndarray) -> list[dict]:
+def match_latents(decoder_cos_KN: np.ndarray, live: np.ndarray) -> list[Match]:
     """One-to-one matching of live latents to features maximising decoder cosine (Hungarian)."""
     latents = np.flatnonzero(live)
     if latents.size == 0:
         return []
     rows, cols = linear_sum_assignment(-decoder_cos_KN[latents])
     return [
-        {"latent": int(latents[r]), "feature": int(c), "cos": round(float(decoder_cos_KN[latents[r], c]), 4)}
+        Match(latent=int(latents[r]), feature=int(c), cos=round(float(decoder_cos_KN[latents[r], c]), 4))
         for r, c in sorted(zip(rows, cols), key=lambda rc: latents[rc[0]])
     ]
 
@@ -73,19 +73,15 @@ def firing_pattern_sets(world: World, matched_features: set[int]) -> list[list[i
 
 
 @torch.no_grad()
-def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]], tau_SK) -> list[dict]:
+def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]], tau_SK) -> list[FiringPattern]:
     """Latent activations of SAE s when exactly the given features fire at their magnitudes."""
     f_PN = torch.zeros(len(sets), world.n_features, device=world.magnitudes_N.device)
     for p, features in enumerate(sets):
         f_PN[p, features] = world.magnitudes_N[features]
     x = (f_PN @ world.directions_ND).expand(sae.n_saes, -1, -1)
     h, _ = sae(x, tau_SK)
-    return [{"features": features, "activations": [round(float(v), 4) for v in h[s, p]]} for p, features in enumerate(sets)]
-
-
-def analyse(result: TrainResult, clean_cos: float = CLEAN_COS) -> dict:
-    """metrics.json without the claims, as the run directory writes it (`measure(...).to_json()`)."""
-    return measure(result, clean_cos).to_json()
+    return [FiringPattern(features=features, activations=[round(float(v), 4) for v in h[s, p]])
+            for p, features in enumerate(sets)]
 
 
 @torch.no_grad()
@@ -116,13 +112,13 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
             writes = acts.max(axis=0) * norms_SK[s].cpu().numpy()
             live = writes >= dead_below
             matches = match_latents(dec_cos, live)
-            clean = [m for m in matches if m["cos"] >= clean_cos]
+            clean = [m for m in matches if m.cos >= clean_cos]
             histogram_peaks = [count_peaks(acts[:, j])[0] if live[j] else 0 for j in range(sae.latents)]
             models = {j: fit_peak_model(acts[:, j], seed=seed) for j in np.flatnonzero(live)}
-            sets = firing_pattern_sets(world, {m["feature"] for m in clean})
+            sets = firing_pattern_sets(world, {m.feature for m in clean})
             # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
             absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
-                                          f_RNB[s].T.cpu().numpy(), {m["feature"]: m["latent"] for m in matches},
+                                          f_RNB[s].T.cpu().numpy(), {m.feature: m.latent for m in matches},
                                           np.flatnonzero(live), cooccur)
             runs.append(RunMetrics(
                 label=stack.config.label,
@@ -132,9 +128,9 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 encoder_cos=_round(enc_cos),
                 latent_cos=_round(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
                 decoder_norms=_round(norms_SK[s].cpu().numpy()),
-                matches=[Match(**m) for m in matches],
-                learned_features=sorted(m["feature"] for m in clean),
-                broken_latents=sorted(m["latent"] for m in matches if m["cos"] < clean_cos),
+                matches=matches,
+                learned_features=sorted(m.feature for m in clean),
+                broken_latents=sorted(m.latent for m in matches if m.cos < clean_cos),
                 dead_latents=[int(j) for j in np.flatnonzero(~live)],
                 activation_peaks=[models[j].n_peaks if j in models else 0 for j in range(sae.latents)],
                 peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else []
@@ -148,7 +144,7 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 absorption=_round(absorbed.absorption),
                 full_absorption=_round(absorbed.full_absorption),
                 hedging=_round(absorbed.hedging),
-                firing_patterns=[FiringPattern(**p) for p in firing_patterns(sae, s, world, sets, stack.tau_SK)],
+                firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
             ))
     return Metrics(
         name=result.config.name,

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
-from .metrics import CLEAN_COS, ClaimResult, Metrics
+from .metrics import CLEAN_COS, Metrics, read_metrics
 from .saes.base import _keep_largest
 from .world import World
 
@@ -163,10 +163,7 @@ def load_run(directory: str | Path) -> Run:
         if not (path / needed).is_file():
             raise ConfigError("DIR", f"{path} is not a run directory (no {needed})")
     config = load_toml(path / "config.toml")
-    try:
-        metrics = Metrics.from_json(json.loads((path / "metrics.json").read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
-        raise ConfigError("DIR", f"{path / 'metrics.json'} is not a metrics.json this version reads: {err}") from None
+    metrics = read_metrics(path / "metrics.json", "DIR")
     saes: dict[str, dict[int, SAE]] = {}
     for sae_config in config.sae:
         pattern = re.compile(re.escape(sae_config.label) + r"-seed(\d+)\.safetensors")
@@ -249,5 +246,5 @@ def analyse(result, clean_cos: float | None = None) -> Metrics:
     metrics = measure(result, clean_cos=clean_cos)
     metrics.description = result.config.description
     if experiment is not None:
-        metrics.claims = [ClaimResult.from_json(c) for c in evaluate_claims(experiment.claims, metrics.to_json())]
+        metrics.claims = evaluate_claims(experiment.claims, metrics)
     return metrics

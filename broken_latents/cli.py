@@ -13,8 +13,8 @@ import tyro
 from rich.console import Console
 
 from . import experiments
-from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml, read_json
-from .metrics import CLEAN_COS
+from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .metrics import CLEAN_COS, Metrics, read_metrics
 from .termination import termination
 from .train import TrainingDiverged, choose_engine
 
@@ -122,7 +122,7 @@ def show(run_dir: tyro.conf.Positional[Path]) -> None:
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no metrics.json)")
-    show_run(read_json(path, "RUN_DIR"), console)
+    show_run(read_metrics(path, "RUN_DIR"), console)
 
 
 def inspect(
@@ -171,16 +171,16 @@ def _check_device(device: str) -> None:
         raise ConfigError("--device", "cuda is not available on this machine; allowed here: cpu")
 
 
-def _print_summary(metrics: dict, directory: Path) -> None:
+def _print_summary(metrics: Metrics, directory: Path) -> None:
     from .output.show import broken_latent_table, claims_summary, geometry_line
 
-    if geometry := geometry_line(metrics["world"]):
+    if geometry := geometry_line(metrics.world):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
-    if metrics.get("claims"):
-        console.print(claims_summary(metrics["claims"]))
-    console.print(f"{metrics['samples']:,} samples per SAE in {metrics['wall_seconds']:.1f} s "
-                  f"({metrics['samples_per_second'] / 1e6:.2f}M samples/s over all SAEs)")
+    if metrics.claims:
+        console.print(claims_summary(metrics.claims))
+    console.print(f"{metrics.samples:,} samples per SAE in {metrics.wall_seconds:.1f} s "
+                  f"({metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs)")
     console.print(f"run directory: {directory}  (report: {directory / 'report.html'} and report.md, figures: {directory / 'figures'})")
 
 

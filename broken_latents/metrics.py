@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .config import ConfigError, read_json
 
 CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""
@@ -153,3 +156,13 @@ class Metrics(_Schema):
     extra: dict[str, Any] = field(default_factory=dict)
 
     _nested = {"world": WorldMetrics, "runs": RunMetrics, "claims": ClaimResult}
+
+
+def read_metrics(path: Path, field: str) -> Metrics:
+    """A metrics.json the user pointed us at; one that is not JSON, or not a metrics.json (required
+    keys missing, wrong shapes), is a ConfigError naming `field`."""
+    data = read_json(path, field)
+    try:
+        return Metrics.from_json(data)
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ConfigError(field, f"{path} is not a metrics.json this version reads: {err}") from None

@@ -11,6 +11,7 @@ from rich.console import Console
 from .config import ExperimentConfig
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.claims import seeds_needed
+from .metrics import ClaimResult
 from .output.report import HtmlSection, anchor, claims_table, render_html
 from .output.rundir import run_experiment
 
@@ -59,8 +60,8 @@ def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: boo
             geometry_config = with_world_seed(config, geometry) if exp.geometries > 1 else config
             outcome = run_experiment(geometry_config, exp.claims, out / geometry_dir(name, geometry), device=device,
                                      progress=progress, clean_cos=exp.clean_cos, figures="none" if quick else "first")
-            held = sum(c["holds"] for c in outcome.metrics["claims"])
-            console.print(f"    {geometry_dir(name, geometry)}: {outcome.metrics['wall_seconds']:.0f} s, "
+            held = sum(c.holds for c in outcome.metrics.claims)
+            console.print(f"    {geometry_dir(name, geometry)}: {outcome.metrics.wall_seconds:.0f} s, "
                           f"claims holding: {held}/{len(exp.claims)}")
             results.append((name, geometry, outcome))
     summary = _summary(results, seeds, quick, time.perf_counter() - started)
@@ -81,22 +82,23 @@ def geometry_dir(name: str, geometry: int) -> str:
     return name if geometry == 0 else f"{name}-world-seed-{geometry}"
 
 
-def pooled_claims(outcomes: list) -> list[dict]:
+def pooled_claims(outcomes: list) -> list[ClaimResult]:
     """The claims of one experiment over every world seed: seeds held are added up, a claim holds
     when it holds in two thirds of all (geometry, seed) runs, and the detail says in which
     geometries it held."""
     if len(outcomes) == 1:
-        return outcomes[0].metrics["claims"]
+        return outcomes[0].metrics.claims
     pooled = []
-    for i, first in enumerate(outcomes[0].metrics["claims"]):
-        per_geometry = [o.metrics["claims"][i] for o in outcomes]
-        held = sum(c["seeds_held"] for c in per_geometry)
-        run = sum(c["seeds_run"] for c in per_geometry)
-        by_geometry = ", ".join(f"world seed {g} (max |cos| {o.metrics['world']['max_feature_cos']:.3f}): "
-                                f"{c['seeds_held']}/{c['seeds_run']}" for g, (o, c) in enumerate(zip(outcomes, per_geometry)))
-        pooled.append({**first, "seeds_held": held, "seeds_run": run, "holds": held >= seeds_needed(run),
-                       "per_seed": [ok for c in per_geometry for ok in c["per_seed"]],
-                       "detail": f"{sum(c['holds'] for c in per_geometry)}/{len(outcomes)} geometries held; {by_geometry}"})
+    for i, first in enumerate(outcomes[0].metrics.claims):
+        per_geometry = [o.metrics.claims[i] for o in outcomes]
+        held = sum(c.seeds_held for c in per_geometry)
+        run = sum(c.seeds_run for c in per_geometry)
+        by_geometry = ", ".join(f"world seed {g} (max |cos| {o.metrics.world.max_feature_cos:.3f}): "
+                                f"{c.seeds_held}/{c.seeds_run}" for g, (o, c) in enumerate(zip(outcomes, per_geometry)))
+        pooled.append(dataclasses.replace(
+            first, seeds_held=held, seeds_run=run, holds=held >= seeds_needed(run),
+            per_seed=[ok for c in per_geometry for ok in c.per_seed],
+            detail=f"{sum(c.holds for c in per_geometry)}/{len(outcomes)} geometries held; {by_geometry}"))
     return pooled
 
 
@@ -105,9 +107,9 @@ def _summary(results, seeds: int, quick: bool, seconds: float) -> str:
     experiments = list(dict.fromkeys(name for name, _, _ in results))
     for name in experiments:
         outcomes = [o for n, _, o in results if n == name]
-        for claim in pooled_claims(outcomes):
-            rows.append({**claim, "experiment": name, "text": f"{claim['text']} (post: \"{claim['post']}\")"})
-    walls = "; ".join(f"{geometry_dir(name, g)} {o.metrics['wall_seconds']:.0f} s" for name, g, o in results)
+        rows += [(name, dataclasses.replace(claim, text=f"{claim.text} (post: \"{claim.post}\")"))
+                 for claim in pooled_claims(outcomes)]
+    walls = "; ".join(f"{geometry_dir(name, g)} {o.metrics.wall_seconds:.0f} s" for name, g, o in results)
     budget = (f"**quick**: budgets capped at {QUICK_SAMPLES / 1e6:.0f}M samples per SAE, at most {QUICK_GEOMETRIES} "
               "world seeds per experiment and no figures (`reproduce` without --quick runs the post's budgets)"
               ) if quick else "the post's budgets"
@@ -120,16 +122,16 @@ def _summary(results, seeds: int, quick: bool, seconds: float) -> str:
         "## Contents",
         _contents(rows),
         "## Summary",
-        claims_table([{**row, "experiment": f"[{row['experiment']}](#{anchor(row['experiment'])})"} for row in rows]),
+        claims_table([claim for _, claim in rows], [f"[{name}](#{anchor(name)})" for name, _ in rows]),
     ])
 
 
-def _contents(rows: list[dict]) -> str:
+def _contents(rows: list[tuple[str, ClaimResult]]) -> str:
     """A line per experiment, linked to its section, with each claim's verdict linked to its claims table."""
     lines = []
-    for name in dict.fromkeys(row["experiment"] for row in rows):
-        claims = ", ".join(f"[{row['id']} {row['seeds_held']}/{row['seeds_run']} {'holds' if row['holds'] else 'fails'}]"
-                           f"(#{anchor(name)}--claims)" for row in rows if row["experiment"] == name)
+    for name in dict.fromkeys(experiment for experiment, _ in rows):
+        claims = ", ".join(f"[{c.id} {c.seeds_held}/{c.seeds_run} {'holds' if c.holds else 'fails'}]"
+                           f"(#{anchor(name)}--claims)" for experiment, c in rows if experiment == name)
         lines.append(f"- [{name}](#{anchor(name)}): {claims}")
     return "\n".join(lines)
 

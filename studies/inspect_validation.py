@@ -23,6 +23,7 @@ import numpy as np
 from broken_latents.config import load_toml
 from broken_latents.engine.stream import DataStream
 from broken_latents.inspect_sae import inspect_sae
+from broken_latents.metrics import Metrics
 from broken_latents.world import World
 
 SAMPLES = 100_000
@@ -32,19 +33,19 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def validate(run_dir: Path, scratch: Path) -> list[dict]:
     config = load_toml(run_dir / "config.toml")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = Metrics.from_json(json.loads((run_dir / "metrics.json").read_text()))
     world = World.build(config.world)
     rows = []
-    for run in metrics["runs"]:
-        folder = run_dir / "weights" / f"{run['label']}-seed{run['seed']}"
+    for run in metrics.runs:
+        folder = run_dir / "weights" / f"{run.label}-seed{run.seed}"
         if not (folder / "cfg.json").is_file():
             continue
-        f = DataStream(world, [run["seed"]], SAMPLES, offset=VALIDATION_STREAM, chunk=1).next()[0]  # [N, B]
+        f = DataStream(world, [run.seed], SAMPLES, offset=VALIDATION_STREAM, chunk=1).next()[0]  # [N, B]
         np.save(scratch / "acts.npy", (f.T @ world.directions_ND).numpy().astype(np.float32))
         flags = inspect_sae(folder, scratch / "acts.npy", out=scratch / "out", progress=False).result["latents"]
-        truth = set(run["broken_latents"])
+        truth = set(run.broken_latents)
         flagged = {r["latent"] for r in flags if r["broken"]}
-        rows.append({"run": run_dir.name, "label": run["label"], "seed": run["seed"], "latents": len(flags),
+        rows.append({"run": run_dir.name, "label": run.label, "seed": run.seed, "latents": len(flags),
                      "truth": sorted(truth), "flagged": sorted(flagged),
                      "tp": len(truth & flagged), "fp": len(flagged - truth), "fn": len(truth - flagged)})
     return rows

@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.analysis import analyse
+from broken_latents.analysis import measure
 from broken_latents.config import apply_overrides
 from broken_latents.reproduce import scaled
 from broken_latents.experiments import EXPERIMENTS
@@ -62,14 +62,14 @@ def run_cell(noise: float, seeds: int, samples: int | None) -> dict:
     config = cell_config(noise, seeds, samples)
     began = time.perf_counter()
     result = train(config, progress=False)
-    metrics = analyse(result)
+    metrics = measure(result)
     out = {"noise": noise, "seeds": seeds, "samples": result.samples, "seconds": 0.0, "rules": {}}
     for rule in RULES:
         claims = evaluate_claims(claims_for(rule), metrics)
-        out["rules"][rule] = {cl["id"]: {"per_seed": cl["per_seed"], "detail": cl["detail"]} for cl in claims}
-        runs = [r for r in metrics["runs"] if r["label"] == rule]
-        out["rules"][rule]["learned"] = [r["learned_features"] for r in runs]
-        out["rules"][rule]["peaks"] = [r["activation_peaks"] for r in runs]
+        out["rules"][rule] = {cl.id: {"per_seed": cl.per_seed, "detail": cl.detail} for cl in claims}
+        runs = [r for r in metrics.runs if r.label == rule]
+        out["rules"][rule]["learned"] = [r.learned_features for r in runs]
+        out["rules"][rule]["peaks"] = [r.activation_peaks for r in runs]
     out["seconds"] = round(time.perf_counter() - began, 1)
     return out
 

@@ -16,24 +16,25 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from broken_latents.experiments import EXPERIMENTS
+from broken_latents.metrics import ClaimResult, Metrics
 from broken_latents.reproduce import geometry_dir, pooled_claims
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def verdicts(root: Path) -> tuple[dict[tuple[str, str], dict], float]:
+def verdicts(root: Path) -> tuple[dict[tuple[str, str], ClaimResult], float]:
     found, seconds = {}, 0.0
     for name, exp in EXPERIMENTS.items():
         outcomes = []
         for geometry in range(exp.geometries):
             path = root / geometry_dir(name, geometry) / "metrics.json"
             if path.is_file():
-                metrics = json.loads(path.read_text())
-                seconds += metrics["wall_seconds"]
+                metrics = Metrics.from_json(json.loads(path.read_text()))
+                seconds += metrics.wall_seconds
                 outcomes.append(SimpleNamespace(metrics=metrics))
         if outcomes:
             for claim in pooled_claims(outcomes):
-                found[(name, claim["id"])] = claim
+                found[(name, claim.id)] = claim
     return found, seconds
 
 
@@ -41,12 +42,12 @@ def main(full_dir: Path, quick_dir: Path) -> None:
     full, full_seconds = verdicts(full_dir)
     quick, quick_seconds = verdicts(quick_dir)
     both = [key for key in full if key in quick]
-    agree = [key for key in both if full[key]["holds"] == quick[key]["holds"]]
+    agree = [key for key in both if full[key].holds == quick[key].holds]
     lines = ["| experiment | claim | full | quick | agree |", "|---|---|---|---|---|"]
     for key in both:
         f, q = full[key], quick[key]
-        lines.append(f"| {key[0]} | {key[1]} | {f['seeds_held']}/{f['seeds_run']} {'holds' if f['holds'] else 'fails'} | "
-                     f"{q['seeds_held']}/{q['seeds_run']} {'holds' if q['holds'] else 'fails'} | "
+        lines.append(f"| {key[0]} | {key[1]} | {f.seeds_held}/{f.seeds_run} {'holds' if f.holds else 'fails'} | "
+                     f"{q.seeds_held}/{q.seeds_run} {'holds' if q.holds else 'fails'} | "
                      f"{'yes' if key in agree else '**no**'} |")
     summary = (f"Verdicts agree on {len(agree)}/{len(both)} claims ({len(agree) / max(len(both), 1):.0%}); "
                f"training + analysis wall time: quick {quick_seconds / 60:.1f} min, full {full_seconds / 60:.1f} min "

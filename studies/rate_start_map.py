@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.analysis import analyse
+from broken_latents.analysis import measure
 from broken_latents.experiments.claims import evaluate_claims
 from broken_latents.config import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
@@ -37,12 +37,12 @@ def run_cell(name: str, start: float, geometry: int, seeds: int, first_seed: int
                                           f"train.seeds={seeds}", f"train.first_seed={first_seed}"])
     began = time.perf_counter()
     result = train(config, progress=False)
-    metrics = analyse(result, clean_cos=exp.clean_cos)
+    metrics = measure(result, clean_cos=exp.clean_cos)
     claims = evaluate_claims(exp.claims, metrics)
     return {
         "experiment": name, "rate_start": start, "world_seed": geometry, "seeds": seeds,
-        "max_feature_cos": metrics["world"]["max_feature_cos"], "seconds": round(time.perf_counter() - began, 1),
-        "claims": {c["id"]: {"per_seed": c["per_seed"], "detail": c["detail"]} for c in claims},
+        "max_feature_cos": metrics.world.max_feature_cos, "seconds": round(time.perf_counter() - began, 1),
+        "claims": {c.id: {"per_seed": c.per_seed, "detail": c.detail} for c in claims},
     }
 
 

@@ -4,6 +4,7 @@ import numpy as np
 
 from broken_latents.analysis import count_peaks, firing_pattern_sets, match_latents
 from broken_latents.config import HierarchyConfig, WorldConfig
+from broken_latents.metrics import Match
 from broken_latents.world import World
 
 
@@ -36,7 +37,7 @@ def test_silent_latent_has_no_peak():
 def test_matching_is_one_to_one_and_skips_dead():
     cos = np.array([[0.99, 0.10, 0.0], [0.98, 0.20, 0.0], [0.0, 0.0, 0.97]])
     matches = match_latents(cos, live=np.array([True, True, False]))
-    assert matches == [{"latent": 0, "feature": 0, "cos": 0.99}, {"latent": 1, "feature": 1, "cos": 0.2}]
+    assert matches == [Match(latent=0, feature=0, cos=0.99), Match(latent=1, feature=1, cos=0.2)]
 
 
 def test_firing_pattern_sets_cover_hierarchy():
@@ -45,14 +46,14 @@ def test_firing_pattern_sets_cover_hierarchy():
     assert [[0], [1], [2], [3], [0, 1], [0, 2], [0, 1, 2]] == sets
 
 
-def test_analyse_measures_absorption_of_the_untied_absorbed_solution():
-    """Hand-set weights through `analyse`: the parent latent (encoder f0 - f1) goes silent when the
+def test_measure_finds_absorption_in_the_untied_absorbed_solution():
+    """Hand-set weights through `measure`: the parent latent (encoder f0 - f1) goes silent when the
     child fires and a combo latent decoding f0 + f1 (a broken match, cos 0.71) carries both."""
     import math
 
     import torch
 
-    from broken_latents.analysis import analyse
+    from broken_latents.analysis import measure
     from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig
     from broken_latents.saes import build_sae
     from broken_latents.train import TrainedStack, TrainResult
@@ -72,10 +73,10 @@ def test_analyse_measures_absorption_of_the_untied_absorbed_solution():
         sae.b_enc_SK.zero_()
         sae.b_dec_SD.zero_()
     result = TrainResult(config, world, [0], [TrainedStack(sae_config, sae)], samples=0, train_seconds=1.0)
-    run = analyse(result)["runs"][0]
-    assert run["broken_latents"] == [1]
+    run = measure(result).runs[0]
+    assert run.broken_latents == [1]
     p_child_given_parent = rates[1] / (rates[0] + rates[1] - rates[0] * rates[1])  # 0.174
-    assert abs(run["absorption"][0] - p_child_given_parent) < 0.01
-    assert abs(run["full_absorption"][0] - p_child_given_parent) < 0.01
-    assert run["absorption"][1:] == [0.0, 0.0, 0.0]  # the broken match still carries its own feature
-    assert run["hedging"] == [0.0, 0.7071, 0.0, 0.0]  # the combo latent carries the child's parent
+    assert abs(run.absorption[0] - p_child_given_parent) < 0.01
+    assert abs(run.full_absorption[0] - p_child_given_parent) < 0.01
+    assert run.absorption[1:] == [0.0, 0.0, 0.0]  # the broken match still carries its own feature
+    assert run.hedging == [0.0, 0.7071, 0.0, 0.0]  # the combo latent carries the child's parent

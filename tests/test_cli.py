@@ -11,6 +11,7 @@ from broken_latents.cli import main
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.metrics import Metrics
 from broken_latents.output.show import geometry_line
+from factories import as_older_version, world_metrics
 from worlds import TINY
 
 RUN_KEYS = {"label", "seed", "decoder_cos", "encoder_cos", "latent_cos", "decoder_norms", "matches",
@@ -93,9 +94,10 @@ def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
 
 
 def test_geometry_line_says_how_far_from_the_welch_bound():
-    assert geometry_line({"welch_bound": 0.0, "max_feature_cos": 0.0}) is None
-    near = geometry_line({"welch_bound": 0.05, "max_feature_cos": 0.051})
-    far = geometry_line({"welch_bound": 0.05, "max_feature_cos": 0.08})
+    assert geometry_line(world_metrics(welch_bound=0.0, max_feature_cos=0.0)) is None
+    assert geometry_line(world_metrics()) is None  # a run from before the bound was recorded
+    near = geometry_line(world_metrics(welch_bound=0.05, max_feature_cos=0.051))
+    far = geometry_line(world_metrics(welch_bound=0.05, max_feature_cos=0.08))
     assert "1.02x" in near and "warning" not in near
     assert "1.60x" in far and "warning" in far
 
@@ -105,6 +107,23 @@ def test_show_prints_tables(tiny_run, capsys):
     out = capsys.readouterr().out
     assert "tiny-world" in out and "learned" in out and "decoder cos" in out and "f3" in out
     assert "absorption and hedging" in out
+
+
+def test_show_prints_a_metrics_json_from_an_older_version(tiny_run, tmp_path, capsys):
+    older = as_older_version(json.loads((tiny_run / "metrics.json").read_text()))
+    (tmp_path / "metrics.json").write_text(json.dumps(older))
+    main(["show", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "tiny-world" in out and "learned" in out and "decoder cos" in out
+    assert "absorption and hedging" not in out and "Welch" not in out
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"name": "tiny-world"}', '{"name": "x", "runs": "none"}'])
+def test_show_refuses_a_file_that_is_not_a_metrics_json_in_one_line(tmp_path, capsys, text):
+    (tmp_path / "metrics.json").write_text(text)
+    code, err = _exit_code(["show", str(tmp_path)], capsys)
+    assert code == 2 and "RUN_DIR" in err and str(tmp_path / "metrics.json") in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, field", [

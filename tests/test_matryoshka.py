@@ -5,7 +5,7 @@ that costs the most to leave out."""
 import pytest
 import torch
 
-from broken_latents.analysis import analyse, cosine
+from broken_latents.analysis import cosine, measure
 from broken_latents.config import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig, from_dict
 from broken_latents.saes import build_sae
 from broken_latents.train import choose_engine, train
@@ -117,9 +117,9 @@ def test_batchtopk_and_topk_train_end_to_end():
     result = train(config, progress=False)
     assert set(result.history[-1]["batch"]) == {"mse", "l1", "prefix_mse"}
     assert torch.isfinite(result.stacks[1].sae.batchtopk_threshold_S).all()
-    runs = {run["label"]: run for run in analyse(result)["runs"]}
-    assert runs["top"]["l0"] <= 2.0
-    assert len(runs["batch"]["width_explained_variance"]) == 2
+    runs = {run.label: run for run in measure(result).runs}
+    assert runs["top"].l0 <= 2.0
+    assert len(runs["batch"].width_explained_variance) == 2
 
 
 # -- a tiny training ----------------------------------------------------------------------
@@ -142,12 +142,11 @@ def test_matryoshka_width_one_prefix_learns_the_costlier_feature():
         # m f0 back, which reconstructs a fixed-magnitude feature exactly (the one-latent
         # minimum DESIGN.md describes); it lands there in about half the seeds.
         assert abs(cos[0, 0]) >= 0.95, (s, cos)
-    metrics = analyse(result)
-    for run in metrics["runs"]:
-        one, both = run["width_explained_variance"]
-        assert both == run["explained_variance"]
+    for run in measure(result).runs:
+        one, both = run.width_explained_variance
+        assert both == run.explained_variance
         # Feature 0 carries 0.21 * 9 / (0.21 * 9 + 0.21 * 2.25) = 80% of the variance.
-        assert 0.7 < one < 0.9 < both, run["width_explained_variance"]
+        assert 0.7 < one < 0.9 < both, run.width_explained_variance
 
 
 def test_plain_sae_latent_zero_takes_either_feature():
@@ -155,5 +154,5 @@ def test_plain_sae_latent_zero_takes_either_feature():
     result = _two_feature_run(None)
     cos = cosine(result.stacks[0].sae.W_dec_SKD[:, 0].detach(), result.world.directions_ND)[:, 0].abs()
     assert (cos < 0.95).any()
-    run = analyse(result)["runs"][0]
-    assert run["width_explained_variance"] == [run["explained_variance"]]
+    run = measure(result).runs[0]
+    assert run.width_explained_variance == [run.explained_variance]

@@ -8,7 +8,8 @@ the post's 20-feature one, whose runs take minutes.
 
 import numpy as np
 
-from broken_latents.analysis import analyse
+from broken_latents.analysis import measure
+from broken_latents.metrics import Metrics
 from broken_latents.experiments.claims import evaluate_claims
 from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig, apply_overrides
 from broken_latents.experiments import get
@@ -19,31 +20,31 @@ from broken_latents.world import World
 def _claims(name: str, *overrides: str) -> dict:
     exp = get(name)
     config = apply_overrides(exp.config, [*overrides, "train.eval_samples=20000"])
-    metrics = analyse(train(config, progress=False), exp.clean_cos)
-    return {claim["id"]: claim["seeds_held"] for claim in evaluate_claims(exp.claims, metrics)}
+    metrics = measure(train(config, progress=False), exp.clean_cos)
+    return {claim.id: claim.seeds_held for claim in evaluate_claims(exp.claims, metrics)}
 
 
-def _small_narrow(hierarchy=(), aux=None, samples=5_000_000) -> tuple[dict, World]:
+def _small_narrow(hierarchy=(), aux=None, samples=5_000_000) -> tuple[Metrics, World]:
     """10 features in 12 dims, magnitudes 10 -> 1, rates 0.01 -> 0.3, 3 tied latents, 4 seeds."""
     world = WorldConfig(features=10, dim=12, firing={"linear": [0.01, 0.3]}, magnitude={"linear": [10.0, 1.0]},
                         hierarchy=list(hierarchy))
     config = ExperimentConfig(name="small", world=world, sae=[SAEConfig(label="tied", latents=3, aux=aux)],
                               train=TrainConfig(samples=samples, lr=1e-3, seeds=4, eval_samples=20_000))
-    return analyse(train(config, progress=False)), World.build(world)
+    return measure(train(config, progress=False)), World.build(world)
 
 
 def test_narrow_tied_sae_learns_the_features_of_highest_variance():
     metrics, world = _small_narrow()
     want = sorted(world.variance_ranking()[:3])
-    held = sum(run["learned_features"] == want for run in metrics["runs"])
-    assert held >= 3, [run["learned_features"] for run in metrics["runs"]]  # measured 4/4
+    held = sum(run.learned_features == want for run in metrics.runs)
+    assert held >= 3, [run.learned_features for run in metrics.runs]  # measured 4/4
 
 
 def test_cooccurrence_puts_the_parent_into_child_latents():
     metrics, _ = _small_narrow([HierarchyConfig(parent=7, children=[2, 4])])
     held = 0
-    for run in metrics["runs"]:
-        cos = np.asarray(run["decoder_cos"])
+    for run in metrics.runs:
+        cos = np.asarray(run.decoder_cos)
         child_latents = [int(cos[:, c].argmax()) for c in (2, 4)]
         held += all(cos[j, 7] >= 0.2 for j in child_latents)
     assert held >= 3  # measured 4/4 (f7 share 0.23-0.44)
@@ -53,9 +54,9 @@ def test_aux_loss_repairs_the_broken_latents():
     aux = AuxConfig(delay_samples=2_000_000, warmup_samples=2_000_000)
     metrics, _ = _small_narrow([HierarchyConfig(parent=7, children=[2, 4])], aux=aux, samples=6_000_000)
     held = 0
-    for run in metrics["runs"]:
-        cos = np.asarray(run["decoder_cos"])
-        held += (cos.max(1) >= 0.99).all() and (np.abs(cos[:, 7]) <= 0.05).all() and run["activation_peaks"] == [1, 1, 1]
+    for run in metrics.runs:
+        cos = np.asarray(run.decoder_cos)
+        held += (cos.max(1) >= 0.99).all() and (np.abs(cos[:, 7]) <= 0.05).all() and run.activation_peaks == [1, 1, 1]
     assert held >= 3  # measured 4/4 (every latent at cos 1.00, f7 share 0.00)
 
 

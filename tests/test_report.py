@@ -9,38 +9,38 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from broken_latents.metrics import ClaimResult, FiringPattern, Metrics, RunMetrics
 from broken_latents.output import plots
 from broken_latents.output.report import HtmlSection, claims_table, markdown_to_html, render_html, render_markdown, write_html
+from factories import as_older_version, claim_result, matches, metrics, run_metrics, world_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def make_run(label: str, seed: int, cos: float = 0.987, broken: tuple[int, ...] = ()) -> dict:
+def make_run(label: str, seed: int, cos: float = 0.987, broken: tuple[int, ...] = ()) -> RunMetrics:
     """3 latents, 4 features: latent j matches feature j + 1."""
     decoder_cos = np.zeros((3, 4))
     for j in range(3):
         decoder_cos[j, j + 1] = cos if j == 0 else 1.0
-    return {
-        "label": label, "architecture": label, "seed": seed,
-        "decoder_cos": decoder_cos.tolist(), "encoder_cos": decoder_cos.tolist(), "latent_cos": np.eye(3).tolist(),
-        "decoder_norms": [1.0, 1.0, 1.0],
-        "matches": [{"latent": j, "feature": j + 1, "cos": float(decoder_cos[j, j + 1])} for j in range(3)],
-        "learned_features": [j + 1 for j in range(3) if j not in broken], "broken_latents": list(broken),
-        "dead_latents": [], "activation_peaks": [1, 2, 1], "peak_locations": [[4.0], [2.0, 3.0], [1.5]],
-        "mse": 0.0123, "l0": 1.25, "explained_variance": 0.975,
-        "firing_patterns": [{"features": [1], "activations": [4.0, 0.0, 0.0]},
-                            {"features": [1, 2], "activations": [4.5, 2.25, 0.0]}],
-    }
+    return run_metrics(
+        decoder_cos.tolist(), label=label, architecture=label, seed=seed,
+        matches=matches(*((j, j + 1, float(decoder_cos[j, j + 1])) for j in range(3))),
+        learned_features=[j + 1 for j in range(3) if j not in broken], broken_latents=list(broken),
+        activation_peaks=[1, 2, 1], peak_locations=[[4.0], [2.0, 3.0], [1.5]],
+        mse=0.0123, l0=1.25, explained_variance=0.975,
+        firing_patterns=[FiringPattern(features=[1], activations=[4.0, 0.0, 0.0]),
+                         FiringPattern(features=[1, 2], activations=[4.5, 2.25, 0.0])],
+    )
 
 
-def make_metrics(seeds: int = 1, claims: list[dict] | None = None) -> dict:
-    runs = [make_run(label, s) for label in ("tied", "untied") for s in range(seeds)]
-    return {
-        "name": "tiny-world", "description": "A tiny world.", "samples": 1_000_000, "samples_per_second": 5e6,
-        "world": {"expected_mse": [0.5, 4.0, 2.0, 1.0], "expected_mse_ranking": [1, 2, 3, 0],
-                  "firing_rates": [0.5, 0.25, 0.125, 0.0625], "magnitudes": [1.0, 4.0, 4.0, 4.0]},
-        "runs": runs, "claims": claims or [],
-    }
+def make_metrics(seeds: int = 1, claims: list[ClaimResult] | None = None) -> Metrics:
+    return metrics(
+        [make_run(label, s) for label in ("tied", "untied") for s in range(seeds)],
+        name="tiny-world", description="A tiny world.", samples=1_000_000, samples_per_second=5e6,
+        world=world_metrics(4, expected_mse=[0.5, 4.0, 2.0, 1.0], expected_mse_ranking=[1, 2, 3, 0],
+                            firing_rates=[0.5, 0.25, 0.125, 0.0625], magnitudes=[1.0, 4.0, 4.0, 4.0]),
+        claims=claims or [],
+    )
 
 
 def assert_png(path: Path) -> np.ndarray:
@@ -126,10 +126,10 @@ def test_markdown_has_match_and_firing_tables():
 
 def test_failing_claim_renders_as_failing_and_gets_detail():
     claims = [
-        {"id": "all-clean", "text": "every latent is clean", "holds": False, "seeds_held": 2, "seeds_run": 4,
-         "per_seed": [True, True, False, False], "detail": "seed 2: latent 0 at cos 0.7"},
-        {"id": "no-dead", "text": "no dead latents", "holds": True, "seeds_held": 4, "seeds_run": 4,
-         "per_seed": [True] * 4, "detail": ""},
+        claim_result(id="all-clean", text="every latent is clean", holds=False, seeds_held=2, seeds_run=4,
+                     per_seed=[True, True, False, False], detail="seed 2: latent 0 at cos 0.7"),
+        claim_result(id="no-dead", text="no dead latents", holds=True, seeds_held=4, seeds_run=4,
+                     per_seed=[True] * 4, detail=""),
     ]
     text = render_markdown(make_metrics(seeds=4, claims=claims), {})
     assert "| `all-clean` | every latent is clean | 2/4 | no | seed 2: latent 0 at cos 0.7 |" in text
@@ -143,7 +143,8 @@ def test_failing_claim_renders_as_failing_and_gets_detail():
 
 
 def test_claims_table_adds_experiment_column_and_escapes_pipes():
-    table = claims_table([{"experiment": "recap", "id": "c", "text": "a | b", "holds": True}])
+    unrecorded = claim_result(id="c", text="a | b", holds=True, seeds_held=0, seeds_run=0, per_seed=[], detail="")
+    table = claims_table([unrecorded], ["recap"])
     assert table.splitlines()[0] == "| experiment | claim | text | seeds held | holds | detail |"
     assert table.splitlines()[2] == "| recap | `c` | a \\| b | - | yes |  |"
 
@@ -195,23 +196,34 @@ def test_html_flags_missing_figure_and_keeps_sections_apart(tmp_path):
     assert page.count("<section>") == 2 and "src=" not in page
 
 
-@pytest.mark.parametrize("absent", ["description", "wall_seconds", "samples_per_second", "claims", "world"])
+@pytest.mark.parametrize("absent", ["description", "wall_seconds", "claims"])
 def test_markdown_tolerates_missing_optional_keys(absent):
     metrics = make_metrics()
-    metrics.pop(absent, None)
+    setattr(metrics, absent, None)
     text = render_markdown(metrics, {})
     assert "| 0 | 1 | 0.987 | clean |" in text
 
 
+def test_a_metrics_json_from_an_older_version_renders_and_draws(tmp_path):
+    older = Metrics.from_json(as_older_version(make_metrics().to_json()))
+    text = render_markdown(older, {})
+    assert "| 0 | 1 | 0.987 | clean |" in text and "absorption" not in text
+    assert "| 1 | 1 | 0.250 | 4.000 |" in text.splitlines()  # no m, no p(1-p)·m² column: the file lacks them
+    figures = plots.write_run_figures(older, {"tied-seed0": np.random.default_rng(0).uniform(0, 5, (200, 3))},
+                                      tmp_path / "figures")
+    assert "figures/tied-seed0-hist.png" in figures["tied-seed0"]
+    assert_png(tmp_path / "figures" / "world.png")
+
+
 def test_markdown_lists_absorbed_features_and_hedging_latents_above_the_floor():
     metrics = make_metrics()
-    run = metrics["runs"][0]  # latent j matches feature j + 1
-    run.update(absorption=[0.0, 0.0, 0.75, 0.04], full_absorption=[0.0, 0.0, 0.5, 0.0], hedging=[-0.4, 0.02, 0.0])
+    run = metrics.runs[0]  # latent j matches feature j + 1
+    run.absorption, run.full_absorption, run.hedging = [0.0, 0.0, 0.75, 0.04], [0.0, 0.0, 0.5, 0.0], [-0.4, 0.02, 0.0]
     text = render_markdown(metrics, {})
     assert "| 2 | 1 | 0.750 | 0.500 |" in text  # feature 2, its latent 1
     assert "| 0 | 1 | -0.400 |" in text  # latent 0 (feature 1) subtracts its co-occurring features
     assert "| 3 | 2 | 0.040" not in text and "| 1 | 2 | +0.020" not in text  # below 0.05: no row
-    metrics["runs"][0].update(absorption=[0.0] * 4, full_absorption=[0.0] * 4, hedging=[0.0] * 3)
+    run.absorption, run.full_absorption, run.hedging = [0.0] * 4, [0.0] * 4, [0.0] * 3
     assert "No feature absorbed above 0.05" in render_markdown(metrics, {})
 
 
@@ -220,7 +232,8 @@ def test_show_tables_absorption_only_when_present():
 
     metrics = make_metrics()
     assert absorption_table(metrics) is None  # a run from before the metrics
-    metrics["runs"][1].update(absorption=[0.0, 0.9, 0.0, 0.0], full_absorption=[0.0, 0.8, 0.0, 0.0], hedging=[0.3, 0.0, 0.0])
+    run = metrics.runs[1]
+    run.absorption, run.full_absorption, run.hedging = [0.0, 0.9, 0.0, 0.0], [0.0, 0.8, 0.0, 0.0], [0.3, 0.0, 0.0]
     rows = absorption_table(metrics).columns
     assert [cell for cell in rows[2].cells] == ["f1 (0.90, 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]
 

@@ -7,22 +7,23 @@ from broken_latents.experiments.checks import learns_exactly
 from broken_latents.experiments.claims import Claim
 from broken_latents.experiments.registry import Experiment
 from broken_latents.reproduce import pooled_claims, reproduce_all
+from factories import claim_result, metrics, run_metrics, world_metrics
 
 
 def _outcome(held: list[bool], max_cos: float):
-    claim = {"id": "c", "text": "t", "post": "p", "holds": sum(held) >= 2, "seeds_held": sum(held),
-             "seeds_run": len(held), "per_seed": held, "detail": "d"}
-    return SimpleNamespace(metrics={"claims": [claim], "world": {"max_feature_cos": max_cos}})
+    claim = claim_result(id="c", text="t", post="p", holds=sum(held) >= 2, seeds_held=sum(held),
+                         seeds_run=len(held), per_seed=held, detail="d")
+    return SimpleNamespace(metrics=metrics(claims=[claim], world=world_metrics(max_feature_cos=max_cos)))
 
 
 def test_pooled_claims_add_seeds_over_geometries():
     (claim,) = pooled_claims([_outcome([True, True, False], 0.05), _outcome([False, False, True], 0.06)])
-    assert (claim["seeds_held"], claim["seeds_run"], claim["holds"]) == (3, 6, False)
-    assert claim["per_seed"] == [True, True, False, False, False, True]
-    assert claim["detail"].startswith("1/2 geometries held")
-    assert "world seed 1 (max |cos| 0.060): 1/3" in claim["detail"]
+    assert (claim.seeds_held, claim.seeds_run, claim.holds) == (3, 6, False)
+    assert claim.per_seed == [True, True, False, False, False, True]
+    assert claim.detail.startswith("1/2 geometries held")
+    assert "world seed 1 (max |cos| 0.060): 1/3" in claim.detail
     (alone,) = pooled_claims([_outcome([True, False, True], 0.05)])
-    assert alone["detail"] == "d"  # a single geometry is reported as it is
+    assert alone.detail == "d"  # a single geometry is reported as it is
 
 
 def test_reproduce_runs_every_geometry_and_pools_them(tmp_path):
@@ -49,9 +50,8 @@ def test_a_claim_about_a_missing_sae_fails_with_that_said():
     from broken_latents.experiments.claims import evaluate_claims
 
     claim = Claim("x", "t", "p", learns_exactly("untied", lambda world, k: [0]))
-    metrics = {"runs": [{"label": "tied", "seed": 0, "matches": [], "decoder_cos": [[1.0]]}], "world": {}}
-    (result,) = evaluate_claims([claim], metrics)
-    assert not result["holds"] and "no SAE labelled 'untied'" in result["detail"]
+    (result,) = evaluate_claims([claim], metrics(runs=[run_metrics(label="tied")]))
+    assert not result.holds and "no SAE labelled 'untied'" in result.detail
 
 
 def test_quick_reproduction_caps_budgets_and_draws_no_figures(tmp_path):

@@ -1,7 +1,7 @@
 """Checks: functions over one seed's metrics that decide a claim, with the numbers that decided it.
 
-A check takes `runs` (label -> that SAE's metrics entry for one seed) and `world` (the world block
-of metrics.json) and returns (holds, detail). Builders (`learns_exactly("tied", ...)`) return checks.
+A check takes `runs` (label -> that SAE's `RunMetrics` for one seed) and `world` (the run's
+`WorldMetrics`) and returns (holds, detail). Builders (`learns_exactly("tied", ...)`) return checks.
 """
 
 from __future__ import annotations
@@ -10,19 +10,22 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import CLEAN_COS
+from ..metrics import CLEAN_COS, RunMetrics, WorldMetrics
 
-Check = Callable[[dict, dict], "tuple[bool, str]"]
-
-def dec(run: dict) -> np.ndarray:
-    return np.asarray(run["decoder_cos"])
-
-
-def live_latents(run: dict) -> list[int]:
-    return [j for j in range(len(run["decoder_cos"])) if j not in run["dead_latents"]]
+Runs = dict[str, RunMetrics]
+"""One seed's runs by SAE label."""
+Check = Callable[[Runs, WorldMetrics], "tuple[bool, str]"]
 
 
-def latent_for(run: dict, feature: int) -> tuple[int, float]:
+def dec(run: RunMetrics) -> np.ndarray:
+    return np.asarray(run.decoder_cos)
+
+
+def live_latents(run: RunMetrics) -> list[int]:
+    return [j for j in range(len(run.decoder_cos)) if j not in run.dead_latents]
+
+
+def latent_for(run: RunMetrics, feature: int) -> tuple[int, float]:
     """The live latent whose decoder is closest to `feature`, and that cosine."""
     cos = dec(run)[:, feature]
     live = live_latents(run)
@@ -30,37 +33,42 @@ def latent_for(run: dict, feature: int) -> tuple[int, float]:
     return j, float(cos[j])
 
 
-def learns_exactly(label: str, features_from_world: Callable[[dict, int], list[int]], clean: float = CLEAN_COS) -> Check:
+def clean_features(run: RunMetrics, clean: float) -> list[int]:
+    """The features matched by a latent at decoder cos >= clean, sorted."""
+    return sorted(m.feature for m in run.matches if m.cos >= clean)
+
+
+def learns_exactly(label: str, features_from_world: Callable[[WorldMetrics, int], list[int]], clean: float = CLEAN_COS) -> Check:
     """Check: the SAE's clean latents cover exactly the given features (each matched at >= clean)."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
-        want = sorted(features_from_world(world, len(run["decoder_cos"])))
-        got = sorted(m["feature"] for m in run["matches"] if m["cos"] >= clean)
+        want = sorted(features_from_world(world, len(run.decoder_cos)))
+        got = clean_features(run, clean)
         return got == want, f"{label} learned {got}, expected {want}"
 
     return check
 
 
-def top_expected_mse(world: dict, latents: int) -> list[int]:
-    return world["expected_mse_ranking"][:latents]
+def top_expected_mse(world: WorldMetrics, latents: int) -> list[int]:
+    return world.expected_mse_ranking[:latents]
 
 
-def top_variance(world: dict, latents: int) -> list[int]:
-    return world["variance_ranking"][:latents]
+def top_variance(world: WorldMetrics, latents: int) -> list[int]:
+    return world.variance_ranking[:latents]
 
 
-def all_features(world: dict, latents: int) -> list[int]:
-    return list(range(len(world["expected_mse"])))
+def all_features(world: WorldMetrics, latents: int) -> list[int]:
+    return list(range(len(world.expected_mse)))
 
 
 def matches_all_and_kills_rest(label: str, clean: float = CLEAN_COS) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
-        n_features = len(world["expected_mse"])
-        learned = sorted(m["feature"] for m in run["matches"] if m["cos"] >= clean)
-        spare = len(run["decoder_cos"]) - n_features
-        dead = len(run["dead_latents"])
+        n_features = len(world.expected_mse)
+        learned = clean_features(run, clean)
+        spare = len(run.decoder_cos) - n_features
+        dead = len(run.dead_latents)
         ok = learned == list(range(n_features)) and dead == spare
         return ok, f"{label} learned {learned} of {n_features}; dead {dead} of {spare} spare latents"
 
@@ -70,7 +78,7 @@ def matches_all_and_kills_rest(label: str, clean: float = CLEAN_COS) -> Check:
 def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float = CLEAN_COS) -> Check:
     """Check: some live latent mixes two features (cos >= combo_cos with both), or two latents duplicate one feature."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         live = live_latents(run)
@@ -87,12 +95,12 @@ def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float 
 def absorbs(label: str, parent: int, child: int) -> Check:
     """Check (recap): the child latent decodes parent + child; the parent latent's encoder is negative on the child."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         combo = max(live_latents(run), key=lambda j: min(cos[j, parent], cos[j, child]))
         parent_latent = max((j for j in live_latents(run) if j != combo), key=lambda j: cos[j, parent])
-        enc_parent_child = run["encoder_cos"][parent_latent][child]
+        enc_parent_child = run.encoder_cos[parent_latent][child]
         ok = cos[combo, parent] >= 0.5 and cos[combo, child] >= 0.5 and enc_parent_child < 0
         return ok, (f"latent {combo} decodes f{parent} {cos[combo, parent]:.2f}, f{child} {cos[combo, child]:.2f}; "
                     f"parent latent {parent_latent} encoder cos with f{child} {enc_parent_child:.2f}")
@@ -103,7 +111,7 @@ def absorbs(label: str, parent: int, child: int) -> Check:
 def rotates_pair(label: str, a: int, b: int) -> Check:
     """Check (boundary): features a and b come out as the 45-degree pair (fa +- fb)/sqrt 2 instead of themselves."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         rotated = [j for j in live_latents(run) if abs(cos[j, a]) >= 0.5 and abs(cos[j, b]) >= 0.5]
@@ -113,7 +121,7 @@ def rotates_pair(label: str, a: int, b: int) -> Check:
 
 
 def children_carry_parent(label: str, parent: int, children: list[int], min_cos: float = 0.2) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         found = [(c, *latent_for(run, c)) for c in children]
@@ -124,7 +132,7 @@ def children_carry_parent(label: str, parent: int, children: list[int], min_cos:
 
 
 def children_repel(label: str, a: int, b: int) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         ja, _ = latent_for(run, a)
@@ -138,7 +146,7 @@ def children_repel(label: str, a: int, b: int) -> Check:
 def one_child_repels(label: str, a: int, b: int, at_most: float = -0.1) -> Check:
     """The weaker form: at least one of the two child latents carries a clear negative part of the other child."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         ja, _ = latent_for(run, a)
@@ -150,18 +158,18 @@ def one_child_repels(label: str, a: int, b: int, at_most: float = -0.1) -> Check
 
 
 def same_reconstruction(a: str, b: str, rel: float = 0.01) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        ma, mb = runs[a]["mse"], runs[b]["mse"]
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        ma, mb = runs[a].mse, runs[b].mse
         return abs(ma - mb) <= rel * max(ma, mb), f"mse {a} {ma:.3f}, {b} {mb:.3f}"
 
     return check
 
 
 def latents_orthogonal(label: str, max_abs: float = 0.05) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         live = live_latents(run)
-        lc = np.abs(np.asarray(run["latent_cos"])[np.ix_(live, live)] - np.eye(len(live)))
+        lc = np.abs(np.asarray(run.latent_cos)[np.ix_(live, live)] - np.eye(len(live)))
         worst = float(lc.max()) if len(live) > 1 else 0.0
         return worst <= max_abs, f"max |cos| between live latents {worst:.3f}"
 
@@ -169,10 +177,10 @@ def latents_orthogonal(label: str, max_abs: float = 0.05) -> Check:
 
 
 def peaks_mark_broken(label: str, clean: float = 0.98) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         best = dec(run).max(axis=1)
-        peaks = run["activation_peaks"]
+        peaks = run.activation_peaks
         live = live_latents(run)
         broken = [j for j in live if best[j] < CLEAN_COS]
         clean_ones = [j for j in live if best[j] >= clean]
@@ -188,7 +196,7 @@ def every_live_latent_clean(label: str, clean: float = CLEAN_COS, max_cos_with: 
     """Check: each live latent matches one feature at >= clean (optionally: small cos with some
     features, and one activation peak)."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         live = live_latents(run)
@@ -197,7 +205,7 @@ def every_live_latent_clean(label: str, clean: float = CLEAN_COS, max_cos_with: 
         for feature, limit in (max_cos_with or {}).items():
             bad += [j for j in live if abs(cos[j, feature]) > limit and j not in bad]
         if single_peak:
-            bad += [j for j in live if run["activation_peaks"][j] != 1 and j not in bad]
+            bad += [j for j in live if run.activation_peaks[j] != 1 and j not in bad]
         learned = sorted(int(cos[j].argmax()) for j in live if best[j] >= clean)
         return not bad and bool(live), f"{label}: learned {learned}; latents failing {sorted(bad)}"
 
@@ -207,8 +215,8 @@ def every_live_latent_clean(label: str, clean: float = CLEAN_COS, max_cos_with: 
 def learned_set_report(label: str, usual: list[int], clean: float = CLEAN_COS) -> Check:
     """Check: the clean latents cover exactly `usual`; the detail says what was learned instead."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean)
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        got = clean_features(runs[label], clean)
         swapped_in, left_out = sorted(set(got) - set(usual)), sorted(set(usual) - set(got))
         return got == usual, f"{label} learned {got}" + (f" (in: {swapped_in}, out: {left_out})" if got != usual else "")
 
@@ -219,7 +227,7 @@ def mixes(label: str, features: list[int], clean: float = CLEAN_COS, min_mixing_
     """Check: no latent reaches `clean` with any of `features`; at least `min_mixing_latents` latents
     have |cos| >= mix_cos with two or more of them."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])
         live = live_latents(runs[label])
         clean_hits = [(j, f) for j in live for f in features if cos[j, f] >= clean]
@@ -231,15 +239,15 @@ def mixes(label: str, features: list[int], clean: float = CLEAN_COS, min_mixing_
 
 
 def learns_outside(label: str, outside_of: list[int], expected: int, clean: float = CLEAN_COS) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean and m["feature"] not in outside_of)
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        got = [f for f in clean_features(runs[label], clean) if f not in outside_of]
         return expected in got, f"{label} clean latents outside {outside_of}: {got}"
 
     return check
 
 
 def lacks(label: str, feature: int, clean: float = CLEAN_COS) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         best = float(dec(runs[label])[:, feature].max())
         return best < clean, f"{label}: best latent cos with f{feature} is {best:.2f}"
 
@@ -249,7 +257,7 @@ def lacks(label: str, feature: int, clean: float = CLEAN_COS) -> Check:
 def single_latent_merges(label: str) -> Check:
     """Check, up to the latent's sign: |cos| highest with f0, >= 0.3 with f1 and f2, <= 0.1 with f3."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])[0]
         size = np.abs(cos)
         ok = int(np.argmax(size)) == 0 and size[1] >= 0.3 and size[2] >= 0.3 and size[3] <= 0.1
@@ -262,7 +270,7 @@ def points_at(label: str, feature: int) -> Check:
     """Check: the first latent's decoder has a positive cosine with `feature` (it fires with it,
     not in its absence)."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = float(dec(runs[label])[0, feature])
         return cos > 0, f"{label} latent cos with f{feature}: {cos:+.2f}"
 
@@ -273,7 +281,7 @@ def single_latent_is_feature(label: str, feature: int, clean: float = CLEAN_COS)
     """Check: the first latent's decoder has cos >= clean with `feature` (the clean parent, not the
     merged latent); the detail gives its whole cosine profile."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         profile = dec(runs[label])[0]
         shown = ", ".join(f"f{i} {v:+.2f}" for i, v in enumerate(profile))
         return float(profile[feature]) >= clean, f"{label} latent cos: {shown}"
@@ -285,7 +293,7 @@ def clean_unless_opposite(label: str, feature: int, clean: float = CLEAN_COS) ->
     """Check: the first latent is the clean `feature` (cos >= clean) or points against it (cos < 0:
     the local minimum that fires when the feature is absent, which a technique on peaks cannot reach)."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = float(dec(runs[label])[0, feature])
         where = "clean" if cos >= clean else "opposite sign" if cos < 0 else "neither"
         return cos >= clean or cos < 0, f"{label} latent cos with f{feature}: {cos:+.2f} ({where})"
@@ -294,9 +302,9 @@ def clean_unless_opposite(label: str, feature: int, clean: float = CLEAN_COS) ->
 
 
 def encoder_profile_matches_decoder(label: str, latent: int) -> Check:
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
-        enc, dec_ = np.asarray(run["encoder_cos"][latent]), np.asarray(run["decoder_cos"][latent])
+        enc, dec_ = np.asarray(run.encoder_cos[latent]), np.asarray(run.decoder_cos[latent])
         profile_cos = float(enc @ dec_ / (np.linalg.norm(enc) * np.linalg.norm(dec_) + 1e-12))
         span_share = float(np.linalg.norm(enc))  # the encoder row's share inside the features' span
         return profile_cos >= 0.9, (f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
@@ -308,7 +316,7 @@ def encoder_profile_matches_decoder(label: str, latent: int) -> Check:
 def negated(check: Check) -> Check:
     """The opposite statement, with the same detail."""
 
-    def opposite(runs: dict, world: dict) -> tuple[bool, str]:
+    def opposite(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         ok, detail = check(runs, world)
         return not ok, detail
 
@@ -318,8 +326,8 @@ def negated(check: Check) -> Check:
 def clean_includes(label: str, features: list[int], clean: float = 0.9) -> Check:
     """Check: each of `features` has a clean latent (others may too)."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
-        got = sorted(m["feature"] for m in runs[label]["matches"] if m["cos"] >= clean)
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        got = clean_features(runs[label], clean)
         return set(features) <= set(got), f"{label} clean at >= {clean}: {got}"
 
     return check
@@ -329,7 +337,7 @@ def latent_is_clean(label: str, latent: int, feature: int, clean: float = CLEAN_
     """Check: `latent`'s decoder has cos >= clean with `feature` (e.g. a Matryoshka prefix latent
     that learned its parent alone)."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])[latent]
         return bool(cos[feature] >= clean), f"{label} latent {latent} cos with f0..: " + ", ".join(f"{v:+.2f}" for v in cos[:8])
 
@@ -341,7 +349,7 @@ def prefix_hedges(label: str, parent: int, children: list[int], at_least: float)
     points at: sum of cos(W_0, f_child), taken in the direction of its f_parent component (a latent
     along -f_parent that fires when the parent is absent counts the same way), >= at_least."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])[0]
         sign = 1.0 if cos[parent] >= 0 else -1.0
         value = float(sign * cos[children].sum())
@@ -355,7 +363,7 @@ def latent_is_one_of(label: str, latent: int, features: list[int], clean: float 
     """Check: `latent`'s decoder has |cos| >= clean with one of `features` (either sign); the detail
     names which, with its sign."""
 
-    def check(runs: dict, world: dict) -> tuple[bool, str]:
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])[latent]
         best = int(np.argmax(np.abs(cos)))
         return bool(best in features and abs(cos[best]) >= clean), f"{label} latent {latent} is {cos[best]:+.2f} f{best}"

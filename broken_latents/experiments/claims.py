@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .checks import Check
+from ..metrics import ClaimResult, Metrics, WorldMetrics
+from .checks import Check, Runs
 
 
 @dataclass
@@ -26,31 +27,31 @@ def seeds_needed(seeds_run: int) -> int:
     return math.ceil(2 * seeds_run / 3)
 
 
-def evaluate_claims(claims: list[Claim], metrics: dict) -> list[dict]:
-    """One entry per claim: held per seed, seeds held / run, and the first seed's detail (plus a failing one)."""
-    by_seed: dict[int, dict] = {}
-    for run in metrics["runs"]:
-        by_seed.setdefault(run["seed"], {})[run["label"]] = run
+def evaluate_claims(claims: list[Claim], metrics: Metrics) -> list[ClaimResult]:
+    """One result per claim: held per seed, seeds held / run, and the first seed's detail (plus a failing one)."""
+    by_seed: dict[int, Runs] = {}
+    for run in metrics.runs:
+        by_seed.setdefault(run.seed, {})[run.label] = run
     out = []
     for claim in claims:
-        results = [_checked(claim, by_seed[seed], metrics["world"]) for seed in sorted(by_seed)]
+        results = [_checked(claim, by_seed[seed], metrics.world) for seed in sorted(by_seed)]
         held = [bool(ok) for ok, _ in results]
         details = [f"seed {seed}: {detail}" for seed, (_, detail) in zip(sorted(by_seed), results)]
         failing = [d for ok, d in zip(held, details) if not ok]
-        out.append({
-            "id": claim.id,
-            "text": claim.text,
-            "post": claim.post,
-            "holds": sum(held) >= seeds_needed(len(held)),
-            "seeds_held": sum(held),
-            "seeds_run": len(held),
-            "per_seed": held,
-            "detail": "; ".join(details[:1] + failing[:1]) if failing and failing[0] != details[0] else details[0],
-        })
+        out.append(ClaimResult(
+            id=claim.id,
+            text=claim.text,
+            post=claim.post,
+            holds=sum(held) >= seeds_needed(len(held)),
+            seeds_held=sum(held),
+            seeds_run=len(held),
+            per_seed=held,
+            detail="; ".join(details[:1] + failing[:1]) if failing and failing[0] != details[0] else details[0],
+        ))
     return out
 
 
-def _checked(claim: Claim, runs: dict, world: dict) -> tuple[bool, str]:
+def _checked(claim: Claim, runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
     """A claim about an SAE the run does not have (a TOML named like a registered experiment, with
     other [[sae]] labels) fails with that said, instead of stopping the run after training."""
     try:

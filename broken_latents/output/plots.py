@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
+from ..metrics import Metrics, RunMetrics  # noqa: E402
 from ..peak_model import mixture_density  # noqa: E402
 
 CELL_INCHES = 0.5
@@ -124,7 +125,7 @@ def loss_curves(history: dict, title: str, path: str | Path) -> None:
     _save(fig, path)
 
 
-def write_run_figures(metrics: dict, activations: dict[str, np.ndarray], figures_dir: str | Path) -> dict[str, list[str]]:
+def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figures_dir: str | Path) -> dict[str, list[str]]:
     """Every figure of a run; returns run key ("LABEL-seedN", and "world") -> file names
     relative to figures_dir's parent (the run directory, where report.md lives)."""
     figures_dir = Path(figures_dir)
@@ -133,41 +134,41 @@ def write_run_figures(metrics: dict, activations: dict[str, np.ndarray], figures
     def relative(name: str) -> str:
         return f"{figures_dir.name}/{name}"
 
-    written = {"world": [relative(_world_figure(metrics, figures_dir))]} if "world" in metrics else {}
-    for run in metrics.get("runs", []):
-        key = f"{run['label']}-seed{run['seed']}"
+    written = {"world": [relative(_world_figure(metrics, figures_dir))]}
+    for run in metrics.runs:
+        key = f"{run.label}-seed{run.seed}"
         written[key] = [relative(name) for name in _run_figures(run, key, activations.get(key), figures_dir)]
     return written
 
 
-def _run_figures(run: dict, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
-    heading = f"{run['label']} seed {run['seed']}"
+def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+    heading = f"{run.label} seed {run.seed}"
     names = [f"{key}-decoder.png"]
-    cos_heatmap(run["decoder_cos"], f"{heading}: decoder cos with true features", figures_dir / names[-1])
+    cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1])
     # A tied SAE's encoder is its decoder: a second heatmap would repeat the first.
-    if run.get("architecture", run["label"]) != "tied" and "encoder_cos" in run:
+    architecture = run.label if run.architecture is None else run.architecture
+    if architecture != "tied":
         names.append(f"{key}-encoder.png")
-        cos_heatmap(run["encoder_cos"], f"{heading}: encoder cos with true features", figures_dir / names[-1])
-    if "latent_cos" in run:
-        names.append(f"{key}-latents.png")
-        latent_cos_heatmap(run["latent_cos"], f"{heading}: decoder cos between latents", figures_dir / names[-1])
+        cos_heatmap(run.encoder_cos, f"{heading}: encoder cos with true features", figures_dir / names[-1])
+    names.append(f"{key}-latents.png")
+    latent_cos_heatmap(run.latent_cos, f"{heading}: decoder cos between latents", figures_dir / names[-1])
     if acts is not None:
         names.append(f"{key}-hist.png")
-        activation_histograms(acts, run.get("peak_locations", []), f"{heading}: latent activations", figures_dir / names[-1],
-                              run.get("peak_models") or ())
+        activation_histograms(acts, run.peak_locations, f"{heading}: latent activations", figures_dir / names[-1],
+                              run.peak_models or ())
     return names
 
 
-def _world_figure(metrics: dict, figures_dir: Path) -> str:
-    world = metrics["world"]
-    expected = np.asarray(world["expected_mse"], dtype=float)
-    rates = np.asarray(world["firing_rates"], dtype=float)
-    magnitudes = world.get("magnitudes")
+def _world_figure(metrics: Metrics, figures_dir: Path) -> str:
+    world = metrics.world
+    expected = np.asarray(world.expected_mse, dtype=float)
+    rates = np.asarray(world.firing_rates, dtype=float)
+    magnitudes = world.magnitudes
     if magnitudes is None:  # older metrics.json: p * m^2 = expected MSE gives m back
         magnitudes = np.sqrt(np.divide(expected, rates, out=np.zeros_like(expected), where=rates > 0))
-    latents = max((len(run["decoder_cos"]) for run in metrics.get("runs", [])), default=0)
-    top = world.get("expected_mse_ranking", list(np.argsort(-expected)))[:latents]
-    world_profile(expected, rates, magnitudes, f"{metrics.get('name', 'world')}: features", figures_dir / "world.png", top)
+    latents = max((len(run.decoder_cos) for run in metrics.runs), default=0)
+    top = (world.expected_mse_ranking or list(np.argsort(-expected)))[:latents]  # older runs: no ranking
+    world_profile(expected, rates, magnitudes, f"{metrics.name}: features", figures_dir / "world.png", top)
     return "world.png"
 
 

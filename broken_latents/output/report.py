@@ -1,4 +1,4 @@
-"""report.md from metrics.json, and a self-contained HTML page (figures embedded) from our markdown."""
+"""report.md from typed metrics (metrics.json), and a self-contained HTML page (figures embedded) from our markdown."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ..metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
+
 RANKING_ROWS = 10
 SHOWN_ABSORPTION = 0.05
 """Absorption and |hedging| above which a feature or latent gets a row in the report (and in `show`)."""
@@ -17,67 +19,67 @@ SHOWN_ABSORPTION = 0.05
 # -- markdown ---------------------------------------------------------------------------------
 
 
-def render_markdown(metrics: dict, figures: dict[str, list[str]], shown: set | None = None) -> str:
+def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set | None = None) -> str:
     """The run's report: what ran, which claims hold, the world, and per SAE the seeds' results.
     `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory;
     `shown`: the seeds detailed (default: the first, and the first where a claim failed)."""
-    runs = metrics.get("runs", [])
-    shown = detail_seeds(runs, metrics.get("claims", [])) if shown is None else shown
-    parts = [f"# {metrics.get('name', 'run')}", metrics.get("description") or "", _run_facts(metrics)]
-    if metrics.get("claims"):
-        parts += ["## Claims", claims_table(metrics["claims"])]
-    if "world" in metrics:
-        parts += ["## World", _ranking_table(metrics["world"]), _images(figures.get("world", []))]
+    runs = metrics.runs
+    shown = detail_seeds(runs, metrics.claims or []) if shown is None else shown
+    parts = [f"# {metrics.name}", metrics.description or "", _run_facts(metrics)]
+    if metrics.claims:
+        parts += ["## Claims", claims_table(metrics.claims)]
+    parts += ["## World", _ranking_table(metrics.world), _images(figures.get("world", []))]
     if figures.get("training"):
         parts += ["## Training", "Loss terms per logged step, a line per SAE and seed (every value is in "
                   "`history.json`):", _images(figures["training"])]
-    for label in dict.fromkeys(run["label"] for run in runs):  # labels in run order, once each
-        label_runs = [run for run in runs if run["label"] == label]
+    for label in dict.fromkeys(run.label for run in runs):  # labels in run order, once each
+        label_runs = [run for run in runs if run.label == label]
         parts += [f"## SAE `{label}`", _summary_table(label_runs)]
-        others = [run["seed"] for run in label_runs if run["seed"] not in shown]
+        others = [run.seed for run in label_runs if run.seed not in shown]
         if others:
             parts.append(f"Seeds {_join(others)}: summary row only (all numbers are in `metrics.json`).")
         for run in label_runs:
-            if run["seed"] in shown:
-                parts += _run_detail(run, figures.get(f"{label}-seed{run['seed']}", []))
+            if run.seed in shown:
+                parts += _run_detail(run, figures.get(f"{label}-seed{run.seed}", []))
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
-def claims_table(claims: Sequence[dict]) -> str:
-    """One row per claim; an "experiment" column appears when claims carry one (multi-experiment summary)."""
-    with_experiment = any("experiment" in claim for claim in claims)
-    header = (["experiment"] if with_experiment else []) + ["claim", "text", "seeds held", "holds", "detail"]
-    rows = []
-    for claim in claims:
-        seeds = f"{claim['seeds_held']}/{claim['seeds_run']}" if "seeds_run" in claim else "-"
-        row = [f"`{claim['id']}`", claim.get("text", ""), seeds, "yes" if claim["holds"] else "no", claim.get("detail", "")]
-        rows.append(([claim.get("experiment", "")] if with_experiment else []) + row)
+def claims_table(claims: Sequence[ClaimResult], experiments: Sequence[str] = ()) -> str:
+    """One row per claim; `experiments` (one per claim, for a multi-experiment summary) adds an
+    "experiment" column in front."""
+    header = (["experiment"] if experiments else []) + ["claim", "text", "seeds held", "holds", "detail"]
+    rows = [[f"`{claim.id}`", claim.text, _seeds_held(claim), "yes" if claim.holds else "no", claim.detail]
+            for claim in claims]
+    if experiments:
+        rows = [[experiment, *row] for experiment, row in zip(experiments, rows, strict=True)]
     return _table(header, rows)
 
 
-def detail_seeds(runs: list[dict], claims: list[dict]) -> set:
+def _seeds_held(claim: ClaimResult) -> str:
+    return f"{claim.seeds_held}/{claim.seeds_run}" if claim.seeds_run else "-"  # no seeds run: not recorded
+
+
+def detail_seeds(runs: list[RunMetrics], claims: list[ClaimResult]) -> set:
     """The first seed, and the first seed where a claim failed: enough detail to see a success
     and a failure without one page per seed. `per_seed[i]` is the i-th seed in run order."""
-    seeds = list(dict.fromkeys(run["seed"] for run in runs))
-    failed = [i for claim in claims for i, held in enumerate(claim.get("per_seed", [])) if not held and i < len(seeds)]
+    seeds = list(dict.fromkeys(run.seed for run in runs))
+    failed = [i for claim in claims for i, held in enumerate(claim.per_seed) if not held and i < len(seeds)]
     return set(seeds[:1]) | ({seeds[min(failed)]} if failed else set())
 
 
-def _run_facts(metrics: dict) -> str:
-    facts = [f"- samples per SAE: {metrics['samples']:,}"] if "samples" in metrics else []
-    if "wall_seconds" in metrics:
-        facts.append(f"- wall time: {metrics['wall_seconds']:.1f} s")
-    if "samples_per_second" in metrics:
-        facts.append(f"- throughput: {metrics['samples_per_second']:,.0f} samples/s (all SAEs together)")
+def _run_facts(metrics: Metrics) -> str:
+    facts = [f"- samples per SAE: {metrics.samples:,}"]
+    if metrics.wall_seconds is not None:
+        facts.append(f"- wall time: {metrics.wall_seconds:.1f} s")
+    facts.append(f"- throughput: {metrics.samples_per_second:,.0f} samples/s (all SAEs together)")
     return "\n".join(facts)
 
 
-def _ranking_table(world: dict) -> str:
-    expected = world["expected_mse"]
-    ranking = world.get("expected_mse_ranking") or sorted(range(len(expected)), key=lambda i: -expected[i])
-    columns = {"p": world.get("firing_rates"), "m": world.get("magnitudes"), "p·m²": expected,
-               "p(1-p)·m²": world.get("variance")}
-    columns = {name: values for name, values in columns.items() if values is not None}  # older runs lack some
+def _ranking_table(world: WorldMetrics) -> str:
+    expected = world.expected_mse
+    ranking = world.expected_mse_ranking or sorted(range(len(expected)), key=lambda i: -expected[i])
+    columns = {"p": world.firing_rates, "m": world.magnitudes, "p·m²": expected, "p(1-p)·m²": world.variance}
+    columns = {name: values for name, values in columns.items() if values}  # older runs lack some: None or []
     rows = [
         [str(rank), str(f)] + [f"{values[f]:.3f}" for values in columns.values()]
         for rank, f in enumerate(ranking[:RANKING_ROWS], start=1)
@@ -89,52 +91,52 @@ def _ranking_table(world: dict) -> str:
     return title + "\n\n" + _table(header, rows, right=range(len(header)))
 
 
-def _summary_table(runs: list[dict]) -> str:
+def _summary_table(runs: list[RunMetrics]) -> str:
     header = ["seed", "learned features", "broken latents", "dead latents", "peaks per latent", "MSE", "L0", "explained variance"]
     rows = [
         [
-            str(run["seed"]), _join(run["learned_features"]), _join(run["broken_latents"]), _join(run["dead_latents"]),
-            ", ".join(map(str, run.get("activation_peaks", []))) or "-",
-            f"{run['mse']:#.4g}", f"{run['l0']:.2f}", f"{run['explained_variance']:.3f}",
+            str(run.seed), _join(run.learned_features), _join(run.broken_latents), _join(run.dead_latents),
+            ", ".join(map(str, run.activation_peaks)) or "-",
+            f"{run.mse:#.4g}", f"{run.l0:.2f}", f"{run.explained_variance:.3f}",
         ]
         for run in runs
     ]
     return _table(header, rows, right=[5, 6, 7])
 
 
-def _run_detail(run: dict, images: list[str]) -> list[str]:
-    heading = f"### `{run['label']}` seed {run['seed']}"
-    broken, dead = set(run["broken_latents"]), run["dead_latents"]
+def _run_detail(run: RunMetrics, images: list[str]) -> list[str]:
+    heading = f"### `{run.label}` seed {run.seed}"
+    broken = set(run.broken_latents)
     match_rows = [
-        [str(m["latent"]), str(m["feature"]), f"{m['cos']:.3f}", "broken" if m["latent"] in broken else "clean"]
-        for m in run["matches"]
-    ] + [[str(j), "-", "-", "dead"] for j in dead]
+        [str(m.latent), str(m.feature), f"{m.cos:.3f}", "broken" if m.latent in broken else "clean"]
+        for m in run.matches
+    ] + [[str(j), "-", "-", "dead"] for j in run.dead_latents]
     parts = [heading, "Latent -> feature (one-to-one, by decoder cosine):", _table(["latent", "feature", "cos", "state"], match_rows, right=[2])]
-    patterns = run.get("firing_patterns", [])
+    patterns = run.firing_patterns
     if patterns:
-        latents = range(len(patterns[0]["activations"]))
-        rows = [["{" + ", ".join(map(str, p["features"])) + "}"] + [f"{a:.2f}" for a in p["activations"]] for p in patterns]
+        latents = range(len(patterns[0].activations))
+        rows = [["{" + ", ".join(map(str, p.features)) + "}"] + [f"{a:.2f}" for a in p.activations] for p in patterns]
         parts += ["Latent activations when exactly these features fire, at their magnitudes:",
                   _table(["features"] + [f"latent {j}" for j in latents], rows, right=range(1, len(latents) + 1))]
     return parts + _absorption_tables(run) + [_images(images)]
 
 
-def _absorption_tables(run: dict) -> list[str]:
+def _absorption_tables(run: RunMetrics) -> list[str]:
     """Features other latents absorb, and latents that hedge: only those above SHOWN_ABSORPTION."""
-    if run.get("absorption") is None:  # a run from before these metrics
+    if run.absorption is None:  # a run from before these metrics
         return []
-    latent_of = {m["feature"]: m["latent"] for m in run["matches"]}
-    feature_of = {m["latent"]: m["feature"] for m in run["matches"]}
-    absorbed = [i for i, a in enumerate(run["absorption"]) if a > SHOWN_ABSORPTION]
-    hedging = [j for j, h in enumerate(run["hedging"]) if abs(h) > SHOWN_ABSORPTION]
+    latent_of = {m.feature: m.latent for m in run.matches}
+    feature_of = {m.latent: m.feature for m in run.matches}
+    absorbed = [i for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION]
+    hedging = [j for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION]
     parts = []
     if absorbed:
-        rows = [[str(i), str(latent_of.get(i, "-")), f"{run['absorption'][i]:.3f}", f"{run['full_absorption'][i]:.3f}"]
+        rows = [[str(i), str(latent_of.get(i, "-")), f"{run.absorption[i]:.3f}", f"{run.full_absorption[i]:.3f}"]
                 for i in absorbed]
         parts += [f"Features whose projection other latents carry (absorption > {SHOWN_ABSORPTION}):",
                   _table(["feature", "its latent", "absorption", "full absorption"], rows, right=[2, 3])]
     if hedging:
-        rows = [[str(j), str(feature_of.get(j, "-")), f"{run['hedging'][j]:+.3f}"] for j in hedging]
+        rows = [[str(j), str(feature_of.get(j, "-")), f"{run.hedging[j]:+.3f}"] for j in hedging]
         parts += [f"Latents whose decoder carries the features co-occurring with their match (|hedging| > "
                   f"{SHOWN_ABSORPTION}; negative: it subtracts them):",
                   _table(["latent", "its feature", "hedging"], rows, right=[2])]

@@ -7,6 +7,7 @@ a previous run at DIR is replaced only by a complete new one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,10 +18,10 @@ from typing import Literal
 
 from safetensors.torch import save_file
 
-from ..analysis import analyse, latent_activations
+from ..analysis import latent_activations, measure
 from ..experiments.claims import Claim, evaluate_claims
 from ..config import ConfigError, ExperimentConfig, dump_toml
-from ..metrics import CLEAN_COS
+from ..metrics import CLEAN_COS, Metrics
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
@@ -34,7 +35,7 @@ HISTOGRAM_SAMPLES = 50_000
 @dataclass
 class RunOutcome:
     directory: Path
-    metrics: dict
+    metrics: Metrics
 
 
 def check_out_dir(out: Path) -> None:
@@ -58,9 +59,9 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
     shutil.rmtree(partial, ignore_errors=True)
     try:
         result = train(config, device=device, progress=progress)
-        metrics = analyse(result, clean_cos=clean_cos)
-        metrics["description"] = config.description
-        metrics["claims"] = evaluate_claims(claims, metrics)
+        metrics = measure(result, clean_cos=clean_cos)
+        metrics.description = config.description
+        metrics.claims = evaluate_claims(claims, metrics)
         _write_directory(partial, config, result, metrics, started, figures)
         swap_into_place(partial, out)
     except BaseException:
@@ -69,7 +70,7 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
     return RunOutcome(out, metrics)
 
 
-def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: dict, started: float,
+def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: Metrics, started: float,
                      which_figures: str = "first") -> None:
     (path / "weights").mkdir(parents=True)
     (path / "config.toml").write_text(dump_toml(config))
@@ -85,23 +86,19 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
                           metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
-    shown = detail_seeds(metrics["runs"], metrics.get("claims", [])) if which_figures != "all" else set(result.seeds)
+    shown = detail_seeds(metrics.runs, metrics.claims or []) if which_figures != "all" else set(result.seeds)
     history = history_json(result.seed_history, [stack.config.label for stack in result.stacks], result.seeds)
     (path / "history.json").write_text(json.dumps(history))
     figures: dict[str, list[str]] = {}
     if which_figures != "none":
-        figures = write_run_figures({**metrics, "runs": [r for r in metrics["runs"] if r["seed"] in shown]},
-                                    latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
+        drawn = dataclasses.replace(metrics, runs=[r for r in metrics.runs if r.seed in shown])
+        figures = write_run_figures(drawn, latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
         if history["steps"]:
             loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
             figures["training"] = ["figures/loss-curves.png"]
-    metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-    ordered = {k: metrics[k] for k in ("name", "samples", "wall_seconds", "samples_per_second") if k in metrics}
-    ordered.update({k: v for k, v in metrics.items() if k not in ordered})
-    report = render_markdown(ordered, figures, shown)
+    metrics.wall_seconds = round(time.perf_counter() - started, 3)
+    report = render_markdown(metrics, figures, shown)
     (path / "report.md").write_text(report)
     write_html(path / "report.html", f"broken-latents: {config.name}", report, path)
     # metrics.json last: its presence marks a complete run directory.
-    (path / "metrics.json").write_text(json.dumps(ordered, indent=1))
-    metrics.clear()
-    metrics.update(ordered)
+    (path / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=1))

@@ -5,48 +5,49 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
 from .report import SHOWN_ABSORPTION
 
 
-def broken_latent_table(metrics: dict) -> Table:
+def broken_latent_table(metrics: Metrics) -> Table:
     """One row per SAE and seed: what it learned, which latents are broken or dead, their peaks."""
-    table = Table(title=f"{metrics['name']}: latents per SAE and seed")
+    table = Table(title=f"{metrics.name}: latents per SAE and seed")
     for column in ("SAE", "seed", "learned features", "broken latents (best feature, cos)", "dead", "peaks", "EV"):
         table.add_column(column)
-    for run in metrics["runs"]:
-        by_latent = {m["latent"]: m for m in run["matches"]}
-        broken = ", ".join(f"{j} (f{by_latent[j]['feature']}, {by_latent[j]['cos']:.2f})" for j in run["broken_latents"])
+    for run in metrics.runs:
+        by_latent = {m.latent: m for m in run.matches}
+        broken = ", ".join(f"{j} (f{by_latent[j].feature}, {by_latent[j].cos:.2f})" for j in run.broken_latents)
         table.add_row(
-            run["label"], str(run["seed"]), _ints(run["learned_features"]), broken or "-",
-            _ints(run["dead_latents"]) or "-", _ints(run["activation_peaks"]), f"{run['explained_variance']:.3f}",
+            run.label, str(run.seed), _ints(run.learned_features), broken or "-",
+            _ints(run.dead_latents) or "-", _ints(run.activation_peaks), f"{run.explained_variance:.3f}",
         )
     return table
 
 
-def absorption_table(metrics: dict) -> Table | None:
+def absorption_table(metrics: Metrics) -> Table | None:
     """One row per SAE and seed: features absorbed above SHOWN_ABSORPTION ("f1 (0.98, full 0.90)") and
     latents hedging above it ("0 (-0.45)"); None for runs from before these metrics."""
-    runs = [run for run in metrics["runs"] if run.get("absorption") is not None]
+    runs = [run for run in metrics.runs if run.absorption is not None]
     if not runs:
         return None
     table = Table(title=f"absorption and hedging above {SHOWN_ABSORPTION}")
     for column in ("SAE", "seed", "absorbed features (absorption, full)", "hedging latents (signed)"):
         table.add_column(column)
     for run in runs:
-        absorbed = ", ".join(f"f{i} ({a:.2f}, {run['full_absorption'][i]:.2f})"
-                             for i, a in enumerate(run["absorption"]) if a > SHOWN_ABSORPTION)
-        hedging = ", ".join(f"{j} ({h:+.2f})" for j, h in enumerate(run["hedging"]) if abs(h) > SHOWN_ABSORPTION)
-        table.add_row(run["label"], str(run["seed"]), absorbed or "-", hedging or "-")
+        absorbed = ", ".join(f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
+                             for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION)
+        hedging = ", ".join(f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION)
+        table.add_row(run.label, str(run.seed), absorbed or "-", hedging or "-")
     return table
 
 
-def claims_summary(claims: list[dict]) -> Table:
+def claims_summary(claims: list[ClaimResult]) -> Table:
     table = Table(title="claims")
     for column in ("claim", "what is checked", "seeds held", "holds"):
         table.add_column(column)
     for claim in claims:
-        mark = "[green]yes[/]" if claim["holds"] else "[red]no[/]"
-        table.add_row(claim["id"], claim["text"], f"{claim['seeds_held']}/{claim['seeds_run']}", mark)
+        mark = "[green]yes[/]" if claim.holds else "[red]no[/]"
+        table.add_row(claim.id, claim.text, f"{claim.seeds_held}/{claim.seeds_run}", mark)
     return table
 
 
@@ -55,46 +56,47 @@ FAR_FROM_WELCH = 1.25
 some sizes; for many features in few dims no arrangement reaches it)."""
 
 
-def geometry_line(world: dict) -> str | None:
-    """How close a world in superposition came to the least possible interference; None when orthogonal."""
-    bound = world.get("welch_bound", 0.0)
-    if not bound:
+def geometry_line(world: WorldMetrics) -> str | None:
+    """How close a world in superposition came to the least possible interference; None when
+    orthogonal (bound 0) or from before the bound was recorded."""
+    bound, worst = world.welch_bound, world.max_feature_cos
+    if not bound or worst is None:
         return None
-    worst = world["max_feature_cos"]
     line = f"features in superposition: max |cos| {worst:.4f}, Welch bound {bound:.4f} ({worst / bound:.2f}x)"
     if worst > FAR_FROM_WELCH * bound:
         line = f"[yellow]warning[/]: {line}: the directions interfere more than the bound allows for"
     return line
 
 
-def decoder_table(run: dict, top_features: list[int]) -> Table:
+def decoder_table(run: RunMetrics, top_features: list[int]) -> Table:
     """Decoder cosines of one SAE with the features it cares about most."""
-    table = Table(title=f"{run['label']} seed {run['seed']}: decoder cos (latent x feature)")
+    table = Table(title=f"{run.label} seed {run.seed}: decoder cos (latent x feature)")
     table.add_column("latent")
     for f in top_features:
         table.add_column(f"f{f}", justify="right")
-    for j, row in enumerate(run["decoder_cos"]):
+    for j, row in enumerate(run.decoder_cos):
         cells = [f"[bold]{row[f]:+.2f}[/]" if abs(row[f]) >= 0.5 else f"{row[f]:+.2f}" for f in top_features]
         table.add_row(str(j), *cells)
     return table
 
 
-def show_run(metrics: dict, console: Console) -> None:
-    console.print(f"[bold]{metrics['name']}[/]  {metrics.get('description', '')}")
-    console.print(f"{metrics['samples']:,} samples per SAE; {metrics.get('wall_seconds', 0):.1f} s; "
-                  f"{metrics['samples_per_second'] / 1e6:.2f}M samples/s over all SAEs")
-    if geometry := geometry_line(metrics["world"]):
+def show_run(metrics: Metrics, console: Console) -> None:
+    console.print(f"[bold]{metrics.name}[/]  {metrics.description or ''}")
+    wall_seconds = 0.0 if metrics.wall_seconds is None else metrics.wall_seconds
+    console.print(f"{metrics.samples:,} samples per SAE; {wall_seconds:.1f} s; "
+                  f"{metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs")
+    if geometry := geometry_line(metrics.world):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
     if absorption := absorption_table(metrics):
         console.print(absorption)
-    if metrics.get("claims"):
-        console.print(claims_summary(metrics["claims"]))
-    ranking = metrics["world"]["expected_mse_ranking"]
-    first_seed = min(run["seed"] for run in metrics["runs"])
-    for run in metrics["runs"]:
-        if run["seed"] == first_seed:
-            wanted = sorted(set(ranking[:8]) | {m["feature"] for m in run["matches"]})
+    if metrics.claims:
+        console.print(claims_summary(metrics.claims))
+    ranking = metrics.world.expected_mse_ranking
+    first_seed = min(run.seed for run in metrics.runs)
+    for run in metrics.runs:
+        if run.seed == first_seed:
+            wanted = sorted(set(ranking[:8]) | {m.feature for m in run.matches})
             console.print(decoder_table(run, wanted))
 
 

@@ -21,6 +21,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
+from ..metrics import Metrics
+
 ATTEMPTS = 3
 """Tries of a cell whose worker process dies (killed, out of memory) before it is recorded failed."""
 
@@ -66,13 +68,13 @@ def run_cell(task: CellTask) -> dict:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",
                 "wall_seconds": round(time.perf_counter() - started, 3)}
     return {"status": "done", "claims": claim_counts(outcome.metrics, task.claims),
-            "wall_seconds": outcome.metrics["wall_seconds"]}
+            "wall_seconds": outcome.metrics.wall_seconds}
 
 
-def claim_counts(metrics: dict, wanted: list[str]) -> dict[str, dict]:
+def claim_counts(metrics: Metrics, wanted: list[str]) -> dict[str, dict]:
     """{claim id: {"held": seeds held, "seeds": seeds run, "holds": overall verdict}} for the mapped claims."""
-    by_id = {c["id"]: c for c in metrics.get("claims", [])}
-    return {cid: {"held": by_id[cid]["seeds_held"], "seeds": by_id[cid]["seeds_run"], "holds": by_id[cid]["holds"]}
+    by_id = {c.id: c for c in metrics.claims or []}
+    return {cid: {"held": by_id[cid].seeds_held, "seeds": by_id[cid].seeds_run, "holds": by_id[cid].holds}
             for cid in wanted if cid in by_id}
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import ConfigError
+from ..metrics import read_metrics
 from .executors import CellTask, run_local, run_ray
 from .spec import Cell, SweepSpec, cell_toml, grid, label, load_spec
 
@@ -187,10 +188,10 @@ def _finished(directory: Path, config_toml: str) -> dict | None:
     try:
         if (directory / "config.toml").read_text() != config_toml:
             return None
-        metrics = json.loads((directory / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        metrics = read_metrics(directory / "metrics.json", "metrics.json")
+    except (OSError, ConfigError):
         return None
-    return {"status": "done", "metrics": metrics, "wall_seconds": metrics.get("wall_seconds")}
+    return {"status": "done", "metrics": metrics, "wall_seconds": metrics.wall_seconds}
 
 
 def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
