@@ -11,7 +11,7 @@ from scipy.signal import find_peaks
 from .absorption import absorption_metrics, cooccurring
 from .saes import StackedSAE
 from .engine.stream import DataStream
-from .train import TrainResult
+from .training import TrainResult
 from .peak_model import fit_peak_model
 from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
 from .world import World, max_abs_cos, welch_bound

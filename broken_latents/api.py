@@ -198,7 +198,7 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
-    from .train import train as train_stacks
+    from .training import train as train_stacks
 
     config = _configured(target, seeds, samples, set, device)
     return train_stacks(config, device=device, progress=progress)
@@ -219,7 +219,7 @@ def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | 
 
 
 def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
-    from .train import choose_engine
+    from .training import choose_engine
 
     budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
     config = apply_overrides(load_config(target), [*budget, *assignments])

@@ -16,7 +16,7 @@ from . import experiments
 from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
 from .metrics import CLEAN_COS, Metrics, read_metrics
 from .termination import termination
-from .train import TrainingDiverged, choose_engine
+from .training import TrainingDiverged, choose_engine
 
 console = Console()
 err_console = Console(stderr=True)

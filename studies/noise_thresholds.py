@@ -30,7 +30,7 @@ from broken_latents.reproduce import scaled
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.experiments import checks as c
 from broken_latents.experiments.claims import Claim, evaluate_claims
-from broken_latents.train import train
+from broken_latents.training import train
 
 BASE = "narrow-5-7-force-12-aux"
 RULES = ["ratio", "mixture"]

@@ -56,7 +56,7 @@ def test_measure_finds_absorption_in_the_untied_absorbed_solution():
     from broken_latents.analysis import measure
     from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig
     from broken_latents.saes import build_sae
-    from broken_latents.train import TrainedStack, TrainResult
+    from broken_latents.training import TrainedStack, TrainResult
 
     rates = [0.25, 0.05, 0.25, 0.25]
     world_config = WorldConfig(features=4, dim=8, firing=rates, magnitude=1.0,

@@ -8,7 +8,7 @@ from broken_latents.cli import main
 from broken_latents.config import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig, from_dict
 from broken_latents.engine.fastpath import Architecture
 from broken_latents.saes import ARCHITECTURES, TiedSAE, build_sae, register
-from broken_latents.train import choose_engine, train
+from broken_latents.training import choose_engine, train
 
 
 class PlainTied(TiedSAE):

@@ -6,7 +6,7 @@ import torch
 from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig
 from broken_latents.exact import covariance, expected_loss_optimum, firing_distribution
 from broken_latents.experiments import get
-from broken_latents.train import train
+from broken_latents.training import train
 from broken_latents.world import World
 
 WORLD = get("single-latent").config.world

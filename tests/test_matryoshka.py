@@ -8,7 +8,7 @@ import torch
 from broken_latents.analysis import cosine, measure
 from broken_latents.config import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig, from_dict
 from broken_latents.saes import build_sae
-from broken_latents.train import choose_engine, train
+from broken_latents.training import choose_engine, train
 
 
 def _sae(architecture="tied", latents=4, n=2, dim=6, **fields):

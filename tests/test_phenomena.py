@@ -13,7 +13,7 @@ from broken_latents.metrics import Metrics
 from broken_latents.experiments.claims import evaluate_claims
 from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig, apply_overrides
 from broken_latents.experiments import get
-from broken_latents.train import train
+from broken_latents.training import train
 from broken_latents.world import World
 
 

@@ -14,7 +14,7 @@ from broken_latents.inverse import InverseState
 from broken_latents.peak_model import assign_peaks, fit_peak_model
 from broken_latents.refit import fit_models, separating_directions, training_threshold
 from broken_latents.saes.losses import inverse_loss
-from broken_latents.train import train
+from broken_latents.training import train
 
 
 def two_peaks(n=4000, low=1.0, high=2.0, std=0.05, seed=0):

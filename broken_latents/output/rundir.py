@@ -27,7 +27,7 @@ from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
 from ..atomic import swap_into_place
 from ..saelens_format import write_saelens
-from ..train import TrainResult, train
+from ..training import TrainResult, train
 
 HISTOGRAM_SAMPLES = 50_000
 

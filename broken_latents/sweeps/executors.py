@@ -50,7 +50,7 @@ def run_cell(task: CellTask) -> dict:
     from ..config import ConfigError, ExperimentConfig, from_dict
     from ..experiments import EXPERIMENTS
     from ..output.rundir import run_experiment
-    from ..train import TrainingDiverged
+    from ..training import TrainingDiverged
 
     if sys.version_info >= (3, 11):
         import tomllib

@@ -209,7 +209,7 @@ def grid(spec: SweepSpec) -> list[Cell]:
 
 def _check_cell(config: ExperimentConfig) -> None:
     from ..preflight import check_config
-    from ..train import choose_engine
+    from ..training import choose_engine
 
     choose_engine(config, "cpu")
     check_config(config)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -325,17 +323,3 @@ class _progress_bar:
         if self.enabled:
             self.progress.__exit__(*exc)
         return False
-
-
-class _TrainModule(types.ModuleType):
-    """Importing this module makes it the package's attribute `train`, where notebooks call
-    `bl.train(...)` (api.train: a name, .toml path or config, with overrides): the module forwards
-    such calls, so `bl.train` works whichever of the two the attribute holds."""
-
-    def __call__(self, *args, **kwargs):
-        from .api import train as api_train
-
-        return api_train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _TrainModule
