@@ -93,8 +93,8 @@ def pooled_claims(outcomes: list) -> list[ClaimResult]:
         per_geometry = [o.metrics.claims[i] for o in outcomes]
         held = sum(c.seeds_held for c in per_geometry)
         run = sum(c.seeds_run for c in per_geometry)
-        by_geometry = ", ".join(f"world seed {g} (max |cos| {o.metrics.world.max_feature_cos:.3f}): "
-                                f"{c.seeds_held}/{c.seeds_run}" for g, (o, c) in enumerate(zip(outcomes, per_geometry)))
+        by_geometry = ", ".join(f"world seed {g}{_max_cos(o.metrics.world)}: {c.seeds_held}/{c.seeds_run}"
+                                for g, (o, c) in enumerate(zip(outcomes, per_geometry)))
         pooled.append(dataclasses.replace(
             first, seeds_held=held, seeds_run=run, holds=held >= seeds_needed(run),
             per_seed=[ok for c in per_geometry for ok in c.per_seed],
@@ -144,3 +144,8 @@ def _section_markdown(name: str, outcome) -> str:
     """The experiment's own report, demoted one heading level, with image paths made relative to out/."""
     text = _experiment_markdown(outcome).replace("](figures/", f"]({name}/figures/")
     return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+
+
+def _max_cos(world) -> str:
+    """" (max |cos| 0.123)", or nothing for runs written before metrics.json gave it."""
+    return "" if world.max_feature_cos is None else f" (max |cos| {world.max_feature_cos:.3f})"

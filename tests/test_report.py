@@ -238,6 +238,16 @@ def test_show_tables_absorption_only_when_present():
     assert [cell for cell in rows[2].cells] == ["f1 (0.90, 0.80)"] and list(rows[3].cells) == ["0 (+0.30)"]
 
 
+def test_show_prints_a_run_without_sae_entries():
+    from rich.console import Console
+
+    from broken_latents.output.show import show_run
+
+    console = Console(record=True, width=120)
+    show_run(metrics(runs=[], name="empty"), console)
+    assert "empty: latents per SAE and seed" in console.export_text()
+
+
 def test_history_json_keeps_seeds_apart_and_marks_terms_not_yet_computed(tmp_path):
     from broken_latents.output.history import history_json
 

@@ -93,7 +93,7 @@ def show_run(metrics: Metrics, console: Console) -> None:
     if metrics.claims:
         console.print(claims_summary(metrics.claims))
     ranking = metrics.world.expected_mse_ranking
-    first_seed = min(run.seed for run in metrics.runs)
+    first_seed = min((run.seed for run in metrics.runs), default=None)  # no runs: nothing to tabulate
     for run in metrics.runs:
         if run.seed == first_seed:
             wanted = sorted(set(ranking[:8]) | {m.feature for m in run.matches})
