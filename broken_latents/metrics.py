@@ -6,6 +6,8 @@ round-trip. Keys a newer version wrote and this one does not know are kept in `e
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,14 @@ CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""
 
 
-class _Schema:
-    """to_json / from_json for a flat dataclass; nested ones say how to read their parts."""
+class SchemaError(ValueError):
+    """A value of metrics.json that the schema does not allow; the message names where it is
+    (e.g. `runs[2].decoder_cos[0]`)."""
 
-    _nested: dict[str, type] = {}
-    """Field -> dataclass of its value (or of each item of its list)."""
+
+class _Schema:
+    """to_json / from_json for a dataclass of the schema; its field annotations say what each
+    value of the file must be, nested parts included."""
 
     def to_json(self) -> dict[str, Any]:
         out = {}
@@ -36,17 +41,51 @@ class _Schema:
         return {**out, **getattr(self, "extra", {})}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    def from_json(cls, data: Any, where: str = ""):
+        """Read `data` (the file's dict for this part), checking every value against the field's
+        annotation; a missing required key or a value of the wrong kind raises SchemaError."""
+        if not isinstance(data, dict):
+            raise SchemaError(f"{where or 'the file'}: expected a JSON object, got {_kind(data)}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
         kwargs = {}
-        for name in names & set(data):
-            value, part = data[name], cls._nested.get(name)
-            if part is not None:
-                value = [part.from_json(v) for v in value] if isinstance(value, list) else part.from_json(value)
-            kwargs[name] = value
-        if "extra" in {f.name for f in dataclasses.fields(cls)}:
-            kwargs["extra"] = {k: v for k, v in data.items() if k not in names}
+        for name, f in fields.items():
+            path = f"{where}.{name}" if where else name
+            if name == "extra":
+                kwargs[name] = {k: v for k, v in data.items() if k not in fields}
+            elif name in data:
+                kwargs[name] = _read(data[name], hints[name], path)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SchemaError(f"{path}: required key missing")
         return cls(**kwargs)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _read(value: Any, hint: Any, where: str) -> Any:
+    """`value` as annotation `hint` allows it (schema parts built), else SchemaError naming `where`."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _read(value, options[0], where)
+    if isinstance(hint, type) and issubclass(hint, _Schema):
+        return hint.from_json(value, where)
+    expected = {list: "a list", dict: "an object", str: "a string", bool: "a boolean", int: "an integer",
+                float: "a number"}[origin or hint]
+    ok = {list: lambda v: isinstance(v, list), dict: lambda v: isinstance(v, dict), str: lambda v: isinstance(v, str),
+          bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}[origin or hint]
+    if not ok(value):
+        raise SchemaError(f"{where}: expected {expected}, got {_kind(value)}")
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_read(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 @dataclass(kw_only=True)
@@ -107,7 +146,6 @@ class RunMetrics(_Schema):
     firing_patterns: list[FiringPattern] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _nested = {"matches": Match, "firing_patterns": FiringPattern}
 
 
 @dataclass(kw_only=True)
@@ -155,7 +193,6 @@ class Metrics(_Schema):
     claims: list[ClaimResult] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _nested = {"world": WorldMetrics, "runs": RunMetrics, "claims": ClaimResult}
 
 
 def read_metrics(path: Path, field: str) -> Metrics:
@@ -164,5 +201,5 @@ def read_metrics(path: Path, field: str) -> Metrics:
     data = read_json(path, field)
     try:
         return Metrics.from_json(data)
-    except (TypeError, KeyError, AttributeError) as err:
+    except SchemaError as err:
         raise ConfigError(field, f"{path} is not a metrics.json this version reads: {err}") from None

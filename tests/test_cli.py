@@ -102,6 +102,26 @@ def test_geometry_line_says_how_far_from_the_welch_bound():
     assert "1.60x" in far and "warning" in far
 
 
+@pytest.mark.parametrize("path, value, where", [
+    (("runs", 0, "decoder_cos", 0, 1), "x", "runs[0].decoder_cos[0][1]: expected a number, got a string"),
+    (("runs", 0, "matches", 0, "cos"), None, "runs[0].matches[0].cos: expected a number, got null"),
+    (("runs", 0, "seed"), 1.5, "runs[0].seed: expected an integer"),
+    (("world",), [], "world: expected a JSON object, got a list"),
+    (("runs", 0, "absorption"), {"a": 1}, "runs[0].absorption: expected a list, got an object"),
+])
+def test_show_names_a_wrong_value_deep_in_metrics_json(tiny_run, tmp_path, capsys, path, value, where):
+    """A value of the wrong kind anywhere in the file is one line naming where it is, not a
+    traceback from whichever reader meets it first."""
+    data = json.loads((tiny_run / "metrics.json").read_text())
+    part = data
+    for key in path[:-1]:
+        part = part[key]
+    part[path[-1]] = value
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    code, err = _exit_code(["show", str(tmp_path)], capsys)
+    assert code == 2 and where in " ".join(err.split()) and "Traceback" not in err
+
+
 def test_show_prints_tables(tiny_run, capsys):
     main(["show", str(tiny_run)])
     out = capsys.readouterr().out
