@@ -259,3 +259,16 @@ def test_history_json_keeps_seeds_apart_and_marks_terms_not_yet_computed(tmp_pat
         {"label": "tied", "seed": 1, "terms": {"mse": [3.0, 1.5], "l1": [0.2, 0.4], "aux": [None, 0.06]}}]}
     plots.loss_curves(history, "losses", tmp_path / "loss-curves.png")
     assert assert_png(tmp_path / "loss-curves.png").shape[1] > 3 * 300  # one panel per term
+
+
+def test_report_ends_with_the_config_behind_it():
+    config_toml = 'name = "x"\n\n[[sae]]\nlabel = "u"\nencoder_init = "random"  # <owned>\n'
+    text = render_markdown(make_metrics(), {}, config_toml=config_toml)
+    assert text.index("## Config") > text.index("## SAE `tied`")
+    assert f"```toml\n{config_toml.strip()}\n```" in text
+    assert "## Config" not in render_markdown(make_metrics(), {})  # none given: no section
+    page = markdown_to_html(text + "\nafter the block\n", Path("."))
+    block = re.search(r"<pre><code>(.*?)</code></pre>", page, re.S).group(1)
+    assert block.splitlines() == ['name = &quot;x&quot;', "", "[[sae]]", 'label = &quot;u&quot;',
+                                  'encoder_init = &quot;random&quot;  # &lt;owned&gt;']
+    assert "<p>after the block</p>" in page  # the closing fence ends the block

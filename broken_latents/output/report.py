@@ -19,10 +19,12 @@ SHOWN_ABSORPTION = 0.05
 # -- markdown ---------------------------------------------------------------------------------
 
 
-def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set | None = None) -> str:
+def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set | None = None,
+                    config_toml: str | None = None) -> str:
     """The run's report: what ran, which claims hold, the world, and per SAE the seeds' results.
     `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory;
-    `shown`: the seeds detailed (default: the first, and the first where a claim failed)."""
+    `shown`: the seeds detailed (default: the first, and the first where a claim failed);
+    `config_toml`: the run's config.toml, shown last so a reader sees every setting behind it."""
     runs = metrics.runs
     shown = detail_seeds(runs, metrics.claims or []) if shown is None else shown
     parts = [f"# {metrics.name}", metrics.description or "", _run_facts(metrics)]
@@ -41,6 +43,9 @@ def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set 
         for run in label_runs:
             if run.seed in shown:
                 parts += _run_detail(run, figures.get(f"{label}-seed{run.seed}", []))
+    if config_toml:
+        parts += ["## Config", "`config.toml` of this run (`broken-latents run DIR/config.toml` reruns it):",
+                  f"```toml\n{config_toml.strip()}\n```"]
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
@@ -186,6 +191,8 @@ td.holds { background: #d8f5d8 !important; color: #155215; font-weight: bold; }
 td.fails { background: #fadbd8 !important; color: #8a1c12; font-weight: bold; }
 img { max-width: 100%; display: block; margin: .5em 0; }
 code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; }
+pre { background: #f3f3f3; padding: .6em; border-radius: 3px; overflow-x: auto; }
+pre code { padding: 0; }
 .missing { color: #8a1c12; }
 """
 
@@ -203,7 +210,7 @@ def write_html(path: str | Path, title: str, markdown_text: str, base_dir: str |
 
 def markdown_to_html(text: str, base_dir: Path) -> str:
     """The markdown this package writes: headings, paragraphs, pipe tables, bullet lists,
-    images, **bold** and `code`. Not a general converter."""
+    fenced code blocks, images, **bold** and `code`. Not a general converter."""
     blocks, lines = [], text.splitlines()
     page_section = "top"
     i = 0
@@ -211,6 +218,10 @@ def markdown_to_html(text: str, base_dir: Path) -> str:
         line = lines[i].strip()
         if not line:
             block_end = i + 1
+        elif line.startswith("```"):
+            block_end = _run_of(lines, i + 1, lambda s: not s.startswith("```"))
+            blocks.append(f"<pre><code>{html.escape(chr(10).join(lines[i + 1:block_end]))}</code></pre>")
+            block_end += 1  # past the closing fence
         elif heading := re.match(r"(#{1,6})\s+(.*)", line):
             level = len(heading.group(1))
             if level == 1:
@@ -242,7 +253,7 @@ def _run_of(lines: list[str], start: int, belongs) -> int:
 
 def _block_end(lines: list[str], start: int) -> int:
     """End of a paragraph: a blank line or the start of another kind of block."""
-    return _run_of(lines, start, lambda s: bool(s) and not re.match(r"#{1,6}\s|\||[-*]\s", s))
+    return _run_of(lines, start, lambda s: bool(s) and not re.match(r"#{1,6}\s|\||[-*]\s|```", s))
 
 
 def _html_table(rows: list[str], base_dir: Path) -> str:

@@ -73,7 +73,8 @@ def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, dev
 def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: Metrics, started: float,
                      which_figures: str = "first") -> None:
     (path / "weights").mkdir(parents=True)
-    (path / "config.toml").write_text(dump_toml(config))
+    config_toml = dump_toml(config)
+    (path / "config.toml").write_text(config_toml)
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_state(s)
@@ -97,7 +98,7 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
             loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
             figures["training"] = ["figures/loss-curves.png"]
     metrics.wall_seconds = round(time.perf_counter() - started, 3)
-    report = render_markdown(metrics, figures, shown)
+    report = render_markdown(metrics, figures, shown, config_toml)
     (path / "report.md").write_text(report)
     write_html(path / "report.html", f"broken-latents: {config.name}", report, path)
     # metrics.json last: its presence marks a complete run directory.
