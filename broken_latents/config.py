@@ -316,7 +316,9 @@ class ExperimentConfig:
     description: str = ""
     """One line on what the experiment shows."""
     world: WorldConfig = field(default_factory=WorldConfig)
+    """[world]: the true features, their firing and co-occurrence."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """[train]: budget, optimiser, seeds and engine."""
     sae: list[SAEConfig] = field(default_factory=lambda: [SAEConfig()])
     """One or more SAEs; all train in lockstep on the same data stream."""
 

@@ -138,3 +138,25 @@ def test_example_worlds_parse_and_match_the_readme():
     assert example.read_text() in (root / "README.md").read_text()
     nested = load_toml(root / "examples" / "matryoshka.toml")
     assert [s.matryoshka_widths for s in nested.sae] == [None, [1, 6], [1, 6]]
+
+
+def test_every_config_field_has_a_docstring():
+    """The README sends readers to the dataclasses' docstrings for every key's meaning: each field of
+    each config table, and of each architecture's own Options, must carry one."""
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    from broken_latents import config
+    from broken_latents.saes import ARCHITECTURES
+
+    tables = [config.WorldConfig, config.HierarchyConfig, config.TrainConfig, config.SAEConfig, config.AuxConfig,
+              config.InverseConfig, config.ExperimentConfig, *(a.Options for a in ARCHITECTURES.values())]
+    for table in tables:
+        body = ast.parse(textwrap.dedent(inspect.getsource(table))).body[0].body
+        documented = {field.target.id for field, doc in zip(body, body[1:])
+                      if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr)
+                      and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+        missing = [f.name for f in dataclasses.fields(table) if f.name not in documented]
+        assert not missing, f"{table.__qualname__}: no docstring for {missing}"
