@@ -58,6 +58,8 @@ def run(
     _check_device(device)
     choose_engine(config, device)  # a config error, before anything is written
     check_config(config)  # sizes the machine cannot hold, worlds too big to lay out
+    for unused in (note for sae in config.sae for note in sae.unused_settings()):
+        console.print(f"note: {unused}")
     out = out or Path("runs") / config.name
     check_writable(out)
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos,

@@ -60,6 +60,9 @@ def architecture_options(name: str) -> type:
     return ARCHITECTURES[name].Options
 
 
+K_ACTIVATIONS = ("topk", "batchtopk")
+"""Activations that keep a number `k` of latents."""
+
 Engine = Literal["auto", "autograd", "arrays", "compiled"]
 
 
@@ -241,7 +244,7 @@ class SAEConfig:
     topk (the k largest pre-activations of each sample, ReLU'd); batchtopk (the k x B largest over a
     training batch of B; evaluated with a threshold learned in training, see `StackedSAE.activate`)."""
     k: int | None = None
-    """Active latents per sample for topk (on average, for batchtopk); required by those, refused by the others."""
+    """Active latents per sample for topk (on average, for batchtopk); required by those, unused by the others."""
     l1: float = 3e-3
     """L1 coefficient (tied: plain L1 of activations; untied: weighted by decoder-row norm)."""
     aux: AuxConfig | None = None
@@ -288,13 +291,11 @@ class SAEConfig:
                  f"architecture {self.architecture!r} takes {owned.__qualname__}, got {type(self.options).__qualname__}")
         _require(self.latents >= 1, f"{where}.latents", f"must be >= 1, got {self.latents}")
         _require(math.isfinite(self.l1) and self.l1 >= 0, f"{where}.l1", f"must be >= 0, got {self.l1}")
-        if self.activation in ("topk", "batchtopk"):
+        if self.activation in K_ACTIVATIONS:
             _require(self.k is not None, f"{where}.k", f"is required by activation {self.activation!r} "
                                                        f"(an integer in [1, {self.latents}])")
+        if self.k is not None:  # DESIGN's example table sets k beside relu: allowed there, and unused
             _require(1 <= self.k <= self.latents, f"{where}.k", f"must lie in [1, latents = {self.latents}], got {self.k}")
-        else:
-            _require(self.k is None, f"{where}.k", f"applies to activation 'topk' or 'batchtopk' only, "
-                                                   f"not {self.activation!r}; remove it")
         widths = self.matryoshka_widths
         if widths is not None:
             allowed = f"a strictly increasing list of positive integers ending at latents = {self.latents}"
@@ -302,6 +303,13 @@ class SAEConfig:
                      f"{where}.matryoshka_widths", f"must be {allowed}, got {widths!r}")
             _require(widths[0] >= 1 and all(a < b for a, b in zip(widths, widths[1:])) and widths[-1] == self.latents,
                      f"{where}.matryoshka_widths", f"must be {allowed}, got {widths}")
+
+    def unused_settings(self) -> list[str]:
+        """Settings given that this SAE's activation does not use, said in words (the CLI prints them)."""
+        if self.k is not None and self.activation not in K_ACTIVATIONS:
+            return [f"sae.{self.label}.k = {self.k} is unused: activation {self.activation!r} keeps every "
+                    f"positive latent (k applies to 'topk' and 'batchtopk')"]
+        return []
 
     def nested_widths(self) -> list[int] | None:
         """The Matryoshka widths when they nest more than one prefix, else None (a plain SAE:

@@ -16,38 +16,45 @@ from broken_latents.config import (
 )
 from broken_latents.experiments import EXPERIMENTS
 
+# DESIGN.md's config contract, verbatim: the example there must parse as it stands.
 EXAMPLE = """
 name = "narrow-5-7-force-12"
-description = "Features 5 and 7 force 12"
+description = "Features 5 and 7 force 12; tied SAE learns broken latents"
 
 [world]
 features = 20
-dim = 50
-firing = { linear = [0.02, 0.3] }
+dim = 50                          # dim < features: near-equiangular directions (superposition)
+firing = { linear = [0.015, 0.3] } # or a number, or a list with one rate per feature
 magnitude = { linear = [20.0, 1.0] }
-seed = 0
+magnitude_std = 0.0               # number, list or {linear}: each firing draws N(magnitude, std), clipped at 0
+seed = 0                          # seed of the feature directions
 
 [[world.hierarchy]]
 parent = 12
 children = [5, 7]
-mode = "force"
+mode = "force"        # "force": a child fires at its own rate and switches the parent on
+                      # "conditional": a child fires only with its parent, at its rate given the parent
 
 [train]
 samples = 150_000_000
 batch_size = 1024
 lr = 3e-4
 seeds = 3
+engine = "auto"       # auto | autograd | arrays | compiled
 
-[[sae]]
+[[sae]]               # one or more; all train in lockstep on the same data stream
 label = "tied"
-architecture = "tied"
+architecture = "tied" # tied | untied
 latents = 5
-activation = "relu"
+activation = "relu"   # relu | jumprelu | topk | batchtopk
+k = 2                 # topk / batchtopk only
 l1 = 3e-3
+matryoshka_widths = [1, 5]   # optional: nested prefixes, strictly increasing, last = latents
 
-[sae.aux]
+[sae.aux]             # present: activation-orthogonality loss on for this SAE
 coefficient = 10_000.0
 threshold_ratio = 0.7
+threshold = "ratio"   # ratio (the post) | mixture (per-latent peak model)
 window_batches = 50
 delay_samples = 50_000_000
 warmup_samples = 50_000_000
@@ -61,6 +68,9 @@ def test_design_example_parses(tmp_path):
     assert config.world.hierarchy[0].children == [5, 7]
     assert config.sae[0].aux.delay_samples == 50_000_000
     assert config.train.samples == 150_000_000
+    sae = config.sae[0]
+    assert (sae.matryoshka_widths, sae.k, sae.aux.threshold, config.train.engine) == ([1, 5], 2, "ratio", "auto")
+    assert sae.unused_settings()  # k beside relu: kept, said unused
 
 
 def test_round_trip_through_toml(tmp_path):
@@ -77,8 +87,8 @@ def test_round_trip_through_toml(tmp_path):
     (("children = [5, 7]", "children = [5, 70]"), "world.hierarchy.0.children", "[0, 19]"),
     (("threshold_ratio = 0.7", "threshold_ratio = 1.5"), "sae.tied.aux.threshold_ratio", "(0, 1]"),
     (("latents = 5", 'latents = "five"'), "sae.tied.latents", "integer"),
-    (("firing = { linear = [0.02, 0.3] }", "firing = [0.1, 0.2]"), "world.firing", "one value per feature"),
-    (("firing = { linear = [0.02, 0.3] }", "firing = 1.5"), "world.firing", "[0, 1]"),
+    (("firing = { linear = [0.015, 0.3] }", "firing = [0.1, 0.2]"), "world.firing", "one value per feature"),
+    (("firing = { linear = [0.015, 0.3] }", "firing = 1.5"), "world.firing", "[0, 1]"),
 ])
 def test_bad_values_name_the_field(tmp_path, edit, field, allowed):
     path = tmp_path / "c.toml"

@@ -29,8 +29,7 @@ def _sae(architecture="tied", latents=4, n=2, dim=6, **fields):
     ({"activation": "batchtopk"}, "sae.m.k", "is required"),
     ({"activation": "topk", "k": 0}, "sae.m.k", "[1, latents = 5]"),
     ({"activation": "batchtopk", "k": 6}, "sae.m.k", "[1, latents = 5]"),
-    ({"activation": "relu", "k": 2}, "sae.m.k", "'topk' or 'batchtopk' only"),
-    ({"activation": "jumprelu", "k": 2}, "sae.m.k", "'topk' or 'batchtopk' only"),
+    ({"activation": "relu", "k": 6}, "sae.m.k", "[1, latents = 5]"),
 ])
 def test_bad_matryoshka_and_k_settings_name_the_field(fields, field, message):
     data = {"name": "x", "sae": [{"label": "m", "latents": 5, **fields}]}
@@ -38,6 +37,19 @@ def test_bad_matryoshka_and_k_settings_name_the_field(fields, field, message):
         from_dict(ExperimentConfig, data)
     assert err.value.field == field
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_k_beside_an_activation_without_it_is_allowed_and_said_unused(activation):
+    """DESIGN's example [[sae]] sets k = 2 with activation relu ("topk / batchtopk only")."""
+    config = from_dict(ExperimentConfig, {"name": "x", "sae": [{"label": "m", "latents": 5, "activation": activation,
+                                                                 "k": 2}]})
+    assert config.sae[0].unused_settings() == [f"sae.m.k = 2 is unused: activation {activation!r} keeps every "
+                                               "positive latent (k applies to 'topk' and 'batchtopk')"]
+    pre = torch.tensor([[[0.5, 1.0, 2.0, -1.0, 3.0]]]).expand(2, 1, 5)
+    assert _sae(latents=5, activation=activation, k=2).activate(pre).count_nonzero() == 8  # all 4 positive, both SAEs
+    topk = from_dict(ExperimentConfig, {"name": "x", "sae": [{"label": "t", "activation": "topk", "k": 2}]})
+    assert topk.sae[0].unused_settings() == []
 
 
 def test_good_settings_parse():
