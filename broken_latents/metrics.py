@@ -1,7 +1,8 @@
 """The schema of metrics.json as typed dataclasses: what analysis writes, and what claims,
 reports and figures read. `to_json` gives the file's dict (keys as documented in DESIGN.md, in
 its order; optional values left out when absent); `from_json` reads it back, so the two
-round-trip. Keys a newer version wrote and this one does not know are kept in `extra`."""
+round-trip, for files an older version wrote too (what they lack stays absent). Keys a newer
+version wrote and this one does not know are kept in `extra`."""
 
 from __future__ import annotations
 
@@ -133,9 +134,9 @@ class RunMetrics(_Schema):
     mse: float
     l0: float
     explained_variance: float
-    width_explained_variance: list[float] = field(default_factory=list)
+    width_explained_variance: list[float] | None = None
     """Explained variance of the reconstruction from the first w latents, per Matryoshka width w
-    (a plain SAE: one value, the explained variance)."""
+    (a plain SAE: one value, the explained variance). Absent in runs from before it existed."""
     absorption: list[float] | None = None
     """[feature]: on inputs where it fires, the mean share of its projection carried by latents
     other than its match (absorption.py has the formula). Absent in runs from before it existed."""
@@ -153,9 +154,10 @@ class WorldMetrics(_Schema):
     expected_mse: list[float]
     """p * m^2 per feature: what leaving the feature out costs, ignoring the decoder bias."""
     expected_mse_ranking: list[int] = field(default_factory=list)
-    variance: list[float] = field(default_factory=list)
-    """p (1 - p) m^2 per feature: what leaving it out costs once the decoder bias takes its mean."""
-    variance_ranking: list[int] = field(default_factory=list)
+    variance: list[float] | None = None
+    """p (1 - p) m^2 per feature: what leaving it out costs once the decoder bias takes its mean
+    (absent, as the ranking below, in runs from before it existed)."""
+    variance_ranking: list[int] | None = None
     feature_cos: list[list[float]]
     max_feature_cos: float | None = None
     """Largest |cos| between two feature directions (main's superposition geometry)."""

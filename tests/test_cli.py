@@ -43,6 +43,8 @@ def test_run_directory_contract(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     typed = Metrics.from_json(metrics).to_json()  # the typed schema round-trips, keys and their order
     assert typed == metrics and list(typed) == list(metrics) and list(typed["runs"][0]) == list(metrics["runs"][0])
+    older = as_older_version(metrics)  # and a file from before the newer keys gains none of them
+    assert Metrics.from_json(older).to_json() == older
     assert {"name", "samples", "wall_seconds", "samples_per_second", "runs", "claims"} <= set(metrics)
     assert metrics["name"] == "tiny-world" and metrics["samples"] >= 150_000
     assert len(metrics["runs"]) == 4  # 2 SAEs x 2 seeds
