@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from broken_latents.config import WorldConfig
-from broken_latents.world import World
+from broken_latents.config.schema import WorldConfig
+from broken_latents.world.model import World
 
 AUX_LAMBDA = 10_000.0
 AUX_THRESHOLD_RATIO = 0.7

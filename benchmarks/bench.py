@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from baseline import run_baseline
-from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
-from broken_latents.training import train
+from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.training.loop import train
 from sae_lens_toy import run_sae_lens
 
 NARROW = WorldConfig(features=20, dim=50, firing={"linear": [0.02, 0.3]}, magnitude={"linear": [20.0, 1.0]})
@@ -139,7 +139,7 @@ def measure_all(rows: list[Row], device: str, repeats: int, console: Console) ->
     """Best samples/s and highest peak RSS of each row over `repeats` passes, one fresh process per
     row and pass; None for a row whose library is not installed."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "rich.table", "broken_latents.training", "baseline", "sae_lens_toy"])
+    context.set_forkserver_preload(["torch", "rich.table", "broken_latents.training.loop", "baseline", "sae_lens_toy"])
     passes = []
     with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
         for n in range(repeats):

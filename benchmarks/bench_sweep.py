@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from broken_latents.metrics import Metrics
+from broken_latents.analysis.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PARENT_RATES = [0.15, 0.2, 0.25, 0.3]

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from broken_latents.config import WorldConfig
-from broken_latents.world import World
+from broken_latents.config.schema import WorldConfig
+from broken_latents.world.model import World
 
 
 def force_parents(world_config: WorldConfig, magnitudes_N: torch.Tensor):

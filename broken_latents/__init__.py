@@ -23,8 +23,8 @@ __all__ = sorted(_API | _SUBMODULES | {"Metrics", "ConfigError", "__version__"})
 if TYPE_CHECKING:
     from . import experiments
     from .api import SAE, Run, analyse, load_config, load_run, run, train
-    from .config import ConfigError
-    from .metrics import Metrics
+    from .config.schema import ConfigError
+    from .analysis.metrics import Metrics
 
 
 def __getattr__(name: str):
@@ -33,9 +33,9 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name == "Metrics":
-        return importlib.import_module(".metrics", __name__).Metrics
+        return importlib.import_module(".analysis.metrics", __name__).Metrics
     if name == "ConfigError":
-        return importlib.import_module(".config", __name__).ConfigError
+        return importlib.import_module(".config.schema", __name__).ConfigError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

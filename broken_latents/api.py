@@ -20,10 +20,10 @@ from typing import Callable
 
 import torch
 
-from .config import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
-from .metrics import CLEAN_COS, Metrics, read_metrics
+from .config.schema import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
+from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
 from .saes.base import _keep_largest
-from .world import World
+from .world.model import World
 
 # -- one trained SAE --------------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
-    from .training import train as train_stacks
+    from .training.loop import train as train_stacks
 
     config = _configured(target, seeds, samples, set, device)
     return train_stacks(config, device=device, progress=progress)
@@ -219,7 +219,7 @@ def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | 
 
 
 def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
-    from .training import choose_engine
+    from .training.loop import choose_engine
 
     budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
     config = apply_overrides(load_config(target), [*budget, *assignments])
@@ -237,7 +237,7 @@ def _experiment_named(name: str):
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    from .analysis import measure
+    from .analysis.measure import measure
     from .experiments.claims import evaluate_claims
 
     experiment = _experiment_named(result.config.name)

@@ -13,10 +13,10 @@ import tyro
 from rich.console import Console
 
 from . import experiments
-from .config import ConfigError, ExperimentConfig, apply_overrides, load_toml
-from .metrics import CLEAN_COS, Metrics, read_metrics
-from .termination import termination
-from .training import TrainingDiverged, choose_engine
+from .config.schema import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
+from .training.termination import termination
+from .training.loop import TrainingDiverged, choose_engine
 
 console = Console()
 err_console = Console(stderr=True)
@@ -51,7 +51,7 @@ def run(
     """
     from .output.rundir import run_experiment
 
-    from .preflight import check_config, check_writable
+    from .training.preflight import check_config, check_writable
 
     config, claims, clean_cos = resolve_target(target)
     config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
@@ -84,8 +84,8 @@ def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = Fa
     if seeds < 1:
         raise ConfigError("--seeds", f"must be >= 1, got {seeds}")
     _check_device(device)
-    from .preflight import check_writable
-    from .reproduce import reproduce_all
+    from .training.preflight import check_writable
+    from .pipeline.reproduce import reproduce_all
 
     check_writable(out / "report.md")
 
@@ -143,7 +143,7 @@ def inspect(
         out: output folder (default inspect/NAME); an earlier inspect folder there is replaced once this one completes.
         limit: read at most this many samples.
     """
-    from .inspect_sae import inspect_sae, print_summary
+    from .inspect.detect import inspect_sae, print_summary
 
     outcome = inspect_sae(sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty())
     print_summary(outcome, console)

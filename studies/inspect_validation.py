@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from broken_latents.config import load_toml
-from broken_latents.engine.stream import DataStream
-from broken_latents.inspect_sae import inspect_sae
-from broken_latents.metrics import Metrics
-from broken_latents.world import World
+from broken_latents.config.schema import load_toml
+from broken_latents.world.stream import DataStream
+from broken_latents.inspect.detect import inspect_sae
+from broken_latents.analysis.metrics import Metrics
+from broken_latents.world.model import World
 
 SAMPLES = 100_000
 VALIDATION_STREAM = 7  # an offset no training or evaluation stream uses

@@ -24,13 +24,13 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.analysis import measure
-from broken_latents.config import apply_overrides
-from broken_latents.reproduce import scaled
+from broken_latents.analysis.measure import measure
+from broken_latents.config.schema import apply_overrides
+from broken_latents.pipeline.reproduce import scaled
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.experiments import checks as c
 from broken_latents.experiments.claims import Claim, evaluate_claims
-from broken_latents.training import train
+from broken_latents.training.loop import train
 
 BASE = "narrow-5-7-force-12-aux"
 RULES = ["ratio", "mixture"]

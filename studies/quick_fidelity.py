@@ -16,8 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.metrics import ClaimResult, Metrics
-from broken_latents.reproduce import geometry_dir, pooled_claims
+from broken_latents.analysis.metrics import ClaimResult, Metrics
+from broken_latents.pipeline.reproduce import geometry_dir, pooled_claims
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.analysis import measure
+from broken_latents.analysis.measure import measure
 from broken_latents.experiments.claims import evaluate_claims
-from broken_latents.config import apply_overrides
+from broken_latents.config.schema import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.training import train
+from broken_latents.training.loop import train
 
 EXPERIMENT_NAMES = ["superposition-parent-6", "narrow-independent", "narrow-5-7-force-12", "narrow-parent-6",
                     "narrow-5-7-force-12-aux", "narrow-parent-6-aux"]

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from broken_latents.exact import tied_absorption_boundary  # noqa: E402
+from broken_latents.world.exact import tied_absorption_boundary  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PARENT, CHILD = "world.firing[0]", "world.firing[1]"

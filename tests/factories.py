@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from broken_latents.metrics import ClaimResult, Match, Metrics, RunMetrics, WorldMetrics
+from broken_latents.analysis.metrics import ClaimResult, Match, Metrics, RunMetrics, WorldMetrics
 
 
 def run_metrics(decoder_cos: list[list[float]] = ((1.0,),), **fields) -> RunMetrics:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.optimize import linear_sum_assignment
 
-from broken_latents.absorption import AbsorptionMetrics, absorption_metrics, cooccurring
-from broken_latents.config import HierarchyConfig
+from broken_latents.analysis.absorption import AbsorptionMetrics, absorption_metrics, cooccurring
+from broken_latents.config.schema import HierarchyConfig
 
 SQRT2 = math.sqrt(2.0)
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from broken_latents.analysis import count_peaks, firing_pattern_sets, match_latents
-from broken_latents.config import HierarchyConfig, WorldConfig
-from broken_latents.metrics import Match
-from broken_latents.world import World
+from broken_latents.analysis.measure import count_peaks, firing_pattern_sets, match_latents
+from broken_latents.config.schema import HierarchyConfig, WorldConfig
+from broken_latents.analysis.metrics import Match
+from broken_latents.world.model import World
 
 
 def _mixture(centres, counts, spread=0.05, bulk=20_000, seed=0):
@@ -53,10 +53,10 @@ def test_measure_finds_absorption_in_the_untied_absorbed_solution():
 
     import torch
 
-    from broken_latents.analysis import measure
-    from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig
+    from broken_latents.analysis.measure import measure
+    from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig
     from broken_latents.saes import build_sae
-    from broken_latents.training import TrainedStack, TrainResult
+    from broken_latents.training.loop import TrainedStack, TrainResult
 
     rates = [0.25, 0.05, 0.25, 0.25]
     world_config = WorldConfig(features=4, dim=8, firing=rates, magnitude=1.0,

@@ -144,7 +144,7 @@ def test_encode_and_decode_match_the_stacked_sae_on_world_inputs(runs, which):
 
 def test_the_saelens_folders_encode_as_the_loaded_saes(runs):
     """Every run also writes weights/LABEL-seedN/ for SAELens (topk as topk, batchtopk as its JumpReLU)."""
-    from broken_latents.saelens_format import load_sae
+    from broken_latents.output.saelens_format import load_sae
 
     for run in runs:
         x_BD = torch.tensor(run.world.sample(np.random.default_rng(2), 256)).T @ run.world.directions

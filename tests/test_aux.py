@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from broken_latents.aux import AuxState, RunningMax, warmup_factor
+from broken_latents.training.aux import AuxState, RunningMax, warmup_factor
 from broken_latents.saes.losses import aux_loss
-from broken_latents.config import AuxConfig
+from broken_latents.config.schema import AuxConfig
 
 
 @pytest.mark.parametrize("seen, expected", [(0, 0.0), (100, 0.0), (110, 0.2), (125, 0.5), (150, 1.0), (10_000, 1.0)])

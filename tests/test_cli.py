@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from broken_latents.cli import main
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.metrics import Metrics
+from broken_latents.analysis.metrics import Metrics
 from broken_latents.output.show import geometry_line
 from factories import as_older_version, world_metrics
 from worlds import TINY
@@ -222,7 +222,7 @@ def test_signal_inside_deferred_block_stops_at_its_end():
     """A SIGTERM during a training step (which may be compiling a kernel) stops between steps."""
     import signal
 
-    from broken_latents.termination import termination
+    from broken_latents.training.termination import termination
 
     with pytest.raises(SystemExit) as stopped:
         with termination.deferred():

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broken_latents.config import (
+from broken_latents.config.schema import (
     ConfigError,
     ExperimentConfig,
     SAEConfig,
@@ -158,7 +158,7 @@ def test_every_config_field_has_a_docstring():
     import inspect
     import textwrap
 
-    from broken_latents import config
+    from broken_latents.config import schema as config
     from broken_latents.saes import ARCHITECTURES
 
     tables = [config.WorldConfig, config.HierarchyConfig, config.TrainConfig, config.SAEConfig, config.AuxConfig,

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig
-from broken_latents.exact import covariance, expected_loss_optimum, firing_distribution
+from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig
+from broken_latents.world.exact import covariance, expected_loss_optimum, firing_distribution
 from broken_latents.experiments import get
-from broken_latents.training import train
-from broken_latents.world import World
+from broken_latents.training.loop import train
+from broken_latents.world.model import World
 
 WORLD = get("single-latent").config.world
 
@@ -75,8 +75,8 @@ def test_sign_flipped_latent_is_a_worse_local_minimum():
 def test_tied_absorption_boundary_matches_the_exact_expected_loss(parent_rate, child_rate):
     """Optimise the exact expected loss from the true basis and from the 45-degree pair: the lower one
     is the one the boundary formula predicts, and the L1 gap is what basis_and_pair_l1 says."""
-    from broken_latents.config import HierarchyConfig, WorldConfig
-    from broken_latents.exact import basis_and_pair_l1, expected_loss, tied_absorption_boundary
+    from broken_latents.config.schema import HierarchyConfig, WorldConfig
+    from broken_latents.world.exact import basis_and_pair_l1, expected_loss, tied_absorption_boundary
 
     world = World.build(WorldConfig(features=4, dim=6, firing=[parent_rate, child_rate, 0.25, 0.25], magnitude=1.0,
                                     hierarchy=[HierarchyConfig(parent=0, children=[1], mode="force")]))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, WorldConfig
+from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, WorldConfig
 from broken_latents.engine.backend import as_torch
 from broken_latents.engine import kernel
 from broken_latents.engine.fastpath import Architecture, WorldGeometry, hand_gradients, loss_and_grads, params_of
 from broken_latents.saes import ARCHITECTURES, build_sae, weighted_sum
-from broken_latents.training import choose_engine
-from broken_latents.world import World
+from broken_latents.training.loop import choose_engine
+from broken_latents.world.model import World
 
 ACTIVATIONS = typing.get_args(typing.get_type_hints(SAEConfig)["activation"])
 LATENTS = 5

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from broken_latents import inspect_sae
+from broken_latents.inspect import detect as inspect_sae
 from broken_latents.cli import main
-from broken_latents.inspect_sae import Reservoirs
-from broken_latents.saelens_format import write_saelens
+from broken_latents.inspect.detect import Reservoirs
+from broken_latents.output.saelens_format import write_saelens
 
 D, N = 8, 20_000
 CONTRACT_KEYS = {"latent", "fires", "peaks", "mixture", "threshold", "broken", "score"}
@@ -178,8 +178,8 @@ def test_out_that_is_not_an_inspect_folder_is_refused(files, tmp_path, capsys):
 def test_histogram_of_a_latent_firing_at_one_exact_value(tmp_path):
     """An exact magnitude and no interference: every firing is the same float32 up to rounding.
     The figure must still draw (numpy refuses 100 bins over a span of a few float32 steps)."""
-    from broken_latents.inspect_sae import histogram
-    from broken_latents.peak_model import fit_peak_model
+    from broken_latents.inspect.detect import histogram
+    from broken_latents.analysis.peaks import fit_peak_model
 
     acts = np.full(5000, 17.000002, dtype=np.float32)
     acts[::2] = np.nextafter(np.float32(17.000002), np.float32(18))

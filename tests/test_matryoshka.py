@@ -5,10 +5,10 @@ that costs the most to leave out."""
 import pytest
 import torch
 
-from broken_latents.analysis import cosine, measure
-from broken_latents.config import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig, from_dict
+from broken_latents.analysis.measure import cosine, measure
+from broken_latents.config.schema import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig, from_dict
 from broken_latents.saes import build_sae
-from broken_latents.training import choose_engine, train
+from broken_latents.training.loop import choose_engine, train
 
 
 def _sae(architecture="tied", latents=4, n=2, dim=6, **fields):

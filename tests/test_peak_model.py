@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from broken_latents import peak_model
-from broken_latents.peak_model import fit_peak_model
+from broken_latents.analysis import peaks as peak_model
+from broken_latents.analysis.peaks import fit_peak_model
 
 
 def _sample(peaks: list[tuple[float, float, int]], seed: int = 0) -> np.ndarray:
@@ -88,6 +88,6 @@ def test_deterministic_and_json_shape():
 
 
 def test_floor_matches_the_training_analysis():
-    from broken_latents import analysis
+    from broken_latents.analysis import measure as analysis
 
     assert peak_model.PEAK_FLOOR == analysis.PEAK_FLOOR

@@ -8,13 +8,13 @@ the post's 20-feature one, whose runs take minutes.
 
 import numpy as np
 
-from broken_latents.analysis import measure
-from broken_latents.metrics import Metrics
+from broken_latents.analysis.measure import measure
+from broken_latents.analysis.metrics import Metrics
 from broken_latents.experiments.claims import evaluate_claims
-from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig, apply_overrides
+from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig, apply_overrides
 from broken_latents.experiments import get
-from broken_latents.training import train
-from broken_latents.world import World
+from broken_latents.training.loop import train
+from broken_latents.world.model import World
 
 
 def _claims(name: str, *overrides: str) -> dict:

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from broken_latents.aux import AuxState
-from broken_latents.config import (AuxConfig, ConfigError, ExperimentConfig, HierarchyConfig, InverseConfig, SAEConfig,
+from broken_latents.training.aux import AuxState
+from broken_latents.config.schema import (AuxConfig, ConfigError, ExperimentConfig, HierarchyConfig, InverseConfig, SAEConfig,
                                    TrainConfig, WorldConfig, apply_overrides, from_dict)
-from broken_latents.inverse import InverseState
-from broken_latents.peak_model import assign_peaks, fit_peak_model
-from broken_latents.refit import fit_models, separating_directions, training_threshold
+from broken_latents.training.inverse import InverseState
+from broken_latents.analysis.peaks import assign_peaks, fit_peak_model
+from broken_latents.training.refit import fit_models, separating_directions, training_threshold
 from broken_latents.saes.losses import inverse_loss
-from broken_latents.training import train
+from broken_latents.training.loop import train
 
 
 def two_peaks(n=4000, low=1.0, high=2.0, std=0.05, seed=0):
@@ -180,7 +180,7 @@ def test_inverse_term_trains_alike_on_every_engine():
 
 @pytest.mark.parametrize("engine", ["compiled", "arrays", "autograd"])
 def test_tiny_training_with_mixture_thresholds_runs_and_changes_tau(monkeypatch, engine):
-    import broken_latents.refit as refit
+    import broken_latents.training.refit as refit
 
     fitted = []
     original = refit.mixture_thresholds

@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from broken_latents.metrics import ClaimResult, FiringPattern, Metrics, RunMetrics
+from broken_latents.analysis.metrics import ClaimResult, FiringPattern, Metrics, RunMetrics
 from broken_latents.output import plots
 from broken_latents.output.report import HtmlSection, claims_table, markdown_to_html, render_html, render_markdown, write_html
 from factories import as_older_version, claim_result, matches, metrics, run_metrics, world_metrics

@@ -2,11 +2,11 @@
 
 from types import SimpleNamespace
 
-from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
 from broken_latents.experiments.checks import learns_exactly
 from broken_latents.experiments.claims import Claim
 from broken_latents.experiments.registry import Experiment
-from broken_latents.reproduce import pooled_claims, reproduce_all
+from broken_latents.pipeline.reproduce import pooled_claims, reproduce_all
 from factories import claim_result, metrics, run_metrics, world_metrics
 
 
@@ -55,14 +55,14 @@ def test_a_claim_about_a_missing_sae_fails_with_that_said():
 
 
 def test_quick_reproduction_caps_budgets_and_draws_no_figures(tmp_path):
-    from broken_latents.reproduce import QUICK_SAMPLES
+    from broken_latents.pipeline.reproduce import QUICK_SAMPLES
 
     cheap = ExperimentConfig(name="cheap", world=WorldConfig(features=3, dim=4, firing=0.3),
                              train=TrainConfig(samples=40_000, eval_samples=5_000), sae=[SAEConfig(label="tied", latents=3)])
     costly = ExperimentConfig(name="costly", world=WorldConfig(features=3, dim=4, firing=0.3),
                               train=TrainConfig(samples=QUICK_SAMPLES * 4000, eval_samples=5_000),
                               sae=[SAEConfig(label="tied", latents=3)])
-    import broken_latents.reproduce as reproduce
+    import broken_latents.pipeline.reproduce as reproduce
 
     reproduce.QUICK_SAMPLES, saved = 20_000, QUICK_SAMPLES  # keep the test tiny: cap at 20k
     try:

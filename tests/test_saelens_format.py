@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from broken_latents.config import ConfigError
-from broken_latents.saelens_format import load_sae, write_saelens
+from broken_latents.config.schema import ConfigError
+from broken_latents.output.saelens_format import load_sae, write_saelens
 
 D, K = 6, 4
 

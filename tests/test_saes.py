@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from broken_latents.config import SAEConfig
+from broken_latents.config.schema import SAEConfig
 from broken_latents.saes import ARCHITECTURES, build_sae
 
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broken_latents.cli import main
-from broken_latents.config import ConfigError
+from broken_latents.config.schema import ConfigError
 from broken_latents.sweeps import grid, parse_spec, run_sweep
 from broken_latents.sweeps.executors import run_cell
 from broken_latents.sweeps.spec import cell_name

@@ -2,8 +2,8 @@
 
 import torch
 
-from broken_latents.config import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
-from broken_latents.training import train
+from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.training.loop import train
 
 WORLD = WorldConfig(features=6, dim=10, firing=0.25, magnitude={"linear": [3.0, 1.0]},
                     hierarchy=[HierarchyConfig(parent=0, children=[1, 2])])
@@ -69,8 +69,8 @@ def test_every_engine_logs_every_declared_term_per_seed():
 
 
 def test_first_seed_trains_what_a_longer_run_trains_for_that_seed():
-    from broken_latents.config import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
-    from broken_latents.training import train
+    from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
+    from broken_latents.training.loop import train
 
     def config(seeds, first_seed):
         return ExperimentConfig(name="t", world=WorldConfig(features=3, dim=4, firing=0.3),

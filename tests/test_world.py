@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from broken_latents.config import HierarchyConfig, WorldConfig
+from broken_latents.config.schema import HierarchyConfig, WorldConfig
 from broken_latents.experiments import narrow_world
-from broken_latents.engine.stream import DataStream
-from broken_latents.world import World, feature_directions, max_abs_cos, welch_bound
+from broken_latents.world.stream import DataStream
+from broken_latents.world.model import World, feature_directions, max_abs_cos, welch_bound
 
 
 def test_orthonormal_when_room():

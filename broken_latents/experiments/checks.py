@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import CLEAN_COS, RunMetrics, WorldMetrics
+from ..analysis.metrics import CLEAN_COS, RunMetrics, WorldMetrics
 
 Runs = dict[str, RunMetrics]
 """One seed's runs by SAE label."""

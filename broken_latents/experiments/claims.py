@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..metrics import ClaimResult, Metrics, WorldMetrics
+from ..analysis.metrics import ClaimResult, Metrics, WorldMetrics
 from .checks import Check, Runs
 
 

@@ -14,7 +14,7 @@ from . import checks as c
 from .claims import Claim
 from .post import POST_AUX, POST_AUX_SAMPLES, SINGLE_LATENT_INVERSE, narrow_world, recipe, tied, untied
 from .registry import Experiment, get, register
-from ..config import ExperimentConfig, HierarchyConfig, TrainConfig, WorldConfig
+from ..config.schema import ExperimentConfig, HierarchyConfig, TrainConfig, WorldConfig
 
 
 def nested(sae, widths: list[int], label: str):

@@ -11,7 +11,7 @@ import dataclasses
 from . import checks as c
 from .claims import Claim
 from .registry import Experiment, register
-from ..config import AuxConfig, ExperimentConfig, HierarchyConfig, InverseConfig, SAEConfig, TrainConfig, WorldConfig
+from ..config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, InverseConfig, SAEConfig, TrainConfig, WorldConfig
 
 
 # The post gives the rates' end (0.3) but not their start. An SAE's decoder bias takes the mean
@@ -329,7 +329,7 @@ register(Experiment(
 
 
 # The post's future work: "project out the high activating peaks instead of the low activating peaks"
-# (see inverse.py for how, and why the lowest peak is the parent's). Delay and warm-up 5M each: the
+# (see training/inverse.py for how, and why the lowest peak is the parent's). Delay and warm-up 5M each: the
 # merged latent has formed its three peaks by then; directions refitted every 1M.
 SINGLE_LATENT_INVERSE = InverseConfig(coefficient=10.0, refit_samples=1_000_000, delay_samples=5_000_000,
                                       warmup_samples=5_000_000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .claims import Claim
-from ..config import ExperimentConfig
-from ..metrics import CLEAN_COS
+from ..config.schema import ExperimentConfig
+from ..analysis.metrics import CLEAN_COS
 
 
 @dataclass

@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
-from ..metrics import Metrics, RunMetrics  # noqa: E402
-from ..peak_model import mixture_density  # noqa: E402
+from ..analysis.metrics import Metrics, RunMetrics  # noqa: E402
+from ..analysis.peaks import mixture_density  # noqa: E402
 
 CELL_INCHES = 0.5
 """Side of one heatmap cell: room for a two-decimal value in a small font."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ..metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
+from ..analysis.metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
 
 RANKING_ROWS = 10
 SHOWN_ABSORPTION = 0.05

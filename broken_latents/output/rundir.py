@@ -18,16 +18,16 @@ from typing import Literal
 
 from safetensors.torch import save_file
 
-from ..analysis import latent_activations, measure
+from ..analysis.measure import latent_activations, measure
 from ..experiments.claims import Claim, evaluate_claims
-from ..config import ConfigError, ExperimentConfig, dump_toml
-from ..metrics import CLEAN_COS, Metrics
+from ..config.schema import ConfigError, ExperimentConfig, dump_toml
+from ..analysis.metrics import CLEAN_COS, Metrics
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
-from ..atomic import swap_into_place
-from ..saelens_format import write_saelens
-from ..training import TrainResult, train
+from .atomic import swap_into_place
+from .saelens_format import write_saelens
+from ..training.loop import TrainResult, train
 
 HISTOGRAM_SAMPLES = 50_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
+from ..analysis.metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
 from .report import SHOWN_ABSORPTION
 
 

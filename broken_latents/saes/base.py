@@ -25,7 +25,7 @@ from torch import nn
 
 from .losses import aux_loss, inverse_loss
 
-# SAEConfig (config.py) stays a name in quotes here: the config validates architecture names
+# SAEConfig (config/schema.py) stays a name in quotes here: the config validates architecture names
 # against this package's registry, so imports run config -> saes and never back.
 
 

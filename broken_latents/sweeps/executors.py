@@ -21,7 +21,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from ..metrics import Metrics
+from ..analysis.metrics import Metrics
 
 ATTEMPTS = 3
 """Tries of a cell whose worker process dies (killed, out of memory) before it is recorded failed."""
@@ -47,10 +47,10 @@ def run_cell(task: CellTask) -> dict:
     """Train one cell into task.out. Never raises: a failure is a result {"status": "failed", "error"}."""
     import sys
 
-    from ..config import ConfigError, ExperimentConfig, from_dict
+    from ..config.schema import ConfigError, ExperimentConfig, from_dict
     from ..experiments import EXPERIMENTS
     from ..output.rundir import run_experiment
-    from ..training import TrainingDiverged
+    from ..training.loop import TrainingDiverged
 
     if sys.version_info >= (3, 11):
         import tomllib

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import experiments
-from ..config import ConfigError, ExperimentConfig, apply_values, dump_toml, load_toml, to_dict
-from ..metrics import CLEAN_COS
+from ..config.schema import ConfigError, ExperimentConfig, apply_values, dump_toml, load_toml, to_dict
+from ..analysis.metrics import CLEAN_COS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -208,8 +208,8 @@ def grid(spec: SweepSpec) -> list[Cell]:
 
 
 def _check_cell(config: ExperimentConfig) -> None:
-    from ..preflight import check_config
-    from ..training import choose_engine
+    from ..training.preflight import check_config
+    from ..training.loop import choose_engine
 
     choose_engine(config, "cpu")
     check_config(config)

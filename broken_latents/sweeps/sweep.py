@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..config import ConfigError
-from ..metrics import read_metrics
+from ..config.schema import ConfigError
+from ..analysis.metrics import read_metrics
 from .executors import CellTask, run_local, run_ray
 from .spec import Cell, SweepSpec, cell_toml, grid, label, load_spec
 
@@ -46,7 +46,7 @@ def default_workers() -> int:
 def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = None, ray: str | None = None,
               progress: bool = True, cell_function=None) -> SweepOutcome:
     """Validate everything, then train every unfinished cell, recording each as it ends."""
-    from ..preflight import check_writable
+    from ..training.preflight import check_writable
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     if workers is not None and workers < 1:
@@ -113,7 +113,7 @@ def _check_ray() -> None:
 
 def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
     """No cell is valid: name the axis whose value is wrong on its own, else the first cell."""
-    from ..config import apply_values
+    from ..config.schema import apply_values
     from .spec import _check_cell
 
     for key, values in spec.axes.items():

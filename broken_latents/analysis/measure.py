@@ -9,12 +9,12 @@ from scipy.optimize import linear_sum_assignment
 from scipy.signal import find_peaks
 
 from .absorption import absorption_metrics, cooccurring
-from .saes import StackedSAE
-from .engine.stream import DataStream
-from .training import TrainResult
-from .peak_model import fit_peak_model
+from ..saes import StackedSAE
+from ..world.stream import DataStream
+from ..training.loop import TrainResult
+from .peaks import fit_peak_model
 from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
-from .world import World, max_abs_cos, welch_bound
+from ..world.model import World, max_abs_cos, welch_bound
 
 PEAK_FLOOR = 0.2
 """Peaks are counted above this fraction of a latent's max. Tied latents fire weakly on most

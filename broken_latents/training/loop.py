@@ -15,15 +15,15 @@ from threadpoolctl import threadpool_limits
 from .aux import AuxState
 from .inverse import InverseState
 from .refit import Probe
-from .config import ConfigError, ExperimentConfig, SAEConfig
-from .engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
-from .engine import fastpath, kernel
-from .engine.fastpath import Architecture, WorldGeometry, params_of
-from .engine.optim import FlatAdam, flatten_parameters, split_like
-from .saes import StackedSAE, build_sae, weighted_sum
-from .engine.stream import DataStream
+from ..config.schema import ConfigError, ExperimentConfig, SAEConfig
+from ..engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
+from ..engine import fastpath, kernel
+from ..engine.fastpath import Architecture, WorldGeometry, params_of
+from ..engine.optim import FlatAdam, flatten_parameters, split_like
+from ..saes import StackedSAE, build_sae, weighted_sum
+from ..world.stream import DataStream
 from .termination import termination
-from .world import World
+from ..world.model import World
 
 LOG_EVERY = 200  # steps between loss logs, NaN checks and progress updates
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .engine.stream import DataStream
-from .peak_model import MIN_RELATIVE_GAP, PeakModel, assign_peaks, fit_peak_model
+from ..world.stream import DataStream
+from ..analysis.peaks import MIN_RELATIVE_GAP, PeakModel, assign_peaks, fit_peak_model
 
 PROBE_STREAM = 11
 """Stream offset of the refit inputs (training 0, evaluation 7)."""

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .engine.backend import amax, xp
-from .config import AuxConfig
+from ..engine.backend import amax, xp
+from ..config.schema import AuxConfig
 
 
 def warmup_factor(config: AuxConfig, samples_seen: int) -> float:

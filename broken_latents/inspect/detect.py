@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import swap_into_place
-from .config import ConfigError
-from .peak_model import PEAK_FLOOR, MAX_SAMPLES, PeakModel, fit_peak_model
-from .saelens_format import NumpySAE, load_sae
+from ..output.atomic import swap_into_place
+from ..config.schema import ConfigError
+from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel, fit_peak_model
+from ..output.saelens_format import NumpySAE, load_sae
 
 RESERVOIR = MAX_SAMPLES
 """Positive activations kept per latent (a uniform sample of all of them): K x RESERVOIR x 4 bytes."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, read_json
+from ..config.schema import ConfigError, read_json
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"

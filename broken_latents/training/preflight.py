@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, ExperimentConfig, TrainConfig, WorldConfig, SAEConfig
+from ..config.schema import ConfigError, ExperimentConfig, TrainConfig, WorldConfig, SAEConfig
 
 MEMORY_SHARE = 0.7
 """A run may plan to use at most this share of the machine's physical memory."""
@@ -115,7 +115,7 @@ def search_work(world: WorldConfig) -> float:
     n, dim = world.features, world.dim
     if dim >= n or n == dim + 1:
         return 0.0
-    from .world import search_steps  # the search's own step count (world.py loads torch: only here)
+    from ..world.model import search_steps  # the search's own step count (world/model.py loads torch: only here)
 
     return search_steps(n, dim) * n * n * (1 + dim / 200)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .config import ExperimentConfig
-from .experiments import EXPERIMENTS, Experiment
-from .experiments.claims import seeds_needed
-from .metrics import ClaimResult
-from .output.report import HtmlSection, anchor, claims_table, render_html
-from .output.rundir import run_experiment
+from ..config.schema import ExperimentConfig
+from ..experiments import EXPERIMENTS, Experiment
+from ..experiments.claims import seeds_needed
+from ..analysis.metrics import ClaimResult
+from ..output.report import HtmlSection, anchor, claims_table, render_html
+from ..output.rundir import run_experiment
 
 QUICK_SAMPLES = 30_000_000
 """--quick caps every experiment's budget at this many samples per SAE, its aux and inverse

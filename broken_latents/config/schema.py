@@ -48,14 +48,14 @@ class OneOf:
 
 
 def registered_architectures() -> tuple[str, ...]:
-    from .saes import ARCHITECTURES  # the SAEs register themselves on import
+    from ..saes import ARCHITECTURES  # the SAEs register themselves on import
 
     return tuple(ARCHITECTURES)
 
 
 def architecture_options(name: str) -> type:
     """The dataclass of the fields architecture `name` owns (empty when it owns none)."""
-    from .saes import ARCHITECTURES
+    from ..saes import ARCHITECTURES
 
     return ARCHITECTURES[name].Options
 
@@ -183,7 +183,7 @@ class AuxConfig:
     """Samples over which lambda and tau rise linearly to their full values."""
     threshold: Literal["ratio", "mixture"] = "ratio"
     """ratio: the post's tau_j = threshold_ratio x running max. mixture: tau_j from latent j's peak model
-    (a Gaussian mixture refitted every refit_samples, see `refit.py`): between its main peak and the peak
+    (a Gaussian mixture refitted every refit_samples, see `training/refit.py`): between its main peak and the peak
     below; for one peak, 3 stds (at least 15% of the mean) below it. Both rise over the same warm-up;
     a latent without a model (too few firings) falls back to the ratio rule."""
     refit_samples: int = 5_000_000
@@ -208,7 +208,7 @@ class InverseConfig:
     """The inverse technique for narrow SAEs (the post's future work): penalise the alignment of each
     latent's decoder row with the directions that separate its higher activation peaks from its lowest
     (main) one, L = coefficient * mean_j sum_p cos(W_j, u_jp)^2, with u_jp refitted from the latent's
-    peak model every refit_samples (see `refit.py`)."""
+    peak model every refit_samples (see `training/refit.py`)."""
 
     coefficient: float = 10.0
     """Weight of the penalty at the end of the warm-up (cos^2 is at most 1 per latent and direction)."""

@@ -14,9 +14,9 @@ import math
 import numpy as np
 import torch
 
-from .config import SAEConfig
-from .saes import build_sae, weighted_sum
-from .world import World
+from ..config.schema import SAEConfig
+from ..saes import build_sae, weighted_sum
+from .model import World
 
 MAX_FEATURES = 14
 

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import torch
 
-from ..world import World
+from .model import World
 
 QUEUED = 2
 """Chunks drawn ahead by the sampling thread."""

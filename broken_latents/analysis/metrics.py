@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, read_json
+from ..config.schema import ConfigError, read_json
 
 CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""
@@ -130,7 +130,7 @@ class RunMetrics(_Schema):
     """[latent]: peaks counted in a smoothed histogram above 20% of the max, the cross-check."""
     peak_models: list[dict] | None = None
     """Per live latent: {latent, mixture: [{mean, std, weight}], peaks, peak_means, threshold, floor}
-    (peak_model.py: a Gaussian mixture fitted by BIC to the activations above the floor)."""
+    (analysis/peaks.py: a Gaussian mixture fitted by BIC to the activations above the floor)."""
     mse: float
     l0: float
     explained_variance: float

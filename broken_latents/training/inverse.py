@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from .aux import warmup_factor
-from .config import InverseConfig
+from ..config.schema import InverseConfig
 from .refit import MAX_DIRECTIONS, fit_models, separating_directions
 
 
