@@ -28,7 +28,7 @@ from broken_latents.sweeps import grid, parse_spec, run_sweep
 from broken_latents.sweeps.executors import run_cell
 from broken_latents.sweeps.spec import cell_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A TOML named like a registered experiment keeps its claims: the recap world, shrunk.
 BASE = """

@@ -141,7 +141,7 @@ def test_linear_spec_spans_its_ends(start, stop, n):
 def test_example_worlds_parse_and_match_the_readme():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     example = root / "examples" / "my-hierarchy.toml"
     config = load_toml(example)
     assert config.world.hierarchy[0].mode == "conditional"
