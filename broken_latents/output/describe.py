@@ -1,0 +1,69 @@
+"""Words and numbers shared by the terminal, the reports and the figures: the world in one line,
+rates "given the parent", and cosines printed with enough digits to agree with the verdict."""
+
+from __future__ import annotations
+
+from ..analysis.metrics import CLEAN_COS, WorldMetrics
+
+LISTED_FEATURES = 8
+"""Worlds up to this many features list every rate and magnitude; bigger ones give ranges."""
+
+
+def cos_text(value: float, threshold: float = CLEAN_COS, digits: int = 2, signed: bool = False) -> str:
+    """`value` with `digits` decimals, or more where rounding would carry it across `threshold`: a latent at
+    0.9477 is broken at 0.95 and prints 0.948, not 0.95 (nor 0.9496 as 0.950). Compared by |value|."""
+    for places in range(digits, 7):
+        text = f"{value:+.{places}f}" if signed else f"{value:.{places}f}"
+        if (abs(float(text)) >= threshold) == (abs(value) >= threshold):
+            break
+    return text.replace("-0.", "0.") if float(text) == 0 and not signed else text  # -0.001 prints as 0.00
+
+
+def parents_of(world: WorldMetrics) -> dict[int, tuple[int, str]]:
+    """Child feature -> (its parent, the relation's mode), from the recorded hierarchy."""
+    return {child: (rel["parent"], rel["mode"]) for rel in world.hierarchy or [] for child in rel["children"]}
+
+
+def given_rate_text(world: WorldMetrics, feature: int) -> str:
+    """A feature's rate as the config gives it; a conditional child's says it is given its parent."""
+    rates = world.given_rates if world.given_rates is not None else world.firing_rates
+    parent, mode = parents_of(world).get(feature, (None, ""))
+    text = f"{rates[feature]:.3g}"
+    return f"{text} given f{parent}" if mode == "conditional" else text
+
+
+def world_line(world: WorldMetrics) -> str:
+    """The world in one line: features, dims, rates as given and as marginal, magnitudes, hierarchy."""
+    features = len(world.firing_rates)
+    head = f"world: {features} features" + (f" in {world.dim} dims" if world.dim is not None else "")
+    if world.dim is not None:
+        head += " (orthogonal)" if world.dim >= features else " (superposition)"
+    marginal = [f"{p:.3g}" for p in world.firing_rates]
+    given = [given_rate_text(world, i) for i in range(features)]
+    magnitudes = [f"{m:.3g}" for m in world.magnitudes or []]
+    parts = [head]
+    if given != marginal:
+        parts.append(f"firing rates as given {_listed(given)}")
+        parts.append(f"marginal {_listed(marginal)}")
+    else:
+        parts.append(f"firing rates {_listed(marginal)}")
+    if magnitudes:
+        parts.append(f"magnitude {_listed(magnitudes)}")
+    relations = [_relation(rel) for rel in world.hierarchy or []]
+    parts.append("hierarchy: " + ("; ".join(relations) if relations else "none"))
+    return "; ".join(parts)
+
+
+def _listed(texts: list[str]) -> str:
+    if len(set(texts)) == 1:
+        return texts[0]
+    if len(texts) <= LISTED_FEATURES:
+        return ", ".join(texts)
+    return f"{texts[0]} ... {texts[-1]} (f0 ... f{len(texts) - 1})"
+
+
+def _relation(rel: dict) -> str:
+    children = ", ".join(f"f{c}" for c in rel["children"])
+    if rel["mode"] == "conditional":
+        return f"{children} fire only with f{rel['parent']} (conditional: their rates are given the parent)"
+    return f"{children} force f{rel['parent']} (a child firing switches the parent on)"
