@@ -151,8 +151,20 @@ def inspect(
     """
     from .inspect.detect import inspect_sae, print_summary
 
+    _check_not_run_directory(sae)
     outcome = inspect_sae(sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty())
     print_summary(outcome, console)
+
+
+def _check_not_run_directory(sae: Path) -> None:
+    """`inspect runs/x` names a whole run: list the SAEs under its weights/ to pick one from."""
+    weights = sae / "weights"
+    if not sae.is_dir() or (sae / "cfg.json").is_file() or not weights.is_dir():
+        return
+    choices = sorted({*(p for p in weights.iterdir() if p.is_dir() and (p / "cfg.json").is_file()),
+                      *weights.glob("*.safetensors")})
+    listed = ", ".join(str(p) for p in choices) or f"none ({weights} holds no SAE)"
+    raise ConfigError("SAE", f"{sae} is a run directory, not one SAE; pick one of its SAEs: {listed}")
 
 
 def resolve_target(target: str) -> tuple[ExperimentConfig, list, float]:

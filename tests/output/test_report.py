@@ -90,7 +90,7 @@ def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
     assert [t.split("\n")[0] for t in titles] == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
     for j in (0, 1):
         hidden = float((acts[:, j] <= 0.1 * acts[:, j].max()).mean())
-        assert f"({hidden:.0%} of firings, below 10% of max, not shown)" in titles[j]
+        assert f"{hidden:.0%} of firings below 10% of max: not shown" in titles[j]
     assert_png(tmp_path / "hist.png")
 
 
