@@ -147,8 +147,10 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 hedging=_round(absorbed.hedging),
                 firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
             ))
-            runs[-1].loss_drop = _loss_drop(result.seed_history, stack, s)
-            runs[-1].still_falling = still_falling(runs[-1].loss_drop)
+            drop = _loss_drop(result.seed_history, stack, s)
+            if drop is not None:
+                runs[-1].loss_drop, runs[-1].falling_term = round(drop[0], 4), drop[1]
+                runs[-1].still_falling = still_falling(drop[0])
     return Metrics(
         name=result.config.name,
         samples=result.samples,
@@ -187,14 +189,13 @@ def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, 
     return out
 
 
-def _loss_drop(seed_history: list[dict], stack, s: int) -> float | None:
+def _loss_drop(seed_history: list[dict], stack, s: int) -> tuple[float, str] | None:
     """convergence.loss_drop of SAE `stack`, seed index s, from the training loop's logged steps."""
     label = stack.config.label
     names = dict.fromkeys(name for record in seed_history for name in record.get(label, {}))
     terms = {name: [record[label][name][s] if name in record.get(label, {}) else None for record in seed_history]
              for name in names}
-    drop = loss_drop(terms, stack.sae.loss_weights(stack.config, 0.0))
-    return None if drop is None else round(drop, 4)
+    return loss_drop(terms, stack.sae.loss_weights(stack.config, 0.0))
 
 
 def _round(a: np.ndarray, digits: int = 4):

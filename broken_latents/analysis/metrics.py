@@ -146,8 +146,10 @@ class RunMetrics(_Schema):
     """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
     loss_drop: float | None = None
-    """Relative drop of the training loss over the last 10% of logged steps against the 10% before
-    (analysis/convergence.py has the rule); None: too few steps logged to tell."""
+    """The largest fall of one loss term over the last 10% of logged steps against the 10% before, as a
+    share of the whole loss (analysis/convergence.py has the rule); absent: too few steps logged to tell."""
+    falling_term: str | None = None
+    """The loss term of `loss_drop` (mse, l1, prefix_mse)."""
     still_falling: bool | None = None
     """loss_drop above convergence.STILL_FALLING: the SAE had not converged (`run` warns)."""
     extra: dict[str, Any] = field(default_factory=dict)

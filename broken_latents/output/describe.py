@@ -66,4 +66,5 @@ def _relation(rel: dict) -> str:
     children = ", ".join(f"f{c}" for c in rel["children"])
     if rel["mode"] == "conditional":
         return f"{children} fire only with f{rel['parent']} (conditional: their rates are given the parent)"
-    return f"{children} force f{rel['parent']} (a child firing switches the parent on)"
+    verb = "forces" if len(rel["children"]) == 1 else "force"
+    return f"{children} {verb} f{rel['parent']} (a child firing switches the parent on)"

@@ -61,9 +61,9 @@ RECIPE = "--set train.lr=1e-3 --set train.lr_decay=cosine"
 
 def convergence_notes(metrics: Metrics) -> list[str]:
     """A sentence per SAE and seed whose loss was still falling (analysis/convergence.py's rule)."""
-    return [f"SAE {run.label} seed {run.seed}: its training loss fell {run.loss_drop:.0%} over the last "
-            f"{WINDOW:.0%} of training (at least {MIN_WINDOW} logged steps) against the stretch before (more than "
-            f"{STILL_FALLING:.0%}: not converged). Train on more samples "
+    return [f"SAE {run.label} seed {run.seed} had not converged: its {run.falling_term} fell by {run.loss_drop:.0%} "
+            f"of the loss over the last {WINDOW:.0%} of training (at least {MIN_WINDOW} logged steps) against the "
+            f"stretch before (the limit is {STILL_FALLING:.0%}). Train on more samples "
             f"(--samples, e.g. {4 * metrics.samples:,}) or use the recipe of the registered experiments ({RECIPE})."
             for run in metrics.runs if run.still_falling]
 
