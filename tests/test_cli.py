@@ -268,7 +268,7 @@ def test_closed_stdout_pipe_exits_quietly():
 def test_inspect_given_a_run_directory_lists_its_saes(tiny_run, tmp_path, capsys):
     code, err = _exit_code(["inspect", str(tiny_run), "--activations", str(tmp_path / "acts.npy")], capsys)
     assert code == 2 and err.startswith("error: SAE") and "run directory" in err
-    for name in ("tied-seed0", "untied-seed1.safetensors"):
+    for name in ("tied-seed0", "untied-seed0.safetensors"):
         assert str(tiny_run / "weights" / name) in err
 
 
