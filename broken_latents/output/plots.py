@@ -110,7 +110,7 @@ def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title
         else:
             ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
-    fig.legend(handles=_histogram_legend(), loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    fig.legend(handles=_histogram_legend(), loc="outside lower center", ncol=min(4, 2 * cols), fontsize=7, frameon=False)
     _save(fig, path)
 
 

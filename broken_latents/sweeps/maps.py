@@ -198,14 +198,18 @@ def write_report(record: dict, maps: dict[str, list[Path]], out: Path) -> Path:
     if not maps:
         lines.append(nothing_to_map(record))
     lines.append("## Cells")
-    header = [*record["axes"], "status", *record["claims"], "path"]
+    labels = list(dict.fromkeys(label for cell in cells for label in cell.get("metrics", {})))
+    mapped = [(metric, label) for metric in record.get("metrics", []) for label in labels]
+    header = [*record["axes"], "status", *record["claims"], *(f"{m} ({label})" for m, label in mapped), "path"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for cell in cells:
         claims = [f"{cell['claims'][c]['held']}/{cell['claims'][c]['seeds']}" if c in cell["claims"] else "" for c in record["claims"]]
+        means = cell.get("metrics", {})
+        values = [f"{means[label][m]:.4g}" if m in means.get(label, {}) else "" for m, label in mapped]
         state = "invalid" if cell.get("invalid") else cell["status"]
         status = state if state == "done" else f"{state}: {cell['error']}"
-        row = [_format(cell["values"][a]) for a in record["axes"]] + [status, *claims, f"`{cell['path']}`"]
+        row = [_format(cell["values"][a]) for a in record["axes"]] + [status, *claims, *values, f"`{cell['path']}`"]
         lines.append("| " + " | ".join(r.replace("|", "/") for r in row) + " |")
     page = render_html([HtmlSection("\n\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]), out)],
                        f"broken-latents sweep: {record['base']}")
