@@ -7,6 +7,8 @@ from ..analysis.metrics import CLEAN_COS, WorldMetrics
 
 LISTED_FEATURES = 8
 """Worlds up to this many features list every rate and magnitude; bigger ones give ranges."""
+LISTED_RELATIONS = 4
+"""Hierarchies up to this many parent/child relations are spelled out; bigger ones are counted."""
 
 
 def cos_text(value: float, threshold: float = CLEAN_COS, digits: int = 2, signed: bool = False) -> str:
@@ -40,26 +42,35 @@ def world_line(world: WorldMetrics) -> str:
         head += " (orthogonal)" if world.dim >= features else " (superposition)"
     marginal = [f"{p:.3g}" for p in world.firing_rates]
     given = [given_rate_text(world, i) for i in range(features)]
-    magnitudes = [f"{m:.3g}" for m in world.magnitudes or []]
+    given_values = world.given_rates if world.given_rates is not None else world.firing_rates
     parts = [head]
     if given != marginal:
-        parts.append(f"firing rates as given {_listed(given)}")
-        parts.append(f"marginal {_listed(marginal)}")
+        conditional = sum("given" in text for text in given)
+        parts.append(f"firing rates as given {_listed(given, given_values)}"
+                     + (f" ({conditional} conditional, given their parent)" if len(given) > LISTED_FEATURES else ""))
+        parts.append(f"marginal {_listed(marginal, world.firing_rates)}")
     else:
-        parts.append(f"firing rates {_listed(marginal)}")
-    if magnitudes:
-        parts.append(f"magnitude {_listed(magnitudes)}")
-    relations = [_relation(rel) for rel in world.hierarchy or []]
-    parts.append("hierarchy: " + ("; ".join(relations) if relations else "none"))
+        parts.append(f"firing rates {_listed(marginal, world.firing_rates)}")
+    if world.magnitudes:
+        parts.append(f"magnitude {_listed([f'{m:.3g}' for m in world.magnitudes], world.magnitudes)}")
+    relations = world.hierarchy
+    if relations is not None and len(relations) > LISTED_RELATIONS:  # a generated tree: count, do not list
+        conditional = sum(rel["mode"] == "conditional" for rel in relations)
+        parts.append(f"hierarchy: {len(relations)} parents, {conditional} of them with conditional children "
+                     f"(rates given the parent), {len(relations) - conditional} with forcing children")
+    elif relations is not None:  # absent in runs from before it was recorded: unknown, not "none"
+        parts.append("hierarchy: " + ("; ".join(map(_relation, relations)) or "none"))
     return "; ".join(parts)
 
 
-def _listed(texts: list[str]) -> str:
+def _listed(texts: list[str], values: list[float]) -> str:
+    """Every value of a small world; the range of a big one."""
     if len(set(texts)) == 1:
         return texts[0]
     if len(texts) <= LISTED_FEATURES:
         return ", ".join(texts)
-    return f"{texts[0]} ... {texts[-1]} (f0 ... f{len(texts) - 1})"
+    low, high = min(values), max(values)
+    return f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g}"
 
 
 def _relation(rel: dict) -> str:

@@ -64,7 +64,7 @@ def convergence_notes(metrics: Metrics) -> list[str]:
     return [f"SAE {run.label} seed {run.seed} had not converged: its {run.falling_term} fell by {run.loss_drop:.0%} "
             f"of the loss over the last {WINDOW:.0%} of training (at least {MIN_WINDOW} logged steps) against the "
             f"stretch before (the limit is {STILL_FALLING:.0%}). Train on more samples "
-            f"(--samples, e.g. {4 * metrics.samples:,}) or use the recipe of the registered experiments ({RECIPE})."
+            f"(--samples, e.g. {4 * metrics.samples:,}) or use the recipe of the registered plain experiments ({RECIPE})."
             for run in metrics.runs if run.still_falling]
 
 
