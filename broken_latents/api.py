@@ -11,7 +11,6 @@ light (torch and numba load on first use)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from .config.schema import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
-from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
+from .config.schema import ConfigError, ExperimentConfig, SAEConfig, load_toml
+from .analysis.metrics import Metrics, read_metrics
 from .saes.base import _keep_largest
 from .world.model import World
 
@@ -181,16 +180,9 @@ def load_run(directory: str | Path) -> Run:
 
 def load_config(target: str | Path | ExperimentConfig) -> ExperimentConfig:
     """A registered experiment's config (a copy, safe to change), a .toml path, or a config as is."""
-    if isinstance(target, ExperimentConfig):
-        return target
-    from . import experiments
+    from .pipeline.resolve import resolve_target
 
-    if isinstance(target, str) and target in experiments.EXPERIMENTS:
-        return copy.deepcopy(experiments.EXPERIMENTS[target].config)
-    if Path(target).is_file() or str(target).endswith(".toml"):
-        return load_toml(Path(target))
-    raise ConfigError("TARGET", f"{target!r} is neither a registered experiment "
-                                f"({', '.join(experiments.EXPERIMENTS)}) nor a .toml file")
+    return resolve_target(target).config
 
 
 def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, samples: int | None = None,
@@ -198,9 +190,10 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
+    from .pipeline.resolve import configure, resolve_target
     from .training.loop import train as train_stacks
 
-    config = _configured(target, seeds, samples, set, device)
+    config = configure(resolve_target(target), seeds, samples, set, device).config
     return train_stacks(config, device=device, progress=progress)
 
 
@@ -209,42 +202,23 @@ def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | 
         progress: bool = False) -> Run:
     """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
     give it back loaded (`load_run(out)`)."""
-    from .output.rundir import run_experiment
+    from .pipeline.resolve import configure, resolve_target
+    from .pipeline.run import run_experiment
 
-    config = _configured(target, seeds, samples, set, device)
-    experiment = _experiment_named(config.name)
-    run_experiment(config, experiment.claims if experiment else [], Path(out), device=device, progress=progress,
-                   clean_cos=experiment.clean_cos if experiment else CLEAN_COS)
+    run_experiment(configure(resolve_target(target), seeds, samples, set, device), Path(out), device=device,
+                   progress=progress)
     return load_run(out)
-
-
-def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
-    from .training.loop import choose_engine
-
-    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
-    config = apply_overrides(load_config(target), [*budget, *assignments])
-    choose_engine(config, device)  # a config error before training starts
-    return config
-
-
-def _experiment_named(name: str):
-    """The registered experiment a config belongs to by name (its claims apply), or None."""
-    from . import experiments
-
-    return experiments.EXPERIMENTS.get(name)
 
 
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    from .analysis.measure import measure
-    from .experiments.claims import evaluate_claims
+    import dataclasses
 
-    experiment = _experiment_named(result.config.name)
-    if clean_cos is None:
-        clean_cos = experiment.clean_cos if experiment else CLEAN_COS
-    metrics = measure(result, clean_cos=clean_cos)
-    metrics.description = result.config.description
-    if experiment is not None:
-        metrics.claims = evaluate_claims(experiment.claims, metrics)
-    return metrics
+    from .pipeline.resolve import claims_of
+    from .pipeline.run import measure_claims
+
+    target = claims_of(result.config)
+    if clean_cos is not None:
+        target = dataclasses.replace(target, clean_cos=clean_cos)
+    return measure_claims(result, target)

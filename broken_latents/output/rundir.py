@@ -1,8 +1,9 @@
-"""Run an experiment into a run directory, atomically.
+"""Write a run directory, atomically, from a trained result and its metrics.
 
-Everything is written into a hidden sibling folder first and moved into place only when the
-run is complete, so a failed or interrupted run never leaves a DIR that looks finished, and
-a previous run at DIR is replaced only by a complete new one.
+Everything is written into a hidden sibling folder first and moved into place only when it is
+complete, so a failed or interrupted write never leaves a DIR that looks finished, and a previous
+run at DIR is replaced only by a complete new one. (Training and measuring happen before, in
+`pipeline.run.run_experiment`.)
 """
 
 from __future__ import annotations
@@ -12,30 +13,21 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from safetensors.torch import save_file
 
-from ..analysis.measure import latent_activations, measure
-from ..experiments.claims import Claim, evaluate_claims
+from ..analysis.measure import Trained, latent_activations
 from ..config.schema import ConfigError, ExperimentConfig, dump_toml
-from ..analysis.metrics import CLEAN_COS, Metrics
+from ..analysis.metrics import Metrics
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
 from .atomic import swap_into_place
 from .saelens_format import write_saelens
-from ..training.loop import TrainResult, train
 
 HISTOGRAM_SAMPLES = 50_000
-
-
-@dataclass
-class RunOutcome:
-    directory: Path
-    metrics: Metrics
 
 
 def check_out_dir(out: Path) -> None:
@@ -45,32 +37,25 @@ def check_out_dir(out: Path) -> None:
                                    "choose a new path or an earlier run's directory to replace")
 
 
-def run_experiment(config: ExperimentConfig, claims: list[Claim], out: Path, device: str = "cpu",
-                   progress: bool = True, clean_cos: float = CLEAN_COS,
-                   figures: Literal["first", "all", "none"] = "first") -> RunOutcome:
-    """Train, measure, check the claims and write DIR. figures: "first" draws the seeds the report
-    details (the first, and the first where a claim failed); "all" draws and details every seed;
-    "none" draws nothing (a quick reproduction: the report keeps its tables)."""
+def write_run(out: Path, config: ExperimentConfig, result: Trained, metrics: Metrics, started: float,
+              figures: Literal["first", "all", "none"] = "first") -> None:
+    """Write DIR from a trained result and its metrics (claims included). figures: "first" draws the
+    seeds the report details (the first, and the first where a claim failed); "all" draws and details
+    every seed; "none" draws nothing (a quick reproduction: the report keeps its tables). `started`:
+    when the run began (time.perf_counter()), for metrics.wall_seconds."""
     out = Path(out)
-    check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        result = train(config, device=device, progress=progress)
-        metrics = measure(result, clean_cos=clean_cos)
-        metrics.description = config.description
-        metrics.claims = evaluate_claims(claims, metrics)
         _write_directory(partial, config, result, metrics, started, figures)
         swap_into_place(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return RunOutcome(out, metrics)
 
 
-def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, metrics: Metrics, started: float,
+def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metrics: Metrics, started: float,
                      which_figures: str = "first") -> None:
     (path / "weights").mkdir(parents=True)
     config_toml = dump_toml(config)

@@ -49,7 +49,8 @@ def run_cell(task: CellTask) -> dict:
 
     from ..config.schema import ConfigError, ExperimentConfig, from_dict
     from ..experiments import EXPERIMENTS
-    from ..output.rundir import run_experiment
+    from ..pipeline.resolve import Target
+    from ..pipeline.run import run_experiment
     from ..training.loop import TrainingDiverged
 
     if sys.version_info >= (3, 11):
@@ -61,7 +62,8 @@ def run_cell(task: CellTask) -> dict:
     try:
         config = from_dict(ExperimentConfig, tomllib.loads(task.config_toml))
         claims = EXPERIMENTS[task.experiment].claims if task.experiment else []
-        outcome = run_experiment(config, claims, Path(task.out), progress=False, clean_cos=task.clean_cos)
+        target = Target(config, claims, task.clean_cos, task.experiment)
+        outcome = run_experiment(target, Path(task.out), progress=False)
     except (ConfigError, TrainingDiverged) as err:
         return {"status": "failed", "error": str(err), "wall_seconds": round(time.perf_counter() - started, 3)}
     except Exception as err:  # noqa: BLE001 (one cell's bug must not stop the sweep)
@@ -139,7 +141,7 @@ def _context():
         context = get_context("forkserver")
     except ValueError:  # pragma: no cover (no forkserver on this platform)
         return get_context("spawn")
-    context.set_forkserver_preload(["broken_latents.sweeps.executors", "broken_latents.output.rundir"])
+    context.set_forkserver_preload(["broken_latents.sweeps.executors", "broken_latents.pipeline.run"])
     return context
 
 
