@@ -190,10 +190,9 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
-    from .pipeline.resolve import configure, resolve_target
     from .training.loop import train as train_stacks
 
-    config = configure(resolve_target(target), seeds, samples, set, device).config
+    config = _resolved(target, seeds, samples, set, device).config
     return train_stacks(config, device=device, progress=progress)
 
 
@@ -202,12 +201,19 @@ def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | 
         progress: bool = False) -> Run:
     """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
     give it back loaded (`load_run(out)`)."""
-    from .pipeline.resolve import configure, resolve_target
     from .pipeline.run import run_experiment
 
-    run_experiment(configure(resolve_target(target), seeds, samples, set, device), Path(out), device=device,
-                   progress=progress)
+    run_experiment(_resolved(target, seeds, samples, set, device), Path(out), device=device, progress=progress)
     return load_run(out)
+
+
+def _resolved(target, seeds, samples, assignments, device: str):
+    """The target with the budget and overrides applied, checked before anything trains (as `run` does)."""
+    from .pipeline.resolve import budget, check_trainable, resolve_target
+
+    resolved = resolve_target(target, [*budget(seeds, samples), *assignments])
+    check_trainable(resolved.config, device)
+    return resolved
 
 
 def analyse(result, clean_cos: float | None = None) -> Metrics:

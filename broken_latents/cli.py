@@ -49,13 +49,13 @@ def run(
         set: override any config key, KEY=VALUE, repeatable (e.g. --set train.lr=1e-3 --set sae.tied.l1=0.01).
         figures: first: figures and details for the first seed and the first that failed a claim; all: every seed.
     """
-    from .pipeline.resolve import configure, resolve_target
+    from .pipeline.resolve import budget, check_trainable, resolve_target
     from .pipeline.run import run_experiment
-    from .training.preflight import check_config, check_writable
+    from .training.preflight import check_writable
 
-    target = configure(resolve_target(target), seeds, samples, set, device)
+    target = resolve_target(target, [*budget(seeds, samples), *set])
     config = target.config
-    check_config(config)  # sizes the machine cannot hold, worlds too big to lay out
+    check_trainable(config, device)
     for unused in (note for sae in config.sae for note in sae.unused_settings()):
         console.print(f"note: {unused}")
     out = out or Path("runs") / config.name

@@ -18,7 +18,9 @@ from typing import Literal
 
 from safetensors.torch import save_file
 
-from ..analysis.measure import Trained, latent_activations
+import numpy as np
+
+from ..analysis.measure import Trained
 from ..config.schema import ConfigError, ExperimentConfig, dump_toml
 from ..analysis.metrics import Metrics
 from .history import history_json
@@ -26,9 +28,6 @@ from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
 from .atomic import swap_into_place
 from .saelens_format import write_saelens
-
-HISTOGRAM_SAMPLES = 50_000
-
 
 def check_out_dir(out: Path) -> None:
     """Refuse a DIR that holds something other than a previous run: we would replace it."""
@@ -38,17 +37,19 @@ def check_out_dir(out: Path) -> None:
 
 
 def write_run(out: Path, config: ExperimentConfig, result: Trained, metrics: Metrics, started: float,
-              figures: Literal["first", "all", "none"] = "first") -> None:
+              figures: Literal["first", "all", "none"] = "first",
+              activations: dict[str, np.ndarray] | None = None) -> None:
     """Write DIR from a trained result and its metrics (claims included). figures: "first" draws the
     seeds the report details (the first, and the first where a claim failed); "all" draws and details
-    every seed; "none" draws nothing (a quick reproduction: the report keeps its tables). `started`:
-    when the run began (time.perf_counter()), for metrics.wall_seconds."""
+    every seed; "none" draws nothing (a quick reproduction: the report keeps its tables).
+    `activations`: held-out latent activations by "LABEL-seedN" for the histograms (needed unless
+    figures is "none"). `started`: when the run began (time.perf_counter()), for metrics.wall_seconds."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write_directory(partial, config, result, metrics, started, figures)
+        _write_directory(partial, config, result, metrics, started, figures, activations or {})
         swap_into_place(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -56,7 +57,7 @@ def write_run(out: Path, config: ExperimentConfig, result: Trained, metrics: Met
 
 
 def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metrics: Metrics, started: float,
-                     which_figures: str = "first") -> None:
+                     which_figures: str, activations: dict[str, np.ndarray]) -> None:
     (path / "weights").mkdir(parents=True)
     config_toml = dump_toml(config)
     (path / "config.toml").write_text(config_toml)
@@ -78,7 +79,7 @@ def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metr
     figures: dict[str, list[str]] = {}
     if which_figures != "none":
         drawn = dataclasses.replace(metrics, runs=[r for r in metrics.runs if r.seed in shown])
-        figures = write_run_figures(drawn, latent_activations(result, HISTOGRAM_SAMPLES), path / "figures")
+        figures = write_run_figures(drawn, activations, path / "figures")
         if history["steps"]:
             loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
             figures["training"] = ["figures/loss-curves.png"]

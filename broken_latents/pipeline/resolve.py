@@ -9,7 +9,6 @@ runs must show and the cosine from which a latent counts as clean.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +32,10 @@ class Target:
     """The name of the registered experiment whose claims apply, or None."""
 
 
-def resolve_target(target: str | Path | ExperimentConfig) -> Target:
-    """A registered name, a TOML path or a config. The claims are those of the registered experiment
-    the config is named after, so a TOML copied from a registered experiment keeps its claims."""
+def resolve_target(target: str | Path | ExperimentConfig, overrides: tuple[str, ...] | list[str] = ()) -> Target:
+    """A registered name, a TOML path or a config, with `--set`-style "KEY=VALUE" overrides applied
+    (see `budget`). The claims are those of the registered experiment the config is named after,
+    so a TOML copied from a registered experiment keeps its claims."""
     if isinstance(target, ExperimentConfig):
         config = target
     elif isinstance(target, str) and target in EXPERIMENTS:
@@ -45,6 +45,8 @@ def resolve_target(target: str | Path | ExperimentConfig) -> Target:
     else:
         raise ConfigError("TARGET", f"{str(target)!r} is neither a registered experiment "
                                     f"({', '.join(EXPERIMENTS)}) nor a .toml file")
+    if overrides:
+        config = apply_overrides(config, list(overrides))
     return claims_of(config)
 
 
@@ -56,18 +58,21 @@ def claims_of(config: ExperimentConfig) -> Target:
     return Target(config, experiment.claims, experiment.clean_cos, config.name)
 
 
-def configure(target: Target, seeds: int | None = None, samples: int | None = None,
-              assignments: tuple[str, ...] | list[str] = (), device: str = "cpu") -> Target:
-    """The target's config with the budget flags (`--seeds`, `--samples`) and then the `--set KEY=VALUE`
-    overrides applied, checked for a device and an engine that can train it (a config error before
-    anything trains or is written)."""
-    from ..training.loop import choose_engine
+def budget(seeds: int | None = None, samples: int | None = None) -> list[str]:
+    """The `--seeds` and `--samples` flags as overrides (they come before any `--set`)."""
+    return [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
 
-    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
-    config = apply_overrides(target.config, [*budget, *assignments])
+
+def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
+    """Everything that refuses a valid config before anything trains or is written: a device this
+    machine lacks, an engine that cannot train it there, sizes the machine cannot hold, a world
+    too big to lay out."""
+    from ..training.loop import choose_engine
+    from ..training.preflight import check_config
+
     check_device(device)
     choose_engine(config, device)
-    return dataclasses.replace(target, config=config)
+    check_config(config)
 
 
 def check_device(device: str) -> None:

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..analysis.measure import Trained, measure
+from ..analysis.measure import Trained, latent_activations, measure
 from ..analysis.metrics import Metrics
 from ..experiments.claims import evaluate_claims
 from ..output.rundir import check_out_dir, write_run
 from ..training.loop import TrainResult, train
 from .resolve import Target
+
+HISTOGRAM_SAMPLES = 50_000
+"""Held-out samples per SAE drawn for the run directory's activation histograms."""
 
 
 @dataclass
@@ -45,5 +48,6 @@ def run_experiment(target: Target, out: Path, device: str = "cpu", progress: boo
     check_out_dir(out)
     started = time.perf_counter()
     result, metrics = train_and_measure(target, device=device, progress=progress)
-    write_run(out, target.config, result, metrics, started, figures)
+    activations = latent_activations(result, HISTOGRAM_SAMPLES) if figures != "none" else None
+    write_run(out, target.config, result, metrics, started, figures, activations)
     return RunOutcome(out, metrics)

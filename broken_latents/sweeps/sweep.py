@@ -114,12 +114,12 @@ def _check_ray() -> None:
 def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
     """No cell is valid: name the axis whose value is wrong on its own, else the first cell."""
     from ..config.schema import apply_values
-    from .spec import _check_cell
+    from ..pipeline.resolve import check_trainable
 
     for key, values in spec.axes.items():
         for i, value in enumerate(values):
             try:
-                _check_cell(apply_values(spec.config, [(key, value)]))
+                check_trainable(apply_values(spec.config, [(key, value)]))
             except ConfigError as err:
                 return f"axes.{key}", f"value {i} ({value!r}): {err}"
     cell = cells[0]
