@@ -15,49 +15,23 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .config.schema import ConfigError, ExperimentConfig, SAEConfig, load_toml
 from .analysis.metrics import Metrics, read_metrics
-from .saes.base import _keep_largest
+from .saes.activations import activation
 from .world.model import World
 
 # -- one trained SAE --------------------------------------------------------------------------
-
-
-def _relu(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
-    return torch.relu(pre_BK)
-
-
-def _above_threshold(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
-    return pre_BK * (pre_BK > sae.threshold)
-
-
-def _topk(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
-    return _keep_largest(torch.relu(pre_BK), sae.config.k, dim=-1)
-
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor, "SAE"], torch.Tensor]] = {
-    "relu": _relu,
-    "jumprelu": _above_threshold,
-    "topk": _topk,
-    # At inference BatchTopK is a JumpReLU at the threshold estimated in training (saes/base.py),
-    # so a sample's latents do not depend on the rest of its batch.
-    "batchtopk": _above_threshold,
-}
-"""`[[sae]] activation` -> h from the pre-activations, as the trained SAE computes it at inference
-(`StackedSAE.activate`). A new activation is one entry here, reading what it needs from `sae.config`."""
-THRESHOLDED = ("jumprelu", "batchtopk")
-"""Activations whose weights file carries `threshold`."""
 
 
 @dataclass
 class SAE:
     """One trained SAE (one label, one seed), in SAELens' layout, with the trained SAE's math:
     h = act((x - b_dec) @ W_enc + b_enc), x_hat = h @ W_dec + b_dec. A tied SAE is saved with
-    W_enc = W_dec^T and b_enc = 0, so one formula serves both; `act` is in ACTIVATIONS."""
+    W_enc = W_dec^T and b_enc = 0, so one formula serves both; `act` is the activation's inference
+    rule in the registry (`broken_latents.saes.activations`)."""
 
     label: str
     seed: int
@@ -98,9 +72,7 @@ class SAE:
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Latent activations [..., K] of inputs [..., D]."""
         x_BD = torch.as_tensor(x_BD, dtype=self.W_enc.dtype)
-        if self.activation not in ACTIVATIONS:
-            raise NotImplementedError(f"activation {self.activation!r}: add it to broken_latents.api.ACTIVATIONS")
-        return ACTIVATIONS[self.activation](self.encode_pre(x_BD), self)
+        return activation(self.activation).infer(self.encode_pre(x_BD), self.threshold, self.config.k)
 
     @torch.no_grad()
     def decode(self, h_BK: torch.Tensor, width: int | None = None) -> torch.Tensor:
@@ -121,7 +93,7 @@ class SAE:
 
         tensors = load_file(str(path))
         missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
-        if config.activation in THRESHOLDED:
+        if activation(config.activation).thresholded:
             missing |= {"threshold"} - set(tensors)
         if missing:
             raise ConfigError("DIR", f"{path} lacks {sorted(missing)}")

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..analysis.measure import Trained
 from ..config.schema import ConfigError, ExperimentConfig, dump_toml
+from ..saes.activations import activation
 from ..analysis.metrics import Metrics
 from .history import history_json
 from .plots import loss_curves, write_run_figures
@@ -64,12 +65,12 @@ def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metr
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_state(s)
-            if stack.config.activation in ("jumprelu", "batchtopk"):  # the threshold of h = pre * [pre > threshold]
+            if activation(stack.config.activation).thresholded:  # the threshold of h = pre * [pre > threshold]
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
             save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
                       str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
             write_saelens(path / "weights" / f"{stack.config.label}-seed{seed}", tensors, stack.config.activation,
-                          tied=stack.config.architecture == "tied", k=stack.config.k,
+                          tied=stack.sae.tied_encoder, k=stack.config.k,
                           metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
