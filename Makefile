@@ -34,7 +34,7 @@ lint: $(VENV_STAMP)
 # The documentation site, built into site/ (gitignored); --strict turns every warning
 # (a broken link, a missing docstring target) into a failure.
 docs: $(DOCS_STAMP)
-	.venv/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 
 reproduce: $(VENV_STAMP)
 	.venv/bin/broken-latents reproduce --seeds 3 --out reproduction
