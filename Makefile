@@ -3,7 +3,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 DOCS_STAMP := .venv/.docs-installed
 
-.PHONY: demo test test-fast lint docs reproduce bench venv clean
+.PHONY: demo test test-fast lint format docs reproduce bench venv clean
 
 venv: $(VENV_STAMP)
 
@@ -28,8 +28,13 @@ test: $(VENV_STAMP)
 test-fast: $(VENV_STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# ruff's rules and line length are in pyproject.toml; `make format` rewrites what --check refuses.
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: $(VENV_STAMP)
+	.venv/bin/ruff format .
 
 # The documentation site, built into site/ (gitignored); --strict turns every warning
 # (a broken link, a missing docstring target) into a failure.
