@@ -94,6 +94,7 @@ def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
     assert_png(tmp_path / "hist.png")
 
 
+@pytest.mark.slow
 def test_write_run_figures_names_and_skips(tmp_path):
     metrics = make_metrics()
     acts = {"tied-seed0": np.random.default_rng(0).uniform(0, 5, (200, 3))}  # untied's are missing
@@ -204,6 +205,7 @@ def test_markdown_tolerates_missing_optional_keys(absent):
     assert "| 0 | 1 | 0.987 | clean |" in text
 
 
+@pytest.mark.slow
 def test_a_metrics_json_from_an_older_version_renders_and_draws(tmp_path):
     older = Metrics.from_json(as_older_version(make_metrics().to_json()))
     text = render_markdown(older, {})
@@ -248,6 +250,7 @@ def test_show_prints_a_run_without_sae_entries():
     assert "empty: latents per SAE and seed" in console.export_text()
 
 
+@pytest.mark.slow
 def test_history_json_keeps_seeds_apart_and_marks_terms_not_yet_computed(tmp_path):
     from broken_latents.output.history import history_json
 

@@ -103,6 +103,7 @@ def swept(tmp_path_factory):
     return root, outcome
 
 
+@pytest.mark.slow
 def test_sweep_directory_contract(swept):
     root, outcome = swept
     out = root / "out"
@@ -137,6 +138,7 @@ def test_sweep_directory_contract(swept):
     assert page.count("data:image/png;base64,") == 2 and 'src="maps' not in page and "tied-clean" in page
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(swept, tmp_path, monkeypatch):
     root, outcome = swept
     trained = []
@@ -150,6 +152,7 @@ def test_rerun_skips_finished_cells(swept, tmp_path, monkeypatch):
     assert finished == [c for c in outcome.record.cells if c.status == "done"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_sweep(swept, tmp_path, capsys):
     root, outcome = swept
     spec = _write_spec(tmp_path)
@@ -297,6 +300,7 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_pools_metrics_and_retries_a_dead_worker(swept, ray_session, tmp_path):
     from ray import cloudpickle
 
