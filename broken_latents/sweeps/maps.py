@@ -19,24 +19,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .record import CellRecord, SweepRecord  # noqa: E402
 from .spec import _format, _safe  # noqa: E402
 
-Measure = Callable[[dict], "tuple[int, int] | None"]
+Measure = Callable[[CellRecord], "tuple[int, int] | None"]
 
 
 def claim_measure(claim: str) -> Measure:
-    def measure(cell: dict):
-        counts = cell.get("claims", {}).get(claim)
-        return (counts["held"], counts["seeds"]) if cell["status"] == "done" and counts else None
+    def measure(cell: CellRecord):
+        counts = cell.claims.get(claim)
+        return (counts.held, counts.seeds) if cell.status == "done" and counts else None
 
     return measure
 
 
-def pooled(cells: list[dict], axes: list[str], measure: Measure) -> dict[tuple, tuple[int, int, int]]:
+def pooled(cells: list[CellRecord], axes: list[str], measure: Measure) -> dict[tuple, tuple[int, int, int]]:
     """(value of each axis in `axes`) -> (successes, trials, failed cells), other axes pooled."""
     table: dict[tuple, list[int]] = {}
     for cell in cells:
-        key = tuple(_key(cell["values"][a]) for a in axes)
+        key = tuple(_key(cell.values[a]) for a in axes)
         entry = table.setdefault(key, [0, 0, 0])
         counts = measure(cell)
         if counts is None:
@@ -51,10 +52,10 @@ def _key(value: Any) -> str:
     return _format(value)
 
 
-def claim_map(record: dict, measure: Measure, title: str, path: Path, axes: list[str]) -> Path:
+def claim_map(record: SweepRecord, measure: Measure, title: str, path: Path, axes: list[str]) -> Path:
     """One heatmap over two axes (rows: the first) or a bar chart over one: the share of seeds where
     the claim held, each square annotated held/seeds."""
-    table = pooled(record["cells"], axes, measure)
+    table = pooled(record.cells, axes, measure)
 
     def square(key: tuple) -> tuple[float, str]:
         held, seeds, failed = table.get(key, (0, 0, 0))
@@ -64,13 +65,13 @@ def claim_map(record: dict, measure: Measure, title: str, path: Path, axes: list
                  matplotlib.colormaps["RdYlGn"])
 
 
-def metric_map(record: dict, label: str, metric: str, title: str, path: Path, axes: list[str]) -> Path:
+def metric_map(record: SweepRecord, label: str, metric: str, title: str, path: Path, axes: list[str]) -> Path:
     """The mean over seeds of a per-run scalar of SAE `label` (sweep.json's cell["metrics"]), over
     one or two axes; cells sharing these axes' values (other axes) are averaged."""
     table: dict[tuple, list[float]] = {}
-    for cell in record["cells"]:
-        value = cell.get("metrics", {}).get(label, {}).get(metric) if cell["status"] == "done" else None
-        entry = table.setdefault(tuple(_key(cell["values"][a]) for a in axes), [])
+    for cell in record.cells:
+        value = cell.metrics.get(label, {}).get(metric) if cell.status == "done" else None
+        entry = table.setdefault(tuple(_key(cell.values[a]) for a in axes), [])
         if value is not None:
             entry.append(value)
     finite = [v for values in table.values() for v in values]
@@ -87,19 +88,19 @@ def metric_map(record: dict, label: str, metric: str, title: str, path: Path, ax
                  (low, high if high > low else low + 1e-9), matplotlib.colormaps["viridis"])
 
 
-def _unfinished(record: dict, axes: list[str], key: tuple) -> str:
+def _unfinished(record: SweepRecord, axes: list[str], key: tuple) -> str:
     """The note of a square without a value: "invalid" when its cells' configs were refused, else "failed"."""
-    cells = [c for c in record["cells"] if tuple(_key(c["values"][a]) for a in axes) == key]
+    cells = [c for c in record.cells if tuple(_key(c.values[a]) for a in axes) == key]
     if not cells:
         return ""
-    return "invalid" if all(c.get("invalid") for c in cells if c["status"] != "done") else "failed"
+    return "invalid" if all(c.invalid for c in cells if c.status != "done") else "failed"
 
 
-def _draw(record: dict, axes: list[str], square: Callable[[tuple], "tuple[float, str]"], title: str, path: Path,
+def _draw(record: SweepRecord, axes: list[str], square: Callable[[tuple], "tuple[float, str]"], title: str, path: Path,
           scale: str, limits: tuple[float, float], cmap) -> Path:
     """A heatmap over two axes (rows: the first) or a bar chart over one; `square(tick values)` gives a
     square's value (NaN: nothing to show, grey) and its annotation."""
-    ticks = [[_key(v) for v in record["axes"][a]] for a in axes]
+    ticks = [[_key(v) for v in record.axes[a]] for a in axes]
     low, high = limits
     fig_w = 2.5 + 0.9 * len(ticks[-1])
     if len(axes) == 1:
@@ -140,36 +141,36 @@ def _draw(record: dict, axes: list[str], square: Callable[[tuple], "tuple[float,
     return path
 
 
-def _axis_groups(record: dict) -> list[list[str]]:
+def _axis_groups(record: SweepRecord) -> list[list[str]]:
     """One map per pair of axes (one per axis if there is only one axis; none without axes)."""
-    axes = list(record["axes"])
+    axes = list(record.axes)
     return [list(p) for p in itertools.combinations(axes, 2)] if len(axes) >= 2 else [[a] for a in axes]
 
 
-def write_maps(record: dict, maps_dir: Path) -> dict[str, list[Path]]:
+def write_maps(record: SweepRecord, maps_dir: Path) -> dict[str, list[Path]]:
     """Map title -> its maps: per claim, and per mapped metric and SAE, one per pair of axes."""
     out: dict[str, list[Path]] = {}
-    for claim in record["claims"]:
+    for claim in record.claims:
         for pair in _axis_groups(record):
             name = f"{_safe(claim)}__{'__'.join(_safe(a) for a in pair)}.png"
-            title = f"{claim}\nseeds held / seeds run ({record['base']})"
+            title = f"{claim}\nseeds held / seeds run ({record.base})"
             out.setdefault(claim, []).append(claim_map(record, claim_measure(claim), title, maps_dir / name, pair))
-    labels = list(dict.fromkeys(label for cell in record["cells"] for label in cell.get("metrics", {})))
-    for metric in record.get("metrics", []):
+    labels = list(dict.fromkeys(label for cell in record.cells for label in cell.metrics))
+    for metric in record.metrics:
         for label in labels:
             for pair in _axis_groups(record):
                 name = f"metric-{_safe(metric)}__{_safe(label)}__{'__'.join(_safe(a) for a in pair)}.png"
-                title = f"{metric} of SAE {label}\nmean over seeds ({record['base']})"
+                title = f"{metric} of SAE {label}\nmean over seeds ({record.base})"
                 out.setdefault(f"{metric} ({label})", []).append(metric_map(record, label, metric, title,
                                                                            maps_dir / name, pair))
     return out
 
 
-def nothing_to_map(record: dict) -> str:
+def nothing_to_map(record: SweepRecord) -> str:
     """Why a sweep drew no map, and what would give one."""
-    if not record["axes"]:
+    if not record.axes:
         return "nothing to map: the spec has no [axes]; add at least one axis (e.g. \"train.lr\" = [1e-3, 3e-4])."
-    if not record["claims"] and not record.get("metrics"):
+    if not record.claims and not record.metrics:
         from ..analysis.metrics import scalar_names
 
         return ("nothing to map: no claims (the base has none, or the spec chose none) and no metrics; add "
@@ -177,17 +178,17 @@ def nothing_to_map(record: dict) -> str:
     return "nothing to map: no cell finished, so no claim or metric has a value."
 
 
-def write_report(record: dict, maps: dict[str, list[Path]], out: Path) -> Path:
+def write_report(record: SweepRecord, maps: dict[str, list[Path]], out: Path) -> Path:
     """DIR/report.html: the maps (embedded) and every cell's verdicts, one self-contained page."""
     from ..output.report import render_html, HtmlSection
 
-    cells = record["cells"]
-    done = sum(c["status"] == "done" for c in cells)
+    cells = record.cells
+    done = sum(c.status == "done" for c in cells)
     lines = [
-        f"# Sweep of {record['base']}",
-        f"{len(cells)} cells ({done} done, {len(cells) - done} failed), {record['seeds']} seeds each. "
-        f"Axes: {', '.join(f'`{k}` ({len(v)} values)' for k, v in record['axes'].items()) or 'none'}. "
-        f"Fixed: {', '.join(f'`{k} = {_format(v)}`' for k, v in record['set'].items()) or 'nothing'}.",
+        f"# Sweep of {record.base}",
+        f"{len(cells)} cells ({done} done, {len(cells) - done} failed), {record.seeds} seeds each. "
+        f"Axes: {', '.join(f'`{k}` ({len(v)} values)' for k, v in record.axes.items()) or 'none'}. "
+        f"Fixed: {', '.join(f'`{k} = {_format(v)}`' for k, v in record.set.items()) or 'nothing'}.",
         "Claim maps: each square is the share of seeds in which the claim held, pooled over any other axes; "
         "the numbers are seeds held / seeds run. Metric maps: the metric's mean over seeds (and over any other "
         "axes). Grey: the cell failed or was invalid.",
@@ -198,21 +199,21 @@ def write_report(record: dict, maps: dict[str, list[Path]], out: Path) -> Path:
     if not maps:
         lines.append(nothing_to_map(record))
     lines.append("## Cells")
-    labels = list(dict.fromkeys(label for cell in cells for label in cell.get("metrics", {})))
-    mapped = [(metric, label) for metric in record.get("metrics", []) for label in labels]
-    header = [*record["axes"], "status", *record["claims"], *(f"{m} ({label})" for m, label in mapped), "path"]
+    labels = list(dict.fromkeys(label for cell in cells for label in cell.metrics))
+    mapped = [(metric, label) for metric in record.metrics for label in labels]
+    header = [*record.axes, "status", *record.claims, *(f"{m} ({label})" for m, label in mapped), "path"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for cell in cells:
-        claims = [f"{cell['claims'][c]['held']}/{cell['claims'][c]['seeds']}" if c in cell["claims"] else "" for c in record["claims"]]
-        means = cell.get("metrics", {})
+        claims = [f"{cell.claims[c].held}/{cell.claims[c].seeds}" if c in cell.claims else "" for c in record.claims]
+        means = cell.metrics
         values = [f"{means[label][m]:.4g}" if m in means.get(label, {}) else "" for m, label in mapped]
-        state = "invalid" if cell.get("invalid") else cell["status"]
-        status = state if state == "done" else f"{state}: {cell['error']}"
-        row = [_format(cell["values"][a]) for a in record["axes"]] + [status, *claims, *values, f"`{cell['path']}`"]
+        state = "invalid" if cell.invalid else cell.status
+        status = state if state == "done" else f"{state}: {cell.error}"
+        row = [_format(cell.values[a]) for a in record.axes] + [status, *claims, *values, f"`{cell.path}`"]
         lines.append("| " + " | ".join(r.replace("|", "/") for r in row) + " |")
     page = render_html([HtmlSection("\n\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]), out)],
-                       f"broken-latents sweep: {record['base']}")
+                       f"broken-latents sweep: {record.base}")
     path = out / "report.html"
     partial = out / f".report.html.partial-{os.getpid()}"
     partial.write_text(page, encoding="utf-8")

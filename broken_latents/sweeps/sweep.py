@@ -19,23 +19,23 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from ..config.schema import ConfigError
-from ..analysis.metrics import Metrics, read_metrics
 from rich.text import Text
 
+from ..config.schema import ConfigError
+from ..analysis.metrics import read_metrics
 from ..output.terminal import make_console
-from .executors import CellTask, run_local, run_ray
+from .executors import CellTask, claim_counts, metric_means, run_local, run_ray
 from .maps import nothing_to_map, write_maps, write_report
+from .record import CellRecord, CellResult, SweepRecord
 from .spec import Cell, SweepSpec, cell_toml, grid, label, load_spec
 
 
 @dataclass
 class SweepOutcome:
     directory: Path
-    record: dict
-    failed: list[dict] = field(default_factory=list)
-    """Cells that did not train: failed, or invalid (`"invalid": true`, their config refused)."""
+    record: SweepRecord
+    failed: list[CellRecord] = field(default_factory=list)
+    """Cells that did not train: failed, or invalid (`invalid`: their config refused)."""
     trained: int = 0
     """Cells trained by this call (the others were finished before)."""
 
@@ -72,9 +72,9 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
     with _Lock(out):
         _remove_partials(out / "cells")
         records = {cell.name: _initial_record(cell, out, spec.claims, spec.metrics) for cell in cells}
-        tasks = [_task(spec, cell, out) for cell in cells if records[cell.name]["status"] == "pending"]
-        write_json(out / "sweep.json", sweep_record(spec, cells, records))
-        skipped = sum(r["status"] == "done" for r in records.values())
+        tasks = [_task(spec, cell, out) for cell in cells if records[cell.name].status == "pending"]
+        write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
+        skipped = sum(r.status == "done" for r in records.values())
         invalid = sum(cell.error is not None for cell in cells)
         if progress:
             console.print(f"sweep {spec.base}: {len(cells)} cells x {spec.seeds} seeds; {skipped} finished before, "
@@ -84,9 +84,9 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
                 console.print(nothing_to_map(sweep_record(spec, cells, records)))
         done_count = [0]
 
-        def on_result(task: CellTask, result: dict) -> None:
+        def on_result(task: CellTask, result: CellResult) -> None:
             records[task.name] = _record(cells_by_name[task.name], result)
-            write_json(out / "sweep.json", sweep_record(spec, cells, records))
+            write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
             done_count[0] += 1
             if progress:
                 console.print(_line(done_count[0], len(tasks), cells_by_name[task.name], records[task.name]))
@@ -99,11 +99,10 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
             else:
                 run_local(tasks, workers, on_result, **kwargs)
         record = sweep_record(spec, cells, records)
-        write_json(out / "sweep.json", record)
-
+        write_json(out / "sweep.json", record.to_json())
         maps = write_maps(record, out / "maps")
         write_report(record, maps, out)
-    failed = [c for c in record["cells"] if c["status"] != "done"]
+    failed = record.failed
     if progress:
         console.print(_summary(record, failed, out, maps))
     return SweepOutcome(out, record, failed, len(tasks))
@@ -119,12 +118,12 @@ def _check_ray() -> None:
 def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
     """No cell is valid: name the axis whose value is wrong on its own, else the first cell."""
     from ..config.schema import apply_values
-    from .spec import _check_cell
+    from ..pipeline.resolve import check_trainable
 
     for key, values in spec.axes.items():
         for i, value in enumerate(values):
             try:
-                _check_cell(apply_values(spec.config, [(key, value)]))
+                check_trainable(apply_values(spec.config, [(key, value)]))
             except ConfigError as err:
                 return f"axes.{key}", f"value {i} ({value!r}): {err}"
     cell = cells[0]
@@ -179,16 +178,14 @@ def _remove_partials(cells_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _initial_record(cell: Cell, out: Path, wanted: list[str], mapped: list[str]) -> dict:
+def _initial_record(cell: Cell, out: Path, wanted: list[str], mapped: list[str]) -> CellRecord:
     if cell.error is not None:
-        return _record(cell, {"status": "failed", "error": cell.error, "invalid": True})
-    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config))
-    if finished is not None:
-        return _record(cell, finished, wanted, mapped)
-    return _record(cell, {"status": "pending"})
+        return _record(cell, CellResult("failed", error=cell.error, invalid=True))
+    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config), wanted, mapped)
+    return _record(cell, finished or CellResult("pending"))
 
 
-def _finished(directory: Path, config_toml: str) -> dict | None:
+def _finished(directory: Path, config_toml: str, wanted: list[str], mapped: list[str]) -> CellResult | None:
     """A complete run directory holding this very config: its result, read back."""
     try:
         if (directory / "config.toml").read_text() != config_toml:
@@ -196,7 +193,8 @@ def _finished(directory: Path, config_toml: str) -> dict | None:
         metrics = read_metrics(directory / "metrics.json", "metrics.json")
     except (OSError, ConfigError):
         return None
-    return {"status": "done", "metrics": metrics, "wall_seconds": metrics.wall_seconds}
+    return CellResult("done", claims=claim_counts(metrics, wanted), metrics=metric_means(metrics, mapped),
+                      wall_seconds=metrics.wall_seconds)
 
 
 def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
@@ -205,25 +203,15 @@ def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
                     metrics=list(spec.metrics))
 
 
-def _record(cell: Cell, result: dict, wanted: list[str] = (), mapped: list[str] = ()) -> dict:
-    """A cell's entry in sweep.json; `wanted`, `mapped`: the claims and metrics to summarise from a cell
-    finished before (a fresh result carries its summaries)."""
-    from .executors import claim_counts, metric_means
-
-    claims, means = result.get("claims"), result.get("metrics")
-    if isinstance(means, Metrics):  # a cell finished before: its metrics.json, read back
-        claims, means = claim_counts(means, list(wanted)), metric_means(means, list(mapped))
-    record = {"values": cell.values, "status": result["status"], "error": result.get("error"),
-              "claims": claims or {}, "metrics": means or {}, "path": f"cells/{cell.name}",
-              "wall_seconds": result.get("wall_seconds")}
-    if result.get("invalid"):  # a config the spec's values make invalid: never trained, a rerun does not help
-        record["invalid"] = True
-    return record
+def _record(cell: Cell, result: CellResult) -> CellRecord:
+    return CellRecord(values=cell.values, status=result.status, error=result.error, claims=result.claims,
+                      path=f"cells/{cell.name}", wall_seconds=result.wall_seconds, metrics=result.metrics,
+                      invalid=result.invalid)
 
 
-def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, dict]) -> dict:
-    return {"base": spec.base, "seeds": spec.seeds, "claims": spec.claims, "metrics": spec.metrics,
-            "set": spec.settings, "axes": spec.axes, "cells": [records[cell.name] for cell in cells]}
+def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, CellRecord]) -> SweepRecord:
+    return SweepRecord(base=spec.base, seeds=spec.seeds, claims=spec.claims, set=spec.settings, axes=spec.axes,
+                       cells=[records[cell.name] for cell in cells], metrics=spec.metrics)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -233,26 +221,26 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
-def _line(i: int, n: int, cell: Cell, record: dict) -> Text:
+def _line(i: int, n: int, cell: Cell, record: CellRecord) -> Text:
     head = f"[{i}/{n}] {label(cell.values)}:"
-    if record["status"] != "done":
-        return Text.assemble(f"{head} ", ("failed", "red"), f": {record['error']}")
-    claims = ", ".join(f"{cid} {c['held']}/{c['seeds']}" for cid, c in record["claims"].items())
-    return Text(f"{head} done in {record['wall_seconds'] or 0:.1f} s" + (f"; {claims}" if claims else ""))
+    if record.status != "done":
+        return Text.assemble(f"{head} ", ("failed", "red"), f": {record.error}")
+    claims = ", ".join(f"{cid} {c.held}/{c.seeds}" for cid, c in record.claims.items())
+    return Text(f"{head} done in {record.wall_seconds or 0:.1f} s" + (f"; {claims}" if claims else ""))
 
 
-def _summary(record: dict, failed: list[dict], out: Path, maps: dict[str, list[Path]]) -> Text:
+def _summary(record: SweepRecord, failed: list[CellRecord], out: Path, maps: dict[str, list[Path]]) -> Text:
     """What was done, what was drawn (or that nothing could be), and the cells that did not train:
     invalid ones (their config is refused: the spec must change) apart from failed ones (a rerun retries)."""
-    n = len(record["cells"])
+    n = len(record.cells)
     drawn = sum(len(paths) for paths in maps.values())
     maps_at = f" in {out / 'maps'}" if drawn else ""
     text = Text(f"{n - len(failed)}/{n} cells done; {drawn} map(s){maps_at}; report: {out / 'report.html'}; "
                 f"every cell in {out / 'sweep.json'}")
     if not drawn:
         text.append(f"\n{nothing_to_map(record)}")
-    invalid = [c for c in failed if c.get("invalid")]
-    crashed = [c for c in failed if not c.get("invalid")]
+    invalid = [c for c in failed if c.invalid]
+    crashed = [c for c in failed if not c.invalid]
     for cells, word, advice in ((invalid, "invalid", "their config is refused; fix those axis values in the spec"),
                                 (crashed, "failed", "rerun the same command to retry them")):
         if not cells:
@@ -261,7 +249,7 @@ def _summary(record: dict, failed: list[dict], out: Path, maps: dict[str, list[P
         text.append(word, "bold red")
         text.append(f" ({advice}):")
         for c in cells[:10]:
-            text.append(f"\n  {label(c['values'])}: {c['error']}")
+            text.append(f"\n  {label(c.values)}: {c.error}")
         if len(cells) > 10:
             text.append(f"\n  ... and {len(cells) - 10} more (see sweep.json)")
     return text
