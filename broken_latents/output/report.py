@@ -35,7 +35,7 @@ def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set 
     parts = [f"# {metrics.name}", metrics.description or "", _run_facts(metrics)]
     if notes := convergence_notes(metrics):
         parts += ["## Convergence", "The training loss was still falling at the end for these SAEs, so their "
-                  "latents may still change with more training:", "\n".join(f"- **not converged**: {note}"
+                  "latents may still change with more training:", "\n".join(f"- {note}"
                                                                           for note in notes)]
     if metrics.claims:
         parts += ["## Claims", claims_table(metrics.claims)]
