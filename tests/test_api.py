@@ -213,6 +213,7 @@ def test_importing_the_package_loads_neither_torch_nor_numba():
     assert out == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_world_draw_gives_inputs_and_features_from_the_training_distribution(run):
     world = run.world
     x = world.draw(20_000, seed=3)
@@ -228,6 +229,7 @@ def test_world_draw_gives_inputs_and_features_from_the_training_distribution(run
         world.draw(0)
 
 
+@pytest.mark.slow
 def test_runs_saes_and_worlds_print_in_one_short_line(run):
     sae = run.saes["tied"][0]
     for obj, says in ((run, ["Run(", "tied", ".saes[label][seed]"]), (run.world, ["World(", "features in"]),

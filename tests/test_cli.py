@@ -259,6 +259,7 @@ def test_messages_with_markup_characters_print_verbatim(tiny_run, tmp_path, caps
     assert err.startswith("error: train.lr") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_closed_stdout_pipe_exits_quietly():
     """`broken-latents list | head -1`: the reader is gone before we write; no traceback, nothing on stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "broken_latents.cli", "list"], stdout=subprocess.PIPE,
@@ -300,6 +301,7 @@ latents = 4
 """
 
 
+@pytest.mark.slow
 def test_run_prints_the_world_and_warns_when_a_loss_is_still_falling(tmp_path, capsys):
     """2,500 steps at lr 3e-4 from a random start: the MSE is still falling fast at the end (13 logged steps)."""
     (tmp_path / "short.toml").write_text(STILL_LEARNING)

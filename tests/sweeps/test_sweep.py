@@ -355,6 +355,7 @@ latents = 4
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_over_a_world_without_claims_maps_metrics_and_reports_invalid_cells(tmp_path, capsys):
     (tmp_path / "own.toml").write_text(OWN_WORLD)
     (tmp_path / "spec.toml").write_text('base = "own.toml"\n[axes]\n"train.lr" = [3e-3, 1e-2]\n'
