@@ -11,7 +11,7 @@ Each term against the whole loss, not the whole loss alone: early on the MSE fal
 (recap-absorption at 3M samples: MSE fell by 47-66% of the loss, the sum by 4%); and not each term
 against itself: a converged tied SAE's MSE is ~0.1% of its loss and still halves in the cosine decay.
 
-Measured on 15 registered experiments at their budgets (1-2 seeds, 47 SAEs, history in the runs): every
+Measured on 13 registered experiments at their budgets (1-2 seeds, 47 SAEs; 7 others not measured): every
 converged SAE's largest drop was at most 2.7% over its last 10% of training, and at most 6.2% over the
 last 10% at full learning rate (batch noise, no decay); recap-absorption at 3M samples and lr 3e-4 (no
 claim held) dropped 47-66%; narrow worlds at 5M samples and lr 3e-4 had settled (at most 3.4%).
