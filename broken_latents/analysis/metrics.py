@@ -145,6 +145,14 @@ class RunMetrics(_Schema):
     hedging: list[float] | None = None
     """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
+    # -- detection (issue 18): the truth per latent, and what the detector says without it ------
+    truth_broken: list[bool] | None = None
+    """[latent]: broken by the true features (analysis/truth.py): live, and decoder best |cos| < 0.95
+    or firing F1 < 0.9 as a detector of that feature. Absent in runs from before it existed."""
+    broken_score: list[float] | None = None
+    """[latent]: the detector's probability of broken (inspect/score.py), from weights and activations only."""
+    detection_signals: dict[str, list[float]] | None = None
+    """{signal: [latent]}: the signals that fed broken_score (inspect/signals.py)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
