@@ -218,16 +218,26 @@ def _auc(y, s) -> float | None:
     return round(float(roc_auc_score(y, s)), 3) if 0 < y.sum() < len(y) else None
 
 
-def evaluate(rows, signals, fit_rows=None, write=False):
-    fit_rows = fit_rows if fit_rows is not None else [r for r in rows if r["world_seed"] in FIT_SEEDS]
+def _best_threshold(y, score) -> float:
+    """The threshold maximising F1 on the fit split (never on the held-out one)."""
+    grid = np.round(np.arange(0.2, 0.81, 0.02), 2)
+    f1 = [_rates(y, score >= t)["f1"] for t in grid]
+    return float(grid[int(np.argmax(f1))])
+
+
+def evaluate(rows, signals):
+    """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
+    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
     held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
     X = np.array([[r[s] for s in signals] for r in fit_rows])
     y = np.array([r["truth"] for r in fit_rows])
     fitted = {"benchmark": "studies/detection_benchmark.py", "families": sorted(FAMILIES),
               "fit_world_seeds": sorted(FIT_SEEDS), "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
               "fit_latents": int(len(y)), "fit_broken": int(y.sum()), "samples_per_sae": SAMPLES,
-              "model": "logistic regression (L2, C=1) on standardised signals"}
+              "model": "logistic regression (L2, C=1) on standardised signals; threshold maximises F1 on the fit split"}
     model = fit_score_model(X, y, tuple(signals), fitted)
+    model = dataclasses.replace(model, threshold=_best_threshold(y, model.probability(
+        {s: X[:, i] for i, s in enumerate(signals)})))
     Xh = {s: np.array([r[s] for r in held]) for s in signals}
     yh = np.array([r["truth"] for r in held])
     score = model.probability(Xh)
@@ -237,26 +247,47 @@ def evaluate(rows, signals, fit_rows=None, write=False):
         for name in sorted({r[group] for r in held}):
             m = np.array([r[group] == name for r in held])
             out[key][name] = {**_rates(yh[m], flagged[m]), "auc": _auc(yh[m], score[m])}
-    leak = np.array([r["best_cos"] >= 0.98 and r["f1"] >= 0.9 for r in held])
-    out["clean_leak_flagged"] = int((leak & flagged).sum())
+    leak = np.array([r["best_cos"] >= 0.98 and not r["truth"] for r in held])
     out["clean_leak_latents"] = int(leak.sum())
+    out["clean_leak_flagged"] = int((leak & flagged).sum())
     return model, out, score
+
+
+def _table(by_name: dict, first: str) -> list[str]:
+    lines = [f"| {first} | latents | broken | flagged | precision | recall | F1 | ROC AUC |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in by_name.items():
+        lines.append(f"| {name} | {r['latents']} | {r['broken']} | {r['flagged']} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auc'] if r['auc'] is not None else 'n/a'} |")
+    return lines
 
 
 def stage_fit() -> None:
     rows = json.loads((CACHE / "table.json").read_text())
     model, report, score = evaluate(rows, SIGNALS)
-    report["saes"] = len({(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows})
-    report["saes_held_out"] = len({(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows
-                                   if r["world_seed"] not in FIT_SEEDS})
-    report["drop_one"] = {}
-    for s in SIGNALS:
-        _, dropped, _ = evaluate(rows, tuple(x for x in SIGNALS if x != s))
-        report["drop_one"][s] = dropped["overall"]
+    saes = {(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows}
+    report["saes"] = len(saes)
+    report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
+    report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
+    report["drop_one"] = {s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS}
     report["weights"] = model.to_json()
     WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
-    (DOCS / "detection.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: report[k] for k in ("overall", "families", "clean_leak_flagged", "saes")}, indent=1))
+    (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = _table({"**all**": report["overall"], **report["families"]}, "family")
+    lines += ["", *_table(report["variants"], "SAE variant")]
+    drop = ["| signal dropped | precision | recall | F1 | ROC AUC |", "|---|---|---|---|---|",
+            f"| (none) | {report['overall']['precision']:.3f} | {report['overall']['recall']:.3f} | "
+            f"{report['overall']['f1']:.3f} | {report['overall']['auc']} |"]
+    drop += [f"| {s} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']} |"
+             for s, r in report["drop_one"].items()]
+    weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
+    weights += [f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |" for s, c, m, sd in
+                zip(model.signals, model.coef, model.mean, model.scale)]
+    (CACHE / "tables.md").write_text("\n".join([*lines, "", *drop, "", *weights, "",
+                                                f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
+                                                f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
+                                                f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
+                                                f"{report['clean_leak_latents']}"]) + "\n")
+    print((CACHE / "tables.md").read_text())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ most inputs; that bulk is interference, not the latent's feature).
   another feature has a shoulder a few percent from its main peak, which does not count.
 - peak_spread: std / mean of the firings above the peak floor; merging widens the distribution
   even where the mixture does not resolve separate peaks.
+- weak_firing_share: of the firings reaching WEAK_LOW x the main peak's mean, the share below
+  WEAK_HIGH x it. A latent that fires at a fraction of its strength on other inputs (a leak of
+  another feature large enough to fire on it, a tied parent that subtracts its child) fires
+  there as a detector of the wrong thing; below WEAK_LOW it is interference.
 - encoder_decoder_gap: 1 - cos(E_j, W_j), untied SAEs only (0 when tied). Absorption writes itself
   into the encoder: the parent latent's encoder subtracts its child, and the child latent, which
   decodes child + parent, still reads mostly the child.
@@ -45,6 +49,8 @@ ACTIVE_SHARE = 0.2
 """A latent is active on an input when it reaches this fraction of its max (the peak floor)."""
 PEAK_SEPARATION = 0.15
 """A peak counts as separate from the main one when their means differ by this fraction of the main's."""
+WEAK_LOW, WEAK_HIGH = 0.1, 0.5
+"""weak_firing_share counts firings between these fractions of the main peak's mean."""
 NEIGHBOURS = 8
 """Pairs per latent whose co-activation is counted: its most overlapping decoders."""
 MIN_EXPECTED = 5.0
@@ -52,7 +58,7 @@ MIN_EXPECTED = 5.0
 PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
-SIGNALS = ("peak_separated_weight", "peak_spread", "encoder_decoder_gap", "encoder_turn", "exclusive_overlap",
+SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "encoder_decoder_gap", "encoder_turn", "exclusive_overlap",
            "decoder_overlap", "decoder_negative")
 """Every signal, in the order the score's weights list them."""
 
@@ -119,19 +125,24 @@ class CoActivation:
 class PeakSummary:
     separated_weight: float
     spread: float
+    weak_share: float
 
 
 def peak_summary(model: PeakModel, acts: np.ndarray) -> PeakSummary:
     """The peak signals of one latent from its peak model and its (sampled) positive activations."""
     x = np.asarray(acts, dtype=np.float64)
-    x = x[x > model.floor] if model.peaks else x[:0]
-    spread = float(x.std() / x.mean()) if x.size >= 2 and x.mean() > 0 else 0.0
-    if len(model.peaks) < 2:
-        return PeakSummary(0.0, spread)
-    total = sum(p.weight for p in model.peaks)
+    if not model.peaks:
+        return PeakSummary(0.0, 0.0, 0.0)
     main = max(model.peaks, key=lambda p: p.weight)
+    above = x[x > model.floor]
+    spread = float(above.std() / above.mean()) if above.size >= 2 and above.mean() > 0 else 0.0
+    counted = x[x >= WEAK_LOW * main.mean]
+    weak = float((counted < WEAK_HIGH * main.mean).mean()) if counted.size else 0.0
+    if len(model.peaks) < 2:
+        return PeakSummary(0.0, spread, weak)
+    total = sum(p.weight for p in model.peaks)
     apart = sum(p.weight for p in model.peaks if abs(p.mean - main.mean) >= PEAK_SEPARATION * abs(main.mean))
-    return PeakSummary(float(apart / total), spread)
+    return PeakSummary(float(apart / total), spread, weak)
 
 
 def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoActivation,
@@ -151,6 +162,7 @@ def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoA
     out = {name: np.zeros(K) for name in SIGNALS}
     out["peak_separated_weight"] = np.array([p.separated_weight for p in peaks], dtype=np.float64)
     out["peak_spread"] = np.array([p.spread for p in peaks], dtype=np.float64)
+    out["weak_firing_share"] = np.array([p.weak_share for p in peaks], dtype=np.float64)
     if not tied:
         out["encoder_decoder_gap"] = 1.0 - np.einsum("kd,kd->k", E, U)
         # Both directions of each pair: j = a with neighbour b, and j = b with neighbour a.
