@@ -91,3 +91,11 @@ def test_floor_matches_the_training_analysis():
     from broken_latents.analysis import measure as analysis
 
     assert peak_model.PEAK_FLOOR == analysis.PEAK_FLOOR
+
+
+def test_a_leak_shoulder_near_the_heaviest_peak_joins_it():
+    """Issue 18's clean tied latent: firings at 18.0, a bump at 19.5 (+8%) when an unlearned feature leaks
+    in: one peak. A peak at a quarter of the main one stays a second peak."""
+    model = fit_peak_model(_sample([(18.0, 0.2, 4000), (19.5, 0.2, 600)]))
+    assert model.n_peaks == 1 and model.main.mean == pytest.approx(18.2, abs=0.1)
+    assert fit_peak_model(_sample([(18.0, 0.3, 4000), (4.5, 0.3, 1000)]), floor_ratio=0.1).n_peaks == 2
