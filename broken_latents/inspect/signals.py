@@ -28,6 +28,9 @@ most inputs; that bulk is interference, not the latent's feature).
   MIN_EXPECTED expected). Two latents whose decoders share a direction yet never fire together:
   the absorbed parent falls silent exactly when its child's latent fires; mutually exclusive
   children merged with their parent share the parent direction and never co-fire.
+- active_rate: share of the inputs on which the latent is active. A latent reading minus a feature
+  (active wherever the feature is absent: a genuine local minimum) or merging several is active far
+  more often than one feature fires.
 - decoder_overlap: max_k |c_jk|: hedging and merging lean a decoder towards directions other
   latents carry (clean latents of independent features are near orthogonal).
 - decoder_negative: max_k max(-c_jk, 0): a decoder that subtracts another latent's direction (the
@@ -58,8 +61,8 @@ MIN_EXPECTED = 5.0
 PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
-SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "encoder_decoder_gap", "encoder_turn", "exclusive_overlap",
-           "decoder_overlap", "decoder_negative")
+SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "encoder_decoder_gap", "encoder_turn",
+           "exclusive_overlap", "active_rate", "decoder_overlap", "decoder_negative")
 """Every signal, in the order the score's weights list them."""
 
 
@@ -163,6 +166,7 @@ def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoA
     out["peak_separated_weight"] = np.array([p.separated_weight for p in peaks], dtype=np.float64)
     out["peak_spread"] = np.array([p.spread for p in peaks], dtype=np.float64)
     out["weak_firing_share"] = np.array([p.weak_share for p in peaks], dtype=np.float64)
+    out["active_rate"] = coactivation.active_counts_K / max(coactivation.rows, 1)
     if not tied:
         out["encoder_decoder_gap"] = 1.0 - np.einsum("kd,kd->k", E, U)
         # Both directions of each pair: j = a with neighbour b, and j = b with neighbour a.

@@ -85,3 +85,17 @@ def test_a_shoulder_near_the_main_peak_is_not_separate_but_a_quarter_peak_is():
         model = fit_peak_model(acts, floor_ratio=0.1)
         assert peak_summary(model, acts).separated_weight == pytest.approx(share, abs=0.03)
         assert model.n_peaks == (1 if share == 0 else 2)  # the shoulder joins the main peak
+
+
+def test_a_latent_reading_minus_its_feature_is_active_where_the_feature_is_absent():
+    """The one-latent local minimum: decoder -f0, active on every input without the parent (75%), while a
+    clean latent is active as often as its feature fires (20%)."""
+    f, directions = _world(1)
+    x = f @ directions
+    centred = x - x.mean(0)
+    W = np.stack([-directions[0], directions[2]])
+    h = np.maximum(centred @ W.T, 0)
+    signals, _ = signals_of(W.T, W, h)
+    absent = 1 - (f[:, 0] > 0).mean()
+    assert signals["active_rate"][0] == pytest.approx(absent, abs=0.02)
+    assert signals["active_rate"][1] == pytest.approx((f[:, 2] > 0).mean(), abs=0.02)
