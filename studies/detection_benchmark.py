@@ -254,10 +254,9 @@ def evaluate(rows, signals):
     fitted = {"benchmark": "studies/detection_benchmark.py", "families": sorted(FAMILIES),
               "fit_world_seeds": sorted(FIT_SEEDS), "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
               "fit_latents": int(len(y)), "fit_broken": int(y.sum()), "samples_per_sae": SAMPLES,
-              "model": "logistic regression (L2, C=1) on standardised signals; threshold maximises F1 on the fit split"}
+              "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)"}
     model = fit_score_model(X, y, tuple(signals), fitted)
-    model = dataclasses.replace(model, threshold=_best_threshold(y, model.probability(
-        {s: X[:, i] for i, s in enumerate(signals)})))
+    fitted["f1_best_threshold_on_fit_split"] = _best_threshold(y, model.probability({s: X[:, i] for i, s in enumerate(signals)}))
     Xh = {s: np.array([r[s] for r in held]) for s in signals}
     yh = np.array([r["truth"] for r in held])
     score = model.probability(Xh)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
 from broken_latents.inspect import detect
 from broken_latents.output.saelens_format import write_saelens
@@ -35,8 +36,8 @@ def main(rows: int, folder: Path) -> None:
         n = min(20_000, rows - start)
         idx = rng.integers(0, K, (n, ACTIVE))
         mags = rng.exponential(1.0, (n, ACTIVE)).astype(np.float32) + 0.5
-        x = np.einsum("na,nad->nd", mags, W_dec[idx]) + rng.normal(0, 0.05, (n, D)).astype(np.float32)
-        acts[start:start + n] = x
+        codes = sparse.csr_matrix((mags.ravel(), idx.ravel(), np.arange(0, n * ACTIVE + 1, ACTIVE)), shape=(n, K))
+        acts[start:start + n] = codes @ W_dec + rng.normal(0, 0.05, (n, D)).astype(np.float32)
     acts.flush()
     del acts
     started = time.time()

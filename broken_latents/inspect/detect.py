@@ -40,7 +40,7 @@ from ..config.schema import ConfigError
 from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
 from ..output.saelens_format import NumpySAE, load_sae
 from .score import load_score_model
-from .signals import ACTIVE_SHARE, SIGNALS, CoActivation, latent_signals, neighbour_pairs, peak_model, peak_summary
+from .signals import ACTIVE_SHARE, SIGNALS, CoActivation, latent_signals, neighbour_pairs, peak_models, peak_summary
 
 RESERVOIR = MAX_SAMPLES
 """Positive activations kept per latent (a uniform sample of all of them): K x RESERVOIR x 4 bytes."""
@@ -179,7 +179,7 @@ def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None =
     _check_out_dir(out)
     samples = min(file.samples, limit) if limit else file.samples
     fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress)
-    models = [peak_model(reservoirs.sample(j), seed=SEED) for j in range(sae.d_sae)]
+    models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
     signals = latent_signals(sae.W_enc, sae.W_dec, coactivation,
                              [peak_summary(m, reservoirs.sample(j)) for j, m in enumerate(models)])
     scorer = load_score_model()

@@ -60,5 +60,5 @@ def fit_score_model(X_LS: np.ndarray, y_L: np.ndarray, signals: tuple[str, ...],
     mean = X_LS.mean(0)
     scale = X_LS.std(0)
     scale = np.where(scale > 1e-9, scale, 1.0)
-    lr = LogisticRegression(C=C, max_iter=2000).fit((X_LS - mean) / scale, y_L.astype(int))
+    lr = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit((X_LS - mean) / scale, y_L.astype(int))
     return ScoreModel(tuple(signals), mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]), threshold, fitted)

@@ -58,6 +58,9 @@ NEIGHBOURS = 8
 """Pairs per latent whose co-activation is counted: its most overlapping decoders."""
 MIN_EXPECTED = 5.0
 """Expected co-activations (under independence) below this: too few to call two latents exclusive."""
+LARGE_SAE = 512
+"""Above this many latents the peak models are fitted in parallel, on fewer activations each."""
+LARGE_SAE_SAMPLES = 2000
 PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
@@ -181,7 +184,20 @@ def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoA
     return out
 
 
-def peak_model(acts: np.ndarray, seed: int = 0) -> PeakModel:
+def peak_models(samples: list[np.ndarray], seed: int = 0) -> list[PeakModel]:
+    """`peak_model` of every latent; a wide SAE (over LARGE_SAE latents) fits at most LARGE_SAE_SAMPLES
+    activations a latent and spreads the fits over every core, so 4096 latents take a minute or two."""
+    if len(samples) <= LARGE_SAE:
+        return [peak_model(x, seed=seed) for x in samples]
+    import os
+
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=os.cpu_count() or 1, batch_size=64)(
+        delayed(peak_model)(x, seed, LARGE_SAE_SAMPLES) for x in samples)
+
+
+def peak_model(acts: np.ndarray, seed: int = 0, max_samples: int | None = None) -> PeakModel:
     """The peak model of one latent, cheaply where it can be: a latent whose smoothed histogram
     (analysis.measure.count_peaks) shows a single bump gets one Gaussian over its firings above
     the floor; only the others pay for the BIC mixture fit (0.3 s a latent), so a 4096-latent SAE
@@ -191,12 +207,13 @@ def peak_model(acts: np.ndarray, seed: int = 0) -> PeakModel:
 
     x = np.asarray(acts, dtype=np.float64)
     x = x[x > 0]
+    limit = {} if max_samples is None else {"max_samples": max_samples}
     if x.size == 0:
         return fit_peak_model(x, seed=seed)
     floor = PEAK_FLOOR * float(x.max())
     above = x[x > floor]
     if above.size < MIN_SAMPLES or count_peaks(x)[0] > 1:
-        return fit_peak_model(x, seed=seed)
+        return fit_peak_model(x, seed=seed, **limit)
     only = Gaussian(float(above.mean()), max(float(above.std()), 1e-6 * float(above.mean())), 1.0)
     return PeakModel((only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(above.size))
 
