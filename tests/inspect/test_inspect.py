@@ -240,3 +240,27 @@ def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatc
         assert fires_K.sum() > 0.4 * rows * K  # it really read every row
     assert peaks[1] < 1.05 * peaks[0]
     assert peaks[1] < 16 * 2**20  # a 1 MiB chunk, its boolean and pair temporaries, 64 x 500 reservoirs
+
+
+def test_absorbed_untied_parent_with_one_clean_peak_is_flagged(tmp_path):
+    """Issue 18's miss: an untied SAE whose parent latent has a clean decoder and one clean peak, but whose
+    encoder subtracts the child, so it falls silent exactly when the child's latent (decoding child +
+    parent) fires. The shipped score flags both; the clean latents stay below the threshold."""
+    rng = np.random.default_rng(3)
+    n, d = 20_000, np.eye(D)[:4]
+    on = rng.random((n, 4)) < [0.25, 0.1, 0.2, 0.2]
+    on[:, 0] |= on[:, 1]
+    x = ((on * np.clip(rng.normal(1.0, 0.05, (n, 4)), 0, None)) @ d).astype(np.float32)
+    W_dec = np.stack([d[0], (d[0] + d[1]) / np.sqrt(2), d[2], d[3]]).astype(np.float32)
+    W_enc = np.stack([d[0] - d[1], d[1] * np.sqrt(2), d[2], d[3]]).T.astype(np.float32)
+    write_saelens(tmp_path / "sae", {"W_enc": W_enc, "W_dec": W_dec, "b_enc": np.zeros(4, np.float32),
+                                     "b_dec": np.zeros(D, np.float32)}, "relu")
+    np.save(tmp_path / "acts.npy", x)
+    main(["inspect", str(tmp_path / "sae"), "--activations", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "inspect.json").read_text())
+    parent, child, *clean = result["latents"]
+    assert parent["peaks"] == 1 and parent["signals"]["peak_separated_weight"] == 0  # peaks alone miss it
+    assert parent["broken"] and child["broken"]
+    assert not any(r["broken"] for r in clean)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all(name in page for name in SIGNALS)
