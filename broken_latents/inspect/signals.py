@@ -226,6 +226,8 @@ def signals_of(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, h_BK: np.ndarray, mod
     if models is None:
         models = [peak_model(h[:, j], seed=seed) for j in range(h.shape[1])]
     counts = CoActivation(neighbour_pairs(W_dec_KD), ACTIVE_SHARE * h.max(0))
-    counts.add(h)
+    rows = max(1, 2**24 // max(h.shape[1], 1))  # a wide SAE's [B, K] boolean table in pieces of 16M cells
+    for start in range(0, h.shape[0], rows):
+        counts.add(h[start:start + rows])
     peaks = [peak_summary(m, h[:, j][h[:, j] > 0]) for j, m in enumerate(models)]
     return latent_signals(W_enc_DK, W_dec_KD, counts, peaks, tied), models
