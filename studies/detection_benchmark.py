@@ -31,7 +31,8 @@ from broken_latents.analysis.truth import truth_broken
 from broken_latents.config.schema import (ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig,
                                           from_dict, to_dict)
 from broken_latents.inspect.score import WEIGHTS_FILE, fit_score_model
-from broken_latents.inspect.signals import ACTIVE_SHARE, SIGNALS, CoActivation, signals_of
+from broken_latents.inspect.signals import (ACTIVE_SHARE, SIGNALS, CoActivation, PeakSummary, latent_signals,
+                                            neighbour_pairs, signals_of)
 from broken_latents.output.saelens_format import NumpySAE
 from broken_latents.training.loop import train
 from broken_latents.world.model import World
@@ -188,19 +189,23 @@ def world_rows(path: Path) -> list[dict]:
     return rows
 
 
-def add_active_rate(path: Path, rows: list[dict]) -> list[dict]:
-    """active_rate for rows computed before it existed (it needs no peak model: cheap)."""
+CHEAP = ("active_rate", "exclusive_miss")
+"""Signals that need no peak model: added to rows cached before they existed, without refitting peaks."""
+
+
+def add_cheap_signals(path: Path, rows: list[dict]) -> list[dict]:
     cached = torch.load(path, weights_only=False)
     world = World.build(from_dict(ExperimentConfig, cached["config"]).world)
     for record in cached["saes"]:
         f_NB = DataStream(world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1).next()[0]
         h_BK = numpy_sae(record).encode((f_NB.T @ world.directions_ND).numpy().astype(np.float32))
-        counts = CoActivation(np.zeros((0, 2), dtype=np.int64), ACTIVE_SHARE * h_BK.max(0))
+        counts = CoActivation(neighbour_pairs(record["W_dec"]), ACTIVE_SHARE * h_BK.max(0))
         counts.add(h_BK)
-        rate = counts.active_counts_K / counts.rows
+        none = [PeakSummary(0.0, 0.0, 0.0)] * h_BK.shape[1]
+        signals = latent_signals(record["W_enc"], record["W_dec"], counts, none, tied=record["architecture"] == "tied")
         for r in rows:
             if (r["label"], r["seed"]) == (record["label"], record["seed"]):
-                r["active_rate"] = float(rate[r["latent"]])
+                r.update({name: float(signals[name][r["latent"]]) for name in CHEAP})
     return rows
 
 
@@ -213,8 +218,8 @@ def stage_signals() -> None:
             done.write_text(json.dumps(world_rows(path)))
             print(done.name, flush=True)
         these = json.loads(done.read_text())
-        if these and "active_rate" not in these[0]:
-            done.write_text(json.dumps(add_active_rate(path, these)))
+        if these and any(name not in these[0] for name in CHEAP):
+            done.write_text(json.dumps(add_cheap_signals(path, these)))
             these = json.loads(done.read_text())
         rows += these
     (CACHE / "table.json").write_text(json.dumps(rows))

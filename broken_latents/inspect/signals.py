@@ -28,6 +28,10 @@ most inputs; that bulk is interference, not the latent's feature).
   MIN_EXPECTED expected). Two latents whose decoders share a direction yet never fire together:
   the absorbed parent falls silent exactly when its child's latent fires; mutually exclusive
   children merged with their parent share the parent direction and never co-fire.
+- exclusive_miss: max over neighbours k of max(c_jk, 0) x exclusion_jk x n_k / (n_j + n_k), with n
+  the latents' active counts: how much of the shared direction's firings latent j misses by
+  falling silent when k fires, as the truth's firing F1 counts it (an absorbed parent whose
+  child is rare misses little; one whose child is common misses much).
 - active_rate: share of the inputs on which the latent is active. A latent reading minus a feature
   (active wherever the feature is absent: a genuine local minimum) or merging several is active far
   more often than one feature fires.
@@ -65,7 +69,7 @@ PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
 SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "encoder_decoder_gap", "encoder_turn",
-           "exclusive_overlap", "active_rate", "decoder_overlap", "decoder_negative")
+           "exclusive_overlap", "exclusive_miss", "active_rate", "decoder_overlap", "decoder_negative")
 """Every signal, in the order the score's weights list them."""
 
 
@@ -177,7 +181,12 @@ def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoA
         turn_ba = c_P - np.einsum("pd,pd->p", E[b], U[a])
         np.maximum.at(out["encoder_turn"], a, np.clip(turn_ab, 0, None))
         np.maximum.at(out["encoder_turn"], b, np.clip(turn_ba, 0, None))
-    for name, value in (("exclusive_overlap", np.clip(c_P, 0, None) * exclusion_P), ("decoder_overlap", np.abs(c_P)),
+    n_K = coactivation.active_counts_K.astype(np.float64)
+    exclusive_P = np.clip(c_P, 0, None) * exclusion_P
+    both = np.maximum(n_K[a] + n_K[b], 1.0)
+    np.maximum.at(out["exclusive_miss"], a, exclusive_P * n_K[b] / both)
+    np.maximum.at(out["exclusive_miss"], b, exclusive_P * n_K[a] / both)
+    for name, value in (("exclusive_overlap", exclusive_P), ("decoder_overlap", np.abs(c_P)),
                         ("decoder_negative", np.clip(-c_P, 0, None))):
         np.maximum.at(out[name], a, value)
         np.maximum.at(out[name], b, value)
