@@ -14,7 +14,8 @@ from .absorption import absorption_metrics, cooccurring
 from .convergence import loss_drop, still_falling
 from ..saes import StackedSAE
 from ..world.stream import DataStream
-from .peaks import PEAK_FLOOR, fit_peak_model
+from .peaks import EMPTY, PEAK_FLOOR, fit_peak_model
+from .truth import truth_broken
 from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
@@ -145,6 +146,8 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
             absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
                                           f_RNB[s].T.cpu().numpy(), {m.feature: m.latent for m in matches},
                                           np.flatnonzero(live), cooccur)
+            detection = _detection(W_enc_SDK[s].cpu().numpy(), sae.W_dec_SKD[s].cpu().numpy(), acts, models, live,
+                                   F_ND.cpu().numpy(), f_RNB[s].T.cpu().numpy(), stack.config.architecture == "tied")
             runs.append(RunMetrics(
                 label=stack.config.label,
                 architecture=stack.config.architecture,
@@ -170,6 +173,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                 full_absorption=_round(absorbed.full_absorption),
                 hedging=_round(absorbed.hedging),
                 firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
+                **detection,
             ))
             drop = _loss_drop(result.seed_history, stack, s)
             if drop is not None:
@@ -197,6 +201,20 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
         runs=runs,
         clean_cos=clean_cos,
     )
+
+
+def _detection(W_enc_DK, W_dec_KD, h_BK, models: dict, live, directions_ND, f_BN, tied: bool) -> dict:
+    """truth_broken, broken_score and detection_signals of one SAE : the detector sees only
+    the weights and activations; the truth reads the true features."""
+    from .score import load_score_model
+    from .signals import signals_of
+
+    K = W_dec_KD.shape[0]
+    signals, _ = signals_of(W_enc_DK, W_dec_KD, h_BK, [models.get(j, EMPTY) for j in range(K)], tied=tied)
+    score_K = np.where(live, load_score_model().probability(signals), 0.0)
+    truth_K, _, _ = truth_broken(h_BK, W_dec_KD, directions_ND, f_BN, live)
+    return {"truth_broken": [bool(t) for t in truth_K], "broken_score": _round(score_K),
+            "detection_signals": {name: _round(value) for name, value in signals.items()}}
 
 
 def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.ndarray]:

@@ -152,6 +152,14 @@ class RunMetrics(_Schema):
     """The loss term of `loss_drop` (mse, l1, prefix_mse)."""
     still_falling: bool | None = None
     """loss_drop above convergence.STILL_FALLING: the SAE had not converged (`run` warns)."""
+    # -- detection : the truth per latent, and what the detector says without it ------
+    truth_broken: list[bool] | None = None
+    """[latent]: broken by the true features (analysis/truth.py): live, and decoder best |cos| < 0.95
+    or firing F1 < 0.9 as a detector of that feature. Absent in runs from before it existed."""
+    broken_score: list[float] | None = None
+    """[latent]: the detector's probability of broken (analysis/score.py), from weights and activations only."""
+    detection_signals: dict[str, list[float]] | None = None
+    """{signal: [latent]}: the signals that fed broken_score (analysis/signals.py)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
