@@ -13,7 +13,8 @@ from ..saes import StackedSAE
 from ..world.stream import DataStream
 from ..training.loop import TrainResult
 from .peaks import fit_peak_model
-from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
+from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
+from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
 from ..world.model import World, max_abs_cos, welch_bound
 
 PEAK_FLOOR = 0.2
@@ -27,6 +28,20 @@ PEAK_PROMINENCE = 0.05
 HISTOGRAM_BINS = 200
 EVAL_STREAM = 7
 """Stream offset of the held-out evaluation samples (training uses offset 0)."""
+DETAIL_BYTES = 2 * 2**30
+"""The per-latent analyses (peaks, absorption, firing patterns) hold their held-out samples, inputs
+and activations at once; they take as many of the eval samples as fit in this many bytes. Small
+worlds fit all of them; SynthSAEBench's metrics stream over every eval sample whatever the size."""
+STREAM_BYTES = 64 * 2**20
+"""One streamed batch of held-out feature magnitudes [R, N, B] takes at most this many bytes."""
+
+
+def detail_samples(result: TrainResult) -> int:
+    """How many eval samples the per-latent analyses hold at once (all of them in small worlds)."""
+    world, t = result.world, result.config.train
+    R, N, D = len(result.seeds), world.n_features, world.config.dim
+    per_sample = 4 * R * (3 * N + D + sum(3 * stack.sae.latents + 2 * D for stack in result.stacks))
+    return int(min(t.eval_samples, max(1000, DETAIL_BYTES // per_sample)))
 
 
 def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
@@ -89,9 +104,11 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
     """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
-    stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
+    eval_samples, detail = result.config.train.eval_samples, detail_samples(result)
+    stream = DataStream(world, result.seeds, detail, F_ND.device, offset=EVAL_STREAM, chunk=1)
     f_RNB = stream.next()
     x_RBD = world.inputs(f_RNB)
+    synthbench = _synthbench_scores(result, f_RNB, x_RBD, streamed=detail < eval_samples)
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
     cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
@@ -120,6 +137,7 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
             absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
                                           f_RNB[s].T.cpu().numpy(), {m.feature: m.latent for m in matches},
                                           np.flatnonzero(live), cooccur)
+            scores = synthbench[stack.config.label][s]
             runs.append(RunMetrics(
                 label=stack.config.label,
                 architecture=stack.config.architecture,
@@ -145,6 +163,18 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 full_absorption=_round(absorbed.full_absorption),
                 hedging=_round(absorbed.hedging),
                 firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
+                mcc=round(scores["mcc"], 6),
+                uniqueness=round(scores["uniqueness"], 6),
+                precision=round(scores["precision"], 6),
+                recall=round(scores["recall"], 6),
+                f1=round(scores["f1"], 6),
+                shrinkage=round(scores["shrinkage"], 6),
+                sae_l0=round(scores["sae_l0"], 4),
+                true_l0=round(scores["true_l0"], 4),
+                dead_count=scores["dead_count"],
+                absorption_gap=[AbsorptionGap(parent=g["parent"], child=g["child"], latent=g["latent"],
+                                              gap=None if g["gap"] is None else round(g["gap"], 6))
+                                for g in scores["absorption_gap"]],
             ))
     return Metrics(
         name=result.config.name,
@@ -163,6 +193,38 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
         ),
         runs=runs,
     )
+
+
+@torch.no_grad()
+def _synthbench_scores(result: TrainResult, f_RNB: torch.Tensor, x_RBD: torch.Tensor,
+                       streamed: bool) -> dict[str, list[dict]]:
+    """SynthSAEBench's metrics (analysis/scale.py) of every SAE and seed, by label then seed
+    position. Over the samples already drawn (f_RNB) in a small world; `streamed`: over all the
+    eval samples, drawn batch by batch from the same held-out stream, so memory stays bounded."""
+    world = result.world
+    F_ND = world.directions_ND
+    edges = hierarchy_edges(world)
+    tallies, decoders = {}, {}
+    for stack in result.stacks:
+        label = stack.config.label
+        cos_SKF = [cosine(stack.sae.W_dec_SKD[s], F_ND).cpu().numpy() for s in range(len(result.seeds))]
+        decoders[label] = [decoder_scores(cos) for cos in cos_SKF]
+        tallies[label] = [FiringTally(d.best_feature_K, edges, parent_latents(cos, edges))
+                          for d, cos in zip(decoders[label], cos_SKF)]
+    if streamed:
+        R, N = len(result.seeds), world.n_features
+        batch = max(256, STREAM_BYTES // (4 * R * N))
+        batches = ((f, world.inputs(f)) for f in held_out_batches(world, result.seeds, result.config.train.eval_samples,
+                                                                  batch, EVAL_STREAM, F_ND.device))
+    else:
+        batches = iter([(f_RNB, x_RBD)])
+    for f_batch_RNB, x_batch_RBD in batches:
+        for stack in result.stacks:
+            h_SBK, x_hat_SBD = stack.sae(x_batch_RBD, stack.tau_SK)
+            for s, tally in enumerate(tallies[stack.config.label]):
+                tally.add(h_SBK[s], f_batch_RNB[s].T, x_batch_RBD[s], x_hat_SBD[s])
+    return {label: [{"mcc": d.mcc, "uniqueness": d.uniqueness, **t.scores()}
+                    for d, t in zip(decoders[label], tallies[label])] for label in tallies}
 
 
 def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:

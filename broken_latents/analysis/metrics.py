@@ -107,6 +107,20 @@ class FiringPattern(_Schema):
 
 
 @dataclass(kw_only=True)
+class AbsorptionGap(_Schema):
+    """One parent -> child edge of the hierarchy (analysis/scale.py has the definition)."""
+
+    parent: int
+    child: int
+    gap: float | None = None
+    """P(parent latent on | parent on, child off) - P(parent latent on | parent on, child on);
+    None where either condition never occurred in the held-out samples."""
+    latent: int | None = None
+    """The parent latent: the one whose decoder has the largest cosine with the parent's direction."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class RunMetrics(_Schema):
     """One SAE (label) of one seed."""
 
@@ -145,6 +159,28 @@ class RunMetrics(_Schema):
     hedging: list[float] | None = None
     """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
+    # SynthSAEBench's metrics on SAELens' definitions (analysis/scale.py), over every eval sample.
+    # Absent in runs from before they existed.
+    mcc: float | None = None
+    """Mean |cos| of the Hungarian matching of latents to features (SAELens' MCC)."""
+    uniqueness: float | None = None
+    """Distinct best-matching features over the latents, divided by the number of latents."""
+    precision: float | None = None
+    """Mean over latents of TP / (TP + FP) as a detector of its best-matching feature (h != 0 vs f > 0)."""
+    recall: float | None = None
+    """Mean over latents of TP / (TP + FN), as precision."""
+    f1: float | None = None
+    """Mean over latents of the F1 of precision and recall (0 where both are 0)."""
+    shrinkage: float | None = None
+    """Mean ||x_hat|| / ||x|| over the eval inputs (1: no shrinkage)."""
+    sae_l0: float | None = None
+    """Mean number of latents with h != 0 per input (SAELens counts != 0; `l0` counts > 0)."""
+    true_l0: float | None = None
+    """Mean number of features firing per input."""
+    dead_count: int | None = None
+    """Latents that fired on no eval input (SAELens' dead latents; `dead_latents` is ours)."""
+    absorption_gap: list[AbsorptionGap] | None = None
+    """Per parent -> child edge of the hierarchy; [] in a world without one."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
