@@ -51,7 +51,7 @@ def run(
     """
     from .output.rundir import run_experiment
 
-    from .training.preflight import check_config, check_writable
+    from .training.preflight import check_config, check_outputs, check_writable
 
     config, claims, clean_cos = resolve_target(target)
     config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
@@ -62,6 +62,7 @@ def run(
         console.print(f"note: {unused}")
     out = out or Path("runs") / config.name
     check_writable(out)
+    check_outputs(config, out)  # a run directory the disk cannot hold, refused before training
     outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos,
                              figures=figures)
     _print_summary(outcome.metrics, outcome.directory)

@@ -13,7 +13,7 @@ from ..saes import StackedSAE
 from ..world.stream import DataStream
 from ..training.loop import TrainResult
 from .peaks import fit_peak_model
-from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
+from .metrics import CLEAN_COS, AbsorptionGap, inline_or_array, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
 from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
 from ..world.model import World, max_abs_cos, welch_bound
 
@@ -28,20 +28,27 @@ PEAK_PROMINENCE = 0.05
 HISTOGRAM_BINS = 200
 EVAL_STREAM = 7
 """Stream offset of the held-out evaluation samples (training uses offset 0)."""
-DETAIL_BYTES = 2 * 2**30
+DETAIL_BYTES = 2**30
 """The per-latent analyses (peaks, absorption, firing patterns) hold their held-out samples, inputs
-and activations at once; they take as many of the eval samples as fit in this many bytes. Small
+and activations at once; they take as many of the eval samples as fit in this many bytes per seed
+(per seed, so that seed r is measured on the same samples whichever seeds run beside it). Small
 worlds fit all of them; SynthSAEBench's metrics stream over every eval sample whatever the size."""
 STREAM_BYTES = 64 * 2**20
 """One streamed batch of held-out feature magnitudes [R, N, B] takes at most this many bytes."""
 
 
+def detail_bytes_per_sample(n_features: int, dim: int, latents: list[int]) -> int:
+    """Bytes one held-out sample of one seed takes in the per-latent analyses: its feature
+    magnitudes (and the absorption's float64 copy), input, and each SAE's activations and
+    reconstruction."""
+    return 4 * (3 * n_features + dim + sum(3 * k + 2 * dim for k in latents))
+
+
 def detail_samples(result: TrainResult) -> int:
     """How many eval samples the per-latent analyses hold at once (all of them in small worlds)."""
-    world, t = result.world, result.config.train
-    R, N, D = len(result.seeds), world.n_features, world.config.dim
-    per_sample = 4 * R * (3 * N + D + sum(3 * stack.sae.latents + 2 * D for stack in result.stacks))
-    return int(min(t.eval_samples, max(1000, DETAIL_BYTES // per_sample)))
+    world = result.world
+    per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
+    return int(min(result.config.train.eval_samples, max(1000, DETAIL_BYTES // per_sample)))
 
 
 def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
@@ -142,9 +149,9 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 label=stack.config.label,
                 architecture=stack.config.architecture,
                 seed=seed,
-                decoder_cos=_round(dec_cos),
-                encoder_cos=_round(enc_cos),
-                latent_cos=_round(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
+                decoder_cos=inline_or_array(dec_cos),
+                encoder_cos=inline_or_array(enc_cos),
+                latent_cos=inline_or_array(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
                 decoder_norms=_round(norms_SK[s].cpu().numpy()),
                 matches=matches,
                 learned_features=sorted(m.feature for m in clean),
@@ -185,7 +192,7 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
             expected_mse_ranking=world.expected_mse_ranking(),
             variance=_round(world.variance().numpy()),
             variance_ranking=world.variance_ranking(),
-            feature_cos=_round(cosine(F_ND, F_ND).cpu().numpy()),
+            feature_cos=inline_or_array(cosine(F_ND, F_ND).cpu().numpy()),
             max_feature_cos=round(max_abs_cos(F_ND.cpu()), 6),
             welch_bound=round(welch_bound(world.n_features, world.config.dim), 6),
             firing_rates=_round(world.marginal_rates().numpy()),
@@ -229,8 +236,11 @@ def _synthbench_scores(result: TrainResult, f_RNB: torch.Tensor, x_RBD: torch.Te
 
 def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:
     """Held-out activations [samples, K] of every SAE, keyed "LABEL-seedN", for histograms.
-    One draw of the held-out stream serves every stack."""
+    One draw of the held-out stream serves every stack; a large world draws fewer samples, as
+    many as fit in DETAIL_BYTES."""
     world = result.world
+    per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
+    samples = int(min(samples, max(1000, DETAIL_BYTES // per_sample)))
     stream = DataStream(world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1)
     x_RBD = world.inputs(stream.next())
     out = {}

@@ -13,10 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config.schema import ConfigError, read_json
 
 CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""
+ARRAYS_DIR = "arrays"
+"""Where a run directory keeps the matrices too large for metrics.json (`DIR/arrays/*.npy`)."""
+INLINE_MAX = 64 * 64 * 16
+"""A matrix with more entries than this (64 latents x 1024 features, say) is held as a float16
+numpy array, written to `DIR/arrays/NAME.npy`, and metrics.json names the file instead of holding
+it: a 4096 x 16384 decoder table as JSON text would take about 600 MB and minutes to write."""
+ARRAY_DTYPE = np.float16
+"""Cosines in [-1, 1] to about 5e-4: what the tables and figures need, at half the bytes of float32."""
 
 
 class SchemaError(ValueError):
@@ -34,7 +44,9 @@ class _Schema:
             value = getattr(self, f.name)
             if f.name == "extra" or value is None:
                 continue
-            if isinstance(value, list):
+            if isinstance(value, np.ndarray):  # a large matrix not yet written out (see save_arrays)
+                value = np.round(value.astype(np.float64), 4).tolist()
+            elif isinstance(value, list):
                 value = [v.to_json() if isinstance(v, _Schema) else v for v in value]
             elif isinstance(value, _Schema):
                 value = value.to_json()
@@ -73,7 +85,14 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _read(value, options[0], where)
+        if value is None:
+            return None
+        for option in options[1:]:  # e.g. a matrix, or the name of the .npy file holding it
+            try:
+                return _read(value, option, where)
+            except SchemaError:
+                pass
+        return _read(value, options[0], where)
     if isinstance(hint, type) and issubclass(hint, _Schema):
         return hint.from_json(value, where)
     expected = {list: "a list", dict: "an object", str: "a string", bool: "a boolean", int: "an integer",
@@ -87,6 +106,27 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         (item,) = typing.get_args(hint) or (Any,)
         return [_read(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+class _Matrices:
+    """Matrix fields that may be inline lists, a float16 array (large, before writing), or the
+    name of a `.npy` file relative to the run directory (large, as read back)."""
+
+    MATRICES: tuple[str, ...] = ()
+    _root: Path | None = None
+
+    def matrix(self, name: str) -> np.ndarray:
+        """The matrix field `name` as a numpy array, whichever of the three forms it is in; a file
+        is memory-mapped, so a row or a few columns of a large one cost only what they read."""
+        value = getattr(self, name)
+        if isinstance(value, str):
+            if self._root is None:
+                raise ValueError(f"{name} lives in {value}: read the run with read_metrics(DIR/metrics.json)")
+            return np.load(self._root / value, mmap_mode="r")
+        return np.asarray(value, dtype=np.float64 if isinstance(value, list) else value.dtype)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.matrix(name).shape)
 
 
 @dataclass(kw_only=True)
@@ -121,16 +161,20 @@ class AbsorptionGap(_Schema):
 
 
 @dataclass(kw_only=True)
-class RunMetrics(_Schema):
+class RunMetrics(_Schema, _Matrices):
     """One SAE (label) of one seed."""
+
+    MATRICES = ("decoder_cos", "encoder_cos", "latent_cos")
 
     label: str
     architecture: str | None = None
     seed: int
-    decoder_cos: list[list[float]]
-    """[latent][feature]: cosine of latent j's decoder row with true feature i."""
-    encoder_cos: list[list[float]]
-    latent_cos: list[list[float]]
+    decoder_cos: list[list[float]] | str
+    """[latent][feature]: cosine of latent j's decoder row with true feature i. In a large run
+    (more than INLINE_MAX entries), the name of its .npy file in the run directory: read it with
+    `run.matrix("decoder_cos")`, as encoder_cos and latent_cos."""
+    encoder_cos: list[list[float]] | str
+    latent_cos: list[list[float]] | str
     decoder_norms: list[float]
     matches: list[Match]
     learned_features: list[int]
@@ -186,7 +230,9 @@ class RunMetrics(_Schema):
 
 
 @dataclass(kw_only=True)
-class WorldMetrics(_Schema):
+class WorldMetrics(_Schema, _Matrices):
+    MATRICES = ("feature_cos",)
+
     expected_mse: list[float]
     """p * m^2 per feature: what leaving the feature out costs, ignoring the decoder bias."""
     expected_mse_ranking: list[int] = field(default_factory=list)
@@ -194,7 +240,8 @@ class WorldMetrics(_Schema):
     """p (1 - p) m^2 per feature: what leaving it out costs once the decoder bias takes its mean
     (absent, as the ranking below, in runs from before it existed)."""
     variance_ranking: list[int] | None = None
-    feature_cos: list[list[float]]
+    feature_cos: list[list[float]] | str
+    """[feature][feature]; in a large world the name of its .npy file, as RunMetrics.decoder_cos."""
     max_feature_cos: float | None = None
     """Largest |cos| between two feature directions (main's superposition geometry)."""
     welch_bound: float | None = None
@@ -233,11 +280,46 @@ class Metrics(_Schema):
 
 
 
+def inline_or_array(matrix: np.ndarray) -> list[list[float]] | np.ndarray:
+    """A matrix as metrics hold it: rounded lists when small, a float16 array when large."""
+    matrix = np.asarray(matrix)
+    if matrix.size > INLINE_MAX:
+        return matrix.astype(ARRAY_DTYPE)
+    return np.round(matrix.astype(np.float64), 4).tolist()
+
+
+def save_arrays(metrics: Metrics, directory: Path) -> list[str]:
+    """Write every matrix held as an array to `directory/arrays/NAME.npy` and put the file's name
+    (relative to `directory`) in its place, so metrics.json stays small. Returns the names."""
+    written = []
+    parts = [("world", metrics.world)] + [(f"{run.label}-seed{run.seed}", run) for run in metrics.runs]
+    for prefix, part in parts:
+        for name in part.MATRICES:
+            value = getattr(part, name)
+            if isinstance(value, np.ndarray):
+                relative = f"{ARRAYS_DIR}/{prefix}-{name}.npy"
+                (directory / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
+                np.save(directory / relative, value)
+                setattr(part, name, relative)
+                written.append(relative)
+        part._root = Path(directory)
+    return written
+
+
 def read_metrics(path: Path, field: str) -> Metrics:
     """A metrics.json the user pointed us at; one that is not JSON, or not a metrics.json (required
-    keys missing, wrong shapes), is a ConfigError naming `field`."""
+    keys missing, wrong shapes), is a ConfigError naming `field`. Matrices kept in `arrays/` are
+    read from there (`run.matrix(name)`); a file named but missing is a ConfigError too."""
     data = read_json(path, field)
     try:
-        return Metrics.from_json(data)
+        metrics = Metrics.from_json(data)
     except SchemaError as err:
         raise ConfigError(field, f"{path} is not a metrics.json this version reads: {err}") from None
+    root = Path(path).parent
+    for part in [metrics.world, *metrics.runs]:
+        part._root = root
+        for name in part.MATRICES:
+            value = getattr(part, name)
+            if isinstance(value, str) and not (root / value).is_file():
+                raise ConfigError(field, f"{path} names {value} for {name}, but {root / value} is missing")
+    return metrics

@@ -25,19 +25,36 @@ HIST_FLOOR = 0.1  # show a little below analysis.PEAK_FLOOR, where peaks start t
 HIST_BINS = 100
 HIGHLIGHT = "tab:orange"
 DPI = 110
+TOP_LATENTS = 64
+"""An SAE with more latents, or a world with more features, than this is drawn by its top latents:
+the TOP_LATENTS that fire most on the held-out samples (by decoder norm when there are no
+activations) against their best-matching features, never its full K x F table (a 1024 x 2048
+canvas of cells does not fit in memory)."""
+TOP_HISTOGRAMS = 16
+"""Histogram panels drawn for an SAE drawn by its top latents (the 16 that fire most)."""
+VALUES_UP_TO = 32
+"""Heatmaps with more rows or columns than this leave out the value written in each cell."""
+PROFILE_FEATURES = 64
+"""A world with more features than this gets its profile without a tick per feature."""
 
 
-def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature") -> None:
-    """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs."""
+def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature",
+                row_ids: Sequence[int] | None = None, col_ids: Sequence[int] | None = None) -> None:
+    """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs.
+    row_ids / col_ids: the latents / features the rows and columns are (default 0, 1, ...)."""
     cos_RC = np.asarray(matrix, dtype=float)
     rows, cols = cos_RC.shape
+    values = rows <= VALUES_UP_TO and cols <= VALUES_UP_TO
+    cell = CELL_INCHES if values else CELL_INCHES / 2.5
     # Cells keep their size whatever the shape; the margins hold labels, title and colour bar.
-    fig, ax = plt.subplots(figsize=(CELL_INCHES * cols + 2.2, CELL_INCHES * rows + 1.4))
+    fig, ax = plt.subplots(figsize=(cell * cols + 2.2, cell * rows + 1.4))
     image = ax.imshow(cos_RC, cmap="RdBu_r", vmin=-1, vmax=1, aspect="equal")
-    _write_cell_values(ax, cos_RC)
-    ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows))
-    ax.tick_params(labelsize=8, length=0)
+    if values:
+        _write_cell_values(ax, cos_RC)
+    ax.set_xticks(range(cols), [str(i) for i in (range(cols) if col_ids is None else col_ids)],
+                  rotation=0 if values else 90)
+    ax.set_yticks(range(rows), [str(j) for j in (range(rows) if row_ids is None else row_ids)])
+    ax.tick_params(labelsize=8 if values else 5, length=0)
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.set_title(title, fontsize=10)
@@ -53,19 +70,22 @@ def latent_cos_heatmap(matrix, title: str, path: str | Path) -> None:
 
 
 def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path,
-                          peak_models: Sequence[dict] = ()) -> None:
+                          peak_models: Sequence[dict] = (), latent_ids: Sequence[int] | None = None) -> None:
     """One panel per latent: activations above HIST_FLOOR of its max (the share left out is written
     on the panel), the fitted peak model's mixture over them, its peaks dashed and its threshold
     dotted. One peak is a clean latent; several peaks are features mixed into it (broken)."""
     models = {m["latent"]: m for m in peak_models}
     acts_BK = np.asarray(acts, dtype=float)
     latents = acts_BK.shape[1]
+    ids = list(range(latents)) if latent_ids is None else [int(j) for j in latent_ids]  # column -> latent
     rows = math.ceil(latents / 5)
     cols = math.ceil(latents / rows)  # 8 latents: 2 rows of 4 rather than 5 + 3
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.5), squeeze=False, layout="constrained")
     for j, ax in enumerate(axes.flat):
         if j < latents:
-            _latent_panel(ax, j, acts_BK[:, j], peak_locations[j] if j < len(peak_locations) else [], models.get(j))
+            latent = ids[j]
+            _latent_panel(ax, latent, acts_BK[:, j], peak_locations[latent] if latent < len(peak_locations) else [],
+                          models.get(latent))
         else:
             ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
@@ -77,15 +97,22 @@ def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path,
     latents should learn the K features with the largest expected MSE (`highlight`)."""
     panels = [("magnitude", magnitudes), ("firing probability", rates), ("expected MSE = p·m²", expected_mse)]
     features = len(expected_mse)
-    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5), 6.0))
+    ticks = features <= PROFILE_FEATURES
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5) if ticks else 12.0, 6.0))
     top = set(highlight)
     colours = [HIGHLIGHT if i in top else "tab:blue" for i in range(features)]
     for ax, (name, values) in zip(axes, panels):
-        ax.bar(range(features), values, color=colours)
+        if ticks:
+            ax.bar(range(features), values, color=colours)
+        else:  # thousands of bars: a step line per panel, the top features as dots
+            ax.plot(range(features), values, color="tab:blue", linewidth=0.6)
+            shown = sorted(top)
+            ax.scatter(shown, np.asarray(values)[shown], s=2, color=HIGHLIGHT)
         ax.set_ylabel(name, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].set_xticks(range(features))
+    if ticks:
+        axes[-1].set_xticks(range(features))
     axes[-1].set_xlabel("feature")
     if highlight:
         title += f"\n(orange: top {len(highlight)} by expected MSE)"
@@ -141,7 +168,51 @@ def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figu
     return written
 
 
+def top_latents(run: RunMetrics, acts: np.ndarray | None, count: int = TOP_LATENTS) -> np.ndarray:
+    """The `count` latents that fire on most held-out samples (ties: larger decoder norm first);
+    by decoder norm alone without activations."""
+    norms_K = np.asarray(run.decoder_norms, dtype=float)
+    if acts is None:
+        return np.argsort(-norms_K, kind="stable")[:count]
+    firing_K = (np.asarray(acts) > 0).mean(axis=0)
+    return np.lexsort((-norms_K, -firing_K))[:count]
+
+
+def _top_latent_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+    """A large SAE's figures: its top latents against their best features (columns in the order
+    the latents first pick them), their latent-latent cosines and the top ones' histograms."""
+    heading = f"{run.label} seed {run.seed}"
+    top_T = top_latents(run, acts)
+    decoder_KF = run.matrix("decoder_cos")
+    rows_TF = np.asarray(decoder_KF[top_T], dtype=float)
+    features = list(dict.fromkeys(int(i) for i in np.abs(rows_TF).argmax(axis=1)))
+    shown = f"top {len(top_T)} of {decoder_KF.shape[0]} latents by firing"
+    names = [f"{key}-decoder.png"]
+    cos_heatmap(rows_TF[:, features], f"{heading}: decoder cos, {shown}, with their best features",
+                figures_dir / names[-1], row_ids=top_T, col_ids=features)
+    architecture = run.label if run.architecture is None else run.architecture
+    if architecture != "tied":
+        names.append(f"{key}-encoder.png")
+        encoder_TF = np.asarray(run.matrix("encoder_cos")[top_T], dtype=float)[:, features]
+        cos_heatmap(encoder_TF, f"{heading}: encoder cos, {shown}", figures_dir / names[-1], row_ids=top_T,
+                    col_ids=features)
+    names.append(f"{key}-latents.png")
+    latent_TT = np.asarray(run.matrix("latent_cos")[top_T][:, top_T], dtype=float)
+    cos_heatmap(latent_TT, f"{heading}: decoder cos between the {shown}", figures_dir / names[-1],
+                row_label="latent", col_label="latent", row_ids=top_T, col_ids=top_T)
+    if acts is not None:
+        names.append(f"{key}-hist.png")
+        hist_T = top_T[:TOP_HISTOGRAMS]
+        activation_histograms(np.asarray(acts)[:, hist_T], run.peak_locations,
+                              f"{heading}: activations of the {len(hist_T)} latents that fire most",
+                              figures_dir / names[-1], run.peak_models or (), latent_ids=hist_T)
+    return names
+
+
 def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+    latents, features = run.shape("decoder_cos")
+    if max(latents, features) > TOP_LATENTS:
+        return _top_latent_figures(run, key, acts, figures_dir)
     heading = f"{run.label} seed {run.seed}"
     names = [f"{key}-decoder.png"]
     cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1])
@@ -166,7 +237,7 @@ def _world_figure(metrics: Metrics, figures_dir: Path) -> str:
     magnitudes = world.magnitudes
     if magnitudes is None:  # older metrics.json: p * m^2 = expected MSE gives m back
         magnitudes = np.sqrt(np.divide(expected, rates, out=np.zeros_like(expected), where=rates > 0))
-    latents = max((len(run.decoder_cos) for run in metrics.runs), default=0)
+    latents = max((run.shape("decoder_cos")[0] for run in metrics.runs), default=0)
     top = (world.expected_mse_ranking or list(np.argsort(-expected)))[:latents]  # older runs: no ranking
     world_profile(expected, rates, magnitudes, f"{metrics.name}: features", figures_dir / "world.png", top)
     return "world.png"

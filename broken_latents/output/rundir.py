@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ..analysis.measure import latent_activations, measure
 from ..experiments.claims import Claim, evaluate_claims
 from ..config.schema import ConfigError, ExperimentConfig, dump_toml
-from ..analysis.metrics import CLEAN_COS, Metrics
+from ..analysis.metrics import CLEAN_COS, Metrics, save_arrays
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
@@ -101,5 +101,6 @@ def _write_directory(path: Path, config: ExperimentConfig, result: TrainResult, 
     report = render_markdown(metrics, figures, shown, config_toml)
     (path / "report.md").write_text(report)
     write_html(path / "report.html", f"broken-latents: {config.name}", report, path)
+    save_arrays(metrics, path)  # large matrices to arrays/*.npy; metrics.json names them
     # metrics.json last: its presence marks a complete run directory.
     (path / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -68,13 +69,28 @@ def geometry_line(world: WorldMetrics) -> str | None:
     return line
 
 
+SHOWN_FEATURES = 12
+"""A decoder table with more columns than this shows the world's top features by expected MSE only."""
+SHOWN_LATENTS = 32
+"""A larger SAE's decoder table shows the latents best matched to the features shown (at most this many)."""
+
+
 def decoder_table(run: RunMetrics, top_features: list[int]) -> Table:
-    """Decoder cosines of one SAE with the features it cares about most."""
-    table = Table(title=f"{run.label} seed {run.seed}: decoder cos (latent x feature)")
+    """Decoder cosines of one SAE with the features it cares about most (a large SAE: of the
+    SHOWN_LATENTS latents with the largest |cos| with those features)."""
+    decoder_KF = run.matrix("decoder_cos")
+    latents = range(decoder_KF.shape[0])
+    title = f"{run.label} seed {run.seed}: decoder cos (latent x feature)"
+    if decoder_KF.shape[0] > SHOWN_LATENTS:
+        best_K = np.abs(np.asarray(decoder_KF[:, top_features], dtype=float)).max(axis=1)
+        latents = sorted(np.argsort(-best_K, kind="stable")[:SHOWN_LATENTS].tolist())
+        title += f", the {SHOWN_LATENTS} of {decoder_KF.shape[0]} latents closest to these features"
+    table = Table(title=title)
     table.add_column("latent")
     for f in top_features:
         table.add_column(f"f{f}", justify="right")
-    for j, row in enumerate(run.decoder_cos):
+    for j in latents:
+        row = {f: float(decoder_KF[j, f]) for f in top_features}
         cells = [f"[bold]{row[f]:+.2f}[/]" if abs(row[f]) >= 0.5 else f"{row[f]:+.2f}" for f in top_features]
         table.add_row(str(j), *cells)
     return table
@@ -97,6 +113,8 @@ def show_run(metrics: Metrics, console: Console) -> None:
     for run in metrics.runs:
         if run.seed == first_seed:
             wanted = sorted(set(ranking[:8]) | {m.feature for m in run.matches})
+            if len(wanted) > SHOWN_FEATURES:  # a large world: the features that matter most
+                wanted = sorted(ranking[:SHOWN_FEATURES])
             console.print(decoder_table(run, wanted))
 
 
