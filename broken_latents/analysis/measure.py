@@ -37,6 +37,21 @@ STREAM_BYTES = 64 * 2**20
 """One streamed batch of held-out feature magnitudes [R, N, B] takes at most this many bytes."""
 
 
+PEAK_MODELS_MAX = 256
+"""Peak models (a Gaussian mixture chosen by BIC, ~0.1 s a latent) are fitted to at most this many
+latents of an SAE: every live latent of a small SAE, the most-firing ones of a large one. The others'
+peaks come from the smoothed histogram (`count_peaks`), the cross-check every latent gets."""
+
+
+def modelled_latents(acts_BK: np.ndarray, live_K: np.ndarray) -> list[int]:
+    """The live latents that get a peak model: all of them, or the PEAK_MODELS_MAX that fire most."""
+    live = np.flatnonzero(live_K)
+    if len(live) <= PEAK_MODELS_MAX:
+        return live.tolist()
+    firing = (acts_BK[:, live] > 0).mean(axis=0)
+    return sorted(live[np.argsort(-firing, kind="stable")[:PEAK_MODELS_MAX]].tolist())
+
+
 def detail_bytes_per_sample(n_features: int, dim: int, latents: list[int]) -> int:
     """Bytes one held-out sample of one seed takes in the per-latent analyses: its feature
     magnitudes (and the absorption's float64 copy), input, and each SAE's activations and
@@ -137,8 +152,9 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
             live = writes >= dead_below
             matches = match_latents(dec_cos, live)
             clean = [m for m in matches if m.cos >= clean_cos]
-            histogram_peaks = [count_peaks(acts[:, j])[0] if live[j] else 0 for j in range(sae.latents)]
-            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in np.flatnonzero(live)}
+            histograms = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            histogram_peaks = [n for n, _ in histograms]
+            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in modelled_latents(acts, live)}
             sets = firing_pattern_sets(world, {m.feature for m in clean})
             # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
             absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
@@ -157,8 +173,9 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 learned_features=sorted(m.feature for m in clean),
                 broken_latents=sorted(m.latent for m in matches if m.cos < clean_cos),
                 dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[models[j].n_peaks if j in models else 0 for j in range(sae.latents)],
-                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else []
+                activation_peaks=[models[j].n_peaks if j in models else histogram_peaks[j]
+                                  for j in range(sae.latents)],
+                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else histograms[j][1]
                                 for j in range(sae.latents)],
                 histogram_peaks=histogram_peaks,
                 peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],

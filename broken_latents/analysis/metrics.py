@@ -181,7 +181,9 @@ class RunMetrics(_Schema, _Matrices):
     broken_latents: list[int]
     dead_latents: list[int]
     activation_peaks: list[int]
-    """[latent]: separated peaks of its activations by its peak model (0 for a dead latent)."""
+    """[latent]: separated peaks of its activations by its peak model (0 for a dead latent); in an
+    SAE with more than 256 live latents, those without a peak model (all but the 256 that fire
+    most) count the peaks of their smoothed histogram (`histogram_peaks`)."""
     peak_locations: list[list[float]] = field(default_factory=list)
     """[latent]: the peaks' means."""
     histogram_peaks: list[int] | None = None

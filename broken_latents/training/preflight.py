@@ -78,7 +78,8 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
     # SynthSAEBench metrics stream over the rest, a batch of STREAM_BYTES at a time.
     from ..analysis.measure import DETAIL_BYTES, STREAM_BYTES
 
-    evaluation = R * min(FLOAT * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks)), DETAIL_BYTES) + STREAM_BYTES
+    held = FLOAT * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
+    evaluation = R * min(held, DETAIL_BYTES) + (STREAM_BYTES if held > DETAIL_BYTES else 0)
     world = 8 * (3 * D * N if D >= N else 6 * N * N)
     parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world,
              "analysis": analysis_bytes(config)}
