@@ -130,8 +130,8 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
     stream = DataStream(world, result.seeds, detail, F_ND.device, offset=EVAL_STREAM, chunk=1)
     f_RNB = stream.next()
     x_RBD = world.inputs(f_RNB)
-    synthbench = _synthbench_scores(result, f_RNB, x_RBD, streamed=detail < eval_samples)
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
+    synthbench = _synthbench_scores(result, f_RNB, x_RBD, streamed=detail < eval_samples)
     cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
     runs = []
@@ -238,8 +238,7 @@ def _synthbench_scores(result: TrainResult, f_RNB: torch.Tensor, x_RBD: torch.Te
     if streamed:
         R, N = len(result.seeds), world.n_features
         batch = max(256, STREAM_BYTES // (4 * R * N))
-        batches = ((f, world.inputs(f)) for f in held_out_batches(world, result.seeds, result.config.train.eval_samples,
-                                                                  batch, EVAL_STREAM, F_ND.device))
+        batches = held_out_batches(world, result.seeds, result.config.train.eval_samples, batch, EVAL_STREAM, F_ND.device)
     else:
         batches = iter([(f_RNB, x_RBD)])
     for f_batch_RNB, x_batch_RBD in batches:

@@ -64,8 +64,17 @@ def decoder_scores(cos_KF: np.ndarray) -> DecoderScores:
 
 
 def hierarchy_edges(world) -> list[tuple[int, int]]:
-    """Every parent -> child edge of the world's hierarchy, parents top-down."""
-    return [(rel.parent, child) for rel in world.top_down() for child in rel.children]
+    """Every parent -> child edge of the world's hierarchy: the explicit relations (parents
+    top-down), then those of a generated tree (`world.tree_roots`, where the world has one; its
+    organisational nodes, without a feature, give no edge)."""
+    edges = [(rel.parent, child) for rel in world.top_down() for child in rel.children]
+    todo = list(getattr(world, "tree_roots", None) or [])
+    while todo:
+        node = todo.pop(0)
+        edges += [(node.feature, child.feature) for child in node.children
+                  if node.feature is not None and child.feature is not None]
+        todo += node.children
+    return list(dict.fromkeys(edges))
 
 
 def parent_latents(cos_KF: np.ndarray, edges: list[tuple[int, int]]) -> np.ndarray:
@@ -151,15 +160,19 @@ class FiringTally:
         }
 
 
-def held_out_batches(world, seeds: list[int], samples: int, batch: int, offset: int, device) -> Iterator[torch.Tensor]:
-    """`samples` held-out feature batches f_RNB (the last one shorter), drawn `batch` at a time
-    from the world's own stream at `offset`: memory R x N x batch, not R x N x samples."""
+def held_out_batches(world, seeds: list[int], samples: int, batch: int, offset: int,
+                     device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`samples` held-out (f_RNB, x_RBD) pairs (the last batch shorter), drawn `batch` at a time from
+    the world's own stream at `offset`: memory R x N x batch, not R x N x samples. A sparse world's
+    batch (firing lists) is made dense here, one batch at a time."""
     from ..world.stream import DataStream
 
     drawn = 0
     stream = DataStream(world, seeds, batch, device, offset=offset, chunk=1)
     while drawn < samples:
-        f_RNB = stream.next()
+        drawn_batch = stream.next()
+        x_RBD = world.inputs(drawn_batch)
+        f_RNB = drawn_batch.features_RNB() if hasattr(drawn_batch, "features_RNB") else drawn_batch
         take = min(batch, samples - drawn)
-        yield f_RNB[..., :take]
+        yield f_RNB[..., :take], x_RBD[:, :take]
         drawn += take

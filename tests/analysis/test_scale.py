@@ -163,3 +163,13 @@ def test_streamed_metrics_of_a_trained_run_match_the_world(tmp_path, monkeypatch
         assert 0 <= run.f1 <= 1 and 0 < run.mcc <= 1 and run.dead_count <= len(run.decoder_cos)
         assert [(g.parent, g.child) for g in run.absorption_gap] == [(0, 1)]
     assert all(run.sae_l0 == pytest.approx(run.l0, abs=0.1) for run in metrics.runs)
+
+
+def test_hierarchy_edges_include_a_generated_tree_without_its_organisational_nodes():
+    from types import SimpleNamespace as Node
+
+    leaf = lambda f: Node(feature=f, children=[])  # noqa: E731
+    roots = [Node(feature=None, children=[Node(feature=0, children=[leaf(1), leaf(2)])]),
+             Node(feature=3, children=[Node(feature=4, children=[leaf(5)])])]
+    world = Node(top_down=lambda: [], tree_roots=roots)
+    assert hierarchy_edges(world) == [(3, 4), (0, 1), (0, 2), (4, 5)]
