@@ -37,6 +37,10 @@ STREAM_BYTES = 64 * 2**20
 """One streamed batch of held-out feature magnitudes [R, N, B] takes at most this many bytes."""
 
 
+FIRING_PATTERNS_MAX = 256
+"""Firing patterns (every latent's output on each chosen feature set) are recorded only for SAEs of
+at most this many latents and worlds with at most this many sets: beyond, the table would hold
+sets x latents numbers (a generated tree of 16k features: ~10^8) that no report can show."""
 PEAK_MODELS_MAX = 256
 """Peak models (a Gaussian mixture chosen by BIC, ~0.1 s a latent) are fitted to at most this many
 latents of an SAE: every live latent of a small SAE, the most-firing ones of a large one. The others'
@@ -186,7 +190,8 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
                 absorption=_round(absorbed.absorption),
                 full_absorption=_round(absorbed.full_absorption),
                 hedging=_round(absorbed.hedging),
-                firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
+                firing_patterns=(firing_patterns(sae, s, world, sets, stack.tau_SK)
+                                 if sae.latents <= FIRING_PATTERNS_MAX and len(sets) <= FIRING_PATTERNS_MAX else []),
                 mcc=round(scores["mcc"], 6),
                 uniqueness=round(scores["uniqueness"], 6),
                 precision=round(scores["precision"], 6),

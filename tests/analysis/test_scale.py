@@ -156,7 +156,12 @@ def test_streamed_metrics_of_a_trained_run_match_the_world(tmp_path, monkeypatch
     result = bl.train(str(config_path), seeds=1, samples=20_000)
     monkeypatch.setattr(measure_module, "DETAIL_BYTES", 1)
     monkeypatch.setattr(measure_module, "STREAM_BYTES", 4 * 4 * 700)  # batches of 700: the last is short
+    monkeypatch.setattr(measure_module, "FIRING_PATTERNS_MAX", 2)  # both SAEs (4 and 3 latents) are "large" here
+    monkeypatch.setattr(measure_module, "PEAK_MODELS_MAX", 1)
     metrics = measure_module.measure(result)
+    assert [run.firing_patterns for run in metrics.runs] == [[], []]
+    for run in metrics.runs:  # one peak model: the latent that fires most
+        assert len(run.peak_models) == min(1, len(run.decoder_cos) - len(run.dead_latents))
     expected_l0 = float(result.world.marginal_rates().sum())
     for run in metrics.runs:
         assert run.true_l0 == pytest.approx(expected_l0, abs=0.05)
