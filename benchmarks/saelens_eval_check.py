@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from broken_latents.analysis.measure import EVAL_STREAM, detail_samples, measure  # noqa: E402
 from broken_latents.config.schema import ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig  # noqa: E402
 from broken_latents.output.saelens_format import write_saelens  # noqa: E402
+from broken_latents.saes.activations import activation  # noqa: E402
 from broken_latents.training.loop import train  # noqa: E402
 from broken_latents.world.stream import DataStream  # noqa: E402
 
@@ -101,10 +102,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for stack in result.stacks:
             tensors = stack.sae.saelens_state(0)
-            if stack.config.activation in ("jumprelu", "batchtopk"):
+            if activation(stack.config.activation).thresholded:  # as the run directory writes it
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[0].detach().clone()
             folder = write_saelens(Path(tmp) / stack.config.label, tensors, stack.config.activation,
-                                   tied=stack.config.architecture == "tied", k=stack.config.k)
+                                   tied=stack.sae.tied_encoder, k=stack.config.k)
             theirs = saelens_scores(folder, result.world.directions_ND.cpu(), f_RNB[0].T.contiguous(), batch=4096)
             ours = next(run for run in metrics.runs if run.label == stack.config.label)
             print(f"\n{stack.config.label}:  {'metric':<20}{'ours':>12}{'SAELens':>12}{'|diff|':>12}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol, Sequence
+
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
@@ -11,16 +13,12 @@ from scipy.signal import find_peaks
 from .absorption import absorption_metrics, cooccurring
 from ..saes import StackedSAE
 from ..world.stream import DataStream
-from ..training.loop import TrainResult
-from .peaks import fit_peak_model
-from .metrics import CLEAN_COS, AbsorptionGap, inline_or_array, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
+from .peaks import PEAK_FLOOR, fit_peak_model
+from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics, inline_or_array
 from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
+from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
 
-PEAK_FLOOR = 0.2
-"""Peaks are counted above this fraction of a latent's max. Tied latents fire weakly on most
-inputs, and even a clean latent (cos 0.996) shows an interference bump at 12-17% of its max;
-the weakest true peak of a broken latent (the parent alone) sits near 25%."""
 PEAK_SMOOTHING = 0.02
 """Gaussian smoothing width, as a fraction of the max: merges the ripples other features add to one peak."""
 PEAK_PROMINENCE = 0.05
@@ -63,11 +61,37 @@ def detail_bytes_per_sample(n_features: int, dim: int, latents: list[int]) -> in
     return 4 * (3 * n_features + dim + sum(3 * k + 2 * dim for k in latents))
 
 
-def detail_samples(result: TrainResult) -> int:
+def detail_samples(result: Trained) -> int:
     """How many eval samples the per-latent analyses hold at once (all of them in small worlds)."""
     world = result.world
     per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
     return int(min(result.config.train.eval_samples, max(1000, DETAIL_BYTES // per_sample)))
+
+
+class TrainedStack(Protocol):
+    """One trained SAE of every seed, as measuring reads it."""
+
+    config: SAEConfig
+    sae: StackedSAE
+    tau_SK: torch.Tensor | None
+    """The aux loss's final thresholds (the JumpReLU threshold when it uses them)."""
+
+
+class Trained(Protocol):
+    """What measuring reads of a training result. `training.loop.TrainResult` is one; analysis
+    stands below training (training's refits use the peak model), so it names the shape it reads
+    instead of importing the class."""
+
+    config: ExperimentConfig
+    world: World
+    seeds: list[int]
+    stacks: Sequence[TrainedStack]
+    samples: int
+    seed_history: list[dict]
+    """The logged loss terms per seed (history.json's source; the run directory writes it)."""
+
+    @property
+    def samples_per_second(self) -> float: ...
 
 
 def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
@@ -126,7 +150,7 @@ def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]]
 
 
 @torch.no_grad()
-def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
+def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
     """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
@@ -225,7 +249,7 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
 
 
 @torch.no_grad()
-def _synthbench_scores(result: TrainResult, f_RNB: torch.Tensor, x_RBD: torch.Tensor,
+def _synthbench_scores(result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor,
                        streamed: bool) -> dict[str, list[dict]]:
     """SynthSAEBench's metrics (analysis/scale.py) of every SAE and seed, by label then seed
     position. Over the samples already drawn (f_RNB) in a small world; `streamed`: over all the
@@ -255,7 +279,7 @@ def _synthbench_scores(result: TrainResult, f_RNB: torch.Tensor, x_RBD: torch.Te
                     for d, t in zip(decoders[label], tallies[label])] for label in tallies}
 
 
-def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:
+def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.ndarray]:
     """Held-out activations [samples, K] of every SAE, keyed "LABEL-seedN", for histograms.
     One draw of the held-out stream serves every stack; a large world draws fewer samples, as
     many as fit in DETAIL_BYTES."""
