@@ -168,9 +168,10 @@ def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figu
     return written
 
 
-def top_latents(run: RunMetrics, acts: np.ndarray | None, count: int = TOP_LATENTS) -> np.ndarray:
-    """The `count` latents that fire on most held-out samples (ties: larger decoder norm first);
-    by decoder norm alone without activations."""
+def top_latents(run: RunMetrics, acts: np.ndarray | None, count: int | None = None) -> np.ndarray:
+    """The `count` (default TOP_LATENTS) latents that fire on most held-out samples (ties: larger
+    decoder norm first); by decoder norm alone without activations."""
+    count = TOP_LATENTS if count is None else count
     norms_K = np.asarray(run.decoder_norms, dtype=float)
     if acts is None:
         return np.argsort(-norms_K, kind="stable")[:count]

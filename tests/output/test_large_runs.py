@@ -69,14 +69,16 @@ def test_a_missing_array_file_is_named(tmp_path):
 
 
 def test_large_run_figures_show_the_top_latents_not_the_full_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "TOP_HISTOGRAMS", 2)  # panels are slow to draw; two show the layout
+    monkeypatch.setattr(plots, "TOP_HISTOGRAMS", 2)  # panels are slow to draw; a few show the layout
+    monkeypatch.setattr(plots, "TOP_LATENTS", 16)
     m, _ = _large_metrics()
     acts = (np.arange(500)[:, None] % 100 <= np.arange(LATENTS)) * 1.0  # latent j fires on (j + 1)% of inputs
     written = write_run_figures(m, {"tied-seed0": acts}, tmp_path / "figures")
     assert written["tied-seed0"] == ["figures/tied-seed0-decoder.png", "figures/tied-seed0-latents.png",
                                      "figures/tied-seed0-hist.png"]
     top = top_latents(m.runs[0], acts)
-    assert len(top) == TOP_LATENTS and top[0] == LATENTS - 1
+    assert len(top) == 16 and list(top[:3]) == [LATENTS - 1, LATENTS - 2, LATENTS - 3]
+    assert len(top_latents(m.runs[0], acts, count=TOP_LATENTS)) == TOP_LATENTS
     for name in written["tied-seed0"] + written["world"]:
         width, height = Image.open(tmp_path / name).size
         assert width * height < 4000 * 4000, name  # a 96 x 700 table of 0.5-inch cells would be 38000 px wide
