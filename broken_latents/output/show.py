@@ -10,6 +10,33 @@ from ..analysis.metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
 from .report import SHOWN_ABSORPTION
 
 
+SHOWN_ITEMS = 24
+"""A cell lists at most this many latents or features; a large SAE's cell ends "... (N more)"."""
+
+
+def _cut(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN_ITEMS])
+    return shown + (f", ... ({len(items) - SHOWN_ITEMS} more)" if len(items) > SHOWN_ITEMS else "")
+
+
+def synthbench_table(metrics: Metrics) -> Table | None:
+    """SynthSAEBench's metrics (SAELens' definitions) per SAE and seed; None for runs from before them."""
+    runs = [run for run in metrics.runs if run.mcc is not None]
+    if not runs:
+        return None
+    table = Table(title="SynthSAEBench metrics (SAELens' definitions): mcc, uniqueness, f1, precision, "
+                        "recall, sae_l0, true_l0, dead_count, shrinkage")
+    columns = ("mcc", "uniqueness", "f1", "precision", "recall", "sae_l0", "true_l0", "dead_count", "shrinkage")
+    table.add_column("SAE")
+    table.add_column("seed")
+    for header in ("MCC", "uniq", "F1", "prec", "rec", "L0", "true", "dead", "shrk"):  # narrow: fits 80 columns
+        table.add_column(header, justify="right")
+    for run in runs:
+        table.add_row(run.label, str(run.seed), *(f"{getattr(run, c):.2f}" if isinstance(getattr(run, c), float)
+                                                  else str(getattr(run, c)) for c in columns))
+    return table
+
+
 def broken_latent_table(metrics: Metrics) -> Table:
     """One row per SAE and seed: what it learned, which latents are broken or dead, their peaks."""
     table = Table(title=f"{metrics.name}: latents per SAE and seed")
@@ -17,7 +44,7 @@ def broken_latent_table(metrics: Metrics) -> Table:
         table.add_column(column)
     for run in metrics.runs:
         by_latent = {m.latent: m for m in run.matches}
-        broken = ", ".join(f"{j} (f{by_latent[j].feature}, {by_latent[j].cos:.2f})" for j in run.broken_latents)
+        broken = _cut([f"{j} (f{by_latent[j].feature}, {by_latent[j].cos:.2f})" for j in run.broken_latents])
         table.add_row(
             run.label, str(run.seed), _ints(run.learned_features), broken or "-",
             _ints(run.dead_latents) or "-", _ints(run.activation_peaks), f"{run.explained_variance:.3f}",
@@ -35,9 +62,9 @@ def absorption_table(metrics: Metrics) -> Table | None:
     for column in ("SAE", "seed", "absorbed features (absorption, full)", "hedging latents (signed)"):
         table.add_column(column)
     for run in runs:
-        absorbed = ", ".join(f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
-                             for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION)
-        hedging = ", ".join(f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION)
+        absorbed = _cut([f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
+                         for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION])
+        hedging = _cut([f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION])
         table.add_row(run.label, str(run.seed), absorbed or "-", hedging or "-")
     return table
 
@@ -104,6 +131,8 @@ def show_run(metrics: Metrics, console: Console) -> None:
     if geometry := geometry_line(metrics.world):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
+    if synthbench := synthbench_table(metrics):
+        console.print(synthbench)
     if absorption := absorption_table(metrics):
         console.print(absorption)
     if metrics.claims:
@@ -119,4 +148,4 @@ def show_run(metrics: Metrics, console: Console) -> None:
 
 
 def _ints(values: list[int]) -> str:
-    return ", ".join(str(v) for v in values)
+    return _cut([str(v) for v in values])

@@ -92,6 +92,7 @@ def test_show_prints_a_bounded_decoder_table_of_a_large_run(tmp_path):
     show_run(read_metrics(tmp_path / "metrics.json", "DIR"), Console(file=out, width=200))
     text = out.getvalue()
     assert f"the {SHOWN_LATENTS} of {LATENTS} latents" in text
+    assert "... (72 more)" in text  # the 96 peaks per latent, cut to 24
     assert text.count("\n") < 150
 
 
@@ -121,3 +122,15 @@ def test_memory_of_a_synthbench_size_run_is_bounded_by_streaming():
     assert estimate.parts["evaluation"] <= 2 * 1.1 * 2**30
     tables = 2 * 2 * (2 * 4096 * 16384 + 4096 ** 2) + 6 * 16384 ** 2
     assert estimate.parts["analysis"] == tables + 20 * 4096 * 16384
+
+
+def test_show_tables_the_synthbench_metrics_when_present():
+    scores = dict(mcc=0.757, uniqueness=0.9, f1=0.732, precision=0.8, recall=0.7, sae_l0=25.0, true_l0=34.0,
+                  dead_count=3, shrinkage=0.95)
+    out = io.StringIO()
+    show_run(metrics(runs=[run_metrics(**scores)]), Console(file=out, width=200))
+    row = next(line for line in out.getvalue().splitlines() if "0.76" in line)
+    assert all(cell in row for cell in ("0.76", "0.90", "0.73", "25.00", "34.00", " 3 ", "0.95"))
+    out = io.StringIO()
+    show_run(metrics(), Console(file=out, width=200))  # a run from before these metrics: no table
+    assert "SynthSAEBench" not in out.getvalue()
