@@ -110,13 +110,15 @@ class FiringTally:
         h_BK, f_BN, x_BD, x_hat_BD = (t.detach().cpu() for t in (h_BK, f_BN, x_BD, x_hat_BD))
         fires_BK = h_BK != 0
         truth_BK = f_BN[:, self.best_K] > 0
-        self.tp_K += (fires_BK & truth_BK).sum(0)
-        self.fp_K += (fires_BK & ~truth_BK).sum(0)
-        self.fn_K += (~fires_BK & truth_BK).sum(0)
-        self.fired_K |= fires_BK.any(0)
+        # FP and FN from the totals: one pass over the [B, K] masks instead of three.
+        tp_K, fired_K, true_K = (torch.count_nonzero(m, dim=0) for m in (fires_BK & truth_BK, fires_BK, truth_BK))
+        self.tp_K += tp_K
+        self.fp_K += fired_K - tp_K
+        self.fn_K += true_K - tp_K
+        self.fired_K |= fired_K > 0
         self.samples += h_BK.shape[0]
-        self.sae_active += float(fires_BK.sum())
-        self.true_active += float((f_BN > 0).sum())
+        self.sae_active += float(fired_K.sum())
+        self.true_active += float(torch.count_nonzero(f_BN > 0))
         x64, x_hat64 = x_BD.double(), x_hat_BD.double()
         norms_B = x64.norm(dim=-1)
         valid_B = norms_B > MIN_INPUT_NORM
