@@ -205,6 +205,13 @@ class RunMetrics(_Schema, _Matrices):
     hedging: list[float] | None = None
     """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
+    loss_drop: float | None = None
+    """The largest fall of one loss term over the last 10% of logged steps against the 10% before, as a
+    share of the whole loss (analysis/convergence.py has the rule); absent: too few steps logged to tell."""
+    falling_term: str | None = None
+    """The loss term of `loss_drop` (mse, l1, prefix_mse)."""
+    still_falling: bool | None = None
+    """loss_drop above convergence.STILL_FALLING: the SAE had not converged (`run` warns)."""
     # SynthSAEBench's metrics on SAELens' definitions (analysis/scale.py), over every eval sample.
     # Absent in runs from before they existed.
     mcc: float | None = None
@@ -249,7 +256,14 @@ class WorldMetrics(_Schema, _Matrices):
     welch_bound: float | None = None
     """The least max |cos| any arrangement of the features in dim dimensions can reach."""
     firing_rates: list[float]
+    """Marginal: the probability that each feature fires, hierarchy included."""
     magnitudes: list[float] | None = None
+    dim: int | None = None
+    """Input dimensions (absent in runs from before it was recorded)."""
+    given_rates: list[float] | None = None
+    """Each feature's rate as the config gives it: a conditional child's is its rate given the parent."""
+    hierarchy: list[dict] | None = None
+    """The config's parent/child relations: [{"parent", "children", "mode"}]."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -278,6 +292,8 @@ class Metrics(_Schema):
     runs: list[RunMetrics]
     description: str | None = None
     claims: list[ClaimResult] | None = None
+    clean_cos: float | None = None
+    """Decoder cosine from which a latent counted as clean in this run (CLEAN_COS unless the experiment sets it)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -325,3 +341,35 @@ def read_metrics(path: Path, field: str) -> Metrics:
             if isinstance(value, str) and not (root / value).is_file():
                 raise ConfigError(field, f"{path} names {value} for {name}, but {root / value} is missing")
     return metrics
+
+
+# -- per-run scalars (what a sweep can map) ----------------------------------------------------
+
+RUN_SCALARS: dict[str, Any] = {
+    "learned": lambda run: len(run.learned_features),
+    "broken": lambda run: len(run.broken_latents),
+    "dead": lambda run: len(run.dead_latents),
+    "max_peaks": lambda run: max(run.activation_peaks, default=0),
+    "explained_variance": lambda run: run.explained_variance,
+    "mse": lambda run: run.mse,
+    "l0": lambda run: run.l0,
+    "still_falling": lambda run: run.still_falling,
+    "loss_drop": lambda run: run.loss_drop,
+}
+"""Name -> one number per SAE and seed: counts of learned features / broken / dead latents, the most
+activation peaks of any latent, and the reconstruction scalars. A new mappable number is one entry."""
+LARGE_WORLD_SCALARS = ("mcc", "uniqueness", "precision", "recall", "f1", "shrinkage", "sae_l0", "true_l0",
+                       "dead_count")
+"""Per-run keys metrics.json may hold beside the typed ones (DESIGN.md's large-world keys); a run
+without the key has no value for it."""
+
+
+def run_scalar(run: RunMetrics, name: str) -> float | None:
+    """The scalar `name` (RUN_SCALARS or a numeric key in the run's extra keys) of one run; None if absent."""
+    value = RUN_SCALARS[name](run) if name in RUN_SCALARS else getattr(run, name, None)
+    value = run.extra.get(name) if value is None else value  # a key a newer version wrote
+    return float(value) if isinstance(value, (int, float)) else None  # bool: 1.0 / 0.0
+
+
+def scalar_names() -> list[str]:
+    return [*RUN_SCALARS, *LARGE_WORLD_SCALARS]
