@@ -134,3 +134,21 @@ def test_show_tables_the_synthbench_metrics_when_present():
     out = io.StringIO()
     show_run(metrics(), Console(file=out, width=200))  # a run from before these metrics: no table
     assert "SynthSAEBench" not in out.getvalue()
+
+
+def test_the_cli_refuses_a_run_directory_the_disk_cannot_hold_before_training(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import broken_latents.pipeline.run as pipeline_run
+    from broken_latents.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline_run, "train", refuse)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "recap-absorption", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "writes about" in err and "free" in err and not (tmp_path / "run").exists()
