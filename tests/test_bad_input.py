@@ -95,7 +95,6 @@ def test_unwritable_out_refused_before_training(out, capsys, tmp_path):
     ("train.seeds=100000", "train.seeds"),
     ("sae.tied.latents=2000000", "sae.tied.latents"),
     ("train.batch_size=100000000", "train.batch_size"),
-    ("train.eval_samples=1000000000", "train.eval_samples"),
 ])
 def test_sizes_the_machine_cannot_hold_refused(override, field, capsys, tmp_path):
     code, err = _exit(["run", "recap-absorption", "--out", str(tmp_path / "r"), "--set", override], capsys)

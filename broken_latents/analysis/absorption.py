@@ -163,7 +163,7 @@ def absorption_metrics(
         raise ValueError(f"live {sorted(live_set)} names a latent outside 0..{K - 1}")
 
     proj_KN = W @ F.T  # W_j . d_i
-    x_proj_BN = f @ (F @ F.T)  # x_b . d_i
+    x_proj_BN = (f @ F) @ F.T  # x_b . d_i; never the N x N Gram matrix (2 GiB at 16k features)
     norms_K = np.linalg.norm(W, axis=1)
     absorption, full, firing, unreconstructed = [0.0] * N, [0.0] * N, [0] * N, [0] * N
     for i in range(N):

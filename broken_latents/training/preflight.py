@@ -6,6 +6,7 @@ direction search would take minutes. Each failure is a `ConfigError` naming the 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ SEARCH_BUDGET = 6e8
 5000 in 10 dims would be 1.3e9, 40 s)."""
 
 FLOAT = 4  # bytes of a float32
+JSON_NUMBER = 9
+"""Bytes of one rounded number in metrics.json ("-0.1234, ")."""
+OUTPUT_SHARE = 0.8
+"""A run directory may take at most this share of the free disk space where it is written."""
 
 
 def check_writable(out: Path, field: str = "--out") -> None:
@@ -69,9 +74,15 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
     # 4 batches per chunk, 4 chunks in the ring, the raw words and firing masks of one chunk,
     # and per SAE a batch of inputs, activations and reconstructions.
     batches = FLOAT * (16 * R * N * B + 4 * N * B * 3 + sum(R * B * (3 * D + 3 * K) for K in Ks))
-    evaluation = FLOAT * R * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
+    # The per-latent analyses hold at most DETAIL_BYTES of samples per seed (analysis/measure.py); the
+    # SynthSAEBench metrics stream over the rest, a batch of STREAM_BYTES at a time.
+    from ..analysis.measure import DETAIL_BYTES, STREAM_BYTES
+
+    held = FLOAT * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
+    evaluation = R * min(held, DETAIL_BYTES) + (STREAM_BYTES if held > DETAIL_BYTES else 0)
     world = 8 * (3 * D * N if D >= N else 6 * N * N)
-    parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world}
+    parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world,
+             "analysis": analysis_bytes(config)}
     largest = max(parts, key=parts.get)
     return MemoryEstimate(sum(parts.values()), parts, _culprit(config, largest))
 
@@ -88,12 +99,60 @@ def _culprit(config: ExperimentConfig, part: str) -> str:
         ratios["train.batch_size"] = t.batch_size / TrainConfig.batch_size
     if part == "evaluation":
         ratios["train.eval_samples"] = t.eval_samples / TrainConfig.eval_samples
-    if part in ("training state", "batch buffers", "evaluation"):
+    if part in ("training state", "batch buffers", "evaluation", "analysis", "outputs"):
         for sae in config.sae:
             ratios[f"sae.{sae.label}.latents"] = sae.latents / SAEConfig.latents
     if part == "world":
         ratios = {k: v for k, v in ratios.items() if k.startswith("world.")}
+    if part in ("analysis", "outputs"):
+        ratios = {k: v for k, v in ratios.items() if k in ("world.features", "train.seeds") or k.startswith("sae.")}
     return max(ratios, key=ratios.get)
+
+
+def _matrix_bytes(entries: int) -> int:
+    """Bytes a cosine matrix takes as metrics hold it: float16 past INLINE_MAX, else rounded JSON text."""
+    from ..analysis.metrics import ARRAY_DTYPE, INLINE_MAX
+
+    import numpy as np
+
+    return entries * (np.dtype(ARRAY_DTYPE).itemsize if entries > INLINE_MAX else JSON_NUMBER)
+
+
+def analysis_bytes(config: ExperimentConfig) -> int:
+    """Memory the analysis takes beyond its samples: the cosine tables every SAE and seed keeps
+    (decoder, encoder: K x F; latents: K x K; the world's F x F) and, one SAE at a time, the
+    Hungarian matchings' float32 and float64 copies of a K x F table (about 20 bytes an entry)."""
+    w, R = config.world, config.train.seeds
+    kept = sum(R * _matrix_bytes(2 * sae.latents * w.features + sae.latents ** 2) for sae in config.sae)
+    matching = max(20 * sae.latents * w.features for sae in config.sae)
+    return kept + matching + (FLOAT + 2) * w.features ** 2
+
+
+def output_bytes(config: ExperimentConfig) -> dict[str, int]:
+    """Bytes the run directory will take, by what they hold (figures and reports aside, a few MB)."""
+    w, R, D = config.world, config.train.seeds, config.world.dim
+    weights = sum(R * 2 * FLOAT * (2 * sae.latents * D + 2 * sae.latents + D) for sae in config.sae)  # two formats
+    tables = sum(R * _matrix_bytes(2 * sae.latents * w.features + sae.latents ** 2) for sae in config.sae)
+    per_latent = sum(R * sae.latents * 200 for sae in config.sae)  # peaks, peak models, lists per latent
+    return {"weights": weights, "cosine tables": tables + _matrix_bytes(w.features ** 2),
+            "per-latent metrics": per_latent}
+
+
+def check_outputs(config: ExperimentConfig, out: Path, free: int | None = None) -> int:
+    """Refuse a run whose directory would not fit in the free space under `out` (with room to
+    spare: OUTPUT_SHARE of it), before training. Returns the estimated bytes."""
+    parts = output_bytes(config)
+    total = sum(parts.values())
+    if free is None:
+        existing = next(p for p in [Path(out), *Path(out).parents] if p.exists())
+        free = shutil.disk_usage(existing).free
+    if total > OUTPUT_SHARE * free:
+        culprit = _culprit(config, "outputs")
+        detail = ", ".join(f"{name} {_gib(b)}" for name, b in parts.items() if b >= 0.01 * total)
+        raise ConfigError(culprit, f"this run writes about {_gib(total)} ({detail}) and {out} has {_gib(free)} "
+                                   f"free, of which a run may use {OUTPUT_SHARE:.0%}: lower {culprit} "
+                                   f"(now {_field_value(config, culprit):,}) or write elsewhere (--out)")
+    return total
 
 
 def check_memory(config: ExperimentConfig, available: int | None = None) -> MemoryEstimate:
@@ -160,5 +219,7 @@ def _field_value(config: ExperimentConfig, field: str):
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
