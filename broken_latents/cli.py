@@ -57,7 +57,7 @@ def run(
     config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
     _check_device(device)
     choose_engine(config, device)  # a config error, before anything is written
-    check_config(config)  # sizes the machine cannot hold, worlds too big to lay out
+    check_config(config, device)  # sizes the machine cannot hold, runs that would take days
     for unused in (note for sae in config.sae for note in sae.unused_settings()):
         console.print(f"note: {unused}")
     out = out or Path("runs") / config.name

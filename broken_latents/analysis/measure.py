@@ -92,6 +92,8 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
     stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
     f_RNB = stream.next()
     x_RBD = world.inputs(f_RNB)
+    if world.sparse:  # a SparseBatch: the firing lists as dense magnitudes
+        f_RNB = f_RNB.features_RNB()
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
     cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
