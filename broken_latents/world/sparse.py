@@ -7,7 +7,8 @@ largest rate is q, candidates come by geometric skips (one log per candidate) an
 probability rate / q, which is exactly Bernoulli(rate) per feature. With a copula the rate of feature
 i given the shared factor e is P(eta > z_i), z_i = (t_i - L_i . e) / sqrt(d_i); q is then the block's
 largest conditional rate. Then the hierarchy (`laws.Structure`) on the short list, depth by depth, as
-SAELens applies it, and x. `World.sample` (model.dense_reference) draws the same law densely;
+SAELens applies it (a child is drawn only when its parent is active: children of inactive parents
+never fire, so drawing them changes nothing but the cost), and x. `World.sample` (model.dense_reference) draws the same law densely;
 tests/world/test_sparse.py compares the two.
 """
 
@@ -60,23 +61,32 @@ class SparseSampler:
         self.states_R4 = np.stack([np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds])
         self.n = n = world.n_features
         rates = world.rates_N.cpu().double().numpy()
-        order = np.argsort(-rates, kind="stable").astype(np.int64)
-        padded = np.concatenate([rates[order], np.zeros((-n) % BLOCK)])
+        s = world.structure
+        # Blocks over the free features only: a gated child is drawn when its parent fires, never before.
+        free = np.flatnonzero(s.parent_N < 0)
+        order = free[np.argsort(-rates[free], kind="stable")].astype(np.int64)
+        padded = np.concatenate([rates[order], np.zeros((-len(order)) % BLOCK)])
         self.block_q = padded.reshape(-1, BLOCK).max(1)
+        gated = np.flatnonzero(s.parent_N >= 0)
+        by_parent = gated[np.argsort(s.parent_N[gated], kind="stable")]
+        child_offsets = np.searchsorted(s.parent_N[by_parent], np.arange(n + 1)).astype(np.int64)
         means = world.magnitudes_N.cpu().double().numpy()
         stds = np.zeros(n) if world.magnitude_stds_N is None else world.magnitude_stds_N.cpu().double().numpy()
         if world.correlation is not None:
             factor, diag = world.correlation
-            self.factor_T = np.ascontiguousarray(factor.T.astype(np.float32))  # [rank, N]
+            self.factor_NR = np.ascontiguousarray(factor.astype(np.float64))
+            self.free_factor_T = np.ascontiguousarray(factor[order].T.astype(np.float32))  # [rank, free in `order`]
             with np.errstate(divide="ignore"):
                 thresholds = math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
             corr = (thresholds, np.sqrt(diag.astype(np.float64)))
+            self.free_copula = (thresholds[order].astype(np.float32), (1 / corr[1][order]).astype(np.float32))
         else:
-            self.factor_T = np.zeros((0, n), np.float32)
+            self.factor_NR = np.zeros((n, 0))
+            self.free_factor_T = np.zeros((0, len(order)), np.float32)
             corr = (np.zeros(n), np.ones(n))
-        s = world.structure
+            self.free_copula = (np.zeros(len(order), np.float32), np.ones(len(order), np.float32))
         self.world_arrays = (order, self.block_q, rates, means, stds, *corr,
-                             s.parent_N, s.depth_N, s.rescale_N, s.group_N, max(s.groups, 1),
+                             child_offsets, by_parent.astype(np.int64), s.rescale_N, s.group_N, max(s.groups, 1),
                              s.force_parents_H, s.force_offsets_H1, s.force_children,
                              world.directions_ND.cpu().float().numpy(),
                              (torch.zeros(world.config.dim) if world.bias_D is None else world.bias_D.cpu()).float().numpy())
@@ -87,15 +97,13 @@ class SparseSampler:
         R = len(self.states_R4)
         x = np.empty((R, batch, self.dim), np.float32) if out_RBD is None else out_RBD
         indices, values, offsets = [], [], []
-        rank = self.factor_T.shape[0]
+        rank = self.factor_NR.shape[1]
         for r in range(R):
-            if rank:
-                eps = np.empty((batch, rank), np.float32)
-                _normals(self.states_R4[r], eps)
-                A_BN = eps @ self.factor_T  # BLAS, GIL released
-            else:
-                A_BN = np.zeros((batch, 0), np.float32)
-            idx, val, off = _draw(self.states_R4[r], A_BN, *self.world_arrays, x[r], self.capacity)
+            eps = np.empty((batch, rank), np.float32)
+            _normals(self.states_R4[r], eps)
+            A_BF = eps @ self.free_factor_T  # the free features' shared part, by BLAS (GIL released)
+            idx, val, off = _draw(self.states_R4[r], eps, self.factor_NR, A_BF, *self.free_copula, *self.world_arrays, x[r],
+                                  self.capacity)
             self.capacity = max(self.capacity, len(idx) // batch + 8)
             indices.append(idx)
             values.append(val)
@@ -217,21 +225,48 @@ def _magnitude(s, mean, std):
     return mean
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fires(s, i, b, correlated, rates, eps_BR, factor_NR, thresholds, sdiag):
+    """One Bernoulli draw of feature i's own firing (given the copula's factor e of sample b)."""
+    if correlated:
+        a = 0.0
+        for r in range(eps_BR.shape[1]):
+            a += factor_NR[i, r] * eps_BR[b, r]
+        return _uniform(s) <= _upper_tail((thresholds[i] - a) / sdiag[i])
+    return _uniform(s) <= rates[i]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _exclude(s, listed, start, end, value, group, count, winner):
+    """Among listed[start:end], one uniformly drawn survivor per exclusive group (reservoir sampling)."""
+    for f in range(start, end):
+        g = group[listed[f]]
+        if g >= 0:
+            count[g] += 1
+            if _uniform(s) * count[g] <= 1.0:
+                winner[g] = listed[f]
+    for f in range(start, end):
+        i = listed[f]
+        g = group[i]
+        if g >= 0:
+            if winner[g] != i:
+                value[i] = 0.0
+            count[g] = 0
+
+
 @numba.njit(cache=True, nogil=True)
-def _draw(s, A_BN, order, block_q, rates, means, stds, thresholds, sdiag, parent, depth, rescale, group, n_groups,
-          fparents, foffsets, fchildren, F_ND, bias_D, x_BD, capacity):
+def _draw(s, eps_BR, factor_NR, A_BF, free_thresholds, free_inv_sdiag, order, block_q, rates, means, stds, thresholds, sdiag, child_offsets, children, rescale, group,
+          n_groups, fparents, foffsets, fchildren, F_ND, bias_D, x_BD, capacity):
+    """Sample b: the free features (no gating parent) by block thinning over `order`; then, breadth-first,
+    each active feature's gated children drawn one by one (a child of an inactive parent never fires,
+    so it need not be drawn), scaled and made exclusive per group; then force relations; then x."""
     B, D = x_BD.shape
     N = rates.shape[0]
-    correlated = A_BN.shape[1] > 0
+    correlated = eps_BR.shape[1] > 0
+    n_free = order.shape[0]
     n_blocks = block_q.shape[0]
-    gated = False
-    for i in range(N):
-        if parent[i] >= 0:
-            gated = True
-            break
-    value = np.zeros(N)            # scratch: this sample's magnitudes (zero outside `listed`)
-    listed = np.empty(N, np.int64)  # this sample's candidates that fired
-    z = np.empty(N)
+    value = np.zeros(N)             # scratch: this sample's magnitudes (zero outside `listed`)
+    listed = np.empty(N, np.int64)  # this sample's firing features, parents before children
     count = np.zeros(n_groups, np.int64)
     winner = np.full(n_groups, -1, np.int64)
     cap = max(capacity * B, 16)
@@ -241,16 +276,13 @@ def _draw(s, A_BN, order, block_q, rates, means, stds, thresholds, sdiag, parent
     pos = 0
     for b in range(B):
         k = 0
-        if correlated:
-            for i in range(N):
-                z[i] = (thresholds[i] - A_BN[b, i]) / sdiag[i]
         for blk in range(n_blocks):
             start = blk * BLOCK
-            size = min(BLOCK, N - start)
+            size = min(BLOCK, n_free - start)
             if correlated:
                 zmin = np.inf
-                for j in range(size):
-                    zmin = min(zmin, z[order[start + j]])
+                for j in range(start, start + size):  # contiguous: vectorises
+                    zmin = min(zmin, (free_thresholds[j] - A_BF[b, j]) * free_inv_sdiag[j])
                 q = _upper_tail(zmin)
             else:
                 q = block_q[blk]
@@ -259,7 +291,7 @@ def _draw(s, A_BN, order, block_q, rates, means, stds, thresholds, sdiag, parent
             if q >= DENSE_BLOCK_RATE:
                 for j in range(size):
                     i = order[start + j]
-                    p = _upper_tail(z[i]) if correlated else rates[i]
+                    p = _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i]) if correlated else rates[i]
                     if _uniform(s) <= p:
                         listed[k] = i
                         k += 1
@@ -271,11 +303,11 @@ def _draw(s, A_BN, order, block_q, rates, means, stds, thresholds, sdiag, parent
                 if j >= size:
                     break
                 i = order[start + j]
-                p = _upper_tail(z[i]) if correlated else rates[i]
+                p = _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i]) if correlated else rates[i]
                 if _uniform(s) * q <= p:
                     listed[k] = i
                     k += 1
-        # magnitudes (a firing clipped to 0 is inactive, as in SAELens)
+        # magnitudes (a firing clipped to 0 is inactive, as in SAELens), exclusion among free features
         kept = 0
         for e in range(k):
             i = listed[e]
@@ -284,47 +316,37 @@ def _draw(s, A_BN, order, block_q, rates, means, stds, thresholds, sdiag, parent
                 value[i] = v
                 listed[kept] = i
                 kept += 1
-        k = kept
-        if gated and k > 1:
-            # depth order (insertion sort: the list is short), then gate and exclude depth by depth
-            for e in range(1, k):
-                item = listed[e]
-                f = e - 1
-                while f >= 0 and depth[listed[f]] > depth[item]:
-                    listed[f + 1] = listed[f]
-                    f -= 1
-                listed[f + 1] = item
-        if gated:
-            e = 0
-            while e < k:
-                d = depth[listed[e]]
-                end = e
-                while end < k and depth[listed[end]] == d:
-                    end += 1
-                for f in range(e, end):
-                    i = listed[f]
-                    p = parent[i]
-                    if p >= 0:
-                        pv = value[p]
-                        if pv <= 0:
-                            value[i] = 0.0
-                        elif rescale[i]:
-                            value[i] *= pv / means[p]
-                for f in range(e, end):  # one uniformly drawn survivor per exclusive group
-                    i = listed[f]
-                    g = group[i]
-                    if g >= 0 and value[i] > 0:
-                        count[g] += 1
-                        if _uniform(s) * count[g] <= 1.0:
-                            winner[g] = i
-                for f in range(e, end):
-                    i = listed[f]
-                    g = group[i]
-                    if g >= 0:
-                        if value[i] > 0 and winner[g] != i:
-                            value[i] = 0.0
-                        count[g] = 0
-                e = end
+        _exclude(s, listed, 0, kept, value, group, count, winner)
+        k = 0
+        for e in range(kept):
+            if value[listed[e]] > 0:
+                listed[k] = listed[e]
+                k += 1
+        # children of active features, breadth-first
+        e = 0
+        while e < k:
+            parent = listed[e]
+            e += 1
+            first = k
+            for f in range(child_offsets[parent], child_offsets[parent + 1]):
+                c = children[f]
+                if not _fires(s, c, b, correlated, rates, eps_BR, factor_NR, thresholds, sdiag):
+                    continue
+                v = _magnitude(s, means[c], stds[c])
+                if rescale[c]:
+                    v *= value[parent] / means[parent]
+                if v > 0:
+                    value[c] = v
+                    listed[k] = c
+                    k += 1
+            if k - first > 1:
+                _exclude(s, listed, first, k, value, group, count, winner)
+                kept = first
+                for f in range(first, k):
+                    if value[listed[f]] > 0:
+                        listed[kept] = listed[f]
+                        kept += 1
+                k = kept
         for h in range(fparents.shape[0] - 1, -1, -1):  # explicit force relations, bottom-up
             p = fparents[h]
             if value[p] > 0:
@@ -350,14 +372,12 @@ def _draw(s, A_BN, order, block_q, rates, means, stds, thresholds, sdiag, parent
             row[d] = bias_D[d]
         for e in range(k):
             i = listed[e]
-            v = value[i]
-            if v > 0:
-                vf = np.float32(v)
-                for d in range(D):
-                    row[d] += vf * F_ND[i, d]
-                idx_out[pos] = i
-                val_out[pos] = vf
-                pos += 1
+            vf = np.float32(value[i])
+            for d in range(D):
+                row[d] += vf * F_ND[i, d]
+            idx_out[pos] = i
+            val_out[pos] = vf
+            pos += 1
             value[i] = 0.0
         offsets[b + 1] = pos
     return idx_out[:pos].copy(), val_out[:pos].copy(), offsets
