@@ -104,3 +104,23 @@ def test_bias_has_its_norm_and_shifts_every_input():
     assert float(world.bias_D.norm()) == pytest.approx(0.5)
     x = world.inputs(torch.zeros(1, 8, 3))
     assert torch.allclose(x, world.bias_D.expand(1, 3, 16))
+
+
+def test_synthbench_laws_give_saelens_world_to_the_number():
+    """The committed folder was written by SAELens from SynthSAEBench-16k's laws at 256 x 32, seed 7: ours,
+    built from the same laws, has the same rates (compensated), magnitudes, tree, copula factor and bias."""
+    from pathlib import Path
+
+    from broken_latents.experiments.synthbench import synthbench_world
+
+    folder = Path(__file__).parent / "data" / "saelens-256x32"
+    ours = World.build(synthbench_world(256, 32, seed=7))
+    theirs = World.build(WorldConfig(load=str(folder)))
+    assert torch.allclose(ours.rates_N, theirs.rates_N, rtol=1e-5)
+    assert torch.allclose(ours.magnitudes_N.float(), theirs.magnitudes_N.float())
+    assert torch.allclose(ours.magnitude_stds_N.float(), theirs.magnitude_stds_N.float())
+    assert np.array_equal(ours.structure.parent_N, theirs.structure.parent_N)
+    assert np.array_equal(ours.structure.group_N >= 0, theirs.structure.group_N >= 0)
+    assert np.array_equal(ours.structure.rescale_N, theirs.structure.rescale_N)
+    assert np.allclose(ours.correlation[0], theirs.correlation[0]) and np.allclose(ours.correlation[1], theirs.correlation[1])
+    assert torch.allclose(ours.bias_D, theirs.bias_D, atol=1e-6)
