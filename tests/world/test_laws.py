@@ -124,3 +124,32 @@ def test_synthbench_laws_give_saelens_world_to_the_number():
     assert np.array_equal(ours.structure.rescale_N, theirs.structure.rescale_N)
     assert np.allclose(ours.correlation[0], theirs.correlation[0]) and np.allclose(ours.correlation[1], theirs.correlation[1])
     assert torch.allclose(ours.bias_D, theirs.bias_D, atol=1e-6)
+
+
+def test_designs_large_world_keys_parse_as_written(tmp_path):
+    """DESIGN.md's commented large-world keys, uncommented, are a valid [world]."""
+    from broken_latents.config.schema import load_toml
+
+    path = tmp_path / "big.toml"
+    path.write_text('''name = "big"
+[world]
+features = 600
+dim = 64
+firing = { zipf = { exponent = 0.5, max = 0.4, min = 5e-4 } }
+magnitude_std = { folded_normal = { mean = 0.5, std = 0.5 } }
+bias = 0.5
+[world.tree]
+roots = 4
+branching = 4
+depth = 3
+mutually_exclusive = 1.0
+mutually_exclusive_min_depth = 0
+compensate_probabilities = true
+scale_children_by_parent = true
+[world.correlation]
+rank = 25
+scale = 0.1
+''')
+    world = load_toml(path).world
+    assert world.tree == TreeConfig(4, 4, 3, 1.0, 0, True, True) and world.correlation == CorrelationConfig(25, 0.1)
+    assert World.is_sparse(world) and world.bias == 0.5
