@@ -13,6 +13,7 @@ Measured on this 2-core machine under load ~12 (one thread; SAELens' SynthSAEBen
 |---|---|---|---|---|
 | 2048 x 256 | 0.0499, 0.300 | 0.0507, 0.112 in 4.2 s (10 steps) | 0.0467, 0.277 in 139 s | 0.058 |
 | 4096 x 256 | 0.0499, 0.323 | 0.0498, 0.152 in 11.3 s (4 steps) | 0.0483, 0.319 in 385 s | 0.061 |
+| 16384 x 768 | 0.0288, 0.199 | 0.0287, 0.104 in 16.8 CPU-s (2 steps) | not run (about 19 min to build) | 0.035 |
 
 SAELens' loss (sum cos^2) lowers the mean; ours (sum cos^8) the worst pairs, which is what makes a
 latent's neighbours interfere.
