@@ -19,9 +19,16 @@ together (autograd, one thread), the ReLU SAEs' mse 4,400 -> 350, the k-sparse o
 
 from __future__ import annotations
 
+from ..config.schema import (
+    AuxConfig,
+    CorrelationConfig,
+    ExperimentConfig,
+    SAEConfig,
+    TrainConfig,
+    TreeConfig,
+    WorldConfig,
+)
 from .registry import Experiment, register
-from ..config.schema import (AuxConfig, CorrelationConfig, ExperimentConfig, SAEConfig, TrainConfig, TreeConfig,
-                             WorldConfig)
 
 
 def synthbench_world(features: int, dim: int, seed: int = 0) -> WorldConfig:

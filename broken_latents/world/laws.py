@@ -93,7 +93,7 @@ class Node:
     """One node of a hierarchy tree, as SAELens' HierarchyNode (organisational nodes: feature None)."""
 
     feature: int | None
-    children: list["Node"]
+    children: list[Node]
     exclusive: bool = False
     rescale: bool = False
 

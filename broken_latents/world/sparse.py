@@ -176,7 +176,7 @@ class SparseStream:
                     break
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "SparseStream":
+    def __enter__(self) -> SparseStream:
         return self
 
     def __exit__(self, *exc) -> None:

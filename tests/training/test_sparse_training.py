@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from broken_latents.config.schema import (AuxConfig, ConfigError, CorrelationConfig, ExperimentConfig, SAEConfig,
-                                          TrainConfig, TreeConfig, WorldConfig)
+from broken_latents.config.schema import (
+    AuxConfig,
+    ConfigError,
+    CorrelationConfig,
+    ExperimentConfig,
+    SAEConfig,
+    TrainConfig,
+    TreeConfig,
+    WorldConfig,
+)
 from broken_latents.training.loop import choose_engine, train
 
 WORLD = WorldConfig(features=48, dim=16, firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.02}},

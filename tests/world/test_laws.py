@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from broken_latents.config.schema import ConfigError, CorrelationConfig, HierarchyConfig, TreeConfig, WorldConfig, from_dict
+from broken_latents.config.schema import (
+    ConfigError,
+    CorrelationConfig,
+    TreeConfig,
+    WorldConfig,
+    from_dict,
+)
 from broken_latents.world import laws
 from broken_latents.world.directions import cosine_stats, decorrelate
 from broken_latents.world.model import World
