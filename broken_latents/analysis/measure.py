@@ -160,6 +160,8 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
     stream = DataStream(world, result.seeds, detail, F_ND.device, offset=EVAL_STREAM, chunk=1)
     f_RNB = stream.next()
     x_RBD = world.inputs(f_RNB)
+    if world.sparse:  # a SparseBatch: the firing lists as dense magnitudes
+        f_RNB = f_RNB.features_RNB()
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
     synthbench = _synthbench_scores(result, f_RNB, x_RBD, streamed=detail < eval_samples)
     cooccur = cooccurring(world.config.hierarchy, world.n_features)

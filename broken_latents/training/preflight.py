@@ -12,14 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import ConfigError, ExperimentConfig, TrainConfig, WorldConfig, SAEConfig
+from ..world import directions
+from ..world.directions import CHUNK, SEARCH_BUDGET
+from ..world.model import World
 
 MEMORY_SHARE = 0.7
 """A run may plan to use at most this share of the machine's physical memory."""
 
-SEARCH_BUDGET = 6e8
-"""Work (steps x features^2 x (1 + dim/200)) the direction search may take: about 15-20 s on one
-2020s core (measured: 2000 features in 10 dims, 2.1e8, 6 s; 2000 in 500 dims, 7e8, 19 s;
-5000 in 10 dims would be 1.3e9, 40 s)."""
+MAX_HOURS = 24.0
+"""A run whose estimated time exceeds this is refused before it starts (see `estimate_seconds`)."""
+
+SECONDS_PER_FLOP = {"cpu": 1 / 2e10, "cuda": 1 / 5e13}
+"""Training speed assumed by `estimate_seconds`: one CPU core's float32 matmul rate (about 20 GFLOP/s,
+of the 358 GFLOP/s two free cores reach on 1024x256x1024), and a datacenter GPU's at a quarter of peak."""
+
+SPARSE_INPUTS_PER_SECOND = 50_000
+"""Sparse sampling rate per seed assumed by `estimate_seconds` (SynthSAEBench laws at 4096 x 256 on one
+busy core; the sampling thread runs beside the training)."""
 
 FLOAT = 4  # bytes of a float32
 JSON_NUMBER = 9
@@ -73,14 +82,20 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
     state = FLOAT * (6 * params + aux)
     # 4 batches per chunk, 4 chunks in the ring, the raw words and firing masks of one chunk,
     # and per SAE a batch of inputs, activations and reconstructions.
-    batches = FLOAT * (16 * R * N * B + 4 * N * B * 3 + sum(R * B * (3 * D + 3 * K) for K in Ks))
+    per_sae = sum(R * B * (3 * D + 3 * K) for K in Ks)
+    if World.is_sparse(w):  # a queue of input batches; directions, copula factor and the chunked cosines
+        rank = w.correlation.rank if w.correlation else 0
+        batches = FLOAT * (4 * R * B * D + per_sae)
+        world = FLOAT * (4 * N * D + N * rank + 3 * CHUNK * N)
+    else:
+        batches = FLOAT * (16 * R * N * B + 4 * N * B * 3 + per_sae)
+        world = 8 * (3 * D * N if D >= N else 6 * N * N)
     # The per-latent analyses hold at most DETAIL_BYTES of samples per seed (analysis/measure.py); the
     # SynthSAEBench metrics stream over the rest, a batch of STREAM_BYTES at a time.
     from ..analysis.measure import DETAIL_BYTES, STREAM_BYTES
 
     held = FLOAT * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
     evaluation = R * min(held, DETAIL_BYTES) + (STREAM_BYTES if held > DETAIL_BYTES else 0)
-    world = 8 * (3 * D * N if D >= N else 6 * N * N)
     parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world,
              "analysis": analysis_bytes(config)}
     largest = max(parts, key=parts.get)
@@ -170,44 +185,53 @@ def check_memory(config: ExperimentConfig, available: int | None = None) -> Memo
 
 
 def search_work(world: WorldConfig) -> float:
-    """The direction search's work (see world._spread_directions): steps x features^2 x (1 + dim/200)."""
-    n, dim = world.features, world.dim
-    if dim >= n or n == dim + 1:
+    """The max-|cos| search's work (world/directions.py), 0 where the world takes no search."""
+    if World.is_sparse(world) or directions.search_work(world.features, world.dim) > SEARCH_BUDGET:
         return 0.0
-    from ..world.model import search_steps  # the search's own step count (world/model.py loads torch: only here)
+    return directions.search_work(world.features, world.dim)
 
-    return search_steps(n, dim) * n * n * (1 + dim / 200)
+
+def world_seconds(world: WorldConfig) -> float:
+    """Laying out the directions: the search (about 15 s at SEARCH_BUDGET) or the decorrelation."""
+    if world.features <= world.dim:
+        return 0.0
+    if search_work(world) > 0:
+        return search_work(world) / SEARCH_BUDGET * 15
+    return directions.decorrelation_seconds(world.features, world.dim)
+
+
+def estimate_seconds(config: ExperimentConfig, device: str = "cpu") -> float:
+    """Wall time of a run, roughly: the world's layout, then training at SECONDS_PER_FLOP (6 B K D flops
+    per SAE and sample, forward and backward) or, in a sparse world, the sampler's pace if slower."""
+    w, t = config.world, config.train
+    flops = 6 * t.samples * t.seeds * sum(sae.latents for sae in config.sae) * w.dim
+    train = flops * SECONDS_PER_FLOP["cuda" if device == "cuda" else "cpu"]
+    if World.is_sparse(w):
+        train = max(train, t.samples * t.seeds / SPARSE_INPUTS_PER_SECOND)
+    return world_seconds(w) + train
+
+
+def check_time(config: ExperimentConfig, device: str = "cpu") -> float:
+    """Refuse a run estimated to take more than MAX_HOURS, naming train.samples."""
+    seconds = estimate_seconds(config, device)
+    if seconds > MAX_HOURS * 3600:
+        gpu = " or run with --device cuda where a GPU is present" if device != "cuda" else ""
+        most = int(config.train.samples * MAX_HOURS * 3600 / seconds)
+        raise ConfigError("train.samples", f"this run would take about {seconds / 3600:,.0f} h on this machine ({device}; "
+                                           f"the limit is {MAX_HOURS:g} h): lower train.samples (now "
+                                           f"{config.train.samples:,}; about {most:,} fit){gpu}")
+    return seconds
 
 
 def check_world(world: WorldConfig) -> None:
-    """Refuse a world in superposition too large for the direction search to finish in seconds."""
-    work = search_work(world)
-    if work > SEARCH_BUDGET:
-        most = _largest_searchable(world.dim)
-        fewer = f"with world.dim = {world.dim} use at most {most} features, or " if most > world.dim + 1 else ""
-        raise ConfigError("world.features", f"{world.features} features in {world.dim} dims is too large for the "
-                                            f"direction search (about {work / SEARCH_BUDGET * 15:.0f} s of work against "
-                                            f"a budget of 15 s); {fewer}world.dim >= world.features (orthogonal "
-                                            "directions)")
+    """Every world size lays out in seconds now (the search, or past its budget the decorrelation): nothing
+    to refuse; kept for callers that checked the world alone."""
 
 
-def _largest_searchable(dim: int) -> int:
-    n = dim + 2
-    if search_work(WorldConfig(features=n, dim=dim)) > SEARCH_BUDGET:
-        return dim + 1
-    while search_work(WorldConfig(features=n * 2, dim=dim)) <= SEARCH_BUDGET:
-        n *= 2
-    lo, hi = n, n * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if search_work(WorldConfig(features=mid, dim=dim)) <= SEARCH_BUDGET else (lo, mid)
-    return lo
-
-
-def check_config(config: ExperimentConfig) -> None:
-    """Everything about a config that can be refused before training: world size, then memory."""
-    check_world(config.world)
+def check_config(config: ExperimentConfig, device: str = "cpu") -> None:
+    """Everything about a config that can be refused before training: memory, then time."""
     check_memory(config)
+    check_time(config, device)
 
 
 def _field_value(config: ExperimentConfig, field: str):
