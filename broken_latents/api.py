@@ -24,6 +24,7 @@ from .config.schema import ConfigError, ExperimentConfig, SAEConfig, apply_overr
 from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
 from .saes.base import _keep_largest
 from .world.model import World
+from .training.history import TrainingHistory
 
 # -- one trained SAE --------------------------------------------------------------------------
 
@@ -146,8 +147,8 @@ class Run:
     """saes[label][seed], from weights/LABEL-seedN.safetensors."""
     metrics: Metrics
     """metrics.json, typed."""
-    history: dict | None = field(default=None, repr=False)
-    """history.json ({"steps", "runs": [{"label", "seed", "terms"}]}); None for runs from before it."""
+    history: TrainingHistory | None = field(default=None, repr=False)
+    """history.json, typed (`.steps`, `.runs[i].label / .seed / .terms`); None for runs from before it."""
 
     @property
     def seeds(self) -> list[int]:
@@ -172,7 +173,7 @@ def load_run(directory: str | Path) -> Run:
             raise ConfigError("DIR", f"{path / 'weights'} has no {sae_config.label}-seedN.safetensors")
         saes[sae_config.label] = {seed: SAE.load(files[seed], sae_config, seed) for seed in sorted(files)}
     history_path = path / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.is_file() else None
+    history = TrainingHistory.from_json(json.loads(history_path.read_text())) if history_path.is_file() else None
     return Run(path, config, World.build(config.world), saes, metrics, history)
 
 
@@ -196,7 +197,7 @@ def load_config(target: str | Path | ExperimentConfig) -> ExperimentConfig:
 def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, samples: int | None = None,
           set: tuple[str, ...] | list[str] = (), device: str = "cpu", progress: bool = False):
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
-    with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
+    with `.stacks` (the SAEs), `.world` and `.history` (a `TrainingHistory`). `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
     from .training.loop import train as train_stacks
 

@@ -63,6 +63,10 @@ def architecture_options(name: str) -> type:
 K_ACTIVATIONS = ("topk", "batchtopk")
 """Activations that keep a number `k` of latents."""
 
+RESERVED_LABELS = ("samples",)
+"""SAE labels refused: "samples" sits beside the labels in records keyed by label (the step
+count of a logged step); a label of digits alone would read as an index in `--set sae.N.key`."""
+
 Engine = Literal["auto", "autograd", "arrays", "compiled"]
 
 
@@ -281,6 +285,9 @@ class SAEConfig:
     def __post_init__(self) -> None:
         _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",
                  f"must be letters, digits, '-' or '_', got {self.label!r}")
+        _require(self.label not in RESERVED_LABELS and not self.label.isdigit(), "sae.label",
+                 f"{self.label!r} is reserved: a label may not be {', '.join(map(repr, RESERVED_LABELS))} "
+                 "or digits alone (--set sae.N reads N as an index)")
         where = f"sae.{self.label}"
         _require(self.architecture in registered_architectures(), f"{where}.architecture",
                  f"must be one of {', '.join(map(repr, registered_architectures()))}; got {self.architecture!r}")

@@ -12,6 +12,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .engines import Engine, choose_engine
+from .history import TrainingHistory
 from .termination import termination
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..engine.backend import as_torch
@@ -46,11 +47,8 @@ class TrainResult:
     stacks: list[TrainedStack]
     samples: int
     train_seconds: float
-    history: list[dict] = field(default_factory=list)
-    """Every logged step: {"samples", LABEL: {term: mean over seeds}} (the progress bar's view)."""
-    seed_history: list[dict] = field(default_factory=list)
-    """Every logged step: {"samples", LABEL: {term: [value per seed, in `seeds` order]}}; a term an
-    SAE did not compute at that step (the aux loss before its delay) is absent. history.json's source."""
+    history: TrainingHistory = field(default_factory=TrainingHistory)
+    """Every loss term per logged step, per SAE and seed: history.json."""
 
     @property
     def samples_per_second(self) -> float:
@@ -100,8 +98,7 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine_class: 
     engine = engine_class(config, world, seeds, stacks, device)
     batch = config.train.batch_size
     steps = math.ceil(config.train.samples / batch)
-    history: list[dict] = []
-    seed_history: list[dict] = []
+    history = TrainingHistory.empty([stack.config.label for stack in stacks], seeds)
 
     # Signals wait for the end of a step (see termination.py): loading or compiling the kernels,
     # here and when the stream starts, must not be cut short. Overflow is not a numpy warning
@@ -118,24 +115,14 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine_class: 
             if want_loss:
                 samples = (step + 1) * batch
                 _check_finite(stacks, logged, seeds, samples, config.train.lr)
-                seed_history.append({"samples": samples, **_per_seed(logged)})
-                history.append({"samples": samples, **_summarise(logged)})
-                bar.update(samples, time.perf_counter() - start, history[-1])
+                history.record(samples, logged)
+                bar.update(samples, time.perf_counter() - start, history.means())
         train_seconds = time.perf_counter() - start
 
     for stack, aux in zip(stacks, engine.auxes):
         if aux is not None:
             stack.tau_SK = as_torch(aux.schedule(steps * batch)[1]).to(device)
-    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history, seed_history)
-
-
-def _per_seed(logged: dict) -> dict:
-    return {label: {k: values.reshape(-1).tolist() for k, values in parts.items()}
-            for label, parts in logged.items() if parts}
-
-
-def _summarise(logged: dict) -> dict:
-    return {label: {k: float(v.mean()) for k, v in parts.items()} for label, parts in logged.items() if parts}
+    return TrainResult(config, world, seeds, stacks, steps * batch, train_seconds, history)
 
 
 def _check_finite(stacks, logged, seeds, samples, lr) -> None:
@@ -165,12 +152,13 @@ class _progress_bar:
             self.task = self.progress.add_task("train", total=self.total, speed="", losses="")
         return self
 
-    def update(self, done: int, seconds: float, record: dict) -> None:
+    def update(self, done: int, seconds: float, means: dict) -> None:
+        """`means`: {label: {term: mean over seeds}} of the latest logged step."""
         if not self.enabled:
             return
         losses = "  ".join(
             f"{label}: mse {parts['mse']:.3g}" + (f" aux {parts['aux']:.2g}" if "aux" in parts else "")
-            for label, parts in record.items() if label != "samples"
+            for label, parts in means.items()
         )
         self.progress.update(self.task, completed=done, speed=f"{done / max(seconds, 1e-9) / 1e6:.2f}M samples/s", losses=losses)
 

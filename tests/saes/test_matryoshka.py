@@ -127,7 +127,7 @@ def test_batchtopk_and_topk_train_end_to_end():
                                    SAEConfig(label="batch", architecture="untied", latents=4, activation="batchtopk",
                                              k=2, matryoshka_widths=[2, 4])])
     result = train(config, progress=False)
-    assert set(result.history[-1]["batch"]) == {"mse", "l1", "prefix_mse"}
+    assert set(result.history.means()["batch"]) == {"mse", "l1", "prefix_mse"}
     assert torch.isfinite(result.stacks[1].sae.batchtopk_threshold_S).all()
     runs = {run.label: run for run in measure(result).runs}
     assert runs["top"].l0 <= 2.0
