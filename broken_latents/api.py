@@ -20,7 +20,9 @@ from typing import Callable
 
 import torch
 
-from .config.schema import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
+from .config.schema import ConfigError, ExperimentConfig, SAEConfig
+from .config.toml_io import load_toml
+from .config.overrides import apply_overrides
 from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
 from .saes.base import _keep_largest
 from .world.model import World

@@ -13,7 +13,9 @@ import tyro
 from rich.console import Console
 
 from . import experiments
-from .config.schema import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from .config.schema import ConfigError, ExperimentConfig
+from .config.toml_io import load_toml
+from .config.overrides import apply_overrides
 from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
 from .training.termination import termination
 from .training.loop import TrainingDiverged, choose_engine

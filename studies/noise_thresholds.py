@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from broken_latents.analysis.measure import measure
-from broken_latents.config.schema import apply_overrides
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.pipeline.reproduce import scaled
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.experiments import checks as c

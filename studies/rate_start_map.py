@@ -18,7 +18,7 @@ from pathlib import Path
 
 from broken_latents.analysis.measure import measure
 from broken_latents.experiments.claims import evaluate_claims
-from broken_latents.config.schema import apply_overrides
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.training.loop import train
 

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from broken_latents import __version__
 from broken_latents.cli import main
-from broken_latents.config.schema import ConfigError, ExperimentConfig, WorldConfig, apply_overrides, load_toml
+from broken_latents.config.schema import ConfigError, ExperimentConfig, WorldConfig
+from broken_latents.config.toml_io import load_toml
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.training.preflight import SEARCH_BUDGET, check_config, check_memory, check_world, estimate_memory, search_work
 

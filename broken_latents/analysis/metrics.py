@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.schema import ConfigError, read_json
+from ..config.schema import ConfigError
+from ..config.toml_io import read_json
 
 CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from ..analysis.measure import latent_activations, measure
 from ..experiments.claims import Claim, evaluate_claims
-from ..config.schema import ConfigError, ExperimentConfig, dump_toml
+from ..config.schema import ConfigError, ExperimentConfig
+from ..config.toml_io import dump_toml
 from ..analysis.metrics import CLEAN_COS, Metrics
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html

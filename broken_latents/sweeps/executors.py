@@ -47,7 +47,8 @@ def run_cell(task: CellTask) -> dict:
     """Train one cell into task.out. Never raises: a failure is a result {"status": "failed", "error"}."""
     import sys
 
-    from ..config.schema import ConfigError, ExperimentConfig, from_dict
+    from ..config.schema import ConfigError, ExperimentConfig
+    from ..config.toml_io import from_dict
     from ..experiments import EXPERIMENTS
     from ..output.rundir import run_experiment
     from ..training.loop import TrainingDiverged

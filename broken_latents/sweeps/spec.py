@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import experiments
-from ..config.schema import ConfigError, ExperimentConfig, apply_values, dump_toml, load_toml, to_dict
+from ..config.schema import ConfigError, ExperimentConfig
+from ..config.toml_io import dump_toml, load_toml, to_dict
+from ..config.overrides import apply_values
 from ..analysis.metrics import CLEAN_COS
 
 if sys.version_info >= (3, 11):

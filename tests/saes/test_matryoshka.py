@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from broken_latents.analysis.measure import cosine, measure
-from broken_latents.config.schema import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig, from_dict
+from broken_latents.config.schema import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.toml_io import from_dict
 from broken_latents.saes import build_sae
 from broken_latents.training.loop import choose_engine, train
 

@@ -9,7 +9,9 @@ import torch
 
 from broken_latents.training.aux import AuxState
 from broken_latents.config.schema import (AuxConfig, ConfigError, ExperimentConfig, HierarchyConfig, InverseConfig, SAEConfig,
-                                   TrainConfig, WorldConfig, apply_overrides, from_dict)
+                                          TrainConfig, WorldConfig)
+from broken_latents.config.toml_io import from_dict
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.training.inverse import InverseState
 from broken_latents.analysis.peaks import assign_peaks, fit_peak_model
 from broken_latents.training.refit import fit_models, separating_directions, training_threshold
