@@ -1,7 +1,7 @@
 """The CPU fast path: one compiled call computes every gradient of an SAE stack for a batch.
 
 Same math as `fastpath.py` (hand-derived gradients in feature space, checked against autograd
-in tests/test_fastpath.py), as loops compiled by numba instead of ~40 array calls: at toy sizes
+in tests/engine/test_fastpath.py), as loops compiled by numba instead of ~40 array calls: at toy sizes
 (K = 5 latents, N = 20 features) each numpy call costs more in overhead than its arithmetic.
 Every loop over the batch is innermost and contiguous, so it runs in SIMD lanes; a first try
 that walked sample by sample over the nonzero features was 4x slower despite doing less work.
