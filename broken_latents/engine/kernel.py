@@ -36,13 +36,12 @@ BLOCK = 1024
 Smaller blocks were slower: each block pays several microseconds of calls and slicing."""
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _typed(value, like):
     """`value` in the dtype of the array `like`: numba makes Python floats float64, and one
-    float64 constant in a float32 loop converts every element and halves the SIMD lanes."""
-    out = np.empty(1, like.dtype)
-    out[0] = value
-    return out[0]
+    float64 constant in a float32 loop converts every element and halves the SIMD lanes.
+    (A cast, not a one-element array: an allocation per constant cost ~10% of a call.)"""
+    return like.dtype.type(value)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
@@ -289,9 +288,11 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, weights, loss, tau_SK, nesti
 
 
 # -- the pieces, per block of samples ------------------------------------------------------------
+# inline="always": numba pastes each piece into stack_gradients before compiling it, so a piece
+# costs no call, and no reference counts on the dozen arrays it is handed, per block.
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _forward(f, i0, n_i, M, E, q, c, tied, theta_K, xW, pre, h, h_max_K):
     """The forward pass: x.W_k (xW), pre-activations (tied: W_k (x - b); untied: through E and c),
     h = pre [pre > theta], and each latent's running max of h."""
@@ -311,7 +312,7 @@ def _forward(f, i0, n_i, M, E, q, c, tied, theta_K, xW, pre, h, h_max_K):
         h_max_K[k] = peak
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _squared_residuals(r2, f, i0, n_i, bb, bF, G_NN, orthonormal, Gf):
     """r2 = ||x - b||^2 = ||b||^2 + sum_n f_n ((G f)_n - 2 b.F_n), with G = I when F is orthonormal
     (then two features per pass). Gf: scratch."""
@@ -337,7 +338,7 @@ def _squared_residuals(r2, f, i0, n_i, bb, bF, G_NN, orthonormal, Gf):
                 r2[i] += fn[i] * (Gf[i] - b0)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _decoder_errors(We, xW, h, q, PR, N_KK, n_i):
     """We_k = W_k . e, e = x_hat - x: (P h)_k + q_k - x.W_k; Matryoshka: summed over the prefixes,
     (P N h)_k + n_k (q_k - x.W_k). PR: P, or P * N."""
@@ -352,7 +353,7 @@ def _decoder_errors(We, xW, h, q, PR, N_KK, n_i):
                 We[k, i] += p * h[j, i]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _reconstruction_loss(We, xW, h, q, r2, N_KK, PN_prefix, nested, n_i, scratch):
     """The block's sums of ||e||^2 over every prefix (the full width included), and over the
     prefixes below the full width alone: ||e||^2 = h.(P h + 2 q - 2 x W) + ||x - b||^2;
@@ -383,7 +384,7 @@ def _reconstruction_loss(We, xW, h, q, r2, N_KK, PN_prefix, nested, n_i, scratch
     return total, prefix
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _mse_l1_rows(enc, dec, We, h, pre, l1_w, theta_K, two_over_B, N_KK, tied, learned_threshold, bandwidth, n_i,
                  grad_h_near):
     """The reconstruction and L1 terms' per-sample coefficients: dL/dh_k = 2/B We_k + l1_w_k;
@@ -404,7 +405,7 @@ def _mse_l1_rows(enc, dec, We, h, pre, l1_w, theta_K, two_over_B, N_KK, tied, le
         grad_h_near[k] += near
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _aux_rows(dec, bias, xW, q, h, r2, norm, tau_K, aux_scale, n_i, inv_r, sum_c1, g_cos_sum):
     """The aux loss L = lam/(B K) sum [h <= tau] cos^2, cos = a / (r n), a = (x - b) . W_k,
     r = ||x - b||: adds c1 = (dL/dcos) / (r n) to dec_k and d = sum_k (dL/dcos) cos / r^2 to bias,
@@ -431,7 +432,7 @@ def _aux_rows(dec, bias, xW, q, h, r2, norm, tau_K, aux_scale, n_i, inv_r, sum_c
         g_cos_sum[k] += total_g_cos
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _batch_sums(C, h, enc, f, i0, n_i, Cf, hh, totals, sum_h, sum_enc):
     """This block's share of the sums over the batch: C f^T, h h^T, and the sums of C's rows, h and enc."""
     _add_products(Cf, C, f, i0, n_i)
@@ -455,7 +456,7 @@ def _batch_sums(C, h, enc, f, i0, n_i, Cf, hh, totals, sum_h, sum_enc):
 # -- after the batch: through F, and the terms in W ------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _through_features(X, Cf, totals, F_ND, b):
     """X[row] = sum_i c_i (x_i - b) = (sum_i c_i f_i) F - (sum_i c_i) b, without forming x.
     (The loops over D are innermost and contiguous: strided ones cost more than the batch.)"""
@@ -468,7 +469,7 @@ def _through_features(X, Cf, totals, F_ND, b):
                 X[row, d] += weight * F_ND[n, d]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _decoder_gradient(g_W_KD, X, W, hh, N_KK, row_weight, B):
     """d(loss)/dW_k = X_k (the rows' sum) + row_weight_k W_k + 2/B sum_j (h h^T)_kj N_kj W_j."""
     K, D = W.shape
@@ -482,7 +483,7 @@ def _decoder_gradient(g_W_KD, X, W, hh, N_KK, row_weight, B):
                 g_W_KD[k, d] += c_j * W[j, d]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
+@numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
 def _bias_gradient(g_b_D, X_bias, W, W_enc_DK, tied, N_KK, sum_h, sum_c1, sum_enc, B):
     """d(loss)/db = X_bias + sum_k (2/B n_k sum_i h_k - sum_i c1_k) W_k - sum_k (sum_i enc_k) W_enc_k."""
     K, D = W.shape
