@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -89,8 +89,8 @@ class Trained(Protocol):
     seeds: list[int]
     stacks: Sequence[TrainedStack]
     samples: int
-    seed_history: list[dict]
-    """The logged loss terms per seed (history.json's source; the run directory writes it)."""
+    history: Any
+    """The logged loss terms per SAE and seed: training/history.py's TrainingHistory (`.run(label, seed).terms`)."""
 
     @property
     def samples_per_second(self) -> float: ...
@@ -236,7 +236,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                                 for g in scores["absorption_gap"]],
                 **detection,
             ))
-            drop = _loss_drop(result.seed_history, stack, s)
+            drop = _loss_drop(result.history, stack, seed)
             if drop is not None:
                 runs[-1].loss_drop, runs[-1].falling_term = round(drop[0], 4), drop[1]
                 runs[-1].still_falling = still_falling(drop[0])
@@ -326,12 +326,9 @@ def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.n
     return out
 
 
-def _loss_drop(seed_history: list[dict], stack, s: int) -> tuple[float, str] | None:
-    """convergence.loss_drop of SAE `stack`, seed index s, from the training loop's logged steps."""
-    label = stack.config.label
-    names = dict.fromkeys(name for record in seed_history for name in record.get(label, {}))
-    terms = {name: [record[label][name][s] if name in record.get(label, {}) else None for record in seed_history]
-             for name in names}
+def _loss_drop(history, stack, seed: int) -> tuple[float, str] | None:
+    """convergence.loss_drop of SAE `stack` at `seed`, from the training loop's logged steps."""
+    terms = history.run(stack.config.label, seed).terms
     return loss_drop(terms, stack.sae.loss_weights(stack.config, 0.0))
 
 
