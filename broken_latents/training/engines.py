@@ -11,8 +11,9 @@ and has one `step` method: gradients of one batch, then the optimiser's step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,16 +21,23 @@ import torch
 from .aux import AuxState
 from .inverse import InverseState
 from .refit import Probe
-from ..config.schema import ConfigError, ExperimentConfig
+from ..config.schema import ConfigError, ExperimentConfig, SAEConfig
 from ..engine import fastpath, kernel
 from ..engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
 from ..engine.fastpath import Architecture, WorldGeometry, params_of
 from ..engine.optim import FlatAdam, flatten_parameters, split_like
-from ..saes import weighted_sum
+from ..saes import StackedSAE, weighted_sum
 from ..world.model import World
 
-if TYPE_CHECKING:
-    from .loop import TrainedStack
+
+
+@dataclass
+class TrainedStack:
+    config: SAEConfig
+    sae: StackedSAE
+    tau_SK: torch.Tensor | None = None
+    """The aux loss's final thresholds (the JumpReLU threshold when it uses them)."""
+
 
 
 class Engine:

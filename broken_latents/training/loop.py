@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .engines import Engine, choose_engine
+from .engines import Engine, TrainedStack, choose_engine
 from .history import TrainingHistory
 from .termination import termination
-from ..config.schema import ExperimentConfig, SAEConfig
+from ..config.schema import ExperimentConfig
 from ..engine.backend import as_torch
-from ..saes import StackedSAE, build_sae
+from ..saes import build_sae
 from ..world.model import World
 from ..world.stream import DataStream
 
@@ -29,14 +29,6 @@ class TrainingDiverged(RuntimeError):
             f"train.lr: loss of SAE '{label}' (seed {seed}) became NaN/inf after {samples:,} samples; "
             f"lower train.lr (now {lr:g}) or the l1/aux coefficients"
         )
-
-
-@dataclass
-class TrainedStack:
-    config: SAEConfig
-    sae: StackedSAE
-    tau_SK: torch.Tensor | None = None
-    """The aux loss's final thresholds (the JumpReLU threshold when it uses them)."""
 
 
 @dataclass
