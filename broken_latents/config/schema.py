@@ -160,7 +160,7 @@ class WorldConfig:
     may be, if they equal the folder's)."""
 
     def __post_init__(self) -> None:
-        from ..world import laws  # the laws live with the world; they validate here, before any run
+        from . import laws  # the declared laws made concrete (config/laws.py): validated here, before any run
 
         if self.load is not None:
             laws.check_load(self)
