@@ -65,6 +65,9 @@ MIN_EXPECTED = 5.0
 LARGE_SAE = 512
 """Above this many latents the peak models are fitted in parallel, on fewer activations each."""
 LARGE_SAE_SAMPLES = 2000
+SPARSE_ACTIVE = 64
+"""At most this many active latents per row on average: pairs are counted by a sparse product (its
+size grows as rows x active^2), else by a dense gather of the pairs' columns."""
 PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
@@ -116,6 +119,17 @@ class CoActivation:
         if P == 0:
             return
         a, b = self.pairs_P2[:, 0], self.pairs_P2[:, 1]
+        rows, cols = np.nonzero(on_BK)
+        if rows.size <= SPARSE_ACTIVE * on_BK.shape[0]:
+            # Few latents active per row (every real SAE): co-activation counts of every active pair
+            # as a sparse on^T on product, read at the neighbour pairs. The same integers as the dense
+            # gather below, 7x faster at K = 4096 (issue 18).
+            from scipy.sparse import csr_matrix
+
+            on = csr_matrix((np.ones(rows.size, dtype=np.int64), (rows, cols)), shape=on_BK.shape)
+            both = (on.T @ on).tocsr()
+            self.pair_counts_P += np.asarray(both[a, b]).ravel().astype(np.int64)
+            return
         step = max(1, PAIR_BLOCK // P)
         for start in range(0, on_BK.shape[0], step):
             block = on_BK[start:start + step]
