@@ -65,6 +65,9 @@ MIN_EXPECTED = 5.0
 LARGE_SAE = 512
 """Above this many latents the peak models are fitted in parallel, on fewer activations each."""
 LARGE_SAE_SAMPLES = 2000
+SPARSE_ACTIVE = 64
+"""At most this many active latents per row on average: pairs are counted by a sparse product (its
+size grows as rows x active^2), else by a dense gather of the pairs' columns."""
 PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
@@ -116,6 +119,17 @@ class CoActivation:
         if P == 0:
             return
         a, b = self.pairs_P2[:, 0], self.pairs_P2[:, 1]
+        rows, cols = np.nonzero(on_BK)
+        if rows.size <= SPARSE_ACTIVE * on_BK.shape[0]:
+            # Few latents active per row (every real SAE): co-activation counts of every active pair
+            # as a sparse on^T on product, read at the neighbour pairs. The same integers as the dense
+            # gather below, 7x faster at K = 4096 (issue 18).
+            from scipy.sparse import csr_matrix
+
+            on = csr_matrix((np.ones(rows.size, dtype=np.int64), (rows, cols)), shape=on_BK.shape)
+            both = (on.T @ on).tocsr()
+            self.pair_counts_P += np.asarray(both[a, b]).ravel().astype(np.int64)
+            return
         step = max(1, PAIR_BLOCK // P)
         for start in range(0, on_BK.shape[0], step):
             block = on_BK[start:start + step]
@@ -195,35 +209,51 @@ def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoA
 
 def peak_models(samples: list[np.ndarray], seed: int = 0) -> list[PeakModel]:
     """`peak_model` of every latent; a wide SAE (over LARGE_SAE latents) fits at most LARGE_SAE_SAMPLES
-    activations a latent and spreads the fits over every core, so 4096 latents take a minute or two."""
+    activations a latent and spreads the fits over every core. The single-bump check runs here, in
+    one process (about 0.2 ms a latent): only the latents that need the mixture fit go to the workers."""
     if len(samples) <= LARGE_SAE:
         return [peak_model(x, seed=seed) for x in samples]
     import os
 
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=os.cpu_count() or 1, batch_size=64)(
-        delayed(peak_model)(x, seed, LARGE_SAE_SAMPLES) for x in samples)
+    models = [single_peak_model(x) for x in samples]
+    todo = [j for j, m in enumerate(models) if m is None]
+    fitted = Parallel(n_jobs=min(os.cpu_count() or 1, max(len(todo), 1)), batch_size=16)(
+        delayed(peak_model)(samples[j], seed, LARGE_SAE_SAMPLES) for j in todo)
+    for j, model in zip(todo, fitted):
+        models[j] = model
+    return models
+
+
+def single_peak_model(acts: np.ndarray) -> PeakModel | None:
+    """One Gaussian over the firings above the floor when the smoothed histogram
+    (peaks.count_peaks) shows a single bump; None when the mixture fit is needed."""
+    from .peaks import MIN_SAMPLES, PEAK_FLOOR, Gaussian, _single_peak_threshold
+
+    x = np.asarray(acts, dtype=np.float64)
+    x = x[x > 0]
+    if x.size == 0:
+        return None
+    floor = PEAK_FLOOR * float(x.max())
+    above = x[x > floor]
+    if above.size < MIN_SAMPLES or count_peaks(x)[0] > 1:
+        return None
+    only = Gaussian(float(above.mean()), max(float(above.std()), 1e-6 * float(above.mean())), 1.0)
+    return PeakModel((only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(above.size))
 
 
 def peak_model(acts: np.ndarray, seed: int = 0, max_samples: int | None = None) -> PeakModel:
     """The peak model of one latent, cheaply where it can be: a latent whose smoothed histogram
-    (peaks.count_peaks) shows a single bump gets one Gaussian over its firings above
-    the floor; only the others pay for the BIC mixture fit (0.3 s a latent), so a 4096-latent SAE
-    takes seconds where every latent has one peak."""
-    from .peaks import MIN_SAMPLES, PEAK_FLOOR, Gaussian, fit_peak_model, _single_peak_threshold
+    shows a single bump gets one Gaussian over its firings above the floor (single_peak_model);
+    only the others pay for the BIC mixture fit (0.05-0.3 s a latent)."""
+    from .peaks import fit_peak_model
 
-    x = np.asarray(acts, dtype=np.float64)
-    x = x[x > 0]
+    single = single_peak_model(acts)
+    if single is not None:
+        return single
     limit = {} if max_samples is None else {"max_samples": max_samples}
-    if x.size == 0:
-        return fit_peak_model(x, seed=seed)
-    floor = PEAK_FLOOR * float(x.max())
-    above = x[x > floor]
-    if above.size < MIN_SAMPLES or count_peaks(x)[0] > 1:
-        return fit_peak_model(x, seed=seed, **limit)
-    only = Gaussian(float(above.mean()), max(float(above.std()), 1e-6 * float(above.mean())), 1.0)
-    return PeakModel((only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(above.size))
+    return fit_peak_model(acts, seed=seed, **limit)
 
 
 def signals_of(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, h_BK: np.ndarray, models: list[PeakModel] | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Iterator
@@ -66,8 +67,14 @@ class ActivationFile:
         """(first row, float32 chunk [B, D]) over the first `limit` rows, never the whole file at once."""
         if self.key is None:
             array = np.load(self.path, mmap_mode="r")
+            mapping = getattr(array, "_mmap", None)
             for start in range(0, limit, rows):
-                yield start, np.asarray(array[start:min(start + rows, limit)], dtype=np.float32)
+                chunk = np.array(array[start:min(start + rows, limit)], dtype=np.float32)  # a copy
+                if mapping is not None:
+                    # Drop the pages just read from this process: mapped pages count as resident, so
+                    # otherwise the RSS grows with the file (611 MiB after a 614 MB file; 38 MiB with this).
+                    mapping.madvise(mmap.MADV_DONTNEED)
+                yield start, chunk
             return
         from safetensors import safe_open
 

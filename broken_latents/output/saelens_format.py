@@ -116,7 +116,8 @@ class NumpySAE:
             x = x / (x.std(-1, ddof=1, keepdims=True) + 1e-5)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
-        pre_BK = x @ self.W_enc + self.b_enc
+        pre_BK = x @ self.W_enc  # one float32 matmul (OpenBLAS: one thread per core)
+        pre_BK += self.b_enc  # in place: no second [B, K] array per chunk
         import torch
 
         from ..saes.activations import saelens_architectures

@@ -98,3 +98,41 @@ def test_a_latent_reading_minus_its_feature_is_active_where_the_feature_is_absen
     absent = 1 - (f[:, 0] > 0).mean()
     assert signals["active_rate"][0] == pytest.approx(absent, abs=0.02)
     assert signals["active_rate"][1] == pytest.approx((f[:, 2] > 0).mean(), abs=0.02)
+
+
+def test_sparse_and_dense_coactivation_counts_agree(monkeypatch):
+    """The sparse product path (few active latents a row) counts exactly what the dense gather counts,
+    including pairs of always-on latents and pairs that never co-fire."""
+    import broken_latents.analysis.signals as signals
+
+    rng = np.random.default_rng(3)
+    K = 64
+    h_BK = np.where(rng.random((500, K)) < 0.05, rng.random((500, K)), 0).astype(np.float32)
+    h_BK[:, :2] = 1.0  # two latents active on every row
+    pairs = signals.neighbour_pairs(rng.standard_normal((K, D)))
+    counts = {}
+    for sparse in (signals.SPARSE_ACTIVE, -1):  # -1: never sparse
+        monkeypatch.setattr(signals, "SPARSE_ACTIVE", sparse)
+        c = signals.CoActivation(pairs, np.full(K, 0.2, np.float32))
+        c.add(h_BK[:250])
+        c.add(h_BK[250:])
+        counts[sparse] = c.pair_counts_P
+    assert counts[-1].sum() > 0 and np.array_equal(counts[signals.SPARSE_ACTIVE], counts[-1])
+    on = h_BK >= 0.2
+    a, b = pairs[:, 0], pairs[:, 1]
+    assert np.array_equal(counts[-1], (on[:, a] & on[:, b]).sum(0))
+
+
+def test_large_sae_peak_models_match_one_by_one():
+    """peak_models on a wide SAE (the single-bump check in the parent, fits in workers) gives each
+    latent the model peak_model gives it alone: one bump -> one Gaussian, two -> the mixture's two peaks."""
+    from broken_latents.analysis.signals import LARGE_SAE, LARGE_SAE_SAMPLES, peak_model, peak_models
+
+    rng = np.random.default_rng(4)
+    one = [rng.normal(1.0, 0.05, 400) for _ in range(LARGE_SAE - 1)]
+    two = [np.concatenate([rng.normal(0.3, 0.02, 200), rng.normal(1.0, 0.03, 400)]) for _ in range(2)]
+    samples = one + two + [np.zeros(0)]
+    models = peak_models(samples)
+    assert [m.n_peaks for m in models[-3:]] == [2, 2, 0] and models[0].n_peaks == 1
+    for j in (0, len(one), len(one) + 1, len(samples) - 1):
+        assert models[j].to_json() == peak_model(samples[j], max_samples=LARGE_SAE_SAMPLES).to_json()
