@@ -306,8 +306,10 @@ def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.n
 
 def _loss_drop(history, stack, seed: int) -> tuple[float, str] | None:
     """convergence.loss_drop of SAE `stack` at `seed`, from the training loop's logged steps."""
-    terms = history.run(stack.config.label, seed).terms
-    return loss_drop(terms, stack.sae.loss_weights(stack.config, 0.0))
+    runs = [r for r in history.runs if r.label == stack.config.label and r.seed == seed]
+    if not runs:  # an SAE built by hand, never trained here: nothing logged to judge
+        return None
+    return loss_drop(runs[0].terms, stack.sae.loss_weights(stack.config, 0.0))
 
 
 def _round(a: np.ndarray, digits: int = 4):
