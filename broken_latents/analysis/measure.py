@@ -14,7 +14,7 @@ from ..saes import StackedSAE
 from ..world.stream import DataStream
 from .peaks import EMPTY, count_peaks, fit_peak_model
 from .truth import truth_broken
-from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics, inline_or_array
+from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, PeakModelRecord, RunMetrics, WorldMetrics, inline_or_array
 from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
@@ -190,7 +190,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                 peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else histograms[j][1]
                                 for j in range(sae.latents)],
                 histogram_peaks=histogram_peaks,
-                peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],
+                peak_models=[PeakModelRecord.from_json({"latent": int(j), **model.to_json()}) for j, model in models.items()],
                 mse=round(float(mse_S[s]), 6),
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),

@@ -39,11 +39,14 @@ class _Schema:
     """to_json / from_json for a dataclass of the schema; its field annotations say what each
     value of the file must be, nested parts included."""
 
+    KEEP_NULL: tuple[str, ...] = ()
+    """Optional fields written as null when None (rather than left out), as the file always had them."""
+
     def to_json(self) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "extra" or value is None:
+            if f.name == "extra" or (value is None and f.name not in self.KEEP_NULL):
                 continue
             if isinstance(value, np.ndarray):  # a large matrix not yet written out (see save_arrays)
                 value = np.round(value.astype(np.float64), 4).tolist()
@@ -148,6 +151,37 @@ class FiringPattern(_Schema):
 
 
 @dataclass(kw_only=True)
+class MixtureComponent(_Schema):
+    """One Gaussian of a peak model's mixture (analysis/peaks.py `Gaussian.to_json`)."""
+
+    mean: float
+    std: float
+    """May round to 0 in the file: such a component is a spike (peaks.mixture_density copes)."""
+    weight: float
+    """Share of the fitted activations; the weights of a mixture sum to 1."""
+
+
+@dataclass(kw_only=True)
+class PeakModelRecord(_Schema):
+    """One live latent's peak model as metrics.json holds it (analysis/peaks.py `PeakModel.to_json`:
+    a Gaussian mixture fitted by BIC to the activations above the floor)."""
+
+    KEEP_NULL = ("threshold",)
+
+    latent: int
+    mixture: list[MixtureComponent]
+    """Every fitted component, sorted by mean."""
+    peaks: int
+    """Separated peaks (merged significant components)."""
+    peak_means: list[float]
+    threshold: float | None = None
+    """The activation that separates the lowest peak from the rest; null (kept in the file) without one."""
+    floor: float
+    """Activations at or below this value were left out of the fit."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class AbsorptionGap(_Schema):
     """One parent -> child edge of the hierarchy (analysis/scale.py has the definition)."""
 
@@ -189,9 +223,8 @@ class RunMetrics(_Schema, _Matrices):
     """[latent]: the peaks' means."""
     histogram_peaks: list[int] | None = None
     """[latent]: peaks counted in a smoothed histogram above 20% of the max, the cross-check."""
-    peak_models: list[dict] | None = None
-    """Per live latent: {latent, mixture: [{mean, std, weight}], peaks, peak_means, threshold, floor}
-    (analysis/peaks.py: a Gaussian mixture fitted by BIC to the activations above the floor)."""
+    peak_models: list[PeakModelRecord] | None = None
+    """Per live latent with a fitted model: its peak model (PeakModelRecord)."""
     mse: float
     l0: float
     explained_variance: float

@@ -41,6 +41,7 @@ from ..config.schema import ConfigError
 from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
 from ..output.saelens_format import NumpySAE, load_sae
 from ..analysis.score import load_score_model
+from .result import InspectResult
 from ..analysis.signals import ACTIVE_SHARE, SIGNALS, CoActivation, latent_signals, neighbour_pairs, peak_models, peak_summary
 
 RESERVOIR = MAX_SAMPLES
@@ -203,6 +204,8 @@ def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None =
                                    scorer.threshold, {name: float(signals[name][j]) for name in SIGNALS})
                     for j in range(sae.d_sae)],
     }
+    # Written through the typed schema (inspect/result.py): the same bytes, checked as it is built.
+    result = InspectResult.from_json(result).to_json()
     _write_atomically(out, result, reservoirs, models)
     return InspectOutcome(out, result)
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
-from ..analysis.metrics import CLEAN_COS, Metrics, RunMetrics  # noqa: E402
+from ..analysis.metrics import CLEAN_COS, Metrics, PeakModelRecord, RunMetrics  # noqa: E402
 from .describe import cos_text  # noqa: E402
 from ..analysis.peaks import mixture_density  # noqa: E402
 
@@ -113,11 +113,11 @@ def latent_cos_heatmap(matrix, title: str, path: str | Path, marks: dict[int, st
 
 
 def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path,
-                          peak_models: Sequence[dict] = (), latent_ids: Sequence[int] | None = None) -> None:
+                          peak_models: Sequence[PeakModelRecord] = (), latent_ids: Sequence[int] | None = None) -> None:
     """One panel per latent: activations above HIST_FLOOR of its max (the share left out is written
     on the panel), the fitted peak model's mixture over them, its peaks dashed and its threshold
     dotted. One peak is a clean latent; several peaks are features mixed into it (broken)."""
-    models = {m["latent"]: m for m in peak_models}
+    models = {m.latent: m for m in peak_models}
     acts_BK = np.asarray(acts, dtype=float)
     latents = acts_BK.shape[1]
     ids = list(range(latents)) if latent_ids is None else [int(j) for j in latent_ids]  # column -> latent
@@ -332,15 +332,15 @@ def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], m
     shown = acts_B[acts_B > low]
     ax.hist(shown, bins=HIST_BINS, range=(low, top), histtype="stepfilled", color="tab:blue", alpha=0.6)
     ax.set_yscale("log")
-    if model is not None and model.get("mixture"):
+    if model is not None and model.mixture:
         # The mixture was fitted to activations above its own floor: scale it to the count here.
-        xs = np.linspace(max(low, model["floor"]), top, 300)
-        fitted = int((acts_B > model["floor"]).sum())
-        density = mixture_density(xs, model["mixture"])
+        xs = np.linspace(max(low, model.floor), top, 300)
+        fitted = int((acts_B > model.floor).sum())
+        density = mixture_density(xs, model.mixture)
         ax.plot(xs, np.maximum(fitted * density * (top - low) / HIST_BINS, 1e-1), color="black", linewidth=0.9,
                 label="mixture")
-        if model.get("threshold") is not None:
-            ax.axvline(model["threshold"], color="tab:green", linestyle=":", linewidth=1.1, label="threshold")
+        if model.threshold is not None:
+            ax.axvline(model.threshold, color="tab:green", linestyle=":", linewidth=1.1, label="threshold")
         ax.set_ylim(bottom=0.5)
     for location in peaks:
         ax.axvline(location, color="tab:red", linestyle="--", linewidth=0.9)

@@ -105,3 +105,22 @@ def test_a_leak_shoulder_near_the_heaviest_peak_joins_it():
     model = fit_peak_model(_sample([(18.0, 0.2, 4000), (19.5, 0.2, 600)]))
     assert model.n_peaks == 1 and model.main.mean == pytest.approx(18.2, abs=0.1)
     assert fit_peak_model(_sample([(18.0, 0.3, 4000), (4.5, 0.3, 1000)]), floor_ratio=0.1).n_peaks == 2
+
+
+def test_peak_model_record_round_trips_byte_identical():
+    """metrics.json's peak_models entry, typed (PeakModelRecord), writes exactly the dict the untyped
+    code wrote ({"latent": j, **PeakModel.to_json()}), a null threshold included, and reads back equal."""
+    import json
+
+    from broken_latents.analysis.metrics import PeakModelRecord
+
+    two = fit_peak_model(_sample([(2.0, 0.2, 3000), (6.0, 0.3, 3000)], seed=3), max_samples=2000)
+    one = fit_peak_model(_sample([(3.0, 0.2, 3000)], seed=4), max_samples=2000)
+    for latent, model in ((5, two), (0, one), (1, peak_model.EMPTY)):
+        old = {"latent": latent, **model.to_json()}
+        record = PeakModelRecord.from_json(old)
+        assert json.dumps(record.to_json()) == json.dumps(old)
+        assert PeakModelRecord.from_json(record.to_json()) == record
+    assert PeakModelRecord.from_json({"latent": 1, **peak_model.EMPTY.to_json()}).to_json()["threshold"] is None
+    assert [c.mean for c in PeakModelRecord.from_json({"latent": 5, **two.to_json()}).mixture] == \
+        [c["mean"] for c in two.to_json()["mixture"]]

@@ -264,3 +264,23 @@ def test_absorbed_untied_parent_with_one_clean_peak_is_flagged(tmp_path):
     assert not any(r["broken"] for r in clean)
     page = (tmp_path / "out" / "report.html").read_text()
     assert all(name in page for name in SIGNALS)
+
+
+def test_inspect_json_round_trips_through_the_typed_result(files, tmp_path):
+    """inspect.json read as InspectResult writes back the same bytes (null key and thresholds
+    included), and from_json(to_json(x)) == x; a latent's fields are typed (mixture components)."""
+    from broken_latents.inspect.result import InspectLatent, InspectResult
+
+    outcome = inspect_sae.inspect_sae(files / "sae", files / "acts.npy", out=tmp_path / "out", limit=4000,
+                                      progress=False)
+    text = (tmp_path / "out" / "inspect.json").read_text()
+    typed = InspectResult.from_json(json.loads(text))
+    assert json.dumps(typed.to_json(), indent=1) == text
+    assert InspectResult.from_json(typed.to_json()) == typed
+    assert typed.key is None and "key" in typed.to_json()  # a .npy has no key: still written, as null
+    assert isinstance(typed.latents[0], InspectLatent) and typed.latents[0].mixture[0].weight > 0
+    assert set(typed.latents[0].to_json()) >= CONTRACT_KEYS
+    silent = {"latent": 3, "fires": 0.0, "peaks": 0, "mixture": [], "threshold": None, "broken": False,
+              "score": 0.0, "signals": {"s": 0.0}, "peak_means": [], "max": 0.0, "floor": 0.0, "fitted": 0}
+    assert json.dumps(InspectLatent.from_json(silent).to_json()) == json.dumps(silent)  # as the untyped code wrote a silent latent
+    assert outcome.result == typed.to_json()

@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from broken_latents.analysis.metrics import ClaimResult, FiringPattern, Metrics, RunMetrics
+from broken_latents.analysis.metrics import ClaimResult, FiringPattern, Metrics, PeakModelRecord, RunMetrics
 from broken_latents.output import plots
 from broken_latents.output.report import HtmlSection, claims_table, markdown_to_html, render_html, render_markdown, write_html
 from factories import as_older_version, claim_result, matches, metrics, run_metrics, world_metrics
@@ -84,8 +84,9 @@ def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
     acts = np.random.default_rng(0).uniform(0, 5, (500, 3))
     acts[:, 2] = 0.0
     acts[:50, 1] = 0.1  # below 10% of the max: left out of the panel, and the title says how many
-    models = [{"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 0.5}, {"mean": 3.0, "std": 0.3, "weight": 0.5}],
-               "threshold": 2.5, "floor": 1.0}]
+    models = [PeakModelRecord.from_json(
+        {"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 0.5}, {"mean": 3.0, "std": 0.3, "weight": 0.5}],
+         "peaks": 2, "peak_means": [2.0, 3.0], "threshold": 2.5, "floor": 1.0})]
     plots.activation_histograms(acts, [[4.0], [2.0, 3.0], []], "hist", tmp_path / "hist.png", models)
     assert [t.split("\n")[0] for t in titles] == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
     for j in (0, 1):
@@ -329,7 +330,8 @@ def test_heatmaps_mark_broken_and_dead_latents_matches_and_parents(monkeypatch):
 def test_histograms_have_one_legend_and_titles_that_fit(monkeypatch):
     figures = _recording(monkeypatch)
     acts = np.random.default_rng(0).uniform(0, 5, (500, 5))
-    models = [{"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 1.0}], "threshold": 2.5, "floor": 1.0}]
+    models = [PeakModelRecord.from_json({"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 1.0}], "peaks": 1,
+                                         "peak_means": [2.0], "threshold": 2.5, "floor": 1.0})]
     plots.activation_histograms(acts, [[4.0]] * 5, "hist", "unused.png", models)
     fig = figures[0]
     (legend,) = fig.legends
