@@ -1,0 +1,171 @@
+"""Metrics of SAEs trained on stored activations.
+
+Without ground truth: what needs none (MSE, explained variance, L0, dead latents, activation peaks
+from each latent's peak model). With concept labels [N, C] (and so probe directions, or directions
+given directly) the probe-based truth: each concept's direction plays the true feature, so the
+decoder cosines, the one-to-one matching, learned/broken latents and SAEBench's absorption fraction
+(absorption.py, with the concept's labels as its firing) are the toy worlds' own, and per hierarchy
+edge the absorption gap.
+
+Absorption gap of edge parent p -> child c: the parent's absorption fraction on held-out tokens
+where the child is active too, minus that on tokens where the parent is active without the child.
+An SAE whose child latents absorb the parent has a gap near 1 (the parent's latent goes quiet
+exactly when a child fires); a clean one near 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .absorption import absorption_metrics, cooccurring
+from .measure import _round, count_peaks, match_latents
+from .metrics import CLEAN_COS, Metrics, RunMetrics, WorldMetrics
+from .peaks import fit_peak_model
+
+EVAL_ROWS = 50_000
+"""Held-out rows the metrics are computed on (at most)."""
+
+
+@dataclass
+class Truth:
+    """Probe-based ground truth: one unit direction per concept kept, and its labels."""
+
+    directions_CD: np.ndarray
+    concepts: list[int]
+    """Column of the labels file (or row of the directions file) of each direction."""
+    labels_NC: np.ndarray | None = None
+    """Labels of every activation row, columns as `concepts` (None: directions given without labels)."""
+    edges: list[tuple[int, int]] = field(default_factory=list)
+    """(parent, child) pairs, as indices into `concepts`."""
+    dropped: list[dict] = field(default_factory=list)
+    """Concepts left out, each {concept, why}."""
+    probes: list[dict] = field(default_factory=list)
+    """Per concept probed: accuracy, balanced accuracy, rate, kept."""
+
+
+def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
+    """The hierarchy the labels imply: p is c's parent when c is never active without p and p is the
+    rarest such concept (its closest ancestor); concepts active on the same rows are left unrelated."""
+    active = np.asarray(labels_NC, dtype=bool)
+    counts = active.sum(0)
+    joint = active.T.astype(np.int64) @ active.astype(np.int64)  # joint[c, p] = rows with both
+    edges = []
+    for c in range(active.shape[1]):
+        if counts[c] == 0:
+            continue
+        ancestors = [p for p in range(active.shape[1]) if p != c and joint[c, p] == counts[c] and counts[p] > counts[c]]
+        if ancestors:
+            edges.append((min(ancestors, key=lambda p: counts[p]), c))
+    return edges
+
+
+@torch.no_grad()
+def measure_on_activations(result, truth: Truth | None = None, clean_cos: float = CLEAN_COS) -> Metrics:
+    """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows."""
+    rows = result.test_rows if len(result.test_rows) else result.train_rows
+    stop = min(rows.start + EVAL_ROWS, rows.stop)
+    x_BD = torch.from_numpy(result.source.read(rows.start, stop))
+    variance = float((x_BD - x_BD.mean(0)).pow(2).sum(-1).mean())
+    labels = truth.labels_NC[rows.start:stop] if truth is not None and truth.labels_NC is not None else None
+    F = truth.directions_CD if truth is not None else None
+    cooccur = cooccurring([{"parent": p, "children": [c]} for p, c in truth.edges], len(truth.concepts)) if truth else {}
+    runs = []
+    for stack in result.stacks:
+        sae = stack.sae
+        x_SBD = x_BD.expand(sae.n_saes, -1, -1)
+        h_SBK, x_hat = sae(x_SBD, stack.tau_SK)
+        mse_S = (x_hat - x_SBD).pow(2).sum(-1).mean(-1)
+        widths = stack.config.matryoshka_widths or [sae.latents]
+        width_mse = [(sae.decode(h_SBK, w) - x_SBD).pow(2).sum(-1).mean(-1) for w in widths]
+        W_enc_SDK, _ = sae.encoder()
+        for s, seed in enumerate(result.seeds):
+            acts = h_SBK[s].numpy()
+            W_dec = sae.W_dec_SKD[s].numpy()
+            live = acts.max(axis=0) > 0
+            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in np.flatnonzero(live)}
+            run = RunMetrics(
+                label=stack.config.label, architecture=stack.config.architecture, seed=seed,
+                decoder_cos=[], encoder_cos=[], latent_cos=_round(_cos(W_dec, W_dec)),
+                decoder_norms=_round(np.linalg.norm(W_dec, axis=1)), matches=[], learned_features=[],
+                broken_latents=[], dead_latents=[int(j) for j in np.flatnonzero(~live)],
+                activation_peaks=[models[j].n_peaks if j in models else 0 for j in range(sae.latents)],
+                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else []
+                                for j in range(sae.latents)],
+                histogram_peaks=[count_peaks(acts[:, j])[0] if live[j] else 0 for j in range(sae.latents)],
+                mse=round(float(mse_S[s]), 6), l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
+                explained_variance=round(float(1 - mse_S[s] / variance), 6),
+                width_explained_variance=[round(float(1 - m[s] / variance), 6) for m in width_mse],
+            )
+            if truth is not None:
+                _add_truth(run, truth, F, acts, W_dec, W_enc_SDK[s].numpy().T, live, labels, cooccur, clean_cos)
+            runs.append(run)
+    world_extra = {"activations": str(result.source.path), "rows": result.source.n, "dim": result.source.dim,
+                   "train_rows": len(result.train_rows), "held_out_rows": len(result.test_rows),
+                   "eval_rows": stop - rows.start}
+    if truth is not None:
+        world_extra.update(concepts=truth.concepts, edges=[list(e) for e in truth.edges], dropped=truth.dropped,
+                           probes=truth.probes)
+    rates = labels.mean(0).tolist() if labels is not None else []
+    world = WorldMetrics(expected_mse=[], feature_cos=_round(_cos(F, F)) if F is not None else [],
+                         firing_rates=_round(np.asarray(rates)), extra=world_extra)
+    return Metrics(name=result.config.name, samples=result.samples, samples_per_second=round(result.samples_per_second, 1),
+                   world=world, runs=runs)
+
+
+def _add_truth(run: RunMetrics, truth: Truth, F_CD, acts_BK, W_dec_KD, W_enc_KD, live, labels_BC, cooccur,
+               clean_cos: float) -> None:
+    dec_cos = _cos(W_dec_KD, F_CD)
+    matches = match_latents(dec_cos, live)
+    run.decoder_cos, run.encoder_cos = _round(dec_cos), _round(_cos(W_enc_KD, F_CD))
+    run.matches = matches
+    run.learned_features = sorted(m.feature for m in matches if m.cos >= clean_cos)
+    run.broken_latents = sorted(m.latent for m in matches if m.cos < clean_cos)
+    if labels_BC is None:
+        return
+    f_BC = labels_BC.astype(np.float64)
+    matched = {m.feature: m.latent for m in matches}
+    absorbed = absorption_metrics(acts_BK, W_dec_KD, F_CD, f_BC, matched, np.flatnonzero(live), cooccur)
+    run.absorption, run.hedging = _round(absorbed.absorption), _round(absorbed.hedging)
+    gaps = []
+    for p, c in truth.edges:
+        with_child = labels_BC[:, p] & labels_BC[:, c]
+        without = labels_BC[:, p] & ~labels_BC[:, c]
+        shares = [_absorption_of(p, rows, acts_BK, W_dec_KD, F_CD, matched) for rows in (with_child, without)]
+        gaps.append({"parent": p, "child": c, "gap": round(shares[0] - shares[1], 4),
+                     "with_child": round(shares[0], 4), "without_child": round(shares[1], 4)})
+    run.extra["absorption_gap"] = gaps
+    run.extra["firing_f1"] = _round(_firing_f1(acts_BK, labels_BC, matches))
+    # DESIGN's truth for detection: decoder best |cos| < 0.95, or its concept's firing F1 < 0.9.
+    f1 = dict(zip([m.latent for m in matches], run.extra["firing_f1"]))
+    best = np.abs(dec_cos).max(axis=1)
+    run.extra["truth_broken"] = [bool(live[j] and (best[j] < clean_cos or f1.get(j, 1.0) < 0.9))
+                                 for j in range(len(best))]
+
+
+def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: dict) -> float:
+    if not rows.any():
+        return 0.0
+    one = absorption_metrics(acts_BK[rows], W_dec_KD, F_CD[[p]], np.ones((int(rows.sum()), 1)),
+                             {0: matched[p]} if p in matched else {}, [], {})
+    return one.absorption[0]
+
+
+def _firing_f1(acts_BK, labels_BC, matches) -> list[float]:
+    """Per match, in match order: F1 of 'the latent fires' against 'its concept is active'."""
+    out = []
+    for m in matches:
+        fires, active = acts_BK[:, m.latent] > 0, labels_BC[:, m.feature]
+        tp = float((fires & active).sum())
+        out.append(2 * tp / max(float(fires.sum() + active.sum()), 1.0))
+    return out
+
+
+def _cos(a_AD, b_BD) -> np.ndarray:
+    a = np.asarray(a_AD, dtype=np.float64)
+    b = np.asarray(b_BD, dtype=np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
