@@ -106,4 +106,5 @@ def entropy_given_state(g: GrammarConfig) -> float:
     p_words = np.concatenate([stay * word_p] + [g.switch_rate / S * word_p] * (S - 1)) * g.content_rate
     p_filler = np.full(g.filler, (1 - g.content_rate) / g.filler)
     p = np.concatenate([p_words, p_filler])
+    p = p[p > 0]
     return float(-(p * np.log(p)).sum())

@@ -60,7 +60,7 @@ class ActivationFile:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop as a float32 array in memory."""
-        return np.asarray(self.rows[start:stop], dtype=np.float32)
+        return np.array(self.rows[start:stop], dtype=np.float32)  # a copy: memory maps are read-only
 
     def _check_finite(self, field: str) -> None:
         for start in range(0, self.n, SCAN_ROWS):
