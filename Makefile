@@ -1,8 +1,9 @@
 # Every target creates .venv itself: torch's CPU build first (pinned), then the project.
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
+DOCS_STAMP := .venv/.docs-installed
 
-.PHONY: demo test reproduce bench venv clean
+.PHONY: demo test test-fast lint format docs reproduce bench venv clean
 
 venv: $(VENV_STAMP)
 
@@ -12,11 +13,33 @@ $(VENV_STAMP): pyproject.toml
 	.venv/bin/pip install -q -e .[dev]
 	touch $(VENV_STAMP)
 
+# The docs extra (mkdocs-material, mkdocstrings) on top of the project's environment.
+$(DOCS_STAMP): $(VENV_STAMP)
+	.venv/bin/pip install -q -e .[dev,docs]
+	touch $(DOCS_STAMP)
+
 demo: $(VENV_STAMP)
 	.venv/bin/broken-latents run narrow-5-7-force-12 --seeds 3 --out runs/demo-narrow-5-7-force-12
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest
+
+# The fast tier: everything not marked slow (under a minute on 2 cores).
+test-fast: $(VENV_STAMP)
+	$(PY) -m pytest -m "not slow"
+
+# ruff's rules and line length are in pyproject.toml; `make format` rewrites what --check refuses.
+lint: $(VENV_STAMP)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: $(VENV_STAMP)
+	.venv/bin/ruff format .
+
+# The documentation site, built into site/ (gitignored); --strict turns every warning
+# (a broken link, a missing docstring target) into a failure.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 
 reproduce: $(VENV_STAMP)
 	.venv/bin/broken-latents reproduce --seeds 3 --out reproduction
@@ -25,4 +48,4 @@ bench: $(VENV_STAMP)
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf .venv runs reproduction
+	rm -rf .venv runs reproduction site

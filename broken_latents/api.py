@@ -11,54 +11,27 @@ light (torch and numba load on first use)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .config.schema import ConfigError, ExperimentConfig, SAEConfig, apply_overrides, load_toml
-from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
-from .saes.base import _keep_largest
+from .config.schema import ConfigError, ExperimentConfig, SAEConfig, load_toml
+from .analysis.metrics import Metrics, read_metrics
+from .saes.activations import activation
 from .world.model import World
 
 # -- one trained SAE --------------------------------------------------------------------------
-
-
-def _relu(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
-    return torch.relu(pre_BK)
-
-
-def _above_threshold(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
-    return pre_BK * (pre_BK > sae.threshold)
-
-
-def _topk(pre_BK: torch.Tensor, sae: "SAE") -> torch.Tensor:
-    return _keep_largest(torch.relu(pre_BK), sae.config.k, dim=-1)
-
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor, "SAE"], torch.Tensor]] = {
-    "relu": _relu,
-    "jumprelu": _above_threshold,
-    "topk": _topk,
-    # At inference BatchTopK is a JumpReLU at the threshold estimated in training (saes/base.py),
-    # so a sample's latents do not depend on the rest of its batch.
-    "batchtopk": _above_threshold,
-}
-"""`[[sae]] activation` -> h from the pre-activations, as the trained SAE computes it at inference
-(`StackedSAE.activate`). A new activation is one entry here, reading what it needs from `sae.config`."""
-THRESHOLDED = ("jumprelu", "batchtopk")
-"""Activations whose weights file carries `threshold`."""
 
 
 @dataclass
 class SAE:
     """One trained SAE (one label, one seed), in SAELens' layout, with the trained SAE's math:
     h = act((x - b_dec) @ W_enc + b_enc), x_hat = h @ W_dec + b_dec. A tied SAE is saved with
-    W_enc = W_dec^T and b_enc = 0, so one formula serves both; `act` is in ACTIVATIONS."""
+    W_enc = W_dec^T and b_enc = 0, so one formula serves both; `act` is the activation's inference
+    rule in the registry (`broken_latents.saes.activations`)."""
 
     label: str
     seed: int
@@ -99,9 +72,7 @@ class SAE:
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Latent activations [..., K] of inputs [..., D]."""
         x_BD = torch.as_tensor(x_BD, dtype=self.W_enc.dtype)
-        if self.activation not in ACTIVATIONS:
-            raise NotImplementedError(f"activation {self.activation!r}: add it to broken_latents.api.ACTIVATIONS")
-        return ACTIVATIONS[self.activation](self.encode_pre(x_BD), self)
+        return activation(self.activation).infer(self.encode_pre(x_BD), self.threshold, self.config.k)
 
     @torch.no_grad()
     def decode(self, h_BK: torch.Tensor, width: int | None = None) -> torch.Tensor:
@@ -122,7 +93,7 @@ class SAE:
 
         tensors = load_file(str(path))
         missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
-        if config.activation in THRESHOLDED:
+        if activation(config.activation).thresholded:
             missing |= {"threshold"} - set(tensors)
         if missing:
             raise ConfigError("DIR", f"{path} lacks {sorted(missing)}")
@@ -181,16 +152,9 @@ def load_run(directory: str | Path) -> Run:
 
 def load_config(target: str | Path | ExperimentConfig) -> ExperimentConfig:
     """A registered experiment's config (a copy, safe to change), a .toml path, or a config as is."""
-    if isinstance(target, ExperimentConfig):
-        return target
-    from . import experiments
+    from .pipeline.resolve import resolve_target
 
-    if isinstance(target, str) and target in experiments.EXPERIMENTS:
-        return copy.deepcopy(experiments.EXPERIMENTS[target].config)
-    if Path(target).is_file() or str(target).endswith(".toml"):
-        return load_toml(Path(target))
-    raise ConfigError("TARGET", f"{target!r} is neither a registered experiment "
-                                f"({', '.join(experiments.EXPERIMENTS)}) nor a .toml file")
+    return resolve_target(target).config
 
 
 def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, samples: int | None = None,
@@ -200,7 +164,7 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     as the CLI's --set."""
     from .training.loop import train as train_stacks
 
-    config = _configured(target, seeds, samples, set, device)
+    config = _resolved(target, seeds, samples, set, device).config
     return train_stacks(config, device=device, progress=progress)
 
 
@@ -209,42 +173,30 @@ def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | 
         progress: bool = False) -> Run:
     """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
     give it back loaded (`load_run(out)`)."""
-    from .output.rundir import run_experiment
+    from .pipeline.run import run_experiment
 
-    config = _configured(target, seeds, samples, set, device)
-    experiment = _experiment_named(config.name)
-    run_experiment(config, experiment.claims if experiment else [], Path(out), device=device, progress=progress,
-                   clean_cos=experiment.clean_cos if experiment else CLEAN_COS)
+    run_experiment(_resolved(target, seeds, samples, set, device), Path(out), device=device, progress=progress)
     return load_run(out)
 
 
-def _configured(target, seeds, samples, assignments, device: str) -> ExperimentConfig:
-    from .training.loop import choose_engine
+def _resolved(target, seeds, samples, assignments, device: str):
+    """The target with the budget and overrides applied, checked before anything trains (as `run` does)."""
+    from .pipeline.resolve import budget, check_trainable, resolve_target
 
-    budget = [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
-    config = apply_overrides(load_config(target), [*budget, *assignments])
-    choose_engine(config, device)  # a config error before training starts
-    return config
-
-
-def _experiment_named(name: str):
-    """The registered experiment a config belongs to by name (its claims apply), or None."""
-    from . import experiments
-
-    return experiments.EXPERIMENTS.get(name)
+    resolved = resolve_target(target, [*budget(seeds, samples), *assignments])
+    check_trainable(resolved.config, device)
+    return resolved
 
 
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    from .analysis.measure import measure
-    from .experiments.claims import evaluate_claims
+    import dataclasses
 
-    experiment = _experiment_named(result.config.name)
-    if clean_cos is None:
-        clean_cos = experiment.clean_cos if experiment else CLEAN_COS
-    metrics = measure(result, clean_cos=clean_cos)
-    metrics.description = result.config.description
-    if experiment is not None:
-        metrics.claims = evaluate_claims(experiment.claims, metrics)
-    return metrics
+    from .pipeline.resolve import claims_of
+    from .pipeline.run import measure_claims
+
+    target = claims_of(result.config)
+    if clean_cos is not None:
+        target = dataclasses.replace(target, clean_cos=clean_cos)
+    return measure_claims(result, target)

@@ -13,10 +13,10 @@ import tyro
 from rich.console import Console
 
 from . import experiments
-from .config.schema import ConfigError, ExperimentConfig, apply_overrides, load_toml
-from .analysis.metrics import CLEAN_COS, Metrics, read_metrics
+from .config.schema import ConfigError
+from .analysis.metrics import Metrics, read_metrics
 from .training.termination import termination
-from .training.loop import TrainingDiverged, choose_engine
+from .training.loop import TrainingDiverged
 
 console = Console()
 err_console = Console(stderr=True)
@@ -49,21 +49,18 @@ def run(
         set: override any config key, KEY=VALUE, repeatable (e.g. --set train.lr=1e-3 --set sae.tied.l1=0.01).
         figures: first: figures and details for the first seed and the first that failed a claim; all: every seed.
     """
-    from .output.rundir import run_experiment
+    from .pipeline.resolve import budget, check_trainable, resolve_target
+    from .pipeline.run import run_experiment
+    from .training.preflight import check_writable
 
-    from .training.preflight import check_config, check_writable
-
-    config, claims, clean_cos = resolve_target(target)
-    config = apply_overrides(config, [*_budget_overrides(seeds, samples), *set])
-    _check_device(device)
-    choose_engine(config, device)  # a config error, before anything is written
-    check_config(config)  # sizes the machine cannot hold, worlds too big to lay out
+    target = resolve_target(target, [*budget(seeds, samples), *set])
+    config = target.config
+    check_trainable(config, device)
     for unused in (note for sae in config.sae for note in sae.unused_settings()):
         console.print(f"note: {unused}")
     out = out or Path("runs") / config.name
     check_writable(out)
-    outcome = run_experiment(config, claims, out, device=device, progress=sys.stderr.isatty(), clean_cos=clean_cos,
-                             figures=figures)
+    outcome = run_experiment(target, out, device=device, progress=sys.stderr.isatty(), figures=figures)
     _print_summary(outcome.metrics, outcome.directory)
     registered = experiments.EXPERIMENTS.get(config.name)
     if registered is not None and registered.geometries > 1:
@@ -83,10 +80,11 @@ def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = Fa
     """
     if seeds < 1:
         raise ConfigError("--seeds", f"must be >= 1, got {seeds}")
-    _check_device(device)
-    from .training.preflight import check_writable
     from .pipeline.reproduce import reproduce_all
+    from .pipeline.resolve import check_device
+    from .training.preflight import check_writable
 
+    check_device(device)
     check_writable(out / "report.md")
 
     reproduce_all(seeds=seeds, out=out, quick=quick, device=device, progress=sys.stderr.isatty())
@@ -147,30 +145,6 @@ def inspect(
 
     outcome = inspect_sae(sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty())
     print_summary(outcome, console)
-
-
-def resolve_target(target: str) -> tuple[ExperimentConfig, list, float]:
-    """A registered name, or a TOML path; a TOML named like a registered experiment keeps its claims."""
-    if target in experiments.EXPERIMENTS:
-        exp = experiments.EXPERIMENTS[target]
-        return exp.config, exp.claims, exp.clean_cos
-    if not target.endswith(".toml") and not Path(target).exists():
-        names = ", ".join(experiments.EXPERIMENTS)
-        raise ConfigError("TARGET", f"{target!r} is neither a registered experiment ({names}) nor a .toml file")
-    config = load_toml(Path(target))
-    exp = experiments.EXPERIMENTS.get(config.name)
-    return config, (exp.claims if exp else []), (exp.clean_cos if exp else CLEAN_COS)
-
-
-def _budget_overrides(seeds: int | None, samples: int | None) -> list[str]:
-    return [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device", "cuda is not available on this machine; allowed here: cpu")
 
 
 def _print_summary(metrics: Metrics, directory: Path) -> None:

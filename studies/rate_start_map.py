@@ -16,11 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.analysis.measure import measure
-from broken_latents.experiments.claims import evaluate_claims
 from broken_latents.config.schema import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.training.loop import train
+from broken_latents.pipeline.resolve import Target
+from broken_latents.pipeline.run import train_and_measure
 
 EXPERIMENT_NAMES = ["superposition-parent-6", "narrow-independent", "narrow-5-7-force-12", "narrow-parent-6",
                     "narrow-5-7-force-12-aux", "narrow-parent-6-aux"]
@@ -36,9 +35,8 @@ def run_cell(name: str, start: float, geometry: int, seeds: int, first_seed: int
     config = apply_overrides(exp.config, [f"world.firing={{linear=[{start},0.3]}}", f"world.seed={geometry}",
                                           f"train.seeds={seeds}", f"train.first_seed={first_seed}"])
     began = time.perf_counter()
-    result = train(config, progress=False)
-    metrics = measure(result, clean_cos=exp.clean_cos)
-    claims = evaluate_claims(exp.claims, metrics)
+    _, metrics = train_and_measure(Target(config, exp.claims, exp.clean_cos, name))
+    claims = metrics.claims
     return {
         "experiment": name, "rate_start": start, "world_seed": geometry, "seeds": seeds,
         "max_feature_cos": metrics.world.max_feature_cos, "seconds": round(time.perf_counter() - began, 1),

@@ -72,6 +72,7 @@ def run(runs):
     return runs[0]
 
 
+@pytest.mark.slow
 def test_load_run_gives_config_world_saes_typed_metrics_and_history(runs):
     run, sparse = runs
     assert sparse.saes["batchtopk-nested"][0].widths == [1, 4] and sparse.saes["batchtopk-nested"][1].threshold.shape == (4,)
@@ -87,6 +88,7 @@ def test_load_run_gives_config_world_saes_typed_metrics_and_history(runs):
     assert [(r["label"], r["seed"]) for r in run.history["runs"]] == [(label, s) for label in LABELS for s in (0, 1)]
 
 
+@pytest.mark.slow
 def test_loaded_weights_and_directions_reproduce_the_decoder_cosines(runs):
     for run, entry in ((run, entry) for run in runs for entry in run.metrics.runs):
         W_dec = run.saes[entry.label][entry.seed].W_dec
@@ -94,6 +96,7 @@ def test_loaded_weights_and_directions_reproduce_the_decoder_cosines(runs):
         np.testing.assert_allclose(cos.numpy(), np.array(entry.decoder_cos), atol=1e-4, err_msg=entry.label)
 
 
+@pytest.mark.slow
 def test_encode_reproduces_the_trained_activations(runs):
     """metrics.json's firing patterns are the trained SAEs' activations on exact feature sets."""
     checked = 0
@@ -108,6 +111,7 @@ def test_encode_reproduces_the_trained_activations(runs):
     assert checked >= 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", [0, 1])
 def test_encode_and_decode_match_the_stacked_sae_on_world_inputs(runs, which):
     run = runs[which]
@@ -142,6 +146,7 @@ def test_encode_and_decode_match_the_stacked_sae_on_world_inputs(runs, which):
             torch.testing.assert_close(sae.decode(h, width=width), h[:, :width] @ sae.W_dec[:width] + sae.b_dec)
 
 
+@pytest.mark.slow
 def test_the_saelens_folders_encode_as_the_loaded_saes(runs):
     """Every run also writes weights/LABEL-seedN/ for SAELens (topk as topk, batchtopk as its JumpReLU)."""
     from broken_latents.output.saelens_format import load_sae
@@ -166,6 +171,7 @@ def test_a_bad_directory_raises_a_config_error_naming_it(tmp_path, make, says):
     assert str(path) in str(err.value) and says in str(err.value) and err.value.field == "DIR"
 
 
+@pytest.mark.slow
 def test_a_run_without_its_weights_raises_a_config_error(run_dirs, tmp_path):
     import shutil
 
@@ -178,6 +184,7 @@ def test_a_run_without_its_weights_raises_a_config_error(run_dirs, tmp_path):
         bl.load_run(copy)
 
 
+@pytest.mark.slow
 def test_train_and_analyse_in_memory_with_the_experiments_claims():
     result = bl.train("recap-absorption", seeds=1, samples=20_000, set=["train.eval_samples=2000"])
     metrics = bl.analyse(result)
@@ -189,6 +196,7 @@ def test_train_and_analyse_in_memory_with_the_experiments_claims():
         bl.load_config("no-such-experiment")
 
 
+@pytest.mark.slow
 def test_run_writes_the_directory_and_loads_it_back(tmp_path):
     loaded = bl.run("recap-absorption", tmp_path / "recap", seeds=1, samples=20_000, set=["train.eval_samples=2000"])
     assert (tmp_path / "recap" / "metrics.json").is_file() and (tmp_path / "recap" / "history.json").is_file()

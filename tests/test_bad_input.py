@@ -36,12 +36,12 @@ def _exit(argv, capsys) -> tuple[int, str]:
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
     """Any of these inputs reaching training is a failure in itself (and would take minutes)."""
-    import broken_latents.output.rundir as rundir
+    import broken_latents.pipeline.run as pipeline_run
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started on bad input")
 
-    monkeypatch.setattr(rundir, "train", refuse)
+    monkeypatch.setattr(pipeline_run, "train", refuse)
 
 
 def test_version(capsys):

@@ -77,6 +77,7 @@ def test_history_json_has_every_term_per_sae_and_seed(tiny_run):
     assert "](figures/loss-curves.png)" in (tiny_run / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_figures_all_draws_and_details_every_seed(tiny_run, tmp_path):
     out = tmp_path / "all"
     main(["run", str(tiny_run / "config.toml"), "--out", str(out), "--samples", "20000", "--figures", "all"])
@@ -86,6 +87,7 @@ def test_figures_all_draws_and_details_every_seed(tiny_run, tmp_path):
     assert (out / "report.html").read_text().count("<img") >= len(names)
 
 
+@pytest.mark.slow
 def test_rerun_from_config_replaces_the_run(tiny_run, capsys):
     before = json.loads((tiny_run / "metrics.json").read_text())
     main(["run", str(tiny_run / "config.toml"), "--out", str(tiny_run), "--seeds", "1"])
@@ -183,6 +185,7 @@ def test_divergence_exits_2_and_leaves_nothing(tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob(".run*"))
 
 
+@pytest.mark.slow
 def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "broken_latents.cli", "run", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "TARGET" in proc.stderr and "Traceback" not in proc.stderr
@@ -202,6 +205,7 @@ def _wait_until_catching(pid: int, signum: int, timeout: float = 120.0) -> None:
     raise AssertionError(f"process {pid} never installed a handler for signal {signum}")
 
 
+@pytest.mark.slow
 def test_terminated_run_leaves_nothing(tmp_path):
     import signal
     import time

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol, Sequence
+
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
@@ -11,15 +13,11 @@ from scipy.signal import find_peaks
 from .absorption import absorption_metrics, cooccurring
 from ..saes import StackedSAE
 from ..world.stream import DataStream
-from ..training.loop import TrainResult
-from .peaks import fit_peak_model
+from .peaks import PEAK_FLOOR, fit_peak_model
 from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
+from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
 
-PEAK_FLOOR = 0.2
-"""Peaks are counted above this fraction of a latent's max. Tied latents fire weakly on most
-inputs, and even a clean latent (cos 0.996) shows an interference bump at 12-17% of its max;
-the weakest true peak of a broken latent (the parent alone) sits near 25%."""
 PEAK_SMOOTHING = 0.02
 """Gaussian smoothing width, as a fraction of the max: merges the ripples other features add to one peak."""
 PEAK_PROMINENCE = 0.05
@@ -27,6 +25,32 @@ PEAK_PROMINENCE = 0.05
 HISTOGRAM_BINS = 200
 EVAL_STREAM = 7
 """Stream offset of the held-out evaluation samples (training uses offset 0)."""
+
+
+class TrainedStack(Protocol):
+    """One trained SAE of every seed, as measuring reads it."""
+
+    config: SAEConfig
+    sae: StackedSAE
+    tau_SK: torch.Tensor | None
+    """The aux loss's final thresholds (the JumpReLU threshold when it uses them)."""
+
+
+class Trained(Protocol):
+    """What measuring reads of a training result. `training.loop.TrainResult` is one; analysis
+    stands below training (training's refits use the peak model), so it names the shape it reads
+    instead of importing the class."""
+
+    config: ExperimentConfig
+    world: World
+    seeds: list[int]
+    stacks: Sequence[TrainedStack]
+    samples: int
+    seed_history: list[dict]
+    """The logged loss terms per seed (history.json's source; the run directory writes it)."""
+
+    @property
+    def samples_per_second(self) -> float: ...
 
 
 def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
@@ -85,7 +109,7 @@ def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]]
 
 
 @torch.no_grad()
-def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
+def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
     """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
@@ -165,7 +189,7 @@ def measure(result: TrainResult, clean_cos: float = CLEAN_COS) -> Metrics:
     )
 
 
-def latent_activations(result: TrainResult, samples: int = 50_000) -> dict[str, np.ndarray]:
+def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.ndarray]:
     """Held-out activations [samples, K] of every SAE, keyed "LABEL-seedN", for histograms.
     One draw of the held-out stream serves every stack."""
     world = result.world

@@ -19,7 +19,7 @@ from ..analysis.peaks import mixture_density  # noqa: E402
 
 CELL_INCHES = 0.5
 """Side of one heatmap cell: room for a two-decimal value in a small font."""
-HIST_FLOOR = 0.1  # show a little below analysis.PEAK_FLOOR, where peaks start to count
+HIST_FLOOR = 0.1  # show a little below analysis.peaks.PEAK_FLOOR, where peaks start to count
 """Histograms show activations above this fraction of the latent's max, as the peak counter does
 (tied latents fire weakly on most inputs, and that bulk near zero would hide the peaks)."""
 HIST_BINS = 100

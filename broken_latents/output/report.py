@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import re
+import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from markdown_it import MarkdownIt
 
 from ..analysis.metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
 
@@ -197,11 +200,25 @@ pre code { padding: 0; }
 """
 
 
+PAGE = string.Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>$title</title>
+<style>$css</style>
+</head>
+<body>
+$body
+</body>
+</html>
+""")
+"""One page, no external references: figures are embedded (see `_image`), the style is inline."""
+
+
 def render_html(sections: Sequence[HtmlSection], title: str = "broken-latents report") -> str:
     """One page, no external references: figures are embedded as base64 data URIs."""
-    body = "\n".join(f"<section>\n{markdown_to_html(s.markdown, Path(s.base_dir))}\n</section>" for s in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    body = "\n".join(f"<section>\n{markdown_to_html(s.markdown, Path(s.base_dir))}</section>" for s in sections)
+    return PAGE.substitute(title=html.escape(title), css=CSS, body=body)
 
 
 def write_html(path: str | Path, title: str, markdown_text: str, base_dir: str | Path) -> None:
@@ -209,79 +226,47 @@ def write_html(path: str | Path, title: str, markdown_text: str, base_dir: str |
 
 
 def markdown_to_html(text: str, base_dir: Path) -> str:
-    """The markdown this package writes: headings, paragraphs, pipe tables, bullet lists,
-    fenced code blocks, images, **bold** and `code`. Not a general converter."""
-    blocks, lines = [], text.splitlines()
+    """CommonMark with pipe tables (markdown-it-py), raw HTML escaped, and what our pages add:
+    headings get ids that `[text](#id)` links reach, right-aligned columns are numbers, the
+    `holds` column is coloured, and images are embedded from `base_dir`."""
+    tokens = _MARKDOWN.parse(text)
+    _heading_ids(tokens)
+    _table_classes(tokens)
+    return _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {"base_dir": Path(base_dir)})
+
+
+def _heading_ids(tokens: list) -> None:
+    """Sections repeat headings ("Claims" in every experiment): an h1 names its part of the page,
+    and the headings under it get ids "H1--HEADING"."""
     page_section = "top"
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if not line:
-            block_end = i + 1
-        elif line.startswith("```"):
-            block_end = _run_of(lines, i + 1, lambda s: not s.startswith("```"))
-            blocks.append(f"<pre><code>{html.escape(chr(10).join(lines[i + 1:block_end]))}</code></pre>")
-            block_end += 1  # past the closing fence
-        elif heading := re.match(r"(#{1,6})\s+(.*)", line):
-            level = len(heading.group(1))
-            if level == 1:
-                page_section = anchor(heading.group(2))
-            # Sections repeat headings ("Claims" in every experiment): the page's h1 keeps them apart.
-            ident = page_section if level == 1 else f"{page_section}--{anchor(heading.group(2))}"
-            blocks.append(f'<h{level} id="{ident}">{_inline(heading.group(2), base_dir)}</h{level}>')
-            block_end = i + 1
-        elif line.startswith("|"):
-            block_end = _run_of(lines, i, lambda s: s.startswith("|"))
-            blocks.append(_html_table([lines[k].strip() for k in range(i, block_end)], base_dir))
-        elif re.match(r"[-*]\s", line):
-            block_end = _run_of(lines, i, lambda s: bool(re.match(r"[-*]\s", s)))
-            items = "".join(f"<li>{_inline(lines[k].strip()[2:], base_dir)}</li>" for k in range(i, block_end))
-            blocks.append(f"<ul>{items}</ul>")
-        else:
-            block_end = _block_end(lines, i)
-            blocks.append(f"<p>{_inline(' '.join(lines[k].strip() for k in range(i, block_end)), base_dir)}</p>")
-        i = block_end
-    return "\n".join(blocks)
+    for token, content in zip(tokens, tokens[1:]):
+        if token.type != "heading_open":
+            continue
+        name = anchor(content.content)
+        if token.tag == "h1":
+            page_section = name
+        token.attrSet("id", page_section if token.tag == "h1" else f"{page_section}--{name}")
 
 
-def _run_of(lines: list[str], start: int, belongs) -> int:
-    end = start
-    while end < len(lines) and belongs(lines[end].strip()):
-        end += 1
-    return end
-
-
-def _block_end(lines: list[str], start: int) -> int:
-    """End of a paragraph: a blank line or the start of another kind of block."""
-    return _run_of(lines, start, lambda s: bool(s) and not re.match(r"#{1,6}\s|\||[-*]\s|```", s))
-
-
-def _html_table(rows: list[str], base_dir: Path) -> str:
-    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row.strip("|"))] for row in rows]
-    has_header = len(cells) > 1 and all(re.fullmatch(r":?-{3,}:?", c) for c in cells[1])
-    header, body = (cells[0], cells[2:]) if has_header else ([], cells)
-    right = [c.endswith(":") for c in cells[1]] if has_header else []
-    holds_column = header.index("holds") if "holds" in header else -1
-    out = ["<table>"]
-    if header:
-        out.append("<tr>" + "".join(f"<th>{_inline(c, base_dir)}</th>" for c in header) + "</tr>")
-    for row in body:
-        out.append("<tr>" + "".join(_td(c, j, right, holds_column, base_dir) for j, c in enumerate(row)) + "</tr>")
-    return "\n".join(out + ["</table>"])
-
-
-def _td(cell: str, column: int, right: list[bool], holds_column: int, base_dir: Path) -> str:
-    classes = []
-    if column < len(right) and right[column]:
-        classes.append("num")
-    if column == holds_column and cell in ("yes", "no"):
-        classes.append("holds" if cell == "yes" else "fails")  # a failing claim must catch the eye
-    attribute = f' class="{" ".join(classes)}"' if classes else ""
-    return f"<td{attribute}>{_inline(cell, base_dir)}</td>"
-
-
-INLINE = re.compile(r"`(?P<code>[^`]+)`|!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)|\*\*(?P<bold>.+?)\*\*"
-                    r"|\[(?P<text>[^\]]+)\]\(#(?P<anchor>[^)]+)\)")
+def _table_classes(tokens: list) -> None:
+    """Right-aligned cells are numbers (class num); a `holds` column's yes/no cells are coloured."""
+    holds_column, column = -1, 0
+    for i, token in enumerate(tokens):
+        if token.type == "table_open":
+            holds_column = -1
+        elif token.type == "tr_open":
+            column = 0
+        elif token.type in ("th_open", "td_open"):
+            content = tokens[i + 1].content
+            classes = ["num"] if token.type == "td_open" and "text-align:right" in str(token.attrGet("style")) else []
+            if token.type == "th_open" and content == "holds":
+                holds_column = column
+            if token.type == "td_open" and column == holds_column and content in ("yes", "no"):
+                classes.append("holds" if content == "yes" else "fails")  # a failing claim must catch the eye
+            token.attrs.pop("style", None)
+            if classes:
+                token.attrSet("class", " ".join(classes))
+            column += 1
 
 
 def anchor(text: str) -> str:
@@ -289,25 +274,16 @@ def anchor(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", re.sub(r"`", "", text).lower()).strip("-")
 
 
-def _inline(text: str, base_dir: Path) -> str:
-    out, last = [], 0
-    for m in INLINE.finditer(text):
-        out.append(html.escape(text[last:m.start()]))
-        if m.group("code") is not None:
-            out.append(f"<code>{html.escape(m.group('code'))}</code>")
-        elif m.group("src") is not None:
-            out.append(_img(m.group("alt"), m.group("src"), base_dir))
-        elif m.group("anchor") is not None:
-            out.append(f'<a href="#{html.escape(m.group("anchor"))}">{html.escape(m.group("text"))}</a>')
-        else:
-            out.append(f"<strong>{html.escape(m.group('bold'))}</strong>")
-        last = m.end()
-    return "".join(out) + html.escape(text[last:])
-
-
-def _img(alt: str, src: str, base_dir: Path) -> str:
-    path = base_dir / src
-    if not path.is_file():  # say so on the page rather than link outside it
+def _image(renderer, tokens: list, idx: int, options, env: dict) -> str:
+    """An image embedded as a data URI, or a visible note when its file is missing (never a link outside the page)."""
+    token = tokens[idx]
+    src, alt = token.attrGet("src"), renderer.renderInlineAsText(token.children or [], options, env)
+    path = env["base_dir"] / src
+    if not path.is_file():
         return f'<span class="missing">[missing figure: {html.escape(src)}]</span>'
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+_MARKDOWN.add_render_rule("image", _image)

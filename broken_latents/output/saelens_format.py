@@ -30,10 +30,6 @@ from ..config.schema import ConfigError, read_json
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 LAYOUT_VERSION = "6.0.0"
-ARCHITECTURE_OF_ACTIVATION = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "batchtopk": "jumprelu"}
-"""Our activation -> SAELens architecture (all encode act((x - b_dec) W_enc + b_enc)). BatchTopK
-infers as a JumpReLU at the threshold estimated in training, as SAELens saves it too."""
-READABLE_ARCHITECTURES = ("standard", "jumprelu", "topk")
 READABLE_NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 
 
@@ -45,19 +41,22 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
     import torch
     from safetensors.torch import save_file
 
-    if activation not in ARCHITECTURE_OF_ACTIVATION:
+    from ..saes.activations import ACTIVATIONS, saelens_architectures
+
+    if activation not in ACTIVATIONS:
         raise ConfigError("activation", f"{activation!r} has no SAELens architecture; allowed: "
-                                        f"{', '.join(ARCHITECTURE_OF_ACTIVATION)}")
+                                        f"{', '.join(ACTIVATIONS)}")
     weights = {k: torch.as_tensor(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v), dtype=torch.float32)
                for k, v in tensors.items() if k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
     d_sae, d_in = weights["W_dec"].shape
     if tied:
         weights["W_enc"] = weights["W_dec"].T.clone()  # one latent: .T is contiguous and would share memory
         weights["b_enc"] = torch.zeros(d_sae)
-    architecture = ARCHITECTURE_OF_ACTIVATION[activation]
-    if architecture == "topk" and not (k and k >= 1):
-        raise ConfigError("k", f"a topk SAE needs k >= 1 to be written for SAELens, got {k!r}")
-    if architecture == "jumprelu":
+    architecture = ACTIVATIONS[activation].saelens
+    saved_as = saelens_architectures()[architecture]  # how SAELens will compute it
+    if saved_as.uses_k and not (k and k >= 1):
+        raise ConfigError("k", f"a {architecture} SAE needs k >= 1 to be written for SAELens, got {k!r}")
+    if saved_as.thresholded:
         # Threshold 0 makes a JumpReLU a ReLU, which is what an SAE without one computed.
         weights.setdefault("threshold", torch.zeros(d_sae))
     else:
@@ -74,7 +73,7 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        **({"k": int(k)} if architecture == "topk" else {}),
+        **({"k": int(k)} if saved_as.uses_k else {}),
         "metadata": {"sae_lens_version": LAYOUT_VERSION, "written_by": "broken-latents",
                      "tied": bool(tied), "activation": activation, **(metadata or {})},
     }
@@ -117,13 +116,13 @@ class NumpySAE:
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
         pre_BK = x @ self.W_enc + self.b_enc
-        h_BK = np.maximum(pre_BK, 0.0)
-        if self.architecture == "jumprelu":
-            h_BK *= pre_BK > self.threshold
-        elif self.architecture == "topk":
-            drop = np.argpartition(pre_BK, -self.k, axis=-1)[:, :-self.k]
-            np.put_along_axis(h_BK, drop, 0.0, axis=-1)
-        return h_BK
+        import torch
+
+        from ..saes.activations import saelens_architectures
+
+        threshold = None if self.threshold is None else torch.from_numpy(np.asarray(self.threshold, np.float32))
+        infer = saelens_architectures()[self.architecture].infer
+        return infer(torch.from_numpy(np.ascontiguousarray(pre_BK)), threshold, self.k).numpy()
 
 
 def load_sae(path: str | Path) -> NumpySAE:
@@ -148,25 +147,29 @@ def _load_folder(folder: Path) -> NumpySAE:
     for needed in (cfg_path, weights_path):
         if not needed.is_file():
             raise ConfigError("SAE", f"{folder} is not a SAELens folder: {needed.name} is missing")
+    from ..saes.activations import saelens_architectures
+
     cfg = read_json(cfg_path, "SAE")
     # A cfg.json from before SAELens 6 has no architecture: standard, unless its activation says topk.
     kwargs = cfg.get("activation_fn_kwargs") or {}
     default = "topk" if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk" else "standard"
     architecture = cfg.get("architecture", default)
-    if architecture not in READABLE_ARCHITECTURES:
+    readable = saelens_architectures()
+    if architecture not in readable:
         raise ConfigError("SAE", f"{cfg_path}: architecture {architecture!r} is not supported; "
-                                 f"allowed: {', '.join(READABLE_ARCHITECTURES)}")
+                                 f"allowed: {', '.join(readable)}")
     normalize = cfg.get("normalize_activations") or "none"
     if normalize is False:
         normalize = "none"
     if normalize not in READABLE_NORMALIZATIONS:
         raise ConfigError("SAE", f"{cfg_path}: normalize_activations {normalize!r} is not supported (it needs a "
                                  f"scaling factor from the training data); allowed: {', '.join(READABLE_NORMALIZATIONS)}")
-    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
-        raise ConfigError("SAE", f"{cfg_path}: topk with rescale_acts_by_decoder_norm is not supported")
-    k = int(cfg.get("k") or kwargs.get("k") or 0) if architecture == "topk" else None
-    if architecture == "topk" and k < 1:
-        raise ConfigError("SAE", f"{cfg_path}: a topk SAE needs k >= 1")
+    uses_k = readable[architecture].uses_k
+    if uses_k and cfg.get("rescale_acts_by_decoder_norm"):
+        raise ConfigError("SAE", f"{cfg_path}: {architecture} with rescale_acts_by_decoder_norm is not supported")
+    k = int(cfg.get("k") or kwargs.get("k") or 0) if uses_k else None
+    if uses_k and k < 1:
+        raise ConfigError("SAE", f"{cfg_path}: a {architecture} SAE needs k >= 1")
     sae = _from_tensors(_read_tensors(weights_path), architecture, weights_path, k=k,
                         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
                         normalize_activations=normalize, source=str(folder), cfg=cfg)
@@ -177,13 +180,16 @@ def _load_folder(folder: Path) -> NumpySAE:
 
 
 def _from_tensors(tensors: dict[str, np.ndarray], architecture: str, where: Path, **settings) -> NumpySAE:
+    from ..saes.activations import saelens_architectures
+
+    thresholded = saelens_architectures()[architecture].thresholded
     missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
-    if architecture == "jumprelu" and "threshold" not in tensors:
+    if thresholded and "threshold" not in tensors:
         missing.add("threshold")
     if missing:
         raise ConfigError("SAE", f"{where} lacks {', '.join(sorted(missing))} for architecture {architecture!r}")
     sae = NumpySAE(W_enc=tensors["W_enc"], W_dec=tensors["W_dec"], b_enc=tensors["b_enc"], b_dec=tensors["b_dec"],
-                   architecture=architecture, threshold=tensors.get("threshold") if architecture == "jumprelu" else None,
+                   architecture=architecture, threshold=tensors.get("threshold") if thresholded else None,
                    **settings)
     return _checked(sae, where)
 

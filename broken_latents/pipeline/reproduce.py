@@ -13,7 +13,8 @@ from ..experiments import EXPERIMENTS, Experiment
 from ..experiments.claims import seeds_needed
 from ..analysis.metrics import ClaimResult
 from ..output.report import HtmlSection, anchor, claims_table, render_html
-from ..output.rundir import run_experiment
+from .resolve import Target
+from .run import run_experiment
 
 QUICK_SAMPLES = 30_000_000
 """--quick caps every experiment's budget at this many samples per SAE, its aux and inverse
@@ -58,8 +59,9 @@ def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: boo
         console.print(f"[{i}/{len(experiments)}] {name}: {config.train.samples:,} samples x {seeds} seeds{where}")
         for geometry in range(geometries):
             geometry_config = with_world_seed(config, geometry) if exp.geometries > 1 else config
-            outcome = run_experiment(geometry_config, exp.claims, out / geometry_dir(name, geometry), device=device,
-                                     progress=progress, clean_cos=exp.clean_cos, figures="none" if quick else "first")
+            target = Target(geometry_config, exp.claims, exp.clean_cos, name)
+            outcome = run_experiment(target, out / geometry_dir(name, geometry), device=device, progress=progress,
+                                     figures="none" if quick else "first")
             held = sum(c.holds for c in outcome.metrics.claims)
             console.print(f"    {geometry_dir(name, geometry)}: {outcome.metrics.wall_seconds:.0f} s, "
                           f"claims holding: {held}/{len(exp.claims)}")

@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .activations import activation as activation_named, keep_largest
 from .losses import aux_loss, inverse_loss
 
 # SAEConfig (config/schema.py) stays a name in quotes here: the config validates architecture names
@@ -57,6 +58,8 @@ class StackedSAE(nn.Module):
     None for autograd only. Each registered class states it in its own body (see `register`)."""
     Options: ClassVar[type]
     """The dataclass of the fields this architecture owns (see the module docstring)."""
+    tied_encoder: ClassVar[bool] = False
+    """W_enc is W_dec^T and b_enc is 0 (SAELens gets that encoder written out, and `metadata.tied`)."""
     jumprelu_bandwidth: ClassVar[float] = 0.05
 
     def __init__(self, config: "SAEConfig", n_saes: int, dim: int, seeds: list[int], init: str):
@@ -88,7 +91,7 @@ class StackedSAE(nn.Module):
         (learned, or the aux loss's tau_j) and BatchTopK's (one per SAE); None for ReLU and TopK."""
         if self.config.activation == "batchtopk":
             return self.batchtopk_threshold_S[:, None].expand(-1, self.latents)
-        if self.config.activation != "jumprelu":
+        if not activation_named(self.config.activation).thresholded:
             return None
         return tau_SK if self.log_threshold_SK is None else self.log_threshold_SK.exp()
 
@@ -99,19 +102,18 @@ class StackedSAE(nn.Module):
         over steps, as the BatchTopK and Matryoshka papers estimate theta); at inference a JumpReLU
         at that threshold, so a sample's latents do not depend on the rest of its batch. Before
         any training step there is no threshold and inference uses the batch rule."""
-        activation = self.config.activation
-        if activation == "topk":
-            return _keep_largest(torch.relu(pre_SBK), self.config.k, dim=-1)
-        if activation == "batchtopk":
-            if training or self.batchtopk_threshold_S.isnan().any():
-                h = _keep_largest(torch.relu(pre_SBK).flatten(1), self.config.k * pre_SBK.shape[1], dim=-1)
-                if training:
-                    self._update_batchtopk_threshold(h.detach())
-                return h.view_as(pre_SBK)
-            return pre_SBK * (pre_SBK > self.batchtopk_threshold_S[:, None, None])
+        activation = activation_named(self.config.activation)
+        if activation.name == "batchtopk" and (training or self.batchtopk_threshold_S.isnan().any()):
+            h = keep_largest(torch.relu(pre_SBK).flatten(1), self.config.k * pre_SBK.shape[1], dim=-1)
+            if training:
+                self._update_batchtopk_threshold(h.detach())
+            return h.view_as(pre_SBK)
+        if not activation.thresholded:
+            return activation.infer(pre_SBK, None, self.config.k)
         threshold = self.thresholds(tau_SK)
-        if threshold is None:  # ReLU, or an aux-thresholded JumpReLU before any tau exists
+        if threshold is None:  # an aux-thresholded JumpReLU before any tau exists
             return torch.relu(pre_SBK)
+        # At inference the registry's rule; in training, its pseudo-derivative trains a learned threshold.
         return JumpReLU.apply(pre_SBK, threshold[:, None], self.jumprelu_bandwidth)
 
     batchtopk_threshold_decay: ClassVar[float] = 0.99
@@ -199,12 +201,6 @@ class StackedSAE(nn.Module):
             "b_enc": b_enc_SK[s].contiguous().clone(),
             "b_dec": self.b_dec_SD[s].contiguous().clone(),
         }
-
-
-def _keep_largest(a: torch.Tensor, count: int, dim: int) -> torch.Tensor:
-    """`a` with all but its `count` largest entries along `dim` set to 0 (gradient flows to the kept ones)."""
-    top = a.topk(count, dim=dim)
-    return torch.zeros_like(a).scatter(dim, top.indices, top.values)
 
 
 def initial_decoder(latents: int, dim: int, seed: int, label: str, init: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ from .registry import register
 class TiedSAE(StackedSAE):
     architecture = "tied"
     hand_gradients = "tied"
+    tied_encoder = True
 
     @dataclass
     class Options:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..analysis.metrics import Metrics
+from .record import CellResult, ClaimCount
 
 ATTEMPTS = 3
 """Tries of a cell whose worker process dies (killed, out of memory) before it is recorded failed."""
@@ -43,13 +44,14 @@ class CellTask:
     """The cell's run directory."""
 
 
-def run_cell(task: CellTask) -> dict:
-    """Train one cell into task.out. Never raises: a failure is a result {"status": "failed", "error"}."""
+def run_cell(task: CellTask) -> CellResult:
+    """Train one cell into task.out. Never raises: a failure is a result with status "failed" and its error."""
     import sys
 
     from ..config.schema import ConfigError, ExperimentConfig, from_dict
     from ..experiments import EXPERIMENTS
-    from ..output.rundir import run_experiment
+    from ..pipeline.resolve import Target
+    from ..pipeline.run import run_experiment
     from ..training.loop import TrainingDiverged
 
     if sys.version_info >= (3, 11):
@@ -61,20 +63,21 @@ def run_cell(task: CellTask) -> dict:
     try:
         config = from_dict(ExperimentConfig, tomllib.loads(task.config_toml))
         claims = EXPERIMENTS[task.experiment].claims if task.experiment else []
-        outcome = run_experiment(config, claims, Path(task.out), progress=False, clean_cos=task.clean_cos)
+        target = Target(config, claims, task.clean_cos, task.experiment)
+        outcome = run_experiment(target, Path(task.out), progress=False)
     except (ConfigError, TrainingDiverged) as err:
-        return {"status": "failed", "error": str(err), "wall_seconds": round(time.perf_counter() - started, 3)}
+        return CellResult("failed", error=str(err), wall_seconds=round(time.perf_counter() - started, 3))
     except Exception as err:  # noqa: BLE001 (one cell's bug must not stop the sweep)
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                "wall_seconds": round(time.perf_counter() - started, 3)}
-    return {"status": "done", "claims": claim_counts(outcome.metrics, task.claims),
-            "wall_seconds": outcome.metrics.wall_seconds}
+        return CellResult("failed", error=f"{type(err).__name__}: {err}",
+                          wall_seconds=round(time.perf_counter() - started, 3))
+    return CellResult("done", claims=claim_counts(outcome.metrics, task.claims),
+                      wall_seconds=outcome.metrics.wall_seconds)
 
 
-def claim_counts(metrics: Metrics, wanted: list[str]) -> dict[str, dict]:
-    """{claim id: {"held": seeds held, "seeds": seeds run, "holds": overall verdict}} for the mapped claims."""
+def claim_counts(metrics: Metrics, wanted: list[str]) -> dict[str, ClaimCount]:
+    """The mapped claims' seeds held, seeds run and overall verdict, by claim id."""
     by_id = {c.id: c for c in metrics.claims or []}
-    return {cid: {"held": by_id[cid].seeds_held, "seeds": by_id[cid].seeds_run, "holds": by_id[cid].holds}
+    return {cid: ClaimCount(held=by_id[cid].seeds_held, seeds=by_id[cid].seeds_run, holds=by_id[cid].holds)
             for cid in wanted if cid in by_id}
 
 
@@ -98,8 +101,8 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_local(tasks: list[CellTask], workers: int, on_result: Callable[[CellTask, dict], None],
-              cell_function: Callable[[CellTask], dict] = run_cell) -> None:
+def run_local(tasks: list[CellTask], workers: int, on_result: Callable[[CellTask, CellResult], None],
+              cell_function: Callable[[CellTask], CellResult] = run_cell) -> None:
     """Train `tasks` on a pool of `workers` processes, at most `workers` cells submitted at a time, so
     a worker that dies takes only the cells in flight with it; those are retried in a fresh pool."""
     pending = list(tasks)
@@ -123,8 +126,8 @@ def run_local(tasks: list[CellTask], workers: int, on_result: Callable[[CellTask
         except BrokenProcessPool:
             for task in in_flight.values():
                 if attempts[task.name] >= ATTEMPTS:
-                    on_result(task, {"status": "failed", "error": f"the worker process died {ATTEMPTS} times "
-                                                                  "(killed, or out of memory)"})
+                    on_result(task, CellResult("failed", error=f"the worker process died {ATTEMPTS} times "
+                                                                 "(killed, or out of memory)"))
                 else:
                     pending.insert(0, task)
         finally:
@@ -139,7 +142,7 @@ def _context():
         context = get_context("forkserver")
     except ValueError:  # pragma: no cover (no forkserver on this platform)
         return get_context("spawn")
-    context.set_forkserver_preload(["broken_latents.sweeps.executors", "broken_latents.output.rundir"])
+    context.set_forkserver_preload(["broken_latents.sweeps.executors", "broken_latents.pipeline.run"])
     return context
 
 
@@ -157,17 +160,17 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 # -- Ray ----------------------------------------------------------------------------------------
 
 
-def run_cell_archived(task: CellTask, cell_function: Callable[[CellTask], dict] = run_cell) -> dict:
+def run_cell_archived(task: CellTask, cell_function: Callable[[CellTask], CellResult] = run_cell) -> CellResult:
     """`run_cell` into a scratch folder of the node it runs on; the run directory comes back as a
     tar archive, so a cluster needs no file system shared with the driver."""
     with tempfile.TemporaryDirectory(prefix="broken-latents-cell-") as scratch:
         local = Path(scratch) / task.name
         result = cell_function(CellTask(**{**task.__dict__, "out": str(local)}))
-        if result["status"] == "done":
+        if result.status == "done":
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
                 archive.add(local, arcname=task.name)
-            result["archive"] = buffer.getvalue()
+            result.archive = buffer.getvalue()
         return result
 
 
@@ -210,8 +213,9 @@ def connect_ray(address: str, workers: int | None) -> bool:
     return True
 
 
-def run_ray(tasks: list[CellTask], address: str, workers: int | None, on_result: Callable[[CellTask, dict], None],
-            cell_function: Callable[[CellTask], dict] = run_cell) -> None:
+def run_ray(tasks: list[CellTask], address: str, workers: int | None,
+            on_result: Callable[[CellTask, CellResult], None],
+            cell_function: Callable[[CellTask], CellResult] = run_cell) -> None:
     """Each cell a Ray task of one CPU, retried when its worker dies (max_retries)."""
     import ray
 
@@ -226,9 +230,10 @@ def run_ray(tasks: list[CellTask], address: str, workers: int | None, on_result:
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as err:  # retries used up, or the cluster went away
-                    result = {"status": "failed", "error": f"Ray: {str(err).splitlines()[0]}"}
-                if result.get("archive") is not None:
-                    unpack(result.pop("archive"), Path(task.out))
+                    result = CellResult("failed", error=f"Ray: {str(err).splitlines()[0]}")
+                if result.archive is not None:
+                    unpack(result.archive, Path(task.out))
+                    result.archive = None
                 on_result(task, result)
     except KeyboardInterrupt:
         for ref in refs:

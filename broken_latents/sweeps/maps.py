@@ -18,24 +18,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .record import CellRecord, SweepRecord  # noqa: E402
 from .spec import _format, _safe  # noqa: E402
 
-Measure = Callable[[dict], "tuple[int, int] | None"]
+Measure = Callable[[CellRecord], "tuple[int, int] | None"]
 
 
 def claim_measure(claim: str) -> Measure:
-    def measure(cell: dict):
-        counts = cell.get("claims", {}).get(claim)
-        return (counts["held"], counts["seeds"]) if cell["status"] == "done" and counts else None
+    def measure(cell: CellRecord):
+        counts = cell.claims.get(claim)
+        return (counts.held, counts.seeds) if cell.status == "done" and counts else None
 
     return measure
 
 
-def pooled(cells: list[dict], axes: list[str], measure: Measure) -> dict[tuple, tuple[int, int, int]]:
+def pooled(cells: list[CellRecord], axes: list[str], measure: Measure) -> dict[tuple, tuple[int, int, int]]:
     """(value of each axis in `axes`) -> (successes, trials, failed cells), other axes pooled."""
     table: dict[tuple, list[int]] = {}
     for cell in cells:
-        key = tuple(_key(cell["values"][a]) for a in axes)
+        key = tuple(_key(cell.values[a]) for a in axes)
         entry = table.setdefault(key, [0, 0, 0])
         counts = measure(cell)
         if counts is None:
@@ -50,10 +51,10 @@ def _key(value: Any) -> str:
     return _format(value)
 
 
-def claim_map(record: dict, measure: Measure, title: str, path: Path, axes: list[str]) -> Path:
+def claim_map(record: SweepRecord, measure: Measure, title: str, path: Path, axes: list[str]) -> Path:
     """One heatmap over two axes (rows: the first) or a bar chart over one."""
-    table = pooled(record["cells"], axes, measure)
-    ticks = [[_key(v) for v in record["axes"][a]] for a in axes]
+    table = pooled(record.cells, axes, measure)
+    ticks = [[_key(v) for v in record.axes[a]] for a in axes]
     fig_w = 2.5 + 0.9 * len(ticks[-1])
     if len(axes) == 1:
         fig, ax = plt.subplots(figsize=(max(fig_w, 4), 3.2))
@@ -97,30 +98,30 @@ def claim_map(record: dict, measure: Measure, title: str, path: Path, axes: list
     return path
 
 
-def write_maps(record: dict, maps_dir: Path) -> dict[str, list[Path]]:
+def write_maps(record: SweepRecord, maps_dir: Path) -> dict[str, list[Path]]:
     """Claim -> its maps: one per pair of axes (one per axis if there is only one axis)."""
-    axes = list(record["axes"])
+    axes = list(record.axes)
     pairs = [list(p) for p in itertools.combinations(axes, 2)] if len(axes) >= 2 else [[a] for a in axes]
     out: dict[str, list[Path]] = {}
-    for claim in record["claims"]:
+    for claim in record.claims:
         for pair in pairs:
             name = f"{_safe(claim)}__{'__'.join(_safe(a) for a in pair)}.png"
-            title = f"{claim}: seeds held / seeds run ({record['base']})"
+            title = f"{claim}: seeds held / seeds run ({record.base})"
             out.setdefault(claim, []).append(claim_map(record, claim_measure(claim), title, maps_dir / name, pair))
     return out
 
 
-def write_report(record: dict, maps: dict[str, list[Path]], out: Path) -> Path:
+def write_report(record: SweepRecord, maps: dict[str, list[Path]], out: Path) -> Path:
     """DIR/report.html: the maps (embedded) and every cell's verdicts, one self-contained page."""
     from ..output.report import render_html, HtmlSection
 
-    cells = record["cells"]
-    done = sum(c["status"] == "done" for c in cells)
+    cells = record.cells
+    done = sum(c.status == "done" for c in cells)
     lines = [
-        f"# Sweep of {record['base']}",
-        f"{len(cells)} cells ({done} done, {len(cells) - done} failed), {record['seeds']} seeds each. "
-        f"Axes: {', '.join(f'`{k}` ({len(v)} values)' for k, v in record['axes'].items()) or 'none'}. "
-        f"Fixed: {', '.join(f'`{k} = {_format(v)}`' for k, v in record['set'].items()) or 'nothing'}.",
+        f"# Sweep of {record.base}",
+        f"{len(cells)} cells ({done} done, {len(cells) - done} failed), {record.seeds} seeds each. "
+        f"Axes: {', '.join(f'`{k}` ({len(v)} values)' for k, v in record.axes.items()) or 'none'}. "
+        f"Fixed: {', '.join(f'`{k} = {_format(v)}`' for k, v in record.set.items()) or 'nothing'}.",
         "Each square is the share of seeds in which the claim held, pooled over any other axes; the "
         "numbers are seeds held / seeds run. Grey: the cell failed.",
     ]
@@ -130,16 +131,16 @@ def write_report(record: dict, maps: dict[str, list[Path]], out: Path) -> Path:
     if not maps:
         lines.append("No claims to map (the base has none, or the spec chose none).")
     lines.append("## Cells")
-    header = [*record["axes"], "status", *record["claims"], "path"]
+    header = [*record.axes, "status", *record.claims, "path"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for cell in cells:
-        claims = [f"{cell['claims'][c]['held']}/{cell['claims'][c]['seeds']}" if c in cell["claims"] else "" for c in record["claims"]]
-        status = cell["status"] if cell["status"] == "done" else f"{cell['status']}: {cell['error']}"
-        row = [_format(cell["values"][a]) for a in record["axes"]] + [status, *claims, f"`{cell['path']}`"]
+        claims = [f"{cell.claims[c].held}/{cell.claims[c].seeds}" if c in cell.claims else "" for c in record.claims]
+        status = cell.status if cell.status == "done" else f"{cell.status}: {cell.error}"
+        row = [_format(cell.values[a]) for a in record.axes] + [status, *claims, f"`{cell.path}`"]
         lines.append("| " + " | ".join(r.replace("|", "/") for r in row) + " |")
     page = render_html([HtmlSection("\n\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]), out)],
-                       f"broken-latents sweep: {record['base']}")
+                       f"broken-latents sweep: {record.base}")
     path = out / "report.html"
     partial = out / f".report.html.partial-{os.getpid()}"
     partial.write_text(page, encoding="utf-8")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import experiments
-from ..config.schema import ConfigError, ExperimentConfig, apply_values, dump_toml, load_toml, to_dict
+from ..config.schema import ConfigError, ExperimentConfig, apply_values, dump_toml, to_dict
+from ..pipeline.resolve import check_trainable, resolve_target
 from ..analysis.metrics import CLEAN_COS
 
 if sys.version_info >= (3, 11):
@@ -129,22 +130,21 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
 
 
 def _resolve_base(base: Any, here: Path) -> tuple[ExperimentConfig, str | None, float]:
+    """`base` as `resolve_target` reads a target, a relative TOML path looked up next to the spec first."""
     if not isinstance(base, str) or not base:
         raise ConfigError("base", f"must be a registered experiment or a TOML path, got {base!r}")
-    if base in experiments.EXPERIMENTS:
-        exp = experiments.EXPERIMENTS[base]
-        return exp.config, base, exp.clean_cos
-    candidates = [Path(base)] if Path(base).is_absolute() else [here / base, Path(base)]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        names = ", ".join(experiments.EXPERIMENTS)
-        raise ConfigError("base", f"{base!r} is neither a registered experiment ({names}) nor an existing .toml file")
+    path = None
+    if base not in experiments.EXPERIMENTS:
+        candidates = [Path(base)] if Path(base).is_absolute() else [here / base, Path(base)]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            names = ", ".join(experiments.EXPERIMENTS)
+            raise ConfigError("base", f"{base!r} is neither a registered experiment ({names}) nor an existing .toml file")
     try:
-        config = load_toml(path)
+        target = resolve_target(path or base)
     except ConfigError as err:
         raise ConfigError(err.field, f"{_message(err)} (in base {path})") from None
-    exp = experiments.EXPERIMENTS.get(config.name)
-    return config, (config.name if exp else None), (exp.clean_cos if exp else CLEAN_COS)
+    return target.config, target.experiment, target.clean_cos
 
 
 def _message(err: ConfigError) -> str:
@@ -199,20 +199,12 @@ def grid(spec: SweepSpec) -> list[Cell]:
         cell = Cell(values=values, name=cell_name(values))
         try:
             cell.config = apply_values(spec.config, list(values.items()))
-            _check_cell(cell.config)
+            check_trainable(cell.config)
         except ConfigError as err:
             cell.config, cell.error = None, str(err)
         cells.append(cell)
     _make_unique(cells)
     return cells
-
-
-def _check_cell(config: ExperimentConfig) -> None:
-    from ..training.preflight import check_config
-    from ..training.loop import choose_engine
-
-    choose_engine(config, "cpu")
-    check_config(config)
 
 
 def cell_name(values: dict[str, Any]) -> str:

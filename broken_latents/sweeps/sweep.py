@@ -23,15 +23,16 @@ from rich.console import Console
 
 from ..config.schema import ConfigError
 from ..analysis.metrics import read_metrics
-from .executors import CellTask, run_local, run_ray
+from .executors import CellTask, claim_counts, run_local, run_ray
+from .record import CellRecord, CellResult, SweepRecord
 from .spec import Cell, SweepSpec, cell_toml, grid, label, load_spec
 
 
 @dataclass
 class SweepOutcome:
     directory: Path
-    record: dict
-    failed: list[dict] = field(default_factory=list)
+    record: SweepRecord
+    failed: list[CellRecord] = field(default_factory=list)
     trained: int = 0
     """Cells trained by this call (the others were finished before)."""
 
@@ -68,9 +69,9 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
     with _Lock(out):
         _remove_partials(out / "cells")
         records = {cell.name: _initial_record(cell, out, spec.claims) for cell in cells}
-        tasks = [_task(spec, cell, out) for cell in cells if records[cell.name]["status"] == "pending"]
-        write_json(out / "sweep.json", sweep_record(spec, cells, records))
-        skipped = sum(r["status"] == "done" for r in records.values())
+        tasks = [_task(spec, cell, out) for cell in cells if records[cell.name].status == "pending"]
+        write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
+        skipped = sum(r.status == "done" for r in records.values())
         invalid = sum(cell.error is not None for cell in cells)
         if progress:
             console.print(f"sweep {spec.base}: {len(cells)} cells x {spec.seeds} seeds; {skipped} finished before, "
@@ -78,9 +79,9 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
                           f"({'Ray ' + ray if ray else f'{min(workers, max(len(tasks), 1))} local workers'})")
         done_count = [0]
 
-        def on_result(task: CellTask, result: dict) -> None:
+        def on_result(task: CellTask, result: CellResult) -> None:
             records[task.name] = _record(cells_by_name[task.name], result)
-            write_json(out / "sweep.json", sweep_record(spec, cells, records))
+            write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
             done_count[0] += 1
             if progress:
                 console.print(_line(done_count[0], len(tasks), cells_by_name[task.name], records[task.name]))
@@ -93,12 +94,12 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
             else:
                 run_local(tasks, workers, on_result, **kwargs)
         record = sweep_record(spec, cells, records)
-        write_json(out / "sweep.json", record)
+        write_json(out / "sweep.json", record.to_json())
         from .maps import write_maps, write_report
 
         maps = write_maps(record, out / "maps")
         write_report(record, maps, out)
-    failed = [c for c in record["cells"] if c["status"] != "done"]
+    failed = record.failed
     if progress:
         console.print(_summary(record, failed, out))
     return SweepOutcome(out, record, failed, len(tasks))
@@ -114,12 +115,12 @@ def _check_ray() -> None:
 def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
     """No cell is valid: name the axis whose value is wrong on its own, else the first cell."""
     from ..config.schema import apply_values
-    from .spec import _check_cell
+    from ..pipeline.resolve import check_trainable
 
     for key, values in spec.axes.items():
         for i, value in enumerate(values):
             try:
-                _check_cell(apply_values(spec.config, [(key, value)]))
+                check_trainable(apply_values(spec.config, [(key, value)]))
             except ConfigError as err:
                 return f"axes.{key}", f"value {i} ({value!r}): {err}"
     cell = cells[0]
@@ -174,16 +175,14 @@ def _remove_partials(cells_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _initial_record(cell: Cell, out: Path, wanted: list[str]) -> dict:
+def _initial_record(cell: Cell, out: Path, wanted: list[str]) -> CellRecord:
     if cell.error is not None:
-        return _record(cell, {"status": "failed", "error": cell.error})
-    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config))
-    if finished is not None:
-        return _record(cell, finished, wanted)
-    return _record(cell, {"status": "pending"})
+        return _record(cell, CellResult("failed", error=cell.error))
+    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config), wanted)
+    return _record(cell, finished or CellResult("pending"))
 
 
-def _finished(directory: Path, config_toml: str) -> dict | None:
+def _finished(directory: Path, config_toml: str, wanted: list[str]) -> CellResult | None:
     """A complete run directory holding this very config: its result, read back."""
     try:
         if (directory / "config.toml").read_text() != config_toml:
@@ -191,7 +190,7 @@ def _finished(directory: Path, config_toml: str) -> dict | None:
         metrics = read_metrics(directory / "metrics.json", "metrics.json")
     except (OSError, ConfigError):
         return None
-    return {"status": "done", "metrics": metrics, "wall_seconds": metrics.wall_seconds}
+    return CellResult("done", claims=claim_counts(metrics, wanted), wall_seconds=metrics.wall_seconds)
 
 
 def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
@@ -199,19 +198,14 @@ def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
                     claims=list(spec.claims), clean_cos=spec.clean_cos, out=str((out / "cells" / cell.name).resolve()))
 
 
-def _record(cell: Cell, result: dict, wanted: list[str] = ()) -> dict:
-    from .executors import claim_counts
-
-    claims = result.get("claims")
-    if claims is None and "metrics" in result:
-        claims = claim_counts(result["metrics"], list(wanted))
-    return {"values": cell.values, "status": result["status"], "error": result.get("error"),
-            "claims": claims or {}, "path": f"cells/{cell.name}", "wall_seconds": result.get("wall_seconds")}
+def _record(cell: Cell, result: CellResult) -> CellRecord:
+    return CellRecord(values=cell.values, status=result.status, error=result.error, claims=result.claims,
+                      path=f"cells/{cell.name}", wall_seconds=result.wall_seconds)
 
 
-def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, dict]) -> dict:
-    return {"base": spec.base, "seeds": spec.seeds, "claims": spec.claims, "set": spec.settings,
-            "axes": spec.axes, "cells": [records[cell.name] for cell in cells]}
+def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, CellRecord]) -> SweepRecord:
+    return SweepRecord(base=spec.base, seeds=spec.seeds, claims=spec.claims, set=spec.settings, axes=spec.axes,
+                       cells=[records[cell.name] for cell in cells])
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -221,20 +215,20 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
-def _line(i: int, n: int, cell: Cell, record: dict) -> str:
+def _line(i: int, n: int, cell: Cell, record: CellRecord) -> str:
     head = f"[{i}/{n}] {label(cell.values)}:"
-    if record["status"] != "done":
-        return f"{head} [red]failed[/]: {record['error']}"
-    claims = ", ".join(f"{cid} {c['held']}/{c['seeds']}" for cid, c in record["claims"].items())
-    return f"{head} done in {record['wall_seconds'] or 0:.1f} s" + (f"; {claims}" if claims else "")
+    if record.status != "done":
+        return f"{head} [red]failed[/]: {record.error}"
+    claims = ", ".join(f"{cid} {c.held}/{c.seeds}" for cid, c in record.claims.items())
+    return f"{head} done in {record.wall_seconds or 0:.1f} s" + (f"; {claims}" if claims else "")
 
 
-def _summary(record: dict, failed: list[dict], out: Path) -> str:
-    n = len(record["cells"])
+def _summary(record: SweepRecord, failed: list[CellRecord], out: Path) -> str:
+    n = len(record.cells)
     lines = [f"{n - len(failed)}/{n} cells done; sweep.json, maps and report: {out / 'report.html'}"]
     if failed:
         lines.append(f"[bold red]{len(failed)} cell(s) failed[/] (rerun the same command to retry them):")
-        lines += [f"  {label(c['values'])}: {c['error']}" for c in failed[:10]]
+        lines += [f"  {label(c.values)}: {c.error}" for c in failed[:10]]
         if len(failed) > 10:
             lines.append(f"  ... and {len(failed) - 10} more (see sweep.json)")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Analysis known answers: peak counting, one-to-one matching, dead latents, firing patterns."""
 
 import numpy as np
+import pytest
 
 from broken_latents.analysis.measure import count_peaks, firing_pattern_sets, match_latents
 from broken_latents.config.schema import HierarchyConfig, WorldConfig
@@ -46,6 +47,7 @@ def test_firing_pattern_sets_cover_hierarchy():
     assert [[0], [1], [2], [3], [0, 1], [0, 2], [0, 1, 2]] == sets
 
 
+@pytest.mark.slow
 def test_measure_finds_absorption_in_the_untied_absorbed_solution():
     """Hand-set weights through `measure`: the parent latent (encoder f0 - f1) goes silent when the
     child fires and a combo latent decoding f0 + f1 (a broken match, cos 0.71) carries both."""

@@ -87,7 +87,13 @@ def test_deterministic_and_json_shape():
     assert [c["mean"] for c in out["mixture"]] == sorted(c["mean"] for c in out["mixture"])
 
 
-def test_floor_matches_the_training_analysis():
-    from broken_latents.analysis import measure as analysis
+def test_floor_is_the_one_the_histogram_count_uses():
+    """count_peaks ignores what lies under PEAK_FLOOR x max: a bump just below it is no peak, the same
+    bump just above it is one."""
+    from broken_latents.analysis.measure import count_peaks
 
-    assert peak_model.PEAK_FLOOR == analysis.PEAK_FLOOR
+    rng = np.random.default_rng(0)
+    top = rng.normal(10.0, 0.2, 4000)
+    for ratio, expected in ((peak_model.PEAK_FLOOR - 0.05, 1), (peak_model.PEAK_FLOOR + 0.05, 2)):
+        bump = rng.normal(ratio * 10.0, 0.1, 4000)
+        assert count_peaks(np.concatenate([top, bump]))[0] == expected

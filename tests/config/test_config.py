@@ -145,7 +145,7 @@ def test_example_worlds_parse_and_match_the_readme():
     example = root / "examples" / "my-hierarchy.toml"
     config = load_toml(example)
     assert config.world.hierarchy[0].mode == "conditional"
-    assert example.read_text() in (root / "README.md").read_text()
+    assert example.read_text() in (root / "docs" / "guides" / "worlds.md").read_text()
     nested = load_toml(root / "examples" / "matryoshka.toml")
     assert [s.matryoshka_widths for s in nested.sae] == [None, [1, 6], [1, 6]]
 

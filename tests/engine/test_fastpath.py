@@ -79,7 +79,8 @@ def _skip_without_hand_gradients(architecture, activation, aux, widths=None):
 @pytest.mark.parametrize("aux", [False, True])
 @pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)
 @pytest.mark.parametrize("dim", [12, 6])  # orthonormal features, and superposition
-@pytest.mark.parametrize("backend", ["numpy", "torch", "compiled"])
+# the compiled kernel against autograd is the slow tier; test_kernel_sums_over_several_blocks runs it in the fast one
+@pytest.mark.parametrize("backend", ["numpy", "torch", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_fast_gradients_match_autograd(architecture, activation, aux, widths, dim, backend):
     _skip_without_hand_gradients(architecture, activation, aux, widths)
     world, sae, config, f = _setup(architecture, activation, aux, dim=dim, widths=widths)

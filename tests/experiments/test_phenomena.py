@@ -7,6 +7,7 @@ the post's 20-feature one, whose runs take minutes.
 """
 
 import numpy as np
+import pytest
 
 from broken_latents.analysis.measure import measure
 from broken_latents.analysis.metrics import Metrics
@@ -15,6 +16,8 @@ from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyC
 from broken_latents.experiments import get
 from broken_latents.training.loop import train
 from broken_latents.world.model import World
+
+pytestmark = pytest.mark.slow  # trains to convergence: left out of `make test-fast`
 
 
 def _claims(name: str, *overrides: str) -> dict:

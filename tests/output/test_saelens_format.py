@@ -130,6 +130,7 @@ def test_sae_lens_loads_it_and_encodes_the_same(tmp_path, activation, tied):
     np.testing.assert_allclose(load_sae(folder).encode(x), their_h, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_writes_each_sae_as_a_saelens_folder(tmp_path):
     from broken_latents.cli import main
 

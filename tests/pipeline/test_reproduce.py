@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
 from broken_latents.experiments.checks import learns_exactly
 from broken_latents.experiments.claims import Claim
@@ -26,6 +28,7 @@ def test_pooled_claims_add_seeds_over_geometries():
     assert alone.detail == "d"  # a single geometry is reported as it is
 
 
+@pytest.mark.slow
 def test_reproduce_runs_every_geometry_and_pools_them(tmp_path):
     superposed = ExperimentConfig(
         name="tiny-superposition", world=WorldConfig(features=4, dim=3, firing=0.2, magnitude=1.0),

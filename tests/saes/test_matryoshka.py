@@ -119,6 +119,7 @@ def test_batchtopk_keeps_exactly_k_times_batch_in_training_then_uses_its_thresho
     assert torch.equal(sae.activate(pre[:, :1]), h_eval[:, :1])  # a sample alone: the same latents
 
 
+@pytest.mark.slow
 def test_batchtopk_and_topk_train_end_to_end():
     world = WorldConfig(features=6, dim=8, firing=0.2, magnitude={"linear": [3.0, 1.0]})
     config = ExperimentConfig(name="k", world=world, train=TrainConfig(samples=20_000, batch_size=256, seeds=2,

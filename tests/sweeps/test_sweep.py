@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from broken_latents.cli import main
 from broken_latents.config.schema import ConfigError
-from broken_latents.sweeps import grid, parse_spec, run_sweep
+from broken_latents.sweeps import SweepRecord, grid, parse_spec, run_sweep
 from broken_latents.sweeps.executors import run_cell
 from broken_latents.sweeps.spec import cell_name
 
@@ -87,7 +87,8 @@ def crash_once(task, marker: str):
     os._exit(1)
 
 
-def _without_timings(record: dict) -> dict:
+def _without_timings(record) -> dict:
+    record = record if isinstance(record, dict) else record.to_json()
     return {**record, "cells": [{k: v for k, v in c.items() if k != "wall_seconds"} for c in record["cells"]]}
 
 
@@ -102,11 +103,14 @@ def swept(tmp_path_factory):
     return root, outcome
 
 
+@pytest.mark.slow
 def test_sweep_directory_contract(swept):
     root, outcome = swept
     out = root / "out"
-    record = json.loads((out / "sweep.json").read_text())
-    assert record == outcome.record
+    text = (out / "sweep.json").read_text()
+    record = json.loads(text)
+    assert record == outcome.record.to_json()
+    assert json.dumps(SweepRecord.from_json(record).to_json(), indent=1) == text  # typed, and byte for byte
     assert {"base", "seeds", "axes", "cells"} <= set(record) and record["seeds"] == 2
     assert record["axes"] == {"world.firing[0]": [0.2, 0.3], "train.lr": [3e-3, 1e30]}
     assert len(record["cells"]) == CELLS
@@ -114,7 +118,7 @@ def test_sweep_directory_contract(swept):
         {"world.firing[0]": a, "train.lr": b} for a in (0.2, 0.3) for b in (3e-3, 1e30)]
     done = [c for c in record["cells"] if c["status"] == "done"]
     failed = [c for c in record["cells"] if c["status"] == "failed"]
-    assert len(done) == GOOD and len(failed) == CELLS - GOOD and outcome.failed == failed
+    assert len(done) == GOOD and len(failed) == CELLS - GOOD and [c.to_json() for c in outcome.failed] == failed
     for cell in done:
         assert set(cell) >= {"values", "status", "error", "claims", "path"} and cell["error"] is None
         assert set(cell["claims"]) == {"tied-clean", "untied-absorbs"}
@@ -134,6 +138,7 @@ def test_sweep_directory_contract(swept):
     assert page.count("data:image/png;base64,") == 2 and 'src="maps' not in page and "tied-clean" in page
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(swept, tmp_path, monkeypatch):
     root, outcome = swept
     trained = []
@@ -142,11 +147,12 @@ def test_rerun_skips_finished_cells(swept, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "run_local", lambda tasks, *a, **k: trained.extend(tasks))
     again = run_sweep(root / "spec.toml", out=root / "out", workers=2, progress=False)
     # only the failed (diverging) cells are tried again; the finished ones are read back
-    assert sorted(t.name for t in trained) == sorted(c["path"].split("/")[1] for c in outcome.failed)
-    finished = [c for c in again.record["cells"] if c["status"] == "done"]
-    assert finished == [c for c in outcome.record["cells"] if c["status"] == "done"]
+    assert sorted(t.name for t in trained) == sorted(c.path.split("/")[1] for c in outcome.failed)
+    finished = [c for c in again.record.cells if c.status == "done"]
+    assert finished == [c for c in outcome.record.cells if c.status == "done"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_sweep(swept, tmp_path, capsys):
     root, outcome = swept
     spec = _write_spec(tmp_path)
@@ -294,6 +300,7 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_pools_metrics_and_retries_a_dead_worker(swept, ray_session, tmp_path):
     from ray import cloudpickle
 
@@ -304,11 +311,11 @@ def test_ray_gives_the_pools_metrics_and_retries_a_dead_worker(swept, ray_sessio
                        cell_function=functools.partial(crash_once, marker=str(tmp_path / "crashed")))
     assert (tmp_path / "crashed").exists()  # a worker died mid-cell, and Ray ran the cell again
     assert _without_timings(on_ray.record) == _without_timings(outcome.record)
-    for cell in outcome.record["cells"]:
-        if cell["status"] != "done":
+    for cell in outcome.record.cells:
+        if cell.status != "done":
             continue
-        pool = json.loads((root / "out" / cell["path"] / "metrics.json").read_text())
-        ray_metrics = json.loads((tmp_path / "out" / cell["path"] / "metrics.json").read_text())
+        pool = json.loads((root / "out" / cell.path / "metrics.json").read_text())
+        ray_metrics = json.loads((tmp_path / "out" / cell.path / "metrics.json").read_text())
         assert [r["decoder_cos"] for r in ray_metrics["runs"]] == [r["decoder_cos"] for r in pool["runs"]]
         assert ray_metrics["claims"] == pool["claims"]
 

@@ -13,6 +13,8 @@ import torch
 import broken_latents as bl
 from broken_latents.cli import main
 
+pytestmark = pytest.mark.slow  # trains to convergence: left out of `make test-fast`
+
 WORLD_TOML = """
 name = "hidden-matryoshka"
 

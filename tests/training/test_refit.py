@@ -56,6 +56,7 @@ def test_latent_without_model_keeps_the_ratio_rule():
     assert state.schedule(1)[1].item() == pytest.approx(0.7 * 2.0)
 
 
+@pytest.mark.slow
 def test_refit_of_5_latents_by_10_seeds_stays_cheap():
     """0.7-0.8 s of CPU measured (process time: the wall clock on a shared machine says nothing);
     the inspection defaults (5 components, 10k points) take ~7 s."""
@@ -168,6 +169,7 @@ def _inverse_config(engine: str, samples: int = 60_000) -> ExperimentConfig:
                                  SAEConfig(label="untied", architecture="untied", latents=1, inverse=inverse)])
 
 
+@pytest.mark.slow
 def test_inverse_term_trains_alike_on_every_engine():
     runs = {engine: train(_inverse_config(engine), progress=False) for engine in ("compiled", "arrays", "autograd")}
     assert all("inverse" in runs["compiled"].history[-1][label] for label in ("tied", "untied"))
