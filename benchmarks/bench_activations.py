@@ -22,9 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig
+from broken_latents.config.schema import ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
 from broken_latents.training.on_activations import train_on_activations
-from broken_latents.world.activations import ActivationFile
 
 BATCH, LR, L1 = 1024, 1e-3, 1.0
 
@@ -53,9 +52,9 @@ def plain_loop(path: Path, samples: int, latents: int) -> float:
 
 
 def package(path: Path, samples: int, latents: int) -> float:
-    config = ExperimentConfig(name="bench", train=TrainConfig(samples=samples, batch_size=BATCH, lr=LR, seeds=1),
+    config = ExperimentConfig(name="bench", world=WorldConfig(activations=str(path), held_out=0.2), train=TrainConfig(samples=samples, batch_size=BATCH, lr=LR, seeds=1),
                               sae=[SAEConfig(label="untied", architecture="untied", latents=latents, l1=L1)])
-    result = train_on_activations(config, ActivationFile.open(path), held_out=0.2, progress=False)
+    result = train_on_activations(config, progress=False)
     return result.samples_per_second
 
 

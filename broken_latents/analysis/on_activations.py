@@ -23,6 +23,7 @@ import torch
 from .absorption import absorption_metrics, cooccurring
 from .measure import _round, count_peaks, match_latents
 from .metrics import CLEAN_COS, Metrics, RunMetrics, WorldMetrics
+from ..config.schema import ConfigError
 
 EVAL_ROWS = 50_000
 """Held-out rows the metrics are computed on (at most)."""
@@ -61,6 +62,42 @@ def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
     return edges
 
 
+PROBE_TOKENS = 20_000
+"""Training rows each concept's probe is fitted on (and as many others it is tested on)."""
+MIN_PROBE_ACCURACY = 0.95
+MEAN_ROWS = 1_000_000
+"""Training rows the class means are taken over (at most)."""
+
+
+def truth_from_config(world, source, train_rows: range) -> Truth | None:
+    """The probe-based truth `[world]` asks for: None without labels or directions. With labels, each
+    concept's direction is its difference of class means on the training rows (unless `directions`
+    gives them), and a concept that a logistic probe cannot tell apart is dropped, with the reason."""
+    from ..language.probes import fit_probes, mean_difference_directions
+    from ..world.activations import read_directions, read_labels
+
+    if world.labels is None and world.directions is None:
+        return None
+    given = read_directions(world.directions, source.dim) if world.directions is not None else None
+    if world.labels is None:
+        return Truth(given, list(range(len(given))))
+    labels = read_labels(world.labels, source.n)
+    if given is not None and len(given) != labels.shape[1]:
+        raise ConfigError("world.directions", f"{world.directions} has {len(given)} directions and {world.labels} "
+                                              f"{labels.shape[1]} label columns; give one per concept")
+    x_train = source.read(train_rows.start, min(train_rows.stop, train_rows.start + 4 * PROBE_TOKENS))
+    labels_train = labels[train_rows.start:train_rows.start + len(x_train)]
+    probes = fit_probes(x_train, labels_train, PROBE_TOKENS, MIN_PROBE_ACCURACY)
+    kept = probes.kept
+    stop = min(train_rows.stop, train_rows.start + MEAN_ROWS)
+    directions = given if given is not None else mean_difference_directions(
+        source.read(train_rows.start, stop), labels[train_rows.start:stop])
+    kept_labels = np.asarray(labels[:, kept])
+    return Truth(directions[kept], kept, kept_labels, edges_from_labels(kept_labels),
+                 dropped=[{"concept": p.concept, "why": p.why_dropped} for p in probes.probes if not p.kept],
+                 probes=[p.to_json() for p in probes.probes])
+
+
 @torch.no_grad()
 def measure_on_activations(result, truth: Truth | None = None, clean_cos: float = CLEAN_COS) -> Metrics:
     """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows."""
@@ -72,6 +109,9 @@ def measure_on_activations(result, truth: Truth | None = None, clean_cos: float 
     F = truth.directions_CD if truth is not None else None
     cooccur = cooccurring([{"parent": p, "children": [c]} for p, c in truth.edges], len(truth.concepts)) if truth else {}
     runs = []
+    # Full absorption compares the others' share with the input's own projection on the concept,
+    # taken from the mean (b_dec carries the mean, no latent does).
+    x_proj_BC = (x_BD - x_BD.mean(0)).double().numpy() @ F.T.astype(np.float64) if F is not None else None
     for stack in result.stacks:
         sae = stack.sae
         x_SBD = x_BD.expand(sae.n_saes, -1, -1)
@@ -99,7 +139,8 @@ def measure_on_activations(result, truth: Truth | None = None, clean_cos: float 
                 width_explained_variance=[round(float(1 - m[s] / variance), 6) for m in width_mse],
             )
             if truth is not None:
-                _add_truth(run, truth, F, acts, W_dec, W_enc_SDK[s].numpy().T, live, labels, cooccur, clean_cos)
+                _add_truth(run, truth, F, acts, W_dec, W_enc_SDK[s].numpy().T, live, labels, cooccur, clean_cos,
+                           x_proj_BC)
             runs.append(run)
     world_extra = {"activations": str(result.source.path), "rows": result.source.n, "dim": result.source.dim,
                    "train_rows": len(result.train_rows), "held_out_rows": len(result.test_rows),
@@ -115,7 +156,7 @@ def measure_on_activations(result, truth: Truth | None = None, clean_cos: float 
 
 
 def _add_truth(run: RunMetrics, truth: Truth, F_CD, acts_BK, W_dec_KD, W_enc_KD, live, labels_BC, cooccur,
-               clean_cos: float) -> None:
+               clean_cos: float, x_proj_BC) -> None:
     dec_cos = _cos(W_dec_KD, F_CD)
     matches = match_latents(dec_cos, live)
     run.decoder_cos, run.encoder_cos = _round(dec_cos), _round(_cos(W_enc_KD, F_CD))
@@ -126,8 +167,9 @@ def _add_truth(run: RunMetrics, truth: Truth, F_CD, acts_BK, W_dec_KD, W_enc_KD,
         return
     f_BC = labels_BC.astype(np.float64)
     matched = {m.feature: m.latent for m in matches}
-    absorbed = absorption_metrics(acts_BK, W_dec_KD, F_CD, f_BC, matched, np.flatnonzero(live), cooccur)
+    absorbed = absorption_metrics(acts_BK, W_dec_KD, F_CD, f_BC, matched, np.flatnonzero(live), cooccur, x_proj_BC)
     run.absorption, run.hedging = _round(absorbed.absorption), _round(absorbed.hedging)
+    run.full_absorption = _round(absorbed.full_absorption)
     gaps = []
     for p, c in truth.edges:
         with_child = labels_BC[:, p] & labels_BC[:, c]
@@ -168,3 +210,15 @@ def _cos(a_AD, b_BD) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return a @ b.T
+
+
+@torch.no_grad()
+def stored_latent_activations(result, samples: int = 50_000) -> dict[str, np.ndarray]:
+    """Held-out latent activations [samples, K] of every SAE, keyed "LABEL-seedN", for histograms."""
+    rows = result.test_rows if len(result.test_rows) else result.train_rows
+    x_BD = torch.from_numpy(result.source.read(rows.start, min(rows.start + samples, rows.stop)))
+    out = {}
+    for stack in result.stacks:
+        h = stack.sae(x_BD.expand(stack.sae.n_saes, -1, -1), stack.tau_SK)[0].numpy()
+        out.update({f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)})
+    return out

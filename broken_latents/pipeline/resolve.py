@@ -71,6 +71,11 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
     from ..training.preflight import check_config
 
     check_device(device)
+    if config.world.activations is not None:
+        from ..training.on_activations import check_activations
+
+        check_activations(config)
+        return
     choose_engine(config, device)
     check_config(config)
 

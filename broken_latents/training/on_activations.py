@@ -35,7 +35,8 @@ class ActivationsTrainResult:
     stacks: list[TrainedStack]
     samples: int
     train_seconds: float
-    history: list[dict] = field(default_factory=list)
+    seed_history: list[dict] = field(default_factory=list)
+    """Every logged step: {"samples", LABEL: {term: [value per seed]}} (history.json's source)."""
 
     @property
     def samples_per_second(self) -> float:
@@ -43,8 +44,11 @@ class ActivationsTrainResult:
         return self.samples * n_saes / max(self.train_seconds, 1e-9)
 
 
-def train_on_activations(config: ExperimentConfig, source: ActivationFile, held_out: float,
-                         device: str = "cpu", progress: bool = True) -> ActivationsTrainResult:
+def check_activations(config: ExperimentConfig) -> ActivationFile:
+    """Everything that refuses an activations run before it trains: the file, its labels and
+    directions (shapes, NaN), and what cannot train on stored rows. Returns the open file."""
+    from ..world.activations import read_directions, read_labels
+
     for sae in config.sae:
         if sae.inverse is not None:
             raise ConfigError(f"sae.{sae.label}.inverse", "the inverse technique needs a world to draw probe inputs "
@@ -52,17 +56,32 @@ def train_on_activations(config: ExperimentConfig, source: ActivationFile, held_
     if config.train.engine in ("arrays", "compiled"):
         raise ConfigError("train.engine", f"{config.train.engine!r} works on a world's feature firings; on stored "
                                           "activations use 'auto' or 'autograd'")
+    world = config.world
+    source = ActivationFile.open(world.activations, world.activations_key)
+    if world.labels is not None:
+        read_labels(world.labels, source.n)
+    if world.directions is not None:
+        read_directions(world.directions, source.dim)
+    train_rows, _ = source.split(world.held_out)
+    if len(train_rows) < config.train.batch_size:
+        raise ConfigError("train.batch_size", f"{config.train.batch_size} is more than the {len(train_rows)} training "
+                                              f"rows of {source.path}; lower it")
+    return source
+
+
+def train_on_activations(config: ExperimentConfig, device: str = "cpu", progress: bool = True,
+                         source: ActivationFile | None = None) -> ActivationsTrainResult:
+    """Train every [[sae]] of `config` on `config.world.activations` (or on `source`, already checked)."""
+    if source is None:
+        source = check_activations(config)
     with single_torch_thread(device):
-        return _train(config, source, held_out, device, progress)
+        return _train(config, source, config.world.held_out, device, progress)
 
 
 def _train(config, source, held_out, device, progress) -> ActivationsTrainResult:
     seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
     batch = config.train.batch_size
     train_rows, test_rows = source.split(held_out)
-    if len(train_rows) < batch:
-        raise ConfigError("train.batch_size", f"{batch} is more than the {len(train_rows)} training rows of "
-                                              f"{source.path}; lower it")
     stacks = [TrainedStack(sc, build_sae(sc, len(seeds), source.dim, seeds, config.train.init).to(device))
               for sc in config.sae]
     auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, torch.zeros) if s.config.aux else None
@@ -72,7 +91,7 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
     optimiser = FlatAdam(flatten_parameters(parameters), lr=config.train.lr)
     stream = ShuffledBatches(source, train_rows, batch, config.train.first_seed)
     steps = math.ceil(config.train.samples / batch)
-    history = []
+    seed_history = []
     with _progress_bar(progress, steps * batch) as bar:
         start = time.perf_counter()
         for step in range(steps):
@@ -101,15 +120,16 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
                     if not torch.isfinite(mse).all() or not torch.isfinite(stack.sae.W_dec_SKD).all():
                         bad = int((~torch.isfinite(mse)).nonzero()[0]) if not torch.isfinite(mse).all() else 0
                         raise TrainingDiverged(stack.config.label, seeds[bad], (step + 1) * batch, config.train.lr)
-                record = {"samples": (step + 1) * batch,
-                          **{label: {k: float(v.mean()) for k, v in parts.items()} for label, parts in logged.items()}}
-                history.append(record)
-                bar.update((step + 1) * batch, time.perf_counter() - start, record)
+                samples = (step + 1) * batch
+                seed_history.append({"samples": samples, **{label: {k: v.reshape(-1).tolist() for k, v in parts.items()}
+                                                            for label, parts in logged.items()}})
+                bar.update(samples, time.perf_counter() - start,
+                           {label: {k: float(v.mean()) for k, v in parts.items()} for label, parts in logged.items()})
         seconds = time.perf_counter() - start
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
             stack.tau_SK = aux.schedule(steps * batch)[1].to(device)
-    return ActivationsTrainResult(config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, history)
+    return ActivationsTrainResult(config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, seed_history)
 
 
 @torch.no_grad()

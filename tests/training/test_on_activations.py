@@ -23,15 +23,15 @@ def stored(tmp_path_factory):
     return path, f_NB.T > 0, world.directions_ND.numpy()
 
 
-def config(*saes, samples=600_000) -> ExperimentConfig:
-    return ExperimentConfig(name="stored", train=TrainConfig(samples=samples, batch_size=512, lr=1e-2, seeds=1),
+def config(*saes, samples=600_000, path="unused.npy") -> ExperimentConfig:
+    return ExperimentConfig(name="stored", world=WorldConfig(activations=str(path), held_out=0.2), train=TrainConfig(samples=samples, batch_size=512, lr=1e-2, seeds=1),
                             sae=list(saes))
 
 
 def test_saes_learn_every_direction(stored):
     path, labels, directions = stored
     saes = [SAEConfig(label=arch, architecture=arch, latents=6, l1=0.1) for arch in ("untied", "tied")]
-    result = train_on_activations(config(*saes), ActivationFile.open(path), held_out=0.2, progress=False)
+    result = train_on_activations(config(*saes), progress=False, source=ActivationFile.open(path))
     truth = Truth(directions, list(range(6)), labels, edges_from_labels(labels))
     untied, tied = measure_on_activations(result, truth).runs
     for run in (untied, tied):
@@ -46,8 +46,7 @@ def test_saes_learn_every_direction(stored):
 def test_without_truth_only_what_needs_none(stored):
     path, _, _ = stored
     result = train_on_activations(config(SAEConfig(label="topk", architecture="untied", latents=6, activation="topk",
-                                                   k=2, l1=0.0), samples=50_000),
-                                  ActivationFile.open(path), held_out=0.2, progress=False)
+                                                   k=2, l1=0.0), samples=50_000, path=path), progress=False)
     (run,) = measure_on_activations(result).runs
     assert run.decoder_cos == [] and run.absorption is None
     assert run.l0 == pytest.approx(2.0, abs=0.01) and 0 < run.explained_variance < 1
@@ -67,4 +66,4 @@ def test_inverse_technique_refused(stored):
     path, _, _ = stored
     sae = SAEConfig(label="inv", architecture="tied", latents=2, inverse=InverseConfig())
     with pytest.raises(ConfigError, match="sae.inv.inverse"):
-        train_on_activations(config(sae), ActivationFile.open(path), held_out=0.2, progress=False)
+        train_on_activations(config(sae), progress=False, source=ActivationFile.open(path))
