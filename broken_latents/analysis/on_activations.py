@@ -62,7 +62,7 @@ def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
     return edges
 
 
-PROBE_TOKENS = 20_000
+PROBE_TOKENS = 10_000
 """Training rows each concept's probe is fitted on (and as many others it is tested on)."""
 MIN_PROBE_ACCURACY = 0.95
 MEAN_ROWS = 1_000_000

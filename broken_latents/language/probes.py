@@ -65,7 +65,7 @@ def fit_probes(x_ND: np.ndarray, labels_NC: np.ndarray, tokens: int, min_accurac
     weights = torch.where(y_train > 0, 0.5 / rate_C, 0.5 / (1 - rate_C)) / len(y_train)
     W_DC = torch.zeros(x_train.shape[1], C, dtype=torch.float64, requires_grad=True)
     b_C = torch.zeros(C, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([W_DC, b_C], max_iter=150, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS([W_DC, b_C], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure():
         optimiser.zero_grad()

@@ -5,7 +5,7 @@ import pytest
 
 from broken_latents.analysis.on_activations import Truth, edges_from_labels, measure_on_activations
 from broken_latents.config.schema import ConfigError, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
-from broken_latents.training.on_activations import train_on_activations
+from broken_latents.training.on_activations import check_activations, train_on_activations
 from broken_latents.world.activations import ActivationFile
 from broken_latents.world.model import World
 
@@ -66,4 +66,43 @@ def test_inverse_technique_refused(stored):
     path, _, _ = stored
     sae = SAEConfig(label="inv", architecture="tied", latents=2, inverse=InverseConfig())
     with pytest.raises(ConfigError, match="sae.inv.inverse"):
-        train_on_activations(config(sae), progress=False, source=ActivationFile.open(path))
+        check_activations(config(sae, path=path))
+
+
+def test_cli_runs_a_stored_world_and_refuses_bad_files(stored, tmp_path):
+    """End to end through the pipeline: labels give the truth; a bad file is one line from the CLI, exit 2."""
+    import subprocess
+    import sys
+
+    path, labels, _ = stored
+    np.save(tmp_path / "labels.npy", labels)
+    toml = tmp_path / "stored.toml"
+    body = f"""name = "stored"
+[world]
+activations = "{path}"
+labels = "{tmp_path / 'labels.npy'}"
+[train]
+samples = 300_000
+batch_size = 512
+lr = 1e-2
+seeds = 1
+[[sae]]
+label = "tied"
+architecture = "tied"
+latents = 6
+l1 = 0.1
+"""
+    toml.write_text(body)
+    from broken_latents.pipeline.resolve import resolve_target
+    from broken_latents.pipeline.run import run_experiment
+
+    (run,) = run_experiment(resolve_target(toml), tmp_path / "run", progress=False).metrics.runs
+    assert len(run.learned_features) == 6  # the difference of class means is each feature's direction here
+    assert (tmp_path / "run" / "figures" / "tied-seed0-decoder.png").exists()
+    cli = [sys.executable, "-m", "broken_latents.cli", "run"]
+    np.save(tmp_path / "bad.npy", np.zeros((10, 3, 2), np.float32))
+    toml.write_text(body.replace(str(path), str(tmp_path / "bad.npy")))
+    done = subprocess.run(cli + [str(toml), "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "world.activations" in done.stderr
+    assert not (tmp_path / "bad").exists()
