@@ -72,8 +72,10 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
 
     check_device(device)
     if config.world.activations is not None:
+        from ..language.cache import ensure_built
         from ..training.on_activations import check_activations
 
+        ensure_built(config.world, progress=True)  # a registered language world's files, built once
         check_activations(config)
         return
     choose_engine(config, device)

@@ -47,9 +47,11 @@ def _on_activations(target: Target, device: str, progress: bool):
     """SAEs on a stored activations file: the truth (labels, directions) is read and probed first, so a
     bad labels file stops the run before it trains."""
     from ..analysis.on_activations import measure_on_activations, truth_from_config
+    from ..language.cache import ensure_built
     from ..training.on_activations import check_activations, train_on_activations
 
     config = target.config
+    ensure_built(config.world, progress=progress)
     source = check_activations(config)
     truth = truth_from_config(config.world, source, source.split(config.world.held_out)[0])
     result = train_on_activations(config, device=device, progress=progress, source=source)
