@@ -52,8 +52,12 @@ def plain_loop(path: Path, samples: int, latents: int) -> float:
 
 
 def package(path: Path, samples: int, latents: int) -> float:
-    config = ExperimentConfig(name="bench", world=WorldConfig(activations=str(path), held_out=0.2), train=TrainConfig(samples=samples, batch_size=BATCH, lr=LR, seeds=1),
-                              sae=[SAEConfig(label="untied", architecture="untied", latents=latents, l1=L1)])
+    config = ExperimentConfig(
+        name="bench",
+        world=WorldConfig(activations=str(path), held_out=0.2),
+        train=TrainConfig(samples=samples, batch_size=BATCH, lr=LR, seeds=1),
+        sae=[SAEConfig(label="untied", architecture="untied", latents=latents, l1=L1)],
+    )
     result = train_on_activations(config, progress=False)
     return result.samples_per_second
 
@@ -70,19 +74,33 @@ def main() -> None:
         from broken_latents.language import build_language, load_language
 
         folder = Path(tempfile.mkdtemp()) / "language"
-        built = build_language(load_language(Path(__file__).parent.parent / "examples" / "language.toml"), folder)
+        built = build_language(
+            load_language(Path(__file__).parent.parent / "examples" / "language.toml"), folder
+        )
         path = folder / "activations.npy"
         s = built.summary
-        rows += [("transformer training", f"{s['transformer']['train_seconds']:.1f} s "
-                                          f"({s['config']['transformer']['steps']} steps, test loss {s['transformer']['test_loss']})"),
-                 ("language world end to end", f"{s['wall_seconds']:.1f} s"),
-                 ("activation file", f"{s['activation_bytes'] / 2**20:.1f} MiB ({s['tokens']} x {s['dim']} float32)")]
+        rows += [
+            (
+                "transformer training",
+                f"{s['transformer']['train_seconds']:.1f} s "
+                f"({s['config']['transformer']['steps']} steps, test loss {s['transformer']['test_loss']})",
+            ),
+            ("language world end to end", f"{s['wall_seconds']:.1f} s"),
+            (
+                "activation file",
+                f"{s['activation_bytes'] / 2**20:.1f} MiB ({s['tokens']} x {s['dim']} float32)",
+            ),
+        ]
     ours = package(path, args.samples, args.latents)
     plain = plain_loop(path, args.samples, args.latents)
-    rows += [("SAE on activations, broken-latents", f"{ours / 1e3:.0f}k samples/s"),
-             ("SAE on activations, plain PyTorch loop", f"{plain / 1e3:.0f}k samples/s"),
-             ("ratio", f"{ours / plain:.2f}x")]
-    print(f"| measure ({args.latents} latents, batch {BATCH}, {args.samples:,} samples) | value |\n|---|---|")
+    rows += [
+        ("SAE on activations, broken-latents", f"{ours / 1e3:.0f}k samples/s"),
+        ("SAE on activations, plain PyTorch loop", f"{plain / 1e3:.0f}k samples/s"),
+        ("ratio", f"{ours / plain:.2f}x"),
+    ]
+    print(
+        f"| measure ({args.latents} latents, batch {BATCH}, {args.samples:,} samples) | value |\n|---|---|"
+    )
     for name, value in rows:
         print(f"| {name} | {value} |")
     json.dump(dict(rows), sys.stderr)

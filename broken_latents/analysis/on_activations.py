@@ -56,7 +56,11 @@ def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
     for c in range(active.shape[1]):
         if counts[c] == 0:
             continue
-        ancestors = [p for p in range(active.shape[1]) if p != c and joint[c, p] == counts[c] and counts[p] > counts[c]]
+        ancestors = [
+            p
+            for p in range(active.shape[1])
+            if p != c and joint[c, p] == counts[c] and counts[p] > counts[c]
+        ]
         if ancestors:
             edges.append((min(ancestors, key=lambda p: counts[p]), c))
     return edges
@@ -83,35 +87,62 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
         return Truth(given, list(range(len(given))))
     labels = read_labels(world.labels, source.n)
     if given is not None and len(given) != labels.shape[1]:
-        raise ConfigError("world.directions", f"{world.directions} has {len(given)} directions and {world.labels} "
-                                              f"{labels.shape[1]} label columns; give one per concept")
-    x_train = source.read(train_rows.start, min(train_rows.stop, train_rows.start + 4 * PROBE_TOKENS))
-    labels_train = labels[train_rows.start:train_rows.start + len(x_train)]
+        raise ConfigError(
+            "world.directions",
+            f"{world.directions} has {len(given)} directions and {world.labels} "
+            f"{labels.shape[1]} label columns; give one per concept",
+        )
+    x_train = source.read(
+        train_rows.start, min(train_rows.stop, train_rows.start + 4 * PROBE_TOKENS)
+    )
+    labels_train = labels[train_rows.start : train_rows.start + len(x_train)]
     probes = fit_probes(x_train, labels_train, PROBE_TOKENS, MIN_PROBE_ACCURACY)
     kept = probes.kept
     stop = min(train_rows.stop, train_rows.start + MEAN_ROWS)
-    directions = given if given is not None else mean_difference_directions(
-        source.read(train_rows.start, stop), labels[train_rows.start:stop])
+    directions = (
+        given
+        if given is not None
+        else mean_difference_directions(
+            source.read(train_rows.start, stop), labels[train_rows.start : stop]
+        )
+    )
     kept_labels = np.asarray(labels[:, kept])
-    return Truth(directions[kept], kept, kept_labels, edges_from_labels(kept_labels),
-                 dropped=[{"concept": p.concept, "why": p.why_dropped} for p in probes.probes if not p.kept],
-                 probes=[p.to_json() for p in probes.probes])
+    return Truth(
+        directions[kept],
+        kept,
+        kept_labels,
+        edges_from_labels(kept_labels),
+        dropped=[{"concept": p.concept, "why": p.why_dropped} for p in probes.probes if not p.kept],
+        probes=[p.to_json() for p in probes.probes],
+    )
 
 
 @torch.no_grad()
-def measure_on_activations(result, truth: Truth | None = None, clean_cos: float = CLEAN_COS) -> Metrics:
+def measure_on_activations(
+    result, truth: Truth | None = None, clean_cos: float = CLEAN_COS
+) -> Metrics:
     """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows."""
     rows = result.test_rows if len(result.test_rows) else result.train_rows
     stop = min(rows.start + EVAL_ROWS, rows.stop)
     x_BD = torch.from_numpy(result.source.read(rows.start, stop))
     variance = float((x_BD - x_BD.mean(0)).pow(2).sum(-1).mean())
-    labels = truth.labels_NC[rows.start:stop] if truth is not None and truth.labels_NC is not None else None
+    labels = (
+        truth.labels_NC[rows.start : stop]
+        if truth is not None and truth.labels_NC is not None
+        else None
+    )
     F = truth.directions_CD if truth is not None else None
-    cooccur = cooccurring([{"parent": p, "children": [c]} for p, c in truth.edges], len(truth.concepts)) if truth else {}
+    cooccur = (
+        cooccurring([{"parent": p, "children": [c]} for p, c in truth.edges], len(truth.concepts))
+        if truth
+        else {}
+    )
     runs = []
     # Full absorption compares the others' share with the input's own projection on the concept,
     # taken from the mean (b_dec carries the mean, no latent does).
-    x_proj_BC = (x_BD - x_BD.mean(0)).double().numpy() @ F.T.astype(np.float64) if F is not None else None
+    x_proj_BC = (
+        (x_BD - x_BD.mean(0)).double().numpy() @ F.T.astype(np.float64) if F is not None else None
+    )
     for stack in result.stacks:
         sae = stack.sae
         x_SBD = x_BD.expand(sae.n_saes, -1, -1)
@@ -128,35 +159,84 @@ def measure_on_activations(result, truth: Truth | None = None, clean_cos: float 
             # 54 s for five 48-latent SAEs, most of the run; `inspect` fits the models on the saved weights.
             peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
             run = RunMetrics(
-                label=stack.config.label, architecture=stack.config.architecture, seed=seed,
-                decoder_cos=[], encoder_cos=[], latent_cos=_round(_cos(W_dec, W_dec)),
-                decoder_norms=_round(np.linalg.norm(W_dec, axis=1)), matches=[], learned_features=[],
-                broken_latents=[], dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[n for n, _ in peaks], peak_locations=[where for _, where in peaks],
+                label=stack.config.label,
+                architecture=stack.config.architecture,
+                seed=seed,
+                decoder_cos=[],
+                encoder_cos=[],
+                latent_cos=_round(_cos(W_dec, W_dec)),
+                decoder_norms=_round(np.linalg.norm(W_dec, axis=1)),
+                matches=[],
+                learned_features=[],
+                broken_latents=[],
+                dead_latents=[int(j) for j in np.flatnonzero(~live)],
+                activation_peaks=[n for n, _ in peaks],
+                peak_locations=[where for _, where in peaks],
                 histogram_peaks=[n for n, _ in peaks],
-                mse=round(float(mse_S[s]), 6), l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
+                mse=round(float(mse_S[s]), 6),
+                l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance), 6),
                 width_explained_variance=[round(float(1 - m[s] / variance), 6) for m in width_mse],
             )
             if truth is not None:
-                _add_truth(run, truth, F, acts, W_dec, W_enc_SDK[s].numpy().T, live, labels, cooccur, clean_cos,
-                           x_proj_BC)
+                _add_truth(
+                    run,
+                    truth,
+                    F,
+                    acts,
+                    W_dec,
+                    W_enc_SDK[s].numpy().T,
+                    live,
+                    labels,
+                    cooccur,
+                    clean_cos,
+                    x_proj_BC,
+                )
             runs.append(run)
-    world_extra = {"activations": str(result.source.path), "rows": result.source.n, "dim": result.source.dim,
-                   "train_rows": len(result.train_rows), "held_out_rows": len(result.test_rows),
-                   "eval_rows": stop - rows.start}
+    world_extra = {
+        "activations": str(result.source.path),
+        "rows": result.source.n,
+        "dim": result.source.dim,
+        "train_rows": len(result.train_rows),
+        "held_out_rows": len(result.test_rows),
+        "eval_rows": stop - rows.start,
+    }
     if truth is not None:
-        world_extra.update(concepts=truth.concepts, edges=[list(e) for e in truth.edges], dropped=truth.dropped,
-                           probes=truth.probes)
+        world_extra.update(
+            concepts=truth.concepts,
+            edges=[list(e) for e in truth.edges],
+            dropped=truth.dropped,
+            probes=truth.probes,
+        )
     rates = labels.mean(0).tolist() if labels is not None else []
-    world = WorldMetrics(expected_mse=[], feature_cos=_round(_cos(F, F)) if F is not None else [],
-                         firing_rates=_round(np.asarray(rates)), extra=world_extra)
-    return Metrics(name=result.config.name, samples=result.samples, samples_per_second=round(result.samples_per_second, 1),
-                   world=world, runs=runs)
+    world = WorldMetrics(
+        expected_mse=[],
+        feature_cos=_round(_cos(F, F)) if F is not None else [],
+        firing_rates=_round(np.asarray(rates)),
+        extra=world_extra,
+    )
+    return Metrics(
+        name=result.config.name,
+        samples=result.samples,
+        samples_per_second=round(result.samples_per_second, 1),
+        world=world,
+        runs=runs,
+    )
 
 
-def _add_truth(run: RunMetrics, truth: Truth, F_CD, acts_BK, W_dec_KD, W_enc_KD, live, labels_BC, cooccur,
-               clean_cos: float, x_proj_BC) -> None:
+def _add_truth(
+    run: RunMetrics,
+    truth: Truth,
+    F_CD,
+    acts_BK,
+    W_dec_KD,
+    W_enc_KD,
+    live,
+    labels_BC,
+    cooccur,
+    clean_cos: float,
+    x_proj_BC,
+) -> None:
     dec_cos = _cos(W_dec_KD, F_CD)
     matches = match_latents(dec_cos, live)
     run.decoder_cos, run.encoder_cos = _round(dec_cos), _round(_cos(W_enc_KD, F_CD))
@@ -167,30 +247,50 @@ def _add_truth(run: RunMetrics, truth: Truth, F_CD, acts_BK, W_dec_KD, W_enc_KD,
         return
     f_BC = labels_BC.astype(np.float64)
     matched = {m.feature: m.latent for m in matches}
-    absorbed = absorption_metrics(acts_BK, W_dec_KD, F_CD, f_BC, matched, np.flatnonzero(live), cooccur, x_proj_BC)
+    absorbed = absorption_metrics(
+        acts_BK, W_dec_KD, F_CD, f_BC, matched, np.flatnonzero(live), cooccur, x_proj_BC
+    )
     run.absorption, run.hedging = _round(absorbed.absorption), _round(absorbed.hedging)
     run.full_absorption = _round(absorbed.full_absorption)
     gaps = []
     for p, c in truth.edges:
         with_child = labels_BC[:, p] & labels_BC[:, c]
         without = labels_BC[:, p] & ~labels_BC[:, c]
-        shares = [_absorption_of(p, rows, acts_BK, W_dec_KD, F_CD, matched) for rows in (with_child, without)]
-        gaps.append({"parent": p, "child": c, "gap": round(shares[0] - shares[1], 4),
-                     "with_child": round(shares[0], 4), "without_child": round(shares[1], 4)})
+        shares = [
+            _absorption_of(p, rows, acts_BK, W_dec_KD, F_CD, matched)
+            for rows in (with_child, without)
+        ]
+        gaps.append(
+            {
+                "parent": p,
+                "child": c,
+                "gap": round(shares[0] - shares[1], 4),
+                "with_child": round(shares[0], 4),
+                "without_child": round(shares[1], 4),
+            }
+        )
     run.extra["absorption_gap"] = gaps
     run.extra["firing_f1"] = _round(_firing_f1(acts_BK, labels_BC, matches))
     # DESIGN's truth for detection: decoder best |cos| < 0.95, or its concept's firing F1 < 0.9.
     f1 = dict(zip([m.latent for m in matches], run.extra["firing_f1"]))
     best = np.abs(dec_cos).max(axis=1)
-    run.extra["truth_broken"] = [bool(live[j] and (best[j] < clean_cos or f1.get(j, 1.0) < 0.9))
-                                 for j in range(len(best))]
+    run.extra["truth_broken"] = [
+        bool(live[j] and (best[j] < clean_cos or f1.get(j, 1.0) < 0.9)) for j in range(len(best))
+    ]
 
 
 def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: dict) -> float:
     if not rows.any():
         return 0.0
-    one = absorption_metrics(acts_BK[rows], W_dec_KD, F_CD[[p]], np.ones((int(rows.sum()), 1)),
-                             {0: matched[p]} if p in matched else {}, [], {})
+    one = absorption_metrics(
+        acts_BK[rows],
+        W_dec_KD,
+        F_CD[[p]],
+        np.ones((int(rows.sum()), 1)),
+        {0: matched[p]} if p in matched else {},
+        [],
+        {},
+    )
     return one.absorption[0]
 
 
@@ -220,5 +320,7 @@ def stored_latent_activations(result, samples: int = 50_000) -> dict[str, np.nda
     out = {}
     for stack in result.stacks:
         h = stack.sae(x_BD.expand(stack.sae.n_saes, -1, -1), stack.tau_SK)[0].numpy()
-        out.update({f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)})
+        out.update(
+            {f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)}
+        )
     return out

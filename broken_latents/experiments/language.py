@@ -32,9 +32,18 @@ def language_saes() -> list[SAEConfig]:
     return [
         SAEConfig(label="tied", architecture="tied", latents=LATENTS, l1=L1),
         SAEConfig(label="untied", architecture="untied", latents=LATENTS, l1=L1),
-        SAEConfig(label="topk", architecture="untied", latents=LATENTS, activation="topk", k=4, l1=0.0),
-        SAEConfig(label="matryoshka", architecture="untied", latents=LATENTS, activation="batchtopk", k=4, l1=0.0,
-                  matryoshka_widths=[4, 16, LATENTS]),
+        SAEConfig(
+            label="topk", architecture="untied", latents=LATENTS, activation="topk", k=4, l1=0.0
+        ),
+        SAEConfig(
+            label="matryoshka",
+            architecture="untied",
+            latents=LATENTS,
+            activation="batchtopk",
+            k=4,
+            l1=0.0,
+            matryoshka_widths=[4, 16, LATENTS],
+        ),
         SAEConfig(label="tied-aux", architecture="tied", latents=LATENTS, l1=L1, aux=aux),
     ]
 
@@ -50,7 +59,10 @@ def concept_kinds(world: WorldMetrics) -> dict[str, list[int]]:
         while node in parent:
             node, d = parent[node], d + 1
         depth[c] = d
-    return {kind: [c for c in range(n) if depth[c] == d] for d, kind in enumerate(["topic", "subtopic", "word"])}
+    return {
+        kind: [c for c in range(n) if depth[c] == d]
+        for d, kind in enumerate(["topic", "subtopic", "word"])
+    }
 
 
 def learned(run, concepts: list[int]) -> list[int]:
@@ -61,7 +73,10 @@ def learns_at_least(label: str, kind: str, share: float):
     def check(runs: Runs, world: WorldMetrics):
         concepts = concept_kinds(world)[kind]
         got = learned(runs[label], concepts)
-        return len(got) >= share * len(concepts), f"{label} learned {len(got)}/{len(concepts)} {kind}s (|cos| >= {CLEAN_COS})"
+        return len(got) >= share * len(
+            concepts
+        ), f"{label} learned {len(got)}/{len(concepts)} {kind}s (|cos| >= {CLEAN_COS})"
+
     return check
 
 
@@ -69,6 +84,7 @@ def learns_more(a: str, b: str):
     def check(runs: Runs, world: WorldMetrics):
         na, nb = len(runs[a].learned_features), len(runs[b].learned_features)
         return na > nb, f"{a} learned {na} concepts, {b} {nb}"
+
     return check
 
 
@@ -78,17 +94,20 @@ def mean_absorption(run, concepts: list[int]) -> float:
 
 def parents_absorbed_more(label: str):
     """Topics (parents of everything) lose more of themselves to other latents than words (leaves)."""
+
     def check(runs: Runs, world: WorldMetrics):
         kinds = concept_kinds(world)
         run = runs[label]
         topics, words = mean_absorption(run, kinds["topic"]), mean_absorption(run, kinds["word"])
         return topics > words, f"{label}: mean absorption topics {topics:.2f}, words {words:.2f}"
+
     return check
 
 
 def detector_recall_below(label: str, at_most: float):
     """The detector (a latent with more than one activation peak is broken) against the truth (decoder
     best |cos| < 0.95 with every concept, or firing F1 < 0.9 for its concept)."""
+
     def check(runs: Runs, world: WorldMetrics):
         run = runs[label]
         truth = run.extra["truth_broken"]
@@ -96,30 +115,53 @@ def detector_recall_below(label: str, at_most: float):
         tp = sum(t and f for t, f in zip(truth, flagged))
         recall = tp / max(sum(truth), 1)
         precision = tp / max(sum(flagged), 1)
-        return recall <= at_most, (f"{label}: {sum(truth)} latents broken by the truth, {sum(flagged)} flagged, "
-                                   f"precision {precision:.2f}, recall {recall:.2f}")
+        return recall <= at_most, (
+            f"{label}: {sum(truth)} latents broken by the truth, {sum(flagged)} flagged, "
+            f"precision {precision:.2f}, recall {recall:.2f}"
+        )
+
     return check
 
 
 LANGUAGE_FILES = files_of(LANGUAGE)
 
-register(Experiment(
-    ExperimentConfig(
-        name="language-saes",
-        description="Five SAEs (tied, untied, TopK, Matryoshka BatchTopK, tied + aux loss) on the residual stream "
-                    "of a 2-layer transformer trained on a language of 3 topics x 3 subtopics x 3 words",
-        world=WorldConfig(held_out=0.2, **LANGUAGE_FILES),
-        train=TrainConfig(samples=SAMPLES, batch_size=1024, lr=3e-3, seeds=2, eval_samples=50_000),
-        sae=language_saes(),
-    ),
-    [
-        Claim("untied-learns-words", "untied ReLU: at least 80% of the word concepts have a latent at |cos| >= 0.95",
-              "(beyond the post) SAEs on a trained network's activations", learns_at_least("untied", "word", 0.8)),
-        Claim("untied-beats-tied", "untied ReLU learns more concepts than tied ReLU at the same L1",
-              "tied SAEs ... solve absorption (toy worlds)", learns_more("untied", "tied")),
-        Claim("topics-absorbed", "untied ReLU: the topics' mean absorption fraction is above the words'",
-              "the parent is absorbed into the child latents", parents_absorbed_more("untied")),
-        Claim("detector-misses", "the peak-count detector finds at most half the untied SAE's truth-broken latents",
-              "broken latents ... are hard to detect", detector_recall_below("untied", 0.5)),
-    ],
-))
+register(
+    Experiment(
+        ExperimentConfig(
+            name="language-saes",
+            description="Five SAEs (tied, untied, TopK, Matryoshka BatchTopK, tied + aux loss) on the residual stream "
+            "of a 2-layer transformer trained on a language of 3 topics x 3 subtopics x 3 words",
+            world=WorldConfig(held_out=0.2, **LANGUAGE_FILES),
+            train=TrainConfig(
+                samples=SAMPLES, batch_size=1024, lr=3e-3, seeds=2, eval_samples=50_000
+            ),
+            sae=language_saes(),
+        ),
+        [
+            Claim(
+                "untied-learns-words",
+                "untied ReLU: at least 80% of the word concepts have a latent at |cos| >= 0.95",
+                "(beyond the post) SAEs on a trained network's activations",
+                learns_at_least("untied", "word", 0.8),
+            ),
+            Claim(
+                "untied-beats-tied",
+                "untied ReLU learns more concepts than tied ReLU at the same L1",
+                "tied SAEs ... solve absorption (toy worlds)",
+                learns_more("untied", "tied"),
+            ),
+            Claim(
+                "topics-absorbed",
+                "untied ReLU: the topics' mean absorption fraction is above the words'",
+                "the parent is absorbed into the child latents",
+                parents_absorbed_more("untied"),
+            ),
+            Claim(
+                "detector-misses",
+                "the peak-count detector finds at most half the untied SAE's truth-broken latents",
+                "broken latents ... are hard to detect",
+                detector_recall_below("untied", 0.5),
+            ),
+        ],
+    )
+)

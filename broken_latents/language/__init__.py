@@ -4,4 +4,11 @@ transformer trained on it, and its residual stream written with the concepts act
 from .build import build_language
 from .config import GrammarConfig, LanguageConfig, ProbeConfig, TransformerConfig, load_language
 
-__all__ = ["GrammarConfig", "LanguageConfig", "ProbeConfig", "TransformerConfig", "build_language", "load_language"]
+__all__ = [
+    "GrammarConfig",
+    "LanguageConfig",
+    "ProbeConfig",
+    "TransformerConfig",
+    "build_language",
+    "load_language",
+]

@@ -22,9 +22,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     outcome = build_language(config, Path(argv[1]), progress=True)
     s = outcome.summary
-    print(json.dumps({k: s[k] for k in ("tokens", "dim", "concepts", "kept", "dropped", "wall_seconds")}))
-    print(f"transformer: test loss {s['transformer']['test_loss']} nats (floor {s['transformer']['entropy_given_state']}), "
-          f"{s['transformer']['train_seconds']} s; written to {outcome.directory}")
+    print(
+        json.dumps(
+            {k: s[k] for k in ("tokens", "dim", "concepts", "kept", "dropped", "wall_seconds")}
+        )
+    )
+    print(
+        f"transformer: test loss {s['transformer']['test_loss']} nats (floor {s['transformer']['entropy_given_state']}), "
+        f"{s['transformer']['train_seconds']} s; written to {outcome.directory}"
+    )
     return 0
 
 

@@ -40,7 +40,9 @@ class LanguageOutcome:
     summary: dict
 
 
-def build_language(config: LanguageConfig, out: str | Path, progress: bool = False) -> LanguageOutcome:
+def build_language(
+    config: LanguageConfig, out: str | Path, progress: bool = False
+) -> LanguageOutcome:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -69,7 +71,9 @@ def _build(config: LanguageConfig, path: Path, progress: bool) -> dict:
     held_tokens, held_labels = tokens[split:], labels[split:]
     with _threads(1):
         _say(progress, f"transformer: {config.transformer.steps} steps on {split} sequences")
-        trained = train_transformer(config.transformer, tokens[:split], held_tokens, vocabulary_size(g))
+        trained = train_transformer(
+            config.transformer, tokens[:split], held_tokens, vocabulary_size(g)
+        )
         x_ND = residual_activations(trained.model, held_tokens, config.transformer.layer)
     labels_NC = held_labels.reshape(-1, tree.count)
     n = min(config.activation_tokens, len(x_ND))
@@ -79,29 +83,58 @@ def _build(config: LanguageConfig, path: Path, progress: bool) -> dict:
     _say(progress, f"activations: {x_ND.shape}; probing {tree.count} concepts")
     probe_started = time.perf_counter()
     with _threads(1):
-        probes = fit_probes(x_ND, labels_NC, config.probe.tokens, config.probe.min_accuracy, seed=g.seed)
+        probes = fit_probes(
+            x_ND, labels_NC, config.probe.tokens, config.probe.min_accuracy, seed=g.seed
+        )
     directions = mean_difference_directions(x_ND, labels_NC)
     np.save(path / "directions.npy", directions)
     np.save(path / "probe_directions.npy", probes.directions_CD)
     probe_seconds = time.perf_counter() - probe_started
-    save_file({k: v.detach().contiguous() for k, v in trained.model.state_dict().items()},
-              str(path / "transformer.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in trained.model.state_dict().items()},
+        str(path / "transformer.safetensors"),
+    )
     agreement = (directions * probes.directions_CD).sum(1)
-    concept_records = [{"concept": c, "name": tree.names[c], "parent": tree.parent[c],
-                        "probe_vs_mean_difference_cos": round(float(agreement[c]), 4), **probes.probes[c].to_json()}
-                       for c in range(tree.count)]
-    (path / "concepts.json").write_text(json.dumps({"concepts": concept_records, "kept": probes.kept,
-                                                    "dropped": [r for r in concept_records if not r["kept"]]}, indent=1))
+    concept_records = [
+        {
+            "concept": c,
+            "name": tree.names[c],
+            "parent": tree.parent[c],
+            "probe_vs_mean_difference_cos": round(float(agreement[c]), 4),
+            **probes.probes[c].to_json(),
+        }
+        for c in range(tree.count)
+    ]
+    (path / "concepts.json").write_text(
+        json.dumps(
+            {
+                "concepts": concept_records,
+                "kept": probes.kept,
+                "dropped": [r for r in concept_records if not r["kept"]],
+            },
+            indent=1,
+        )
+    )
     summary = {
         "name": config.name,
         "config": asdict(config),
-        "tokens": int(n), "dim": int(x_ND.shape[1]), "concepts": tree.count, "kept": len(probes.kept),
-        "dropped": [{"concept": r["concept"], "name": r["name"], "why": r["why_dropped"]}
-                    for r in concept_records if not r["kept"]],
-        "transformer": {"train_loss": round(trained.train_loss, 4), "test_loss": round(trained.test_loss, 4),
-                        "entropy_given_state": round(entropy_given_state(g), 4),
-                        "train_seconds": round(trained.seconds, 2), "loss_curve": trained.loss_curve,
-                        "parameters": sum(p.numel() for p in trained.model.parameters())},
+        "tokens": int(n),
+        "dim": int(x_ND.shape[1]),
+        "concepts": tree.count,
+        "kept": len(probes.kept),
+        "dropped": [
+            {"concept": r["concept"], "name": r["name"], "why": r["why_dropped"]}
+            for r in concept_records
+            if not r["kept"]
+        ],
+        "transformer": {
+            "train_loss": round(trained.train_loss, 4),
+            "test_loss": round(trained.test_loss, 4),
+            "entropy_given_state": round(entropy_given_state(g), 4),
+            "train_seconds": round(trained.seconds, 2),
+            "loss_curve": trained.loss_curve,
+            "parameters": sum(p.numel() for p in trained.model.parameters()),
+        },
         "probe_seconds": round(probe_seconds, 2),
         "activation_bytes": (path / "activations.npy").stat().st_size,
         "labels_bytes": (path / "labels.npy").stat().st_size,

@@ -33,8 +33,11 @@ def files_of(config: LanguageConfig) -> dict[str, str]:
     """The [world] keys of an SAE run on `config`'s world (activations, labels, directions), registered
     so that `ensure_built` can build them."""
     folder = world_folder(config)
-    files = {"activations": str(folder / "activations.npy"), "labels": str(folder / "labels.npy"),
-             "directions": str(folder / "directions.npy")}
+    files = {
+        "activations": str(folder / "activations.npy"),
+        "labels": str(folder / "labels.npy"),
+        "directions": str(folder / "directions.npy"),
+    }
     BUILDERS[files["activations"]] = config
     return files
 
@@ -47,5 +50,8 @@ def ensure_built(world, progress: bool = False) -> None:
     from .build import build_language
 
     if progress:
-        print(f"building the language world {config.name!r} into {world_folder(config)} (once)", flush=True)
+        print(
+            f"building the language world {config.name!r} into {world_folder(config)} (once)",
+            flush=True,
+        )
     build_language(config, world_folder(config), progress=progress)

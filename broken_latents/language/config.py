@@ -42,12 +42,28 @@ class GrammarConfig:
 
     def __post_init__(self) -> None:
         for name in ("topics", "subtopics", "words", "filler", "sequences"):
-            _require(getattr(self, name) >= 1, f"language.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _require(self.sequence_length >= 2, "language.sequence_length", f"must be >= 2, got {self.sequence_length}")
+            _require(
+                getattr(self, name) >= 1,
+                f"language.{name}",
+                f"must be >= 1, got {getattr(self, name)}",
+            )
+        _require(
+            self.sequence_length >= 2,
+            "language.sequence_length",
+            f"must be >= 2, got {self.sequence_length}",
+        )
         for name in ("content_rate", "switch_rate"):
             value = getattr(self, name)
-            _require(math.isfinite(value) and 0 < value <= 1, f"language.{name}", f"must lie in (0, 1], got {value}")
-        _require(math.isfinite(self.zipf) and self.zipf >= 0, "language.zipf", f"must be >= 0, got {self.zipf}")
+            _require(
+                math.isfinite(value) and 0 < value <= 1,
+                f"language.{name}",
+                f"must lie in (0, 1], got {value}",
+            )
+        _require(
+            math.isfinite(self.zipf) and self.zipf >= 0,
+            "language.zipf",
+            f"must be >= 0, got {self.zipf}",
+        )
 
 
 @dataclass
@@ -73,12 +89,26 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("layers", "width", "heads", "steps", "batch_sequences"):
-            _require(getattr(self, name) >= 1, f"transformer.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _require(self.width % self.heads == 0, "transformer.width",
-                 f"must be divisible by transformer.heads ({self.heads}), got {self.width}")
-        _require(math.isfinite(self.lr) and self.lr > 0, "transformer.lr", f"must be a positive number, got {self.lr}")
-        _require(0 <= self.layer <= self.layers, "transformer.layer",
-                 f"must lie in [0, {self.layers}] (0 = embeddings), got {self.layer}")
+            _require(
+                getattr(self, name) >= 1,
+                f"transformer.{name}",
+                f"must be >= 1, got {getattr(self, name)}",
+            )
+        _require(
+            self.width % self.heads == 0,
+            "transformer.width",
+            f"must be divisible by transformer.heads ({self.heads}), got {self.width}",
+        )
+        _require(
+            math.isfinite(self.lr) and self.lr > 0,
+            "transformer.lr",
+            f"must be a positive number, got {self.lr}",
+        )
+        _require(
+            0 <= self.layer <= self.layers,
+            "transformer.layer",
+            f"must lie in [0, {self.layers}] (0 = embeddings), got {self.layer}",
+        )
 
 
 @dataclass
@@ -93,7 +123,11 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         _require(self.tokens >= 100, "probe.tokens", f"must be >= 100, got {self.tokens}")
-        _require(0 < self.min_accuracy <= 1, "probe.min_accuracy", f"must lie in (0, 1], got {self.min_accuracy}")
+        _require(
+            0 < self.min_accuracy <= 1,
+            "probe.min_accuracy",
+            f"must lie in (0, 1], got {self.min_accuracy}",
+        )
 
 
 @dataclass
@@ -110,7 +144,11 @@ class LanguageConfig:
     """Tokens of held-out sequences whose residual stream is written (at most what they hold)."""
 
     def __post_init__(self) -> None:
-        _require(self.activation_tokens >= 1000, "activation_tokens", f"must be >= 1000, got {self.activation_tokens}")
+        _require(
+            self.activation_tokens >= 1000,
+            "activation_tokens",
+            f"must be >= 1000, got {self.activation_tokens}",
+        )
 
 
 def load_language(path: Path) -> LanguageConfig:

@@ -60,7 +60,9 @@ def vocabulary_size(g: GrammarConfig) -> int:
     return g.filler + g.topics * g.subtopics * g.words
 
 
-def generate(g: GrammarConfig, sequences: int | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    g: GrammarConfig, sequences: int | None = None, seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [n, L] int64, labels [n, L, C] bool) of n sequences of length L."""
     n = g.sequences if sequences is None else sequences
     L, S, W = g.sequence_length, g.subtopics, g.words
@@ -103,7 +105,9 @@ def entropy_given_state(g: GrammarConfig) -> float:
     # Next token: filler (uniform) or a content word of the current subtopic, or, after a switch, of any
     # of the topic's subtopics (the current one again with 1/S).
     stay = (1 - g.switch_rate) + g.switch_rate / S
-    p_words = np.concatenate([stay * word_p] + [g.switch_rate / S * word_p] * (S - 1)) * g.content_rate
+    p_words = (
+        np.concatenate([stay * word_p] + [g.switch_rate / S * word_p] * (S - 1)) * g.content_rate
+    )
     p_filler = np.full(g.filler, (1 - g.content_rate) / g.filler)
     p = np.concatenate([p_words, p_filler])
     p = p[p > 0]

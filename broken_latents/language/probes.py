@@ -45,13 +45,14 @@ class ProbeResult:
         return [p.concept for p in self.probes if p.kept]
 
 
-def fit_probes(x_ND: np.ndarray, labels_NC: np.ndarray, tokens: int, min_accuracy: float,
-               seed: int = 0) -> ProbeResult:
+def fit_probes(
+    x_ND: np.ndarray, labels_NC: np.ndarray, tokens: int, min_accuracy: float, seed: int = 0
+) -> ProbeResult:
     """Train every concept's probe on `tokens` rows drawn at random, test on up to as many others."""
     n, C = labels_NC.shape
     order = np.random.default_rng(seed).permutation(n)
     train_rows = np.sort(order[: min(tokens, n // 2)])
-    test_rows = np.sort(order[len(train_rows): len(train_rows) + tokens])
+    test_rows = np.sort(order[len(train_rows) : len(train_rows) + tokens])
     x_train = torch.from_numpy(np.asarray(x_ND[train_rows], dtype=np.float64))
     mean, scale = x_train.mean(0), x_train.std(0) + 1e-8  # L-BFGS converges far faster standardised
     x_train = (x_train - mean) / scale
@@ -70,7 +71,10 @@ def fit_probes(x_ND: np.ndarray, labels_NC: np.ndarray, tokens: int, min_accurac
     def closure():
         optimiser.zero_grad()
         logits = x_train @ W_DC + b_C
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train, reduction="none") * weights).sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train, reduction="none")
+            * weights
+        ).sum()
         loss = loss + L2 * W_DC.pow(2).sum()
         loss.backward()
         return loss
@@ -84,14 +88,20 @@ def fit_probes(x_ND: np.ndarray, labels_NC: np.ndarray, tokens: int, min_accurac
     for c in range(C):
         y, p = y_test[:, c], predicted[:, c]
         if y.all() or not y.any():
-            probes.append(Probe(c, 0.0, 0.0, float(y.mean()), False, "never or always active in the test tokens"))
+            probes.append(
+                Probe(
+                    c, 0.0, 0.0, float(y.mean()), False, "never or always active in the test tokens"
+                )
+            )
             continue
         accuracy = float((p == y).mean())
         balanced = float(0.5 * (p[y].mean() + (~p[~y]).mean()))
         directions[c] = W_raw[c] / max(np.linalg.norm(W_raw[c]), 1e-12)
         kept = accuracy >= min_accuracy and balanced >= min_accuracy
         why = "" if kept else f"accuracy {accuracy:.3f}, balanced {balanced:.3f} < {min_accuracy}"
-        probes.append(Probe(c, round(accuracy, 4), round(balanced, 4), round(float(y.mean()), 4), kept, why))
+        probes.append(
+            Probe(c, round(accuracy, 4), round(balanced, 4), round(float(y.mean()), 4), kept, why)
+        )
     return ProbeResult(probes, directions.astype(np.float32))
 
 

@@ -13,11 +13,17 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .aux import AuxState
-from .loop import LOG_EVERY, TrainedStack, TrainingDiverged, _progress_bar, lr_factor, single_torch_thread
+from .loop import (
+    LOG_EVERY,
+    TrainedStack,
+    TrainingDiverged,
+    _progress_bar,
+    lr_factor,
+    single_torch_thread,
+)
 from ..config.schema import ConfigError, ExperimentConfig
 from ..engine.backend import concat_flat
 from ..engine.optim import FlatAdam, flatten_parameters
@@ -51,11 +57,17 @@ def check_activations(config: ExperimentConfig) -> ActivationFile:
 
     for sae in config.sae:
         if sae.inverse is not None:
-            raise ConfigError(f"sae.{sae.label}.inverse", "the inverse technique needs a world to draw probe inputs "
-                                                          "from; it is not available on stored activations")
+            raise ConfigError(
+                f"sae.{sae.label}.inverse",
+                "the inverse technique needs a world to draw probe inputs "
+                "from; it is not available on stored activations",
+            )
     if config.train.engine in ("arrays", "compiled"):
-        raise ConfigError("train.engine", f"{config.train.engine!r} works on a world's feature firings; on stored "
-                                          "activations use 'auto' or 'autograd'")
+        raise ConfigError(
+            "train.engine",
+            f"{config.train.engine!r} works on a world's feature firings; on stored "
+            "activations use 'auto' or 'autograd'",
+        )
     world = config.world
     source = ActivationFile.open(world.activations, world.activations_key)
     if world.labels is not None:
@@ -64,13 +76,20 @@ def check_activations(config: ExperimentConfig) -> ActivationFile:
         read_directions(world.directions, source.dim)
     train_rows, _ = source.split(world.held_out)
     if len(train_rows) < config.train.batch_size:
-        raise ConfigError("train.batch_size", f"{config.train.batch_size} is more than the {len(train_rows)} training "
-                                              f"rows of {source.path}; lower it")
+        raise ConfigError(
+            "train.batch_size",
+            f"{config.train.batch_size} is more than the {len(train_rows)} training "
+            f"rows of {source.path}; lower it",
+        )
     return source
 
 
-def train_on_activations(config: ExperimentConfig, device: str = "cpu", progress: bool = True,
-                         source: ActivationFile | None = None) -> ActivationsTrainResult:
+def train_on_activations(
+    config: ExperimentConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    source: ActivationFile | None = None,
+) -> ActivationsTrainResult:
     """Train every [[sae]] of `config` on `config.world.activations` (or on `source`, already checked)."""
     if source is None:
         source = check_activations(config)
@@ -82,10 +101,14 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
     seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
     batch = config.train.batch_size
     train_rows, test_rows = source.split(held_out)
-    stacks = [TrainedStack(sc, build_sae(sc, len(seeds), source.dim, seeds, config.train.init).to(device))
-              for sc in config.sae]
-    auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, torch.zeros) if s.config.aux else None
-             for s in stacks]
+    stacks = [
+        TrainedStack(sc, build_sae(sc, len(seeds), source.dim, seeds, config.train.init).to(device))
+        for sc in config.sae
+    ]
+    auxes = [
+        AuxState(s.config.aux, len(seeds), s.config.latents, torch.zeros) if s.config.aux else None
+        for s in stacks
+    ]
     _centre_decoder_bias(stacks, source, train_rows)
     parameters = [p for stack in stacks for p in stack.sae.parameters()]
     optimiser = FlatAdam(flatten_parameters(parameters), lr=config.train.lr)
@@ -104,11 +127,16 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
                 if aux is not None:
                     aux.running_max.update(h.detach().amax(dim=1))
                 total = total + weighted_sum(terms).mean(-1).sum()
-                logged[stack.config.label] = {name: value.detach().mean(-1) for name, (_, value) in terms.items()}
+                logged[stack.config.label] = {
+                    name: value.detach().mean(-1) for name, (_, value) in terms.items()
+                }
             for p in parameters:
                 p.grad = None
             total.backward()
-            optimiser.step(concat_flat([p.grad for p in parameters]), config.train.lr * lr_factor(config, step, steps))
+            optimiser.step(
+                concat_flat([p.grad for p in parameters]),
+                config.train.lr * lr_factor(config, step, steps),
+            )
             if config.train.unit_norm_decoder:
                 with torch.no_grad():
                     for stack in stacks:
@@ -117,19 +145,43 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
             if step % LOG_EVERY == 0 or step == steps - 1:
                 for stack in stacks:
                     mse = logged[stack.config.label]["mse"]
-                    if not torch.isfinite(mse).all() or not torch.isfinite(stack.sae.W_dec_SKD).all():
-                        bad = int((~torch.isfinite(mse)).nonzero()[0]) if not torch.isfinite(mse).all() else 0
-                        raise TrainingDiverged(stack.config.label, seeds[bad], (step + 1) * batch, config.train.lr)
+                    if (
+                        not torch.isfinite(mse).all()
+                        or not torch.isfinite(stack.sae.W_dec_SKD).all()
+                    ):
+                        bad = (
+                            int((~torch.isfinite(mse)).nonzero()[0])
+                            if not torch.isfinite(mse).all()
+                            else 0
+                        )
+                        raise TrainingDiverged(
+                            stack.config.label, seeds[bad], (step + 1) * batch, config.train.lr
+                        )
                 samples = (step + 1) * batch
-                seed_history.append({"samples": samples, **{label: {k: v.reshape(-1).tolist() for k, v in parts.items()}
-                                                            for label, parts in logged.items()}})
-                bar.update(samples, time.perf_counter() - start,
-                           {label: {k: float(v.mean()) for k, v in parts.items()} for label, parts in logged.items()})
+                seed_history.append(
+                    {
+                        "samples": samples,
+                        **{
+                            label: {k: v.reshape(-1).tolist() for k, v in parts.items()}
+                            for label, parts in logged.items()
+                        },
+                    }
+                )
+                bar.update(
+                    samples,
+                    time.perf_counter() - start,
+                    {
+                        label: {k: float(v.mean()) for k, v in parts.items()}
+                        for label, parts in logged.items()
+                    },
+                )
         seconds = time.perf_counter() - start
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
             stack.tau_SK = aux.schedule(steps * batch)[1].to(device)
-    return ActivationsTrainResult(config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, seed_history)
+    return ActivationsTrainResult(
+        config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, seed_history
+    )
 
 
 @torch.no_grad()

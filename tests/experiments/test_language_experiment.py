@@ -5,13 +5,20 @@ from pathlib import Path
 from factories import matches, run_metrics, world_metrics
 
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.experiments.language import LANGUAGE, concept_kinds, detector_recall_below, learns_at_least, \
-    parents_absorbed_more
+from broken_latents.experiments.language import (
+    LANGUAGE,
+    concept_kinds,
+    detector_recall_below,
+    learns_at_least,
+    parents_absorbed_more,
+)
 from broken_latents.language import load_language
 
 ROOT = Path(__file__).resolve().parents[2]
 # Topic 0 -> subtopic 1 -> words 2, 3; topic 4 -> subtopic 5 -> word 6.
-WORLD = world_metrics(7, extra={"concepts": list(range(7)), "edges": [[0, 1], [1, 2], [1, 3], [4, 5], [5, 6]]})
+WORLD = world_metrics(
+    7, extra={"concepts": list(range(7)), "edges": [[0, 1], [1, 2], [1, 3], [4, 5], [5, 6]]}
+)
 
 
 def test_registered_with_the_example_world():
@@ -26,10 +33,15 @@ def test_concept_kinds_from_the_edges():
 
 
 def test_checks_read_learned_concepts_absorption_and_peaks():
-    run = run_metrics([[0.0] * 7] * 4, label="untied", learned_features=[2, 3],
-                      matches=matches((0, 2, 0.99), (1, 3, 0.97)),
-                      absorption=[0.9, 0.5, 0.1, 0.2, 0.7, 0.4, 0.3], activation_peaks=[1, 2, 2, 1],
-                      extra={"truth_broken": [False, True, True, True]})
+    run = run_metrics(
+        [[0.0] * 7] * 4,
+        label="untied",
+        learned_features=[2, 3],
+        matches=matches((0, 2, 0.99), (1, 3, 0.97)),
+        absorption=[0.9, 0.5, 0.1, 0.2, 0.7, 0.4, 0.3],
+        activation_peaks=[1, 2, 2, 1],
+        extra={"truth_broken": [False, True, True, True]},
+    )
     holds, detail = learns_at_least("untied", "word", 0.6)({"untied": run}, WORLD)
     assert holds and "2/3 words" in detail
     holds, detail = parents_absorbed_more("untied")({"untied": run}, WORLD)

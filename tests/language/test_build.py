@@ -6,16 +6,30 @@ import json
 import numpy as np
 import pytest
 
-from broken_latents.language import GrammarConfig, LanguageConfig, ProbeConfig, TransformerConfig, build_language
+from broken_latents.language import (
+    GrammarConfig,
+    LanguageConfig,
+    ProbeConfig,
+    TransformerConfig,
+    build_language,
+)
 from broken_latents.language.grammar import entropy_given_state
 
-GRAMMAR = GrammarConfig(topics=2, subtopics=2, words=2, filler=3, sequence_length=12, sequences=1200, seed=3)
+GRAMMAR = GrammarConfig(
+    topics=2, subtopics=2, words=2, filler=3, sequence_length=12, sequences=1200, seed=3
+)
 
 
 def tiny(layer: int) -> LanguageConfig:
-    return LanguageConfig(name="tiny", language=GRAMMAR, activation_tokens=4000, probe=ProbeConfig(tokens=2000),
-                          transformer=TransformerConfig(layers=1, width=32, heads=2, steps=150, batch_sequences=32,
-                                                        lr=1e-2, layer=layer))
+    return LanguageConfig(
+        name="tiny",
+        language=GRAMMAR,
+        activation_tokens=4000,
+        probe=ProbeConfig(tokens=2000),
+        transformer=TransformerConfig(
+            layers=1, width=32, heads=2, steps=150, batch_sequences=32, lr=1e-2, layer=layer
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,5 +67,8 @@ def test_probes_keep_what_the_network_represents(built):
 def test_embeddings_alone_cannot_tell_the_topic_at_a_filler_token(tmp_path):
     built = build_language(tiny(layer=0), tmp_path / "embeddings")
     dropped = {d["name"] for d in built.summary["dropped"]}
-    assert {"topic0", "topic1"} <= dropped  # the topic is context: a single token's embedding lacks it
+    assert {
+        "topic0",
+        "topic1",
+    } <= dropped  # the topic is context: a single token's embedding lacks it
     assert not any(".word" in name for name in dropped)

@@ -4,12 +4,21 @@ import numpy as np
 import pytest
 
 from broken_latents.analysis.on_activations import Truth, edges_from_labels, measure_on_activations
-from broken_latents.config.schema import ConfigError, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.schema import (
+    ConfigError,
+    ExperimentConfig,
+    HierarchyConfig,
+    SAEConfig,
+    TrainConfig,
+    WorldConfig,
+)
 from broken_latents.training.on_activations import check_activations, train_on_activations
 from broken_latents.world.activations import ActivationFile
 from broken_latents.world.model import World
 
-WORLD = WorldConfig(features=6, dim=12, firing=0.15, magnitude=[3.0, 2.0, 2.0, 1.5, 1.5, 1.0], seed=4)
+WORLD = WorldConfig(
+    features=6, dim=12, firing=0.15, magnitude=[3.0, 2.0, 2.0, 1.5, 1.5, 1.0], seed=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +33,19 @@ def stored(tmp_path_factory):
 
 
 def config(*saes, samples=600_000, path="unused.npy") -> ExperimentConfig:
-    return ExperimentConfig(name="stored", world=WorldConfig(activations=str(path), held_out=0.2), train=TrainConfig(samples=samples, batch_size=512, lr=1e-2, seeds=1),
-                            sae=list(saes))
+    return ExperimentConfig(
+        name="stored",
+        world=WorldConfig(activations=str(path), held_out=0.2),
+        train=TrainConfig(samples=samples, batch_size=512, lr=1e-2, seeds=1),
+        sae=list(saes),
+    )
 
 
 def test_saes_learn_every_direction(stored):
     path, labels, directions = stored
-    saes = [SAEConfig(label=arch, architecture=arch, latents=6, l1=0.1) for arch in ("untied", "tied")]
+    saes = [
+        SAEConfig(label=arch, architecture=arch, latents=6, l1=0.1) for arch in ("untied", "tied")
+    ]
     result = train_on_activations(config(*saes), progress=False, source=ActivationFile.open(path))
     truth = Truth(directions, list(range(6)), labels, edges_from_labels(labels))
     untied, tied = measure_on_activations(result, truth).runs
@@ -45,15 +60,26 @@ def test_saes_learn_every_direction(stored):
 
 def test_without_truth_only_what_needs_none(stored):
     path, _, _ = stored
-    result = train_on_activations(config(SAEConfig(label="topk", architecture="untied", latents=6, activation="topk",
-                                                   k=2, l1=0.0), samples=50_000, path=path), progress=False)
+    result = train_on_activations(
+        config(
+            SAEConfig(
+                label="topk", architecture="untied", latents=6, activation="topk", k=2, l1=0.0
+            ),
+            samples=50_000,
+            path=path,
+        ),
+        progress=False,
+    )
     (run,) = measure_on_activations(result).runs
     assert run.decoder_cos == [] and run.absorption is None
     assert run.l0 == pytest.approx(2.0, abs=0.01) and 0 < run.explained_variance < 1
 
 
 def test_hierarchy_read_from_the_labels():
-    hierarchy = [HierarchyConfig(parent=0, children=[1, 2], mode="conditional"), HierarchyConfig(parent=2, children=[3])]
+    hierarchy = [
+        HierarchyConfig(parent=0, children=[1, 2], mode="conditional"),
+        HierarchyConfig(parent=2, children=[3]),
+    ]
     world = World.build(WorldConfig(features=5, dim=5, firing=0.3, hierarchy=hierarchy))
     labels = world.sample(np.random.default_rng(0), 20_000).T > 0
     # 3 forces 2 on after 2's condition on 0 is applied, so 2 fires without 0 and only 1 is 0's child.
@@ -80,7 +106,7 @@ def test_cli_runs_a_stored_world_and_refuses_bad_files(stored, tmp_path):
     body = f"""name = "stored"
 [world]
 activations = "{path}"
-labels = "{tmp_path / 'labels.npy'}"
+labels = "{tmp_path / "labels.npy"}"
 [train]
 samples = 300_000
 batch_size = 512
@@ -97,12 +123,16 @@ l1 = 0.1
     from broken_latents.pipeline.run import run_experiment
 
     (run,) = run_experiment(resolve_target(toml), tmp_path / "run", progress=False).metrics.runs
-    assert len(run.learned_features) == 6  # the difference of class means is each feature's direction here
+    assert (
+        len(run.learned_features) == 6
+    )  # the difference of class means is each feature's direction here
     assert (tmp_path / "run" / "figures" / "tied-seed0-decoder.png").exists()
     cli = [sys.executable, "-m", "broken_latents.cli", "run"]
     np.save(tmp_path / "bad.npy", np.zeros((10, 3, 2), np.float32))
     toml.write_text(body.replace(str(path), str(tmp_path / "bad.npy")))
-    done = subprocess.run(cli + [str(toml), "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    done = subprocess.run(
+        cli + [str(toml), "--out", str(tmp_path / "bad")], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "world.activations" in done.stderr
     assert not (tmp_path / "bad").exists()

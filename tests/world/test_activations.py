@@ -5,7 +5,12 @@ import pytest
 from safetensors.numpy import save_file
 
 from broken_latents.config.schema import ConfigError
-from broken_latents.world.activations import ActivationFile, ShuffledBatches, read_directions, read_labels
+from broken_latents.world.activations import (
+    ActivationFile,
+    ShuffledBatches,
+    read_directions,
+    read_labels,
+)
 
 
 def test_npy_is_memory_mapped_and_float16_reads_as_float32(tmp_path):
@@ -17,7 +22,10 @@ def test_npy_is_memory_mapped_and_float16_reads_as_float32(tmp_path):
 
 
 def test_safetensors_by_key(tmp_path):
-    save_file({"acts": np.ones((6, 3), np.float32), "other": np.zeros(2, np.float32)}, str(tmp_path / "a.safetensors"))
+    save_file(
+        {"acts": np.ones((6, 3), np.float32), "other": np.zeros(2, np.float32)},
+        str(tmp_path / "a.safetensors"),
+    )
     source = ActivationFile.open(tmp_path / "a.safetensors", key="acts")
     assert (source.n, source.dim) == (6, 3) and source.read(0, 6).sum() == 18
     with pytest.raises(ConfigError, match="activations_key.*no tensor 'missing'"):
@@ -26,11 +34,14 @@ def test_safetensors_by_key(tmp_path):
         ActivationFile.open(tmp_path / "a.safetensors")
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((4, 3, 2), np.float32), r"2-D array \[N, D\], got shape \[4, 3, 2\]"),
-    (np.zeros((4, 3), np.int32), "float32 or float16, got int32"),
-    (np.array([[0.0, 1.0], [np.nan, 2.0]], np.float32), "row 1 holds NaN"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((4, 3, 2), np.float32), r"2-D array \[N, D\], got shape \[4, 3, 2\]"),
+        (np.zeros((4, 3), np.int32), "float32 or float16, got int32"),
+        (np.array([[0.0, 1.0], [np.nan, 2.0]], np.float32), "row 1 holds NaN"),
+    ],
+)
 def test_bad_arrays(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(ConfigError, match=f"world.activations: .*{message}"):
