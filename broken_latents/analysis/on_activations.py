@@ -270,7 +270,7 @@ def _add_truth(
             }
         )
     run.extra["absorption_gap"] = gaps
-    run.extra["firing_f1"] = _round(_firing_f1(acts_BK, labels_BC, matches))
+    run.extra["firing_f1"] = _round(_firing_f1(acts_BK, W_dec_KD, labels_BC, x_proj_BC, matches))
     # DESIGN's truth for detection: decoder best |cos| < 0.95, or its concept's firing F1 < 0.9.
     f1 = dict(zip([m.latent for m in matches], run.extra["firing_f1"]))
     best = np.abs(dec_cos).max(axis=1)
@@ -294,11 +294,16 @@ def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: d
     return one.absorption[0]
 
 
-def _firing_f1(acts_BK, labels_BC, matches) -> list[float]:
-    """Per match, in match order: F1 of 'the latent fires' against 'its concept is active'."""
+def _firing_f1(acts_BK, W_dec_KD, labels_BC, x_proj_BC, matches) -> list[float]:
+    """Per match, in match order: F1 of 'the latent fires' against 'its concept is active', where a
+    latent fires when it writes at least a tenth of its concept's mean projection on the rows where
+    the concept is active (DESIGN's rule; a bare h > 0 would count the faint firings of an L1 SAE)."""
+    norms_K = np.linalg.norm(W_dec_KD, axis=1)
     out = []
     for m in matches:
-        fires, active = acts_BK[:, m.latent] > 0, labels_BC[:, m.feature]
+        active = labels_BC[:, m.feature]
+        magnitude = float(x_proj_BC[active, m.feature].mean()) if active.any() else 0.0
+        fires = acts_BK[:, m.latent] * norms_K[m.latent] >= max(0.1 * magnitude, 1e-12)
         tp = float((fires & active).sum())
         out.append(2 * tp / max(float(fires.sum() + active.sum()), 1.0))
     return out

@@ -104,6 +104,19 @@ def parents_absorbed_more(label: str):
     return check
 
 
+def only_learns_topics(label: str):
+    """`label` has a clean latent for some topic, and no other SAE has one for any."""
+
+    def check(runs: Runs, world: WorldMetrics):
+        topics = concept_kinds(world)["topic"]
+        per_sae = {name: len(learned(run, topics)) for name, run in runs.items()}
+        holds = per_sae[label] >= 1 and not any(n for name, n in per_sae.items() if name != label)
+        detail = ", ".join(f"{name} {n}/{len(topics)}" for name, n in per_sae.items())
+        return holds, f"clean topic latents: {detail}"
+
+    return check
+
+
 def detector_recall_below(label: str, at_most: float):
     """The detector (a latent with more than one activation peak is broken) against the truth (decoder
     best |cos| < 0.95 with every concept, or firing F1 < 0.9 for its concept)."""
@@ -139,16 +152,17 @@ register(
         ),
         [
             Claim(
-                "untied-learns-words",
-                "untied ReLU: at least 80% of the word concepts have a latent at |cos| >= 0.95",
-                "(beyond the post) SAEs on a trained network's activations",
-                learns_at_least("untied", "word", 0.8),
-            ),
-            Claim(
                 "untied-beats-tied",
-                "untied ReLU learns more concepts than tied ReLU at the same L1",
+                "untied ReLU learns more concepts (one-to-one match at |cos| >= 0.95) than tied ReLU "
+                "at the same L1",
                 "tied SAEs ... solve absorption (toy worlds)",
                 learns_more("untied", "tied"),
+            ),
+            Claim(
+                "untied-learns-subtopics",
+                "untied ReLU: at least half the subtopics have a latent at |cos| >= 0.95",
+                "(beyond the post) SAEs on a trained network's activations",
+                learns_at_least("untied", "subtopic", 0.5),
             ),
             Claim(
                 "topics-absorbed",
@@ -157,10 +171,17 @@ register(
                 parents_absorbed_more("untied"),
             ),
             Claim(
+                "only-matryoshka-topic",
+                "Matryoshka is the only SAE with a latent at |cos| >= 0.95 for a topic (a root concept)",
+                "Matryoshka SAEs ... the narrow prefixes hold the parents",
+                only_learns_topics("matryoshka"),
+            ),
+            Claim(
                 "detector-misses",
-                "the peak-count detector finds at most half the untied SAE's truth-broken latents",
+                "the peak-count detector (more than one activation peak) finds under 90% of the untied "
+                "SAE's truth-broken latents",
                 "broken latents ... are hard to detect",
-                detector_recall_below("untied", 0.5),
+                detector_recall_below("untied", 0.9),
             ),
         ],
     )
