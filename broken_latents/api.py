@@ -82,6 +82,11 @@ class SAE:
             return h_BK @ self.W_dec + self.b_dec
         return h_BK[..., :width] @ self.W_dec[:width] + self.b_dec
 
+    def __repr__(self) -> str:
+        D, K = self.W_enc.shape
+        return (f"SAE({self.label!r} seed {self.seed}: {self.architecture} {self.activation}, {D} dims -> {K} latents; "
+                f"encode(x), decode(h), W_enc [D, K], W_dec [K, D])")
+
     def __call__(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, x_hat), as the training code's SAEs return them."""
         h = self.encode(x_BD)
@@ -123,6 +128,12 @@ class Run:
     @property
     def seeds(self) -> list[int]:
         return sorted({seed for by_seed in self.saes.values() for seed in by_seed})
+
+    def __repr__(self) -> str:
+        labels = ", ".join(self.saes)
+        world = self.config.world
+        return (f"Run({str(self.path)!r}: {self.config.name}, SAEs {labels} x seeds {self.seeds}, "
+                f"{world.features} features in {world.dim} dims; .saes[label][seed], .world, .metrics, .config)")
 
 
 def load_run(directory: str | Path) -> Run:

@@ -5,21 +5,22 @@ Bad input of any kind ends in one line naming the field and what is allowed, exi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import tyro
-from rich.console import Console
 
 from . import experiments
 from .config.schema import ConfigError
 from .analysis.metrics import Metrics, read_metrics
 from .training.termination import termination
 from .training.loop import TrainingDiverged
+from .output.terminal import make_console, styled
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def list_experiments() -> None:
@@ -96,10 +97,13 @@ def sweep(
     workers: Optional[int] = None,
     ray: Optional[str] = None,
 ) -> None:
-    """Train a grid of runs (a sweep spec .toml) and map where each claim holds.
+    """Train a grid of runs (a sweep spec .toml) and map where each claim holds and each chosen metric's mean.
+
+    Exit code 0: every cell done; 1: some cells failed in training (rerun to retry them); 2: the spec is
+    refused, or gives some cells a config that is refused (reported as invalid; the other cells still run).
 
     Args:
-        spec: sweep spec: base experiment, seeds, claims, [set] fixed overrides, [axes] the grid.
+        spec: sweep spec: base experiment, seeds, claims, metrics, [set] fixed overrides, [axes] the grid.
         out: sweep directory (default sweeps/SPEC-NAME); rerunning into it skips finished cells.
         workers: cells trained at once by the local process pool (default: the cores).
         ray: run every cell as a Ray task: 'auto' (an existing cluster, else a local one) or a cluster ADDRESS.
@@ -111,6 +115,8 @@ def sweep(
     except KeyboardInterrupt:
         err_console.print("interrupted; the finished cells are kept: rerun the same command to resume")
         sys.exit(130)
+    if any(cell.invalid for cell in outcome.failed):
+        sys.exit(2)  # the spec gave some cells a config that is refused: an input error, as in `run`
     if outcome.failed:
         sys.exit(1)
 
@@ -143,16 +149,33 @@ def inspect(
     """
     from .inspect.detect import inspect_sae, print_summary
 
+    _check_not_run_directory(sae)
     outcome = inspect_sae(sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty())
     print_summary(outcome, console)
 
 
-def _print_summary(metrics: Metrics, directory: Path) -> None:
-    from .output.show import broken_latent_table, claims_summary, geometry_line
+def _check_not_run_directory(sae: Path) -> None:
+    """`inspect runs/x` names a whole run: list the SAEs under its weights/ to pick one from."""
+    weights = sae / "weights"
+    if not sae.is_dir() or (sae / "cfg.json").is_file() or not weights.is_dir():
+        return
+    choices = sorted({*(p for p in weights.iterdir() if p.is_dir() and (p / "cfg.json").is_file()),
+                      *weights.glob("*.safetensors")})
+    listed = ", ".join(str(p) for p in choices) or f"none ({weights} holds no SAE)"
+    raise ConfigError("SAE", f"{sae} is a run directory, not one SAE; pick one of its SAEs: {listed}")
 
+
+def _print_summary(metrics: Metrics, directory: Path) -> None:
+    from .output.describe import world_line
+    from .output.show import broken_latent_table, claims_summary, convergence_warnings, geometry_line
+
+    console.print(world_line(metrics.world), soft_wrap=True)
     if geometry := geometry_line(metrics.world):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
+    if warnings := convergence_warnings(metrics):
+        sys.stdout.flush()  # the warning comes after the table it is about, on a terminal or in a log
+        err_console.print(warnings)
     if metrics.claims:
         console.print(claims_summary(metrics.claims))
     console.print(f"{metrics.samples:,} samples per SAE in {metrics.wall_seconds:.1f} s "
@@ -183,6 +206,14 @@ def _version() -> str:
     return __version__
 
 
+def _stop_writing_to_closed_pipe() -> None:
+    """`broken-latents list | head -3`: the reader closed the pipe, which is no error of ours. Point
+    stdout at /dev/null so the interpreter's last flush cannot fail, and exit quietly (Python's
+    documented recipe for SIGPIPE)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show, "sweep": sweep,
                 "inspect": inspect}
@@ -195,8 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _check_set_arguments(args)
         tyro.extras.subcommand_cli_from_dict(commands, prog="broken-latents", args=args)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at interpreter exit
+    except BrokenPipeError:
+        _stop_writing_to_closed_pipe()
     except (ConfigError, TrainingDiverged) as err:
-        err_console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
+        err_console.print(styled(("error", "bold red"), f": {err}"), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; nothing was written")

@@ -43,9 +43,10 @@ def metrics(runs: list[RunMetrics] | None = None, **fields) -> Metrics:
     return Metrics(**{**plain, **fields})
 
 
-NEWER_WORLD_KEYS = ("magnitudes", "variance", "variance_ranking", "max_feature_cos", "welch_bound")
+NEWER_WORLD_KEYS = ("magnitudes", "variance", "variance_ranking", "max_feature_cos", "welch_bound", "dim",
+                    "given_rates", "hierarchy")
 NEWER_RUN_KEYS = ("absorption", "full_absorption", "hedging", "width_explained_variance", "peak_models",
-                  "histogram_peaks")
+                  "histogram_peaks", "loss_drop", "falling_term", "still_falling")
 """Keys metrics.json gained after its first version: files written before lack them."""
 
 

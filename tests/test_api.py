@@ -211,3 +211,28 @@ def test_importing_the_package_loads_neither_torch_nor_numba():
     out = subprocess.run([sys.executable, "-c", code.replace("bl.experiments; ", "")], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_world_draw_gives_inputs_and_features_from_the_training_distribution(run):
+    world = run.world
+    x = world.draw(20_000, seed=3)
+    x_again, f = world.draw(20_000, seed=3, features=True)
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
+    assert x.shape == (20_000, world.config.dim) and f.shape == (20_000, world.config.features)
+    assert torch.equal(x, x_again) and not torch.equal(x, world.draw(20_000, seed=4))
+    assert torch.allclose(x, f @ world.directions, atol=1e-5)
+    fired = (f > 0).float().mean(0)  # the hierarchy included: the marginal rates, within sampling error
+    assert torch.allclose(fired, world.marginal_rates(), atol=4 * (0.25 / 20_000) ** 0.5)
+    assert torch.allclose(f[f > 0], world.magnitudes_N.expand_as(f)[f > 0])
+    with pytest.raises(ValueError, match="n must be"):
+        world.draw(0)
+
+
+@pytest.mark.slow
+def test_runs_saes_and_worlds_print_in_one_short_line(run):
+    sae = run.saes["tied"][0]
+    for obj, says in ((run, ["Run(", "tied", ".saes[label][seed]"]), (run.world, ["World(", "features in"]),
+                      (sae, ["SAE('tied' seed 0", "latents"])):
+        text = repr(obj)
+        assert "\n" not in text and len(text) < 200 and all(s in text for s in says), text

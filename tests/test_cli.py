@@ -237,3 +237,82 @@ def test_signal_inside_deferred_block_stops_at_its_end():
         termination.request(signal.SIGINT)
         termination.check()  # the next step's check stops at once
     termination.check()  # the request was consumed: nothing left to stop for
+
+
+# -- a researcher's first hour: messages whole, closed pipes, run directories given to inspect -------
+
+
+def test_messages_with_markup_characters_print_verbatim(tiny_run, tmp_path, capsys):
+    """rich would read "[samples, D]" or "[bold]" as style tags and drop them: every message prints as written."""
+    import numpy as np
+
+    odd = tmp_path / "acts [1d] [bold]x [red]"
+    odd.mkdir()
+    np.save(odd / "acts.npy", np.zeros(300, dtype=np.float32))
+    code, err = _exit_code(["inspect", str(tiny_run / "weights" / "tied-seed0.safetensors"),
+                            "--activations", str(odd / "acts.npy")], capsys)
+    assert code == 2 and str(odd / "acts.npy") in err and "[300]" in err and err.rstrip().endswith("[samples, D]"), err
+    code, err = _exit_code(["run", str(tmp_path / "no [red]such[/] dir" / "x.toml")], capsys)
+    assert code == 2 and "no [red]such[/] dir" in err, err
+    code, err = _exit_code(["run", str(tiny_run / "config.toml"), "--set", "train.lr=[bold]fast[/]"], capsys)
+    assert code == 2 and "[bold]fast[/]" in err, err
+    assert err.startswith("error: train.lr") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_closed_stdout_pipe_exits_quietly():
+    """`broken-latents list | head -1`: the reader is gone before we write; no traceback, nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "broken_latents.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has imported the package and printed
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == "" and proc.returncode in (0, 1)
+
+
+def test_inspect_given_a_run_directory_lists_its_saes(tiny_run, tmp_path, capsys):
+    code, err = _exit_code(["inspect", str(tiny_run), "--activations", str(tmp_path / "acts.npy")], capsys)
+    assert code == 2 and err.startswith("error: SAE") and "run directory" in err
+    for name in ("tied-seed0", "untied-seed0.safetensors"):
+        assert str(tiny_run / "weights" / name) in err
+
+
+STILL_LEARNING = """
+name = "still-learning"
+description = "a conditional child, trained far too briefly [on purpose]"
+[world]
+features = 4
+dim = 8
+firing = [0.3, 0.3, 0.3, 0.2]
+[[world.hierarchy]]
+parent = 0
+children = [1, 2]
+mode = "conditional"
+[train]
+samples = 40_000
+batch_size = 16
+lr = 3e-4
+seeds = 1
+eval_samples = 2_000
+[[sae]]
+label = "tied"
+architecture = "tied"
+latents = 4
+"""
+
+
+@pytest.mark.slow
+def test_run_prints_the_world_and_warns_when_a_loss_is_still_falling(tmp_path, capsys):
+    """2,500 steps at lr 3e-4 from a random start: the MSE is still falling fast at the end (13 logged steps)."""
+    (tmp_path / "short.toml").write_text(STILL_LEARNING)
+    main(["run", str(tmp_path / "short.toml"), "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    world = next(line for line in captured.out.splitlines() if line.startswith("world:"))
+    assert "4 features in 8 dims" in world and "0.3 given f0" in world and "marginal 0.3, 0.09, 0.09, 0.2" in world
+    assert "f1, f2 fire only with f0" in world
+    run = json.loads((tmp_path / "run" / "metrics.json").read_text())["runs"][0]
+    assert run["still_falling"] is True and run["loss_drop"] > 0.1 and run["falling_term"] == "mse"
+    assert "warning: SAE tied seed 0 had not converged" in captured.err and "--samples" in captured.err
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Convergence" in report and "SAE tied seed 0 had not converged" in report
+    assert "| rate as given |" in report and "0.3 given f0" in report

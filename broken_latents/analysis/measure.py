@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.signal import find_peaks
 
 from .absorption import absorption_metrics, cooccurring
+from .convergence import loss_drop, still_falling
 from ..saes import StackedSAE
 from ..world.stream import DataStream
 from .peaks import PEAK_FLOOR, fit_peak_model
@@ -170,6 +171,10 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                 hedging=_round(absorbed.hedging),
                 firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
             ))
+            drop = _loss_drop(result.seed_history, stack, s)
+            if drop is not None:
+                runs[-1].loss_drop, runs[-1].falling_term = round(drop[0], 4), drop[1]
+                runs[-1].still_falling = still_falling(drop[0])
     return Metrics(
         name=result.config.name,
         samples=result.samples,
@@ -184,8 +189,13 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
             welch_bound=round(welch_bound(world.n_features, world.config.dim), 6),
             firing_rates=_round(world.marginal_rates().numpy()),
             magnitudes=_round(world.magnitudes_N.cpu().numpy()),
+            dim=world.config.dim,
+            given_rates=_round(world.rates_N.cpu().numpy()),
+            hierarchy=[{"parent": rel.parent, "children": list(rel.children), "mode": rel.mode}
+                       for rel in world.config.hierarchy],
         ),
         runs=runs,
+        clean_cos=clean_cos,
     )
 
 
@@ -201,6 +211,15 @@ def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.n
             h = stack.sae(x_RBD, stack.tau_SK)[0].cpu().numpy()
             out.update({f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)})
     return out
+
+
+def _loss_drop(seed_history: list[dict], stack, s: int) -> tuple[float, str] | None:
+    """convergence.loss_drop of SAE `stack`, seed index s, from the training loop's logged steps."""
+    label = stack.config.label
+    names = dict.fromkeys(name for record in seed_history for name in record.get(label, {}))
+    terms = {name: [record[label][name][s] if name in record.get(label, {}) else None for record in seed_history]
+             for name in names}
+    return loss_drop(terms, stack.sae.loss_weights(stack.config, 0.0))
 
 
 def _round(a: np.ndarray, digits: int = 4):

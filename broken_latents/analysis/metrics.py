@@ -145,6 +145,13 @@ class RunMetrics(_Schema):
     hedging: list[float] | None = None
     """[latent]: signed sum of decoder cosines with the features co-occurring with its match."""
     firing_patterns: list[FiringPattern] = field(default_factory=list)
+    loss_drop: float | None = None
+    """The largest fall of one loss term over the last 10% of logged steps against the 10% before, as a
+    share of the whole loss (analysis/convergence.py has the rule); absent: too few steps logged to tell."""
+    falling_term: str | None = None
+    """The loss term of `loss_drop` (mse, l1, prefix_mse)."""
+    still_falling: bool | None = None
+    """loss_drop above convergence.STILL_FALLING: the SAE had not converged (`run` warns)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,7 +171,14 @@ class WorldMetrics(_Schema):
     welch_bound: float | None = None
     """The least max |cos| any arrangement of the features in dim dimensions can reach."""
     firing_rates: list[float]
+    """Marginal: the probability that each feature fires, hierarchy included."""
     magnitudes: list[float] | None = None
+    dim: int | None = None
+    """Input dimensions (absent in runs from before it was recorded)."""
+    given_rates: list[float] | None = None
+    """Each feature's rate as the config gives it: a conditional child's is its rate given the parent."""
+    hierarchy: list[dict] | None = None
+    """The config's parent/child relations: [{"parent", "children", "mode"}]."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -193,6 +207,8 @@ class Metrics(_Schema):
     runs: list[RunMetrics]
     description: str | None = None
     claims: list[ClaimResult] | None = None
+    clean_cos: float | None = None
+    """Decoder cosine from which a latent counted as clean in this run (CLEAN_COS unless the experiment sets it)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,3 +221,34 @@ def read_metrics(path: Path, field: str) -> Metrics:
         return Metrics.from_json(data)
     except SchemaError as err:
         raise ConfigError(field, f"{path} is not a metrics.json this version reads: {err}") from None
+
+
+# -- per-run scalars (what a sweep can map) ----------------------------------------------------
+
+RUN_SCALARS: dict[str, Any] = {
+    "learned": lambda run: len(run.learned_features),
+    "broken": lambda run: len(run.broken_latents),
+    "dead": lambda run: len(run.dead_latents),
+    "max_peaks": lambda run: max(run.activation_peaks, default=0),
+    "explained_variance": lambda run: run.explained_variance,
+    "mse": lambda run: run.mse,
+    "l0": lambda run: run.l0,
+    "still_falling": lambda run: run.still_falling,
+    "loss_drop": lambda run: run.loss_drop,
+}
+"""Name -> one number per SAE and seed: counts of learned features / broken / dead latents, the most
+activation peaks of any latent, and the reconstruction scalars. A new mappable number is one entry."""
+LARGE_WORLD_SCALARS = ("mcc", "uniqueness", "precision", "recall", "f1", "shrinkage", "sae_l0", "true_l0",
+                       "dead_count")
+"""Per-run keys metrics.json may hold beside the typed ones (DESIGN.md's large-world keys); a run
+without the key has no value for it."""
+
+
+def run_scalar(run: RunMetrics, name: str) -> float | None:
+    """The scalar `name` (RUN_SCALARS or a numeric key in the run's extra keys) of one run; None if absent."""
+    value = RUN_SCALARS[name](run) if name in RUN_SCALARS else run.extra.get(name)
+    return float(value) if isinstance(value, (int, float)) else None  # bool: 1.0 / 0.0
+
+
+def scalar_names() -> list[str]:
+    return [*RUN_SCALARS, *LARGE_WORLD_SCALARS]

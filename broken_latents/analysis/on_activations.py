@@ -213,6 +213,10 @@ def measure_on_activations(
         expected_mse=[],
         feature_cos=_round(_cos(F, F)) if F is not None else [],
         firing_rates=_round(np.asarray(rates)),
+        dim=result.source.dim,
+        hierarchy=[{"parent": p, "children": [c], "mode": "conditional"} for p, c in truth.edges]
+        if truth is not None
+        else [],
         extra=world_extra,
     )
     return Metrics(
@@ -221,6 +225,7 @@ def measure_on_activations(
         samples_per_second=round(result.samples_per_second, 1),
         world=world,
         runs=runs,
+        clean_cos=clean_cos,
     )
 
 

@@ -587,7 +587,11 @@ def _resolve_targets(data: dict, parts: list[str | int], key: str) -> list[tuple
                 nxt.extend((node, i) for i in _pick_items(node, part, _dotted(parts[: depth + 1]), key))
             elif isinstance(node, dict):
                 if part not in node and not last:
-                    node[part] = {}  # e.g. sae.tied.aux.coefficient creates [sae.aux]
+                    # A missing table may be created (sae.tied.aux.coefficient creates [sae.aux]); a missing list
+                    # cannot (world.firng[0] is a typo of world.firing[0]), so say so as an unknown key does.
+                    _require(not isinstance(parts[depth + 1], int), _dotted(parts[: depth + 1]),
+                             f"unknown key; allowed keys here: {', '.join(node)}")
+                    node[part] = {}
                 nxt.append((node, part))
             elif last:
                 raise ConfigError(key, "must address a key inside a table, e.g. train.lr or sae.tied.l1")

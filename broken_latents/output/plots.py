@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np  # noqa: E402
 
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
-from ..analysis.metrics import Metrics, RunMetrics  # noqa: E402
+from ..analysis.metrics import CLEAN_COS, Metrics, RunMetrics  # noqa: E402
+from .describe import cos_text  # noqa: E402
 from ..analysis.peaks import mixture_density  # noqa: E402
 
 CELL_INCHES = 0.5
@@ -27,18 +29,32 @@ HIGHLIGHT = "tab:orange"
 DPI = 110
 
 
-def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature") -> None:
-    """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs."""
+def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature",
+                row_marks: dict[int, str] | None = None, col_marks: dict[int, str] | None = None,
+                boxes: dict[tuple[int, int], str] | None = None, threshold: float = CLEAN_COS) -> None:
+    """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs. Values near
+    `threshold` get the digits to tell their side. `row_marks` / `col_marks`: a word after a tick label
+    ("broken", "dead", "parent"), coloured by MARK_COLOURS; `boxes`: (row, col) -> a mark whose colour
+    outlines that cell (a latent's matched feature)."""
     cos_RC = np.asarray(matrix, dtype=float)
     rows, cols = cos_RC.shape
+    row_marks, col_marks, boxes = row_marks or {}, col_marks or {}, boxes or {}
     # Cells keep their size whatever the shape; the margins hold labels, title and colour bar.
     fig, ax = plt.subplots(figsize=(CELL_INCHES * cols + 2.2, CELL_INCHES * rows + 1.4))
     image = ax.imshow(cos_RC, cmap="RdBu_r", vmin=-1, vmax=1, aspect="equal")
-    _write_cell_values(ax, cos_RC)
-    ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows))
+    _write_cell_values(ax, cos_RC, threshold)
+    for (r, c), mark in boxes.items():
+        ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor=MARK_COLOURS[mark], linewidth=2.2))
+    ax.set_xticks(range(cols), [_marked(c, col_marks) for c in range(cols)],
+                  rotation=90 if col_marks else 0)
+    ax.set_yticks(range(rows), [_marked(r, row_marks) for r in range(rows)])
+    for label, index in zip(ax.get_xticklabels(), range(cols)):
+        label.set_color(MARK_COLOURS.get(col_marks.get(index), "black"))
+    for label, index in zip(ax.get_yticklabels(), range(rows)):
+        label.set_color(MARK_COLOURS.get(row_marks.get(index), "black"))
     ax.tick_params(labelsize=8, length=0)
-    ax.set_xlabel(col_label)
+    key = _key_text(boxes, row_marks, col_marks)
+    ax.set_xlabel(col_label + ("\n" + "\n".join(textwrap.wrap(key, 60)) if key else ""), fontsize=9)
     ax.set_ylabel(row_label)
     ax.set_title(title, fontsize=10)
     # An axis cut from the heatmap's own box keeps the colour bar exactly as tall as the cells.
@@ -47,9 +63,34 @@ def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent",
     _save(fig, path)
 
 
-def latent_cos_heatmap(matrix, title: str, path: str | Path) -> None:
+MARK_COLOURS = {"broken": "tab:red", "dead": "grey", "clean": "tab:green", "parent": "tab:purple"}
+"""Colours of the heatmaps' marks: a broken latent, a dead one, a clean match, a parent feature."""
+
+
+def _marked(index: int, marks: dict[int, str]) -> str:
+    return f"{index} {marks[index]}" if index in marks else str(index)
+
+
+def _key_text(boxes: dict, row_marks: dict, col_marks: dict) -> str:
+    """What the marks mean, written under the heatmap."""
+    parts = []
+    if boxes:
+        parts.append("boxes: each latent's matched feature (green clean, red broken)")
+    if any(m in ("broken", "dead") for m in row_marks.values()):
+        parts.append("red labels: broken latents, grey: dead")
+    if col_marks:
+        parts.append("purple: parent features (hierarchy)")
+    return "; ".join(parts)
+
+
+def latent_marks(run: RunMetrics) -> dict[int, str]:
+    """Latent -> "broken" or "dead", for tick labels."""
+    return {**{j: "broken" for j in run.broken_latents}, **{j: "dead" for j in run.dead_latents}}
+
+
+def latent_cos_heatmap(matrix, title: str, path: str | Path, marks: dict[int, str] | None = None) -> None:
     """Latent-latent cosines: off-diagonal colour means latents share directions."""
-    cos_heatmap(matrix, title, path, row_label="latent", col_label="latent")
+    cos_heatmap(matrix, title, path, row_label="latent", col_label="latent", row_marks=marks, col_marks=marks)
 
 
 def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path,
@@ -60,22 +101,38 @@ def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title
     models = {m["latent"]: m for m in peak_models}
     acts_BK = np.asarray(acts, dtype=float)
     latents = acts_BK.shape[1]
-    rows = math.ceil(latents / 5)
-    cols = math.ceil(latents / rows)  # 8 latents: 2 rows of 4 rather than 5 + 3
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.5), squeeze=False, layout="constrained")
+    rows = math.ceil(latents / HIST_COLUMNS)
+    cols = math.ceil(latents / rows)  # 4 latents: 2 rows of 2 rather than 3 + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.8), squeeze=False, layout="constrained")
     for j, ax in enumerate(axes.flat):
         if j < latents:
             _latent_panel(ax, j, acts_BK[:, j], peak_locations[j] if j < len(peak_locations) else [], models.get(j))
         else:
             ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
+    fig.legend(handles=_histogram_legend(), loc="outside lower center", ncol=min(4, 2 * cols), fontsize=7, frameon=False)
     _save(fig, path)
+
+
+HIST_COLUMNS = 3
+"""Histogram panels per row: at 3.4 inches each the figure is ~1100 px wide, the report page's width,
+so a panel is shown at full size instead of shrunk."""
+
+
+def _histogram_legend() -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [Patch(color="tab:blue", alpha=0.6, label="activations (count, log scale)"),
+            Line2D([], [], color="black", linewidth=0.9, label="fitted peak model (Gaussian mixture)"),
+            Line2D([], [], color="tab:red", linestyle="--", linewidth=0.9, label="peak"),
+            Line2D([], [], color="tab:green", linestyle=":", linewidth=1.1, label="threshold between peaks")]
 
 
 def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path, highlight: Sequence[int] = ()) -> None:
     """Magnitude, firing probability and expected MSE (p * m^2) per feature; an SAE with K
     latents should learn the K features with the largest expected MSE (`highlight`)."""
-    panels = [("magnitude", magnitudes), ("firing probability", rates), ("expected MSE = p·m²", expected_mse)]
+    panels = [("magnitude", magnitudes), ("firing probability\n(marginal)", rates), ("expected MSE = p·m²", expected_mse)]
     features = len(expected_mse)
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5), 6.0))
     top = set(highlight)
@@ -118,9 +175,11 @@ def loss_curves(history: dict, title: str, path: str | Path) -> None:
         ax.set_xlabel("samples seen (per SAE)", fontsize=8)
         ax.set_ylabel(f"{name} (batch mean)", fontsize=8)
         ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7, which="both")
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=6, loc="best")
+    # One legend for every panel (each panel has the same lines), beside them rather than over a curve.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="SAE and seed", title_fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
@@ -136,25 +195,32 @@ def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figu
 
     # Stored activations have no sampled world (no expected MSE) to draw.
     written = {"world": [relative(_world_figure(metrics, figures_dir))]} if metrics.world.expected_mse else {}
+    parents = {rel["parent"] for rel in metrics.world.hierarchy or []}
     for run in metrics.runs:
         key = f"{run.label}-seed{run.seed}"
-        written[key] = [relative(name) for name in _run_figures(run, key, activations.get(key), figures_dir)]
+        written[key] = [relative(name) for name in _run_figures(run, key, activations.get(key), figures_dir, parents,
+                                                                metrics.clean_cos or CLEAN_COS)]
     return written
 
 
-def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path, parents: set[int] = frozenset(),
+                 threshold: float = CLEAN_COS) -> list[str]:
     heading = f"{run.label} seed {run.seed}"
+    broken = set(run.broken_latents)
+    marks = {"row_marks": latent_marks(run), "col_marks": {f: "parent" for f in parents}, "threshold": threshold,
+             "boxes": {(m.latent, m.feature): "broken" if m.latent in broken else "clean" for m in run.matches}}
     names = []
     if run.decoder_cos:  # stored activations without labels or directions have no true features
         names.append(f"{key}-decoder.png")
-        cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1])
+        cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1], **marks)
     # A tied SAE's encoder is its decoder: a second heatmap would repeat the first.
     architecture = run.label if run.architecture is None else run.architecture
     if architecture != "tied" and run.encoder_cos:
         names.append(f"{key}-encoder.png")
-        cos_heatmap(run.encoder_cos, f"{heading}: encoder cos with true features", figures_dir / names[-1])
+        cos_heatmap(run.encoder_cos, f"{heading}: encoder cos with true features", figures_dir / names[-1], **marks)
     names.append(f"{key}-latents.png")
-    latent_cos_heatmap(run.latent_cos, f"{heading}: decoder cos between latents", figures_dir / names[-1])
+    latent_cos_heatmap(run.latent_cos, f"{heading}: decoder cos between latents", figures_dir / names[-1],
+                       latent_marks(run))
     if acts is not None:
         names.append(f"{key}-hist.png")
         activation_histograms(acts, run.peak_locations, f"{heading}: latent activations", figures_dir / names[-1],
@@ -175,11 +241,11 @@ def _world_figure(metrics: Metrics, figures_dir: Path) -> str:
     return "world.png"
 
 
-def _write_cell_values(ax, cos_RC: np.ndarray) -> None:
+def _write_cell_values(ax, cos_RC: np.ndarray, threshold: float = CLEAN_COS) -> None:
     for (r, c), value in np.ndenumerate(cos_RC):
         colour = "white" if abs(value) > 0.55 else "black"  # dark ends of RdBu need light text
-        shown = round(float(value), 2) + 0.0  # + 0.0 prints -0.001 as 0.00, not -0.00
-        ax.text(c, r, f"{shown:.2f}", ha="center", va="center", fontsize=6.5, color=colour)
+        text = cos_text(float(value), threshold)  # 0.9477 prints 0.948: it is broken, not 0.95
+        ax.text(c, r, text, ha="center", va="center", fontsize=6.5 if len(text) <= 5 else 5.5, color=colour)
 
 
 def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], model: dict | None = None) -> None:
@@ -210,7 +276,7 @@ def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], m
     positive = int((acts_B > 0).sum())
     hidden = 1 - len(shown) / positive if positive else 0.0
     ax.set_title(f"latent {latent}: {len(peaks)} peak{'' if len(peaks) == 1 else 's'}\n"
-                 f"({hidden:.0%} of firings, below {HIST_FLOOR:.0%} of max, not shown)", fontsize=8)
+                 f"{hidden:.0%} of firings below {HIST_FLOOR:.0%} of max: not shown", fontsize=8)
     ax.set_xlabel("activation", fontsize=7)
     ax.set_ylabel("count (log)", fontsize=7)
 

@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 from markdown_it import MarkdownIt
 
-from ..analysis.metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
+from ..analysis.convergence import MIN_WINDOW, STILL_FALLING, WINDOW
+from ..analysis.metrics import CLEAN_COS, ClaimResult, Metrics, RunMetrics, WorldMetrics
+from .describe import cos_text, given_rate_text, world_line
 
 RANKING_ROWS = 10
 SHOWN_ABSORPTION = 0.05
@@ -31,9 +33,13 @@ def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set 
     runs = metrics.runs
     shown = detail_seeds(runs, metrics.claims or []) if shown is None else shown
     parts = [f"# {metrics.name}", metrics.description or "", _run_facts(metrics)]
+    if notes := convergence_notes(metrics):
+        parts += ["## Convergence", "The training loss was still falling at the end for these SAEs, so their "
+                  "latents may still change with more training:", "\n".join(f"- {note}"
+                                                                          for note in notes)]
     if metrics.claims:
         parts += ["## Claims", claims_table(metrics.claims)]
-    parts += ["## World", _ranking_table(metrics.world), _images(figures.get("world", []))]
+    parts += ["## World", world_line(metrics.world), _ranking_table(metrics.world), _images(figures.get("world", []))]
     if figures.get("training"):
         parts += ["## Training", "Loss terms per logged step, a line per SAE and seed (every value is in "
                   "`history.json`):", _images(figures["training"])]
@@ -45,11 +51,24 @@ def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set 
             parts.append(f"Seeds {_join(others)}: summary row only (all numbers are in `metrics.json`).")
         for run in label_runs:
             if run.seed in shown:
-                parts += _run_detail(run, figures.get(f"{label}-seed{run.seed}", []))
+                parts += _run_detail(run, figures.get(f"{label}-seed{run.seed}", []), metrics.clean_cos or CLEAN_COS)
     if config_toml:
         parts += ["## Config", "`config.toml` of this run (`broken-latents run DIR/config.toml` reruns it):",
                   f"```toml\n{config_toml.strip()}\n```"]
     return "\n\n".join(part for part in parts if part) + "\n"
+
+
+RECIPE = "--set train.lr=1e-3 --set train.lr_decay=cosine"
+"""The registered plain experiments' training recipe (experiments/post.py), suggested to a run that did not converge."""
+
+
+def convergence_notes(metrics: Metrics) -> list[str]:
+    """A sentence per SAE and seed whose loss was still falling (analysis/convergence.py's rule)."""
+    return [f"SAE {run.label} seed {run.seed} had not converged: its {run.falling_term} fell by {run.loss_drop:.0%} "
+            f"of the loss over the last {WINDOW:.0%} of training (at least {MIN_WINDOW} logged steps) against the "
+            f"stretch before (the limit is {STILL_FALLING:.0%}). Train on more samples "
+            f"(--samples, e.g. {4 * metrics.samples:,}) or use the recipe of the registered plain experiments ({RECIPE})."
+            for run in metrics.runs if run.still_falling]
 
 
 def claims_table(claims: Sequence[ClaimResult], experiments: Sequence[str] = ()) -> str:
@@ -86,16 +105,20 @@ def _run_facts(metrics: Metrics) -> str:
 def _ranking_table(world: WorldMetrics) -> str:
     expected = world.expected_mse
     ranking = world.expected_mse_ranking or sorted(range(len(expected)), key=lambda i: -expected[i])
-    columns = {"p": world.firing_rates, "m": world.magnitudes, "p·m²": expected, "p(1-p)·m²": world.variance}
+    columns = {"p (marginal)": world.firing_rates, "m": world.magnitudes, "p·m²": expected, "p(1-p)·m²": world.variance}
     columns = {name: values for name, values in columns.items() if values}  # older runs lack some: None or []
+    given = [given_rate_text(world, f) for f in range(len(world.firing_rates))]
+    conditional = any("given" in text for text in given)
     rows = [
-        [str(rank), str(f)] + [f"{values[f]:.3f}" for values in columns.values()]
+        [str(rank), str(f)] + ([given[f]] if conditional else []) + [f"{values[f]:.3f}" for values in columns.values()]
         for rank, f in enumerate(ranking[:RANKING_ROWS], start=1)
     ]
-    header = ["rank", "feature", *columns]
+    header = ["rank", "feature", *(["rate as given"] if conditional else []), *columns]
     title = (f"Features by expected MSE (p·m², the post's ranking), top {len(rows)}. An SAE's decoder bias takes "
              "the mean of every feature it leaves out, so what a left-out feature really costs is its variance "
-             "p(1-p)·m²: where the two rankings differ, SAEs follow the variance.")
+             "p(1-p)·m²: where the two rankings differ, SAEs follow the variance. p is the marginal probability "
+             "that a feature fires" + (" (a conditional child's rate as given is its rate given the parent; its "
+             "marginal p is that times the parent's)." if conditional else "."))
     return title + "\n\n" + _table(header, rows, right=range(len(header)))
 
 
@@ -112,11 +135,11 @@ def _summary_table(runs: list[RunMetrics]) -> str:
     return _table(header, rows, right=[5, 6, 7])
 
 
-def _run_detail(run: RunMetrics, images: list[str]) -> list[str]:
+def _run_detail(run: RunMetrics, images: list[str], clean_cos: float = CLEAN_COS) -> list[str]:
     heading = f"### `{run.label}` seed {run.seed}"
     broken = set(run.broken_latents)
     match_rows = [
-        [str(m.latent), str(m.feature), f"{m.cos:.3f}", "broken" if m.latent in broken else "clean"]
+        [str(m.latent), str(m.feature), cos_text(m.cos, clean_cos, digits=3), "broken" if m.latent in broken else "clean"]
         for m in run.matches
     ] + [[str(j), "-", "-", "dead"] for j in run.dead_latents]
     parts = [heading, "Latent -> feature (one-to-one, by decoder cosine):", _table(["latent", "feature", "cos", "state"], match_rows, right=[2])]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ..analysis.metrics import ClaimResult, Metrics, RunMetrics, WorldMetrics
+from ..analysis.metrics import CLEAN_COS, ClaimResult, Metrics, RunMetrics, WorldMetrics
+from .describe import cos_text, world_line
 from .report import SHOWN_ABSORPTION
 
 
@@ -14,9 +16,11 @@ def broken_latent_table(metrics: Metrics) -> Table:
     table = Table(title=f"{metrics.name}: latents per SAE and seed")
     for column in ("SAE", "seed", "learned features", "broken latents (best feature, cos)", "dead", "peaks", "EV"):
         table.add_column(column)
+    threshold = metrics.clean_cos or CLEAN_COS
     for run in metrics.runs:
         by_latent = {m.latent: m for m in run.matches}
-        broken = ", ".join(f"{j} (f{by_latent[j].feature}, {by_latent[j].cos:.2f})" for j in run.broken_latents)
+        broken = ", ".join(f"{j} (f{by_latent[j].feature}, {cos_text(by_latent[j].cos, threshold)})"
+                           for j in run.broken_latents)
         table.add_row(
             run.label, str(run.seed), _ints(run.learned_features), broken or "-",
             _ints(run.dead_latents) or "-", _ints(run.activation_peaks), f"{run.explained_variance:.3f}",
@@ -46,7 +50,7 @@ def claims_summary(claims: list[ClaimResult]) -> Table:
     for column in ("claim", "what is checked", "seeds held", "holds"):
         table.add_column(column)
     for claim in claims:
-        mark = "[green]yes[/]" if claim.holds else "[red]no[/]"
+        mark = Text("yes", "green") if claim.holds else Text("no", "red")
         table.add_row(claim.id, claim.text, f"{claim.seeds_held}/{claim.seeds_run}", mark)
     return table
 
@@ -56,7 +60,7 @@ FAR_FROM_WELCH = 1.25
 some sizes; for many features in few dims no arrangement reaches it)."""
 
 
-def geometry_line(world: WorldMetrics) -> str | None:
+def geometry_line(world: WorldMetrics) -> Text | None:
     """How close a world in superposition came to the least possible interference; None when
     orthogonal (bound 0) or from before the bound was recorded."""
     bound, worst = world.welch_bound, world.max_feature_cos
@@ -64,30 +68,35 @@ def geometry_line(world: WorldMetrics) -> str | None:
         return None
     line = f"features in superposition: max |cos| {worst:.4f}, Welch bound {bound:.4f} ({worst / bound:.2f}x)"
     if worst > FAR_FROM_WELCH * bound:
-        line = f"[yellow]warning[/]: {line}: the directions interfere more than the bound allows for"
-    return line
+        return Text.assemble(("warning", "yellow"), f": {line}: the directions interfere more than the bound allows for")
+    return Text(line)
 
 
-def decoder_table(run: RunMetrics, top_features: list[int]) -> Table:
-    """Decoder cosines of one SAE with the features it cares about most."""
+def decoder_table(run: RunMetrics, top_features: list[int], threshold: float = CLEAN_COS) -> Table:
+    """Decoder cosines of one SAE with the features it cares about most (digits enough to tell which side
+    of the clean threshold each lies)."""
     table = Table(title=f"{run.label} seed {run.seed}: decoder cos (latent x feature)")
     table.add_column("latent")
     for f in top_features:
         table.add_column(f"f{f}", justify="right")
     for j, row in enumerate(run.decoder_cos):
-        cells = [f"[bold]{row[f]:+.2f}[/]" if abs(row[f]) >= 0.5 else f"{row[f]:+.2f}" for f in top_features]
+        cells = [Text(cos_text(row[f], threshold, signed=True), "bold" if abs(row[f]) >= 0.5 else "")
+                 for f in top_features]
         table.add_row(str(j), *cells)
     return table
 
 
 def show_run(metrics: Metrics, console: Console) -> None:
-    console.print(f"[bold]{metrics.name}[/]  {metrics.description or ''}")
+    console.print(Text.assemble((metrics.name, "bold"), f"  {metrics.description or ''}"))
     wall_seconds = 0.0 if metrics.wall_seconds is None else metrics.wall_seconds
     console.print(f"{metrics.samples:,} samples per SAE; {wall_seconds:.1f} s; "
                   f"{metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs")
+    console.print(world_line(metrics.world), soft_wrap=True)
     if geometry := geometry_line(metrics.world):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
+    if warnings := convergence_warnings(metrics):
+        console.print(warnings)
     if absorption := absorption_table(metrics):
         console.print(absorption)
     if metrics.claims:
@@ -97,7 +106,21 @@ def show_run(metrics: Metrics, console: Console) -> None:
     for run in metrics.runs:
         if run.seed == first_seed:
             wanted = sorted(set(ranking[:8]) | {m.feature for m in run.matches})
-            console.print(decoder_table(run, wanted))
+            console.print(decoder_table(run, wanted, metrics.clean_cos or CLEAN_COS))
+
+
+def convergence_warnings(metrics: Metrics) -> Text | None:
+    """One warning per SAE and seed whose loss was still falling at the end of training; None if none was."""
+    from .report import convergence_notes
+
+    notes = convergence_notes(metrics)
+    if not notes:
+        return None
+    text = Text()
+    for i, note in enumerate(notes):
+        text.append(("\n" if i else "") + "warning", "yellow")
+        text.append(f": {note}")
+    return text
 
 
 def _ints(values: list[int]) -> str:

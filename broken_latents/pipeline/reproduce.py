@@ -6,7 +6,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from rich.console import Console
+from ..output.terminal import make_console
 
 from ..config.schema import ExperimentConfig
 from ..experiments import EXPERIMENTS, Experiment
@@ -46,7 +46,7 @@ def scaled(config: ExperimentConfig, seeds: int, factor: float) -> ExperimentCon
 def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: bool,
                   experiments: dict[str, Experiment] | None = None) -> Path:
     """Run each experiment into out/NAME, then write out/report.md and out/report.html."""
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     experiments = EXPERIMENTS if experiments is None else experiments
     out = Path(out)
     started = time.perf_counter()

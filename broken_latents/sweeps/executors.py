@@ -16,7 +16,7 @@ import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
@@ -42,6 +42,8 @@ class CellTask:
     clean_cos: float
     out: str
     """The cell's run directory."""
+    metrics: list[str] = field(default_factory=list)
+    """The per-run scalars the sweep maps (their means over seeds are summarised in the result)."""
 
 
 def run_cell(task: CellTask) -> CellResult:
@@ -65,13 +67,15 @@ def run_cell(task: CellTask) -> CellResult:
         claims = EXPERIMENTS[task.experiment].claims if task.experiment else []
         target = Target(config, claims, task.clean_cos, task.experiment)
         outcome = run_experiment(target, Path(task.out), progress=False)
-    except (ConfigError, TrainingDiverged) as err:
+    except ConfigError as err:  # the cell's config is refused: a rerun will not help
+        return CellResult("failed", error=str(err), invalid=True, wall_seconds=round(time.perf_counter() - started, 3))
+    except TrainingDiverged as err:
         return CellResult("failed", error=str(err), wall_seconds=round(time.perf_counter() - started, 3))
     except Exception as err:  # noqa: BLE001 (one cell's bug must not stop the sweep)
         return CellResult("failed", error=f"{type(err).__name__}: {err}",
                           wall_seconds=round(time.perf_counter() - started, 3))
     return CellResult("done", claims=claim_counts(outcome.metrics, task.claims),
-                      wall_seconds=outcome.metrics.wall_seconds)
+                      metrics=metric_means(outcome.metrics, task.metrics), wall_seconds=outcome.metrics.wall_seconds)
 
 
 def claim_counts(metrics: Metrics, wanted: list[str]) -> dict[str, ClaimCount]:
@@ -79,6 +83,19 @@ def claim_counts(metrics: Metrics, wanted: list[str]) -> dict[str, ClaimCount]:
     by_id = {c.id: c for c in metrics.claims or []}
     return {cid: ClaimCount(held=by_id[cid].seeds_held, seeds=by_id[cid].seeds_run, holds=by_id[cid].holds)
             for cid in wanted if cid in by_id}
+
+
+def metric_means(metrics: Metrics, wanted: list[str]) -> dict[str, dict[str, float]]:
+    """{SAE label: {metric: mean over the seeds that have it}} for the mapped per-run scalars."""
+    from ..analysis.metrics import run_scalar
+
+    means: dict[str, dict[str, float]] = {}
+    for label in dict.fromkeys(run.label for run in metrics.runs):
+        for name in wanted:
+            values = [v for run in metrics.runs if run.label == label and (v := run_scalar(run, name)) is not None]
+            if values:
+                means.setdefault(label, {})[name] = sum(values) / len(values)
+    return means
 
 
 # -- local process pool -------------------------------------------------------------------------

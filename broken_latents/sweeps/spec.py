@@ -4,6 +4,8 @@
 base = "recap-absorption"        # a registered experiment or a path to a TOML
 seeds = 10                       # optional: train.seeds of every cell
 claims = ["tied-clean"]          # optional; default: every claim of the base
+metrics = ["learned", "explained_variance"]  # optional: per-run scalars to map (mean over seeds per cell);
+                                 # default: none, or DEFAULT_METRICS when the base has no claims
 [set]                            # fixed overrides for every cell
 "train.samples" = 5_000_000
 [axes]                           # the grid is the product of these, in this order
@@ -30,14 +32,16 @@ from typing import Any
 from .. import experiments
 from ..config.schema import ConfigError, ExperimentConfig, apply_values, dump_toml, to_dict
 from ..pipeline.resolve import check_trainable, resolve_target
-from ..analysis.metrics import CLEAN_COS
+from ..analysis.metrics import CLEAN_COS, scalar_names
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SPEC_KEYS = ("base", "seeds", "claims", "set", "axes")
+SPEC_KEYS = ("base", "seeds", "claims", "metrics", "set", "axes")
+DEFAULT_METRICS = ["learned", "broken", "explained_variance"]
+"""What a sweep over a base without claims maps when its spec names no metrics."""
 NAME_LIMIT = 120
 """Longest cell directory name before it is shortened and given a hash."""
 
@@ -52,6 +56,8 @@ class SweepSpec:
     """The registered experiment whose claims the cells are checked against (None: no claims)."""
     claims: list[str]
     axes: dict[str, list]
+    metrics: list[str] = field(default_factory=list)
+    """Per-run scalars (analysis.metrics.run_scalar) mapped as their mean over seeds per cell and SAE."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The [set] table, flattened to dotted keys."""
     seeds: int = 1
@@ -105,6 +111,14 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
             allowed = ", ".join(known) if known else f"none ({base!r} is not a registered experiment with claims)"
             raise ConfigError(f"claims[{i}]", f"unknown claim {claim!r}; the base's claims: {allowed}")
 
+    default_metrics = [] if known else DEFAULT_METRICS
+    metrics = data.get("metrics", default_metrics)
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError("metrics", f"must be a list of per-run metric names, got {metrics!r}")
+    for i, metric in enumerate(metrics):
+        if metric not in scalar_names():
+            raise ConfigError(f"metrics[{i}]", f"unknown metric {metric!r}; allowed: {', '.join(scalar_names())}")
+
     table = data.get("set", {})
     if not isinstance(table, dict):
         raise ConfigError("set", f"must be a table of KEY = VALUE overrides, got {table!r}")
@@ -125,8 +139,19 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
             raise ConfigError(f"axes.{key}", f"must be a non-empty list of values, got {values!r}")
         if key in settings:
             raise ConfigError(f"axes.{key}", "is also in [set]; keep it in one of the two")
-    return SweepSpec(base=base, config=config, experiment=experiment, claims=claims, axes=axes,
+        _check_axis_key(config, key, values[0])
+    return SweepSpec(base=base, config=config, experiment=experiment, claims=claims, axes=axes, metrics=metrics,
                      settings=settings, seeds=seeds, clean_cos=clean_cos)
+
+
+def _check_axis_key(config: ExperimentConfig, key: str, value: Any) -> None:
+    """A key the config does not have is a mistake in the spec, not in one cell: refuse it with the
+    message `run --set` gives ("unknown key; allowed keys here: ...")."""
+    try:
+        apply_values(config, [(key, value)])
+    except ConfigError as err:
+        if "unknown key" in _message(err):
+            raise ConfigError(f"axes.{key}", str(err)) from None
 
 
 def _resolve_base(base: Any, here: Path) -> tuple[ExperimentConfig, str | None, float]:

@@ -19,11 +19,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
+from rich.text import Text
 
 from ..config.schema import ConfigError
 from ..analysis.metrics import read_metrics
-from .executors import CellTask, claim_counts, run_local, run_ray
+from ..output.terminal import make_console
+from .executors import CellTask, claim_counts, metric_means, run_local, run_ray
+from .maps import nothing_to_map, write_maps, write_report
 from .record import CellRecord, CellResult, SweepRecord
 from .spec import Cell, SweepSpec, cell_toml, grid, label, load_spec
 
@@ -33,6 +35,7 @@ class SweepOutcome:
     directory: Path
     record: SweepRecord
     failed: list[CellRecord] = field(default_factory=list)
+    """Cells that did not train: failed, or invalid (`invalid`: their config refused)."""
     trained: int = 0
     """Cells trained by this call (the others were finished before)."""
 
@@ -49,7 +52,7 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
     """Validate everything, then train every unfinished cell, recording each as it ends."""
     from ..training.preflight import check_writable
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = make_console(stderr=True)
     if workers is not None and workers < 1:
         raise ConfigError("--workers", f"must be >= 1, got {workers}")
     if ray is not None and not ray.strip():
@@ -68,7 +71,7 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
     (out / "cells").mkdir(parents=True, exist_ok=True)
     with _Lock(out):
         _remove_partials(out / "cells")
-        records = {cell.name: _initial_record(cell, out, spec.claims) for cell in cells}
+        records = {cell.name: _initial_record(cell, out, spec.claims, spec.metrics) for cell in cells}
         tasks = [_task(spec, cell, out) for cell in cells if records[cell.name].status == "pending"]
         write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
         skipped = sum(r.status == "done" for r in records.values())
@@ -77,6 +80,8 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
             console.print(f"sweep {spec.base}: {len(cells)} cells x {spec.seeds} seeds; {skipped} finished before, "
                           f"{invalid} invalid, {len(tasks)} to train "
                           f"({'Ray ' + ray if ray else f'{min(workers, max(len(tasks), 1))} local workers'})")
+            if not (spec.axes and (spec.claims or spec.metrics)):
+                console.print(nothing_to_map(sweep_record(spec, cells, records)))
         done_count = [0]
 
         def on_result(task: CellTask, result: CellResult) -> None:
@@ -95,13 +100,11 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
                 run_local(tasks, workers, on_result, **kwargs)
         record = sweep_record(spec, cells, records)
         write_json(out / "sweep.json", record.to_json())
-        from .maps import write_maps, write_report
-
         maps = write_maps(record, out / "maps")
         write_report(record, maps, out)
     failed = record.failed
     if progress:
-        console.print(_summary(record, failed, out))
+        console.print(_summary(record, failed, out, maps))
     return SweepOutcome(out, record, failed, len(tasks))
 
 
@@ -175,14 +178,14 @@ def _remove_partials(cells_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _initial_record(cell: Cell, out: Path, wanted: list[str]) -> CellRecord:
+def _initial_record(cell: Cell, out: Path, wanted: list[str], mapped: list[str]) -> CellRecord:
     if cell.error is not None:
-        return _record(cell, CellResult("failed", error=cell.error))
-    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config), wanted)
+        return _record(cell, CellResult("failed", error=cell.error, invalid=True))
+    finished = _finished(out / "cells" / cell.name, cell_toml(cell.config), wanted, mapped)
     return _record(cell, finished or CellResult("pending"))
 
 
-def _finished(directory: Path, config_toml: str, wanted: list[str]) -> CellResult | None:
+def _finished(directory: Path, config_toml: str, wanted: list[str], mapped: list[str]) -> CellResult | None:
     """A complete run directory holding this very config: its result, read back."""
     try:
         if (directory / "config.toml").read_text() != config_toml:
@@ -190,22 +193,25 @@ def _finished(directory: Path, config_toml: str, wanted: list[str]) -> CellResul
         metrics = read_metrics(directory / "metrics.json", "metrics.json")
     except (OSError, ConfigError):
         return None
-    return CellResult("done", claims=claim_counts(metrics, wanted), wall_seconds=metrics.wall_seconds)
+    return CellResult("done", claims=claim_counts(metrics, wanted), metrics=metric_means(metrics, mapped),
+                      wall_seconds=metrics.wall_seconds)
 
 
 def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
     return CellTask(name=cell.name, config_toml=cell_toml(cell.config), experiment=spec.experiment,
-                    claims=list(spec.claims), clean_cos=spec.clean_cos, out=str((out / "cells" / cell.name).resolve()))
+                    claims=list(spec.claims), clean_cos=spec.clean_cos, out=str((out / "cells" / cell.name).resolve()),
+                    metrics=list(spec.metrics))
 
 
 def _record(cell: Cell, result: CellResult) -> CellRecord:
     return CellRecord(values=cell.values, status=result.status, error=result.error, claims=result.claims,
-                      path=f"cells/{cell.name}", wall_seconds=result.wall_seconds)
+                      path=f"cells/{cell.name}", wall_seconds=result.wall_seconds, metrics=result.metrics,
+                      invalid=result.invalid)
 
 
 def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, CellRecord]) -> SweepRecord:
     return SweepRecord(base=spec.base, seeds=spec.seeds, claims=spec.claims, set=spec.settings, axes=spec.axes,
-                       cells=[records[cell.name] for cell in cells])
+                       cells=[records[cell.name] for cell in cells], metrics=spec.metrics)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -215,20 +221,35 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
-def _line(i: int, n: int, cell: Cell, record: CellRecord) -> str:
+def _line(i: int, n: int, cell: Cell, record: CellRecord) -> Text:
     head = f"[{i}/{n}] {label(cell.values)}:"
     if record.status != "done":
-        return f"{head} [red]failed[/]: {record.error}"
+        return Text.assemble(f"{head} ", ("failed", "red"), f": {record.error}")
     claims = ", ".join(f"{cid} {c.held}/{c.seeds}" for cid, c in record.claims.items())
-    return f"{head} done in {record.wall_seconds or 0:.1f} s" + (f"; {claims}" if claims else "")
+    return Text(f"{head} done in {record.wall_seconds or 0:.1f} s" + (f"; {claims}" if claims else ""))
 
 
-def _summary(record: SweepRecord, failed: list[CellRecord], out: Path) -> str:
+def _summary(record: SweepRecord, failed: list[CellRecord], out: Path, maps: dict[str, list[Path]]) -> Text:
+    """What was done, what was drawn (or that nothing could be), and the cells that did not train:
+    invalid ones (their config is refused: the spec must change) apart from failed ones (a rerun retries)."""
     n = len(record.cells)
-    lines = [f"{n - len(failed)}/{n} cells done; sweep.json, maps and report: {out / 'report.html'}"]
-    if failed:
-        lines.append(f"[bold red]{len(failed)} cell(s) failed[/] (rerun the same command to retry them):")
-        lines += [f"  {label(c.values)}: {c.error}" for c in failed[:10]]
-        if len(failed) > 10:
-            lines.append(f"  ... and {len(failed) - 10} more (see sweep.json)")
-    return "\n".join(lines)
+    drawn = sum(len(paths) for paths in maps.values())
+    maps_at = f" in {out / 'maps'}" if drawn else ""
+    text = Text(f"{n - len(failed)}/{n} cells done; {drawn} map(s){maps_at}; report: {out / 'report.html'}; "
+                f"every cell in {out / 'sweep.json'}")
+    if not drawn:
+        text.append(f"\n{nothing_to_map(record)}")
+    invalid = [c for c in failed if c.invalid]
+    crashed = [c for c in failed if not c.invalid]
+    for cells, word, advice in ((invalid, "invalid", "their config is refused; fix those axis values in the spec"),
+                                (crashed, "failed", "rerun the same command to retry them")):
+        if not cells:
+            continue
+        text.append(f"\n{len(cells)} cell(s) ")
+        text.append(word, "bold red")
+        text.append(f" ({advice}):")
+        for c in cells[:10]:
+            text.append(f"\n  {label(c.values)}: {c.error}")
+        if len(cells) > 10:
+            text.append(f"\n  ... and {len(cells) - 10} more (see sweep.json)")
+    return text

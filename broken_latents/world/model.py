@@ -121,6 +121,28 @@ class World:
 
         return sorted(self.config.hierarchy, key=lambda rel: depth(rel.parent))
 
+    def draw(self, n: int, seed: int = 0, features: bool = False):
+        """n inputs x [n, D] (torch float32) from the distribution the SAEs train on: the same sampler
+        (`sample`), rates, magnitudes and hierarchy; a seed gives the same draw every time. With
+        `features=True`, (x [n, D], f [n, F]): f holds each feature's magnitude in each sample (0 where
+        it does not fire), and x = f @ directions."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        f_NB = self.sample(np.random.Generator(np.random.SFC64(seed)), n)
+        f_BN = torch.from_numpy(np.ascontiguousarray(f_NB.T)).to(self.directions_ND.device)
+        x_BD = self.inputs(f_BN.T[None])[0]
+        return (x_BD, f_BN) if features else x_BD
+
+    def __repr__(self) -> str:
+        c = self.config
+        rates = self.rates_N
+        rate_text = f"{float(rates[0]):.3g}" if bool((rates == rates[0]).all()) else \
+            f"{float(rates.min()):.3g}..{float(rates.max()):.3g}"
+        relations = len(c.hierarchy)
+        return (f"World({c.features} features in {c.dim} dims, firing {rate_text}, "
+                f"{relations} hierarchy relation{'' if relations == 1 else 's'}, seed {c.seed}; "
+                f"draw(n) for inputs, .directions [F, D])")
+
     # -- known answers --------------------------------------------------------------------
 
     def marginal_rates(self) -> torch.Tensor:

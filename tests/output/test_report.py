@@ -90,7 +90,7 @@ def test_histograms_count_peaks_and_mark_dead_latents(tmp_path, monkeypatch):
     assert [t.split("\n")[0] for t in titles] == ["latent 0: 1 peak", "latent 1: 2 peaks", "latent 2: dead"]
     for j in (0, 1):
         hidden = float((acts[:, j] <= 0.1 * acts[:, j].max()).mean())
-        assert f"({hidden:.0%} of firings, below 10% of max, not shown)" in titles[j]
+        assert f"{hidden:.0%} of firings below 10% of max: not shown" in titles[j]
     assert_png(tmp_path / "hist.png")
 
 
@@ -275,3 +275,110 @@ def test_report_ends_with_the_config_behind_it():
     assert block.splitlines() == ['name = &quot;x&quot;', "", "[[sae]]", 'label = &quot;u&quot;',
                                   'encoder_init = &quot;random&quot;  # &lt;owned&gt;']
     assert "<p>after the block</p>" in page  # the closing fence ends the block
+
+
+# -- a researcher's first hour: numbers that agree with the verdict, marks, legends, the world ----
+
+
+def _recording(monkeypatch) -> list:
+    """Replace plots._save: keep each figure (open) for the test to read."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    return figures
+
+
+@pytest.mark.parametrize("value, threshold, shown", [
+    (0.9477, 0.95, "0.948"), (0.9496, 0.95, "0.9496"), (0.95, 0.95, "0.95"), (0.951, 0.95, "0.95"),
+    (0.8996, 0.9, "0.8996"), (0.12, 0.95, "0.12"), (-0.9477, 0.95, "-0.948"), (-0.0004, 0.95, "0.00"),
+])
+def test_cosines_print_with_the_digits_of_their_verdict(value, threshold, shown):
+    from broken_latents.output.describe import cos_text
+
+    assert cos_text(value, threshold) == shown
+    assert (abs(float(shown)) >= threshold) == (abs(value) >= threshold)
+
+
+def test_a_broken_latent_at_0_9477_never_reads_0_95(monkeypatch):
+    """The terminal table, the report's match table and the heatmap all print 0.948 for a broken latent."""
+    from rich.console import Console
+
+    from broken_latents.output.show import broken_latent_table
+
+    run = make_run("tied", 0, cos=0.9477, broken=(0,))
+    data = metrics([run], world=world_metrics(4), clean_cos=0.95)
+    console = Console(width=200, record=True)
+    console.print(broken_latent_table(data))
+    assert "0 (f1, 0.948)" in console.export_text()
+    assert "| 0 | 1 | 0.948 | broken |" in render_markdown(data, {}, shown={0})
+    figures = _recording(monkeypatch)
+    plots.cos_heatmap(run.decoder_cos, "values", "unused.png")
+    assert "0.948" in [t.get_text() for t in figures[0].axes[0].texts]
+
+
+def test_heatmaps_mark_broken_and_dead_latents_matches_and_parents(monkeypatch):
+    run = make_run("tied", 0, cos=0.6, broken=(0,))
+    run.dead_latents = [2]
+    data = metrics([run], world=world_metrics(4, hierarchy=[{"parent": 1, "children": [2], "mode": "force"}]))
+    figures = _recording(monkeypatch)
+    plots.write_run_figures(data, {}, "unused")
+    decoder, latents = figures[1].axes[0], figures[2].axes[0]  # figures[0] is the world profile
+    rows = [label.get_text() for label in decoder.get_yticklabels()]
+    assert rows == ["0 broken", "1", "2 dead"]
+    assert [label.get_text() for label in decoder.get_xticklabels()] == ["0", "1 parent", "2", "3"]
+    boxes = {(round(p.get_x() + 0.5), round(p.get_y() + 0.5)): p.get_edgecolor() for p in decoder.patches}
+    assert set(boxes) == {(1, 0), (2, 1), (3, 2)}  # (feature, latent) of each match
+    assert boxes[(1, 0)] != boxes[(2, 1)]  # broken and clean in different colours
+    assert "broken" in decoder.get_xlabel() and "parent" in decoder.get_xlabel()  # the key says what marks mean
+    assert [label.get_text() for label in latents.get_yticklabels()] == ["0 broken", "1", "2 dead"]
+
+
+def test_histograms_have_one_legend_and_titles_that_fit(monkeypatch):
+    figures = _recording(monkeypatch)
+    acts = np.random.default_rng(0).uniform(0, 5, (500, 5))
+    models = [{"latent": 1, "mixture": [{"mean": 2.0, "std": 0.3, "weight": 1.0}], "threshold": 2.5, "floor": 1.0}]
+    plots.activation_histograms(acts, [[4.0]] * 5, "hist", "unused.png", models)
+    fig = figures[0]
+    (legend,) = fig.legends
+    assert [t.get_text().split(" (")[0] for t in legend.get_texts()] == [
+        "activations", "fitted peak model", "peak", "threshold between peaks"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 5 and fig.get_size_inches()[0] * plots.DPI <= 1150  # 3 per row: the report's width
+    for ax in panels:  # each title within its own panel's width: no title runs into the next
+        assert ax.title.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width * 1.1
+
+
+def test_loss_curves_share_one_legend_naming_every_line(monkeypatch):
+    figures = _recording(monkeypatch)
+    history = {"steps": [100, 200], "runs": [
+        {"label": label, "seed": seed, "terms": {"mse": [2.0, 1.0], "l1": [0.1, 0.3]}}
+        for label in ("tied", "untied") for seed in (0, 1)]}
+    plots.loss_curves(history, "losses", "unused.png")
+    fig = figures[0]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["tied seed 0", "tied seed 1", "untied seed 0", "untied seed 1"]
+
+
+def test_report_gives_rates_given_the_parent_and_the_world_line():
+    from broken_latents.output.describe import world_line
+
+    world = world_metrics(3, firing_rates=[0.5, 0.15, 0.2], given_rates=[0.5, 0.3, 0.2], dim=8,
+                          magnitudes=[1.0] * 3, expected_mse=[0.5, 0.15, 0.2], expected_mse_ranking=[0, 2, 1],
+                          hierarchy=[{"parent": 0, "children": [1], "mode": "conditional"}])
+    line = world_line(world)
+    assert line.startswith("world: 3 features in 8 dims (orthogonal)") and "\n" not in line
+    assert "as given 0.5, 0.3 given f0, 0.2" in line and "marginal 0.5, 0.15, 0.2" in line
+    assert "f1 fire only with f0" in line
+    text = render_markdown(metrics([make_run("tied", 0)], world=world), {})
+    assert line in text and "| 3 | 1 | 0.3 given f0 | 0.150 |" in text
+
+
+def test_report_lists_sae_that_had_not_converged():
+    run = make_run("tied", 3)
+    run.loss_drop, run.falling_term, run.still_falling = 0.25, "mse", True
+    text = render_markdown(metrics([run, make_run("untied", 3)], world=world_metrics(4), samples=1000), {})
+    section = text.split("## Convergence")[1].split("##")[0]
+    assert "SAE tied seed 3 had not converged: its mse fell by 25%" in section and "untied" not in section
+    assert "## Convergence" not in render_markdown(metrics([make_run("tied", 0)], world=world_metrics(4)), {})

@@ -229,6 +229,8 @@ MISTAKES = [  # (key, value, field named)
     ("axes", {"train.seeds": [0, -1]}, "axes.train.seeds"), ("axes", {"world.firing[7]": [0.1]}, "axes.world.firing[7]"),
     ("axes", {"train.samples": [5]}, "axes.train.samples"),  # also in [set]
     ("axes", {"train.seeds": [100_000]}, "axes.train.seeds"),  # more memory than the machine has
+    ("axes", {"world.firng[0]": [0.1]}, "axes.world.firng[0]"), ("metrics", "learned", "metrics"),
+    ("metrics", ["learned", "nope"], "metrics[1]"),
 ]
 
 
@@ -330,3 +332,70 @@ def test_example_spec_is_valid():
 def test_config_error_type():
     with pytest.raises(ConfigError):
         parse_spec({"base": "recap-absorption", "seeds": -1})
+
+
+# -- sweeps over one's own world: metric maps, typos, invalid cells -------------------------------
+
+OWN_WORLD = """
+name = "my-own-world"
+[world]
+features = 4
+dim = 8
+firing = [0.3, 0.1, 0.2, 0.2]
+[train]
+samples = 4_000
+batch_size = 64
+lr = 3e-3
+seeds = 2
+eval_samples = 1_000
+[[sae]]
+label = "tied"
+architecture = "tied"
+latents = 4
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_world_without_claims_maps_metrics_and_reports_invalid_cells(tmp_path, capsys):
+    (tmp_path / "own.toml").write_text(OWN_WORLD)
+    (tmp_path / "spec.toml").write_text('base = "own.toml"\n[axes]\n"train.lr" = [3e-3, 1e-2]\n'
+                                        '"sae.tied.latents" = [4, 0]\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "out"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2  # two cells' config is refused: an input error, the others still ran
+    record = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert record["metrics"] == ["learned", "broken", "explained_variance"]  # the default without claims
+    done = [c for c in record["cells"] if c["status"] == "done"]
+    invalid = [c for c in record["cells"] if c.get("invalid")]
+    assert len(done) == 2 and len(invalid) == 2 and all(c["values"]["sae.tied.latents"] == 0 for c in invalid)
+    for cell in done:  # the mean over the cell's seeds, as its run directory's metrics.json gives them
+        runs = json.loads((tmp_path / "out" / cell["path"] / "metrics.json").read_text())["runs"]
+        assert cell["metrics"]["tied"]["learned"] == sum(len(r["learned_features"]) for r in runs) / 2
+        assert cell["metrics"]["tied"]["explained_variance"] == pytest.approx(
+            sum(r["explained_variance"] for r in runs) / 2)
+    maps = sorted(p.name for p in (tmp_path / "out" / "maps").glob("*.png"))
+    assert maps == [f"metric-{m}__tied__train.lr__sae.tied.latents.png" for m in ("broken", "explained_variance", "learned")]
+    assert "3 map(s)" in err and "2 cell(s) invalid" in err and "sae.tied.latents: must be >= 1" in err
+    assert "rerun" not in err.split("invalid")[1]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<img") == 3 and "invalid: sae.tied.latents" in page
+
+
+def test_the_terminal_says_when_there_is_nothing_to_map():
+    from broken_latents.sweeps.maps import nothing_to_map
+    from broken_latents.sweeps.record import CellRecord, SweepRecord
+
+    cells = [CellRecord(values={"train.lr": 0.1}, status="done", error=None, claims={}, path="cells/x")]
+    plain = SweepRecord(base="b", seeds=1, claims=[], set={}, axes={"train.lr": [0.1]}, cells=cells)
+    assert "no claims" in nothing_to_map(plain) and "metrics = [" in nothing_to_map(plain)
+    no_axes = SweepRecord(base="b", seeds=1, claims=["c"], set={}, axes={}, cells=cells)
+    assert "no [axes]" in nothing_to_map(no_axes)
+
+
+def test_an_axis_key_typo_gets_runs_message(tmp_path, capsys, no_training):
+    (tmp_path / "spec.toml").write_text('base = "recap-absorption"\n[axes]\n"world.firng[0]" = [0.1, 0.2]\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "world.firng: unknown key; allowed keys here: features, dim, firing" in err
