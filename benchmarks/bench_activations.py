@@ -93,10 +93,15 @@ def main() -> None:
         ]
     ours = package(path, args.samples, args.latents)
     plain = plain_loop(path, args.samples, args.latents)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    plain_one = plain_loop(path, args.samples, args.latents)
+    torch.set_num_threads(threads)
     rows += [
         ("SAE on activations, broken-latents", f"{ours / 1e3:.0f}k samples/s"),
-        ("SAE on activations, plain PyTorch loop", f"{plain / 1e3:.0f}k samples/s"),
-        ("ratio", f"{ours / plain:.2f}x"),
+        (f"SAE on activations, plain PyTorch loop ({threads} threads)", f"{plain / 1e3:.0f}k samples/s"),
+        ("SAE on activations, plain PyTorch loop (1 thread)", f"{plain_one / 1e3:.0f}k samples/s"),
+        ("ratio to the plain loop (default threads, 1 thread)", f"{ours / plain:.2f}x, {ours / plain_one:.2f}x"),
     ]
     print(
         f"| measure ({args.latents} latents, batch {BATCH}, {args.samples:,} samples) | value |\n|---|---|"
