@@ -214,9 +214,7 @@ def measure_on_activations(
         feature_cos=_round(_cos(F, F)) if F is not None else [],
         firing_rates=_round(np.asarray(rates)),
         dim=result.source.dim,
-        hierarchy=[{"parent": p, "children": [c], "mode": "conditional"} for p, c in truth.edges]
-        if truth is not None
-        else [],
+        hierarchy=_relations(truth.edges) if truth is not None else [],
         extra=world_extra,
     )
     return Metrics(
@@ -312,6 +310,14 @@ def _firing_f1(acts_BK, W_dec_KD, labels_BC, x_proj_BC, matches) -> list[float]:
         tp = float((fires & active).sum())
         out.append(2 * tp / max(float(fires.sum() + active.sum()), 1.0))
     return out
+
+
+def _relations(edges: list[tuple[int, int]]) -> list[dict]:
+    """The edges as [world.hierarchy] relations, one per parent (a child is only ever active with it)."""
+    children: dict[int, list[int]] = {}
+    for p, c in edges:
+        children.setdefault(p, []).append(c)
+    return [{"parent": p, "children": cs, "mode": "conditional"} for p, cs in children.items()]
 
 
 def _cos(a_AD, b_BD) -> np.ndarray:

@@ -3,6 +3,7 @@ keep what the network represents and drop what it cannot."""
 
 import json
 
+
 import numpy as np
 import pytest
 
@@ -14,6 +15,8 @@ from broken_latents.language import (
     build_language,
 )
 from broken_latents.language.grammar import entropy_given_state
+
+pytestmark = pytest.mark.slow  # trains two small transformers (about 10 s on an idle host)
 
 GRAMMAR = GrammarConfig(
     topics=2, subtopics=2, words=2, filler=3, sequence_length=12, sequences=1200, seed=3

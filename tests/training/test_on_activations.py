@@ -12,6 +12,7 @@ from broken_latents.config.schema import (
     TrainConfig,
     WorldConfig,
 )
+from broken_latents.output.describe import world_line
 from broken_latents.training.on_activations import check_activations, train_on_activations
 from broken_latents.world.activations import ActivationFile
 from broken_latents.world.model import World
@@ -48,7 +49,10 @@ def test_saes_learn_every_direction(stored):
     ]
     result = train_on_activations(config(*saes), progress=False, source=ActivationFile.open(path))
     truth = Truth(directions, list(range(6)), labels, edges_from_labels(labels))
-    untied, tied = measure_on_activations(result, truth).runs
+    metrics = measure_on_activations(result, truth)
+    untied, tied = metrics.runs
+    assert world_line(metrics.world).startswith("world: stored activations")
+    assert "6 concepts kept" in world_line(metrics.world)
     for run in (untied, tied):
         best = np.abs(np.array(run.decoder_cos)).max(axis=0)
         assert (best >= 0.95).all(), (run.label, best)
@@ -95,6 +99,7 @@ def test_inverse_technique_refused(stored):
         check_activations(config(sae, path=path))
 
 
+@pytest.mark.slow
 def test_cli_runs_a_stored_world_and_refuses_bad_files(stored, tmp_path):
     """End to end through the pipeline: labels give the truth; a bad file is one line from the CLI, exit 2."""
     import subprocess
