@@ -200,10 +200,13 @@ def measure_on_activations(
         "train_rows": len(result.train_rows),
         "held_out_rows": len(result.test_rows),
         "eval_rows": stop - rows.start,
+        "eval_range": [rows.start, stop],
     }
     if truth is not None:
         world_extra.update(
             concepts=truth.concepts,
+            # The true features themselves, so absorption can be recomputed from the file and the weights.
+            directions=np.round(np.asarray(truth.directions_CD, dtype=np.float64), 7).tolist(),
             edges=[list(e) for e in truth.edges],
             dropped=truth.dropped,
             probes=truth.probes,

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from broken_latents.analysis.on_activations import Truth, edges_from_labels, measure_on_activations
+from broken_latents.analysis.on_activations import (
+    Truth,
+    edges_from_labels,
+    measure_on_activations,
+    truth_from_config,
+)
 from broken_latents.config.schema import (
     ConfigError,
     ExperimentConfig,
@@ -60,6 +65,39 @@ def test_saes_learn_every_direction(stored):
     # Independent features: nothing to absorb, and the tied latents fire exactly with their features.
     assert tied.extra["absorption_gap"] == [] and max(tied.absorption) < 0.01
     assert min(tied.extra["firing_f1"]) > 0.99 and not any(tied.extra["truth_broken"])
+
+
+def test_absorption_matches_a_plain_recomputation(stored):
+    """From the file, the SAE's weights and the directions metrics.json records: the absorption fraction
+    by its definition (positive contributions, share carried by latents other than the match)."""
+    path, labels, _ = stored
+    sae = SAEConfig(label="topk", architecture="untied", latents=5, activation="topk", k=1, l1=0.0)
+    result = train_on_activations(
+        config(sae, samples=100_000), progress=False, source=ActivationFile.open(path)
+    )
+    np.save(path.parent / "labels.npy", labels)
+    world = WorldConfig(activations=str(path), labels=str(path.parent / "labels.npy"), held_out=0.2)
+    truth = truth_from_config(world, result.source, result.train_rows)
+    metrics = measure_on_activations(result, truth)
+    (run,) = metrics.runs
+    start, stop = metrics.world.extra["eval_range"]
+    F = np.array(metrics.world.extra["directions"])
+    x = np.load(path)[start:stop].astype(np.float64)
+    weights = result.stacks[0].sae.saelens_state(0)
+    W_enc, W_dec, b_enc, b_dec = (
+        weights[k].double().numpy() for k in ("W_enc", "W_dec", "b_enc", "b_dec")
+    )
+    pre = (x - b_dec) @ W_enc + b_enc
+    h = np.where(pre >= np.sort(pre, axis=1)[:, -1:], np.maximum(pre, 0), 0.0)  # TopK, k = 1
+    matched = {m.feature: m.latent for m in run.matches}
+    for i in range(F.shape[0]):
+        active = labels[start:stop, i]
+        c = h[active] * (W_dec @ F[i])
+        c = np.where(c > 1e-6, c, 0.0)
+        total = c.sum(1)
+        others = total - (c[:, matched[i]] if i in matched else 0.0)
+        share = np.divide(others, total, out=np.zeros_like(total), where=total > 0)
+        assert share.mean() == pytest.approx(run.absorption[i], abs=2e-4)
 
 
 def test_without_truth_only_what_needs_none(stored):
