@@ -75,9 +75,10 @@ MEAN_ROWS = 1_000_000
 
 def truth_from_config(world, source, train_rows: range) -> Truth | None:
     """The probe-based truth `[world]` asks for: None without labels or directions. With labels, each
-    concept's direction is its difference of class means on the training rows (unless `directions`
-    gives them), and a concept that a logistic probe cannot tell apart is dropped, with the reason."""
-    from ..language.probes import fit_probes, mean_difference_directions
+    concept's direction is what it adds beyond its parent on the training rows (`own_directions`: its
+    class mean minus the mean where its parent is active without it), unless `directions` gives them,
+    and a concept that a logistic probe cannot tell apart is dropped, with the reason."""
+    from ..language.probes import fit_probes, own_directions
     from ..world.activations import read_directions, read_labels
 
     if world.labels is None and world.directions is None:
@@ -99,11 +100,12 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
     probes = fit_probes(x_train, labels_train, PROBE_TOKENS, MIN_PROBE_ACCURACY)
     kept = probes.kept
     stop = min(train_rows.stop, train_rows.start + MEAN_ROWS)
+    all_edges = edges_from_labels(labels[train_rows.start : stop])
     directions = (
         given
         if given is not None
-        else mean_difference_directions(
-            source.read(train_rows.start, stop), labels[train_rows.start : stop]
+        else own_directions(
+            source.read(train_rows.start, stop), labels[train_rows.start : stop], all_edges
         )
     )
     kept_labels = np.asarray(labels[:, kept])

@@ -4,7 +4,9 @@ stream and the concepts active at every token, and probe each concept.
 Output folder (written beside DIR and moved into place when complete):
   activations.npy      [N, D] float32, the residual stream after block `transformer.layer`
   labels.npy           [N, C] bool, concept c active at token n
-  directions.npy       [C, D] float32, per concept the unit difference of means (the true feature)
+  directions.npy       [C, D] float32, per concept what it adds beyond its parent (the true feature,
+                       `probes.own_directions`)
+  mean_difference_directions.npy  [C, D] float32, the plain difference of class means
   probe_directions.npy [C, D] float32, per concept the logistic probe's unit weight
   concepts.json        names, parents, per-concept probe accuracy, kept or dropped and why
   language.json        losses, the entropy floor, wall times and file sizes
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 
 from .config import LanguageConfig
 from .grammar import concepts, entropy_given_state, generate, vocabulary_size
-from .probes import fit_probes, mean_difference_directions
+from .probes import fit_probes, mean_difference_directions, own_directions
 from .transformer import residual_activations, train_transformer
 from ..output.atomic import swap_into_place
 
@@ -86,8 +88,11 @@ def _build(config: LanguageConfig, path: Path, progress: bool) -> dict:
         probes = fit_probes(
             x_ND, labels_NC, config.probe.tokens, config.probe.min_accuracy, seed=g.seed
         )
-    directions = mean_difference_directions(x_ND, labels_NC)
+    from ..analysis.on_activations import edges_from_labels
+
+    directions = own_directions(x_ND, labels_NC, edges_from_labels(labels_NC))
     np.save(path / "directions.npy", directions)
+    np.save(path / "mean_difference_directions.npy", mean_difference_directions(x_ND, labels_NC))
     np.save(path / "probe_directions.npy", probes.directions_CD)
     probe_seconds = time.perf_counter() - probe_started
     save_file(
@@ -100,7 +105,7 @@ def _build(config: LanguageConfig, path: Path, progress: bool) -> dict:
             "concept": c,
             "name": tree.names[c],
             "parent": tree.parent[c],
-            "probe_vs_mean_difference_cos": round(float(agreement[c]), 4),
+            "probe_vs_direction_cos": round(float(agreement[c]), 4),
             **probes.probes[c].to_json(),
         }
         for c in range(tree.count)

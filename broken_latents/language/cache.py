@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .config import LanguageConfig
 
+BUILD_VERSION = 2
+"""Part of the folder's hash: a change to what a build writes (2: directions beyond the parent) builds anew."""
 BUILDERS: dict[str, LanguageConfig] = {}
 """Activations path -> the language world that writes it."""
 
@@ -25,7 +27,9 @@ def cache_dir() -> Path:
 
 def world_folder(config: LanguageConfig) -> Path:
     """Where `config`'s world is (or will be) built: one folder per distinct config."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps([BUILD_VERSION, asdict(config)], sort_keys=True).encode()
+    ).hexdigest()[:12]
     return cache_dir() / f"language-{config.name}-{digest}"
 
 
@@ -33,11 +37,8 @@ def files_of(config: LanguageConfig) -> dict[str, str]:
     """The [world] keys of an SAE run on `config`'s world (activations, labels, directions), registered
     so that `ensure_built` can build them."""
     folder = world_folder(config)
-    files = {
-        "activations": str(folder / "activations.npy"),
-        "labels": str(folder / "labels.npy"),
-        "directions": str(folder / "directions.npy"),
-    }
+    # The run computes the directions from the labels on its own training rows (as directions.npy, on all rows).
+    files = {"activations": str(folder / "activations.npy"), "labels": str(folder / "labels.npy")}
     BUILDERS[files["activations"]] = config
     return files
 
