@@ -102,7 +102,8 @@ class WorldConfig:
     """The tensor's name in a `.safetensors` activations file (needed when it holds several)."""
     labels: str | None = None
     """Optional `.npy` [N, C] of concept indicators (nonzero = active) for the activations' rows: the
-    probe-based truth. Each concept's direction is its difference of class means on the training rows;
+    probe-based truth. Each concept's direction is what it adds beyond its parent on the training rows
+    (its class mean minus the mean where its parent is active without it; a root: where it is inactive);
     a concept a linear probe cannot tell apart (accuracy or balanced accuracy < 0.95) is dropped."""
     directions: str | None = None
     """Optional `.npy` [C, D] of per-concept directions (the true features) instead of those from `labels`;
