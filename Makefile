@@ -46,6 +46,7 @@ reproduce: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench_scale.py
 
 clean:
 	rm -rf .venv runs reproduction site

@@ -52,7 +52,7 @@ def run(
     """
     from .pipeline.resolve import budget, check_trainable, resolve_target
     from .pipeline.run import run_experiment
-    from .training.preflight import check_writable
+    from .training.preflight import check_outputs, check_writable
 
     target = resolve_target(target, [*budget(seeds, samples), *set])
     config = target.config
@@ -61,6 +61,7 @@ def run(
         console.print(f"note: {unused}")
     out = out or Path("runs") / config.name
     check_writable(out)
+    check_outputs(config, out)  # a run directory the disk cannot hold, refused before training
     outcome = run_experiment(target, out, device=device, progress=sys.stderr.isatty(), figures=figures)
     _print_summary(outcome.metrics, outcome.directory)
     registered = experiments.EXPERIMENTS.get(config.name)

@@ -16,7 +16,7 @@ from broken_latents import __version__
 from broken_latents.cli import main
 from broken_latents.config.schema import ConfigError, ExperimentConfig, WorldConfig, apply_overrides, load_toml
 from broken_latents.experiments import EXPERIMENTS
-from broken_latents.training.preflight import SEARCH_BUDGET, check_config, check_memory, check_world, estimate_memory, search_work
+from broken_latents.training.preflight import SEARCH_BUDGET, check_config, check_memory, estimate_memory, estimate_seconds, search_work
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,7 +95,6 @@ def test_unwritable_out_refused_before_training(out, capsys, tmp_path):
     ("train.seeds=100000", "train.seeds"),
     ("sae.tied.latents=2000000", "sae.tied.latents"),
     ("train.batch_size=100000000", "train.batch_size"),
-    ("train.eval_samples=1000000000", "train.eval_samples"),
 ])
 def test_sizes_the_machine_cannot_hold_refused(override, field, capsys, tmp_path):
     code, err = _exit(["run", "recap-absorption", "--out", str(tmp_path / "r"), "--set", override], capsys)
@@ -104,8 +103,9 @@ def test_sizes_the_machine_cannot_hold_refused(override, field, capsys, tmp_path
 
 
 def test_memory_estimate_scales_and_registered_experiments_fit():
-    for exp in EXPERIMENTS.values():
-        check_memory(exp.config, available=8 * 2**30)  # every registered experiment fits in 8 GiB
+    for name, exp in EXPERIMENTS.items():
+        if name != "synthbench-16k":  # the paper's size: refused on CPU by time, sized for a GPU host
+            check_memory(exp.config, available=8 * 2**30)  # every other registered experiment fits in 8 GiB
     base = EXPERIMENTS["narrow-5-7-force-12"].config
     small = estimate_memory(base).total
     assert estimate_memory(apply_overrides(base, ["train.seeds=30"])).total == pytest.approx(10 * small, rel=0.05)
@@ -114,13 +114,12 @@ def test_memory_estimate_scales_and_registered_experiments_fit():
     assert "memory" in str(err.value)
 
 
-def test_world_too_large_for_the_direction_search_refused_at_once(capsys, tmp_path):
-    code, err = _exit(["run", "recap-absorption", "--out", str(tmp_path / "r"), "--set", "world.features=5000",
-                       "--set", "world.dim=10", "--set", "world.firing=0.1"], capsys)
-    assert code == 2 and "world.features" in err and "direction search" in err
-    check_world(WorldConfig(features=200, dim=50))  # the sizes tests and experiments use pass
-    check_world(WorldConfig(features=10_000, dim=20_000))  # orthogonal: no search
+def test_runs_that_would_take_days_refused_at_once(capsys, tmp_path):
+    code, err = _exit(["run", "recap-absorption", "--out", str(tmp_path / "r"), "--set", "train.samples=1e12"], capsys)
+    assert code == 2 and "train.samples" in err and " h " in err and "--device cuda" in err
     assert search_work(WorldConfig(features=2000, dim=10)) < SEARCH_BUDGET
+    assert search_work(WorldConfig(features=4096, dim=256)) == 0  # past the budget: decorrelated, no search
+    assert estimate_seconds(EXPERIMENTS["recap-absorption"].config) < 600
 
 
 # -- fuzzed experiment TOMLs -----------------------------------------------------------------

@@ -165,8 +165,9 @@ def absorption_metrics(
         raise ValueError(f"live {sorted(live_set)} names a latent outside 0..{K - 1}")
 
     proj_KN = W @ F.T  # W_j . d_i
-    # x_b . d_i: from the features in a world; stored activations pass it (their x is not f @ F).
-    x_proj_BN = f @ (F @ F.T) if x_proj_BN is None else np.asarray(x_proj_BN, dtype=np.float64)
+    # x_b . d_i: from the features in a world (never the N x N Gram matrix: 2 GiB at 16k features);
+    # stored activations pass it (their x is not f @ F).
+    x_proj_BN = (f @ F) @ F.T if x_proj_BN is None else np.asarray(x_proj_BN, dtype=np.float64)
     norms_K = np.linalg.norm(W, axis=1)
     absorption, full, firing, unreconstructed = [0.0] * N, [0.0] * N, [0] * N, [0] * N
     for i in range(N):

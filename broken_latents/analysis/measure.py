@@ -14,8 +14,10 @@ from .absorption import absorption_metrics, cooccurring
 from .convergence import loss_drop, still_falling
 from ..saes import StackedSAE
 from ..world.stream import DataStream
-from .peaks import PEAK_FLOOR, fit_peak_model
-from .metrics import CLEAN_COS, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics
+from .peaks import EMPTY, PEAK_FLOOR, fit_peak_model
+from .truth import truth_broken
+from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics, inline_or_array
+from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
 
@@ -26,6 +28,46 @@ PEAK_PROMINENCE = 0.05
 HISTOGRAM_BINS = 200
 EVAL_STREAM = 7
 """Stream offset of the held-out evaluation samples (training uses offset 0)."""
+DETAIL_BYTES = 2**30
+"""The per-latent analyses (peaks, absorption, firing patterns) hold their held-out samples, inputs
+and activations at once; they take as many of the eval samples as fit in this many bytes per seed
+(per seed, so that seed r is measured on the same samples whichever seeds run beside it). Small
+worlds fit all of them; SynthSAEBench's metrics stream over every eval sample whatever the size."""
+STREAM_BYTES = 64 * 2**20
+"""One streamed batch of held-out feature magnitudes [R, N, B] takes at most this many bytes."""
+
+
+FIRING_PATTERNS_MAX = 256
+"""Firing patterns (every latent's output on each chosen feature set) are recorded only for SAEs of
+at most this many latents and worlds with at most this many sets: beyond, the table would hold
+sets x latents numbers (a generated tree of 16k features: ~10^8) that no report can show."""
+PEAK_MODELS_MAX = 256
+"""Peak models (a Gaussian mixture chosen by BIC, ~0.1 s a latent) are fitted to at most this many
+latents of an SAE: every live latent of a small SAE, the most-firing ones of a large one. The others'
+peaks come from the smoothed histogram (`count_peaks`), the cross-check every latent gets."""
+
+
+def modelled_latents(acts_BK: np.ndarray, live_K: np.ndarray) -> list[int]:
+    """The live latents that get a peak model: all of them, or the PEAK_MODELS_MAX that fire most."""
+    live = np.flatnonzero(live_K)
+    if len(live) <= PEAK_MODELS_MAX:
+        return live.tolist()
+    firing = (acts_BK[:, live] > 0).mean(axis=0)
+    return sorted(live[np.argsort(-firing, kind="stable")[:PEAK_MODELS_MAX]].tolist())
+
+
+def detail_bytes_per_sample(n_features: int, dim: int, latents: list[int]) -> int:
+    """Bytes one held-out sample of one seed takes in the per-latent analyses: its feature
+    magnitudes (and the absorption's float64 copy), input, and each SAE's activations and
+    reconstruction."""
+    return 4 * (3 * n_features + dim + sum(3 * k + 2 * dim for k in latents))
+
+
+def detail_samples(result: Trained) -> int:
+    """How many eval samples the per-latent analyses hold at once (all of them in small worlds)."""
+    world = result.world
+    per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
+    return int(min(result.config.train.eval_samples, max(1000, DETAIL_BYTES // per_sample)))
 
 
 class TrainedStack(Protocol):
@@ -114,10 +156,14 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
     """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
-    stream = DataStream(world, result.seeds, result.config.train.eval_samples, F_ND.device, offset=EVAL_STREAM, chunk=1)
+    eval_samples, detail = result.config.train.eval_samples, detail_samples(result)
+    stream = DataStream(world, result.seeds, detail, F_ND.device, offset=EVAL_STREAM, chunk=1)
     f_RNB = stream.next()
     x_RBD = world.inputs(f_RNB)
+    if world.sparse:  # a SparseBatch: the firing lists as dense magnitudes
+        f_RNB = f_RNB.features_RNB()
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
+    synthbench = _synthbench_scores(result, f_RNB, x_RBD, streamed=detail < eval_samples)
     cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
     runs = []
@@ -138,27 +184,32 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
             live = writes >= dead_below
             matches = match_latents(dec_cos, live)
             clean = [m for m in matches if m.cos >= clean_cos]
-            histogram_peaks = [count_peaks(acts[:, j])[0] if live[j] else 0 for j in range(sae.latents)]
-            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in np.flatnonzero(live)}
+            histograms = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            histogram_peaks = [n for n, _ in histograms]
+            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in modelled_latents(acts, live)}
             sets = firing_pattern_sets(world, {m.feature for m in clean})
             # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
             absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
                                           f_RNB[s].T.cpu().numpy(), {m.feature: m.latent for m in matches},
                                           np.flatnonzero(live), cooccur)
+            detection = _detection(W_enc_SDK[s].cpu().numpy(), sae.W_dec_SKD[s].cpu().numpy(), acts, models, live,
+                                   F_ND.cpu().numpy(), f_RNB[s].T.cpu().numpy(), stack.sae.tied_encoder)
+            scores = synthbench[stack.config.label][s]
             runs.append(RunMetrics(
                 label=stack.config.label,
                 architecture=stack.config.architecture,
                 seed=seed,
-                decoder_cos=_round(dec_cos),
-                encoder_cos=_round(enc_cos),
-                latent_cos=_round(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
+                decoder_cos=inline_or_array(dec_cos),
+                encoder_cos=inline_or_array(enc_cos),
+                latent_cos=inline_or_array(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
                 decoder_norms=_round(norms_SK[s].cpu().numpy()),
                 matches=matches,
                 learned_features=sorted(m.feature for m in clean),
                 broken_latents=sorted(m.latent for m in matches if m.cos < clean_cos),
                 dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[models[j].n_peaks if j in models else 0 for j in range(sae.latents)],
-                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else []
+                activation_peaks=[models[j].n_peaks if j in models else histogram_peaks[j]
+                                  for j in range(sae.latents)],
+                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else histograms[j][1]
                                 for j in range(sae.latents)],
                 histogram_peaks=histogram_peaks,
                 peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],
@@ -169,7 +220,21 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                 absorption=_round(absorbed.absorption),
                 full_absorption=_round(absorbed.full_absorption),
                 hedging=_round(absorbed.hedging),
-                firing_patterns=firing_patterns(sae, s, world, sets, stack.tau_SK),
+                firing_patterns=(firing_patterns(sae, s, world, sets, stack.tau_SK)
+                                 if sae.latents <= FIRING_PATTERNS_MAX and len(sets) <= FIRING_PATTERNS_MAX else []),
+                mcc=round(scores["mcc"], 6),
+                uniqueness=round(scores["uniqueness"], 6),
+                precision=round(scores["precision"], 6),
+                recall=round(scores["recall"], 6),
+                f1=round(scores["f1"], 6),
+                shrinkage=round(scores["shrinkage"], 6),
+                sae_l0=round(scores["sae_l0"], 4),
+                true_l0=round(scores["true_l0"], 4),
+                dead_count=scores["dead_count"],
+                absorption_gap=[AbsorptionGap(parent=g["parent"], child=g["child"], latent=g["latent"],
+                                              gap=None if g["gap"] is None else round(g["gap"], 6))
+                                for g in scores["absorption_gap"]],
+                **detection,
             ))
             drop = _loss_drop(result.seed_history, stack, s)
             if drop is not None:
@@ -184,7 +249,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
             expected_mse_ranking=world.expected_mse_ranking(),
             variance=_round(world.variance().numpy()),
             variance_ranking=world.variance_ranking(),
-            feature_cos=_round(cosine(F_ND, F_ND).cpu().numpy()),
+            feature_cos=inline_or_array(cosine(F_ND, F_ND).cpu().numpy()),
             max_feature_cos=round(max_abs_cos(F_ND.cpu()), 6),
             welch_bound=round(welch_bound(world.n_features, world.config.dim), 6),
             firing_rates=_round(world.marginal_rates().numpy()),
@@ -199,10 +264,58 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
     )
 
 
+def _detection(W_enc_DK, W_dec_KD, h_BK, models: dict, live, directions_ND, f_BN, tied: bool) -> dict:
+    """truth_broken, broken_score and detection_signals of one SAE : the detector sees only
+    the weights and activations; the truth reads the true features."""
+    from .score import load_score_model
+    from .signals import signals_of
+
+    K = W_dec_KD.shape[0]
+    signals, _ = signals_of(W_enc_DK, W_dec_KD, h_BK, [models.get(j, EMPTY) for j in range(K)], tied=tied)
+    score_K = np.where(live, load_score_model().probability(signals), 0.0)
+    truth_K, _, _ = truth_broken(h_BK, W_dec_KD, directions_ND, f_BN, live)
+    return {"truth_broken": [bool(t) for t in truth_K], "broken_score": _round(score_K),
+            "detection_signals": {name: _round(value) for name, value in signals.items()}}
+
+
+@torch.no_grad()
+def _synthbench_scores(result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor,
+                       streamed: bool) -> dict[str, list[dict]]:
+    """SynthSAEBench's metrics (analysis/scale.py) of every SAE and seed, by label then seed
+    position. Over the samples already drawn (f_RNB) in a small world; `streamed`: over all the
+    eval samples, drawn batch by batch from the same held-out stream, so memory stays bounded."""
+    world = result.world
+    F_ND = world.directions_ND
+    edges = hierarchy_edges(world)
+    tallies, decoders = {}, {}
+    for stack in result.stacks:
+        label = stack.config.label
+        cos_SKF = [cosine(stack.sae.W_dec_SKD[s], F_ND).cpu().numpy() for s in range(len(result.seeds))]
+        decoders[label] = [decoder_scores(cos) for cos in cos_SKF]
+        tallies[label] = [FiringTally(d.best_feature_K, edges, parent_latents(cos, edges))
+                          for d, cos in zip(decoders[label], cos_SKF)]
+    if streamed:
+        R, N = len(result.seeds), world.n_features
+        batch = max(256, STREAM_BYTES // (4 * R * N))
+        batches = held_out_batches(world, result.seeds, result.config.train.eval_samples, batch, EVAL_STREAM, F_ND.device)
+    else:
+        batches = iter([(f_RNB, x_RBD)])
+    for f_batch_RNB, x_batch_RBD in batches:
+        for stack in result.stacks:
+            h_SBK, x_hat_SBD = stack.sae(x_batch_RBD, stack.tau_SK)
+            for s, tally in enumerate(tallies[stack.config.label]):
+                tally.add(h_SBK[s], f_batch_RNB[s].T, x_batch_RBD[s], x_hat_SBD[s])
+    return {label: [{"mcc": d.mcc, "uniqueness": d.uniqueness, **t.scores()}
+                    for d, t in zip(decoders[label], tallies[label])] for label in tallies}
+
+
 def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.ndarray]:
     """Held-out activations [samples, K] of every SAE, keyed "LABEL-seedN", for histograms.
-    One draw of the held-out stream serves every stack."""
+    One draw of the held-out stream serves every stack; a large world draws fewer samples, as
+    many as fit in DETAIL_BYTES."""
     world = result.world
+    per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
+    samples = int(min(samples, max(1000, DETAIL_BYTES // per_sample)))
     stream = DataStream(world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1)
     x_RBD = world.inputs(stream.next())
     out = {}

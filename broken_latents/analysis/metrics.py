@@ -13,10 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config.schema import ConfigError, read_json
 
 CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""
+ARRAYS_DIR = "arrays"
+"""Where a run directory keeps the matrices too large for metrics.json (`DIR/arrays/*.npy`)."""
+INLINE_MAX = 64 * 64 * 16
+"""A matrix with more entries than this (64 latents x 1024 features, say) is held as a float16
+numpy array, written to `DIR/arrays/NAME.npy`, and metrics.json names the file instead of holding
+it: a 4096 x 16384 decoder table as JSON text would take about 600 MB and minutes to write."""
+ARRAY_DTYPE = np.float16
+"""Cosines in [-1, 1] to about 5e-4: what the tables and figures need, at half the bytes of float32."""
 
 
 class SchemaError(ValueError):
@@ -34,7 +44,9 @@ class _Schema:
             value = getattr(self, f.name)
             if f.name == "extra" or value is None:
                 continue
-            if isinstance(value, list):
+            if isinstance(value, np.ndarray):  # a large matrix not yet written out (see save_arrays)
+                value = np.round(value.astype(np.float64), 4).tolist()
+            elif isinstance(value, list):
                 value = [v.to_json() if isinstance(v, _Schema) else v for v in value]
             elif isinstance(value, _Schema):
                 value = value.to_json()
@@ -73,7 +85,14 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _read(value, options[0], where)
+        if value is None:
+            return None
+        for option in options[1:]:  # e.g. a matrix, or the name of the .npy file holding it
+            try:
+                return _read(value, option, where)
+            except SchemaError:
+                pass
+        return _read(value, options[0], where)
     if isinstance(hint, type) and issubclass(hint, _Schema):
         return hint.from_json(value, where)
     expected = {list: "a list", dict: "an object", str: "a string", bool: "a boolean", int: "an integer",
@@ -87,6 +106,27 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         (item,) = typing.get_args(hint) or (Any,)
         return [_read(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+class _Matrices:
+    """Matrix fields that may be inline lists, a float16 array (large, before writing), or the
+    name of a `.npy` file relative to the run directory (large, as read back)."""
+
+    MATRICES: tuple[str, ...] = ()
+    _root: Path | None = None
+
+    def matrix(self, name: str) -> np.ndarray:
+        """The matrix field `name` as a numpy array, whichever of the three forms it is in; a file
+        is memory-mapped, so a row or a few columns of a large one cost only what they read."""
+        value = getattr(self, name)
+        if isinstance(value, str):
+            if self._root is None:
+                raise ValueError(f"{name} lives in {value}: read the run with read_metrics(DIR/metrics.json)")
+            return np.load(self._root / value, mmap_mode="r")
+        return np.asarray(value, dtype=np.float64 if isinstance(value, list) else value.dtype)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.matrix(name).shape)
 
 
 @dataclass(kw_only=True)
@@ -107,23 +147,43 @@ class FiringPattern(_Schema):
 
 
 @dataclass(kw_only=True)
-class RunMetrics(_Schema):
+class AbsorptionGap(_Schema):
+    """One parent -> child edge of the hierarchy (analysis/scale.py has the definition)."""
+
+    parent: int
+    child: int
+    gap: float | None = None
+    """P(parent latent on | parent on, child off) - P(parent latent on | parent on, child on);
+    None where either condition never occurred in the held-out samples."""
+    latent: int | None = None
+    """The parent latent: the one whose decoder has the largest cosine with the parent's direction."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RunMetrics(_Schema, _Matrices):
     """One SAE (label) of one seed."""
+
+    MATRICES = ("decoder_cos", "encoder_cos", "latent_cos")
 
     label: str
     architecture: str | None = None
     seed: int
-    decoder_cos: list[list[float]]
-    """[latent][feature]: cosine of latent j's decoder row with true feature i."""
-    encoder_cos: list[list[float]]
-    latent_cos: list[list[float]]
+    decoder_cos: list[list[float]] | str
+    """[latent][feature]: cosine of latent j's decoder row with true feature i. In a large run
+    (more than INLINE_MAX entries), the name of its .npy file in the run directory: read it with
+    `run.matrix("decoder_cos")`, as encoder_cos and latent_cos."""
+    encoder_cos: list[list[float]] | str
+    latent_cos: list[list[float]] | str
     decoder_norms: list[float]
     matches: list[Match]
     learned_features: list[int]
     broken_latents: list[int]
     dead_latents: list[int]
     activation_peaks: list[int]
-    """[latent]: separated peaks of its activations by its peak model (0 for a dead latent)."""
+    """[latent]: separated peaks of its activations by its peak model (0 for a dead latent); in an
+    SAE with more than 256 live latents, those without a peak model (all but the 256 that fire
+    most) count the peaks of their smoothed histogram (`histogram_peaks`)."""
     peak_locations: list[list[float]] = field(default_factory=list)
     """[latent]: the peaks' means."""
     histogram_peaks: list[int] | None = None
@@ -152,12 +212,44 @@ class RunMetrics(_Schema):
     """The loss term of `loss_drop` (mse, l1, prefix_mse)."""
     still_falling: bool | None = None
     """loss_drop above convergence.STILL_FALLING: the SAE had not converged (`run` warns)."""
+    # -- detection : the truth per latent, and what the detector says without it ------
+    truth_broken: list[bool] | None = None
+    """[latent]: broken by the true features (analysis/truth.py): live, and decoder best |cos| < 0.95
+    or firing F1 < 0.9 as a detector of that feature. Absent in runs from before it existed."""
+    broken_score: list[float] | None = None
+    """[latent]: the detector's probability of broken (analysis/score.py), from weights and activations only."""
+    detection_signals: dict[str, list[float]] | None = None
+    """{signal: [latent]}: the signals that fed broken_score (analysis/signals.py)."""
+    # SynthSAEBench's metrics on SAELens' definitions (analysis/scale.py), over every eval sample.
+    # Absent in runs from before they existed.
+    mcc: float | None = None
+    """Mean |cos| of the Hungarian matching of latents to features (SAELens' MCC)."""
+    uniqueness: float | None = None
+    """Distinct best-matching features over the latents, divided by the number of latents."""
+    precision: float | None = None
+    """Mean over latents of TP / (TP + FP) as a detector of its best-matching feature (h != 0 vs f > 0)."""
+    recall: float | None = None
+    """Mean over latents of TP / (TP + FN), as precision."""
+    f1: float | None = None
+    """Mean over latents of the F1 of precision and recall (0 where both are 0)."""
+    shrinkage: float | None = None
+    """Mean ||x_hat|| / ||x|| over the eval inputs (1: no shrinkage)."""
+    sae_l0: float | None = None
+    """Mean number of latents with h != 0 per input (SAELens counts != 0; `l0` counts > 0)."""
+    true_l0: float | None = None
+    """Mean number of features firing per input."""
+    dead_count: int | None = None
+    """Latents that fired on no eval input (SAELens' dead latents; `dead_latents` is ours)."""
+    absorption_gap: list[AbsorptionGap] | None = None
+    """Per parent -> child edge of the hierarchy; [] in a world without one."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 
 @dataclass(kw_only=True)
-class WorldMetrics(_Schema):
+class WorldMetrics(_Schema, _Matrices):
+    MATRICES = ("feature_cos",)
+
     expected_mse: list[float]
     """p * m^2 per feature: what leaving the feature out costs, ignoring the decoder bias."""
     expected_mse_ranking: list[int] = field(default_factory=list)
@@ -165,7 +257,8 @@ class WorldMetrics(_Schema):
     """p (1 - p) m^2 per feature: what leaving it out costs once the decoder bias takes its mean
     (absent, as the ranking below, in runs from before it existed)."""
     variance_ranking: list[int] | None = None
-    feature_cos: list[list[float]]
+    feature_cos: list[list[float]] | str
+    """[feature][feature]; in a large world the name of its .npy file, as RunMetrics.decoder_cos."""
     max_feature_cos: float | None = None
     """Largest |cos| between two feature directions (main's superposition geometry)."""
     welch_bound: float | None = None
@@ -213,14 +306,49 @@ class Metrics(_Schema):
 
 
 
+def inline_or_array(matrix: np.ndarray) -> list[list[float]] | np.ndarray:
+    """A matrix as metrics hold it: rounded lists when small, a float16 array when large."""
+    matrix = np.asarray(matrix)
+    if matrix.size > INLINE_MAX:
+        return matrix.astype(ARRAY_DTYPE)
+    return np.round(matrix.astype(np.float64), 4).tolist()
+
+
+def save_arrays(metrics: Metrics, directory: Path) -> list[str]:
+    """Write every matrix held as an array to `directory/arrays/NAME.npy` and put the file's name
+    (relative to `directory`) in its place, so metrics.json stays small. Returns the names."""
+    written = []
+    parts = [("world", metrics.world)] + [(f"{run.label}-seed{run.seed}", run) for run in metrics.runs]
+    for prefix, part in parts:
+        for name in part.MATRICES:
+            value = getattr(part, name)
+            if isinstance(value, np.ndarray):
+                relative = f"{ARRAYS_DIR}/{prefix}-{name}.npy"
+                (directory / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
+                np.save(directory / relative, value)
+                setattr(part, name, relative)
+                written.append(relative)
+        part._root = Path(directory)
+    return written
+
+
 def read_metrics(path: Path, field: str) -> Metrics:
     """A metrics.json the user pointed us at; one that is not JSON, or not a metrics.json (required
-    keys missing, wrong shapes), is a ConfigError naming `field`."""
+    keys missing, wrong shapes), is a ConfigError naming `field`. Matrices kept in `arrays/` are
+    read from there (`run.matrix(name)`); a file named but missing is a ConfigError too."""
     data = read_json(path, field)
     try:
-        return Metrics.from_json(data)
+        metrics = Metrics.from_json(data)
     except SchemaError as err:
         raise ConfigError(field, f"{path} is not a metrics.json this version reads: {err}") from None
+    root = Path(path).parent
+    for part in [metrics.world, *metrics.runs]:
+        part._root = root
+        for name in part.MATRICES:
+            value = getattr(part, name)
+            if isinstance(value, str) and not (root / value).is_file():
+                raise ConfigError(field, f"{path} names {value} for {name}, but {root / value} is missing")
+    return metrics
 
 
 # -- per-run scalars (what a sweep can map) ----------------------------------------------------
@@ -246,7 +374,8 @@ without the key has no value for it."""
 
 def run_scalar(run: RunMetrics, name: str) -> float | None:
     """The scalar `name` (RUN_SCALARS or a numeric key in the run's extra keys) of one run; None if absent."""
-    value = RUN_SCALARS[name](run) if name in RUN_SCALARS else run.extra.get(name)
+    value = RUN_SCALARS[name](run) if name in RUN_SCALARS else getattr(run, name, None)
+    value = run.extra.get(name) if value is None else value  # a key a newer version wrote
     return float(value) if isinstance(value, (int, float)) else None  # bool: 1.0 / 0.0
 
 

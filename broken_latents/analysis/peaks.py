@@ -48,6 +48,11 @@ MIN_SEPARATION = 2.0
 """Ashman's D between adjacent components for them to be separate peaks."""
 MIN_RELATIVE_GAP = 0.05
 """...and their means at least this fraction of the upper mean apart."""
+MAIN_SEPARATION = 0.15
+"""A peak whose mean lies within this fraction of the heaviest peak's mean of it joins that peak:
+a shoulder a few percent off the main peak is a leak of another feature (a clean tied latent at 18.0
+with a bump at 19.5 when an unlearned feature fires too), not a second feature; a peak at a quarter
+of the main one is (issue 18)."""
 THRESHOLD_STDS = 3.0
 """One peak: the threshold sits this many stds below its mean."""
 
@@ -162,7 +167,7 @@ def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_compon
     order = np.argsort(best.means_[:, 0])
     components = tuple(Gaussian(float(best.means_[i, 0]), float(math.sqrt(best.covariances_[i, 0, 0])),
                                 float(best.weights_[i])) for i in order)
-    groups = _group_peaks(components)
+    groups = _merge_near_main(_group_peaks(components), components)
     peaks = tuple(_combine([components[i] for i in g]) for g in groups)
     model = PeakModel(components, peaks, groups, None, floor, int(x.size))
     if len(peaks) == 1:
@@ -191,6 +196,18 @@ def _group_peaks(components: tuple[Gaussian, ...]) -> tuple[tuple[int, ...], ...
         else:
             groups[-1].append(current)
     return tuple(tuple(g) for g in groups)
+
+
+def _merge_near_main(groups: tuple[tuple[int, ...], ...], components: tuple[Gaussian, ...]) -> tuple[tuple[int, ...], ...]:
+    """Groups whose combined mean lies within MAIN_SEPARATION x the heaviest group's mean of it join it."""
+    if len(groups) < 2:
+        return groups
+    peaks = [_combine([components[i] for i in g]) for g in groups]
+    main = max(range(len(groups)), key=lambda g: peaks[g].weight)
+    near = [g for g in range(len(groups)) if abs(peaks[g].mean - peaks[main].mean) < MAIN_SEPARATION * abs(peaks[main].mean)]
+    merged = tuple(sorted(i for g in near for i in groups[g]))
+    rest = [groups[g] for g in range(len(groups)) if g not in near]
+    return tuple(sorted([merged, *rest], key=lambda g: min(g)))
 
 
 def _combine(parts: list[Gaussian]) -> Gaussian:

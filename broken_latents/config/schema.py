@@ -39,6 +39,12 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
+def _short(values: list) -> str:
+    """A per-feature list for an error message: whole when short, else its first and last values."""
+    values = list(values)
+    return str(values) if len(values) <= 20 else f"[{', '.join(map(str, values[:5]))}, ..., {values[-1]}] ({len(values)} values)"
+
+
 @dataclass(frozen=True)
 class OneOf:
     """A string field whose allowed values are known only at run time (e.g. registered names):
@@ -78,6 +84,58 @@ class HierarchyConfig:
 
 
 @dataclass
+class TreeConfig:
+    """A generated hierarchy, as SAELens' `HierarchyConfig` builds it (so worlds compare with
+    SynthSAEBench): `roots` trees laid out breadth-first over features 0, 1, ...; a child fires only
+    while its parent is active (at its own rate, compensated if asked)."""
+
+    roots: int = 128
+    """Number of trees; their roots are features 0 .. roots - 1."""
+    branching: int = 4
+    """Children of every node above the leaves (at least 2)."""
+    depth: int = 3
+    """Levels below the roots: depth 1 = roots with leaf children."""
+    mutually_exclusive: float = 0.0
+    """Share (0 to 1) of the parents at depth >= mutually_exclusive_min_depth whose children exclude each
+    other: when several fire, one chosen uniformly at random keeps firing."""
+    mutually_exclusive_min_depth: int = 0
+    """Shallowest parent depth (roots: 0) whose children may be mutually exclusive."""
+    compensate_probabilities: bool = False
+    """Raise each child's own rate by 1 / (its parent's rate) and, in a mutually exclusive group, by
+    1 + (its siblings' rates summed) / (parent's rate), capped at 1, so that its marginal rate stays near
+    the firing law's value (SAELens' correction)."""
+    scale_children_by_parent: bool = False
+    """A child's magnitude is multiplied by (its parent's magnitude / the parent's mean magnitude)."""
+
+    def __post_init__(self) -> None:
+        _require(self.roots >= 1, "world.tree.roots", f"must be >= 1, got {self.roots}")
+        _require(self.branching >= 2, "world.tree.branching", f"must be >= 2, got {self.branching}")
+        _require(self.depth >= 1, "world.tree.depth", f"must be >= 1, got {self.depth}")
+        _require(0.0 <= self.mutually_exclusive <= 1.0, "world.tree.mutually_exclusive",
+                 f"must lie in [0, 1], got {self.mutually_exclusive}")
+        _require(self.mutually_exclusive_min_depth >= 0, "world.tree.mutually_exclusive_min_depth",
+                 f"must be >= 0, got {self.mutually_exclusive_min_depth}")
+
+
+@dataclass
+class CorrelationConfig:
+    """Low-rank correlation of the firing decisions through a Gaussian copula (SAELens'
+    `LowRankCorrelationConfig`): feature i fires where g_i = L_i . e + sqrt(d_i) eta_i exceeds the
+    normal quantile of its rate, with e ~ N(0, I_rank), L ~ scale N(0, 1) [features, rank] and
+    d_i = 1 - |L_i|^2 (rows with d_i < 0.01 are shrunk), so each feature keeps its rate."""
+
+    rank: int = 25
+    """Rank of the correlation's low-rank factor."""
+    scale: float = 0.1
+    """Standard deviation of the factor's entries; each row's squared norm is about rank x scale^2."""
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, "world.correlation.rank", f"must be >= 1, got {self.rank}")
+        _require(math.isfinite(self.scale) and self.scale >= 0, "world.correlation.scale",
+                 f"must be a finite number >= 0, got {self.scale}")
+
+
+@dataclass
 class WorldConfig:
     features: int = 20
     """Number of true features."""
@@ -94,6 +152,17 @@ class WorldConfig:
     """Seed of the feature directions (the data stream is seeded by the training seed)."""
     hierarchy: list[HierarchyConfig] = field(default_factory=list)
     """Parent/child co-occurrence relations."""
+    tree: TreeConfig | None = None
+    """[world.tree]: a generated hierarchy over features 0, 1, ... (SAELens' semantics), beside or instead
+    of the explicit [[world.hierarchy]] (whose features must then lie outside the trees)."""
+    correlation: CorrelationConfig | None = None
+    """[world.correlation]: low-rank correlation of the firing decisions (Gaussian copula); absent: independent."""
+    bias: float = 0.0
+    """Norm of a fixed input bias added to every input (its direction drawn from `seed`); 0 = none."""
+    load: str | None = None
+    """A folder written by SAELens' `SyntheticModel.save()`: the world is read from it (directions, rates,
+    magnitude laws, hierarchy, correlation, bias); then no other world key may be set (features and dim
+    may be, if they equal the folder's)."""
     activations: str | None = None
     """SAEs on stored activations: a `.npy` (memory-mapped) or `.safetensors` file of shape [N, D],
     float32 or float16, instead of a sampled world (features, dim, firing, ... are then unused; D comes
@@ -112,19 +181,29 @@ class WorldConfig:
     """Share of the activations' rows (the last ones) kept out of training and used for the metrics."""
 
     def __post_init__(self) -> None:
+        from ..world import laws  # the laws live with the world; they validate here, before any run
+
         _require(0.0 < self.held_out < 1.0, "world.held_out", f"must lie in (0, 1), got {self.held_out}")
         for name in ("activations_key", "labels", "directions"):
             _require(getattr(self, name) is None or self.activations is not None, f"world.{name}",
                      "applies to stored activations only; set world.activations too")
+
+        if self.load is not None:
+            laws.check_load(self)
         _require(self.features >= 1, "world.features", f"must be >= 1, got {self.features}")
         _require(self.dim >= 1, "world.dim", f"must be >= 1, got {self.dim}")
-        rates = resolve_spec(self.firing, self.features, "world.firing")
-        _require(all(0.0 <= r <= 1.0 for r in rates), "world.firing", f"rates must lie in [0, 1], got {rates}")
-        mags = resolve_spec(self.magnitude, self.features, "world.magnitude")
-        _require(all(m > 0 for m in mags), "world.magnitude", f"magnitudes must be > 0, got {mags}")
-        stds = resolve_spec(self.magnitude_std, self.features, "world.magnitude_std")
+        _require(math.isfinite(self.bias) and self.bias >= 0, "world.bias", f"must be a finite number >= 0, got {self.bias}")
+        if self.load is not None:
+            return
+        rates = laws.base_rates(self)
+        _require(all(0.0 <= r <= 1.0 for r in rates), "world.firing", f"rates must lie in [0, 1], got {_short(rates)}")
+        mags = laws.magnitude_means(self)
+        _require(all(m > 0 for m in mags), "world.magnitude", f"magnitudes must be > 0, got {_short(mags)}")
+        stds = laws.magnitude_stds(self)
         _require(all(math.isfinite(v) and v >= 0 for v in stds), "world.magnitude_std",
-                 f"standard deviations must be finite and >= 0, got {stds}")
+                 f"standard deviations must be finite and >= 0, got {_short(stds)}")
+        if self.tree is not None:
+            laws.check_tree(self)
         seen_children: set[int] = set()
         for i, rel in enumerate(self.hierarchy):
             where = f"world.hierarchy.{i}"

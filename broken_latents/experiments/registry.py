@@ -18,6 +18,9 @@ class Experiment:
     geometries: int = 1
     """World seeds (0, 1, ...) that `reproduce` checks the claims over. In superposition the
     directions' sign pattern changes what an SAE learns, so one draw of them proves little."""
+    reproduced: bool = True
+    """Whether `reproduce` runs it: the post's experiments, yes; the scale studies (synthbench.py: minutes to
+    days each), no; run them by name."""
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

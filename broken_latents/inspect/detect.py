@@ -1,23 +1,25 @@
 """`broken-latents inspect`: which latents of an SAE trained anywhere look broken, from activations alone.
 
 The activations are streamed in chunks (a .npy is memory-mapped, a .safetensors tensor read by
-slices), so a file larger than memory works. Per latent we keep exact counts (fires, max) and a
-uniform reservoir sample of at most RESERVOIR positive activations, and fit the peak model
-(`peak_model.fit_peak_model`) to the sample. Rules, per latent:
+slices), so a file larger than memory works. Two passes:
 
-- fires: fraction of the samples where the latent is > 0.
-- peaks: the peak model's separated peaks above the floor (PEAK_FLOOR x the latent's max).
-- threshold: the peak model's threshold between the main (highest) peak and the one below.
-- broken: more than one separated peak. The post's broken latents merge a feature with its
-  parent (or with a sibling's negative part) and fire in one cluster per combination; a clean
-  latent fires in one. Silent or nearly silent latents (too few firings to fit) are not broken.
-- score: suspicion, the share of the latent's firings above the floor that belong to peaks
-  other than the main one (0 for one peak; towards 1 when the main peak is a small minority).
-  The figures and the report's table show the latents with the highest scores.
+1. every row: per latent, exact counts (fires, max) and a uniform reservoir sample of at most
+   RESERVOIR positive activations, to which the peak model is fitted (signals.peak_model);
+2. the first COACTIVATION_ROWS rows again: how often each latent and each of its decoder
+   neighbours are active together (signals.CoActivation), for the co-activation signal.
+
+Memory is bounded whatever the number of rows: K x RESERVOIR x 4 bytes of reservoirs, one chunk
+of at most CHUNK_BYTES of activations and latents, and K x NEIGHBOURS pair counts (K = 4096:
+164 MiB + 64 MiB + 0.5 MiB).
+
+Per latent: the signals (signals.py, each from weights and activations only), `score` the
+calibrated probability of broken (score.py, logistic regression fitted by the detection
+benchmark, weights in score_weights.json), and `broken` = score >= the stated `threshold_score`.
+Silent latents (no firing) score 0. `peaks`, `mixture`, `threshold` are the peak model's.
 
 Output (written to a hidden sibling folder and renamed into place at the end, so a failed or
 interrupted inspect leaves nothing that looks complete): DIR/inspect.json, DIR/figures/*.png
-for the FIGURES most suspicious latents, DIR/report.html with the figures embedded.
+for the FIGURES highest-scoring latents, DIR/report.html with the figures embedded.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import numpy as np
 
 from ..output.atomic import swap_into_place
 from ..config.schema import ConfigError
-from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel, fit_peak_model
+from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
 from ..output.saelens_format import NumpySAE, load_sae
+from ..analysis.score import load_score_model
+from ..analysis.signals import ACTIVE_SHARE, SIGNALS, CoActivation, latent_signals, neighbour_pairs, peak_models, peak_summary
 
 RESERVOIR = MAX_SAMPLES
 """Positive activations kept per latent (a uniform sample of all of them): K x RESERVOIR x 4 bytes."""
@@ -45,6 +49,8 @@ CHUNK_BYTES = 64 * 2**20
 FIGURES = 8
 """Histograms drawn: the most suspicious latents by score."""
 TABLE_ROWS = 50
+COACTIVATION_ROWS = 1_000_000
+"""Rows read again for the co-activation counts: enough for latents firing on 1 in 10^4 inputs."""
 SEED = 0
 
 
@@ -172,47 +178,78 @@ def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None =
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
     _check_out_dir(out)
     samples = min(file.samples, limit) if limit else file.samples
-    fires_K, max_K, reservoirs = _stream(sae, file, samples, progress)
-    models = [fit_peak_model(reservoirs.sample(j), seed=SEED) for j in range(sae.d_sae)]
+    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress)
+    models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
+    signals = latent_signals(sae.W_enc, sae.W_dec, coactivation,
+                             [peak_summary(m, reservoirs.sample(j)) for j, m in enumerate(models)])
+    scorer = load_score_model()
+    score_K = np.where(fires_K > 0, scorer.probability(signals), 0.0)
     result = {
         "sae": str(sae_path), "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
         "activations": str(file.path), "key": file.key, "samples": samples,
-        "rules": {"peak_floor": PEAK_FLOOR, "reservoir": RESERVOIR,
-                  "broken": "more than one separated peak in the peak model",
-                  "score": "share of the fitted firings outside the main (highest) peak"},
-        "latents": [_latent_record(j, fires_K[j] / samples, float(max_K[j]), models[j]) for j in range(sae.d_sae)],
+        "threshold_score": scorer.threshold,
+        "rules": {"peak_floor": PEAK_FLOOR, "reservoir": RESERVOIR, "coactivation_rows": min(samples, COACTIVATION_ROWS),
+                  "signals": list(SIGNALS),
+                  "score": "probability of broken: logistic regression on the signals (analysis/score_weights.json)",
+                  "broken": f"score >= threshold_score ({scorer.threshold})", "score_fitted": scorer.fitted},
+        "latents": [_latent_record(j, fires_K[j] / samples, float(max_K[j]), models[j], float(score_K[j]),
+                                   scorer.threshold, {name: float(signals[name][j]) for name in SIGNALS})
+                    for j in range(sae.d_sae)],
     }
     _write_atomically(out, result, reservoirs, models)
     return InspectOutcome(out, result)
 
 
-def _stream(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool):
+def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, what: str):
+    """(first row, latents [B, K]) chunk by chunk over the first `samples` rows; a non-finite value
+    or an unreadable (truncated) file is a ConfigError naming the first bad sample."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     rows = max(1, CHUNK_BYTES // (4 * (file.dim + sae.d_sae)))
-    fires_K = np.zeros(sae.d_sae, dtype=np.int64)
-    max_K = np.zeros(sae.d_sae, dtype=np.float32)
-    reservoirs = Reservoirs(sae.d_sae, RESERVOIR, SEED)
-    columns = (TextColumn("inspect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("samples", total=samples)
-        for start, x_BD in file.chunks(rows, samples):
+        chunks = file.chunks(rows, samples)
+        while True:
+            try:
+                start, x_BD = next(chunks)
+            except StopIteration:
+                return
+            except ConfigError:
+                raise
+            except Exception as err:  # a file cut short fails only when its missing rows are read
+                raise ConfigError("--activations", f"{file.path} could not be read past its first rows "
+                                                   f"(truncated or corrupt?): {err}; nothing was written") from None
             bad = ~np.isfinite(x_BD).all(axis=1)
             if bad.any():
                 raise ConfigError("--activations", f"{file.path} has NaN or infinite values (first at sample "
                                                    f"{start + int(np.argmax(bad))}); nothing was written")
-            h_BK = sae.encode(x_BD)
-            fires_K += (h_BK > 0).sum(0)
-            np.maximum(max_K, h_BK.max(0), out=max_K)
-            reservoirs.add(h_BK)
+            yield start, sae.encode(x_BD)
             bar.advance(task, len(x_BD))
-    return fires_K, max_K, reservoirs
 
 
-def _latent_record(j: int, fires: float, top: float, model: PeakModel) -> dict:
+def collect(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool = False):
+    """The two streaming passes: (fires [K], max [K], reservoirs, co-activation counts). Everything
+    kept is sized by K, RESERVOIR and NEIGHBOURS, never by the number of rows."""
+    fires_K = np.zeros(sae.d_sae, dtype=np.int64)
+    max_K = np.zeros(sae.d_sae, dtype=np.float32)
+    reservoirs = Reservoirs(sae.d_sae, RESERVOIR, SEED)
+    for _, h_BK in _encoded(sae, file, samples, progress, "inspect"):
+        fires_K += (h_BK > 0).sum(0)
+        np.maximum(max_K, h_BK.max(0), out=max_K)
+        reservoirs.add(h_BK)
+    coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K)
+    for _, h_BK in _encoded(sae, file, min(samples, COACTIVATION_ROWS), progress, "co-activation"):
+        coactivation.add(h_BK)
+    return fires_K, max_K, reservoirs, coactivation
+
+
+def _latent_record(j: int, fires: float, top: float, model: PeakModel, score: float, threshold: float,
+                   signals: dict[str, float]) -> dict:
     fitted = model.to_json()
     return {"latent": j, "fires": round(float(fires), 6), "peaks": model.n_peaks, "mixture": fitted["mixture"],
-            "threshold": fitted["threshold"], "broken": model.n_peaks > 1, "score": round(model.off_main_weight, 4),
+            "threshold": fitted["threshold"], "broken": bool(score >= threshold), "score": round(score, 4),
+            "signals": {name: round(value, 4) for name, value in signals.items()},
             "peak_means": fitted["peak_means"], "max": round(top, 6), "floor": fitted["floor"], "fitted": model.fitted}
 
 
@@ -276,7 +313,7 @@ def histogram(acts: np.ndarray, model: PeakModel, record: dict, path: Path) -> N
     ax.set_xlabel(f"latent activation\n(not shown: {below:.0%} of the sampled firings, at or below the floor "
                   f"{model.floor:.3g} = {PEAK_FLOOR:.0%} of the max)", fontsize=9)
     ax.set_ylabel("density (firings above the floor)")
-    verdict = "broken" if record["broken"] else "one peak"
+    verdict = "broken" if record["broken"] else "not broken"
     ax.set_title(f"latent {record['latent']}: {record['peaks']} peak(s), {verdict}, score {record['score']:.2f}",
                  fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
@@ -307,25 +344,34 @@ d_sae {result['d_sae']})</li>
 {result['samples']:,} samples</li>
 <li>broken: {len(broken)} of {len(latents)} latents; silent: {len(silent)}</li></ul>
 <h2>Rules</h2>
-<p>Per latent, a 1-D Gaussian mixture (components by BIC, up to 5) is fitted to a uniform sample of
-at most {result['rules']['reservoir']:,} of its activations above {PEAK_FLOOR:.0%} of its max.
-Components with weight under 2% are ignored; adjacent ones separated (Ashman's D &ge; 2 and 5% of
-the upper mean apart) are separate peaks. <b>broken</b>: more than one peak. <b>score</b>: the share of
-the fitted firings outside the main (highest) peak. <b>threshold</b>: where the main peak's weighted
-density equals the next peak's (one peak: its mean minus 3 std).</p>
-<h2>Most suspicious latents</h2>
-<table><tr><th>latent</th><th>fires</th><th>peaks</th><th>threshold</th><th>peak means</th><th>score</th>
-<th>broken</th></tr>{rows}</table>
+<p>Per latent, signals read from the SAE's weights and these activations only (never a true feature):
+{_signal_list()}
+<b>score</b>: the probability that the latent is broken, a logistic regression on the signals fitted by the
+detection benchmark ({esc(str(result['rules']['score_fitted'].get('benchmark', '')))}, fitted on world seeds
+{esc(str(result['rules']['score_fitted'].get('fit_world_seeds', '')))}); <b>broken</b>: score &ge;
+{result['threshold_score']}. The peak model: a 1-D Gaussian mixture (components by BIC, up to 5) fitted to a
+uniform sample of at most {result['rules']['reservoir']:,} of the latent's activations above {PEAK_FLOOR:.0%}
+of its max (a single Gaussian where the smoothed histogram shows one bump); <b>threshold</b>: where the main
+peak's weighted density equals the next peak's (one peak: its mean minus 3 std).</p>
+<h2>Highest-scoring latents</h2>
+<table><tr><th>latent</th><th>fires</th><th>peaks</th><th>peak means</th>{''.join(f"<th>{esc(n)}</th>" for n in SIGNALS)}
+<th>score</th><th>broken</th></tr>{rows}</table>
 <h2>Histograms</h2>{images or '<p>No latent fired often enough to fit.</p>'}
 </body></html>
 """
 
 
+def _signal_list() -> str:
+    from ..analysis import signals
+
+    lines = [line[2:] for line in signals.__doc__.split("\n") if line.startswith("- ")]
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
 def _row(r: dict) -> list[str]:
-    threshold = "" if r["threshold"] is None else f"{r['threshold']:.4g}"
     means = ", ".join(f"{m:.3g}" for m in r["peak_means"])
-    return [str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]), threshold, means, f"{r['score']:.3f}",
-            "yes" if r["broken"] else "no"]
+    return [str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]), means,
+            *(f"{r['signals'][n]:.3f}" for n in SIGNALS), f"{r['score']:.3f}", "yes" if r["broken"] else "no"]
 
 
 def print_summary(outcome: InspectOutcome, console) -> None:
@@ -334,11 +380,11 @@ def print_summary(outcome: InspectOutcome, console) -> None:
     result = outcome.result
     broken = [r for r in result["latents"] if r["broken"]]
     table = Table(title=f"{len(broken)} of {result['d_sae']} latents look broken ({result['samples']:,} samples)")
-    for column in ("latent", "fires", "peaks", "peak means", "threshold", "score"):
-        table.add_column(column, justify="right")
+    for column in ("latent", "fires", "peaks", *SIGNALS, "score"):
+        table.add_column(column.replace("_", " "), justify="right")
     for r in suspicious(result, 10):
         if r["broken"]:
             table.add_row(str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]),
-                          ", ".join(f"{m:.3g}" for m in r["peak_means"]), f"{r['threshold']:.4g}", f"{r['score']:.3f}")
+                          *(f"{r['signals'][n]:.2f}" for n in SIGNALS), f"{r['score']:.3f}")
     console.print(table)
     console.print(f"inspect folder: {outcome.directory}  (report: {outcome.directory / 'report.html'})")

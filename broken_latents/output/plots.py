@@ -27,32 +27,50 @@ HIST_FLOOR = 0.1  # show a little below analysis.peaks.PEAK_FLOOR, where peaks s
 HIST_BINS = 100
 HIGHLIGHT = "tab:orange"
 DPI = 110
+TOP_LATENTS = 64
+"""An SAE with more latents, or a world with more features, than this is drawn by its top latents:
+the TOP_LATENTS that fire most on the held-out samples (by decoder norm when there are no
+activations) against their best-matching features, never its full K x F table (a 1024 x 2048
+canvas of cells does not fit in memory)."""
+TOP_HISTOGRAMS = 16
+"""Histogram panels drawn for an SAE drawn by its top latents (the 16 that fire most)."""
+VALUES_UP_TO = 32
+"""Heatmaps with more rows or columns than this leave out the value written in each cell."""
+PROFILE_FEATURES = 64
+"""A world with more features than this gets its profile without a tick per feature."""
 
 
 def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature",
                 row_marks: dict[int, str] | None = None, col_marks: dict[int, str] | None = None,
-                boxes: dict[tuple[int, int], str] | None = None, threshold: float = CLEAN_COS) -> None:
+                boxes: dict[tuple[int, int], str] | None = None, threshold: float = CLEAN_COS,
+                row_ids: Sequence[int] | None = None, col_ids: Sequence[int] | None = None) -> None:
     """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs. Values near
     `threshold` get the digits to tell their side. `row_marks` / `col_marks`: a word after a tick label
     ("broken", "dead", "parent"), coloured by MARK_COLOURS; `boxes`: (row, col) -> a mark whose colour
-    outlines that cell (a latent's matched feature)."""
+    outlines that cell (a latent's matched feature). row_ids / col_ids: the latents / features the rows
+    and columns are (default 0, 1, ...; marks and boxes are by position)."""
     cos_RC = np.asarray(matrix, dtype=float)
     rows, cols = cos_RC.shape
     row_marks, col_marks, boxes = row_marks or {}, col_marks or {}, boxes or {}
+    values = rows <= VALUES_UP_TO and cols <= VALUES_UP_TO
+    cell = CELL_INCHES if values else CELL_INCHES / 2.5
     # Cells keep their size whatever the shape; the margins hold labels, title and colour bar.
-    fig, ax = plt.subplots(figsize=(CELL_INCHES * cols + 2.2, CELL_INCHES * rows + 1.4))
+    fig, ax = plt.subplots(figsize=(cell * cols + 2.2, cell * rows + 1.4))
     image = ax.imshow(cos_RC, cmap="RdBu_r", vmin=-1, vmax=1, aspect="equal")
-    _write_cell_values(ax, cos_RC, threshold)
+    if values:
+        _write_cell_values(ax, cos_RC, threshold)
     for (r, c), mark in boxes.items():
         ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor=MARK_COLOURS[mark], linewidth=2.2))
-    ax.set_xticks(range(cols), [_marked(c, col_marks) for c in range(cols)],
-                  rotation=90 if col_marks else 0)
-    ax.set_yticks(range(rows), [_marked(r, row_marks) for r in range(rows)])
+    row_names = [str(j) for j in (range(rows) if row_ids is None else row_ids)]
+    col_names = [str(i) for i in (range(cols) if col_ids is None else col_ids)]
+    ax.set_xticks(range(cols), [_marked(c, col_marks, col_names[c]) for c in range(cols)],
+                  rotation=90 if col_marks or not values else 0)
+    ax.set_yticks(range(rows), [_marked(r, row_marks, row_names[r]) for r in range(rows)])
     for label, index in zip(ax.get_xticklabels(), range(cols)):
         label.set_color(MARK_COLOURS.get(col_marks.get(index), "black"))
     for label, index in zip(ax.get_yticklabels(), range(rows)):
         label.set_color(MARK_COLOURS.get(row_marks.get(index), "black"))
-    ax.tick_params(labelsize=8, length=0)
+    ax.tick_params(labelsize=8 if values else 5, length=0)
     key = _key_text(boxes, row_marks, col_marks)
     ax.set_xlabel(col_label + ("\n" + "\n".join(textwrap.wrap(key, 60)) if key else ""), fontsize=9)
     ax.set_ylabel(row_label)
@@ -67,8 +85,9 @@ MARK_COLOURS = {"broken": "tab:red", "dead": "grey", "clean": "tab:green", "pare
 """Colours of the heatmaps' marks: a broken latent, a dead one, a clean match, a parent feature."""
 
 
-def _marked(index: int, marks: dict[int, str]) -> str:
-    return f"{index} {marks[index]}" if index in marks else str(index)
+def _marked(index: int, marks: dict[int, str], name: str | None = None) -> str:
+    name = str(index) if name is None else name  # the latent or feature at that position
+    return f"{name} {marks[index]}" if index in marks else name
 
 
 def _key_text(boxes: dict, row_marks: dict, col_marks: dict) -> str:
@@ -94,19 +113,22 @@ def latent_cos_heatmap(matrix, title: str, path: str | Path, marks: dict[int, st
 
 
 def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path,
-                          peak_models: Sequence[dict] = ()) -> None:
+                          peak_models: Sequence[dict] = (), latent_ids: Sequence[int] | None = None) -> None:
     """One panel per latent: activations above HIST_FLOOR of its max (the share left out is written
     on the panel), the fitted peak model's mixture over them, its peaks dashed and its threshold
     dotted. One peak is a clean latent; several peaks are features mixed into it (broken)."""
     models = {m["latent"]: m for m in peak_models}
     acts_BK = np.asarray(acts, dtype=float)
     latents = acts_BK.shape[1]
+    ids = list(range(latents)) if latent_ids is None else [int(j) for j in latent_ids]  # column -> latent
     rows = math.ceil(latents / HIST_COLUMNS)
     cols = math.ceil(latents / rows)  # 4 latents: 2 rows of 2 rather than 3 + 1
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.8), squeeze=False, layout="constrained")
     for j, ax in enumerate(axes.flat):
         if j < latents:
-            _latent_panel(ax, j, acts_BK[:, j], peak_locations[j] if j < len(peak_locations) else [], models.get(j))
+            latent = ids[j]
+            _latent_panel(ax, latent, acts_BK[:, j], peak_locations[latent] if latent < len(peak_locations) else [],
+                          models.get(latent))
         else:
             ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
@@ -134,15 +156,22 @@ def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path,
     latents should learn the K features with the largest expected MSE (`highlight`)."""
     panels = [("magnitude", magnitudes), ("firing probability\n(marginal)", rates), ("expected MSE = p·m²", expected_mse)]
     features = len(expected_mse)
-    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5), 6.0))
+    ticks = features <= PROFILE_FEATURES
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5) if ticks else 12.0, 6.0))
     top = set(highlight)
     colours = [HIGHLIGHT if i in top else "tab:blue" for i in range(features)]
     for ax, (name, values) in zip(axes, panels):
-        ax.bar(range(features), values, color=colours)
+        if ticks:
+            ax.bar(range(features), values, color=colours)
+        else:  # thousands of bars: a step line per panel, the top features as dots
+            ax.plot(range(features), values, color="tab:blue", linewidth=0.6)
+            shown = sorted(top)
+            ax.scatter(shown, np.asarray(values)[shown], s=2, color=HIGHLIGHT)
         ax.set_ylabel(name, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].set_xticks(range(features))
+    if ticks:
+        axes[-1].set_xticks(range(features))
     axes[-1].set_xlabel("feature")
     if highlight:
         title += f"\n(orange: top {len(highlight)} by expected MSE)"
@@ -203,8 +232,53 @@ def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figu
     return written
 
 
+def top_latents(run: RunMetrics, acts: np.ndarray | None, count: int | None = None) -> np.ndarray:
+    """The `count` (default TOP_LATENTS) latents that fire on most held-out samples (ties: larger
+    decoder norm first); by decoder norm alone without activations."""
+    count = TOP_LATENTS if count is None else count
+    norms_K = np.asarray(run.decoder_norms, dtype=float)
+    if acts is None:
+        return np.argsort(-norms_K, kind="stable")[:count]
+    firing_K = (np.asarray(acts) > 0).mean(axis=0)
+    return np.lexsort((-norms_K, -firing_K))[:count]
+
+
+def _top_latent_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+    """A large SAE's figures: its top latents against their best features (columns in the order
+    the latents first pick them), their latent-latent cosines and the top ones' histograms."""
+    heading = f"{run.label} seed {run.seed}"
+    top_T = top_latents(run, acts)
+    decoder_KF = run.matrix("decoder_cos")
+    rows_TF = np.asarray(decoder_KF[top_T], dtype=float)
+    features = list(dict.fromkeys(int(i) for i in np.abs(rows_TF).argmax(axis=1)))
+    shown = f"top {len(top_T)} of {decoder_KF.shape[0]} latents by firing"
+    names = [f"{key}-decoder.png"]
+    cos_heatmap(rows_TF[:, features], f"{heading}: decoder cos, {shown}, with their best features",
+                figures_dir / names[-1], row_ids=top_T, col_ids=features)
+    architecture = run.label if run.architecture is None else run.architecture
+    if architecture != "tied":
+        names.append(f"{key}-encoder.png")
+        encoder_TF = np.asarray(run.matrix("encoder_cos")[top_T], dtype=float)[:, features]
+        cos_heatmap(encoder_TF, f"{heading}: encoder cos, {shown}", figures_dir / names[-1], row_ids=top_T,
+                    col_ids=features)
+    names.append(f"{key}-latents.png")
+    latent_TT = np.asarray(run.matrix("latent_cos")[top_T][:, top_T], dtype=float)
+    cos_heatmap(latent_TT, f"{heading}: decoder cos between the {shown}", figures_dir / names[-1],
+                row_label="latent", col_label="latent", row_ids=top_T, col_ids=top_T)
+    if acts is not None:
+        names.append(f"{key}-hist.png")
+        hist_T = top_T[:TOP_HISTOGRAMS]
+        activation_histograms(np.asarray(acts)[:, hist_T], run.peak_locations,
+                              f"{heading}: activations of the {len(hist_T)} latents that fire most",
+                              figures_dir / names[-1], run.peak_models or (), latent_ids=hist_T)
+    return names
+
+
 def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path, parents: set[int] = frozenset(),
                  threshold: float = CLEAN_COS) -> list[str]:
+    latents, features = run.shape("decoder_cos")
+    if max(latents, features) > TOP_LATENTS:
+        return _top_latent_figures(run, key, acts, figures_dir)
     heading = f"{run.label} seed {run.seed}"
     broken = set(run.broken_latents)
     marks = {"row_marks": latent_marks(run), "col_marks": {f: "parent" for f in parents}, "threshold": threshold,
@@ -235,7 +309,7 @@ def _world_figure(metrics: Metrics, figures_dir: Path) -> str:
     magnitudes = world.magnitudes
     if magnitudes is None:  # older metrics.json: p * m^2 = expected MSE gives m back
         magnitudes = np.sqrt(np.divide(expected, rates, out=np.zeros_like(expected), where=rates > 0))
-    latents = max((len(run.decoder_cos) for run in metrics.runs), default=0)
+    latents = max((run.shape("decoder_cos")[0] for run in metrics.runs), default=0)
     top = (world.expected_mse_ranking or list(np.argsort(-expected)))[:latents]  # older runs: no ranking
     world_profile(expected, rates, magnitudes, f"{metrics.name}: features", figures_dir / "world.png", top)
     return "world.png"

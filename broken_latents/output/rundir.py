@@ -23,7 +23,7 @@ import numpy as np
 from ..analysis.measure import Trained
 from ..config.schema import ConfigError, ExperimentConfig, dump_toml
 from ..saes.activations import activation
-from ..analysis.metrics import Metrics
+from ..analysis.metrics import Metrics, save_arrays
 from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
@@ -88,5 +88,6 @@ def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metr
     report = render_markdown(metrics, figures, shown, config_toml)
     (path / "report.md").write_text(report)
     write_html(path / "report.html", f"broken-latents: {config.name}", report, path)
+    save_arrays(metrics, path)  # large matrices to arrays/*.npy; metrics.json names them
     # metrics.json last: its presence marks a complete run directory.
     (path / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -9,6 +10,33 @@ from rich.text import Text
 from ..analysis.metrics import CLEAN_COS, ClaimResult, Metrics, RunMetrics, WorldMetrics
 from .describe import cos_text, world_line
 from .report import SHOWN_ABSORPTION
+
+
+SHOWN_ITEMS = 24
+"""A cell lists at most this many latents or features; a large SAE's cell ends "... (N more)"."""
+
+
+def _cut(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN_ITEMS])
+    return shown + (f", ... ({len(items) - SHOWN_ITEMS} more)" if len(items) > SHOWN_ITEMS else "")
+
+
+def synthbench_table(metrics: Metrics) -> Table | None:
+    """SynthSAEBench's metrics (SAELens' definitions) per SAE and seed; None for runs from before them."""
+    runs = [run for run in metrics.runs if run.mcc is not None]
+    if not runs:
+        return None
+    table = Table(title="SynthSAEBench metrics (SAELens' definitions): mcc, uniqueness, f1, precision, "
+                        "recall, sae_l0, true_l0, dead_count, shrinkage")
+    columns = ("mcc", "uniqueness", "f1", "precision", "recall", "sae_l0", "true_l0", "dead_count", "shrinkage")
+    table.add_column("SAE")
+    table.add_column("seed")
+    for header in ("MCC", "uniq", "F1", "prec", "rec", "L0", "true", "dead", "shrk"):  # narrow: fits 80 columns
+        table.add_column(header, justify="right")
+    for run in runs:
+        table.add_row(run.label, str(run.seed), *(f"{getattr(run, c):.2f}" if isinstance(getattr(run, c), float)
+                                                  else str(getattr(run, c)) for c in columns))
+    return table
 
 
 def broken_latent_table(metrics: Metrics) -> Table:
@@ -19,8 +47,8 @@ def broken_latent_table(metrics: Metrics) -> Table:
     threshold = metrics.clean_cos or CLEAN_COS
     for run in metrics.runs:
         by_latent = {m.latent: m for m in run.matches}
-        broken = ", ".join(f"{j} (f{by_latent[j].feature}, {cos_text(by_latent[j].cos, threshold)})"
-                           for j in run.broken_latents)
+        broken = _cut([f"{j} (f{by_latent[j].feature}, {cos_text(by_latent[j].cos, threshold)})"
+                       for j in run.broken_latents])
         table.add_row(
             run.label, str(run.seed), _ints(run.learned_features), broken or "-",
             _ints(run.dead_latents) or "-", _ints(run.activation_peaks), f"{run.explained_variance:.3f}",
@@ -38,9 +66,9 @@ def absorption_table(metrics: Metrics) -> Table | None:
     for column in ("SAE", "seed", "absorbed features (absorption, full)", "hedging latents (signed)"):
         table.add_column(column)
     for run in runs:
-        absorbed = ", ".join(f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
-                             for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION)
-        hedging = ", ".join(f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION)
+        absorbed = _cut([f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
+                         for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION])
+        hedging = _cut([f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION])
         table.add_row(run.label, str(run.seed), absorbed or "-", hedging or "-")
     return table
 
@@ -72,14 +100,29 @@ def geometry_line(world: WorldMetrics) -> Text | None:
     return Text(line)
 
 
+SHOWN_FEATURES = 12
+"""A decoder table with more columns than this shows the world's top features by expected MSE only."""
+SHOWN_LATENTS = 32
+"""A larger SAE's decoder table shows the latents best matched to the features shown (at most this many)."""
+
+
 def decoder_table(run: RunMetrics, top_features: list[int], threshold: float = CLEAN_COS) -> Table:
     """Decoder cosines of one SAE with the features it cares about most (digits enough to tell which side
-    of the clean threshold each lies)."""
-    table = Table(title=f"{run.label} seed {run.seed}: decoder cos (latent x feature)")
+    of the clean threshold each lies); a large SAE: of the SHOWN_LATENTS latents with the largest |cos|
+    with those features."""
+    decoder_KF = run.matrix("decoder_cos")
+    latents = range(decoder_KF.shape[0])
+    title = f"{run.label} seed {run.seed}: decoder cos (latent x feature)"
+    if decoder_KF.shape[0] > SHOWN_LATENTS:
+        best_K = np.abs(np.asarray(decoder_KF[:, top_features], dtype=float)).max(axis=1)
+        latents = sorted(np.argsort(-best_K, kind="stable")[:SHOWN_LATENTS].tolist())
+        title += f", the {SHOWN_LATENTS} of {decoder_KF.shape[0]} latents closest to these features"
+    table = Table(title=title)
     table.add_column("latent")
     for f in top_features:
         table.add_column(f"f{f}", justify="right")
-    for j, row in enumerate(run.decoder_cos):
+    for j in latents:
+        row = {f: float(decoder_KF[j, f]) for f in top_features}
         cells = [Text(cos_text(row[f], threshold, signed=True), "bold" if abs(row[f]) >= 0.5 else "")
                  for f in top_features]
         table.add_row(str(j), *cells)
@@ -95,6 +138,8 @@ def show_run(metrics: Metrics, console: Console) -> None:
     if geometry := geometry_line(metrics.world):
         console.print(geometry)
     console.print(broken_latent_table(metrics))
+    if synthbench := synthbench_table(metrics):
+        console.print(synthbench)
     if warnings := convergence_warnings(metrics):
         console.print(warnings)
     if absorption := absorption_table(metrics):
@@ -106,6 +151,8 @@ def show_run(metrics: Metrics, console: Console) -> None:
     for run in metrics.runs:
         if run.seed == first_seed:
             wanted = sorted(set(ranking[:8]) | {m.feature for m in run.matches})
+            if len(wanted) > SHOWN_FEATURES:  # a large world: the features that matter most
+                wanted = sorted(ranking[:SHOWN_FEATURES])
             console.print(decoder_table(run, wanted, metrics.clean_cos or CLEAN_COS))
 
 
@@ -124,4 +171,4 @@ def convergence_warnings(metrics: Metrics) -> Text | None:
 
 
 def _ints(values: list[int]) -> str:
-    return ", ".join(str(v) for v in values)
+    return _cut([str(v) for v in values])

@@ -47,7 +47,7 @@ def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: boo
                   experiments: dict[str, Experiment] | None = None) -> Path:
     """Run each experiment into out/NAME, then write out/report.md and out/report.html."""
     console = make_console(stderr=True)
-    experiments = EXPERIMENTS if experiments is None else experiments
+    experiments = {n: e for n, e in EXPERIMENTS.items() if e.reproduced} if experiments is None else experiments
     out = Path(out)
     started = time.perf_counter()
     results = []

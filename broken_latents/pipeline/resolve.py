@@ -79,7 +79,7 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
         check_activations(config)
         return
     choose_engine(config, device)
-    check_config(config)
+    check_config(config, device)
 
 
 def check_device(device: str) -> None:

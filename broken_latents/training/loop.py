@@ -87,6 +87,17 @@ def choose_engine(config: ExperimentConfig, device: str) -> str:
     hand-derived gradients where every SAE declares them, else autograd for all."""
     engine = config.train.engine
     without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
+    if World.is_sparse(config.world):
+        # Sparse worlds train on inputs x (the engines' feature space would be the world's thousands of
+        # features): autograd by default; 'arrays' runs its formulas with x as the magnitudes of D unit axes.
+        if engine == "compiled":
+            raise ConfigError("train.engine", "'compiled' works in feature space, and this world samples sparsely "
+                                              f"({config.world.features} features, or a tree, correlation, bias or "
+                                              "load); use 'auto', 'autograd' or 'arrays'")
+        if engine == "arrays" and without:
+            raise ConfigError("train.engine", f"'arrays' needs hand-derived gradients, and SAE(s) {without} declare none; "
+                                              "use 'auto' or 'autograd'")
+        return "autograd" if engine == "auto" else engine
     if engine == "auto":
         return "autograd" if without else "compiled" if device == "cpu" else "arrays"
     if engine in ("arrays", "compiled") and without:
@@ -137,7 +148,9 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
     optimiser = FlatAdam(flat.numpy() if on_numpy else flat, lr=config.train.lr)
     arrays = [params_of(stack.sae, "numpy" if on_numpy else "torch") for stack in stacks]
     archs = [Architecture.of(stack.sae) for stack in stacks] if engine != "autograd" else None
-    geometry = WorldGeometry.of(world.directions_ND, "numpy" if on_numpy else "torch")
+    # A sparse world's batches are inputs x: to the engines, magnitudes of the D unit axes.
+    axes = torch.eye(config.world.dim, device=device) if world.sparse else world.directions_ND
+    geometry = WorldGeometry.of(axes, "numpy" if on_numpy else "torch")
     # The compiled kernel writes each gradient straight into its place in one flat buffer.
     grad_flat = grad_outs = None
     if engine == "compiled":
@@ -162,13 +175,16 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine: str) -
         for step in range(steps):
             termination.check()
             f_RNB = stream.next()
+            if world.sparse:
+                f_RNB = world.inputs(f_RNB).transpose(-1, -2)  # x_RDB: see `axes`
             want_loss = step % LOG_EVERY == 0 or step == steps - 1
             if engine != "autograd":
                 logged, grads = _fast_step(stacks, archs, arrays, auxes, inverses, geometry, f_RNB, step * batch,
                                            want_loss, grad_outs)
                 grad = grad_flat if grad_outs is not None else concat_flat(grads)
             else:
-                logged, grads = _autograd_step(stacks, auxes, inverses, world.inputs(f_RNB), step * batch)
+                x_RBD = f_RNB.transpose(-1, -2) if world.sparse else world.inputs(f_RNB)
+                logged, grads = _autograd_step(stacks, auxes, inverses, x_RBD, step * batch)
                 grad = concat_flat(grads)
             optimiser.step(grad, config.train.lr * lr_factor(config, step, steps))
             if config.train.unit_norm_decoder:

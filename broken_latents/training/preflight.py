@@ -6,21 +6,35 @@ direction search would take minutes. Each failure is a `ConfigError` naming the 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import ConfigError, ExperimentConfig, TrainConfig, WorldConfig, SAEConfig
+from ..world import directions
+from ..world.directions import CHUNK, SEARCH_BUDGET
+from ..world.model import World
 
 MEMORY_SHARE = 0.7
 """A run may plan to use at most this share of the machine's physical memory."""
 
-SEARCH_BUDGET = 6e8
-"""Work (steps x features^2 x (1 + dim/200)) the direction search may take: about 15-20 s on one
-2020s core (measured: 2000 features in 10 dims, 2.1e8, 6 s; 2000 in 500 dims, 7e8, 19 s;
-5000 in 10 dims would be 1.3e9, 40 s)."""
+MAX_HOURS = 24.0
+"""A run whose estimated time exceeds this is refused before it starts (see `estimate_seconds`)."""
+
+SECONDS_PER_FLOP = {"cpu": 1 / 2e10, "cuda": 1 / 5e13}
+"""Training speed assumed by `estimate_seconds`: one CPU core's float32 matmul rate (about 20 GFLOP/s,
+of the 358 GFLOP/s two free cores reach on 1024x256x1024), and a datacenter GPU's at a quarter of peak."""
+
+SPARSE_INPUTS_PER_SECOND = 50_000
+"""Sparse sampling rate per seed assumed by `estimate_seconds` (SynthSAEBench laws at 4096 x 256 on one
+busy core; the sampling thread runs beside the training)."""
 
 FLOAT = 4  # bytes of a float32
+JSON_NUMBER = 9
+"""Bytes of one rounded number in metrics.json ("-0.1234, ")."""
+OUTPUT_SHARE = 0.8
+"""A run directory may take at most this share of the free disk space where it is written."""
 
 
 def check_writable(out: Path, field: str = "--out") -> None:
@@ -68,10 +82,22 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
     state = FLOAT * (6 * params + aux)
     # 4 batches per chunk, 4 chunks in the ring, the raw words and firing masks of one chunk,
     # and per SAE a batch of inputs, activations and reconstructions.
-    batches = FLOAT * (16 * R * N * B + 4 * N * B * 3 + sum(R * B * (3 * D + 3 * K) for K in Ks))
-    evaluation = FLOAT * R * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
-    world = 8 * (3 * D * N if D >= N else 6 * N * N)
-    parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world}
+    per_sae = sum(R * B * (3 * D + 3 * K) for K in Ks)
+    if World.is_sparse(w):  # a queue of input batches; directions, copula factor and the chunked cosines
+        rank = w.correlation.rank if w.correlation else 0
+        batches = FLOAT * (4 * R * B * D + per_sae)
+        world = FLOAT * (4 * N * D + N * rank + 3 * CHUNK * N)
+    else:
+        batches = FLOAT * (16 * R * N * B + 4 * N * B * 3 + per_sae)
+        world = 8 * (3 * D * N if D >= N else 6 * N * N)
+    # The per-latent analyses hold at most DETAIL_BYTES of samples per seed (analysis/measure.py); the
+    # SynthSAEBench metrics stream over the rest, a batch of STREAM_BYTES at a time.
+    from ..analysis.measure import DETAIL_BYTES, STREAM_BYTES
+
+    held = FLOAT * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
+    evaluation = R * min(held, DETAIL_BYTES) + (STREAM_BYTES if held > DETAIL_BYTES else 0)
+    parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world,
+             "analysis": analysis_bytes(config)}
     largest = max(parts, key=parts.get)
     return MemoryEstimate(sum(parts.values()), parts, _culprit(config, largest))
 
@@ -88,12 +114,60 @@ def _culprit(config: ExperimentConfig, part: str) -> str:
         ratios["train.batch_size"] = t.batch_size / TrainConfig.batch_size
     if part == "evaluation":
         ratios["train.eval_samples"] = t.eval_samples / TrainConfig.eval_samples
-    if part in ("training state", "batch buffers", "evaluation"):
+    if part in ("training state", "batch buffers", "evaluation", "analysis", "outputs"):
         for sae in config.sae:
             ratios[f"sae.{sae.label}.latents"] = sae.latents / SAEConfig.latents
     if part == "world":
         ratios = {k: v for k, v in ratios.items() if k.startswith("world.")}
+    if part in ("analysis", "outputs"):
+        ratios = {k: v for k, v in ratios.items() if k in ("world.features", "train.seeds") or k.startswith("sae.")}
     return max(ratios, key=ratios.get)
+
+
+def _matrix_bytes(entries: int) -> int:
+    """Bytes a cosine matrix takes as metrics hold it: float16 past INLINE_MAX, else rounded JSON text."""
+    from ..analysis.metrics import ARRAY_DTYPE, INLINE_MAX
+
+    import numpy as np
+
+    return entries * (np.dtype(ARRAY_DTYPE).itemsize if entries > INLINE_MAX else JSON_NUMBER)
+
+
+def analysis_bytes(config: ExperimentConfig) -> int:
+    """Memory the analysis takes beyond its samples: the cosine tables every SAE and seed keeps
+    (decoder, encoder: K x F; latents: K x K; the world's F x F) and, one SAE at a time, the
+    Hungarian matchings' float32 and float64 copies of a K x F table (about 20 bytes an entry)."""
+    w, R = config.world, config.train.seeds
+    kept = sum(R * _matrix_bytes(2 * sae.latents * w.features + sae.latents ** 2) for sae in config.sae)
+    matching = max(20 * sae.latents * w.features for sae in config.sae)
+    return kept + matching + (FLOAT + 2) * w.features ** 2
+
+
+def output_bytes(config: ExperimentConfig) -> dict[str, int]:
+    """Bytes the run directory will take, by what they hold (figures and reports aside, a few MB)."""
+    w, R, D = config.world, config.train.seeds, config.world.dim
+    weights = sum(R * 2 * FLOAT * (2 * sae.latents * D + 2 * sae.latents + D) for sae in config.sae)  # two formats
+    tables = sum(R * _matrix_bytes(2 * sae.latents * w.features + sae.latents ** 2) for sae in config.sae)
+    per_latent = sum(R * sae.latents * 200 for sae in config.sae)  # peaks, peak models, lists per latent
+    return {"weights": weights, "cosine tables": tables + _matrix_bytes(w.features ** 2),
+            "per-latent metrics": per_latent}
+
+
+def check_outputs(config: ExperimentConfig, out: Path, free: int | None = None) -> int:
+    """Refuse a run whose directory would not fit in the free space under `out` (with room to
+    spare: OUTPUT_SHARE of it), before training. Returns the estimated bytes."""
+    parts = output_bytes(config)
+    total = sum(parts.values())
+    if free is None:
+        existing = next(p for p in [Path(out), *Path(out).parents] if p.exists())
+        free = shutil.disk_usage(existing).free
+    if total > OUTPUT_SHARE * free:
+        culprit = _culprit(config, "outputs")
+        detail = ", ".join(f"{name} {_gib(b)}" for name, b in parts.items() if b >= 0.01 * total)
+        raise ConfigError(culprit, f"this run writes about {_gib(total)} ({detail}) and {out} has {_gib(free)} "
+                                   f"free, of which a run may use {OUTPUT_SHARE:.0%}: lower {culprit} "
+                                   f"(now {_field_value(config, culprit):,}) or write elsewhere (--out)")
+    return total
 
 
 def check_memory(config: ExperimentConfig, available: int | None = None) -> MemoryEstimate:
@@ -111,44 +185,53 @@ def check_memory(config: ExperimentConfig, available: int | None = None) -> Memo
 
 
 def search_work(world: WorldConfig) -> float:
-    """The direction search's work (see world._spread_directions): steps x features^2 x (1 + dim/200)."""
-    n, dim = world.features, world.dim
-    if dim >= n or n == dim + 1:
+    """The max-|cos| search's work (world/directions.py), 0 where the world takes no search."""
+    if World.is_sparse(world) or directions.search_work(world.features, world.dim) > SEARCH_BUDGET:
         return 0.0
-    from ..world.model import search_steps  # the search's own step count (world/model.py loads torch: only here)
+    return directions.search_work(world.features, world.dim)
 
-    return search_steps(n, dim) * n * n * (1 + dim / 200)
+
+def world_seconds(world: WorldConfig) -> float:
+    """Laying out the directions: the search (about 15 s at SEARCH_BUDGET) or the decorrelation."""
+    if world.features <= world.dim:
+        return 0.0
+    if search_work(world) > 0:
+        return search_work(world) / SEARCH_BUDGET * 15
+    return directions.decorrelation_seconds(world.features, world.dim)
+
+
+def estimate_seconds(config: ExperimentConfig, device: str = "cpu") -> float:
+    """Wall time of a run, roughly: the world's layout, then training at SECONDS_PER_FLOP (6 B K D flops
+    per SAE and sample, forward and backward) or, in a sparse world, the sampler's pace if slower."""
+    w, t = config.world, config.train
+    flops = 6 * t.samples * t.seeds * sum(sae.latents for sae in config.sae) * w.dim
+    train = flops * SECONDS_PER_FLOP["cuda" if device == "cuda" else "cpu"]
+    if World.is_sparse(w):
+        train = max(train, t.samples * t.seeds / SPARSE_INPUTS_PER_SECOND)
+    return world_seconds(w) + train
+
+
+def check_time(config: ExperimentConfig, device: str = "cpu") -> float:
+    """Refuse a run estimated to take more than MAX_HOURS, naming train.samples."""
+    seconds = estimate_seconds(config, device)
+    if seconds > MAX_HOURS * 3600:
+        gpu = " or run with --device cuda where a GPU is present" if device != "cuda" else ""
+        most = int(config.train.samples * MAX_HOURS * 3600 / seconds)
+        raise ConfigError("train.samples", f"this run would take about {seconds / 3600:,.0f} h on this machine ({device}; "
+                                           f"the limit is {MAX_HOURS:g} h): lower train.samples (now "
+                                           f"{config.train.samples:,}; about {most:,} fit){gpu}")
+    return seconds
 
 
 def check_world(world: WorldConfig) -> None:
-    """Refuse a world in superposition too large for the direction search to finish in seconds."""
-    work = search_work(world)
-    if work > SEARCH_BUDGET:
-        most = _largest_searchable(world.dim)
-        fewer = f"with world.dim = {world.dim} use at most {most} features, or " if most > world.dim + 1 else ""
-        raise ConfigError("world.features", f"{world.features} features in {world.dim} dims is too large for the "
-                                            f"direction search (about {work / SEARCH_BUDGET * 15:.0f} s of work against "
-                                            f"a budget of 15 s); {fewer}world.dim >= world.features (orthogonal "
-                                            "directions)")
+    """Every world size lays out in seconds now (the search, or past its budget the decorrelation): nothing
+    to refuse; kept for callers that checked the world alone."""
 
 
-def _largest_searchable(dim: int) -> int:
-    n = dim + 2
-    if search_work(WorldConfig(features=n, dim=dim)) > SEARCH_BUDGET:
-        return dim + 1
-    while search_work(WorldConfig(features=n * 2, dim=dim)) <= SEARCH_BUDGET:
-        n *= 2
-    lo, hi = n, n * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if search_work(WorldConfig(features=mid, dim=dim)) <= SEARCH_BUDGET else (lo, mid)
-    return lo
-
-
-def check_config(config: ExperimentConfig) -> None:
-    """Everything about a config that can be refused before training: world size, then memory."""
-    check_world(config.world)
+def check_config(config: ExperimentConfig, device: str = "cpu") -> None:
+    """Everything about a config that can be refused before training: memory, then time."""
     check_memory(config)
+    check_time(config, device)
 
 
 def _field_value(config: ExperimentConfig, field: str):
@@ -160,5 +243,7 @@ def _field_value(config: ExperimentConfig, field: str):
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..config.schema import WorldConfig, resolve_spec
+from ..config.schema import WorldConfig
+from . import laws
+from .directions import SEARCH_BUDGET, decorrelate, decorrelation_steps, search_work
 
 
 @dataclass
@@ -30,6 +32,15 @@ class World:
     """Mean magnitude of each feature when it fires."""
     magnitude_stds_N: torch.Tensor | None = None
     """Standard deviation of each firing's magnitude (before clipping at 0); None: exact magnitudes."""
+    bias_D: torch.Tensor | None = None
+    """The fixed input bias (world.bias); None: no bias."""
+    structure: laws.Structure | None = None
+    """Tree, exclusive groups and explicit relations as arrays (set for worlds on the sparse path)."""
+    correlation: tuple[np.ndarray, np.ndarray] | None = None
+    """Low-rank copula: factor [N, rank] and diagonal [N] (float32); None: independent firing."""
+
+    SPARSE_FROM = 1024
+    """Worlds with this many features or more sample sparsely (see `sparse`)."""
 
     def __post_init__(self) -> None:
         # Sampling runs in numpy (see `sample`); keep its constants ready.
@@ -38,18 +49,56 @@ class World:
         self._magnitudes_N1 = self.magnitudes_N.cpu().float().numpy()[:, None]
         stds = self.magnitude_stds_N
         self._stds_N1 = (np.zeros_like(self._magnitudes_N1) if stds is None else stds.cpu().float().numpy()[:, None])
+        self.tree_roots: list[laws.Node] = []  # the generated (or loaded) trees, for export
+        self._stats = None  # sampled_stats' cache
 
     @classmethod
     def build(cls, config: WorldConfig) -> "World":
-        rates = torch.tensor(resolve_spec(config.firing, config.features, "world.firing"))
-        mags = torch.tensor(resolve_spec(config.magnitude, config.features, "world.magnitude"))
-        stds = torch.tensor(resolve_spec(config.magnitude_std, config.features, "world.magnitude_std"))
-        directions = feature_directions(config.features, config.dim, config.seed)
-        return cls(config, directions, rates, mags, stds if bool((stds > 0).any()) else None)
+        if config.load is not None:
+            from .saelens import load_world
+
+            return load_world(config)
+        n = config.features
+        rates = np.array(laws.base_rates(config))
+        mags = torch.tensor(laws.magnitude_means(config))
+        stds = torch.tensor(laws.magnitude_stds(config))
+        directions = feature_directions(n, config.dim, config.seed, saelens_start=cls.is_sparse(config))
+        roots = laws.generate_tree(n, config.tree, config.seed) if config.tree else []
+        if config.tree is not None and config.tree.compensate_probabilities:
+            rates = np.minimum(rates * laws.compensation(rates, roots), 1.0)
+        bias = laws.random_directions_and_bias(n, config.dim, config.bias, config.seed)[1] if config.bias > 0 else None
+        correlation = (laws.low_rank_correlation(n, config.correlation.rank, config.correlation.scale, config.seed)
+                       if config.correlation else None)
+        world = cls(config, directions, torch.tensor(rates.tolist()), mags, stds if bool((stds > 0).any()) else None,
+                    bias, None, correlation)
+        if world.sparse:
+            world.structure = laws.build_structure(n, roots, world.top_down())
+        world.tree_roots = roots
+        return world
 
     @property
     def noisy(self) -> bool:
         return self.magnitude_stds_N is not None
+
+    @staticmethod
+    def is_sparse(config: WorldConfig) -> bool:
+        """`sparse` of the world `config` describes, without building it."""
+        lawful = config.tree is not None or config.correlation is not None or config.bias > 0 or config.load is not None
+        return lawful or config.features >= World.SPARSE_FROM
+
+    @property
+    def lawful(self) -> bool:
+        """Uses a law only the sparse sampler (and the dense reference `sample`) implements:
+        a tree, correlation, a bias, or a world loaded from SAELens."""
+        c = self.config
+        return c.tree is not None or c.correlation is not None or c.bias > 0 or c.load is not None
+
+    @property
+    def sparse(self) -> bool:
+        """Sample as lists of the features that fire (world/sparse.py) and train on inputs x: chosen for
+        worlds with SPARSE_FROM features or more, where feature space costs more than input space
+        (and the dense sampler draws bits for every feature), and for every world with a new law."""
+        return self.is_sparse(self.config)
 
     @property
     def directions(self) -> torch.Tensor:
@@ -62,7 +111,12 @@ class World:
 
     def to(self, device: str | torch.device) -> "World":
         stds = None if self.magnitude_stds_N is None else self.magnitude_stds_N.to(device)
-        return World(self.config, self.directions_ND.to(device), self.rates_N.to(device), self.magnitudes_N.to(device), stds)
+        bias = None if self.bias_D is None else self.bias_D.to(device)
+        moved = World(self.config, self.directions_ND.to(device), self.rates_N.to(device),
+                      self.magnitudes_N.to(device), stds, bias, self.structure, self.correlation)
+        moved.tree_roots = getattr(self, "tree_roots", [])
+        moved._stats = getattr(self, "_stats", None)
+        return moved
 
     # -- sampling -------------------------------------------------------------------------
 
@@ -74,6 +128,8 @@ class World:
         A noisy world then takes one more 64-bit word per feature and sample for its magnitude
         (`normal_from_word`), firing or not, so the stream stays aligned; exact worlds take none,
         and draw what they drew before noise existed."""
+        if self.sparse:
+            return dense_reference(self, rng, batch).T.copy()
         n = self.n_features
         words = rng.bit_generator.random_raw((n * batch + 1) // 2)
         bits = words.view(np.uint32)[: n * batch].reshape(n, batch)
@@ -84,9 +140,12 @@ class World:
         magnitudes = np.maximum(self._magnitudes_N1 + self._stds_N1.astype(np.float64) * z, 0.0).astype(np.float32)
         return fires * magnitudes
 
-    def inputs(self, f_RNB: torch.Tensor) -> torch.Tensor:
-        """x_RBD = f^T F."""
-        return f_RNB.transpose(-1, -2) @ self.directions_ND
+    def inputs(self, f_RNB) -> torch.Tensor:
+        """x_RBD = f^T F (+ bias); a sparse stream's batch carries its inputs already."""
+        if hasattr(f_RNB, "x_RBD"):
+            return f_RNB.x_RBD
+        x = f_RNB.transpose(-1, -2) @ self.directions_ND
+        return x if self.bias_D is None else x + self.bias_D
 
     def apply_hierarchy(self, fires_NB: np.ndarray) -> np.ndarray:
         """Conditional children fire only with their parent (top-down); forcing children switch
@@ -149,7 +208,10 @@ class World:
         """Exact probability that each feature fires, hierarchy included.
 
         Exact for trees of one mode; for a force-parent whose children are themselves
-        forced by grandchildren, children are treated as independent, which they are."""
+        forced by grandchildren, children are treated as independent, which they are.
+        Worlds with a new law (see `lawful`): estimated from STATS_SAMPLES sparse samples."""
+        if self.lawful:
+            return torch.from_numpy(self.sampled_stats()[0]).float()
         own = self.rates_N.double().clone()
         p = own.clone()
         for rel in self.top_down():
@@ -163,6 +225,9 @@ class World:
 
     def magnitude_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """E[M] and E[M^2] of a firing's magnitude M = max(m + s Z, 0), Z standard normal."""
+        if self.lawful:
+            _, mean, square = self.sampled_stats()
+            return torch.from_numpy(mean), torch.from_numpy(square)
         m = self.magnitudes_N.cpu().double()
         if not self.noisy:
             return m, m * m
@@ -191,6 +256,69 @@ class World:
         return torch.argsort(self.variance(), descending=True, stable=True).tolist()
 
 
+    STATS_SAMPLES = 200_000
+
+    def sampled_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(P(fires), E[M | fires], E[M^2 | fires]) per feature from STATS_SAMPLES samples of the sparse
+        sampler (a fixed stream), where no closed form holds (exclusion, rescaled children, correlation)."""
+        if getattr(self, "_stats", None) is None:
+            from .sparse import SparseSampler
+
+            sampler = SparseSampler(self, [0], offset=0xFEED)
+            n, count = self.n_features, np.zeros(self.n_features)
+            total, square = np.zeros(n), np.zeros(n)
+            for _ in range(self.STATS_SAMPLES // 8192):
+                batch = sampler.draw(8192)
+                idx, val = batch.indices[0], batch.values[0].astype(np.float64)
+                count += np.bincount(idx, minlength=n)
+                total += np.bincount(idx, val, minlength=n)
+                square += np.bincount(idx, val * val, minlength=n)
+            seen = np.maximum(count, 1)
+            self._stats = (count / (self.STATS_SAMPLES // 8192 * 8192), total / seen, square / seen)
+        return self._stats
+
+
+def dense_reference(world: World, rng: np.random.Generator, batch: int) -> np.ndarray:
+    """Feature magnitudes [batch, N] of a world with the new laws, drawn densely as SAELens does
+    (every feature's decision, then the hierarchy level by level): the reference the sparse sampler
+    (world/sparse.py) is tested against, and `sample` for small worlds."""
+    n = world.n_features
+    rates = world.rates_N.cpu().double().numpy()
+    if world.correlation is not None:
+        factor, diag = world.correlation
+        g = rng.standard_normal((batch, factor.shape[1])) @ factor.T.astype(np.float64)
+        g += rng.standard_normal((batch, n)) * np.sqrt(diag.astype(np.float64))
+        fires = g > math.sqrt(2) * _erfinv(1 - 2 * rates)
+    else:
+        fires = rng.random((batch, n)) < rates
+    means = world.magnitudes_N.cpu().double().numpy()
+    stds = np.zeros(n) if world.magnitude_stds_N is None else world.magnitude_stds_N.cpu().double().numpy()
+    drawn = np.maximum(means + stds * rng.standard_normal((batch, n)), 0.0)
+    v = np.where(fires, drawn, 0.0)
+    s = world.structure
+    for depth in range(1, int(s.depth_N.max(initial=0)) + 1):
+        at = np.flatnonzero(s.depth_N == depth)
+        parent_v = v[:, s.parent_N[at]]
+        factor = np.where(s.rescale_N[at], parent_v / means[s.parent_N[at]], (parent_v > 0).astype(np.float64))
+        v[:, at] *= factor
+        for group in np.unique(s.group_N[at][s.group_N[at] >= 0]):
+            members = at[s.group_N[at] == group]
+            active = v[:, members] > 0
+            score = np.where(active, rng.random(active.shape), -1.0)
+            keep = np.zeros_like(active)
+            keep[np.arange(batch), score.argmax(1)] = True
+            v[:, members] *= keep | ~active
+    for h in range(len(s.force_parents_H) - 1, -1, -1):
+        parent, children = s.force_parents_H[h], s.force_children[s.force_offsets_H1[h] : s.force_offsets_H1[h + 1]]
+        on = (v[:, children] > 0).any(1) & (v[:, parent] == 0)
+        v[on, parent] = drawn[on, parent]
+    return v.astype(np.float32)
+
+
+def _erfinv(y: np.ndarray) -> np.ndarray:
+    return torch.special.erfinv(torch.from_numpy(np.asarray(y, dtype=np.float64))).numpy()
+
+
 def normal_from_word(words: np.ndarray) -> np.ndarray:
     """One standard normal per 64-bit word, by Box-Muller on its two 32-bit halves (the cosine
     branch only). The compiled sampler (world/stream.py) computes the same in float64."""
@@ -199,17 +327,22 @@ def normal_from_word(words: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def feature_directions(features: int, dim: int, seed: int) -> torch.Tensor:
+def feature_directions(features: int, dim: int, seed: int, saelens_start: bool = False) -> torch.Tensor:
     """Unit feature directions [features, dim]: orthonormal when dim >= features, otherwise as
     close to the Welch bound on max |cos| as we can get (see `welch_bound`).
 
     features == dim + 1 has an exact answer, the simplex frame (every |cos| = 1/dim); its signs
     are drawn from the seed, since which pairs have +1/dim and which -1/dim changes what an
-    SAE learns (the superposition experiment's outcome depends on it). Other sizes are searched."""
+    SAE learns (the superposition experiment's outcome depends on it). Other sizes are searched,
+    except sparse worlds (`saelens_start`) and worlds too big to search: see world/directions.py."""
     if dim >= features:
         gen = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(dim, features, generator=gen, dtype=torch.float64))
         return q.T.contiguous().float()
+    if features > dim and (saelens_start or search_work(features, dim) > SEARCH_BUDGET):
+        # sparse worlds (and any too big to search): SAELens' random start, decorrelated (world/directions.py)
+        start = laws.random_directions_and_bias(features, dim, 0.0, seed)[0]
+        return decorrelate(start, decorrelation_steps(features, dim)).contiguous()
     rng = np.random.default_rng(seed)
     if features == dim + 1:
         return torch.from_numpy(_simplex_frame(features, rng)).float()

@@ -24,7 +24,17 @@ class DataStream:
     """Seed r's samples come from its own generator (SFC64 seeded by (offset, r)), so seed r
     trains the same SAEs whichever other seeds run beside it. With `prefetch`, a thread draws
     the next chunk while the trainer works: the compiled sampler releases the GIL, so sampling
-    runs on the second core."""
+    runs on the second core.
+
+    A sparse world (`World.sparse`) gets a `sparse.SparseStream` instead, whose `next()` gives a
+    `SparseBatch` (inputs x and the firing lists): every consumer opens its stream here."""
+
+    def __new__(cls, world: World, *args, **kwargs):
+        if cls is DataStream and world.sparse:
+            from .sparse import SparseStream
+
+            return SparseStream(world, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device | None = "cpu",
                  offset: int = 0, chunk: int = CHUNK_BATCHES, prefetch: bool = False):

@@ -82,3 +82,13 @@ def test_measure_finds_absorption_in_the_untied_absorbed_solution():
     assert abs(run.full_absorption[0] - p_child_given_parent) < 0.01
     assert run.absorption[1:] == [0.0, 0.0, 0.0]  # the broken match still carries its own feature
     assert run.hedging == [0.0, 0.7071, 0.0, 0.0]  # the combo latent carries the child's parent
+    # Detection (issue 18): the truth calls the combo latent (cos 0.71) broken; the parent latent has a
+    # clean decoder and is silent only when the rare child fires: firing F1 2a / (2a + c) = 0.905 with a
+    # the parent-alone rate, c the child's, just above 0.9, so not broken by the truth's rule.
+    assert run.truth_broken == [False, True, False, False]
+    # The detector's signals see the parent's encoder turning from f1 and its exclusion from the combo latent.
+    signals = run.detection_signals
+    assert signals["exclusive_overlap"][0] == pytest.approx(0.7071, abs=0.01)
+    assert signals["encoder_decoder_gap"][0] > 0.2 and signals["encoder_decoder_gap"][2] == pytest.approx(0, abs=1e-4)
+    assert len(run.broken_score) == 4 and all(0 <= p <= 1 for p in run.broken_score)
+    assert min(run.broken_score[:2]) > max(run.broken_score[2:])

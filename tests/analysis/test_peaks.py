@@ -97,3 +97,11 @@ def test_floor_is_the_one_the_histogram_count_uses():
     for ratio, expected in ((peak_model.PEAK_FLOOR - 0.05, 1), (peak_model.PEAK_FLOOR + 0.05, 2)):
         bump = rng.normal(ratio * 10.0, 0.1, 4000)
         assert count_peaks(np.concatenate([top, bump]))[0] == expected
+
+
+def test_a_leak_shoulder_near_the_heaviest_peak_joins_it():
+    """Issue 18's clean tied latent: firings at 18.0, a bump at 19.5 (+8%) when an unlearned feature leaks
+    in: one peak. A peak at a quarter of the main one stays a second peak."""
+    model = fit_peak_model(_sample([(18.0, 0.2, 4000), (19.5, 0.2, 600)]))
+    assert model.n_peaks == 1 and model.main.mean == pytest.approx(18.2, abs=0.1)
+    assert fit_peak_model(_sample([(18.0, 0.3, 4000), (4.5, 0.3, 1000)]), floor_ratio=0.1).n_peaks == 2

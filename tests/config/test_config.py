@@ -161,7 +161,7 @@ def test_every_config_field_has_a_docstring():
     from broken_latents.config import schema as config
     from broken_latents.saes import ARCHITECTURES
 
-    tables = [config.WorldConfig, config.HierarchyConfig, config.TrainConfig, config.SAEConfig, config.AuxConfig,
+    tables = [config.WorldConfig, config.HierarchyConfig, config.TreeConfig, config.CorrelationConfig, config.TrainConfig, config.SAEConfig, config.AuxConfig,
               config.InverseConfig, config.ExperimentConfig, *(a.Options for a in ARCHITECTURES.values())]
     for table in tables:
         body = ast.parse(textwrap.dedent(inspect.getsource(table))).body[0].body

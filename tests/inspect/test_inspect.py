@@ -11,10 +11,12 @@ from safetensors.numpy import save_file
 from broken_latents.inspect import detect as inspect_sae
 from broken_latents.cli import main
 from broken_latents.inspect.detect import Reservoirs
+from broken_latents.analysis.score import load_score_model
+from broken_latents.analysis.signals import SIGNALS
 from broken_latents.output.saelens_format import write_saelens
 
 D, N = 8, 20_000
-CONTRACT_KEYS = {"latent", "fires", "peaks", "mixture", "threshold", "broken", "score"}
+CONTRACT_KEYS = {"latent", "fires", "peaks", "mixture", "threshold", "broken", "score", "signals"}
 
 
 def _world(n: int = N, seed: int = 5):
@@ -68,12 +70,15 @@ def _check_flags(out, samples: int) -> dict:
     # Parent alone: 0.4 / |f1 + 0.4 f0| = 0.371; child with parent: 1.4 / 1.077 = 1.300.
     assert broken["peak_means"] == pytest.approx([0.371, 1.300], abs=0.03)
     assert 0.371 < broken["threshold"] < 1.300
-    # The parent alone fires 0.25 x 0.85 of the time, the child 0.15: 59% of firings off the main peak.
-    assert broken["score"] == pytest.approx(0.2125 / 0.3625, abs=0.04)
+    # The parent alone (0.25 x 0.85 of inputs) is the main, heaviest peak; the child's (0.15) is apart from it.
+    assert broken["signals"]["peak_separated_weight"] == pytest.approx(0.15 / 0.3625, abs=0.04)
+    assert set(broken["signals"]) == set(SIGNALS)
+    assert result["threshold_score"] == load_score_model().threshold
+    assert broken["score"] >= result["threshold_score"] > max(r["score"] for r in latents[1:])
     # It fires when the parent does (0.3625) and, from the noise alone, on half the other samples.
     assert broken["fires"] == pytest.approx(0.3625 + 0.5 * 0.6375, abs=0.015)
     for r in latents[1:]:
-        assert not r["broken"] and r["peaks"] == 1 and r["score"] == 0
+        assert not r["broken"] and r["peaks"] == 1 and r["signals"]["peak_separated_weight"] == 0
     assert clean["peak_means"] == pytest.approx([1.0], abs=0.02)
     assert (out / "figures" / "latent-0.png").is_file()
     page = (out / "report.html").read_text()
@@ -186,3 +191,76 @@ def test_histogram_of_a_latent_firing_at_one_exact_value(tmp_path):
     model = fit_peak_model(acts)
     histogram(acts, model, {"latent": 0, "peaks": model.n_peaks, "broken": False, "score": 0.0}, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_truncated_npy(files, tmp_path, capsys):
+    data = (files / "acts.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:len(data) // 2])
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "cut.npy")],
+         "is not a readable .npy array")
+
+
+def test_truncated_safetensors(files, tmp_path, capsys):
+    data = (files / "acts.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:len(data) - 1000])
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "cut.safetensors"),
+                                   "--key", "acts"], "cut.safetensors")
+
+
+def test_wrong_shape_one_dimensional(files, tmp_path, capsys):
+    np.save(tmp_path / "flat.npy", np.zeros(100, np.float32))
+    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "flat.npy")],
+         "has shape [100]; expected 2-D")
+
+
+def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatch):
+    """Peak memory of the streaming passes (tracemalloc sees numpy's buffers) over a 16x longer file stays
+    within 5% of the short one's: only reservoirs, one chunk and the pair counts are held."""
+    import tracemalloc
+
+    from broken_latents.output.saelens_format import load_sae
+
+    K, dim = 64, 16
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(K, dim)).astype(np.float32)
+    write_saelens(tmp_path / "sae", {"W_enc": W.T.copy(), "W_dec": W, "b_enc": np.zeros(K, np.float32),
+                                     "b_dec": np.zeros(dim, np.float32)}, "relu")
+    sae = load_sae(tmp_path / "sae")
+    monkeypatch.setattr(inspect_sae, "CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(inspect_sae, "RESERVOIR", 500)
+    peaks = []
+    for rows in (10_000, 160_000):
+        path = tmp_path / f"acts{rows}.npy"
+        np.save(path, rng.normal(size=(rows, dim)).astype(np.float32))
+        file = inspect_sae.open_activations(path, None)
+        tracemalloc.start()
+        fires_K, *_ = inspect_sae.collect(sae, file, rows)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert fires_K.sum() > 0.4 * rows * K  # it really read every row
+    assert peaks[1] < 1.05 * peaks[0]
+    assert peaks[1] < 16 * 2**20  # a 1 MiB chunk, its boolean and pair temporaries, 64 x 500 reservoirs
+
+
+def test_absorbed_untied_parent_with_one_clean_peak_is_flagged(tmp_path):
+    """Issue 18's miss: an untied SAE whose parent latent has a clean decoder and one clean peak, but whose
+    encoder subtracts the child, so it falls silent exactly when the child's latent (decoding child +
+    parent) fires. The shipped score flags both; the clean latents stay below the threshold."""
+    rng = np.random.default_rng(3)
+    n, d = 20_000, np.eye(D)[:4]
+    on = rng.random((n, 4)) < [0.25, 0.1, 0.2, 0.2]
+    on[:, 0] |= on[:, 1]
+    x = ((on * np.clip(rng.normal(1.0, 0.05, (n, 4)), 0, None)) @ d).astype(np.float32)
+    W_dec = np.stack([d[0], (d[0] + d[1]) / np.sqrt(2), d[2], d[3]]).astype(np.float32)
+    W_enc = np.stack([d[0] - d[1], d[1] * np.sqrt(2), d[2], d[3]]).T.astype(np.float32)
+    write_saelens(tmp_path / "sae", {"W_enc": W_enc, "W_dec": W_dec, "b_enc": np.zeros(4, np.float32),
+                                     "b_dec": np.zeros(D, np.float32)}, "relu")
+    np.save(tmp_path / "acts.npy", x)
+    main(["inspect", str(tmp_path / "sae"), "--activations", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "inspect.json").read_text())
+    parent, child, *clean = result["latents"]
+    assert parent["peaks"] == 1 and parent["signals"]["peak_separated_weight"] == 0  # peaks alone miss it
+    assert parent["broken"] and child["broken"]
+    assert not any(r["broken"] for r in clean)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all(name in page for name in SIGNALS)

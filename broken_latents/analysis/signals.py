@@ -1,0 +1,242 @@
+"""Per-latent signals of brokenness that read only the SAE's weights and its activations (never a
+true feature), so they work on an SAE trained anywhere. Each is a number, 0 for a clean-looking
+latent, larger for a more suspicious one; `score.py` turns them into one calibrated probability.
+
+Notation: W_j the decoder row of latent j, E_j its encoder column (W_enc[:, j]), c_jk = cos(W_j, W_k),
+a latent is *active* on an input when h_j >= ACTIVE_SHARE x its max (tied latents fire weakly on
+most inputs; that bulk is interference, not the latent's feature).
+
+- peak_separated_weight: share of the latent's fitted firings (peak model, analysis/peaks.py) in
+  peaks whose mean lies at least PEAK_SEPARATION x the main peak's mean away from the main (the
+  heaviest) peak. A merged latent fires once per combination of the features it merges (the
+  parent alone at a quarter of the child-with-parent peak); a clean latent with a small leak of
+  another feature has a shoulder a few percent from its main peak, which does not count.
+- peak_spread: std / mean of the firings above the peak floor; merging widens the distribution
+  even where the mixture does not resolve separate peaks.
+- weak_firing_share: of the firings reaching WEAK_LOW x the main peak's mean, the share below
+  WEAK_HIGH x it. A latent that fires at a fraction of its strength on other inputs (a leak of
+  another feature large enough to fire on it, a tied parent that subtracts its child) fires
+  there as a detector of the wrong thing; below WEAK_LOW it is interference.
+- encoder_decoder_gap: 1 - cos(E_j, W_j), untied SAEs only (0 when tied). Absorption writes itself
+  into the encoder: the parent latent's encoder subtracts its child, and the child latent, which
+  decodes child + parent, still reads mostly the child.
+- encoder_turn: max over the latent's neighbours k of c_jk - cos(E_j, W_k), at least 0: the
+  encoder turning away from a direction the decoder shares with another latent (the absorbed
+  parent reads -child so as to stay silent when the child latent, which decodes the parent too, fires).
+- exclusive_overlap: max over neighbours k of max(c_jk, 0) x exclusion_jk, where exclusion_jk = 1 -
+  observed co-activations / expected under independence (clipped to [0, 1]; 0 with fewer than
+  MIN_EXPECTED expected). Two latents whose decoders share a direction yet never fire together:
+  the absorbed parent falls silent exactly when its child's latent fires; mutually exclusive
+  children merged with their parent share the parent direction and never co-fire.
+- exclusive_miss: max over neighbours k of max(c_jk, 0) x exclusion_jk x n_k / (n_j + n_k), with n
+  the latents' active counts: how much of the shared direction's firings latent j misses by
+  falling silent when k fires, as the truth's firing F1 counts it (an absorbed parent whose
+  child is rare misses little; one whose child is common misses much).
+- active_rate: share of the inputs on which the latent is active. A latent reading minus a feature
+  (active wherever the feature is absent: a genuine local minimum) or merging several is active far
+  more often than one feature fires.
+- decoder_overlap: max_k |c_jk|: hedging and merging lean a decoder towards directions other
+  latents carry (clean latents of independent features are near orthogonal).
+- decoder_negative: max_k max(-c_jk, 0): a decoder that subtracts another latent's direction (the
+  tied absorbed parent, parent - child; Matryoshka outer latents, child - parent).
+
+Neighbours: each latent's NEIGHBOURS latents with the largest |c_jk|, made symmetric; pair statistics
+are kept only for those pairs, so memory and time grow as K x NEIGHBOURS, not K^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis.peaks import PeakModel
+
+ACTIVE_SHARE = 0.2
+"""A latent is active on an input when it reaches this fraction of its max (the peak floor)."""
+PEAK_SEPARATION = 0.15
+"""A peak counts as separate from the main one when their means differ by this fraction of the main's."""
+WEAK_LOW, WEAK_HIGH = 0.1, 0.5
+"""weak_firing_share counts firings between these fractions of the main peak's mean."""
+NEIGHBOURS = 8
+"""Pairs per latent whose co-activation is counted: its most overlapping decoders."""
+MIN_EXPECTED = 5.0
+"""Expected co-activations (under independence) below this: too few to call two latents exclusive."""
+LARGE_SAE = 512
+"""Above this many latents the peak models are fitted in parallel, on fewer activations each."""
+LARGE_SAE_SAMPLES = 2000
+PAIR_BLOCK = 2**22
+"""Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
+
+SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "encoder_decoder_gap", "encoder_turn",
+           "exclusive_overlap", "exclusive_miss", "active_rate", "decoder_overlap", "decoder_negative")
+"""Every signal, in the order the score's weights list them."""
+
+
+def unit_rows(a_KD: np.ndarray) -> np.ndarray:
+    a = np.asarray(a_KD, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.divide(a, norms, out=np.zeros_like(a), where=norms > 0)
+
+
+def neighbour_pairs(W_dec_KD: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """[P, 2] latent pairs (a < b): each latent with its `neighbours` most overlapping decoders."""
+    K = W_dec_KD.shape[0]
+    if K < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    U = unit_rows(W_dec_KD)
+    m = min(neighbours, K - 1)
+    pairs = []
+    for start in range(0, K, 1024):  # blocks of rows: a K x K cosine table is never held for large K
+        c = np.abs(U[start:start + 1024] @ U.T)
+        rows = np.arange(c.shape[0])
+        c[rows, start + rows] = -1.0
+        top = np.argpartition(-c, m - 1, axis=1)[:, :m]
+        pairs.append(np.stack([np.repeat(start + rows, m), top.ravel()], axis=1))
+    p = np.sort(np.concatenate(pairs), axis=1)
+    return np.unique(p, axis=0)
+
+
+class CoActivation:
+    """Exact counts, over a stream of activation chunks, of each latent being active and of each
+    neighbour pair being active together. `active_K`: the per-latent activity thresholds."""
+
+    def __init__(self, pairs_P2: np.ndarray, active_K: np.ndarray):
+        self.pairs_P2 = pairs_P2
+        self.active_K = np.asarray(active_K, dtype=np.float32)
+        self.rows = 0
+        self.active_counts_K = np.zeros(len(active_K), dtype=np.int64)
+        self.pair_counts_P = np.zeros(len(pairs_P2), dtype=np.int64)
+
+    def add(self, h_BK: np.ndarray) -> None:
+        on_BK = (h_BK >= self.active_K) & (h_BK > 0)
+        self.rows += on_BK.shape[0]
+        self.active_counts_K += on_BK.sum(0)
+        P = len(self.pairs_P2)
+        if P == 0:
+            return
+        a, b = self.pairs_P2[:, 0], self.pairs_P2[:, 1]
+        step = max(1, PAIR_BLOCK // P)
+        for start in range(0, on_BK.shape[0], step):
+            block = on_BK[start:start + step]
+            self.pair_counts_P += (block[:, a] & block[:, b]).sum(0)
+
+    def exclusion_P(self) -> np.ndarray:
+        """1 - observed / expected co-activations per pair, in [0, 1]; 0 where too few are expected."""
+        if self.rows == 0 or len(self.pairs_P2) == 0:
+            return np.zeros(len(self.pairs_P2))
+        n = self.active_counts_K.astype(np.float64)
+        expected = n[self.pairs_P2[:, 0]] * n[self.pairs_P2[:, 1]] / self.rows
+        ratio = np.divide(self.pair_counts_P, expected, out=np.ones_like(expected), where=expected > 0)
+        return np.where(expected >= MIN_EXPECTED, np.clip(1.0 - ratio, 0.0, 1.0), 0.0)
+
+
+@dataclass
+class PeakSummary:
+    separated_weight: float
+    spread: float
+    weak_share: float
+
+
+def peak_summary(model: PeakModel, acts: np.ndarray) -> PeakSummary:
+    """The peak signals of one latent from its peak model and its (sampled) positive activations."""
+    x = np.asarray(acts, dtype=np.float64)
+    if not model.peaks:
+        return PeakSummary(0.0, 0.0, 0.0)
+    main = max(model.peaks, key=lambda p: p.weight)
+    above = x[x > model.floor]
+    spread = float(above.std() / above.mean()) if above.size >= 2 and above.mean() > 0 else 0.0
+    counted = x[x >= WEAK_LOW * main.mean]
+    weak = float((counted < WEAK_HIGH * main.mean).mean()) if counted.size else 0.0
+    if len(model.peaks) < 2:
+        return PeakSummary(0.0, spread, weak)
+    total = sum(p.weight for p in model.peaks)
+    apart = sum(p.weight for p in model.peaks if abs(p.mean - main.mean) >= PEAK_SEPARATION * abs(main.mean))
+    return PeakSummary(float(apart / total), spread, weak)
+
+
+def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoActivation,
+                   peaks: list[PeakSummary], tied: bool | None = None) -> dict[str, np.ndarray]:
+    """Every signal of SIGNALS, one value per latent. `tied` None: tied when W_enc == W_dec^T."""
+    W_dec = np.asarray(W_dec_KD, dtype=np.float64)
+    W_enc = np.asarray(W_enc_DK, dtype=np.float64)
+    K = W_dec.shape[0]
+    if tied is None:
+        tied = bool(np.allclose(W_enc, W_dec.T, atol=1e-6))
+    U = unit_rows(W_dec)
+    E = unit_rows(W_enc.T)
+    pairs = coactivation.pairs_P2
+    a, b = pairs[:, 0], pairs[:, 1]
+    c_P = np.einsum("pd,pd->p", U[a], U[b])
+    exclusion_P = coactivation.exclusion_P()
+    out = {name: np.zeros(K) for name in SIGNALS}
+    out["peak_separated_weight"] = np.array([p.separated_weight for p in peaks], dtype=np.float64)
+    out["peak_spread"] = np.array([p.spread for p in peaks], dtype=np.float64)
+    out["weak_firing_share"] = np.array([p.weak_share for p in peaks], dtype=np.float64)
+    out["active_rate"] = coactivation.active_counts_K / max(coactivation.rows, 1)
+    if not tied:
+        out["encoder_decoder_gap"] = 1.0 - np.einsum("kd,kd->k", E, U)
+        # Both directions of each pair: j = a with neighbour b, and j = b with neighbour a.
+        turn_ab = c_P - np.einsum("pd,pd->p", E[a], U[b])
+        turn_ba = c_P - np.einsum("pd,pd->p", E[b], U[a])
+        np.maximum.at(out["encoder_turn"], a, np.clip(turn_ab, 0, None))
+        np.maximum.at(out["encoder_turn"], b, np.clip(turn_ba, 0, None))
+    n_K = coactivation.active_counts_K.astype(np.float64)
+    exclusive_P = np.clip(c_P, 0, None) * exclusion_P
+    both = np.maximum(n_K[a] + n_K[b], 1.0)
+    np.maximum.at(out["exclusive_miss"], a, exclusive_P * n_K[b] / both)
+    np.maximum.at(out["exclusive_miss"], b, exclusive_P * n_K[a] / both)
+    for name, value in (("exclusive_overlap", exclusive_P), ("decoder_overlap", np.abs(c_P)),
+                        ("decoder_negative", np.clip(-c_P, 0, None))):
+        np.maximum.at(out[name], a, value)
+        np.maximum.at(out[name], b, value)
+    return out
+
+
+def peak_models(samples: list[np.ndarray], seed: int = 0) -> list[PeakModel]:
+    """`peak_model` of every latent; a wide SAE (over LARGE_SAE latents) fits at most LARGE_SAE_SAMPLES
+    activations a latent and spreads the fits over every core, so 4096 latents take a minute or two."""
+    if len(samples) <= LARGE_SAE:
+        return [peak_model(x, seed=seed) for x in samples]
+    import os
+
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=os.cpu_count() or 1, batch_size=64)(
+        delayed(peak_model)(x, seed, LARGE_SAE_SAMPLES) for x in samples)
+
+
+def peak_model(acts: np.ndarray, seed: int = 0, max_samples: int | None = None) -> PeakModel:
+    """The peak model of one latent, cheaply where it can be: a latent whose smoothed histogram
+    (analysis.measure.count_peaks) shows a single bump gets one Gaussian over its firings above
+    the floor; only the others pay for the BIC mixture fit (0.3 s a latent), so a 4096-latent SAE
+    takes seconds where every latent has one peak."""
+    from ..analysis.measure import count_peaks
+    from ..analysis.peaks import MIN_SAMPLES, PEAK_FLOOR, Gaussian, fit_peak_model, _single_peak_threshold
+
+    x = np.asarray(acts, dtype=np.float64)
+    x = x[x > 0]
+    limit = {} if max_samples is None else {"max_samples": max_samples}
+    if x.size == 0:
+        return fit_peak_model(x, seed=seed)
+    floor = PEAK_FLOOR * float(x.max())
+    above = x[x > floor]
+    if above.size < MIN_SAMPLES or count_peaks(x)[0] > 1:
+        return fit_peak_model(x, seed=seed, **limit)
+    only = Gaussian(float(above.mean()), max(float(above.std()), 1e-6 * float(above.mean())), 1.0)
+    return PeakModel((only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(above.size))
+
+
+def signals_of(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, h_BK: np.ndarray, models: list[PeakModel] | None = None,
+               tied: bool | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], list[PeakModel]]:
+    """Every signal of an SAE from activations held in memory [B, K] (a run's evaluation batch, the
+    benchmark's held-out draw); `models`: peak models already fitted, else fitted here."""
+    h = np.asarray(h_BK, dtype=np.float32)
+    if models is None:
+        models = [peak_model(h[:, j], seed=seed) for j in range(h.shape[1])]
+    counts = CoActivation(neighbour_pairs(W_dec_KD), ACTIVE_SHARE * h.max(0))
+    rows = max(1, 2**24 // max(h.shape[1], 1))  # a wide SAE's [B, K] boolean table in pieces of 16M cells
+    for start in range(0, h.shape[0], rows):
+        counts.add(h[start:start + rows])
+    peaks = [peak_summary(m, h[:, j][h[:, j] > 0]) for j, m in enumerate(models)]
+    return latent_signals(W_enc_DK, W_dec_KD, counts, peaks, tied), models

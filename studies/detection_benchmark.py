@@ -1,0 +1,318 @@
+"""Detection benchmark: how well the per-latent score (broken_latents/analysis/score.py), from weights
+and activations alone, finds the latents the truth calls broken, on worlds it was not fitted on.
+
+Families of toy worlds (FAMILIES), each drawn at WORLD_SEEDS world seeds (directions, and rates or
+magnitudes jittered by the seed); per world, six SAE variants (tied and untied x ReLU, JumpReLU,
+TopK; the ReLU/JumpReLU four train in lockstep on the compiled engine, the TopK two by autograd),
+two training seeds each: 9 families x 6 world seeds x 12 = 648 SAEs. THE SPLIT, fixed before any
+tuning: world seeds 0-2 fit the score's weights, world seeds 3-5 are held out and are the only
+ones reported.
+
+Stages (each caches to CACHE, so a refit never retrains):
+    python studies/detection_benchmark.py train     # trains and writes CACHE/FAMILY-wW.pt (weights + config)
+    python studies/detection_benchmark.py signals   # per SAE: held-out activations -> signals and truth (CACHE/table.json)
+    python studies/detection_benchmark.py fit       # fits the score on the fit split, writes score_weights.json,
+                                                    # reports on the held-out split: docs/detection.{md,json}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from broken_latents.analysis.measure import EVAL_STREAM
+from broken_latents.analysis.truth import truth_broken
+from broken_latents.config.schema import (ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig,
+                                          from_dict, to_dict)
+from broken_latents.analysis.score import WEIGHTS_FILE, fit_score_model
+from broken_latents.analysis.signals import (ACTIVE_SHARE, SIGNALS, CoActivation, PeakSummary, latent_signals,
+                                            neighbour_pairs, signals_of)
+from broken_latents.output.saelens_format import NumpySAE
+from broken_latents.training.loop import train
+from broken_latents.world.model import World
+from broken_latents.world.stream import DataStream
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "studies" / "detection-cache"
+DOCS = ROOT / "docs"
+WORLD_SEEDS = (0, 3, 1, 4, 2, 5)
+"""In this order, so the fit and held-out parts grow together while the training runs."""
+FIT_SEEDS = {0, 1, 2}
+"""The split: weights are fitted on these world seeds; every reported figure is on the others."""
+SAMPLES = 5_000_000
+TOPK_SAMPLES = 2_000_000
+"""TopK trains by autograd (no hand-derived gradients), 4x slower a sample: fewer samples, batches of 4096."""
+TRAIN_SEEDS = 2
+EVAL_SAMPLES = 20_000
+NARROW_RATES = {"linear": [0.015, 0.3]}
+NARROW_MAGNITUDES = {"linear": [20.0, 1.0]}
+
+
+def narrow(w, rng):
+    return WorldConfig(features=20, dim=24, firing=NARROW_RATES, magnitude=NARROW_MAGNITUDES, seed=w,
+                       hierarchy=[HierarchyConfig(12, [5, 7])]), 5, {}
+
+
+def absorption(w, rng):
+    child = float(rng.uniform(0.04, 0.15))
+    return WorldConfig(features=4, dim=16, firing=[0.25, child, 0.25, 0.25], seed=w,
+                       hierarchy=[HierarchyConfig(0, [1])]), 4, {}
+
+
+def superposition(w, rng):
+    return WorldConfig(features=20, dim=19, firing=NARROW_RATES, magnitude=NARROW_MAGNITUDES, seed=w,
+                       hierarchy=[HierarchyConfig(6, [5, 7])]), 5, {"l1": 1e-2}
+
+
+def matryoshka(w, rng):
+    return WorldConfig(features=4, dim=16, firing=[0.3, 0.4, 0.4, 0.2], seed=w,
+                       hierarchy=[HierarchyConfig(0, [1, 2], "conditional")]), 4, {"matryoshka_widths": [1, 4]}
+
+
+def noisy(w, rng):
+    std = float(rng.uniform(0.1, 0.3))
+    return WorldConfig(features=6, dim=16, firing=[0.25, 0.08, 0.08, 0.2, 0.2, 0.2], magnitude_std=std, seed=w,
+                       hierarchy=[HierarchyConfig(0, [1, 2])]), 6, {}
+
+
+def deep(w, rng):
+    """Three levels: 2 forces 1 forces 0; 3 forces 0; 5 forces 4; 6 alone."""
+    return WorldConfig(features=7, dim=16, firing=[0.15, 0.1, 0.05, 0.06, 0.2, 0.07, 0.2], seed=w,
+                       hierarchy=[HierarchyConfig(0, [1, 3]), HierarchyConfig(1, [2]), HierarchyConfig(4, [5])]), 7, {}
+
+
+def exclusive(w, rng):
+    """Mutually exclusive children, approximated by explicit rates: three rare children (0.03-0.06)
+    force parent 0, so two children fire together on under 0.4% of inputs."""
+    rates = [0.2, *rng.uniform(0.03, 0.06, 3).round(3).tolist(), 0.2, 0.2]
+    return WorldConfig(features=6, dim=16, firing=rates, seed=w, hierarchy=[HierarchyConfig(0, [1, 2, 3])]), 6, {}
+
+
+def independent(w, rng):
+    """Control: independent features, enough latents; nearly every latent should come out clean."""
+    rates = rng.uniform(0.05, 0.3, 8).round(3).tolist()
+    return WorldConfig(features=8, dim=16, firing=rates, seed=w), 8, {}
+
+
+def wide(w, rng):
+    """Two parents with two conditional children each, plus independents (the post's wide hierarchy)."""
+    return WorldConfig(features=10, dim=16, firing=[0.25, 0.3, 0.3, 0.25, 0.3, 0.3, 0.15, 0.15, 0.15, 0.15], seed=w,
+                       hierarchy=[HierarchyConfig(0, [1, 2], "conditional"), HierarchyConfig(3, [4, 5], "conditional")]), 10, {}
+
+
+FAMILIES = {f.__name__: f for f in (narrow, absorption, superposition, matryoshka, noisy, deep, exclusive, independent, wide)}
+
+
+def configs(family: str, w: int) -> list[ExperimentConfig]:
+    """The lockstep run (ReLU, JumpReLU; compiled engine) and the TopK run (autograd) of one world."""
+    world, latents, extra = FAMILIES[family](w, np.random.default_rng(1000 + w))
+    l1 = extra.get("l1", 3e-3)
+    widths = extra.get("matryoshka_widths")
+    k = max(1, min(latents - 1, 2 if latents <= 5 else 3))
+
+    def sae(arch, act):
+        return SAEConfig(label=f"{arch}-{act}", architecture=arch, latents=latents, activation=act, l1=l1,
+                         k=k if act == "topk" else None, matryoshka_widths=widths)
+
+    trainer = TrainConfig(samples=SAMPLES, lr=1e-3, lr_decay="cosine", seeds=TRAIN_SEEDS, eval_samples=EVAL_SAMPLES)
+    name = f"{family}-w{w}"
+    return [ExperimentConfig(name=name, world=world, train=trainer,
+                             sae=[sae(a, act) for a in ("tied", "untied") for act in ("relu", "jumprelu")]),
+            ExperimentConfig(name=name, world=world, train=dataclasses.replace(trainer, engine="autograd", batch_size=4096, lr=3e-3,
+                                                                                   samples=TOPK_SAMPLES),
+                             sae=[sae(a, "topk") for a in ("tied", "untied")])]
+
+
+# -- stage 1: train ---------------------------------------------------------------------------------
+
+
+def stage_train() -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    started = time.time()
+    for w in WORLD_SEEDS:
+        for family in FAMILIES:
+            path = CACHE / f"{family}-w{w}.pt"
+            if path.exists():
+                continue
+            saes = []
+            for config in configs(family, w):
+                result = train(config)
+                for stack in result.stacks:
+                    thresholds = stack.sae.thresholds(stack.tau_SK)
+                    for s, seed in enumerate(result.seeds):
+                        state = {k: v.numpy() for k, v in stack.sae.saelens_state(s).items()}
+                        if thresholds is not None:
+                            state["threshold"] = thresholds[s].detach().numpy().copy()
+                        saes.append({"label": stack.config.label, "seed": seed, "activation": stack.config.activation,
+                                     "architecture": stack.config.architecture, "k": stack.config.k, **state})
+            torch.save({"config": to_dict(configs(family, w)[0]), "saes": saes}, path)
+            print(f"{time.time() - started:7.0f}s {path.name}: {len(saes)} SAEs", flush=True)
+
+
+# -- stage 2: signals and truth ----------------------------------------------------------------------
+
+
+def numpy_sae(record: dict) -> NumpySAE:
+    architecture = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}[record["activation"]]
+    return NumpySAE(W_enc=record["W_enc"], W_dec=record["W_dec"], b_enc=record["b_enc"], b_dec=record["b_dec"],
+                    architecture=architecture, threshold=record.get("threshold"), k=record["k"])
+
+
+def world_rows(path: Path) -> list[dict]:
+    """One row per live latent of every SAE cached in `path`: its signals and its truth."""
+    cached = torch.load(path, weights_only=False)
+    config = from_dict(ExperimentConfig, cached["config"])
+    world = World.build(config.world)
+    family, w = path.stem.rsplit("-w", 1)
+    rows = []
+    for record in cached["saes"]:
+        f_NB = DataStream(world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1).next()[0]
+        f_BN = f_NB.T.numpy()
+        x_BD = (f_NB.T @ world.directions_ND).numpy().astype(np.float32)
+        h_BK = numpy_sae(record).encode(x_BD)
+        norms = np.linalg.norm(record["W_dec"], axis=1)
+        live = (h_BK.max(0) * norms) >= 0.1 * float(world.magnitudes_N.min())
+        truth, best_cos, f1 = truth_broken(h_BK, record["W_dec"], world.directions_ND.numpy(), f_BN, live)
+        signals, _ = signals_of(record["W_enc"], record["W_dec"], h_BK, tied=record["architecture"] == "tied",
+                                seed=record["seed"])
+        for j in np.flatnonzero(live):
+            rows.append({"family": family, "world_seed": int(w), "label": record["label"], "seed": record["seed"],
+                         "latent": int(j), "truth": bool(truth[j]), "best_cos": float(best_cos[j]),
+                         "f1": float(f1[j]), **{s: float(signals[s][j]) for s in SIGNALS}})
+    return rows
+
+
+CHEAP = ("active_rate", "exclusive_miss")
+"""Signals that need no peak model: added to rows cached before they existed, without refitting peaks."""
+
+
+def add_cheap_signals(path: Path, rows: list[dict]) -> list[dict]:
+    cached = torch.load(path, weights_only=False)
+    world = World.build(from_dict(ExperimentConfig, cached["config"]).world)
+    for record in cached["saes"]:
+        f_NB = DataStream(world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1).next()[0]
+        h_BK = numpy_sae(record).encode((f_NB.T @ world.directions_ND).numpy().astype(np.float32))
+        counts = CoActivation(neighbour_pairs(record["W_dec"]), ACTIVE_SHARE * h_BK.max(0))
+        counts.add(h_BK)
+        none = [PeakSummary(0.0, 0.0, 0.0)] * h_BK.shape[1]
+        signals = latent_signals(record["W_enc"], record["W_dec"], counts, none, tied=record["architecture"] == "tied")
+        for r in rows:
+            if (r["label"], r["seed"]) == (record["label"], record["seed"]):
+                r.update({name: float(signals[name][r["latent"]]) for name in CHEAP})
+    return rows
+
+
+def stage_signals() -> None:
+    """Signals of every trained world not yet done (CACHE/FAMILY-wW.json), then CACHE/table.json of all."""
+    rows = []
+    for path in sorted(CACHE.glob("*-w*.pt")):
+        done = path.with_suffix(".json")
+        if not done.exists():
+            done.write_text(json.dumps(world_rows(path)))
+            print(done.name, flush=True)
+        these = json.loads(done.read_text())
+        if these and any(name not in these[0] for name in CHEAP):
+            done.write_text(json.dumps(add_cheap_signals(path, these)))
+            these = json.loads(done.read_text())
+        rows += these
+    (CACHE / "table.json").write_text(json.dumps(rows))
+
+
+# -- stage 3: fit on the fit split, report on the held-out split --------------------------------------
+
+
+def _rates(y, p) -> dict:
+    tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"latents": int(len(y)), "broken": int(y.sum()), "flagged": int(p.sum()), "tp": tp, "fp": fp, "fn": fn,
+            "precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3)}
+
+
+def _auc(y, s) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return round(float(roc_auc_score(y, s)), 3) if 0 < y.sum() < len(y) else None
+
+
+def _best_threshold(y, score) -> float:
+    """The threshold maximising F1 on the fit split (never on the held-out one)."""
+    grid = np.round(np.arange(0.2, 0.81, 0.02), 2)
+    f1 = [_rates(y, score >= t)["f1"] for t in grid]
+    return float(grid[int(np.argmax(f1))])
+
+
+def evaluate(rows, signals):
+    """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
+    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
+    held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
+    X = np.array([[r[s] for s in signals] for r in fit_rows])
+    y = np.array([r["truth"] for r in fit_rows])
+    fitted = {"benchmark": "studies/detection_benchmark.py", "families": sorted(FAMILIES),
+              "fit_world_seeds": sorted(FIT_SEEDS), "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
+              "fit_latents": int(len(y)), "fit_broken": int(y.sum()), "samples_per_sae": SAMPLES,
+              "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)"}
+    model = fit_score_model(X, y, tuple(signals), fitted)
+    fitted["f1_best_threshold_on_fit_split"] = _best_threshold(y, model.probability({s: X[:, i] for i, s in enumerate(signals)}))
+    Xh = {s: np.array([r[s] for r in held]) for s in signals}
+    yh = np.array([r["truth"] for r in held])
+    score = model.probability(Xh)
+    flagged = score >= model.threshold
+    out = {"overall": {**_rates(yh, flagged), "auc": _auc(yh, score)}, "families": {}, "variants": {}}
+    for key, group in (("families", "family"), ("variants", "label")):
+        for name in sorted({r[group] for r in held}):
+            m = np.array([r[group] == name for r in held])
+            out[key][name] = {**_rates(yh[m], flagged[m]), "auc": _auc(yh[m], score[m])}
+    leak = np.array([r["best_cos"] >= 0.98 and not r["truth"] for r in held])
+    out["clean_leak_latents"] = int(leak.sum())
+    out["clean_leak_flagged"] = int((leak & flagged).sum())
+    return model, out, score
+
+
+def _table(by_name: dict, first: str) -> list[str]:
+    lines = [f"| {first} | latents | broken | flagged | precision | recall | F1 | ROC AUC |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in by_name.items():
+        lines.append(f"| {name} | {r['latents']} | {r['broken']} | {r['flagged']} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auc'] if r['auc'] is not None else 'n/a'} |")
+    return lines
+
+
+def stage_fit() -> None:
+    rows = json.loads((CACHE / "table.json").read_text())
+    model, report, score = evaluate(rows, SIGNALS)
+    saes = {(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows}
+    report["saes"] = len(saes)
+    report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
+    report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
+    report["drop_one"] = {s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS}
+    report["weights"] = model.to_json()
+    WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
+    (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = _table({"**all**": report["overall"], **report["families"]}, "family")
+    lines += ["", *_table(report["variants"], "SAE variant")]
+    drop = ["| signal dropped | precision | recall | F1 | ROC AUC |", "|---|---|---|---|---|",
+            f"| (none) | {report['overall']['precision']:.3f} | {report['overall']['recall']:.3f} | "
+            f"{report['overall']['f1']:.3f} | {report['overall']['auc']} |"]
+    drop += [f"| {s} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']} |"
+             for s, r in report["drop_one"].items()]
+    weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
+    weights += [f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |" for s, c, m, sd in
+                zip(model.signals, model.coef, model.mean, model.scale)]
+    (CACHE / "tables.md").write_text("\n".join([*lines, "", *drop, "", *weights, "",
+                                                f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
+                                                f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
+                                                f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
+                                                f"{report['clean_leak_latents']}"]) + "\n")
+    print((CACHE / "tables.md").read_text())
+
+
+if __name__ == "__main__":
+    {"train": stage_train, "signals": stage_signals, "fit": stage_fit}[sys.argv[1]]()

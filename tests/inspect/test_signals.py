@@ -1,0 +1,101 @@
+"""The detection signals on SAEs built by hand with a known defect: each signal rises on the latents
+the defect breaks and stays near 0 on the clean ones; the truth (analysis/truth.py) agrees."""
+
+import numpy as np
+import pytest
+
+from broken_latents.analysis.truth import truth_broken
+from broken_latents.analysis.signals import PEAK_SEPARATION, peak_summary, signals_of
+from broken_latents.analysis.peaks import fit_peak_model
+
+D = 8
+
+
+def _world(children: int, n: int = 20_000, seed: int = 0):
+    """Parent 0 (0.25), `children` children (0.08 each) that force it and exclude each other, then two
+    independent features (0.2); magnitudes N(1, 0.05). Returns f [n, F] and directions [F, D]."""
+    rng = np.random.default_rng(seed)
+    F = 1 + children + 2
+    directions = np.eye(D)[:F]
+    on = np.zeros((n, F), dtype=bool)
+    on[:, 0] = rng.random(n) < 0.25
+    which = rng.integers(0, children, n)  # one child at most: mutually exclusive
+    child_on = rng.random(n) < 0.08 * children
+    on[np.arange(n), 1 + which] = child_on
+    on[:, 0] |= child_on
+    on[:, -2:] = rng.random((n, 2)) < 0.2
+    f = on * np.clip(rng.normal(1.0, 0.05, (n, F)), 0, None)
+    return f, directions
+
+
+def _absorbed_untied(directions, children: int):
+    """Parent latent: decoder d0 (clean), encoder d0 - sum of the children, so it falls silent when any
+    child fires; child latents: encoder d_c, decoder d0 + d_c (they absorb the parent); two clean latents."""
+    F = len(directions)
+    W_dec = [directions[0]] + [directions[0] + directions[c] for c in range(1, children + 1)] + list(directions[-2:])
+    W_enc = [directions[0] - directions[1:children + 1].sum(0)] + [directions[c] for c in range(1, children + 1)] \
+        + list(directions[-2:])
+    return np.array(W_enc).T, np.array(W_dec)
+
+
+@pytest.mark.parametrize("children", [1, 3])  # 1: absorption (recap); 3: mutually exclusive children
+def test_absorbed_parent_and_children_show_in_encoder_and_coactivation(children):
+    f, directions = _world(children)
+    W_enc, W_dec = _absorbed_untied(directions, children)
+    x = f @ directions
+    h = np.maximum(x @ W_enc, 0)
+    signals, models = signals_of(W_enc, W_dec, h)
+    broken = list(range(children + 1))
+    clean = [children + 1, children + 2]
+    # The parent latent has one clean peak: the peaks cannot see it ...
+    assert signals["peak_separated_weight"][0] == 0 and models[0].n_peaks == 1
+    # ... but its encoder turns away from the direction it shares with the child latents, and it never
+    # fires with them although their decoders overlap (cos 1/sqrt(2)).
+    assert signals["encoder_decoder_gap"][broken].min() > 0.15
+    assert signals["exclusive_overlap"][broken].min() == pytest.approx(1 / np.sqrt(2), abs=0.02)
+    assert signals["encoder_turn"][0] > 0.5
+    for name in ("encoder_decoder_gap", "encoder_turn", "exclusive_overlap", "decoder_overlap", "peak_separated_weight"):
+        assert signals[name][clean].max() < 0.05, name
+    truth, best_cos, f1 = truth_broken(h, W_dec, directions, f, np.ones(len(W_dec), bool))
+    assert truth.tolist() == [True] * (children + 1) + [False, False]
+    assert best_cos[0] == pytest.approx(1.0) and f1[0] < 0.9  # clean decoder, silent when a child fires
+
+
+def test_tied_merged_latent_has_separated_peaks_and_a_leak_does_not():
+    f, directions = _world(1)
+    x = f @ directions
+    merged = directions[1] + 0.4 * directions[0]  # child merged with its parent: fires at 0.37 and 1.3
+    leaky = directions[3] + 0.08 * directions[2]  # a clean latent with a small leak (+8% when f2 fires too)
+    W = np.stack([merged / np.linalg.norm(merged), leaky / np.linalg.norm(leaky), directions[2]])
+    h = np.maximum(x @ W.T, 0)
+    signals, _ = signals_of(W.T, W, h)
+    # The main (heaviest) peak is the parent alone (0.25 x 0.92 of inputs), the child's peak holds the rest.
+    assert signals["peak_separated_weight"][0] == pytest.approx(0.08 / (0.08 + 0.25 * 0.92), abs=0.03)
+    assert signals["peak_separated_weight"][1] == 0 and signals["peak_separated_weight"][2] == 0
+    assert signals["encoder_decoder_gap"].max() == 0  # tied: encoder is the decoder
+
+
+def test_a_shoulder_near_the_main_peak_is_not_separate_but_a_quarter_peak_is():
+    """The issue's clean tied latent: firings at 18.0 with a leak bump at 19.5 (+8%): one peak's worth;
+    a peak at a quarter of the main one is a second feature."""
+    rng = np.random.default_rng(1)
+    main = rng.normal(18.0, 0.3, 4000)
+    for second, share in ((19.5, 0.0), (4.5, 0.2)):
+        acts = np.concatenate([main, rng.normal(second, 0.3, 1000)])
+        model = fit_peak_model(acts, floor_ratio=0.1)
+        assert peak_summary(model, acts).separated_weight == pytest.approx(share, abs=0.03)
+        assert model.n_peaks == (1 if share == 0 else 2)  # the shoulder joins the main peak
+
+
+def test_a_latent_reading_minus_its_feature_is_active_where_the_feature_is_absent():
+    """The one-latent local minimum: decoder -f0, active on every input without the parent (75%), while a
+    clean latent is active as often as its feature fires (20%)."""
+    f, directions = _world(1)
+    x = f @ directions
+    centred = x - x.mean(0)
+    W = np.stack([-directions[0], directions[2]])
+    h = np.maximum(centred @ W.T, 0)
+    signals, _ = signals_of(W.T, W, h)
+    absent = 1 - (f[:, 0] > 0).mean()
+    assert signals["active_rate"][0] == pytest.approx(absent, abs=0.02)
+    assert signals["active_rate"][1] == pytest.approx((f[:, 2] > 0).mean(), abs=0.02)

@@ -1,0 +1,62 @@
+"""Every architecture trains on a sparse world's inputs; the engines agree there too."""
+
+import pytest
+import torch
+
+from broken_latents.config.schema import (
+    AuxConfig,
+    ConfigError,
+    CorrelationConfig,
+    ExperimentConfig,
+    SAEConfig,
+    TrainConfig,
+    TreeConfig,
+    WorldConfig,
+)
+from broken_latents.training.loop import choose_engine, train
+
+WORLD = WorldConfig(features=48, dim=16, firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.02}},
+                    magnitude={"linear": [5.0, 4.0]}, magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}},
+                    tree=TreeConfig(roots=2, branching=3, depth=2, mutually_exclusive=1.0, compensate_probabilities=True,
+                                    scale_children_by_parent=True),
+                    correlation=CorrelationConfig(rank=3, scale=0.2), bias=0.5)
+EVERY_KIND = [
+    SAEConfig(label="tied", architecture="tied", latents=24),
+    SAEConfig(label="untied", architecture="untied", latents=24),
+    SAEConfig(label="jumprelu", architecture="untied", latents=24, activation="jumprelu"),
+    SAEConfig(label="topk", architecture="untied", latents=24, activation="topk", k=4),
+    SAEConfig(label="batchtopk", architecture="untied", latents=24, activation="batchtopk", k=4),
+    SAEConfig(label="matryoshka", architecture="untied", latents=24, activation="batchtopk", k=4,
+              matryoshka_widths=[6, 12, 24]),
+    SAEConfig(label="aux", architecture="tied", latents=24,
+              aux=AuxConfig(coefficient=100.0, window_batches=3, delay_samples=5_000, warmup_samples=5_000)),
+]
+
+
+def _config(saes, engine="auto", samples=40_000) -> ExperimentConfig:
+    return ExperimentConfig(name="t", world=WORLD, sae=saes,
+                            train=TrainConfig(samples=samples, batch_size=256, lr=3e-3, seeds=2, engine=engine))
+
+
+def test_every_architecture_learns_on_a_sparse_world():
+    result = train(_config(EVERY_KIND), progress=False)
+    assert result.world.sparse
+    for label in [s.label for s in EVERY_KIND]:
+        first, last = result.history[0][label]["mse"], result.history[-1][label]["mse"]
+        assert last < 0.5 * first, (label, first, last)  # they learn the inputs, bias and all
+
+
+def test_arrays_engine_trains_like_autograd_on_inputs():
+    saes = [SAEConfig(label="untied", architecture="untied", latents=12), SAEConfig(label="tied", latents=12)]
+    arrays = train(_config(saes, "arrays", 5_000), progress=False)
+    reference = train(_config(saes, "autograd", 5_000), progress=False)
+    for a, b in zip(arrays.stacks, reference.stacks):
+        for (name, p), q in zip(a.sae.named_parameters(), b.sae.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_compiled_engine_refused_on_sparse_worlds():
+    assert choose_engine(_config(EVERY_KIND[:1]), "cpu") == "autograd"
+    with pytest.raises(ConfigError) as err:
+        choose_engine(_config(EVERY_KIND[:1], "compiled"), "cpu")
+    assert err.value.field == "train.engine" and "sparse" in str(err.value)
