@@ -21,22 +21,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from broken_latents.analysis.metrics import read_metrics  # noqa: E402
-from broken_latents.experiments.language import LANGUAGE, concept_kinds  # noqa: E402
+from broken_latents.experiments.language import LANGUAGE, concept_kinds, detection  # noqa: E402
 from broken_latents.language.cache import world_folder  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def detector(run) -> dict:
-    truth = run.extra["truth_broken"]
-    flagged = [n > 1 for n in run.activation_peaks]
-    tp = sum(t and f for t, f in zip(truth, flagged))
+    truth, flagged, both = detection(run)
     return {
-        "truth_broken": sum(truth),
-        "flagged": sum(flagged),
-        "both": tp,
-        "precision": round(tp / max(sum(flagged), 1), 3),
-        "recall": round(tp / max(sum(truth), 1), 3),
+        "truth_broken": truth,
+        "flagged": flagged,
+        "both": both,
+        "precision": round(both / max(flagged, 1), 3),
+        "recall": round(both / max(truth, 1), 3),
     }
 
 

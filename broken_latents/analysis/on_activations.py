@@ -1,7 +1,7 @@
 """Metrics of SAEs trained on stored activations.
 
-Without ground truth: what needs none (MSE, explained variance, L0, dead latents, activation peaks
-counted in each latent's histogram). With concept labels [N, C] (and so probe directions, or directions
+Without ground truth: what needs none (MSE, explained variance, L0, dead latents, each latent's peak
+model, and the detector's signals and calibrated broken score from the weights and activations). With concept labels [N, C] (and so probe directions, or directions
 given directly) the probe-based truth: each concept's direction plays the true feature, so the
 decoder cosines, the one-to-one matching, learned/broken latents and SAEBench's absorption fraction
 (absorption.py, with the concept's labels as its firing) are the toy worlds' own, and per hierarchy
@@ -22,7 +22,12 @@ import torch
 
 from .absorption import absorption_metrics, cooccurring
 from .measure import _round, count_peaks, match_latents
+from .measure import modelled_latents
 from .metrics import CLEAN_COS, Metrics, RunMetrics, WorldMetrics
+from .peaks import EMPTY, fit_peak_model
+from .score import load_score_model
+from .signals import signals_of
+from .truth import truth_broken
 from ..config.schema import ConfigError
 
 EVAL_ROWS = 50_000
@@ -157,9 +162,20 @@ def measure_on_activations(
             acts = h_SBK[s].numpy()
             W_dec = sae.W_dec_SKD[s].numpy()
             live = acts.max(axis=0) > 0
-            # The histogram's peak count, not the Gaussian-mixture peak model: a BIC fit per latent took
-            # 54 s for five 48-latent SAEs, most of the run; `inspect` fits the models on the saved weights.
             peaks = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            # The detector sees only the weights and the activations (analysis/signals.py, score.py).
+            models = {
+                j: fit_peak_model(acts[:, j], seed=seed) for j in modelled_latents(acts, live)
+            }
+            W_enc_DK = W_enc_SDK[s].numpy()
+            signals, _ = signals_of(
+                W_enc_DK,
+                W_dec,
+                acts,
+                [models.get(j, EMPTY) for j in range(sae.latents)],
+                tied=sae.tied_encoder,
+            )
+            score_K = np.where(live, load_score_model().probability(signals), 0.0)
             run = RunMetrics(
                 label=stack.config.label,
                 architecture=stack.config.architecture,
@@ -172,9 +188,17 @@ def measure_on_activations(
                 learned_features=[],
                 broken_latents=[],
                 dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[n for n, _ in peaks],
-                peak_locations=[where for _, where in peaks],
+                activation_peaks=[
+                    models[j].n_peaks if j in models else 0 for j in range(sae.latents)
+                ],
+                peak_locations=[
+                    [round(p.mean, 4) for p in models[j].peaks] if j in models else []
+                    for j in range(sae.latents)
+                ],
                 histogram_peaks=[n for n, _ in peaks],
+                peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],
+                broken_score=_round(score_K),
+                detection_signals={name: _round(value) for name, value in signals.items()},
                 mse=round(float(mse_S[s]), 6),
                 l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
                 explained_variance=round(float(1 - mse_S[s] / variance), 6),
@@ -278,13 +302,12 @@ def _add_truth(
             }
         )
     run.extra["absorption_gap"] = gaps
-    run.extra["firing_f1"] = _round(_firing_f1(acts_BK, W_dec_KD, labels_BC, x_proj_BC, matches))
-    # DESIGN's truth for detection: decoder best |cos| < 0.95, or its concept's firing F1 < 0.9.
-    f1 = dict(zip([m.latent for m in matches], run.extra["firing_f1"]))
-    best = np.abs(dec_cos).max(axis=1)
-    run.extra["truth_broken"] = [
-        bool(live[j] and (best[j] < clean_cos or f1.get(j, 1.0) < 0.9)) for j in range(len(best))
-    ]
+    # The truth detection is scored against (analysis/truth.py): a concept's magnitude on a row is the
+    # row's own projection on its direction, where the concept is active.
+    f_BC = np.where(labels_BC, np.maximum(x_proj_BC, 1e-6), 0.0)
+    broken, _, f1_K = truth_broken(acts_BK, W_dec_KD, F_CD, f_BC, live, clean_cos)
+    run.truth_broken = [bool(b) for b in broken]
+    run.extra["firing_f1"] = _round(f1_K)
 
 
 def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: dict) -> float:
@@ -300,21 +323,6 @@ def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: d
         {},
     )
     return one.absorption[0]
-
-
-def _firing_f1(acts_BK, W_dec_KD, labels_BC, x_proj_BC, matches) -> list[float]:
-    """Per match, in match order: F1 of 'the latent fires' against 'its concept is active', where a
-    latent fires when it writes at least a tenth of its concept's mean projection on the rows where
-    the concept is active (DESIGN's rule; a bare h > 0 would count the faint firings of an L1 SAE)."""
-    norms_K = np.linalg.norm(W_dec_KD, axis=1)
-    out = []
-    for m in matches:
-        active = labels_BC[:, m.feature]
-        magnitude = float(x_proj_BC[active, m.feature].mean()) if active.any() else 0.0
-        fires = acts_BK[:, m.latent] * norms_K[m.latent] >= max(0.1 * magnitude, 1e-12)
-        tp = float((fires & active).sum())
-        out.append(2 * tp / max(float(fires.sum() + active.sum()), 1.0))
-    return out
 
 
 def _relations(edges: list[tuple[int, int]]) -> list[dict]:

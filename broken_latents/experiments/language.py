@@ -15,6 +15,7 @@ from .checks import Runs
 from .claims import Claim
 from .registry import Experiment, register
 from ..analysis.metrics import CLEAN_COS, WorldMetrics
+from ..analysis.score import load_score_model
 from ..config.schema import AuxConfig, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
 from ..language.cache import files_of
 from ..language.config import LanguageConfig
@@ -117,21 +118,46 @@ def only_learns_topics(label: str):
     return check
 
 
+def detection(run) -> tuple[int, int, int]:
+    """(broken by the truth, flagged by the detector's score, both) among the SAE's latents."""
+    threshold = load_score_model().threshold
+    truth = run.truth_broken or []
+    flagged = [score >= threshold for score in run.broken_score or []]
+    return sum(truth), sum(flagged), sum(t and f for t, f in zip(truth, flagged))
+
+
 def detector_recall_below(label: str, at_most: float):
-    """The detector (a latent with more than one activation peak is broken) against the truth (decoder
-    best |cos| < 0.95 with every concept, or firing F1 < 0.9 for its concept)."""
+    """The detector (its calibrated broken score, from weights and activations alone) against the truth
+    (best |cos| < 0.95 with every concept's direction, or firing F1 < 0.9 for the closest one)."""
 
     def check(runs: Runs, world: WorldMetrics):
-        run = runs[label]
-        truth = run.extra["truth_broken"]
-        flagged = [n > 1 for n in run.activation_peaks]
-        tp = sum(t and f for t, f in zip(truth, flagged))
-        recall = tp / max(sum(truth), 1)
-        precision = tp / max(sum(flagged), 1)
+        truth, flagged, both = detection(runs[label])
+        recall, precision = both / max(truth, 1), both / max(flagged, 1)
         return recall <= at_most, (
-            f"{label}: {sum(truth)} latents broken by the truth, {sum(flagged)} flagged, "
+            f"{label}: {truth} latents broken by the truth, {flagged} flagged, "
             f"precision {precision:.2f}, recall {recall:.2f}"
         )
+
+    return check
+
+
+def no_concept_learned(labels: list[str]):
+    """None of these SAEs has a latent at |cos| >= 0.95 with any concept's own direction."""
+
+    def check(runs: Runs, world: WorldMetrics):
+        counts = {label: len(runs[label].learned_features) for label in labels}
+        return not any(counts.values()), "clean latents: " + ", ".join(
+            f"{k} {v}" for k, v in counts.items()
+        )
+
+    return check
+
+
+def absorbs_topics_less(a: str, b: str):
+    def check(runs: Runs, world: WorldMetrics):
+        topics = concept_kinds(world)["topic"]
+        ta, tb = mean_absorption(runs[a], topics), mean_absorption(runs[b], topics)
+        return ta < tb, f"mean absorption of the topics: {a} {ta:.2f}, {b} {tb:.2f}"
 
     return check
 
@@ -152,23 +178,11 @@ register(
         ),
         [
             Claim(
-                "untied-beats-tied",
-                "untied ReLU learns more concepts (one-to-one match at |cos| >= 0.95) than tied ReLU "
-                "at the same L1",
-                "tied SAEs ... solve absorption (toy worlds)",
-                learns_more("untied", "tied"),
-            ),
-            Claim(
-                "untied-learns-subtopics",
-                "untied ReLU: at least half the subtopics have a latent at |cos| >= 0.95",
-                "(beyond the post) SAEs on a trained network's activations",
-                learns_at_least("untied", "subtopic", 0.5),
-            ),
-            Claim(
-                "topics-absorbed",
-                "untied ReLU: the topics' mean absorption fraction is above the words'",
-                "the parent is absorbed into the child latents",
-                parents_absorbed_more("untied"),
+                "plain-saes-merge",
+                "tied, untied, TopK and tied + aux have no latent at |cos| >= 0.95 with any concept's own "
+                "direction (what it adds beyond its parent)",
+                "broken latents ... merging the parent and child features",
+                no_concept_learned(["tied", "untied", "topk", "tied-aux"]),
             ),
             Claim(
                 "only-matryoshka-topic",
@@ -177,9 +191,20 @@ register(
                 only_learns_topics("matryoshka"),
             ),
             Claim(
+                "topics-absorbed",
+                "untied ReLU: the topics' mean absorption fraction is above the words'",
+                "the parent is absorbed into the child latents",
+                parents_absorbed_more("untied"),
+            ),
+            Claim(
+                "tied-absorbs-topics-less",
+                "tied ReLU absorbs the topics less than untied ReLU (mean absorption fraction)",
+                "tied SAEs ... solve absorption",
+                absorbs_topics_less("tied", "untied"),
+            ),
+            Claim(
                 "detector-misses",
-                "the peak-count detector (more than one activation peak) finds under 90% of the untied "
-                "SAE's truth-broken latents",
+                "the detector's broken score finds under 90% of the untied SAE's truth-broken latents",
                 "broken latents ... are hard to detect",
                 detector_recall_below("untied", 0.9),
             ),

@@ -39,8 +39,8 @@ def test_checks_read_learned_concepts_absorption_and_peaks():
         learned_features=[2, 3],
         matches=matches((0, 2, 0.99), (1, 3, 0.97)),
         absorption=[0.9, 0.5, 0.1, 0.2, 0.7, 0.4, 0.3],
-        activation_peaks=[1, 2, 2, 1],
-        extra={"truth_broken": [False, True, True, True]},
+        truth_broken=[False, True, True, True],
+        broken_score=[0.1, 0.99, 0.99, 0.0],
     )
     holds, detail = learns_at_least("untied", "word", 0.6)({"untied": run}, WORLD)
     assert holds and "2/3 words" in detail

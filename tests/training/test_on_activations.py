@@ -64,7 +64,7 @@ def test_saes_learn_every_direction(stored):
         assert run.explained_variance > 0.95 and run.dead_latents == []
     # Independent features: nothing to absorb, and the tied latents fire exactly with their features.
     assert tied.extra["absorption_gap"] == [] and max(tied.absorption) < 0.01
-    assert min(tied.extra["firing_f1"]) > 0.99 and not any(tied.extra["truth_broken"])
+    assert min(tied.extra["firing_f1"]) > 0.99 and not any(tied.truth_broken)
 
 
 def test_absorption_matches_a_plain_recomputation(stored):
@@ -113,7 +113,8 @@ def test_without_truth_only_what_needs_none(stored):
         progress=False,
     )
     (run,) = measure_on_activations(result).runs
-    assert run.decoder_cos == [] and run.absorption is None
+    assert run.decoder_cos == [] and run.absorption is None and run.truth_broken is None
+    assert len(run.broken_score) == 6 and all(0 <= p <= 1 for p in run.broken_score)
     assert run.l0 == pytest.approx(2.0, abs=0.01) and 0 < run.explained_variance < 1
 
 
