@@ -91,7 +91,8 @@ def main() -> None:
 
     rows = []
     for r in metrics.runs:
-        gaps = r.extra["absorption_gap"]
+        gaps = [g for g in r.absorption_gap or [] if g.gap is not None]
+        fraction_gaps = r.extra["absorption_fraction_gap"]
         rows.append(
             {
                 "label": r.label,
@@ -108,8 +109,10 @@ def main() -> None:
                     f"absorption_{k}s": round(float(np.mean([r.absorption[c] for c in v])), 3)
                     for k, v in kinds.items()
                 },
-                "mean_absorption_gap": round(float(np.mean([g["gap"] for g in gaps])), 3),
-                "max_absorption_gap": max(gaps, key=lambda g: g["gap"]),
+                "mcc": r.mcc, "f1": r.f1,
+                "mean_absorption_gap": round(float(np.mean([g.gap for g in gaps])), 3),
+                "max_absorption_gap": max(gaps, key=lambda g: g.gap).to_json(),
+                "mean_absorption_fraction_gap": round(float(np.mean([g["gap"] for g in fraction_gaps])), 3),
                 "detector": detector(r),
             }
         )

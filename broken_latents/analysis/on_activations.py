@@ -5,12 +5,11 @@ model, and the detector's signals and calibrated broken score from the weights a
 given directly) the probe-based truth: each concept's direction plays the true feature, so the
 decoder cosines, the one-to-one matching, learned/broken latents and SAEBench's absorption fraction
 (absorption.py, with the concept's labels as its firing) are the toy worlds' own, and per hierarchy
-edge the absorption gap.
+edge the absorption gap (SynthSAEBench's, analysis/scale.py) beside SAELens' MCC, F1 and the rest.
 
-Absorption gap of edge parent p -> child c: the parent's absorption fraction on held-out tokens
-where the child is active too, minus that on tokens where the parent is active without the child.
-An SAE whose child latents absorb the parent has a gap near 1 (the parent's latent goes quiet
-exactly when a child fires); a clean one near 0.
+extra.absorption_fraction_gap of edge parent p -> child c: the parent's absorption fraction on
+held-out tokens where the child is active too, minus that on tokens where the parent is active
+without the child (a parent latent that goes quiet exactly when a child fires gives near 1).
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import torch
 from .absorption import absorption_metrics, cooccurring
 from .measure import _round, count_peaks, match_latents
 from .measure import modelled_latents
-from .metrics import CLEAN_COS, Metrics, RunMetrics, WorldMetrics
+from .metrics import CLEAN_COS, AbsorptionGap, Metrics, RunMetrics, WorldMetrics
+from .scale import FiringTally, decoder_scores, parent_latents
 from .peaks import EMPTY, fit_peak_model
 from .score import load_score_model
 from .signals import signals_of
@@ -206,6 +206,8 @@ def measure_on_activations(
             )
             if truth is not None:
                 _add_truth(
+                    x_BD,
+                    x_hat[s],
                     run,
                     truth,
                     F,
@@ -257,6 +259,8 @@ def measure_on_activations(
 
 
 def _add_truth(
+    x_BD,
+    x_hat_BD,
     run: RunMetrics,
     truth: Truth,
     F_CD,
@@ -301,13 +305,36 @@ def _add_truth(
                 "without_child": round(shares[1], 4),
             }
         )
-    run.extra["absorption_gap"] = gaps
+    run.extra["absorption_fraction_gap"] = gaps
     # The truth detection is scored against (analysis/truth.py): a concept's magnitude on a row is the
     # row's own projection on its direction, where the concept is active.
     f_BC = np.where(labels_BC, np.maximum(x_proj_BC, 1e-6), 0.0)
     broken, _, f1_K = truth_broken(acts_BK, W_dec_KD, F_CD, f_BC, live, clean_cos)
     run.truth_broken = [bool(b) for b in broken]
     run.extra["firing_f1"] = _round(f1_K)
+    # SynthSAEBench's metrics on SAELens' definitions (analysis/scale.py), the concepts as its features,
+    # and its absorption gap per edge (the parent latent's firing without the child minus with it).
+    scores_of = decoder_scores(dec_cos)
+    tally = FiringTally(scores_of.best_feature_K, truth.edges, parent_latents(dec_cos, truth.edges))
+    tally.add(torch.from_numpy(acts_BK), torch.from_numpy(f_BC), x_BD, x_hat_BD)
+    scores = tally.scores()
+    run.mcc, run.uniqueness = round(scores_of.mcc, 6), round(scores_of.uniqueness, 6)
+    for key in ("precision", "recall", "f1", "shrinkage"):
+        setattr(run, key, round(scores[key], 6))
+    run.sae_l0, run.true_l0, run.dead_count = (
+        round(scores["sae_l0"], 4),
+        round(scores["true_l0"], 4),
+        scores["dead_count"],
+    )
+    run.absorption_gap = [
+        AbsorptionGap(
+            parent=g["parent"],
+            child=g["child"],
+            latent=g["latent"],
+            gap=None if g["gap"] is None else round(g["gap"], 6),
+        )
+        for g in scores["absorption_gap"]
+    ]
 
 
 def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: dict) -> float:
