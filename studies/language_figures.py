@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from broken_latents.analysis.metrics import read_metrics  # noqa: E402
+from broken_latents.experiments import EXPERIMENTS  # noqa: E402
+from broken_latents.experiments.claims import evaluate_claims  # noqa: E402
 from broken_latents.experiments.language import LANGUAGE, concept_kinds, detection  # noqa: E402
 from broken_latents.language.cache import world_folder  # noqa: E402
 
@@ -43,6 +45,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     args = parser.parse_args()
     metrics = read_metrics(args.run / "metrics.json", "run")
+    # The claims as registered now, on the run's metrics (the same numbers the run checked them on).
+    metrics.claims = evaluate_claims(EXPERIMENTS["language-saes"].claims, metrics)
     world = metrics.world
     names = [
         json.loads((world_folder(LANGUAGE) / "concepts.json").read_text())["concepts"][c]["name"]
@@ -109,10 +113,13 @@ def main() -> None:
                     f"absorption_{k}s": round(float(np.mean([r.absorption[c] for c in v])), 3)
                     for k, v in kinds.items()
                 },
-                "mcc": r.mcc, "f1": r.f1,
+                "mcc": r.mcc,
+                "f1": r.f1,
                 "mean_absorption_gap": round(float(np.mean([g.gap for g in gaps])), 3),
                 "max_absorption_gap": max(gaps, key=lambda g: g.gap).to_json(),
-                "mean_absorption_fraction_gap": round(float(np.mean([g["gap"] for g in fraction_gaps])), 3),
+                "mean_absorption_fraction_gap": round(
+                    float(np.mean([g["gap"] for g in fraction_gaps])), 3
+                ),
                 "detector": detector(r),
             }
         )

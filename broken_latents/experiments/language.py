@@ -126,14 +126,14 @@ def detection(run) -> tuple[int, int, int]:
     return sum(truth), sum(flagged), sum(t and f for t, f in zip(truth, flagged))
 
 
-def detector_recall_below(label: str, at_most: float):
+def detector_finds(label: str, at_least: float):
     """The detector (its calibrated broken score, from weights and activations alone) against the truth
     (best |cos| < 0.95 with every concept's direction, or firing F1 < 0.9 for the closest one)."""
 
     def check(runs: Runs, world: WorldMetrics):
         truth, flagged, both = detection(runs[label])
         recall, precision = both / max(truth, 1), both / max(flagged, 1)
-        return recall <= at_most, (
+        return min(recall, precision) >= at_least, (
             f"{label}: {truth} latents broken by the truth, {flagged} flagged, "
             f"precision {precision:.2f}, recall {recall:.2f}"
         )
@@ -203,10 +203,11 @@ register(
                 absorbs_topics_less("tied", "untied"),
             ),
             Claim(
-                "detector-misses",
-                "the detector's broken score finds under 90% of the untied SAE's truth-broken latents",
-                "broken latents ... are hard to detect",
-                detector_recall_below("untied", 0.9),
+                "detector-finds-untied",
+                "the detector's broken score (weights and activations only) flags the untied SAE's "
+                "truth-broken latents with precision and recall >= 0.9",
+                "broken latents ... can be found",
+                detector_finds("untied", 0.9),
             ),
         ],
     )

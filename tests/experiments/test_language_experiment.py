@@ -8,7 +8,7 @@ from broken_latents.experiments import EXPERIMENTS
 from broken_latents.experiments.language import (
     LANGUAGE,
     concept_kinds,
-    detector_recall_below,
+    detector_finds,
     learns_at_least,
     parents_absorbed_more,
 )
@@ -46,5 +46,6 @@ def test_checks_read_learned_concepts_absorption_and_peaks():
     assert holds and "2/3 words" in detail
     holds, detail = parents_absorbed_more("untied")({"untied": run}, WORLD)
     assert holds and "topics 0.80, words 0.20" in detail
-    holds, detail = detector_recall_below("untied", 0.5)({"untied": run}, WORLD)
-    assert not holds and "precision 1.00, recall 0.67" in detail
+    holds, detail = detector_finds("untied", 0.6)({"untied": run}, WORLD)
+    assert holds and "precision 1.00, recall 0.67" in detail
+    assert not detector_finds("untied", 0.9)({"untied": run}, WORLD)[0]
