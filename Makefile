@@ -1,7 +1,6 @@
 # Every target creates .venv itself: torch's CPU build first (pinned), then the project.
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
-DOCS_STAMP := .venv/.docs-installed
 
 .PHONY: demo test test-fast lint format docs reproduce bench venv clean
 
@@ -13,10 +12,6 @@ $(VENV_STAMP): pyproject.toml
 	.venv/bin/pip install -q -e .[dev]
 	touch $(VENV_STAMP)
 
-# The docs extra (mkdocs-material, mkdocstrings) on top of the project's environment.
-$(DOCS_STAMP): $(VENV_STAMP)
-	.venv/bin/pip install -q -e .[dev,docs]
-	touch $(DOCS_STAMP)
 
 demo: $(VENV_STAMP)
 	.venv/bin/broken-latents run narrow-5-7-force-12 --seeds 3 --out runs/demo-narrow-5-7-force-12
@@ -38,7 +33,7 @@ format: $(VENV_STAMP)
 
 # The documentation site, built into site/ (gitignored); --strict turns every warning
 # (a broken link, a missing docstring target) into a failure.
-docs: $(DOCS_STAMP)
+docs: $(VENV_STAMP)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 
 reproduce: $(VENV_STAMP)

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .config.schema import ConfigError, ExperimentConfig, SAEConfig, load_toml
+from .config.schema import ConfigError, ExperimentConfig, SAEConfig
+from .config.toml_io import load_toml
 from .analysis.metrics import Metrics, read_metrics
 from .saes.activations import activation
 from .world.model import World
+from .training.history import TrainingHistory
 
 # -- one trained SAE --------------------------------------------------------------------------
 
@@ -122,8 +124,8 @@ class Run:
     """saes[label][seed], from weights/LABEL-seedN.safetensors."""
     metrics: Metrics
     """metrics.json, typed."""
-    history: dict | None = field(default=None, repr=False)
-    """history.json ({"steps", "runs": [{"label", "seed", "terms"}]}); None for runs from before it."""
+    history: TrainingHistory | None = field(default=None, repr=False)
+    """history.json, typed (`.steps`, `.runs[i].label / .seed / .terms`); None for runs from before it."""
 
     @property
     def seeds(self) -> list[int]:
@@ -154,7 +156,7 @@ def load_run(directory: str | Path) -> Run:
             raise ConfigError("DIR", f"{path / 'weights'} has no {sae_config.label}-seedN.safetensors")
         saes[sae_config.label] = {seed: SAE.load(files[seed], sae_config, seed) for seed in sorted(files)}
     history_path = path / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.is_file() else None
+    history = TrainingHistory.from_json(json.loads(history_path.read_text())) if history_path.is_file() else None
     return Run(path, config, World.build(config.world), saes, metrics, history)
 
 
@@ -171,7 +173,7 @@ def load_config(target: str | Path | ExperimentConfig) -> ExperimentConfig:
 def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, samples: int | None = None,
           set: tuple[str, ...] | list[str] = (), device: str = "cpu", progress: bool = False):
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
-    with `.stacks` (the SAEs), `.world`, `.history` and `.seed_history`. `set`: "KEY=VALUE" overrides,
+    with `.stacks` (the SAEs), `.world` and `.history` (a `TrainingHistory`). `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
     from .training.loop import train as train_stacks
 

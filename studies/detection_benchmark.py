@@ -28,8 +28,8 @@ import torch
 
 from broken_latents.analysis.measure import EVAL_STREAM
 from broken_latents.analysis.truth import truth_broken
-from broken_latents.config.schema import (ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig,
-                                          from_dict, to_dict)
+from broken_latents.config.schema import ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.toml_io import from_dict, to_dict
 from broken_latents.analysis.score import WEIGHTS_FILE, fit_score_model
 from broken_latents.analysis.signals import (ACTIVE_SHARE, SIGNALS, CoActivation, PeakSummary, latent_signals,
                                             neighbour_pairs, signals_of)

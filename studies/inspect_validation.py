@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from broken_latents.config.schema import load_toml
+from broken_latents.config.toml_io import load_toml
 from broken_latents.world.stream import DataStream
 from broken_latents.inspect.detect import inspect_sae
 from broken_latents.analysis.metrics import Metrics

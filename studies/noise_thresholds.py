@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.config.schema import apply_overrides
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.pipeline.reproduce import scaled
 from broken_latents.pipeline.resolve import Target
 from broken_latents.pipeline.run import train_and_measure

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from broken_latents.config.schema import apply_overrides
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.pipeline.resolve import Target
 from broken_latents.pipeline.run import train_and_measure

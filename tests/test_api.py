@@ -85,7 +85,7 @@ def test_load_run_gives_config_world_saes_typed_metrics_and_history(runs):
     assert (sae.architecture, sae.activation, sae.latents) == ("untied", "jumprelu", 3)
     assert tuple(sae.W_enc.shape) == (8, 3) and tuple(sae.W_dec.shape) == (3, 8) and tuple(sae.threshold.shape) == (3,)
     assert run.saes["tied"][0].threshold is None
-    assert [(r["label"], r["seed"]) for r in run.history["runs"]] == [(label, s) for label in LABELS for s in (0, 1)]
+    assert [(r.label, r.seed) for r in run.history.runs] == [(label, s) for label in LABELS for s in (0, 1)]
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from broken_latents import __version__
 from broken_latents.cli import main
-from broken_latents.config.schema import ConfigError, ExperimentConfig, WorldConfig, apply_overrides, load_toml
+from broken_latents.config.schema import ConfigError, ExperimentConfig, WorldConfig
+from broken_latents.config.toml_io import load_toml
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
 from broken_latents.training.preflight import SEARCH_BUDGET, check_config, check_memory, estimate_memory, estimate_seconds, search_work
 
@@ -66,6 +68,16 @@ def test_set_without_equals_explains_the_form(argv, expected, capsys, tmp_path):
 def test_set_names_the_sae_label_typed(capsys, tmp_path):
     code, err = _exit(["run", "recap-absorption", "--out", str(tmp_path / "r"), "--set", "sae.tied.latents=2.5"], capsys)
     assert code == 2 and "sae.tied.latents" in err and "sae.1" not in err
+
+
+@pytest.mark.parametrize("label", ["samples", "0", "12"])
+def test_a_label_that_clashes_with_a_reserved_key_exits_2(label, capsys, tmp_path):
+    """"samples" sits beside the labels where results are keyed by label; digits read as an index in --set."""
+    path = tmp_path / "x.toml"
+    path.write_text(f'name = "x"\n\n[[sae]]\nlabel = "{label}"\n')
+    code, err = _exit(["run", str(path), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.startswith("error: sae.label: ") and f"{label!r} is reserved" in err, err
+    assert "'samples'" in err and "digits alone" in err
 
 
 def test_list_elements_settable():
@@ -218,7 +230,8 @@ def test_fuzzed_experiment_tomls_exit_2_naming_the_field(case, tmp_path_factory,
 
 @settings(max_examples=20, deadline=None)
 @given(seeds=st.integers(1, 5), latents=st.integers(1, 12), features=st.integers(2, 30), dim=st.integers(2, 40),
-       rate=st.floats(0, 1), lr=st.floats(1e-5, 1e-1), label=st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True))
+       rate=st.floats(0, 1), lr=st.floats(1e-5, 1e-1),
+       label=st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True).filter(lambda label: label != "samples"))
 def test_valid_experiment_tomls_are_accepted(seeds, latents, features, dim, rate, lr, label, tmp_path_factory):
     data = tomllib.loads(tomli_w.dumps(VALID))
     data["world"].update(features=features, dim=dim, firing=rate)

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import linear_sum_assignment
-from scipy.signal import find_peaks
 
 from .absorption import absorption_metrics, cooccurring
 from .convergence import loss_drop, still_falling
 from ..saes import StackedSAE
 from ..world.stream import DataStream
-from .peaks import EMPTY, PEAK_FLOOR, fit_peak_model
+from .peaks import EMPTY, count_peaks, fit_peak_model
 from .truth import truth_broken
 from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, RunMetrics, WorldMetrics, inline_or_array
 from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
 
-PEAK_SMOOTHING = 0.02
-"""Gaussian smoothing width, as a fraction of the max: merges the ripples other features add to one peak."""
-PEAK_PROMINENCE = 0.05
-"""A peak must rise this fraction of the tallest smoothed bin above its surroundings."""
-HISTOGRAM_BINS = 200
 EVAL_STREAM = 7
 """Stream offset of the held-out evaluation samples (training uses offset 0)."""
 DETAIL_BYTES = 2**30
@@ -89,8 +82,8 @@ class Trained(Protocol):
     seeds: list[int]
     stacks: Sequence[TrainedStack]
     samples: int
-    seed_history: list[dict]
-    """The logged loss terms per seed (history.json's source; the run directory writes it)."""
+    history: Any
+    """The logged loss terms per SAE and seed: training/history.py's TrainingHistory (`.run(label, seed).terms`)."""
 
     @property
     def samples_per_second(self) -> float: ...
@@ -98,21 +91,6 @@ class Trained(Protocol):
 
 def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(a_AD, dim=-1) @ torch.nn.functional.normalize(b_BD, dim=-1).T
-
-
-def count_peaks(acts: np.ndarray) -> tuple[int, list[float]]:
-    """Number and locations of activation peaks above PEAK_FLOOR * max; 0 for a silent latent."""
-    top = float(acts.max()) if acts.size else 0.0
-    if top <= 0:
-        return 0, []
-    low = PEAK_FLOOR * top
-    counts, edges = np.histogram(acts[acts > low], bins=HISTOGRAM_BINS, range=(low, top * 1.0001))
-    sigma_bins = PEAK_SMOOTHING * top / (edges[1] - edges[0])
-    smooth = gaussian_filter1d(counts.astype(float), sigma_bins, mode="constant")
-    padded = np.concatenate([[0.0], smooth, [0.0]])  # so a peak at either end counts
-    idx, _ = find_peaks(padded, prominence=PEAK_PROMINENCE * padded.max())
-    centres = (edges[:-1] + edges[1:]) / 2
-    return len(idx), [round(float(centres[i - 1]), 4) for i in idx]
 
 
 def match_latents(decoder_cos_KN: np.ndarray, live: np.ndarray) -> list[Match]:
@@ -236,7 +214,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                                 for g in scores["absorption_gap"]],
                 **detection,
             ))
-            drop = _loss_drop(result.seed_history, stack, s)
+            drop = _loss_drop(result.history, stack, seed)
             if drop is not None:
                 runs[-1].loss_drop, runs[-1].falling_term = round(drop[0], 4), drop[1]
                 runs[-1].still_falling = still_falling(drop[0])
@@ -326,12 +304,9 @@ def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.n
     return out
 
 
-def _loss_drop(seed_history: list[dict], stack, s: int) -> tuple[float, str] | None:
-    """convergence.loss_drop of SAE `stack`, seed index s, from the training loop's logged steps."""
-    label = stack.config.label
-    names = dict.fromkeys(name for record in seed_history for name in record.get(label, {}))
-    terms = {name: [record[label][name][s] if name in record.get(label, {}) else None for record in seed_history]
-             for name in names}
+def _loss_drop(history, stack, seed: int) -> tuple[float, str] | None:
+    """convergence.loss_drop of SAE `stack` at `seed`, from the training loop's logged steps."""
+    terms = history.run(stack.config.label, seed).terms
     return loss_drop(terms, stack.sae.loss_weights(stack.config, 0.0))
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config.schema import ConfigError, read_json
+from ..config.schema import ConfigError
+from ..config.toml_io import read_json
 
 CLEAN_COS = 0.95
 """Decoder cosine with a true feature from which a latent counts as clean (learned)."""

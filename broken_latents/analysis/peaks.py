@@ -21,7 +21,7 @@ mixture to the latent's positive activations and read off:
 
 Tied latents fire weakly on most inputs; that bulk near zero would take components from the
 real peaks, so by default only activations above PEAK_FLOOR x the latent's max are fitted, as
-`analysis.count_peaks` does (floor_ratio=0 fits every positive activation).
+`count_peaks` does (floor_ratio=0 fits every positive activation).
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import find_peaks
 
 PEAK_FLOOR = 0.2
-"""Peaks are counted (measure.count_peaks) and fitted above this fraction of a latent's max. Tied
+"""Peaks are counted (count_peaks) and fitted above this fraction of a latent's max. Tied
 latents fire weakly on most inputs, and even a clean latent (cos 0.996) shows an interference bump
 at 12-17% of its max; the weakest true peak of a broken latent (the parent alone) sits near 25%."""
 MAX_COMPONENTS = 5
@@ -253,3 +255,27 @@ def assign_peaks(model: PeakModel, acts: np.ndarray) -> np.ndarray:
     densities = np.stack([model.density(x[above], group) for group in model.groups])
     out[above] = densities.argmax(0)
     return out
+
+
+# -- the histogram count: every latent's cross-check of its mixture --------------------------
+
+PEAK_SMOOTHING = 0.02
+"""Gaussian smoothing width, as a fraction of the max: merges the ripples other features add to one peak."""
+PEAK_PROMINENCE = 0.05
+"""A peak must rise this fraction of the tallest smoothed bin above its surroundings."""
+HISTOGRAM_BINS = 200
+
+
+def count_peaks(acts: np.ndarray) -> tuple[int, list[float]]:
+    """Number and locations of activation peaks above PEAK_FLOOR * max; 0 for a silent latent."""
+    top = float(acts.max()) if acts.size else 0.0
+    if top <= 0:
+        return 0, []
+    low = PEAK_FLOOR * top
+    counts, edges = np.histogram(acts[acts > low], bins=HISTOGRAM_BINS, range=(low, top * 1.0001))
+    sigma_bins = PEAK_SMOOTHING * top / (edges[1] - edges[0])
+    smooth = gaussian_filter1d(counts.astype(float), sigma_bins, mode="constant")
+    padded = np.concatenate([[0.0], smooth, [0.0]])  # so a peak at either end counts
+    idx, _ = find_peaks(padded, prominence=PEAK_PROMINENCE * padded.max())
+    centres = (edges[:-1] + edges[1:]) / 2
+    return len(idx), [round(float(centres[i - 1]), 4) for i in idx]

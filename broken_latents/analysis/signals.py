@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.peaks import PeakModel
+from .peaks import PeakModel, count_peaks
 
 ACTIVE_SHARE = 0.2
 """A latent is active on an input when it reaches this fraction of its max (the peak floor)."""
@@ -208,11 +208,10 @@ def peak_models(samples: list[np.ndarray], seed: int = 0) -> list[PeakModel]:
 
 def peak_model(acts: np.ndarray, seed: int = 0, max_samples: int | None = None) -> PeakModel:
     """The peak model of one latent, cheaply where it can be: a latent whose smoothed histogram
-    (analysis.measure.count_peaks) shows a single bump gets one Gaussian over its firings above
+    (peaks.count_peaks) shows a single bump gets one Gaussian over its firings above
     the floor; only the others pay for the BIC mixture fit (0.3 s a latent), so a 4096-latent SAE
     takes seconds where every latent has one peak."""
-    from ..analysis.measure import count_peaks
-    from ..analysis.peaks import MIN_SAMPLES, PEAK_FLOOR, Gaussian, fit_peak_model, _single_peak_threshold
+    from .peaks import MIN_SAMPLES, PEAK_FLOOR, Gaussian, fit_peak_model, _single_peak_threshold
 
     x = np.asarray(acts, dtype=np.float64)
     x = x[x > 0]

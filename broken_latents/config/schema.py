@@ -8,18 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import sys
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # A per-feature quantity: one number for all, a list with one value per feature,
 # or {linear = [start, stop]} spread evenly from the first feature to the last.
@@ -68,6 +59,10 @@ def architecture_options(name: str) -> type:
 
 K_ACTIVATIONS = ("topk", "batchtopk")
 """Activations that keep a number `k` of latents."""
+
+RESERVED_LABELS = ("samples",)
+"""SAE labels refused: "samples" sits beside the labels in records keyed by label (the step
+count of a logged step); a label of digits alone would read as an index in `--set sae.N.key`."""
 
 Engine = Literal["auto", "autograd", "arrays", "compiled"]
 
@@ -181,7 +176,7 @@ class WorldConfig:
     """Share of the activations' rows (the last ones) kept out of training and used for the metrics."""
 
     def __post_init__(self) -> None:
-        from ..world import laws  # the laws live with the world; they validate here, before any run
+        from . import laws  # the declared laws made concrete (config/laws.py): validated here, before any run
 
         _require(0.0 < self.held_out < 1.0, "world.held_out", f"must lie in (0, 1), got {self.held_out}")
         for name in ("activations_key", "labels", "directions"):
@@ -380,6 +375,9 @@ class SAEConfig:
     def __post_init__(self) -> None:
         _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",
                  f"must be letters, digits, '-' or '_', got {self.label!r}")
+        _require(self.label not in RESERVED_LABELS and not self.label.isdigit(), "sae.label",
+                 f"{self.label!r} is reserved: a label may not be {', '.join(map(repr, RESERVED_LABELS))} "
+                 "or digits alone (--set sae.N reads N as an index)")
         where = f"sae.{self.label}"
         _require(self.architecture in registered_architectures(), f"{where}.architecture",
                  f"must be one of {', '.join(map(repr, registered_architectures()))}; got {self.architecture!r}")
@@ -457,253 +455,10 @@ def resolve_spec(spec: Spec, n: int, field_name: str) -> list[float]:
     raise ConfigError(field_name, f"must be a number, a list or {{linear = [start, stop]}}, got {spec!r}")
 
 
-# ---------------------------------------------------------------------------------------
-# dict <-> dataclass, with errors that name the field
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is Spec:
-        return value
-    if origin is Annotated:
-        base, *extras = typing.get_args(tp)
-        value = _convert(base, value, where)
-        for extra in extras:
-            if isinstance(extra, OneOf):
-                allowed = tuple(extra.allowed())
-                _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-        return value
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-        return value
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(args[0], value, where)
-    if origin is list:
-        _require(isinstance(value, list), where, f"must be a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(item, v, f"{where}.{_item_name(v, i)}") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        _require(isinstance(value, dict), where, f"must be a table, got {value!r}")
-        return from_dict(tp, value, where)
-    if tp is bool:
-        _require(isinstance(value, bool), where, f"must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if isinstance(value, float) and value.is_integer():
-            value, ok = int(value), True
-        _require(ok, where, f"must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), where, f"must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        _require(isinstance(value, str), where, f"must be a string, got {value!r}")
-        return value
-    raise ConfigError(where, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+    """The converter's check of one value against a type (toml_io.py): `SAEConfig.flat_tables` checks
+    `architecture` with it before choosing that architecture's fields. Imported when called:
+    toml_io imports this module."""
+    from .toml_io import convert
 
-
-def _item_name(item: Any, index: int) -> str:
-    """How an error names a list entry: by the label typed (sae.tied), else by its index."""
-    label = item.get("label") if isinstance(item, dict) else None
-    return label if isinstance(label, str) and label else str(index)
-
-
-def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Build dataclass `cls` from a plain dict, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    flat = cls.flat_tables(data, where) if hasattr(cls, "flat_tables") else {}
-    owned = {f.name: table for table, part in flat.items() for f in dataclasses.fields(part)}
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in flat] + list(owned)
-    aliases = getattr(cls, "value_aliases", {})
-    data = {k: aliases.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in data.items()}
-    prefix = f"{where}." if where else ""
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        owner = cls.owner_of(unknown[0]) if hasattr(cls, "owner_of") else None
-        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key{owner or ''}; allowed keys here: {', '.join(names)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    for name in required:
-        _require(name in data, f"{prefix}{name}", "is required")
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items() if k not in owned}
-    for table, part in flat.items():  # owned keys sit flat in the table; their errors name them so
-        kwargs[table] = from_dict(part, {k: v for k, v in data.items() if owned.get(k) == table}, where)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        # Nested __post_init__ names its field relative to its own table; keep the outer path.
-        if where and not err.field.startswith(where.split(".")[0]):
-            raise ConfigError(f"{prefix}{err.field.split('.', 1)[-1]}", str(err).split(": ", 1)[1]) from None
-        raise
-
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain dict for TOML, dropping None (TOML has no null). A flat field's table is
-    merged in, with only the values that differ from its defaults: a table whose `architecture`
-    changes (--set) then carries no default of the old one into the new."""
-    if dataclasses.is_dataclass(obj):
-        flat = getattr(obj, "flat_fields", ())
-        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-               if getattr(obj, f.name) is not None and f.name not in flat}
-        for name in flat:
-            part = getattr(obj, name)
-            defaults = to_dict(type(part)())
-            out.update({k: v for k, v in to_dict(part).items() if defaults.get(k) != v})
-        return out
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def read_json(path: Path, field: str) -> Any:
-    """A JSON file the user pointed us at; invalid JSON is a ConfigError naming `field`."""
-    import json
-
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(field, f"{path} is not valid JSON: {err}") from None
-
-
-def load_toml(path: Path) -> ExperimentConfig:
-    """Read an experiment TOML; a bad file raises ConfigError naming the file and field."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError("TARGET", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError("TARGET", f"{path} is a directory; give a .toml file or a registered name") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("TARGET", f"{path} is not valid TOML: {err}") from None
-    return from_dict(ExperimentConfig, data)
-
-
-def dump_toml(config: ExperimentConfig) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(to_dict(config))
-
-
-# ---------------------------------------------------------------------------------------
-# --set KEY=VALUE overrides
-
-
-def _parse_value(text: str) -> Any:
-    """A TOML value if it parses as one (numbers, booleans, lists, tables), else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
-    """Apply `KEY=VALUE` strings; `sae.LABEL.key` or `sae.INDEX.key` address one SAE, `sae.*.key` all,
-    `key[i]` one element of a list (`world.firing[0]=0.3`; a number or {linear} is expanded first)."""
-    pairs = []
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        _require(bool(sep) and bool(key.strip()), "--set",
-                 f"expects KEY=VALUE as one argument (e.g. --set train.lr=1e-3), got {assignment!r}")
-        pairs.append((key.strip(), _parse_value(raw.strip())))
-    return apply_values(config, pairs)
-
-
-def apply_values(config: ExperimentConfig, pairs: list[tuple[str, Any]]) -> ExperimentConfig:
-    """Apply (KEY, value) pairs, values already parsed (e.g. from a sweep spec), in order."""
-    data = to_dict(config)
-    for key, value in pairs:
-        _require(isinstance(key, str) and bool(key), "--set", f"expects a dotted key, got {key!r}")
-        parts = _split_key(key)
-        for target, rest in _resolve_targets(data, parts, key):
-            target[rest] = value
-    return from_dict(ExperimentConfig, data)
-
-
-_INDEX = re.compile(r"^([^\[\]]*)((?:\[\d+\])+)$")
-
-
-def _split_key(key: str) -> list[str | int]:
-    """`world.firing[0]` -> ["world", "firing", 0]; `sae.tied.l1` -> ["sae", "tied", "l1"]."""
-    parts: list[str | int] = []
-    for part in key.split("."):
-        if "[" not in part and "]" not in part:
-            _require(bool(part), key, "empty part in the key; write it like train.lr or world.firing[0]")
-            parts.append(part)
-            continue
-        match = _INDEX.match(part)
-        _require(bool(match) and bool(match.group(1)), key, "list elements are written NAME[INDEX], e.g. world.firing[0]")
-        parts.append(match.group(1))
-        parts.extend(int(i) for i in re.findall(r"\d+", match.group(2)))
-    return parts
-
-
-def _resolve_targets(data: dict, parts: list[str | int], key: str) -> list[tuple[Any, str | int]]:
-    """The (holder, slot) pairs that `key` assigns: `holder[slot] = value`."""
-    slots: list[tuple[Any, str | int]] = [({"": data}, "")]
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        here = _dotted(parts[:depth]) or "the config"
-        nxt = []
-        for holder, slot in slots:
-            node = holder[slot]
-            if isinstance(part, int):
-                if not isinstance(node, list):
-                    node = _expand(data, parts, depth, node, key)
-                    holder[slot] = node
-                _require(part < len(node), key, f"{here}: index out of range (0..{len(node) - 1})")
-                nxt.append((node, part))
-            elif isinstance(node, list) and not last:
-                nxt.extend((node, i) for i in _pick_items(node, part, _dotted(parts[: depth + 1]), key))
-            elif isinstance(node, dict):
-                if part not in node and not last:
-                    # A missing table may be created (sae.tied.aux.coefficient creates [sae.aux]); a missing list
-                    # cannot (world.firng[0] is a typo of world.firing[0]), so say so as an unknown key does.
-                    _require(not isinstance(parts[depth + 1], int), _dotted(parts[: depth + 1]),
-                             f"unknown key; allowed keys here: {', '.join(node)}")
-                    node[part] = {}
-                nxt.append((node, part))
-            elif last:
-                raise ConfigError(key, "must address a key inside a table, e.g. train.lr or sae.tied.l1")
-            else:
-                raise ConfigError(key, f"{here} is a value, not a table")
-        slots = nxt
-    return slots
-
-
-def _dotted(parts: list) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
-
-
-def _expand(data: dict, parts: list, depth: int, value: Any, key: str) -> list:
-    """A per-feature world value given as a number or {linear}, as the list it stands for, so one
-    element can be set (world.firing[0]=0.3)."""
-    name = _dotted(parts[:depth])
-    spec = isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, dict) and set(value) == {"linear"}
-    _require(parts[0] == "world" and spec, key,
-             f"{name} is not a list")
-    features = data.get("world", {}).get("features", WorldConfig.features)
-    _require(isinstance(features, int) and features >= 1, "world.features", f"must be >= 1, got {features!r}")
-    return resolve_spec(value, features, name)
-
-
-def _pick_items(items: list, part: str, where: str, key: str) -> list[int]:
-    if part == "*":
-        return list(range(len(items)))
-    if part.isdigit():
-        _require(int(part) < len(items), key, f"{where}: index out of range (0..{len(items) - 1})")
-        return [int(part)]
-    labelled = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("label") == part]
-    labels = [item.get("label") for item in items if isinstance(item, dict)]
-    _require(bool(labelled), key, f"no entry labelled {part!r}; use an index, '*' or one of {labels}")
-    return labelled
+    return convert(tp, value, where)

@@ -6,7 +6,7 @@ through the small matrices W F^T [K, N], and every reduction over the batch is t
 touching D, so a step costs O(B K (K + N)) rather than O(B K D) plus autograd's bookkeeping.
 The code runs on torch tensors (the GPU's engine) or numpy arrays alike (see backend.py);
 on the CPU, kernel.py computes the same gradients in one compiled call.
-`tests/test_fastpath.py` checks these gradients against autograd.
+`tests/engine/test_fastpath.py` checks these gradients against autograd.
 """
 
 from __future__ import annotations

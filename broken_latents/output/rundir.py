@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 import numpy as np
 
 from ..analysis.measure import Trained
-from ..config.schema import ConfigError, ExperimentConfig, dump_toml
+from ..config.schema import ConfigError, ExperimentConfig
+from ..config.toml_io import dump_toml
 from ..saes.activations import activation
 from ..analysis.metrics import Metrics, save_arrays
-from .history import history_json
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
 from .atomic import swap_into_place
@@ -75,7 +75,7 @@ def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metr
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
     shown = detail_seeds(metrics.runs, metrics.claims or []) if which_figures != "all" else set(result.seeds)
-    history = history_json(result.seed_history, [stack.config.label for stack in result.stacks], result.seeds)
+    history = result.history.to_json()
     (path / "history.json").write_text(json.dumps(history))
     figures: dict[str, list[str]] = {}
     if which_figures != "none":

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.schema import ConfigError, read_json
+from ..config.schema import ConfigError
+from ..config.toml_io import read_json
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"

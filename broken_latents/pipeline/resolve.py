@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..analysis.metrics import CLEAN_COS
-from ..config.schema import ConfigError, ExperimentConfig, apply_overrides, load_toml
+from ..config.schema import ConfigError, ExperimentConfig
+from ..config.toml_io import load_toml
+from ..config.overrides import apply_overrides
 from ..experiments import EXPERIMENTS
 from ..experiments.claims import Claim
 

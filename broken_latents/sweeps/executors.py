@@ -50,7 +50,8 @@ def run_cell(task: CellTask) -> CellResult:
     """Train one cell into task.out. Never raises: a failure is a result with status "failed" and its error."""
     import sys
 
-    from ..config.schema import ConfigError, ExperimentConfig, from_dict
+    from ..config.schema import ConfigError, ExperimentConfig
+    from ..config.toml_io import from_dict
     from ..experiments import EXPERIMENTS
     from ..pipeline.resolve import Target
     from ..pipeline.run import run_experiment

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import experiments
-from ..config.schema import ConfigError, ExperimentConfig, apply_values, dump_toml, to_dict
+from ..config.schema import ConfigError, ExperimentConfig
+from ..config.toml_io import dump_toml, to_dict
+from ..config.overrides import apply_values
 from ..pipeline.resolve import check_trainable, resolve_target
 from ..analysis.metrics import CLEAN_COS, scalar_names
 

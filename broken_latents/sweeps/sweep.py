@@ -117,7 +117,7 @@ def _check_ray() -> None:
 
 def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
     """No cell is valid: name the axis whose value is wrong on its own, else the first cell."""
-    from ..config.schema import apply_values
+    from ..config.overrides import apply_values
     from ..pipeline.resolve import check_trainable
 
     for key, values in spec.axes.items():

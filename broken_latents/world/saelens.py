@@ -17,29 +17,7 @@ import torch
 
 from ..config.schema import ConfigError, WorldConfig
 from . import laws
-
-CONFIG = "synthetic_model_config.json"
-WEIGHTS = "synthetic_model.safetensors"
-HIERARCHY = "hierarchy.json"
-
-
-def read_config(path: str | Path) -> dict:
-    """The folder's config; a missing or unreadable folder is a ConfigError naming world.load."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ConfigError("world.load", f"{path} is not a folder; give one written by SAELens' SyntheticModel.save()")
-    for name in (CONFIG, WEIGHTS):
-        if not (folder / name).is_file():
-            raise ConfigError("world.load", f"{path} has no {name}: not a folder written by SyntheticModel.save()")
-    try:
-        cfg = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError("world.load", f"{folder / CONFIG} is not valid JSON: {err}") from None
-    for key in ("num_features", "hidden_dim"):
-        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
-            raise ConfigError("world.load", f"{folder / CONFIG}: {key} must be a positive integer, got {cfg.get(key)!r}")
-    return cfg
-
+from ..config.laws import CONFIG, HIERARCHY, WEIGHTS, read_config  # noqa: F401
 
 def load_world(config: WorldConfig):
     """The World a SAELens folder describes (sampling what SyntheticModel.sample draws)."""

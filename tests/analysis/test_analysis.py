@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from broken_latents.analysis.measure import count_peaks, firing_pattern_sets, match_latents
+from broken_latents.analysis.measure import firing_pattern_sets, match_latents
+from broken_latents.analysis.peaks import count_peaks
 from broken_latents.config.schema import HierarchyConfig, WorldConfig
 from broken_latents.analysis.metrics import Match
 from broken_latents.world.model import World

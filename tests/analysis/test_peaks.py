@@ -90,7 +90,7 @@ def test_deterministic_and_json_shape():
 def test_floor_is_the_one_the_histogram_count_uses():
     """count_peaks ignores what lies under PEAK_FLOOR x max: a bump just below it is no peak, the same
     bump just above it is one."""
-    from broken_latents.analysis.measure import count_peaks
+    from broken_latents.analysis.peaks import count_peaks
 
     rng = np.random.default_rng(0)
     top = rng.normal(10.0, 0.2, 4000)

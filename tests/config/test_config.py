@@ -4,16 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broken_latents.config.schema import (
-    ConfigError,
-    ExperimentConfig,
-    SAEConfig,
-    apply_overrides,
-    dump_toml,
-    from_dict,
-    load_toml,
-    resolve_spec,
-)
+from broken_latents.config.schema import ConfigError, ExperimentConfig, SAEConfig, resolve_spec
+from broken_latents.config.toml_io import dump_toml, from_dict, load_toml
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import EXPERIMENTS
 
 # DESIGN.md's config contract, verbatim: the example there must parse as it stands.

@@ -64,25 +64,39 @@ def _setup(architecture, activation, aux, dim=12, features=8, batch=64, widths=N
     return world, sae, config, f
 
 
-def _skip_without_hand_gradients(architecture, activation, aux, widths=None):
-    """Where no hand gradients are declared, "auto" must train by autograd (and the rest of the
-    test has nothing to compare)."""
-    config = _sae_config(architecture, activation, aux, widths)
-    if hand_gradients(config) is None:
-        assert choose_engine(ExperimentConfig(name="t", sae=[config]), "cpu") == "autograd"
-        pytest.skip(f"{architecture[0]}/{activation} declares no hand-derived gradients: autograd trains it")
+def _combinations():
+    """Every (architecture variant, activation, aux, Matryoshka widths) with a readable id, split by
+    whether the SAE declares hand-derived gradients: only those have anything to compare."""
+    with_hand, without = [], []
+    for variant, variant_id in zip(VARIANTS, VARIANT_IDS):
+        for activation in ACTIVATIONS:
+            for aux in (False, True):
+                for widths in MATRYOSHKA:
+                    case = pytest.param(variant, activation, aux, widths,
+                                        id=f"{variant_id}-{activation}-aux={aux}-{widths}")
+                    declared = hand_gradients(_sae_config(variant, activation, aux, widths)) is not None
+                    (with_hand if declared else without).append(case)
+    return with_hand, without
+
+
+HAND_DERIVED, WITHOUT_HAND_GRADIENTS = _combinations()
+
+
+def test_combinations_without_hand_gradients_train_by_autograd():
+    """Where no hand gradients are declared, "auto" trains by autograd (and the gradient tests
+    below have nothing to compare, so they are not generated)."""
+    assert HAND_DERIVED and WITHOUT_HAND_GRADIENTS
+    for case in WITHOUT_HAND_GRADIENTS:
+        config = _sae_config(*case.values)
+        assert choose_engine(ExperimentConfig(name="t", sae=[config]), "cpu").name == "autograd", case.id
 
 
 # Every registered architecture and option: a new one cannot leave this test out.
-@pytest.mark.parametrize("architecture", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("aux", [False, True])
-@pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)
+@pytest.mark.parametrize("architecture, activation, aux, widths", HAND_DERIVED)
 @pytest.mark.parametrize("dim", [12, 6])  # orthonormal features, and superposition
 # the compiled kernel against autograd is the slow tier; test_kernel_sums_over_several_blocks runs it in the fast one
 @pytest.mark.parametrize("backend", ["numpy", "torch", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_fast_gradients_match_autograd(architecture, activation, aux, widths, dim, backend):
-    _skip_without_hand_gradients(architecture, activation, aux, widths)
     world, sae, config, f = _setup(architecture, activation, aux, dim=dim, widths=widths)
     x = world.inputs(f)
     tau = torch.rand(3, 5, dtype=torch.float64) * 2 if aux else None
@@ -111,14 +125,10 @@ def test_fast_gradients_match_autograd(architecture, activation, aux, widths, di
         torch.testing.assert_close(as_torch(h).transpose(1, 2), h_expected.detach())
 
 
-@pytest.mark.parametrize("architecture", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("aux", [False, True])
-@pytest.mark.parametrize("widths", MATRYOSHKA, ids=str)
+@pytest.mark.parametrize("architecture, activation, aux, widths", HAND_DERIVED)
 def test_kernel_sums_over_several_blocks(architecture, activation, aux, widths):
     """A batch longer than the kernel's block (two whole blocks and a partial one) gives the
     gradients and losses of the array path, which takes the whole batch at once."""
-    _skip_without_hand_gradients(architecture, activation, aux, widths)
     world, sae, config, f = _setup(architecture, activation, aux, batch=2 * kernel.BLOCK + 37, widths=widths)
     tau = np.random.default_rng(0).random((3, 5)) * 2 if aux else None
     arguments = (Architecture.of(sae), params_of(sae, "numpy"), WorldGeometry.of(world.directions_ND, "numpy"),

@@ -12,7 +12,8 @@ import pytest
 from broken_latents.analysis.measure import measure
 from broken_latents.analysis.metrics import Metrics
 from broken_latents.experiments.claims import evaluate_claims
-from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig, apply_overrides
+from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import get
 from broken_latents.training.loop import train
 from broken_latents.world.model import World

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from broken_latents.analysis.truth import truth_broken
-from broken_latents.analysis.signals import PEAK_SEPARATION, peak_summary, signals_of
+from broken_latents.analysis.signals import peak_summary, signals_of
 from broken_latents.analysis.peaks import fit_peak_model
 
 D = 8
@@ -31,7 +31,6 @@ def _world(children: int, n: int = 20_000, seed: int = 0):
 def _absorbed_untied(directions, children: int):
     """Parent latent: decoder d0 (clean), encoder d0 - sum of the children, so it falls silent when any
     child fires; child latents: encoder d_c, decoder d0 + d_c (they absorb the parent); two clean latents."""
-    F = len(directions)
     W_dec = [directions[0]] + [directions[0] + directions[c] for c in range(1, children + 1)] + list(directions[-2:])
     W_enc = [directions[0] - directions[1:children + 1].sum(0)] + [directions[c] for c in range(1, children + 1)] \
         + list(directions[-2:])

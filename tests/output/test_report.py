@@ -250,14 +250,8 @@ def test_show_prints_a_run_without_sae_entries():
     assert "empty: latents per SAE and seed" in console.export_text()
 
 
-@pytest.mark.slow
-def test_history_json_keeps_seeds_apart_and_marks_terms_not_yet_computed(tmp_path):
-    from broken_latents.output.history import history_json
-
-    seed_history = [{"samples": 100, "tied": {"mse": [2.0, 3.0], "l1": [0.1, 0.2]}},
-                    {"samples": 200, "tied": {"mse": [1.0, 1.5], "l1": [0.3, 0.4], "aux": [0.05, 0.06]}}]
-    history = history_json(seed_history, ["tied"], [0, 1])
-    assert history == {"steps": [100, 200], "runs": [
+def test_loss_curves_draw_a_panel_per_term(tmp_path):
+    history = {"steps": [100, 200], "runs": [
         {"label": "tied", "seed": 0, "terms": {"mse": [2.0, 1.0], "l1": [0.1, 0.3], "aux": [None, 0.05]}},
         {"label": "tied", "seed": 1, "terms": {"mse": [3.0, 1.5], "l1": [0.2, 0.4], "aux": [None, 0.06]}}]}
     plots.loss_curves(history, "losses", tmp_path / "loss-curves.png")

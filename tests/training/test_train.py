@@ -47,7 +47,7 @@ def test_arrays_engine_trains_like_compiled():
 
 def test_training_reduces_the_loss():
     result = train(_config("auto", samples=200_000), progress=False)
-    first, last = result.history[0], result.history[-1]
+    first, last = result.history.means(0), result.history.means()
     for label in ("tied", "untied", "aux", "nested"):
         assert last[label]["mse"] < 0.5 * first[label]["mse"], label
 
@@ -55,17 +55,20 @@ def test_training_reduces_the_loss():
 def test_every_engine_logs_every_declared_term_per_seed():
     """history.json's source: the hand-gradient engines log the aux term too, per seed, as autograd does."""
     runs = {engine: train(_config(engine, samples=12_000), progress=False) for engine in ("compiled", "arrays", "autograd")}
-    reference = runs["autograd"].seed_history
-    assert reference[-1]["aux"].keys() == {"mse", "l1", "aux"} and "aux" not in reference[0]["aux"]  # delay first
+    reference = runs["autograd"].history
+    aux = reference.run("aux", 0).terms
+    assert aux.keys() == {"mse", "l1", "aux"} and aux["aux"][0] is None and aux["aux"][-1] is not None  # delay first
     for engine, result in runs.items():
-        assert [r["samples"] for r in result.seed_history] == [r["samples"] for r in reference], engine
-        for record, expected in zip(result.seed_history, reference):
-            for label in ("tied", "untied", "aux"):
-                assert record[label].keys() == expected[label].keys(), (engine, label)
-                for term, values in record[label].items():
-                    assert len(values) == 2, (engine, label, term)  # one per seed
-                    torch.testing.assert_close(torch.tensor(values), torch.tensor(expected[label][term]),
-                                               rtol=1e-3, atol=1e-5, msg=f"{engine} {label} {term}")
+        assert result.history.steps == reference.steps, engine
+        assert [(r.label, r.seed) for r in result.history.runs] == [(r.label, r.seed) for r in reference.runs]
+        for run, expected in zip(result.history.runs, reference.runs):
+            assert run.terms.keys() == expected.terms.keys(), (engine, run.label)
+            for term, values in run.terms.items():
+                assert len(values) == len(reference.steps), (engine, run.label, term)
+                assert [v is None for v in values] == [v is None for v in expected.terms[term]], (engine, term)
+                torch.testing.assert_close(torch.tensor([v for v in values if v is not None]),
+                                           torch.tensor([v for v in expected.terms[term] if v is not None]),
+                                           rtol=1e-3, atol=1e-5, msg=f"{engine} {run.label} {term}")
 
 
 def test_first_seed_trains_what_a_longer_run_trains_for_that_seed():

@@ -12,8 +12,8 @@ from broken_latents.config.schema import (
     CorrelationConfig,
     TreeConfig,
     WorldConfig,
-    from_dict,
 )
+from broken_latents.config.toml_io import from_dict
 from broken_latents.world import laws
 from broken_latents.world.directions import cosine_stats, decorrelate
 from broken_latents.world.model import World
@@ -134,7 +134,7 @@ def test_synthbench_laws_give_saelens_world_to_the_number():
 
 def test_designs_large_world_keys_parse_as_written(tmp_path):
     """DESIGN.md's commented large-world keys, uncommented, are a valid [world]."""
-    from broken_latents.config.schema import load_toml
+    from broken_latents.config.toml_io import load_toml
 
     path = tmp_path / "big.toml"
     path.write_text('''name = "big"

@@ -94,7 +94,8 @@ def test_correlation_correlates_firing_and_keeps_rates():
     r_c, c_c, _ = firing_stats(SparseSampler(correlated, [0]).draw(N).features_RNB()[0].T.numpy())
     assert np.abs(r_c - 0.2).max() < 0.015 and np.abs(r_i - 0.2).max() < 0.015
     off = ~np.eye(40, dtype=bool)
-    spread = lambda c, r: np.std((c - np.outer(r, r))[off])
+    def spread(c, r):
+        return np.std((c - np.outer(r, r))[off])
     assert spread(c_c, r_c) > 4 * spread(c_i, r_i)
 
 
