@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from .absorption import absorption_metrics, cooccurring
-from .measure import _round, count_peaks, match_latents
-from .measure import modelled_latents
+from .measure import _round, match_latents, modelled_latents
 from .metrics import CLEAN_COS, AbsorptionGap, Metrics, RunMetrics, WorldMetrics
 from .scale import FiringTally, decoder_scores, parent_latents
-from .peaks import EMPTY, fit_peak_model
+from .peaks import EMPTY, count_peaks, fit_peak_model
 from .score import load_score_model
 from .signals import signals_of
 from .truth import truth_broken

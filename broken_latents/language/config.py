@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.schema import ConfigError, _require, from_dict, tomllib
+from ..config.schema import ConfigError, _require
+from ..config.toml_io import from_dict, tomllib
 
 
 @dataclass

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .aux import AuxState
+from .engines import TrainedStack
+from .history import TrainingHistory
 from .loop import (
     LOG_EVERY,
-    TrainedStack,
     TrainingDiverged,
     _progress_bar,
     lr_factor,
@@ -41,8 +42,8 @@ class ActivationsTrainResult:
     stacks: list[TrainedStack]
     samples: int
     train_seconds: float
-    seed_history: list[dict] = field(default_factory=list)
-    """Every logged step: {"samples", LABEL: {term: [value per seed]}} (history.json's source)."""
+    history: TrainingHistory = field(default_factory=TrainingHistory)
+    """Every loss term per logged step, per SAE and seed: history.json."""
 
     @property
     def samples_per_second(self) -> float:
@@ -114,7 +115,7 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
     optimiser = FlatAdam(flatten_parameters(parameters), lr=config.train.lr)
     stream = ShuffledBatches(source, train_rows, batch, config.train.first_seed)
     steps = math.ceil(config.train.samples / batch)
-    seed_history = []
+    history = TrainingHistory.empty([stack.config.label for stack in stacks], seeds)
     with _progress_bar(progress, steps * batch) as bar:
         start = time.perf_counter()
         for step in range(steps):
@@ -158,29 +159,14 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
                             stack.config.label, seeds[bad], (step + 1) * batch, config.train.lr
                         )
                 samples = (step + 1) * batch
-                seed_history.append(
-                    {
-                        "samples": samples,
-                        **{
-                            label: {k: v.reshape(-1).tolist() for k, v in parts.items()}
-                            for label, parts in logged.items()
-                        },
-                    }
-                )
-                bar.update(
-                    samples,
-                    time.perf_counter() - start,
-                    {
-                        label: {k: float(v.mean()) for k, v in parts.items()}
-                        for label, parts in logged.items()
-                    },
-                )
+                history.record(samples, logged)
+                bar.update(samples, time.perf_counter() - start, history.means())
         seconds = time.perf_counter() - start
     for stack, aux in zip(stacks, auxes):
         if aux is not None:
             stack.tau_SK = aux.schedule(steps * batch)[1].to(device)
     return ActivationsTrainResult(
-        config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, seed_history
+        config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, history
     )
 
 
