@@ -132,6 +132,7 @@ def absorption_metrics(
     matched: Mapping[int, int],
     live: Iterable[int],
     cooccur: Mapping[int, Iterable[int]],
+    x_proj_BN=None,
 ) -> AbsorptionMetrics:
     """Absorption, full absorption and hedging of one SAE (formulas in the module docstring).
 
@@ -139,7 +140,8 @@ def absorption_metrics(
     (0 = not firing); matched: feature -> latent, one-to-one (pass every Hungarian match,
     clean or broken: leaving a broken match out makes its feature unmatched, absorption 1
     wherever anything carries it); live: the live latents; cooccur: feature -> co-occurring
-    features (see `cooccurring`). Every list in the result is plain Python, JSON-ready."""
+    features (see `cooccurring`); x_proj_BN: the inputs' projections x_b . d_i where x is not
+    f_BN @ directions_ND (stored activations). Every list in the result is plain Python, JSON-ready."""
     h = np.asarray(h_BK, dtype=np.float64)
     W = np.asarray(W_dec_KD, dtype=np.float64)
     F = np.asarray(directions_ND, dtype=np.float64)
@@ -163,7 +165,9 @@ def absorption_metrics(
         raise ValueError(f"live {sorted(live_set)} names a latent outside 0..{K - 1}")
 
     proj_KN = W @ F.T  # W_j . d_i
-    x_proj_BN = (f @ F) @ F.T  # x_b . d_i; never the N x N Gram matrix (2 GiB at 16k features)
+    # x_b . d_i: from the features in a world (never the N x N Gram matrix: 2 GiB at 16k features);
+    # stored activations pass it (their x is not f @ F).
+    x_proj_BN = (f @ F) @ F.T if x_proj_BN is None else np.asarray(x_proj_BN, dtype=np.float64)
     norms_K = np.linalg.norm(W, axis=1)
     absorption, full, firing, unreconstructed = [0.0] * N, [0.0] * N, [0] * N, [0] * N
     for i in range(N):

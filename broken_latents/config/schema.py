@@ -158,9 +158,30 @@ class WorldConfig:
     """A folder written by SAELens' `SyntheticModel.save()`: the world is read from it (directions, rates,
     magnitude laws, hierarchy, correlation, bias); then no other world key may be set (features and dim
     may be, if they equal the folder's)."""
+    activations: str | None = None
+    """SAEs on stored activations: a `.npy` (memory-mapped) or `.safetensors` file of shape [N, D],
+    float32 or float16, instead of a sampled world (features, dim, firing, ... are then unused; D comes
+    from the file). Relative paths are read from the working directory."""
+    activations_key: str | None = None
+    """The tensor's name in a `.safetensors` activations file (needed when it holds several)."""
+    labels: str | None = None
+    """Optional `.npy` [N, C] of concept indicators (nonzero = active) for the activations' rows: the
+    probe-based truth. Each concept's direction is what it adds beyond its parent on the training rows
+    (its class mean minus the mean where its parent is active without it; a root: where it is inactive);
+    a concept a linear probe cannot tell apart (accuracy or balanced accuracy < 0.95) is dropped."""
+    directions: str | None = None
+    """Optional `.npy` [C, D] of per-concept directions (the true features) instead of those from `labels`;
+    with `labels` too, row c of the directions is column c of the labels."""
+    held_out: float = 0.1
+    """Share of the activations' rows (the last ones) kept out of training and used for the metrics."""
 
     def __post_init__(self) -> None:
         from . import laws  # the declared laws made concrete (config/laws.py): validated here, before any run
+
+        _require(0.0 < self.held_out < 1.0, "world.held_out", f"must lie in (0, 1), got {self.held_out}")
+        for name in ("activations_key", "labels", "directions"):
+            _require(getattr(self, name) is None or self.activations is not None, f"world.{name}",
+                     "applies to stored activations only; set world.activations too")
 
         if self.load is not None:
             laws.check_load(self)

@@ -5,6 +5,7 @@ claims are evaluated across seeds (claims.py)."""
 from . import post  # noqa: F401  (registers the post's experiments)
 from . import matryoshka  # noqa: F401  (then the Matryoshka experiments)
 from . import synthbench  # noqa: F401  (then the scale studies)
+from . import language  # noqa: F401  (then SAEs on the language world's transformer)
 from .post import narrow_world
 from .registry import EXPERIMENTS, Experiment, get, register
 

@@ -36,6 +36,8 @@ def given_rate_text(world: WorldMetrics, feature: int) -> str:
 
 def world_line(world: WorldMetrics) -> str:
     """The world in one line: features, dims, rates as given and as marginal, magnitudes, hierarchy."""
+    if "activations" in world.extra:
+        return _stored_world_line(world)
     features = len(world.firing_rates)
     head = f"world: {features} features" + (f" in {world.dim} dims" if world.dim is not None else "")
     if world.dim is not None:
@@ -60,6 +62,21 @@ def world_line(world: WorldMetrics) -> str:
                      f"(rates given the parent), {len(relations) - conditional} with forcing children")
     elif relations is not None:  # absent in runs from before it was recorded: unknown, not "none"
         parts.append("hierarchy: " + ("; ".join(map(_relation, relations)) or "none"))
+    return "; ".join(parts)
+
+
+def _stored_world_line(world: WorldMetrics) -> str:
+    """A stored-activations world: the file, its split, and the concepts its labels give (if any)."""
+    x = world.extra
+    parts = [f"world: stored activations {x['activations']} ({x['rows']:,} rows x {x['dim']} dims; "
+             f"{x['train_rows']:,} trained on, {x['eval_rows']:,} held-out rows measured)"]
+    if "concepts" in x:
+        dropped = x.get("dropped", [])
+        parts.append(f"{len(x['concepts'])} concepts kept as true features (class-mean directions)"
+                     + (f", {len(dropped)} dropped by their probes" if dropped else ", none dropped")
+                     + f"; hierarchy from the labels: {len(x.get('edges', []))} parent-child edges")
+    else:
+        parts.append("no labels or directions: no true features")
     return "; ".join(parts)
 
 

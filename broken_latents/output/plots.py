@@ -222,7 +222,8 @@ def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figu
     def relative(name: str) -> str:
         return f"{figures_dir.name}/{name}"
 
-    written = {"world": [relative(_world_figure(metrics, figures_dir))]}
+    # Stored activations have no sampled world (no expected MSE) to draw.
+    written = {"world": [relative(_world_figure(metrics, figures_dir))]} if metrics.world.expected_mse else {}
     parents = {rel["parent"] for rel in metrics.world.hierarchy or []}
     for run in metrics.runs:
         key = f"{run.label}-seed{run.seed}"
@@ -282,11 +283,13 @@ def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir
     broken = set(run.broken_latents)
     marks = {"row_marks": latent_marks(run), "col_marks": {f: "parent" for f in parents}, "threshold": threshold,
              "boxes": {(m.latent, m.feature): "broken" if m.latent in broken else "clean" for m in run.matches}}
-    names = [f"{key}-decoder.png"]
-    cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1], **marks)
+    names = []
+    if run.decoder_cos:  # stored activations without labels or directions have no true features
+        names.append(f"{key}-decoder.png")
+        cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1], **marks)
     # A tied SAE's encoder is its decoder: a second heatmap would repeat the first.
     architecture = run.label if run.architecture is None else run.architecture
-    if architecture != "tied":
+    if architecture != "tied" and run.encoder_cos:
         names.append(f"{key}-encoder.png")
         cos_heatmap(run.encoder_cos, f"{heading}: encoder cos with true features", figures_dir / names[-1], **marks)
     names.append(f"{key}-latents.png")

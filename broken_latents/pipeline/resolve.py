@@ -73,6 +73,13 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
     from ..training.preflight import check_config
 
     check_device(device)
+    if config.world.activations is not None:
+        from ..language.cache import ensure_built
+        from ..training.on_activations import check_activations
+
+        ensure_built(config.world, progress=True)  # a registered language world's files, built once
+        check_activations(config)
+        return
     choose_engine(config, device)
     check_config(config, device)
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..analysis.measure import Trained, latent_activations, measure
 from ..analysis.metrics import Metrics
+from ..analysis.on_activations import stored_latent_activations
 from ..experiments.claims import evaluate_claims
 from ..output.rundir import check_out_dir, write_run
 from ..training.loop import TrainResult, train
@@ -36,8 +37,28 @@ def measure_claims(result: Trained, target: Target) -> Metrics:
 
 def train_and_measure(target: Target, device: str = "cpu", progress: bool = False) -> tuple[TrainResult, Metrics]:
     """Train every SAE of the target's config in memory, then measure it and check its claims."""
+    if target.config.world.activations is not None:
+        return _on_activations(target, device, progress)
     result = train(target.config, device=device, progress=progress)
     return result, measure_claims(result, target)
+
+
+def _on_activations(target: Target, device: str, progress: bool):
+    """SAEs on a stored activations file: the truth (labels, directions) is read and probed first, so a
+    bad labels file stops the run before it trains."""
+    from ..analysis.on_activations import measure_on_activations, truth_from_config
+    from ..language.cache import ensure_built
+    from ..training.on_activations import check_activations, train_on_activations
+
+    config = target.config
+    ensure_built(config.world, progress=progress)
+    source = check_activations(config)
+    truth = truth_from_config(config.world, source, source.split(config.world.held_out)[0])
+    result = train_on_activations(config, device=device, progress=progress, source=source)
+    metrics = measure_on_activations(result, truth, clean_cos=target.clean_cos)
+    metrics.description = config.description
+    metrics.claims = evaluate_claims(target.claims, metrics)
+    return result, metrics
 
 
 def run_experiment(target: Target, out: Path, device: str = "cpu", progress: bool = True,
@@ -48,6 +69,9 @@ def run_experiment(target: Target, out: Path, device: str = "cpu", progress: boo
     check_out_dir(out)
     started = time.perf_counter()
     result, metrics = train_and_measure(target, device=device, progress=progress)
-    activations = latent_activations(result, HISTOGRAM_SAMPLES) if figures != "none" else None
+    activations = None
+    if figures != "none":
+        activations = (stored_latent_activations(result, HISTOGRAM_SAMPLES) if target.config.world.activations
+                       else latent_activations(result, HISTOGRAM_SAMPLES))
     write_run(out, target.config, result, metrics, started, figures, activations)
     return RunOutcome(out, metrics)

@@ -1,0 +1,183 @@
+"""SAEs trained on an activations file drawn from a known world learn its directions."""
+
+import numpy as np
+import pytest
+
+from broken_latents.analysis.on_activations import (
+    Truth,
+    edges_from_labels,
+    measure_on_activations,
+    truth_from_config,
+)
+from broken_latents.config.schema import (
+    ConfigError,
+    ExperimentConfig,
+    HierarchyConfig,
+    SAEConfig,
+    TrainConfig,
+    WorldConfig,
+)
+from broken_latents.output.describe import world_line
+from broken_latents.training.on_activations import check_activations, train_on_activations
+from broken_latents.world.activations import ActivationFile
+from broken_latents.world.model import World
+
+WORLD = WorldConfig(
+    features=6, dim=12, firing=0.15, magnitude=[3.0, 2.0, 2.0, 1.5, 1.5, 1.0], seed=4
+)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """40k rows of the world written to .npy, with its firings as labels."""
+    world = World.build(WORLD)
+    f_NB = world.sample(np.random.default_rng(0), 40_000)
+    x = (f_NB.T @ world.directions_ND.numpy()).astype(np.float32)
+    path = tmp_path_factory.mktemp("acts") / "x.npy"
+    np.save(path, x)
+    return path, f_NB.T > 0, world.directions_ND.numpy()
+
+
+def config(*saes, samples=600_000, path="unused.npy") -> ExperimentConfig:
+    return ExperimentConfig(
+        name="stored",
+        world=WorldConfig(activations=str(path), held_out=0.2),
+        train=TrainConfig(samples=samples, batch_size=512, lr=1e-2, seeds=1),
+        sae=list(saes),
+    )
+
+
+def test_saes_learn_every_direction(stored):
+    path, labels, directions = stored
+    saes = [
+        SAEConfig(label=arch, architecture=arch, latents=6, l1=0.1) for arch in ("untied", "tied")
+    ]
+    result = train_on_activations(config(*saes), progress=False, source=ActivationFile.open(path))
+    truth = Truth(directions, list(range(6)), labels, edges_from_labels(labels))
+    metrics = measure_on_activations(result, truth)
+    untied, tied = metrics.runs
+    assert world_line(metrics.world).startswith("world: stored activations")
+    assert "6 concepts kept" in world_line(metrics.world)
+    for run in (untied, tied):
+        best = np.abs(np.array(run.decoder_cos)).max(axis=0)
+        assert (best >= 0.95).all(), (run.label, best)
+        assert run.explained_variance > 0.95 and run.dead_latents == []
+    # Independent features: nothing to absorb, and the tied latents fire exactly with their features.
+    assert tied.absorption_gap == [] and max(tied.absorption) < 0.01
+    assert tied.mcc > 0.99 and tied.f1 > 0.95  # SynthSAEBench's scores on the same truth
+    assert min(tied.extra["firing_f1"]) > 0.99 and not any(tied.truth_broken)
+
+
+def test_absorption_matches_a_plain_recomputation(stored):
+    """From the file, the SAE's weights and the directions metrics.json records: the absorption fraction
+    by its definition (positive contributions, share carried by latents other than the match)."""
+    path, labels, _ = stored
+    sae = SAEConfig(label="topk", architecture="untied", latents=5, activation="topk", k=1, l1=0.0)
+    result = train_on_activations(
+        config(sae, samples=100_000), progress=False, source=ActivationFile.open(path)
+    )
+    np.save(path.parent / "labels.npy", labels)
+    world = WorldConfig(activations=str(path), labels=str(path.parent / "labels.npy"), held_out=0.2)
+    truth = truth_from_config(world, result.source, result.train_rows)
+    metrics = measure_on_activations(result, truth)
+    (run,) = metrics.runs
+    start, stop = metrics.world.extra["eval_range"]
+    F = np.array(metrics.world.extra["directions"])
+    x = np.load(path)[start:stop].astype(np.float64)
+    weights = result.stacks[0].sae.saelens_state(0)
+    W_enc, W_dec, b_enc, b_dec = (
+        weights[k].double().numpy() for k in ("W_enc", "W_dec", "b_enc", "b_dec")
+    )
+    pre = (x - b_dec) @ W_enc + b_enc
+    h = np.where(pre >= np.sort(pre, axis=1)[:, -1:], np.maximum(pre, 0), 0.0)  # TopK, k = 1
+    matched = {m.feature: m.latent for m in run.matches}
+    for i in range(F.shape[0]):
+        active = labels[start:stop, i]
+        c = h[active] * (W_dec @ F[i])
+        c = np.where(c > 1e-6, c, 0.0)
+        total = c.sum(1)
+        others = total - (c[:, matched[i]] if i in matched else 0.0)
+        share = np.divide(others, total, out=np.zeros_like(total), where=total > 0)
+        assert share.mean() == pytest.approx(run.absorption[i], abs=2e-4)
+
+
+def test_without_truth_only_what_needs_none(stored):
+    path, _, _ = stored
+    result = train_on_activations(
+        config(
+            SAEConfig(
+                label="topk", architecture="untied", latents=6, activation="topk", k=2, l1=0.0
+            ),
+            samples=50_000,
+            path=path,
+        ),
+        progress=False,
+    )
+    (run,) = measure_on_activations(result).runs
+    assert run.decoder_cos == [] and run.absorption is None and run.truth_broken is None
+    assert len(run.broken_score) == 6 and all(0 <= p <= 1 for p in run.broken_score)
+    assert run.l0 == pytest.approx(2.0, abs=0.01) and 0 < run.explained_variance < 1
+
+
+def test_hierarchy_read_from_the_labels():
+    hierarchy = [
+        HierarchyConfig(parent=0, children=[1, 2], mode="conditional"),
+        HierarchyConfig(parent=2, children=[3]),
+    ]
+    world = World.build(WorldConfig(features=5, dim=5, firing=0.3, hierarchy=hierarchy))
+    labels = world.sample(np.random.default_rng(0), 20_000).T > 0
+    # 3 forces 2 on after 2's condition on 0 is applied, so 2 fires without 0 and only 1 is 0's child.
+    assert sorted(edges_from_labels(labels)) == [(0, 1), (2, 3)]
+
+
+def test_inverse_technique_refused(stored):
+    from broken_latents.config.schema import InverseConfig
+
+    path, _, _ = stored
+    sae = SAEConfig(label="inv", architecture="tied", latents=2, inverse=InverseConfig())
+    with pytest.raises(ConfigError, match="sae.inv.inverse"):
+        check_activations(config(sae, path=path))
+
+
+@pytest.mark.slow
+def test_cli_runs_a_stored_world_and_refuses_bad_files(stored, tmp_path):
+    """End to end through the pipeline: labels give the truth; a bad file is one line from the CLI, exit 2."""
+    import subprocess
+    import sys
+
+    path, labels, _ = stored
+    np.save(tmp_path / "labels.npy", labels)
+    toml = tmp_path / "stored.toml"
+    body = f"""name = "stored"
+[world]
+activations = "{path}"
+labels = "{tmp_path / "labels.npy"}"
+[train]
+samples = 300_000
+batch_size = 512
+lr = 1e-2
+seeds = 1
+[[sae]]
+label = "tied"
+architecture = "tied"
+latents = 6
+l1 = 0.1
+"""
+    toml.write_text(body)
+    from broken_latents.pipeline.resolve import resolve_target
+    from broken_latents.pipeline.run import run_experiment
+
+    (run,) = run_experiment(resolve_target(toml), tmp_path / "run", progress=False).metrics.runs
+    assert (
+        len(run.learned_features) == 6
+    )  # the difference of class means is each feature's direction here
+    assert (tmp_path / "run" / "figures" / "tied-seed0-decoder.png").exists()
+    cli = [sys.executable, "-m", "broken_latents.cli", "run"]
+    np.save(tmp_path / "bad.npy", np.zeros((10, 3, 2), np.float32))
+    toml.write_text(body.replace(str(path), str(tmp_path / "bad.npy")))
+    done = subprocess.run(
+        cli + [str(toml), "--out", str(tmp_path / "bad")], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "world.activations" in done.stderr
+    assert not (tmp_path / "bad").exists()
