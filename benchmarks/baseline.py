@@ -52,8 +52,15 @@ def aux_loss(x, h, sae: TiedSAE, recent_maxes: deque) -> torch.Tensor:
     return AUX_LAMBDA / h.numel() * ((h <= tau) * cos.pow(2)).sum()
 
 
-def run_baseline(world_config: WorldConfig, latents: int, samples: int, aux: bool,
-                 l1: float = 3e-3, batch_size: int = 1024, device: str = "cpu") -> float:
+def run_baseline(
+    world_config: WorldConfig,
+    latents: int,
+    samples: int,
+    aux: bool,
+    l1: float = 3e-3,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> float:
     """Train one tied SAE on `samples` samples; return samples/s of the training loop alone."""
     torch.manual_seed(0)
     world = World.build(world_config).to(device)

@@ -99,9 +99,15 @@ def main() -> None:
     torch.set_num_threads(threads)
     rows += [
         ("SAE on activations, broken-latents", f"{ours / 1e3:.0f}k samples/s"),
-        (f"SAE on activations, plain PyTorch loop ({threads} threads)", f"{plain / 1e3:.0f}k samples/s"),
+        (
+            f"SAE on activations, plain PyTorch loop ({threads} threads)",
+            f"{plain / 1e3:.0f}k samples/s",
+        ),
         ("SAE on activations, plain PyTorch loop (1 thread)", f"{plain_one / 1e3:.0f}k samples/s"),
-        ("ratio to the plain loop (default threads, 1 thread)", f"{ours / plain:.2f}x, {ours / plain_one:.2f}x"),
+        (
+            "ratio to the plain loop (default threads, 1 thread)",
+            f"{ours / plain:.2f}x, {ours / plain_one:.2f}x",
+        ),
     ]
     print(
         f"| measure ({args.latents} latents, batch {BATCH}, {args.samples:,} samples) | value |\n|---|---|"

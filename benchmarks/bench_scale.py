@@ -36,7 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broken_latents.config.schema import (  # noqa: E402
-    ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig)
+    ConfigError,
+    ExperimentConfig,
+    SAEConfig,
+    TrainConfig,
+    WorldConfig,
+)
 from broken_latents.training import preflight  # noqa: E402
 from broken_latents.world import model as world_model  # noqa: E402
 from broken_latents.world.model import World  # noqa: E402
@@ -52,7 +57,9 @@ HERE = Path(__file__).resolve().parent
 def zipf_rates(features: int) -> list[float]:
     """SAELens' zipfian_firing_probabilities: 1 / rank^exponent rescaled onto [min, max]."""
     r = 1.0 / np.arange(1, features + 1, dtype=np.float64) ** ZIPF["exponent"]
-    return (ZIPF["min"] + (ZIPF["max"] - ZIPF["min"]) * (r - r.min()) / (r.max() - r.min())).tolist()
+    return (
+        ZIPF["min"] + (ZIPF["max"] - ZIPF["min"]) * (r - r.min()) / (r.max() - r.min())
+    ).tolist()
 
 
 def supported(**law) -> bool:
@@ -73,9 +80,17 @@ def world_config(features: int) -> tuple[WorldConfig, list[str]]:
     spread: object = {"folded_normal": {"mean": 0.5, "std": 0.5}}
     if not supported(magnitude_std=spread):
         spread = 0.5
-        notes.append("magnitude spread: normal std 0.5 clipped at 0 (no folded normal in this version)")
-    config = WorldConfig(features=features, dim=DIM, firing=firing, magnitude={"linear": [5.0, 4.0]},
-                         magnitude_std=spread, seed=0)
+        notes.append(
+            "magnitude spread: normal std 0.5 clipped at 0 (no folded normal in this version)"
+        )
+    config = WorldConfig(
+        features=features,
+        dim=DIM,
+        firing=firing,
+        magnitude={"linear": [5.0, 4.0]},
+        magnitude_std=spread,
+        seed=0,
+    )
     return config, notes
 
 
@@ -88,9 +103,11 @@ class RandomDirections:
 
     def __enter__(self):
         if self.needed:
+
             def random_unit(features, dim, seed, *args, **kwargs):
                 d = torch.randn(features, dim, generator=torch.Generator().manual_seed(seed))
                 return d / d.norm(dim=1, keepdim=True)
+
             world_model.feature_directions = random_unit
         return self
 
@@ -116,11 +133,20 @@ def our_sampling(world: World, seconds: float) -> tuple[float, float]:
 
 
 def our_training(world_cfg: WorldConfig, samples: int) -> float:
-    config = ExperimentConfig(name="bench-scale", world=world_cfg,
-                              train=TrainConfig(samples=samples, batch_size=BATCH, lr=3e-4, seeds=1,
-                                                eval_samples=1000),
-                              sae=[SAEConfig(label="batchtopk", architecture="untied", latents=LATENTS,
-                                             activation="batchtopk", k=K)])
+    config = ExperimentConfig(
+        name="bench-scale",
+        world=world_cfg,
+        train=TrainConfig(samples=samples, batch_size=BATCH, lr=3e-4, seeds=1, eval_samples=1000),
+        sae=[
+            SAEConfig(
+                label="batchtopk",
+                architecture="untied",
+                latents=LATENTS,
+                activation="batchtopk",
+                k=K,
+            )
+        ],
+    )
     from broken_latents.training.loop import train
 
     return train(config, progress=False).samples_per_second
@@ -144,8 +170,20 @@ def sgemm_rate(threads: int, seconds: float = 2.0) -> float:
 def saelens_row(python: Path, features: int, quick: bool) -> dict | str:
     if not python.exists():
         return f"skipped: no SAELens venv at {python}"
-    command = [str(python), str(HERE / "saelens_scale_bench.py"), "--features", str(features), "--dim", str(DIM),
-               "--latents", str(LATENTS), "--k", str(K), "--batch", str(BATCH)]
+    command = [
+        str(python),
+        str(HERE / "saelens_scale_bench.py"),
+        "--features",
+        str(features),
+        "--dim",
+        str(DIM),
+        "--latents",
+        str(LATENTS),
+        "--k",
+        str(K),
+        "--batch",
+        str(BATCH),
+    ]
     if quick:
         command += ["--sample-seconds", "0.5", "--train-samples", str(4 * BATCH)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -159,11 +197,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--saelens-python", type=Path, default=SAELENS_PYTHON)
     parser.add_argument("--train-samples", type=int, default=300_000)
-    parser.add_argument("--out", type=Path, help="markdown results (default benchmarks/results-scale.md; "
-                                                   "with --quick a file in the temp directory)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="markdown results (default benchmarks/results-scale.md; "
+        "with --quick a file in the temp directory)",
+    )
     args = parser.parse_args()
-    out = args.out or (Path(tempfile.gettempdir()) / "broken-latents-bench-scale.md" if args.quick
-                       else HERE / "results-scale.md")
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "broken-latents-bench-scale.md"
+        if args.quick
+        else HERE / "results-scale.md"
+    )
     samples = 8 * BATCH if args.quick else args.train_samples
     seconds = 0.5 if args.quick else 4.0
     load_before = os.getloadavg()[0]
@@ -182,25 +227,42 @@ def main() -> None:
         print(features, sampling, training, l0, notes, theirs, flush=True)
     load_after = os.getloadavg()[0]
     encoder_bound = gflops[2] * 1e9 / (2 * DIM * LATENTS)
-    lines = ["# broken-latents at scale against SAELens", "",
-             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {os.cpu_count()} cores; 1-minute load "
-             f"average {load_before:.1f} before, {load_after:.1f} after" +
-             (" (other work shared the machine: every figure is lower than on an idle one)" if load_before > 1 else ""),
-             f"- torch {torch.__version__}; sgemm [1024x256]x[256x1024] float32: {gflops[1]:.0f} GFLOP/s on 1 thread, "
-             f"{gflops[2]:.0f} on 2; the encoder product alone then bounds training at {encoder_bound:,.0f} samples/s",
-             f"- SAE: untied BatchTopK, {LATENTS} latents, k {K}, batch {BATCH}, lr 3e-4, {DIM} dims; our training "
-             f"{samples:,} samples, measured once" + (" (--quick: the figures mean nothing)" if args.quick else ""),
-             "", "| features | sampling inputs/s ours | SAELens | x | training samples/s ours | SAELens | x "
-             "| ours / encoder sgemm bound | true L0 ours / SAELens | notes |", "|" + "---|" * 10]
+    lines = [
+        "# broken-latents at scale against SAELens",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {os.cpu_count()} cores; 1-minute load "
+        f"average {load_before:.1f} before, {load_after:.1f} after"
+        + (
+            " (other work shared the machine: every figure is lower than on an idle one)"
+            if load_before > 1
+            else ""
+        ),
+        f"- torch {torch.__version__}; sgemm [1024x256]x[256x1024] float32: {gflops[1]:.0f} GFLOP/s on 1 thread, "
+        f"{gflops[2]:.0f} on 2; the encoder product alone then bounds training at {encoder_bound:,.0f} samples/s",
+        f"- SAE: untied BatchTopK, {LATENTS} latents, k {K}, batch {BATCH}, lr 3e-4, {DIM} dims; our training "
+        f"{samples:,} samples, measured once"
+        + (" (--quick: the figures mean nothing)" if args.quick else ""),
+        "",
+        "| features | sampling inputs/s ours | SAELens | x | training samples/s ours | SAELens | x "
+        "| ours / encoder sgemm bound | true L0 ours / SAELens | notes |",
+        "|" + "---|" * 10,
+    ]
     for features, sampling, training, l0, notes, theirs in rows:
         if isinstance(theirs, dict):
-            their = [f"{theirs['sampling']:,.0f}", f"{sampling / theirs['sampling']:.1f}x",
-                     f"{theirs['training']:,.0f}", f"{training / theirs['training']:.1f}x", f"{theirs['true_l0']:.1f}"]
+            their = [
+                f"{theirs['sampling']:,.0f}",
+                f"{sampling / theirs['sampling']:.1f}x",
+                f"{theirs['training']:,.0f}",
+                f"{training / theirs['training']:.1f}x",
+                f"{theirs['true_l0']:.1f}",
+            ]
         else:
             their = ["-", "-", "-", "-", "-"]
             notes = notes + [f"SAELens {theirs}"]
-        lines.append(f"| {features} | {sampling:,.0f} | {their[0]} | {their[1]} | {training:,.0f} | {their[2]} | "
-                     f"{their[3]} | {training / encoder_bound:.1%} | {l0:.1f} / {their[4]} | {'; '.join(notes) or '-'} |")
+        lines.append(
+            f"| {features} | {sampling:,.0f} | {their[0]} | {their[1]} | {training:,.0f} | {their[2]} | "
+            f"{their[3]} | {training / encoder_bound:.1%} | {l0:.1f} / {their[4]} | {'; '.join(notes) or '-'} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     out.write_text(text)

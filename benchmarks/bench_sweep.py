@@ -32,7 +32,9 @@ def cli(*args: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=1_000_000, help="training samples per SAE in each cell")
+    parser.add_argument(
+        "--samples", type=int, default=1_000_000, help="training samples per SAE in each cell"
+    )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=None, help="pool size (default: the cores)")
     options = parser.parse_args()
@@ -41,18 +43,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as scratch:
         root = Path(scratch)
         spec = root / "spec.toml"
-        spec.write_text("\n".join([
-            'base = "recap-absorption"', f"seeds = {options.seeds}", "[set]",
-            *(f'"{k}" = {v}' for k, v in fixed.items()), "[axes]",
-            f'"world.firing[0]" = {PARENT_RATES}', f'"world.firing[1]" = {CHILD_RATES}', ""]))
+        spec.write_text(
+            "\n".join(
+                [
+                    'base = "recap-absorption"',
+                    f"seeds = {options.seeds}",
+                    "[set]",
+                    *(f'"{k}" = {v}' for k, v in fixed.items()),
+                    "[axes]",
+                    f'"world.firing[0]" = {PARENT_RATES}',
+                    f'"world.firing[1]" = {CHILD_RATES}',
+                    "",
+                ]
+            )
+        )
         cells = len(PARENT_RATES) * len(CHILD_RATES)
-        print(f"{cells} cells: recap-absorption, {options.samples:,} samples x {options.seeds} seeds x 2 SAEs each; "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{cells} cells: recap-absorption, {options.samples:,} samples x {options.seeds} seeds x 2 SAEs each; "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        )
 
         started = time.perf_counter()
         workers = ["--workers", str(options.workers)] if options.workers else []
-        subprocess.run(cli("sweep", str(spec), "--out", str(root / "pool"), *workers), env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cli("sweep", str(spec), "--out", str(root / "pool"), *workers),
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         pool_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -60,20 +79,41 @@ def main() -> None:
         for i, parent in enumerate(PARENT_RATES):
             for j, child in enumerate(CHILD_RATES):
                 out = root / "loop" / f"{i}-{j}"
-                sets = [f"{k}={v}" for k, v in fixed.items()] + [f"world.firing[0]={parent}", f"world.firing[1]={child}"]
-                subprocess.run(cli("run", "recap-absorption", "--out", str(out), "--seeds", str(options.seeds),
-                                   *[a for s in sets for a in ("--set", s)]), env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                sets = [f"{k}={v}" for k, v in fixed.items()] + [
+                    f"world.firing[0]={parent}",
+                    f"world.firing[1]={child}",
+                ]
+                subprocess.run(
+                    cli(
+                        "run",
+                        "recap-absorption",
+                        "--out",
+                        str(out),
+                        "--seeds",
+                        str(options.seeds),
+                        *[a for s in sets for a in ("--set", s)],
+                    ),
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 metrics = Metrics.from_json(json.loads((out / "metrics.json").read_text()))
                 loop_claims.append({c.id: c.seeds_held for c in metrics.claims})
         loop_seconds = time.perf_counter() - started
 
         record = json.loads((root / "pool" / "sweep.json").read_text())
-        pool_claims = [{cid: c["held"] for cid, c in cell["claims"].items()} for cell in record["cells"]]
+        pool_claims = [
+            {cid: c["held"] for cid, c in cell["claims"].items()} for cell in record["cells"]
+        ]
         same = pool_claims == loop_claims
-        print(f"pool ({options.workers or os.cpu_count()} workers): {pool_seconds:6.1f} s  {cells / pool_seconds:.3f} cells/s")
+        print(
+            f"pool ({options.workers or os.cpu_count()} workers): {pool_seconds:6.1f} s  {cells / pool_seconds:.3f} cells/s"
+        )
         print(f"loop of `run`:      {loop_seconds:6.1f} s  {cells / loop_seconds:.3f} cells/s")
-        print(f"ratio: {loop_seconds / pool_seconds:.2f}x  (target >= 1.6x); same verdicts in every cell: {same}")
+        print(
+            f"ratio: {loop_seconds / pool_seconds:.2f}x  (target >= 1.6x); same verdicts in every cell: {same}"
+        )
         if not same:
             sys.exit(1)
 

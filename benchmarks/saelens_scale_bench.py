@@ -32,16 +32,26 @@ from sae_lens.synthetic.training import train_toy_sae
 
 def model_config(features: int, dim: int) -> SyntheticModelConfig:
     return SyntheticModelConfig(
-        num_features=features, hidden_dim=dim,
-        firing_probability=ZipfianFiringProbabilityConfig(exponent=0.5, max_prob=0.4, min_prob=5e-4),
-        hierarchy=HierarchyConfig(total_root_nodes=max(1, round(128 * features / 16384)), branching_factor=4,
-                                  max_depth=3, mutually_exclusive_portion=1.0, mutually_exclusive_min_depth=0,
-                                  compensate_probabilities=True, scale_children_by_parent=True),
+        num_features=features,
+        hidden_dim=dim,
+        firing_probability=ZipfianFiringProbabilityConfig(
+            exponent=0.5, max_prob=0.4, min_prob=5e-4
+        ),
+        hierarchy=HierarchyConfig(
+            total_root_nodes=max(1, round(128 * features / 16384)),
+            branching_factor=4,
+            max_depth=3,
+            mutually_exclusive_portion=1.0,
+            mutually_exclusive_min_depth=0,
+            compensate_probabilities=True,
+            scale_children_by_parent=True,
+        ),
         orthogonalization=None,
         correlation=LowRankCorrelationConfig(rank=25, correlation_scale=0.1),
         mean_firing_magnitudes=LinearMagnitudeConfig(start=5.0, end=4.0),
         std_firing_magnitudes=FoldedNormalMagnitudeConfig(mean=0.5, std=0.5),
-        bias=0.5, seed=0,
+        bias=0.5,
+        seed=0,
     )
 
 
@@ -69,13 +79,30 @@ def main() -> None:
     _, f = model.sample_with_features(20_000)
     true_l0 = float((f > 0).sum(1).float().mean())
 
-    sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=args.dim, d_sae=args.latents, k=args.k))
+    sae = BatchTopKTrainingSAE(
+        BatchTopKTrainingSAEConfig(d_in=args.dim, d_sae=args.latents, k=args.k)
+    )
     started = time.perf_counter()
-    train_toy_sae(sae, model.feature_dict, model.activation_generator, training_samples=args.train_samples,
-                  batch_size=args.batch, lr=3e-4)
+    train_toy_sae(
+        sae,
+        model.feature_dict,
+        model.activation_generator,
+        training_samples=args.train_samples,
+        batch_size=args.batch,
+        lr=3e-4,
+    )
     training = args.train_samples / (time.perf_counter() - started)
-    print(json.dumps({"build_seconds": round(build, 2), "sampling": sampling, "training": training,
-                      "true_l0": round(true_l0, 2), "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "build_seconds": round(build, 2),
+                "sampling": sampling,
+                "training": training,
+                "true_l0": round(true_l0, 2),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ class SAE:
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Latent activations [..., K] of inputs [..., D]."""
         x_BD = torch.as_tensor(x_BD, dtype=self.W_enc.dtype)
-        return activation(self.activation).infer(self.encode_pre(x_BD), self.threshold, self.config.k)
+        return activation(self.activation).infer(
+            self.encode_pre(x_BD), self.threshold, self.config.k
+        )
 
     @torch.no_grad()
     def decode(self, h_BK: torch.Tensor, width: int | None = None) -> torch.Tensor:
@@ -86,8 +88,10 @@ class SAE:
 
     def __repr__(self) -> str:
         D, K = self.W_enc.shape
-        return (f"SAE({self.label!r} seed {self.seed}: {self.architecture} {self.activation}, {D} dims -> {K} latents; "
-                f"encode(x), decode(h), W_enc [D, K], W_dec [K, D])")
+        return (
+            f"SAE({self.label!r} seed {self.seed}: {self.architecture} {self.activation}, {D} dims -> {K} latents; "
+            f"encode(x), decode(h), W_enc [D, K], W_dec [K, D])"
+        )
 
     def __call__(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, x_hat), as the training code's SAEs return them."""
@@ -104,8 +108,16 @@ class SAE:
             missing |= {"threshold"} - set(tensors)
         if missing:
             raise ConfigError("DIR", f"{path} lacks {sorted(missing)}")
-        return cls(config.label, seed, config, tensors["W_enc"], tensors["W_dec"], tensors["b_enc"], tensors["b_dec"],
-                   tensors.get("threshold"))
+        return cls(
+            config.label,
+            seed,
+            config,
+            tensors["W_enc"],
+            tensors["W_dec"],
+            tensors["b_enc"],
+            tensors["b_dec"],
+            tensors.get("threshold"),
+        )
 
 
 # -- a run directory ---------------------------------------------------------------------------
@@ -134,8 +146,10 @@ class Run:
     def __repr__(self) -> str:
         labels = ", ".join(self.saes)
         world = self.config.world
-        return (f"Run({str(self.path)!r}: {self.config.name}, SAEs {labels} x seeds {self.seeds}, "
-                f"{world.features} features in {world.dim} dims; .saes[label][seed], .world, .metrics, .config)")
+        return (
+            f"Run({str(self.path)!r}: {self.config.name}, SAEs {labels} x seeds {self.seeds}, "
+            f"{world.features} features in {world.dim} dims; .saes[label][seed], .world, .metrics, .config)"
+        )
 
 
 def load_run(directory: str | Path) -> Run:
@@ -151,12 +165,24 @@ def load_run(directory: str | Path) -> Run:
     saes: dict[str, dict[int, SAE]] = {}
     for sae_config in config.sae:
         pattern = re.compile(re.escape(sae_config.label) + r"-seed(\d+)\.safetensors")
-        files = {int(m.group(1)): f for f in (path / "weights").glob("*.safetensors") if (m := pattern.fullmatch(f.name))}
+        files = {
+            int(m.group(1)): f
+            for f in (path / "weights").glob("*.safetensors")
+            if (m := pattern.fullmatch(f.name))
+        }
         if not files:
-            raise ConfigError("DIR", f"{path / 'weights'} has no {sae_config.label}-seedN.safetensors")
-        saes[sae_config.label] = {seed: SAE.load(files[seed], sae_config, seed) for seed in sorted(files)}
+            raise ConfigError(
+                "DIR", f"{path / 'weights'} has no {sae_config.label}-seedN.safetensors"
+            )
+        saes[sae_config.label] = {
+            seed: SAE.load(files[seed], sae_config, seed) for seed in sorted(files)
+        }
     history_path = path / "history.json"
-    history = TrainingHistory.from_json(json.loads(history_path.read_text())) if history_path.is_file() else None
+    history = (
+        TrainingHistory.from_json(json.loads(history_path.read_text()))
+        if history_path.is_file()
+        else None
+    )
     return Run(path, config, World.build(config.world), saes, metrics, history)
 
 
@@ -170,8 +196,15 @@ def load_config(target: str | Path | ExperimentConfig) -> ExperimentConfig:
     return resolve_target(target).config
 
 
-def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, samples: int | None = None,
-          set: tuple[str, ...] | list[str] = (), device: str = "cpu", progress: bool = False):
+def train(
+    target: str | Path | ExperimentConfig,
+    *,
+    seeds: int | None = None,
+    samples: int | None = None,
+    set: tuple[str, ...] | list[str] = (),
+    device: str = "cpu",
+    progress: bool = False,
+):
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
     with `.stacks` (the SAEs), `.world` and `.history` (a `TrainingHistory`). `set`: "KEY=VALUE" overrides,
     as the CLI's --set."""
@@ -181,14 +214,23 @@ def train(target: str | Path | ExperimentConfig, *, seeds: int | None = None, sa
     return train_stacks(config, device=device, progress=progress)
 
 
-def run(target: str | Path | ExperimentConfig, out: str | Path, *, seeds: int | None = None,
-        samples: int | None = None, set: tuple[str, ...] | list[str] = (), device: str = "cpu",
-        progress: bool = False) -> Run:
+def run(
+    target: str | Path | ExperimentConfig,
+    out: str | Path,
+    *,
+    seeds: int | None = None,
+    samples: int | None = None,
+    set: tuple[str, ...] | list[str] = (),
+    device: str = "cpu",
+    progress: bool = False,
+) -> Run:
     """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
     give it back loaded (`load_run(out)`)."""
     from .pipeline.run import run_experiment
 
-    run_experiment(_resolved(target, seeds, samples, set, device), Path(out), device=device, progress=progress)
+    run_experiment(
+        _resolved(target, seeds, samples, set, device), Path(out), device=device, progress=progress
+    )
     return load_run(out)
 
 

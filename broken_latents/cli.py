@@ -62,16 +62,24 @@ def run(
     out = out or Path("runs") / config.name
     check_writable(out)
     check_outputs(config, out)  # a run directory the disk cannot hold, refused before training
-    outcome = run_experiment(target, out, device=device, progress=sys.stderr.isatty(), figures=figures)
+    outcome = run_experiment(
+        target, out, device=device, progress=sys.stderr.isatty(), figures=figures
+    )
     _print_summary(outcome.metrics, outcome.directory)
     registered = experiments.EXPERIMENTS.get(config.name)
     if registered is not None and registered.geometries > 1:
-        console.print(f"note: these claims depend on the feature geometry; this run used world seed {config.world.seed}. "
-                      f"`reproduce` checks world seeds 0-{registered.geometries - 1}; try --set world.seed=N for others.")
+        console.print(
+            f"note: these claims depend on the feature geometry; this run used world seed {config.world.seed}. "
+            f"`reproduce` checks world seeds 0-{registered.geometries - 1}; try --set world.seed=N for others."
+        )
 
 
-def reproduce(seeds: int = 3, out: Path = Path("reproduction"), quick: bool = False,
-              device: Literal["cpu", "cuda"] = "cpu") -> None:
+def reproduce(
+    seeds: int = 3,
+    out: Path = Path("reproduction"),
+    quick: bool = False,
+    device: Literal["cpu", "cuda"] = "cpu",
+) -> None:
     """Re-run every registered experiment and write one report (report.md and report.html).
 
     Args:
@@ -114,10 +122,14 @@ def sweep(
     try:
         outcome = run_sweep(spec, out=out, workers=workers, ray=ray, progress=True)
     except KeyboardInterrupt:
-        err_console.print("interrupted; the finished cells are kept: rerun the same command to resume")
+        err_console.print(
+            "interrupted; the finished cells are kept: rerun the same command to resume"
+        )
         sys.exit(130)
     if any(cell.invalid for cell in outcome.failed):
-        sys.exit(2)  # the spec gave some cells a config that is refused: an input error, as in `run`
+        sys.exit(
+            2
+        )  # the spec gave some cells a config that is refused: an input error, as in `run`
     if outcome.failed:
         sys.exit(1)
 
@@ -151,7 +163,9 @@ def inspect(
     from .inspect.detect import inspect_sae, print_summary
 
     _check_not_run_directory(sae)
-    outcome = inspect_sae(sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty())
+    outcome = inspect_sae(
+        sae, activations, key=key, out=out, limit=limit, progress=sys.stderr.isatty()
+    )
     print_summary(outcome, console)
 
 
@@ -160,15 +174,26 @@ def _check_not_run_directory(sae: Path) -> None:
     weights = sae / "weights"
     if not sae.is_dir() or (sae / "cfg.json").is_file() or not weights.is_dir():
         return
-    choices = sorted({*(p for p in weights.iterdir() if p.is_dir() and (p / "cfg.json").is_file()),
-                      *weights.glob("*.safetensors")})
+    choices = sorted(
+        {
+            *(p for p in weights.iterdir() if p.is_dir() and (p / "cfg.json").is_file()),
+            *weights.glob("*.safetensors"),
+        }
+    )
     listed = ", ".join(str(p) for p in choices) or f"none ({weights} holds no SAE)"
-    raise ConfigError("SAE", f"{sae} is a run directory, not one SAE; pick one of its SAEs: {listed}")
+    raise ConfigError(
+        "SAE", f"{sae} is a run directory, not one SAE; pick one of its SAEs: {listed}"
+    )
 
 
 def _print_summary(metrics: Metrics, directory: Path) -> None:
     from .output.describe import world_line
-    from .output.show import broken_latent_table, claims_summary, convergence_warnings, geometry_line
+    from .output.show import (
+        broken_latent_table,
+        claims_summary,
+        convergence_warnings,
+        geometry_line,
+    )
 
     console.print(world_line(metrics.world), soft_wrap=True)
     if geometry := geometry_line(metrics.world):
@@ -179,9 +204,13 @@ def _print_summary(metrics: Metrics, directory: Path) -> None:
         err_console.print(warnings)
     if metrics.claims:
         console.print(claims_summary(metrics.claims))
-    console.print(f"{metrics.samples:,} samples per SAE in {metrics.wall_seconds:.1f} s "
-                  f"({metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs)")
-    console.print(f"run directory: {directory}  (report: {directory / 'report.html'} and report.md, figures: {directory / 'figures'})")
+    console.print(
+        f"{metrics.samples:,} samples per SAE in {metrics.wall_seconds:.1f} s "
+        f"({metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs)"
+    )
+    console.print(
+        f"run directory: {directory}  (report: {directory / 'report.html'} and report.md, figures: {directory / 'figures'})"
+    )
 
 
 def _check_set_arguments(argv: list[str]) -> None:
@@ -193,12 +222,20 @@ def _check_set_arguments(argv: list[str]) -> None:
         if key is None or key.startswith("--"):
             raise ConfigError("--set", "expects KEY=VALUE, e.g. --set train.lr=1e-3")
         if "=" not in key:
-            value = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("--") else "VALUE"
+            value = (
+                argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("--") else "VALUE"
+            )
             value = argv[i + 3] if value == "=" and i + 3 < len(argv) else value
-            raise ConfigError("--set", f"expects KEY=VALUE as one argument, got {key!r}: write --set {key}={value}")
+            raise ConfigError(
+                "--set",
+                f"expects KEY=VALUE as one argument, got {key!r}: write --set {key}={value}",
+            )
         if key.endswith("=") and i + 2 < len(argv) and not argv[i + 2].startswith("--"):
-            raise ConfigError("--set", f"expects KEY=VALUE as one argument with no space after '=': "
-                                       f"write --set {key}{argv[i + 2]}")
+            raise ConfigError(
+                "--set",
+                f"expects KEY=VALUE as one argument with no space after '=': "
+                f"write --set {key}{argv[i + 2]}",
+            )
 
 
 def _version() -> str:
@@ -216,8 +253,14 @@ def _stop_writing_to_closed_pipe() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    commands = {"list": list_experiments, "run": run, "reproduce": reproduce, "show": show, "sweep": sweep,
-                "inspect": inspect}
+    commands = {
+        "list": list_experiments,
+        "run": run,
+        "reproduce": reproduce,
+        "show": show,
+        "sweep": sweep,
+        "inspect": inspect,
+    }
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["--version"], ["-V"]):
         print(f"broken-latents {_version()}")

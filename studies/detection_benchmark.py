@@ -28,11 +28,24 @@ import torch
 
 from broken_latents.analysis.measure import EVAL_STREAM
 from broken_latents.analysis.truth import truth_broken
-from broken_latents.config.schema import ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.schema import (
+    ExperimentConfig,
+    HierarchyConfig,
+    SAEConfig,
+    TrainConfig,
+    WorldConfig,
+)
 from broken_latents.config.toml_io import from_dict, to_dict
 from broken_latents.analysis.score import WEIGHTS_FILE, fit_score_model
-from broken_latents.analysis.signals import (ACTIVE_SHARE, SIGNALS, CoActivation, PeakSummary, latent_signals,
-                                            neighbour_pairs, signals_of)
+from broken_latents.analysis.signals import (
+    ACTIVE_SHARE,
+    SIGNALS,
+    CoActivation,
+    PeakSummary,
+    latent_signals,
+    neighbour_pairs,
+    signals_of,
+)
 from broken_latents.output.saelens_format import NumpySAE
 from broken_latents.training.loop import train
 from broken_latents.world.model import World
@@ -55,43 +68,110 @@ NARROW_MAGNITUDES = {"linear": [20.0, 1.0]}
 
 
 def narrow(w, rng):
-    return WorldConfig(features=20, dim=24, firing=NARROW_RATES, magnitude=NARROW_MAGNITUDES, seed=w,
-                       hierarchy=[HierarchyConfig(12, [5, 7])]), 5, {}
+    return (
+        WorldConfig(
+            features=20,
+            dim=24,
+            firing=NARROW_RATES,
+            magnitude=NARROW_MAGNITUDES,
+            seed=w,
+            hierarchy=[HierarchyConfig(12, [5, 7])],
+        ),
+        5,
+        {},
+    )
 
 
 def absorption(w, rng):
     child = float(rng.uniform(0.04, 0.15))
-    return WorldConfig(features=4, dim=16, firing=[0.25, child, 0.25, 0.25], seed=w,
-                       hierarchy=[HierarchyConfig(0, [1])]), 4, {}
+    return (
+        WorldConfig(
+            features=4,
+            dim=16,
+            firing=[0.25, child, 0.25, 0.25],
+            seed=w,
+            hierarchy=[HierarchyConfig(0, [1])],
+        ),
+        4,
+        {},
+    )
 
 
 def superposition(w, rng):
-    return WorldConfig(features=20, dim=19, firing=NARROW_RATES, magnitude=NARROW_MAGNITUDES, seed=w,
-                       hierarchy=[HierarchyConfig(6, [5, 7])]), 5, {"l1": 1e-2}
+    return (
+        WorldConfig(
+            features=20,
+            dim=19,
+            firing=NARROW_RATES,
+            magnitude=NARROW_MAGNITUDES,
+            seed=w,
+            hierarchy=[HierarchyConfig(6, [5, 7])],
+        ),
+        5,
+        {"l1": 1e-2},
+    )
 
 
 def matryoshka(w, rng):
-    return WorldConfig(features=4, dim=16, firing=[0.3, 0.4, 0.4, 0.2], seed=w,
-                       hierarchy=[HierarchyConfig(0, [1, 2], "conditional")]), 4, {"matryoshka_widths": [1, 4]}
+    return (
+        WorldConfig(
+            features=4,
+            dim=16,
+            firing=[0.3, 0.4, 0.4, 0.2],
+            seed=w,
+            hierarchy=[HierarchyConfig(0, [1, 2], "conditional")],
+        ),
+        4,
+        {"matryoshka_widths": [1, 4]},
+    )
 
 
 def noisy(w, rng):
     std = float(rng.uniform(0.1, 0.3))
-    return WorldConfig(features=6, dim=16, firing=[0.25, 0.08, 0.08, 0.2, 0.2, 0.2], magnitude_std=std, seed=w,
-                       hierarchy=[HierarchyConfig(0, [1, 2])]), 6, {}
+    return (
+        WorldConfig(
+            features=6,
+            dim=16,
+            firing=[0.25, 0.08, 0.08, 0.2, 0.2, 0.2],
+            magnitude_std=std,
+            seed=w,
+            hierarchy=[HierarchyConfig(0, [1, 2])],
+        ),
+        6,
+        {},
+    )
 
 
 def deep(w, rng):
     """Three levels: 2 forces 1 forces 0; 3 forces 0; 5 forces 4; 6 alone."""
-    return WorldConfig(features=7, dim=16, firing=[0.15, 0.1, 0.05, 0.06, 0.2, 0.07, 0.2], seed=w,
-                       hierarchy=[HierarchyConfig(0, [1, 3]), HierarchyConfig(1, [2]), HierarchyConfig(4, [5])]), 7, {}
+    return (
+        WorldConfig(
+            features=7,
+            dim=16,
+            firing=[0.15, 0.1, 0.05, 0.06, 0.2, 0.07, 0.2],
+            seed=w,
+            hierarchy=[
+                HierarchyConfig(0, [1, 3]),
+                HierarchyConfig(1, [2]),
+                HierarchyConfig(4, [5]),
+            ],
+        ),
+        7,
+        {},
+    )
 
 
 def exclusive(w, rng):
     """Mutually exclusive children, approximated by explicit rates: three rare children (0.03-0.06)
     force parent 0, so two children fire together on under 0.4% of inputs."""
     rates = [0.2, *rng.uniform(0.03, 0.06, 3).round(3).tolist(), 0.2, 0.2]
-    return WorldConfig(features=6, dim=16, firing=rates, seed=w, hierarchy=[HierarchyConfig(0, [1, 2, 3])]), 6, {}
+    return (
+        WorldConfig(
+            features=6, dim=16, firing=rates, seed=w, hierarchy=[HierarchyConfig(0, [1, 2, 3])]
+        ),
+        6,
+        {},
+    )
 
 
 def independent(w, rng):
@@ -102,11 +182,36 @@ def independent(w, rng):
 
 def wide(w, rng):
     """Two parents with two conditional children each, plus independents (the post's wide hierarchy)."""
-    return WorldConfig(features=10, dim=16, firing=[0.25, 0.3, 0.3, 0.25, 0.3, 0.3, 0.15, 0.15, 0.15, 0.15], seed=w,
-                       hierarchy=[HierarchyConfig(0, [1, 2], "conditional"), HierarchyConfig(3, [4, 5], "conditional")]), 10, {}
+    return (
+        WorldConfig(
+            features=10,
+            dim=16,
+            firing=[0.25, 0.3, 0.3, 0.25, 0.3, 0.3, 0.15, 0.15, 0.15, 0.15],
+            seed=w,
+            hierarchy=[
+                HierarchyConfig(0, [1, 2], "conditional"),
+                HierarchyConfig(3, [4, 5], "conditional"),
+            ],
+        ),
+        10,
+        {},
+    )
 
 
-FAMILIES = {f.__name__: f for f in (narrow, absorption, superposition, matryoshka, noisy, deep, exclusive, independent, wide)}
+FAMILIES = {
+    f.__name__: f
+    for f in (
+        narrow,
+        absorption,
+        superposition,
+        matryoshka,
+        noisy,
+        deep,
+        exclusive,
+        independent,
+        wide,
+    )
+}
 
 
 def configs(family: str, w: int) -> list[ExperimentConfig]:
@@ -117,16 +222,36 @@ def configs(family: str, w: int) -> list[ExperimentConfig]:
     k = max(1, min(latents - 1, 2 if latents <= 5 else 3))
 
     def sae(arch, act):
-        return SAEConfig(label=f"{arch}-{act}", architecture=arch, latents=latents, activation=act, l1=l1,
-                         k=k if act == "topk" else None, matryoshka_widths=widths)
+        return SAEConfig(
+            label=f"{arch}-{act}",
+            architecture=arch,
+            latents=latents,
+            activation=act,
+            l1=l1,
+            k=k if act == "topk" else None,
+            matryoshka_widths=widths,
+        )
 
-    trainer = TrainConfig(samples=SAMPLES, lr=1e-3, lr_decay="cosine", seeds=TRAIN_SEEDS, eval_samples=EVAL_SAMPLES)
+    trainer = TrainConfig(
+        samples=SAMPLES, lr=1e-3, lr_decay="cosine", seeds=TRAIN_SEEDS, eval_samples=EVAL_SAMPLES
+    )
     name = f"{family}-w{w}"
-    return [ExperimentConfig(name=name, world=world, train=trainer,
-                             sae=[sae(a, act) for a in ("tied", "untied") for act in ("relu", "jumprelu")]),
-            ExperimentConfig(name=name, world=world, train=dataclasses.replace(trainer, engine="autograd", batch_size=4096, lr=3e-3,
-                                                                                   samples=TOPK_SAMPLES),
-                             sae=[sae(a, "topk") for a in ("tied", "untied")])]
+    return [
+        ExperimentConfig(
+            name=name,
+            world=world,
+            train=trainer,
+            sae=[sae(a, act) for a in ("tied", "untied") for act in ("relu", "jumprelu")],
+        ),
+        ExperimentConfig(
+            name=name,
+            world=world,
+            train=dataclasses.replace(
+                trainer, engine="autograd", batch_size=4096, lr=3e-3, samples=TOPK_SAMPLES
+            ),
+            sae=[sae(a, "topk") for a in ("tied", "untied")],
+        ),
+    ]
 
 
 # -- stage 1: train ---------------------------------------------------------------------------------
@@ -150,8 +275,16 @@ def stage_train() -> None:
                         state = {k: v.numpy() for k, v in stack.sae.saelens_state(s).items()}
                         if thresholds is not None:
                             state["threshold"] = thresholds[s].detach().numpy().copy()
-                        saes.append({"label": stack.config.label, "seed": seed, "activation": stack.config.activation,
-                                     "architecture": stack.config.architecture, "k": stack.config.k, **state})
+                        saes.append(
+                            {
+                                "label": stack.config.label,
+                                "seed": seed,
+                                "activation": stack.config.activation,
+                                "architecture": stack.config.architecture,
+                                "k": stack.config.k,
+                                **state,
+                            }
+                        )
             torch.save({"config": to_dict(configs(family, w)[0]), "saes": saes}, path)
             print(f"{time.time() - started:7.0f}s {path.name}: {len(saes)} SAEs", flush=True)
 
@@ -160,9 +293,18 @@ def stage_train() -> None:
 
 
 def numpy_sae(record: dict) -> NumpySAE:
-    architecture = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}[record["activation"]]
-    return NumpySAE(W_enc=record["W_enc"], W_dec=record["W_dec"], b_enc=record["b_enc"], b_dec=record["b_dec"],
-                    architecture=architecture, threshold=record.get("threshold"), k=record["k"])
+    architecture = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}[
+        record["activation"]
+    ]
+    return NumpySAE(
+        W_enc=record["W_enc"],
+        W_dec=record["W_dec"],
+        b_enc=record["b_enc"],
+        b_dec=record["b_dec"],
+        architecture=architecture,
+        threshold=record.get("threshold"),
+        k=record["k"],
+    )
 
 
 def world_rows(path: Path) -> list[dict]:
@@ -173,19 +315,38 @@ def world_rows(path: Path) -> list[dict]:
     family, w = path.stem.rsplit("-w", 1)
     rows = []
     for record in cached["saes"]:
-        f_NB = DataStream(world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1).next()[0]
+        f_NB = DataStream(
+            world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1
+        ).next()[0]
         f_BN = f_NB.T.numpy()
         x_BD = (f_NB.T @ world.directions_ND).numpy().astype(np.float32)
         h_BK = numpy_sae(record).encode(x_BD)
         norms = np.linalg.norm(record["W_dec"], axis=1)
         live = (h_BK.max(0) * norms) >= 0.1 * float(world.magnitudes_N.min())
-        truth, best_cos, f1 = truth_broken(h_BK, record["W_dec"], world.directions_ND.numpy(), f_BN, live)
-        signals, _ = signals_of(record["W_enc"], record["W_dec"], h_BK, tied=record["architecture"] == "tied",
-                                seed=record["seed"])
+        truth, best_cos, f1 = truth_broken(
+            h_BK, record["W_dec"], world.directions_ND.numpy(), f_BN, live
+        )
+        signals, _ = signals_of(
+            record["W_enc"],
+            record["W_dec"],
+            h_BK,
+            tied=record["architecture"] == "tied",
+            seed=record["seed"],
+        )
         for j in np.flatnonzero(live):
-            rows.append({"family": family, "world_seed": int(w), "label": record["label"], "seed": record["seed"],
-                         "latent": int(j), "truth": bool(truth[j]), "best_cos": float(best_cos[j]),
-                         "f1": float(f1[j]), **{s: float(signals[s][j]) for s in SIGNALS}})
+            rows.append(
+                {
+                    "family": family,
+                    "world_seed": int(w),
+                    "label": record["label"],
+                    "seed": record["seed"],
+                    "latent": int(j),
+                    "truth": bool(truth[j]),
+                    "best_cos": float(best_cos[j]),
+                    "f1": float(f1[j]),
+                    **{s: float(signals[s][j]) for s in SIGNALS},
+                }
+            )
     return rows
 
 
@@ -197,12 +358,16 @@ def add_cheap_signals(path: Path, rows: list[dict]) -> list[dict]:
     cached = torch.load(path, weights_only=False)
     world = World.build(from_dict(ExperimentConfig, cached["config"]).world)
     for record in cached["saes"]:
-        f_NB = DataStream(world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1).next()[0]
+        f_NB = DataStream(
+            world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1
+        ).next()[0]
         h_BK = numpy_sae(record).encode((f_NB.T @ world.directions_ND).numpy().astype(np.float32))
         counts = CoActivation(neighbour_pairs(record["W_dec"]), ACTIVE_SHARE * h_BK.max(0))
         counts.add(h_BK)
         none = [PeakSummary(0.0, 0.0, 0.0)] * h_BK.shape[1]
-        signals = latent_signals(record["W_enc"], record["W_dec"], counts, none, tied=record["architecture"] == "tied")
+        signals = latent_signals(
+            record["W_enc"], record["W_dec"], counts, none, tied=record["architecture"] == "tied"
+        )
         for r in rows:
             if (r["label"], r["seed"]) == (record["label"], record["seed"]):
                 r.update({name: float(signals[name][r["latent"]]) for name in CHEAP})
@@ -233,8 +398,17 @@ def _rates(y, p) -> dict:
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"latents": int(len(y)), "broken": int(y.sum()), "flagged": int(p.sum()), "tp": tp, "fp": fp, "fn": fn,
-            "precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3)}
+    return {
+        "latents": int(len(y)),
+        "broken": int(y.sum()),
+        "flagged": int(p.sum()),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": round(precision, 3),
+        "recall": round(recall, 3),
+        "f1": round(f1, 3),
+    }
 
 
 def _auc(y, s) -> float | None:
@@ -256,17 +430,29 @@ def evaluate(rows, signals):
     held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
     X = np.array([[r[s] for s in signals] for r in fit_rows])
     y = np.array([r["truth"] for r in fit_rows])
-    fitted = {"benchmark": "studies/detection_benchmark.py", "families": sorted(FAMILIES),
-              "fit_world_seeds": sorted(FIT_SEEDS), "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
-              "fit_latents": int(len(y)), "fit_broken": int(y.sum()), "samples_per_sae": SAMPLES,
-              "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)"}
+    fitted = {
+        "benchmark": "studies/detection_benchmark.py",
+        "families": sorted(FAMILIES),
+        "fit_world_seeds": sorted(FIT_SEEDS),
+        "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
+        "fit_latents": int(len(y)),
+        "fit_broken": int(y.sum()),
+        "samples_per_sae": SAMPLES,
+        "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)",
+    }
     model = fit_score_model(X, y, tuple(signals), fitted)
-    fitted["f1_best_threshold_on_fit_split"] = _best_threshold(y, model.probability({s: X[:, i] for i, s in enumerate(signals)}))
+    fitted["f1_best_threshold_on_fit_split"] = _best_threshold(
+        y, model.probability({s: X[:, i] for i, s in enumerate(signals)})
+    )
     Xh = {s: np.array([r[s] for r in held]) for s in signals}
     yh = np.array([r["truth"] for r in held])
     score = model.probability(Xh)
     flagged = score >= model.threshold
-    out = {"overall": {**_rates(yh, flagged), "auc": _auc(yh, score)}, "families": {}, "variants": {}}
+    out = {
+        "overall": {**_rates(yh, flagged), "auc": _auc(yh, score)},
+        "families": {},
+        "variants": {},
+    }
     for key, group in (("families", "family"), ("variants", "label")):
         for name in sorted({r[group] for r in held}):
             m = np.array([r[group] == name for r in held])
@@ -278,10 +464,15 @@ def evaluate(rows, signals):
 
 
 def _table(by_name: dict, first: str) -> list[str]:
-    lines = [f"| {first} | latents | broken | flagged | precision | recall | F1 | ROC AUC |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| {first} | latents | broken | flagged | precision | recall | F1 | ROC AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in by_name.items():
-        lines.append(f"| {name} | {r['latents']} | {r['broken']} | {r['flagged']} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auc'] if r['auc'] is not None else 'n/a'} |")
+        lines.append(
+            f"| {name} | {r['latents']} | {r['broken']} | {r['flagged']} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auc'] if r['auc'] is not None else 'n/a'} |"
+        )
     return lines
 
 
@@ -292,25 +483,46 @@ def stage_fit() -> None:
     report["saes"] = len(saes)
     report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
     report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
-    report["drop_one"] = {s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS}
+    report["drop_one"] = {
+        s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS
+    }
     report["weights"] = model.to_json()
     WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
     (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = _table({"**all**": report["overall"], **report["families"]}, "family")
     lines += ["", *_table(report["variants"], "SAE variant")]
-    drop = ["| signal dropped | precision | recall | F1 | ROC AUC |", "|---|---|---|---|---|",
-            f"| (none) | {report['overall']['precision']:.3f} | {report['overall']['recall']:.3f} | "
-            f"{report['overall']['f1']:.3f} | {report['overall']['auc']} |"]
-    drop += [f"| {s} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']} |"
-             for s, r in report["drop_one"].items()]
+    drop = [
+        "| signal dropped | precision | recall | F1 | ROC AUC |",
+        "|---|---|---|---|---|",
+        f"| (none) | {report['overall']['precision']:.3f} | {report['overall']['recall']:.3f} | "
+        f"{report['overall']['f1']:.3f} | {report['overall']['auc']} |",
+    ]
+    drop += [
+        f"| {s} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']} |"
+        for s, r in report["drop_one"].items()
+    ]
     weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
-    weights += [f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |" for s, c, m, sd in
-                zip(model.signals, model.coef, model.mean, model.scale)]
-    (CACHE / "tables.md").write_text("\n".join([*lines, "", *drop, "", *weights, "",
-                                                f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
-                                                f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
-                                                f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
-                                                f"{report['clean_leak_latents']}"]) + "\n")
+    weights += [
+        f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |"
+        for s, c, m, sd in zip(model.signals, model.coef, model.mean, model.scale)
+    ]
+    (CACHE / "tables.md").write_text(
+        "\n".join(
+            [
+                *lines,
+                "",
+                *drop,
+                "",
+                *weights,
+                "",
+                f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
+                f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
+                f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
+                f"{report['clean_leak_latents']}",
+            ]
+        )
+        + "\n"
+    )
     print((CACHE / "tables.md").read_text())
 
 

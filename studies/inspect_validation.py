@@ -40,14 +40,28 @@ def validate(run_dir: Path, scratch: Path) -> list[dict]:
         folder = run_dir / "weights" / f"{run.label}-seed{run.seed}"
         if not (folder / "cfg.json").is_file():
             continue
-        f = DataStream(world, [run.seed], SAMPLES, offset=VALIDATION_STREAM, chunk=1).next()[0]  # [N, B]
+        f = DataStream(world, [run.seed], SAMPLES, offset=VALIDATION_STREAM, chunk=1).next()[
+            0
+        ]  # [N, B]
         np.save(scratch / "acts.npy", (f.T @ world.directions_ND).numpy().astype(np.float32))
-        flags = inspect_sae(folder, scratch / "acts.npy", out=scratch / "out", progress=False).result["latents"]
+        flags = inspect_sae(
+            folder, scratch / "acts.npy", out=scratch / "out", progress=False
+        ).result["latents"]
         truth = set(run.broken_latents)
         flagged = {r["latent"] for r in flags if r["broken"]}
-        rows.append({"run": run_dir.name, "label": run.label, "seed": run.seed, "latents": len(flags),
-                     "truth": sorted(truth), "flagged": sorted(flagged),
-                     "tp": len(truth & flagged), "fp": len(flagged - truth), "fn": len(truth - flagged)})
+        rows.append(
+            {
+                "run": run_dir.name,
+                "label": run.label,
+                "seed": run.seed,
+                "latents": len(flags),
+                "truth": sorted(truth),
+                "flagged": sorted(flagged),
+                "tp": len(truth & flagged),
+                "fp": len(flagged - truth),
+                "fn": len(truth - flagged),
+            }
+        )
     return rows
 
 
@@ -60,19 +74,39 @@ def main(run_dirs: list[Path]) -> None:
                 print(run_dir.name, rows[-1] if rows else "", flush=True)
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
     latents = sum(r["latents"] for r in rows)
-    summary = {"saes": len(rows), "latents": latents, "true_broken": tp + fn, "flagged": tp + fp, "tp": tp, "fp": fp,
-               "fn": fn, "precision": round(tp / max(tp + fp, 1), 3), "recall": round(tp / max(tp + fn, 1), 3)}
-    (DOCS / "inspect-validation.json").write_text(json.dumps({"summary": summary, "saes": rows}, indent=1))
+    summary = {
+        "saes": len(rows),
+        "latents": latents,
+        "true_broken": tp + fn,
+        "flagged": tp + fp,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": round(tp / max(tp + fp, 1), 3),
+        "recall": round(tp / max(tp + fn, 1), 3),
+    }
+    (DOCS / "inspect-validation.json").write_text(
+        json.dumps({"summary": summary, "saes": rows}, indent=1)
+    )
     by_run: dict[str, list[dict]] = {}
     for r in rows:
         by_run.setdefault(r["run"], []).append(r)
-    lines = ["| run | SAEs | latents | broken (truth) | flagged | true pos. | false pos. | false neg. |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | SAEs | latents | broken (truth) | flagged | true pos. | false pos. | false neg. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, rs in by_run.items():
         t, p_, n = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn"))
-        lines.append(f"| {name} | {len(rs)} | {sum(r['latents'] for r in rs)} | {t + n} | {t + p_} | {t} | {p_} | {n} |")
-    lines.append(f"| **all** | {len(rows)} | {latents} | {tp + fn} | {tp + fp} | {tp} | {fp} | {fn} |")
-    text = "\n".join(lines) + f"\n\nPrecision {summary['precision']:.3f}, recall {summary['recall']:.3f}.\n"
+        lines.append(
+            f"| {name} | {len(rs)} | {sum(r['latents'] for r in rs)} | {t + n} | {t + p_} | {t} | {p_} | {n} |"
+        )
+    lines.append(
+        f"| **all** | {len(rows)} | {latents} | {tp + fn} | {tp + fp} | {tp} | {fp} | {fn} |"
+    )
+    text = (
+        "\n".join(lines)
+        + f"\n\nPrecision {summary['precision']:.3f}, recall {summary['recall']:.3f}.\n"
+    )
     (DOCS / "inspect-validation.md").write_text(text)
     print(text)
 

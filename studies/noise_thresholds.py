@@ -40,18 +40,28 @@ OUT = DOCS / "noise-thresholds.json"
 
 def claims_for(rule: str) -> list[Claim]:
     return [
-        Claim("aux-clean", "every live latent matches one feature at >= 0.95, |cos| <= 0.1 with feature 12, one peak",
-              "we again perfectly recover true features despite co-occurrence",
-              c.every_live_latent_clean(rule, max_cos_with={12: 0.1}, single_peak=True)),
-        Claim("clean-latents", "every live latent matches one feature at >= 0.95 and |cos| <= 0.1 with feature 12",
-              "(aux-clean without the peak count)", c.every_live_latent_clean(rule, max_cos_with={12: 0.1})),
+        Claim(
+            "aux-clean",
+            "every live latent matches one feature at >= 0.95, |cos| <= 0.1 with feature 12, one peak",
+            "we again perfectly recover true features despite co-occurrence",
+            c.every_live_latent_clean(rule, max_cos_with={12: 0.1}, single_peak=True),
+        ),
+        Claim(
+            "clean-latents",
+            "every live latent matches one feature at >= 0.95 and |cos| <= 0.1 with feature 12",
+            "(aux-clean without the peak count)",
+            c.every_live_latent_clean(rule, max_cos_with={12: 0.1}),
+        ),
     ]
 
 
 def cell_config(noise: float, seeds: int, samples: int | None):
     config = EXPERIMENTS[BASE].config
     (sae,) = config.sae
-    saes = [dataclasses.replace(sae, label=rule, aux=dataclasses.replace(sae.aux, threshold=rule)) for rule in RULES]
+    saes = [
+        dataclasses.replace(sae, label=rule, aux=dataclasses.replace(sae.aux, threshold=rule))
+        for rule in RULES
+    ]
     config = dataclasses.replace(config, sae=saes)
     # a quick look (--samples): the whole schedule shrinks with the budget, as in `reproduce --quick`
     config = scaled(config, seeds, samples / config.train.samples if samples else 1.0)
@@ -66,7 +76,9 @@ def run_cell(noise: float, seeds: int, samples: int | None) -> dict:
     out = {"noise": noise, "seeds": seeds, "samples": result.samples, "seconds": 0.0, "rules": {}}
     for rule in RULES:
         claims = evaluate_claims(claims_for(rule), metrics)
-        out["rules"][rule] = {cl.id: {"per_seed": cl.per_seed, "detail": cl.detail} for cl in claims}
+        out["rules"][rule] = {
+            cl.id: {"per_seed": cl.per_seed, "detail": cl.detail} for cl in claims
+        }
         runs = [r for r in metrics.runs if r.label == rule]
         out["rules"][rule]["learned"] = [r.learned_features for r in runs]
         out["rules"][rule]["peaks"] = [r.activation_peaks for r in runs]
@@ -75,13 +87,25 @@ def run_cell(noise: float, seeds: int, samples: int | None) -> dict:
 
 
 def table(cells: list[dict]) -> str:
-    lines = ["| noise (std / magnitude) | seeds | samples | " + " | ".join(
-                 f"{rule}: {claim}" for rule in RULES for claim in ("aux-clean", "clean-latents")) + " |",
-             "|---|---|---|" + "---|" * 4]
+    lines = [
+        "| noise (std / magnitude) | seeds | samples | "
+        + " | ".join(
+            f"{rule}: {claim}" for rule in RULES for claim in ("aux-clean", "clean-latents")
+        )
+        + " |",
+        "|---|---|---|" + "---|" * 4,
+    ]
     for cell in sorted(cells, key=lambda c: c["noise"]):
-        row = [f"{sum(cell['rules'][r][cl]['per_seed'])}/{len(cell['rules'][r][cl]['per_seed'])}"
-               for r in RULES for cl in ("aux-clean", "clean-latents")]
-        lines.append(f"| {cell['noise']:g} | {cell['seeds']} | {cell['samples']:,} | " + " | ".join(row) + " |")
+        row = [
+            f"{sum(cell['rules'][r][cl]['per_seed'])}/{len(cell['rules'][r][cl]['per_seed'])}"
+            for r in RULES
+            for cl in ("aux-clean", "clean-latents")
+        ]
+        lines.append(
+            f"| {cell['noise']:g} | {cell['seeds']} | {cell['samples']:,} | "
+            + " | ".join(row)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -96,8 +120,11 @@ def figure(cells: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for rule, colour in zip(RULES, ["tab:blue", "tab:orange"]):
         for claim, style in (("aux-clean", "-o"), ("clean-latents", "--s")):
-            rate = [sum(cell["rules"][rule][claim]["per_seed"]) / len(cell["rules"][rule][claim]["per_seed"])
-                    for cell in cells]
+            rate = [
+                sum(cell["rules"][rule][claim]["per_seed"])
+                / len(cell["rules"][rule][claim]["per_seed"])
+                for cell in cells
+            ]
             ax.plot(noise, rate, style, color=colour, label=f"{rule} threshold: {claim}")
     seeds = sorted({cell["seeds"] for cell in cells})
     ax.set_xlabel("magnitude noise (std / magnitude of each feature)")
@@ -115,7 +142,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3])
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=None, help="override train.samples (default: the registered 150M)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="override train.samples (default: the registered 150M)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +157,14 @@ def main() -> None:
         if key in cells:
             continue
         cells[key] = run_cell(noise, args.seeds, args.samples)
-        held = {r: {cl: f"{sum(v['per_seed'])}/{len(v['per_seed'])}" for cl, v in cells[key]["rules"][r].items()
-                    if isinstance(v, dict)} for r in RULES}
+        held = {
+            r: {
+                cl: f"{sum(v['per_seed'])}/{len(v['per_seed'])}"
+                for cl, v in cells[key]["rules"][r].items()
+                if isinstance(v, dict)
+            }
+            for r in RULES
+        }
         print(f"noise {noise:g}: {cells[key]['seconds']:.0f} s {held}", flush=True)
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"base": BASE, "cells": cells}, indent=1))
@@ -137,7 +175,9 @@ def main() -> None:
         f"`{BASE}` with `magnitude_std = k x magnitude` (`--samples` shrinks the aux schedule with the budget); both rules train in lockstep on the same data. "
         "Cells: seeds where the claim held / seeds run (in the figure, a rule's two lines coincide where both "
         "claims held in the same seeds). Made by `studies/noise_thresholds.py`.\n\n"
-        + table(done) + "\n")
+        + table(done)
+        + "\n"
+    )
     figure(done, args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md").read_text())
 

@@ -46,12 +46,16 @@ def main(full_dir: Path, quick_dir: Path) -> None:
     lines = ["| experiment | claim | full | quick | agree |", "|---|---|---|---|---|"]
     for key in both:
         f, q = full[key], quick[key]
-        lines.append(f"| {key[0]} | {key[1]} | {f.seeds_held}/{f.seeds_run} {'holds' if f.holds else 'fails'} | "
-                     f"{q.seeds_held}/{q.seeds_run} {'holds' if q.holds else 'fails'} | "
-                     f"{'yes' if key in agree else '**no**'} |")
-    summary = (f"Verdicts agree on {len(agree)}/{len(both)} claims ({len(agree) / max(len(both), 1):.0%}); "
-               f"training + analysis wall time: quick {quick_seconds / 60:.1f} min, full {full_seconds / 60:.1f} min "
-               f"({quick_seconds / max(full_seconds, 1e-9):.2f} of the full run).")
+        lines.append(
+            f"| {key[0]} | {key[1]} | {f.seeds_held}/{f.seeds_run} {'holds' if f.holds else 'fails'} | "
+            f"{q.seeds_held}/{q.seeds_run} {'holds' if q.holds else 'fails'} | "
+            f"{'yes' if key in agree else '**no**'} |"
+        )
+    summary = (
+        f"Verdicts agree on {len(agree)}/{len(both)} claims ({len(agree) / max(len(both), 1):.0%}); "
+        f"training + analysis wall time: quick {quick_seconds / 60:.1f} min, full {full_seconds / 60:.1f} min "
+        f"({quick_seconds / max(full_seconds, 1e-9):.2f} of the full run)."
+    )
     (DOCS / "quick-fidelity.md").write_text(summary + "\n\n" + "\n".join(lines) + "\n")
     print(summary)
     print("\n".join(line for line in lines if "**no**" in line))

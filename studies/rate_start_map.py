@@ -21,8 +21,14 @@ from broken_latents.experiments import EXPERIMENTS
 from broken_latents.pipeline.resolve import Target
 from broken_latents.pipeline.run import train_and_measure
 
-EXPERIMENT_NAMES = ["superposition-parent-6", "narrow-independent", "narrow-5-7-force-12", "narrow-parent-6",
-                    "narrow-5-7-force-12-aux", "narrow-parent-6-aux"]
+EXPERIMENT_NAMES = [
+    "superposition-parent-6",
+    "narrow-independent",
+    "narrow-5-7-force-12",
+    "narrow-parent-6",
+    "narrow-5-7-force-12-aux",
+    "narrow-parent-6-aux",
+]
 OUT = Path(__file__).resolve().parent.parent / "docs" / "rate-start-map.json"
 
 
@@ -32,34 +38,57 @@ def cell_key(name: str, start: float, geometry: int, first_seed: int = 0) -> str
 
 def run_cell(name: str, start: float, geometry: int, seeds: int, first_seed: int = 0) -> dict:
     exp = EXPERIMENTS[name]
-    config = apply_overrides(exp.config, [f"world.firing={{linear=[{start},0.3]}}", f"world.seed={geometry}",
-                                          f"train.seeds={seeds}", f"train.first_seed={first_seed}"])
+    config = apply_overrides(
+        exp.config,
+        [
+            f"world.firing={{linear=[{start},0.3]}}",
+            f"world.seed={geometry}",
+            f"train.seeds={seeds}",
+            f"train.first_seed={first_seed}",
+        ],
+    )
     began = time.perf_counter()
     _, metrics = train_and_measure(Target(config, exp.claims, exp.clean_cos, name))
     claims = metrics.claims
     return {
-        "experiment": name, "rate_start": start, "world_seed": geometry, "seeds": seeds,
-        "max_feature_cos": metrics.world.max_feature_cos, "seconds": round(time.perf_counter() - began, 1),
+        "experiment": name,
+        "rate_start": start,
+        "world_seed": geometry,
+        "seeds": seeds,
+        "max_feature_cos": metrics.world.max_feature_cos,
+        "seconds": round(time.perf_counter() - began, 1),
         "claims": {c.id: {"per_seed": c.per_seed, "detail": c.detail} for c in claims},
     }
 
 
 def table(cells: dict, starts: list[float]) -> str:
     """Claims x rate start: seeds held / seeds run over every geometry, and geometries where it held (>= 2/3 of seeds)."""
-    lines = ["| experiment | claim | " + " | ".join(f"start {s:g}" for s in starts) + " |",
-             "|---|---|" + "---|" * len(starts)]
+    lines = [
+        "| experiment | claim | " + " | ".join(f"start {s:g}" for s in starts) + " |",
+        "|---|---|" + "---|" * len(starts),
+    ]
     for name in EXPERIMENT_NAMES:
         mapped = {cid for c in cells.values() if c["experiment"] == name for cid in c["claims"]}
-        for claim in [claim for claim in EXPERIMENTS[name].claims if claim.id in mapped]:  # claims added later: not mapped
+        for claim in [
+            claim for claim in EXPERIMENTS[name].claims if claim.id in mapped
+        ]:  # claims added later: not mapped
             row = []
             for start in starts:
-                found = [c for c in cells.values() if c["experiment"] == name and c["rate_start"] == start]
+                found = [
+                    c
+                    for c in cells.values()
+                    if c["experiment"] == name and c["rate_start"] == start
+                ]
                 if not found:
                     row.append("-")
                     continue
-                by_geometry: dict[int, list[bool]] = {}  # a geometry's seeds may come from several cells
+                by_geometry: dict[
+                    int, list[bool]
+                ] = {}  # a geometry's seeds may come from several cells
                 for c in found:
-                    by_geometry.setdefault(c["world_seed"], []).extend(c["claims"][claim.id]["per_seed"])
+                    by_geometry.setdefault(c["world_seed"], []).extend(
+                        c["claims"][claim.id]["per_seed"]
+                    )
                 per_geo = [by_geometry[g] for g in sorted(by_geometry)]
                 held = sum(sum(p) for p in per_geo)
                 total = sum(len(p) for p in per_geo)
@@ -74,12 +103,21 @@ def main() -> None:
     parser.add_argument("--starts", type=float, nargs="+", default=[0.01, 0.015, 0.02])
     parser.add_argument("--geometries", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (to add seeds)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (to add seeds)"
+    )
     parser.add_argument("--geometry-from", type=int, default=0, help="world seeds from this one on")
     parser.add_argument("--experiments", nargs="+", default=EXPERIMENT_NAMES)
-    parser.add_argument("--out", type=Path, default=OUT, help="cells file (several processes: one file each)")
-    parser.add_argument("--table", type=Path, nargs="*", default=[],
-                        help="only write the table, from these cells files (and --out)")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help="cells file (several processes: one file each)"
+    )
+    parser.add_argument(
+        "--table",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="only write the table, from these cells files (and --out)",
+    )
     args = parser.parse_args()
     out = args.out
     cells = json.loads(out.read_text())["cells"] if out.exists() else {}
@@ -95,7 +133,10 @@ def main() -> None:
                 if key in cells:
                     continue
                 cells[key] = run_cell(name, start, geometry, args.seeds, args.first_seed)
-                held = {cid: f"{sum(c['per_seed'])}/{len(c['per_seed'])}" for cid, c in cells[key]["claims"].items()}
+                held = {
+                    cid: f"{sum(c['per_seed'])}/{len(c['per_seed'])}"
+                    for cid, c in cells[key]["claims"].items()
+                }
                 print(f"{key}: {cells[key]['seconds']:.0f} s {held}", flush=True)
                 tmp = out.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"cells": cells}, indent=1))

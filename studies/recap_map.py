@@ -37,7 +37,10 @@ def main(sweep_dir: Path) -> None:
     seeds = np.zeros_like(held)
     for c in cells:
         i, j = parents.index(c["values"][PARENT]), children.index(c["values"][CHILD])
-        held[i, j], seeds[i, j] = c["claims"]["tied-clean"]["held"], c["claims"]["tied-clean"]["seeds"]
+        held[i, j], seeds[i, j] = (
+            c["claims"]["tied-clean"]["held"],
+            c["claims"]["tied-clean"]["seeds"],
+        )
 
     fig, ax = plt.subplots(figsize=(6.2, 4.8), layout="constrained")
     image = ax.imshow(held / seeds, origin="lower", cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
@@ -46,9 +49,13 @@ def main(sweep_dir: Path) -> None:
     # the line in the cells' index coordinates: interpolate the child and parent axes
     fine = np.linspace(children[0], children[-1], 200)
     boundary = np.array([tied_absorption_boundary(p1) for p1 in fine])
-    ax.plot(np.interp(fine, children, range(len(children))), np.interp(boundary, parents, range(len(parents)),
-                                                                       left=np.nan, right=np.nan),
-            color="black", linewidth=2, label="p0 = sqrt2 p1 / (1 - p1): above, the true basis is the global optimum")
+    ax.plot(
+        np.interp(fine, children, range(len(children))),
+        np.interp(boundary, parents, range(len(parents)), left=np.nan, right=np.nan),
+        color="black",
+        linewidth=2,
+        label="p0 = sqrt2 p1 / (1 - p1): above, the true basis is the global optimum",
+    )
     ax.set_xticks(range(len(children)), [f"{v:g}" for v in children])
     ax.set_yticks(range(len(parents)), [f"{v:g}" for v in parents])
     ax.set_xlabel("child rate p1 (the child switches the parent on)")
@@ -58,19 +65,34 @@ def main(sweep_dir: Path) -> None:
     fig.colorbar(image, ax=ax, label="share of seeds")
     fig.savefig(DOCS / "recap-absorption-map.png", dpi=120)
 
-    above = [(held[i, j], seeds[i, j]) for i, p0 in enumerate(parents) for j, p1 in enumerate(children)
-             if not np.isnan(held[i, j]) and p0 > tied_absorption_boundary(p1)]
-    below = [(held[i, j], seeds[i, j]) for i, p0 in enumerate(parents) for j, p1 in enumerate(children)
-             if not np.isnan(held[i, j]) and p0 <= tied_absorption_boundary(p1)]
-    lines = ["| parent p0 \\ child p1 | " + " | ".join(f"{v:g}" for v in children) + " |",
-             "|---|" + "---|" * len(children)]
+    above = [
+        (held[i, j], seeds[i, j])
+        for i, p0 in enumerate(parents)
+        for j, p1 in enumerate(children)
+        if not np.isnan(held[i, j]) and p0 > tied_absorption_boundary(p1)
+    ]
+    below = [
+        (held[i, j], seeds[i, j])
+        for i, p0 in enumerate(parents)
+        for j, p1 in enumerate(children)
+        if not np.isnan(held[i, j]) and p0 <= tied_absorption_boundary(p1)
+    ]
+    lines = [
+        "| parent p0 \\ child p1 | " + " | ".join(f"{v:g}" for v in children) + " |",
+        "|---|" + "---|" * len(children),
+    ]
     for i, p0 in enumerate(parents):
-        row = [f"{held[i, j]:.0f}/{seeds[i, j]:.0f}" + ("" if p0 > tied_absorption_boundary(p1) else " (pair optimal)")
-               for j, p1 in enumerate(children)]
+        row = [
+            f"{held[i, j]:.0f}/{seeds[i, j]:.0f}"
+            + ("" if p0 > tied_absorption_boundary(p1) else " (pair optimal)")
+            for j, p1 in enumerate(children)
+        ]
         lines.append(f"| {p0:g} | " + " | ".join(row) + " |")
-    summary = (f"Above the line (true basis optimal): {sum(h for h, _ in above):.0f}/{sum(s for _, s in above):.0f} "
-               f"seeds clean over {len(above)} cells; below it (45-degree pair optimal): "
-               f"{sum(h for h, _ in below):.0f}/{sum(s for _, s in below):.0f} over {len(below)} cells.")
+    summary = (
+        f"Above the line (true basis optimal): {sum(h for h, _ in above):.0f}/{sum(s for _, s in above):.0f} "
+        f"seeds clean over {len(above)} cells; below it (45-degree pair optimal): "
+        f"{sum(h for h, _ in below):.0f}/{sum(s for _, s in below):.0f} over {len(below)} cells."
+    )
     (DOCS / "recap-absorption-map.md").write_text("\n".join(lines) + "\n\n" + summary + "\n")
     print("\n".join(lines) + "\n\n" + summary)
 

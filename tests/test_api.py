@@ -12,7 +12,9 @@ from broken_latents.cli import main
 from broken_latents.saes import build_sae
 from worlds import TINY
 
-TOML = TINY.replace('name = "tiny-world"', 'name = "api-world"') + """
+TOML = (
+    TINY.replace('name = "tiny-world"', 'name = "api-world"')
+    + """
 [[sae]]
 label = "untied-relu"
 architecture = "untied"
@@ -30,7 +32,10 @@ window_batches = 5
 delay_samples = 20_000
 warmup_samples = 20_000
 """
-SPARSE = TINY[:TINY.index("[[sae]]")].replace('name = "tiny-world"', 'name = "api-sparse"') + """
+)
+SPARSE = (
+    TINY[: TINY.index("[[sae]]")].replace('name = "tiny-world"', 'name = "api-sparse"')
+    + """
 [[sae]]
 label = "topk"
 architecture = "untied"
@@ -46,7 +51,13 @@ activation = "batchtopk"
 k = 1
 matryoshka_widths = [1, 4]
 """
-LABELS = ["tied", "untied", "untied-relu", "tied-jump-aux"]  # relu/jumprelu, tied/untied, learned/aux threshold
+)
+LABELS = [
+    "tied",
+    "untied",
+    "untied-relu",
+    "tied-jump-aux",
+]  # relu/jumprelu, tied/untied, learned/aux threshold
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +86,9 @@ def run(runs):
 @pytest.mark.slow
 def test_load_run_gives_config_world_saes_typed_metrics_and_history(runs):
     run, sparse = runs
-    assert sparse.saes["batchtopk-nested"][0].widths == [1, 4] and sparse.saes["batchtopk-nested"][1].threshold.shape == (4,)
+    assert sparse.saes["batchtopk-nested"][0].widths == [1, 4] and sparse.saes["batchtopk-nested"][
+        1
+    ].threshold.shape == (4,)
     assert sparse.saes["topk"][0].config.k == 1 and sparse.saes["topk"][0].threshold is None
     assert isinstance(run.config, bl.api.ExperimentConfig) and run.config.name == "api-world"
     assert tuple(run.world.directions.shape) == (4, 8)
@@ -83,17 +96,28 @@ def test_load_run_gives_config_world_saes_typed_metrics_and_history(runs):
     assert list(run.saes) == LABELS and run.seeds == [0, 1]
     sae = run.saes["untied"][1]
     assert (sae.architecture, sae.activation, sae.latents) == ("untied", "jumprelu", 3)
-    assert tuple(sae.W_enc.shape) == (8, 3) and tuple(sae.W_dec.shape) == (3, 8) and tuple(sae.threshold.shape) == (3,)
+    assert (
+        tuple(sae.W_enc.shape) == (8, 3)
+        and tuple(sae.W_dec.shape) == (3, 8)
+        and tuple(sae.threshold.shape) == (3,)
+    )
     assert run.saes["tied"][0].threshold is None
-    assert [(r.label, r.seed) for r in run.history.runs] == [(label, s) for label in LABELS for s in (0, 1)]
+    assert [(r.label, r.seed) for r in run.history.runs] == [
+        (label, s) for label in LABELS for s in (0, 1)
+    ]
 
 
 @pytest.mark.slow
 def test_loaded_weights_and_directions_reproduce_the_decoder_cosines(runs):
     for run, entry in ((run, entry) for run in runs for entry in run.metrics.runs):
         W_dec = run.saes[entry.label][entry.seed].W_dec
-        cos = torch.nn.functional.normalize(W_dec, dim=1) @ torch.nn.functional.normalize(run.world.directions, dim=1).T
-        np.testing.assert_allclose(cos.numpy(), np.array(entry.decoder_cos), atol=1e-4, err_msg=entry.label)
+        cos = (
+            torch.nn.functional.normalize(W_dec, dim=1)
+            @ torch.nn.functional.normalize(run.world.directions, dim=1).T
+        )
+        np.testing.assert_allclose(
+            cos.numpy(), np.array(entry.decoder_cos), atol=1e-4, err_msg=entry.label
+        )
 
 
 @pytest.mark.slow
@@ -106,7 +130,9 @@ def test_encode_reproduces_the_trained_activations(runs):
             f_N = torch.zeros(run.config.world.features)
             f_N[pattern.features] = run.world.magnitudes_N[pattern.features]
             h = sae.encode(f_N @ run.world.directions)
-            np.testing.assert_allclose(h.numpy(), pattern.activations, atol=2e-4, err_msg=f"{entry.label} {pattern}")
+            np.testing.assert_allclose(
+                h.numpy(), pattern.activations, atol=2e-4, err_msg=f"{entry.label} {pattern}"
+            )
             checked += 1
     assert checked >= 16
 
@@ -141,9 +167,13 @@ def test_encode_and_decode_match_the_stacked_sae_on_world_inputs(runs, which):
             h, x_hat = sae(x_BD)
             assert (h > 0).any(), sae_config.label
             torch.testing.assert_close(h, h_SBK[i], rtol=1e-5, atol=1e-5, msg=sae_config.label)
-            torch.testing.assert_close(x_hat, x_hat_SBD[i], rtol=1e-5, atol=1e-5, msg=sae_config.label)
+            torch.testing.assert_close(
+                x_hat, x_hat_SBD[i], rtol=1e-5, atol=1e-5, msg=sae_config.label
+            )
             width = 2
-            torch.testing.assert_close(sae.decode(h, width=width), h[:, :width] @ sae.W_dec[:width] + sae.b_dec)
+            torch.testing.assert_close(
+                sae.decode(h, width=width), h[:, :width] @ sae.W_dec[:width] + sae.b_dec
+            )
 
 
 @pytest.mark.slow
@@ -152,18 +182,24 @@ def test_the_saelens_folders_encode_as_the_loaded_saes(runs):
     from broken_latents.output.saelens_format import load_sae
 
     for run in runs:
-        x_BD = torch.tensor(run.world.sample(np.random.default_rng(2), 256)).T @ run.world.directions
+        x_BD = (
+            torch.tensor(run.world.sample(np.random.default_rng(2), 256)).T @ run.world.directions
+        )
         for label, by_seed in run.saes.items():
             for seed, sae in by_seed.items():
                 saelens = load_sae(run.path / "weights" / f"{label}-seed{seed}")
-                np.testing.assert_allclose(saelens.encode(x_BD.numpy()), sae.encode(x_BD).numpy(), atol=1e-5,
-                                           err_msg=label)
+                np.testing.assert_allclose(
+                    saelens.encode(x_BD.numpy()), sae.encode(x_BD).numpy(), atol=1e-5, err_msg=label
+                )
 
 
-@pytest.mark.parametrize("make, says", [
-    (lambda p: p / "missing", "is not a directory"),
-    (lambda p: p, "no metrics.json"),
-])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda p: p / "missing", "is not a directory"),
+        (lambda p: p, "no metrics.json"),
+    ],
+)
 def test_a_bad_directory_raises_a_config_error_naming_it(tmp_path, make, says):
     path = make(tmp_path)
     with pytest.raises(bl.ConfigError) as err:
@@ -189,27 +225,46 @@ def test_train_and_analyse_in_memory_with_the_experiments_claims():
     result = bl.train("recap-absorption", seeds=1, samples=20_000, set=["train.eval_samples=2000"])
     metrics = bl.analyse(result)
     assert isinstance(metrics, bl.Metrics) and metrics.name == "recap-absorption"
-    assert [c.id for c in metrics.claims] == [c.id for c in bl.experiments.EXPERIMENTS["recap-absorption"].claims]
+    assert [c.id for c in metrics.claims] == [
+        c.id for c in bl.experiments.EXPERIMENTS["recap-absorption"].claims
+    ]
     assert metrics.runs[0].absorption is not None and len(metrics.runs[0].hedging) == 4
-    assert result.config.train.samples == 20_000 and bl.experiments.EXPERIMENTS["recap-absorption"].config.train.samples > 20_000
+    assert (
+        result.config.train.samples == 20_000
+        and bl.experiments.EXPERIMENTS["recap-absorption"].config.train.samples > 20_000
+    )
     with pytest.raises(bl.ConfigError, match="TARGET"):
         bl.load_config("no-such-experiment")
 
 
 @pytest.mark.slow
 def test_run_writes_the_directory_and_loads_it_back(tmp_path):
-    loaded = bl.run("recap-absorption", tmp_path / "recap", seeds=1, samples=20_000, set=["train.eval_samples=2000"])
-    assert (tmp_path / "recap" / "metrics.json").is_file() and (tmp_path / "recap" / "history.json").is_file()
+    loaded = bl.run(
+        "recap-absorption",
+        tmp_path / "recap",
+        seeds=1,
+        samples=20_000,
+        set=["train.eval_samples=2000"],
+    )
+    assert (tmp_path / "recap" / "metrics.json").is_file() and (
+        tmp_path / "recap" / "history.json"
+    ).is_file()
     assert loaded.config.train.samples == 20_000 and list(loaded.saes) == ["untied", "tied"]
     assert [c.id for c in loaded.metrics.claims] == ["untied-absorbs", "tied-clean"]
 
 
 def test_importing_the_package_loads_neither_torch_nor_numba():
     code = "import sys, broken_latents as bl; bl.experiments; print('torch' in sys.modules, 'numba' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[1] == "False"
-    out = subprocess.run([sys.executable, "-c", code.replace("bl.experiments; ", "")], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code.replace("bl.experiments; ", "")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == ["False", "False"]
 
 
@@ -222,7 +277,9 @@ def test_world_draw_gives_inputs_and_features_from_the_training_distribution(run
     assert x.shape == (20_000, world.config.dim) and f.shape == (20_000, world.config.features)
     assert torch.equal(x, x_again) and not torch.equal(x, world.draw(20_000, seed=4))
     assert torch.allclose(x, f @ world.directions, atol=1e-5)
-    fired = (f > 0).float().mean(0)  # the hierarchy included: the marginal rates, within sampling error
+    fired = (
+        (f > 0).float().mean(0)
+    )  # the hierarchy included: the marginal rates, within sampling error
     assert torch.allclose(fired, world.marginal_rates(), atol=4 * (0.25 / 20_000) ** 0.5)
     assert torch.allclose(f[f > 0], world.magnitudes_N.expand_as(f)[f > 0])
     with pytest.raises(ValueError, match="n must be"):
@@ -232,7 +289,10 @@ def test_world_draw_gives_inputs_and_features_from_the_training_distribution(run
 @pytest.mark.slow
 def test_runs_saes_and_worlds_print_in_one_short_line(run):
     sae = run.saes["tied"][0]
-    for obj, says in ((run, ["Run(", "tied", ".saes[label][seed]"]), (run.world, ["World(", "features in"]),
-                      (sae, ["SAE('tied' seed 0", "latents"])):
+    for obj, says in (
+        (run, ["Run(", "tied", ".saes[label][seed]"]),
+        (run.world, ["World(", "features in"]),
+        (sae, ["SAE('tied' seed 0", "latents"]),
+    ):
         text = repr(obj)
         assert "\n" not in text and len(text) < 200 and all(s in text for s in says), text

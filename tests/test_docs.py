@@ -25,7 +25,10 @@ def test_readme_ten_line_world_is_the_example_and_loads():
     example = ROOT / "examples" / "ten-lines.toml"
     assert ten.strip() == example.read_text().strip()
     config = bl.load_config(example)
-    assert [(s.label, s.architecture, s.latents) for s in config.sae] == [("tied", "tied", 3), ("untied", "untied", 3)]
+    assert [(s.label, s.architecture, s.latents) for s in config.sae] == [
+        ("tied", "tied", 3),
+        ("untied", "untied", 3),
+    ]
     assert config.world.features == 4 and config.world.hierarchy[0].children == [1, 2]
 
 
@@ -37,7 +40,9 @@ def test_relative_links_resolve(page):
             continue
         path = (page.parent / target.split("#")[0]).resolve()
         assert path.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
-        assert ROOT in path.parents, f"{page.relative_to(ROOT)} links outside the repository: {target}"
+        assert ROOT in path.parents, (
+            f"{page.relative_to(ROOT)} links outside the repository: {target}"
+        )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

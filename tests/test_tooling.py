@@ -30,7 +30,12 @@ def test_ruff_lint_and_format_pass():
 def test_docs_site_builds_strictly(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(BIN)) or shutil.which("mkdocs")
     assert mkdocs, "mkdocs is in the dev extra: pip install -e .[dev]"
-    built = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                           capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    built = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     assert (tmp_path / "site" / "index.html").exists()

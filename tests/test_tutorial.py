@@ -15,7 +15,9 @@ SEEDS = 2
 
 
 def _stream_text(cell) -> str:
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    return "".join(
+        o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
+    )
 
 
 @pytest.mark.slow
@@ -26,20 +28,26 @@ def test_tutorial_notebook_runs_and_shows_broken_latents(tmp_path, monkeypatch):
     monkeypatch.setenv("TUTORIAL_OUT", str(out))
     # the kernel imports this checkout's package, wherever pytest runs from
     root = str(NOTEBOOK.parents[1])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # raises CellExecutionError, naming the cell, if any cell fails
-    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
 
     # the table cell prints one row per SAE and seed, read back by bl.load_run
     table = next(_stream_text(c) for c in code if "absorption" in c.source and "print" in c.source)
-    rows = re.findall(r"^(\w+)\s+seed (\d+)\s+learned \[([\d, ]*)\]\s+broken \[([\d, ]*)\]", table, re.M)
+    rows = re.findall(
+        r"^(\w+)\s+seed (\d+)\s+learned \[([\d, ]*)\]\s+broken \[([\d, ]*)\]", table, re.M
+    )
     assert sorted({(label, int(seed)) for label, seed, _, _ in rows}) == sorted(
-        (label, s) for label in ("matryoshka", "tied", "untied") for s in range(SEEDS))
+        (label, s) for label in ("matryoshka", "tied", "untied") for s in range(SEEDS)
+    )
 
     import broken_latents as bl
 

@@ -121,7 +121,9 @@ def cooccurring(hierarchy: Iterable[Any], n_features: int) -> dict[int, list[int
                 todo.extend(edges[feature])
         return seen
 
-    return {i: sorted((reach(i, parents_of) | reach(i, children_of)) - {i}) for i in range(n_features)}
+    return {
+        i: sorted((reach(i, parents_of) | reach(i, children_of)) - {i}) for i in range(n_features)
+    }
 
 
 def absorption_metrics(
@@ -154,10 +156,14 @@ def absorption_metrics(
     if (np.linalg.norm(F, axis=1) == 0).any():
         raise ValueError("directions_ND has a zero row")
     if W.shape != (K, D) or f.shape != (B, N):
-        raise ValueError(f"shapes disagree: h {h.shape}, W_dec {W.shape}, directions {F.shape}, f {f.shape}")
+        raise ValueError(
+            f"shapes disagree: h {h.shape}, W_dec {W.shape}, directions {F.shape}, f {f.shape}"
+        )
     matched = {int(i): int(j) for i, j in matched.items()}
     if any(not 0 <= i < N for i in matched) or any(not 0 <= j < K for j in matched.values()):
-        raise ValueError(f"matched {matched} names a feature outside 0..{N - 1} or a latent outside 0..{K - 1}")
+        raise ValueError(
+            f"matched {matched} names a feature outside 0..{N - 1} or a latent outside 0..{K - 1}"
+        )
     if len(set(matched.values())) != len(matched):
         raise ValueError(f"matched {matched} is not one-to-one")
     live_set = {int(j) for j in live}
@@ -201,7 +207,9 @@ def absorption_metrics(
     for i, j in matched.items():
         partners = [int(c) for c in cooccur.get(i, ())]
         if j in live_set and partners and norms_K[j] > 0:
-            hedging[j] = float((proj_KN[j, partners] / direction_norms_N[partners]).sum() / norms_K[j])
+            hedging[j] = float(
+                (proj_KN[j, partners] / direction_norms_N[partners]).sum() / norms_K[j]
+            )
     return AbsorptionMetrics(absorption, full, hedging, firing, unreconstructed)
 
 

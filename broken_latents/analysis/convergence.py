@@ -29,7 +29,9 @@ STILL_FALLING = 0.1
 """Largest fall of one term, as a share of the whole loss, above which training had not converged."""
 
 
-def loss_drop(terms: dict[str, list[float | None]], weights: dict[str, float]) -> tuple[float, str] | None:
+def loss_drop(
+    terms: dict[str, list[float | None]], weights: dict[str, float]
+) -> tuple[float, str] | None:
     """(largest drop, its term) by the rule above, or None when too few steps were logged to tell
     (2 x MIN_WINDOW) or a term has a gap in the windows."""
     named = [name for name, weight in weights.items() if weight and name in terms]
@@ -41,7 +43,7 @@ def loss_drop(terms: dict[str, list[float | None]], weights: dict[str, float]) -
         return None
     before, last = {}, {}
     for name in named:
-        values = terms[name][steps - 2 * width:]
+        values = terms[name][steps - 2 * width :]
         if any(v is None for v in values):
             return None
         weighted = weights[name] * np.asarray(values, dtype=float)

@@ -14,7 +14,17 @@ from ..saes import StackedSAE
 from ..world.stream import DataStream
 from .peaks import EMPTY, count_peaks, fit_peak_model
 from .truth import truth_broken
-from .metrics import CLEAN_COS, AbsorptionGap, FiringPattern, Match, Metrics, PeakModelRecord, RunMetrics, WorldMetrics, inline_or_array
+from .metrics import (
+    CLEAN_COS,
+    AbsorptionGap,
+    FiringPattern,
+    Match,
+    Metrics,
+    PeakModelRecord,
+    RunMetrics,
+    WorldMetrics,
+    inline_or_array,
+)
 from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
@@ -59,7 +69,9 @@ def detail_bytes_per_sample(n_features: int, dim: int, latents: list[int]) -> in
 def detail_samples(result: Trained) -> int:
     """How many eval samples the per-latent analyses hold at once (all of them in small worlds)."""
     world = result.world
-    per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
+    per_sample = detail_bytes_per_sample(
+        world.n_features, world.config.dim, [s.sae.latents for s in result.stacks]
+    )
     return int(min(result.config.train.eval_samples, max(1000, DETAIL_BYTES // per_sample)))
 
 
@@ -90,7 +102,9 @@ class Trained(Protocol):
 
 
 def cosine(a_AD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(a_AD, dim=-1) @ torch.nn.functional.normalize(b_BD, dim=-1).T
+    return (
+        torch.nn.functional.normalize(a_AD, dim=-1) @ torch.nn.functional.normalize(b_BD, dim=-1).T
+    )
 
 
 def match_latents(decoder_cos_KN: np.ndarray, live: np.ndarray) -> list[Match]:
@@ -100,7 +114,11 @@ def match_latents(decoder_cos_KN: np.ndarray, live: np.ndarray) -> list[Match]:
         return []
     rows, cols = linear_sum_assignment(-decoder_cos_KN[latents])
     return [
-        Match(latent=int(latents[r]), feature=int(c), cos=round(float(decoder_cos_KN[latents[r], c]), 4))
+        Match(
+            latent=int(latents[r]),
+            feature=int(c),
+            cos=round(float(decoder_cos_KN[latents[r], c]), 4),
+        )
         for r, c in sorted(zip(rows, cols), key=lambda rc: latents[rc[0]])
     ]
 
@@ -118,15 +136,19 @@ def firing_pattern_sets(world: World, matched_features: set[int]) -> list[list[i
 
 
 @torch.no_grad()
-def firing_patterns(sae: StackedSAE, s: int, world: World, sets: list[list[int]], tau_SK) -> list[FiringPattern]:
+def firing_patterns(
+    sae: StackedSAE, s: int, world: World, sets: list[list[int]], tau_SK
+) -> list[FiringPattern]:
     """Latent activations of SAE s when exactly the given features fire at their magnitudes."""
     f_PN = torch.zeros(len(sets), world.n_features, device=world.magnitudes_N.device)
     for p, features in enumerate(sets):
         f_PN[p, features] = world.magnitudes_N[features]
     x = (f_PN @ world.directions_ND).expand(sae.n_saes, -1, -1)
     h, _ = sae(x, tau_SK)
-    return [FiringPattern(features=features, activations=[round(float(v), 4) for v in h[s, p]])
-            for p, features in enumerate(sets)]
+    return [
+        FiringPattern(features=features, activations=[round(float(v), 4) for v in h[s, p]])
+        for p, features in enumerate(sets)
+    ]
 
 
 @torch.no_grad()
@@ -150,7 +172,9 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
         h_SBK, x_hat = sae(x_RBD, stack.tau_SK)
         mse_S = (x_hat - x_RBD).pow(2).sum(-1).mean(-1)
         widths = stack.config.matryoshka_widths or [sae.latents]
-        width_mse_WS = torch.stack([(sae.decode(h_SBK, w) - x_RBD).pow(2).sum(-1).mean(-1) for w in widths])
+        width_mse_WS = torch.stack(
+            [(sae.decode(h_SBK, w) - x_RBD).pow(2).sum(-1).mean(-1) for w in widths]
+        )
         W_enc_SDK, _ = sae.encoder()
         norms_SK = sae.W_dec_SKD.norm(dim=-1)
         for s, seed in enumerate(result.seeds):
@@ -162,58 +186,100 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
             live = writes >= dead_below
             matches = match_latents(dec_cos, live)
             clean = [m for m in matches if m.cos >= clean_cos]
-            histograms = [count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)]
+            histograms = [
+                count_peaks(acts[:, j]) if live[j] else (0, []) for j in range(sae.latents)
+            ]
             histogram_peaks = [n for n, _ in histograms]
-            models = {j: fit_peak_model(acts[:, j], seed=seed) for j in modelled_latents(acts, live)}
+            models = {
+                j: fit_peak_model(acts[:, j], seed=seed) for j in modelled_latents(acts, live)
+            }
             sets = firing_pattern_sets(world, {m.feature for m in clean})
             # Every match, clean or broken: leaving a broken one out would call its feature unmatched.
-            absorbed = absorption_metrics(acts, sae.W_dec_SKD[s].cpu().numpy(), F_ND.cpu().numpy(),
-                                          f_RNB[s].T.cpu().numpy(), {m.feature: m.latent for m in matches},
-                                          np.flatnonzero(live), cooccur)
-            detection = _detection(W_enc_SDK[s].cpu().numpy(), sae.W_dec_SKD[s].cpu().numpy(), acts, models, live,
-                                   F_ND.cpu().numpy(), f_RNB[s].T.cpu().numpy(), stack.sae.tied_encoder)
+            absorbed = absorption_metrics(
+                acts,
+                sae.W_dec_SKD[s].cpu().numpy(),
+                F_ND.cpu().numpy(),
+                f_RNB[s].T.cpu().numpy(),
+                {m.feature: m.latent for m in matches},
+                np.flatnonzero(live),
+                cooccur,
+            )
+            detection = _detection(
+                W_enc_SDK[s].cpu().numpy(),
+                sae.W_dec_SKD[s].cpu().numpy(),
+                acts,
+                models,
+                live,
+                F_ND.cpu().numpy(),
+                f_RNB[s].T.cpu().numpy(),
+                stack.sae.tied_encoder,
+            )
             scores = synthbench[stack.config.label][s]
-            runs.append(RunMetrics(
-                label=stack.config.label,
-                architecture=stack.config.architecture,
-                seed=seed,
-                decoder_cos=inline_or_array(dec_cos),
-                encoder_cos=inline_or_array(enc_cos),
-                latent_cos=inline_or_array(cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()),
-                decoder_norms=_round(norms_SK[s].cpu().numpy()),
-                matches=matches,
-                learned_features=sorted(m.feature for m in clean),
-                broken_latents=sorted(m.latent for m in matches if m.cos < clean_cos),
-                dead_latents=[int(j) for j in np.flatnonzero(~live)],
-                activation_peaks=[models[j].n_peaks if j in models else histogram_peaks[j]
-                                  for j in range(sae.latents)],
-                peak_locations=[[round(p.mean, 4) for p in models[j].peaks] if j in models else histograms[j][1]
-                                for j in range(sae.latents)],
-                histogram_peaks=histogram_peaks,
-                peak_models=[PeakModelRecord.from_json({"latent": int(j), **model.to_json()}) for j, model in models.items()],
-                mse=round(float(mse_S[s]), 6),
-                l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
-                explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
-                width_explained_variance=[round(float(1 - mse[s] / variance[s]), 6) for mse in width_mse_WS],
-                absorption=_round(absorbed.absorption),
-                full_absorption=_round(absorbed.full_absorption),
-                hedging=_round(absorbed.hedging),
-                firing_patterns=(firing_patterns(sae, s, world, sets, stack.tau_SK)
-                                 if sae.latents <= FIRING_PATTERNS_MAX and len(sets) <= FIRING_PATTERNS_MAX else []),
-                mcc=round(scores["mcc"], 6),
-                uniqueness=round(scores["uniqueness"], 6),
-                precision=round(scores["precision"], 6),
-                recall=round(scores["recall"], 6),
-                f1=round(scores["f1"], 6),
-                shrinkage=round(scores["shrinkage"], 6),
-                sae_l0=round(scores["sae_l0"], 4),
-                true_l0=round(scores["true_l0"], 4),
-                dead_count=scores["dead_count"],
-                absorption_gap=[AbsorptionGap(parent=g["parent"], child=g["child"], latent=g["latent"],
-                                              gap=None if g["gap"] is None else round(g["gap"], 6))
-                                for g in scores["absorption_gap"]],
-                **detection,
-            ))
+            runs.append(
+                RunMetrics(
+                    label=stack.config.label,
+                    architecture=stack.config.architecture,
+                    seed=seed,
+                    decoder_cos=inline_or_array(dec_cos),
+                    encoder_cos=inline_or_array(enc_cos),
+                    latent_cos=inline_or_array(
+                        cosine(sae.W_dec_SKD[s], sae.W_dec_SKD[s]).cpu().numpy()
+                    ),
+                    decoder_norms=_round(norms_SK[s].cpu().numpy()),
+                    matches=matches,
+                    learned_features=sorted(m.feature for m in clean),
+                    broken_latents=sorted(m.latent for m in matches if m.cos < clean_cos),
+                    dead_latents=[int(j) for j in np.flatnonzero(~live)],
+                    activation_peaks=[
+                        models[j].n_peaks if j in models else histogram_peaks[j]
+                        for j in range(sae.latents)
+                    ],
+                    peak_locations=[
+                        [round(p.mean, 4) for p in models[j].peaks]
+                        if j in models
+                        else histograms[j][1]
+                        for j in range(sae.latents)
+                    ],
+                    histogram_peaks=histogram_peaks,
+                    peak_models=[
+                        PeakModelRecord.from_json({"latent": int(j), **model.to_json()})
+                        for j, model in models.items()
+                    ],
+                    mse=round(float(mse_S[s]), 6),
+                    l0=round(float((h_SBK[s] > 0).float().sum(-1).mean()), 4),
+                    explained_variance=round(float(1 - mse_S[s] / variance[s]), 6),
+                    width_explained_variance=[
+                        round(float(1 - mse[s] / variance[s]), 6) for mse in width_mse_WS
+                    ],
+                    absorption=_round(absorbed.absorption),
+                    full_absorption=_round(absorbed.full_absorption),
+                    hedging=_round(absorbed.hedging),
+                    firing_patterns=(
+                        firing_patterns(sae, s, world, sets, stack.tau_SK)
+                        if sae.latents <= FIRING_PATTERNS_MAX and len(sets) <= FIRING_PATTERNS_MAX
+                        else []
+                    ),
+                    mcc=round(scores["mcc"], 6),
+                    uniqueness=round(scores["uniqueness"], 6),
+                    precision=round(scores["precision"], 6),
+                    recall=round(scores["recall"], 6),
+                    f1=round(scores["f1"], 6),
+                    shrinkage=round(scores["shrinkage"], 6),
+                    sae_l0=round(scores["sae_l0"], 4),
+                    true_l0=round(scores["true_l0"], 4),
+                    dead_count=scores["dead_count"],
+                    absorption_gap=[
+                        AbsorptionGap(
+                            parent=g["parent"],
+                            child=g["child"],
+                            latent=g["latent"],
+                            gap=None if g["gap"] is None else round(g["gap"], 6),
+                        )
+                        for g in scores["absorption_gap"]
+                    ],
+                    **detection,
+                )
+            )
             drop = _loss_drop(result.history, stack, seed)
             if drop is not None:
                 runs[-1].loss_drop, runs[-1].falling_term = round(drop[0], 4), drop[1]
@@ -234,31 +300,41 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
             magnitudes=_round(world.magnitudes_N.cpu().numpy()),
             dim=world.config.dim,
             given_rates=_round(world.rates_N.cpu().numpy()),
-            hierarchy=[{"parent": rel.parent, "children": list(rel.children), "mode": rel.mode}
-                       for rel in world.config.hierarchy],
+            hierarchy=[
+                {"parent": rel.parent, "children": list(rel.children), "mode": rel.mode}
+                for rel in world.config.hierarchy
+            ],
         ),
         runs=runs,
         clean_cos=clean_cos,
     )
 
 
-def _detection(W_enc_DK, W_dec_KD, h_BK, models: dict, live, directions_ND, f_BN, tied: bool) -> dict:
+def _detection(
+    W_enc_DK, W_dec_KD, h_BK, models: dict, live, directions_ND, f_BN, tied: bool
+) -> dict:
     """truth_broken, broken_score and detection_signals of one SAE : the detector sees only
     the weights and activations; the truth reads the true features."""
     from .score import load_score_model
     from .signals import signals_of
 
     K = W_dec_KD.shape[0]
-    signals, _ = signals_of(W_enc_DK, W_dec_KD, h_BK, [models.get(j, EMPTY) for j in range(K)], tied=tied)
+    signals, _ = signals_of(
+        W_enc_DK, W_dec_KD, h_BK, [models.get(j, EMPTY) for j in range(K)], tied=tied
+    )
     score_K = np.where(live, load_score_model().probability(signals), 0.0)
     truth_K, _, _ = truth_broken(h_BK, W_dec_KD, directions_ND, f_BN, live)
-    return {"truth_broken": [bool(t) for t in truth_K], "broken_score": _round(score_K),
-            "detection_signals": {name: _round(value) for name, value in signals.items()}}
+    return {
+        "truth_broken": [bool(t) for t in truth_K],
+        "broken_score": _round(score_K),
+        "detection_signals": {name: _round(value) for name, value in signals.items()},
+    }
 
 
 @torch.no_grad()
-def _synthbench_scores(result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor,
-                       streamed: bool) -> dict[str, list[dict]]:
+def _synthbench_scores(
+    result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor, streamed: bool
+) -> dict[str, list[dict]]:
     """SynthSAEBench's metrics (analysis/scale.py) of every SAE and seed, by label then seed
     position. Over the samples already drawn (f_RNB) in a small world; `streamed`: over all the
     eval samples, drawn batch by batch from the same held-out stream, so memory stays bounded."""
@@ -268,14 +344,20 @@ def _synthbench_scores(result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor
     tallies, decoders = {}, {}
     for stack in result.stacks:
         label = stack.config.label
-        cos_SKF = [cosine(stack.sae.W_dec_SKD[s], F_ND).cpu().numpy() for s in range(len(result.seeds))]
+        cos_SKF = [
+            cosine(stack.sae.W_dec_SKD[s], F_ND).cpu().numpy() for s in range(len(result.seeds))
+        ]
         decoders[label] = [decoder_scores(cos) for cos in cos_SKF]
-        tallies[label] = [FiringTally(d.best_feature_K, edges, parent_latents(cos, edges))
-                          for d, cos in zip(decoders[label], cos_SKF)]
+        tallies[label] = [
+            FiringTally(d.best_feature_K, edges, parent_latents(cos, edges))
+            for d, cos in zip(decoders[label], cos_SKF)
+        ]
     if streamed:
         R, N = len(result.seeds), world.n_features
         batch = max(256, STREAM_BYTES // (4 * R * N))
-        batches = held_out_batches(world, result.seeds, result.config.train.eval_samples, batch, EVAL_STREAM, F_ND.device)
+        batches = held_out_batches(
+            world, result.seeds, result.config.train.eval_samples, batch, EVAL_STREAM, F_ND.device
+        )
     else:
         batches = iter([(f_RNB, x_RBD)])
     for f_batch_RNB, x_batch_RBD in batches:
@@ -283,8 +365,13 @@ def _synthbench_scores(result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor
             h_SBK, x_hat_SBD = stack.sae(x_batch_RBD, stack.tau_SK)
             for s, tally in enumerate(tallies[stack.config.label]):
                 tally.add(h_SBK[s], f_batch_RNB[s].T, x_batch_RBD[s], x_hat_SBD[s])
-    return {label: [{"mcc": d.mcc, "uniqueness": d.uniqueness, **t.scores()}
-                    for d, t in zip(decoders[label], tallies[label])] for label in tallies}
+    return {
+        label: [
+            {"mcc": d.mcc, "uniqueness": d.uniqueness, **t.scores()}
+            for d, t in zip(decoders[label], tallies[label])
+        ]
+        for label in tallies
+    }
 
 
 def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.ndarray]:
@@ -292,15 +379,21 @@ def latent_activations(result: Trained, samples: int = 50_000) -> dict[str, np.n
     One draw of the held-out stream serves every stack; a large world draws fewer samples, as
     many as fit in DETAIL_BYTES."""
     world = result.world
-    per_sample = detail_bytes_per_sample(world.n_features, world.config.dim, [s.sae.latents for s in result.stacks])
+    per_sample = detail_bytes_per_sample(
+        world.n_features, world.config.dim, [s.sae.latents for s in result.stacks]
+    )
     samples = int(min(samples, max(1000, DETAIL_BYTES // per_sample)))
-    stream = DataStream(world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1)
+    stream = DataStream(
+        world, result.seeds, samples, world.directions_ND.device, offset=EVAL_STREAM, chunk=1
+    )
     x_RBD = world.inputs(stream.next())
     out = {}
     with torch.no_grad():
         for stack in result.stacks:
             h = stack.sae(x_RBD, stack.tau_SK)[0].cpu().numpy()
-            out.update({f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)})
+            out.update(
+                {f"{stack.config.label}-seed{seed}": h[s] for s, seed in enumerate(result.seeds)}
+            )
     return out
 
 

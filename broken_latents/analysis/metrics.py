@@ -48,7 +48,9 @@ class _Schema:
             value = getattr(self, f.name)
             if f.name == "extra" or (value is None and f.name not in self.KEEP_NULL):
                 continue
-            if isinstance(value, np.ndarray):  # a large matrix not yet written out (see save_arrays)
+            if isinstance(
+                value, np.ndarray
+            ):  # a large matrix not yet written out (see save_arrays)
                 value = np.round(value.astype(np.float64), 4).tolist()
             elif isinstance(value, list):
                 value = [v.to_json() if isinstance(v, _Schema) else v for v in value]
@@ -78,8 +80,13 @@ class _Schema:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), "a number")
 
 
 def _read(value: Any, hint: Any, where: str) -> Any:
@@ -99,11 +106,22 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         return _read(value, options[0], where)
     if isinstance(hint, type) and issubclass(hint, _Schema):
         return hint.from_json(value, where)
-    expected = {list: "a list", dict: "an object", str: "a string", bool: "a boolean", int: "an integer",
-                float: "a number"}[origin or hint]
-    ok = {list: lambda v: isinstance(v, list), dict: lambda v: isinstance(v, dict), str: lambda v: isinstance(v, str),
-          bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}[origin or hint]
+    expected = {
+        list: "a list",
+        dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }[origin or hint]
+    ok = {
+        list: lambda v: isinstance(v, list),
+        dict: lambda v: isinstance(v, dict),
+        str: lambda v: isinstance(v, str),
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    }[origin or hint]
     if not ok(value):
         raise SchemaError(f"{where}: expected {expected}, got {_kind(value)}")
     if origin is list:
@@ -125,7 +143,9 @@ class _Matrices:
         value = getattr(self, name)
         if isinstance(value, str):
             if self._root is None:
-                raise ValueError(f"{name} lives in {value}: read the run with read_metrics(DIR/metrics.json)")
+                raise ValueError(
+                    f"{name} lives in {value}: read the run with read_metrics(DIR/metrics.json)"
+                )
             return np.load(self._root / value, mmap_mode="r")
         return np.asarray(value, dtype=np.float64 if isinstance(value, list) else value.dtype)
 
@@ -279,7 +299,6 @@ class RunMetrics(_Schema, _Matrices):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-
 @dataclass(kw_only=True)
 class WorldMetrics(_Schema, _Matrices):
     MATRICES = ("feature_cos",)
@@ -339,7 +358,6 @@ class Metrics(_Schema):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-
 def inline_or_array(matrix: np.ndarray) -> list[list[float]] | np.ndarray:
     """A matrix as metrics hold it: rounded lists when small, a float16 array when large."""
     matrix = np.asarray(matrix)
@@ -352,7 +370,9 @@ def save_arrays(metrics: Metrics, directory: Path) -> list[str]:
     """Write every matrix held as an array to `directory/arrays/NAME.npy` and put the file's name
     (relative to `directory`) in its place, so metrics.json stays small. Returns the names."""
     written = []
-    parts = [("world", metrics.world)] + [(f"{run.label}-seed{run.seed}", run) for run in metrics.runs]
+    parts = [("world", metrics.world)] + [
+        (f"{run.label}-seed{run.seed}", run) for run in metrics.runs
+    ]
     for prefix, part in parts:
         for name in part.MATRICES:
             value = getattr(part, name)
@@ -374,14 +394,18 @@ def read_metrics(path: Path, field: str) -> Metrics:
     try:
         metrics = Metrics.from_json(data)
     except SchemaError as err:
-        raise ConfigError(field, f"{path} is not a metrics.json this version reads: {err}") from None
+        raise ConfigError(
+            field, f"{path} is not a metrics.json this version reads: {err}"
+        ) from None
     root = Path(path).parent
     for part in [metrics.world, *metrics.runs]:
         part._root = root
         for name in part.MATRICES:
             value = getattr(part, name)
             if isinstance(value, str) and not (root / value).is_file():
-                raise ConfigError(field, f"{path} names {value} for {name}, but {root / value} is missing")
+                raise ConfigError(
+                    field, f"{path} names {value} for {name}, but {root / value} is missing"
+                )
     return metrics
 
 
@@ -400,8 +424,17 @@ RUN_SCALARS: dict[str, Any] = {
 }
 """Name -> one number per SAE and seed: counts of learned features / broken / dead latents, the most
 activation peaks of any latent, and the reconstruction scalars. A new mappable number is one entry."""
-LARGE_WORLD_SCALARS = ("mcc", "uniqueness", "precision", "recall", "f1", "shrinkage", "sae_l0", "true_l0",
-                       "dead_count")
+LARGE_WORLD_SCALARS = (
+    "mcc",
+    "uniqueness",
+    "precision",
+    "recall",
+    "f1",
+    "shrinkage",
+    "sae_l0",
+    "true_l0",
+    "dead_count",
+)
 """Per-run keys metrics.json may hold beside the typed ones (DESIGN.md's large-world keys); a run
 without the key has no value for it."""
 

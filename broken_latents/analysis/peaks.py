@@ -66,7 +66,11 @@ class Gaussian:
     weight: float
 
     def to_json(self) -> dict:
-        return {"mean": round(self.mean, 6), "std": round(self.std, 6), "weight": round(self.weight, 6)}
+        return {
+            "mean": round(self.mean, 6),
+            "std": round(self.std, 6),
+            "weight": round(self.weight, 6),
+        }
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,13 @@ class PeakModel:
         return mixture_density(x, [self.components[i] for i in chosen])
 
     def to_json(self) -> dict:
-        return {"mixture": [c.to_json() for c in self.components], "peaks": self.n_peaks,
-                "peak_means": [round(p.mean, 6) for p in self.peaks],
-                "threshold": None if self.threshold is None else round(self.threshold, 6),
-                "floor": round(self.floor, 6)}
+        return {
+            "mixture": [c.to_json() for c in self.components],
+            "peaks": self.n_peaks,
+            "peak_means": [round(p.mean, 6) for p in self.peaks],
+            "threshold": None if self.threshold is None else round(self.threshold, 6),
+            "floor": round(self.floor, 6),
+        }
 
 
 EMPTY = PeakModel((), (), (), None, 0.0, 0)
@@ -120,14 +127,23 @@ def mixture_density(x: np.ndarray, components) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     total = np.zeros_like(x)
     for c in components:
-        mean, std, weight = (c["mean"], c["std"], c["weight"]) if isinstance(c, dict) else (c.mean, c.std, c.weight)
+        mean, std, weight = (
+            (c["mean"], c["std"], c["weight"]) if isinstance(c, dict) else (c.mean, c.std, c.weight)
+        )
         std = max(std, 1e-12)
         total += weight * np.exp(-0.5 * ((x - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
     return total
 
 
-def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_components: int = MAX_COMPONENTS,
-                   max_samples: int = MAX_SAMPLES, seed: int = 0, init: str = "kmeans", tol: float = 1e-3) -> PeakModel:
+def fit_peak_model(
+    acts: np.ndarray,
+    floor_ratio: float = PEAK_FLOOR,
+    max_components: int = MAX_COMPONENTS,
+    max_samples: int = MAX_SAMPLES,
+    seed: int = 0,
+    init: str = "kmeans",
+    tol: float = 1e-3,
+) -> PeakModel:
     """Fit the peak model to one latent's activations (any shape; zeros and negatives are ignored).
     `init` and `tol` go to GaussianMixture (init_params, tol): the refits during training trade a
     little accuracy for speed there (refit.py).
@@ -153,7 +169,9 @@ def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_compon
     spread = float(x.std())
     if spread <= 1e-6 * max(float(x.mean()), 1e-12):
         only = Gaussian(float(x.mean()), max(spread, 1e-6 * float(x.mean())), 1.0)
-        return PeakModel((only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(x.size))
+        return PeakModel(
+            (only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(x.size)
+        )
     # reg_covar scaled to the data: EM must not collapse a component onto a few identical values.
     reg = (1e-3 * spread) ** 2
     best, best_bic = None, math.inf
@@ -161,14 +179,28 @@ def fit_peak_model(acts: np.ndarray, floor_ratio: float = PEAK_FLOOR, max_compon
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for k in range(1, min(max_components, x.size // MIN_SAMPLES) + 1):
-            gm = GaussianMixture(k, covariance_type="full", reg_covar=reg, n_init=1, init_params=init,
-                                 max_iter=200, tol=tol, random_state=seed).fit(X)
+            gm = GaussianMixture(
+                k,
+                covariance_type="full",
+                reg_covar=reg,
+                n_init=1,
+                init_params=init,
+                max_iter=200,
+                tol=tol,
+                random_state=seed,
+            ).fit(X)
             bic = gm.bic(X)
             if bic < best_bic:
                 best, best_bic = gm, bic
     order = np.argsort(best.means_[:, 0])
-    components = tuple(Gaussian(float(best.means_[i, 0]), float(math.sqrt(best.covariances_[i, 0, 0])),
-                                float(best.weights_[i])) for i in order)
+    components = tuple(
+        Gaussian(
+            float(best.means_[i, 0]),
+            float(math.sqrt(best.covariances_[i, 0, 0])),
+            float(best.weights_[i]),
+        )
+        for i in order
+    )
     groups = _merge_near_main(_group_peaks(components), components)
     peaks = tuple(_combine([components[i] for i in g]) for g in groups)
     model = PeakModel(components, peaks, groups, None, floor, int(x.size))
@@ -184,12 +216,16 @@ def ashman_d(a: Gaussian, b: Gaussian) -> float:
 
 
 def _separated(lower: Gaussian, upper: Gaussian) -> bool:
-    return ashman_d(lower, upper) >= MIN_SEPARATION and upper.mean - lower.mean >= MIN_RELATIVE_GAP * abs(upper.mean)
+    return ashman_d(
+        lower, upper
+    ) >= MIN_SEPARATION and upper.mean - lower.mean >= MIN_RELATIVE_GAP * abs(upper.mean)
 
 
 def _group_peaks(components: tuple[Gaussian, ...]) -> tuple[tuple[int, ...], ...]:
     significant = [i for i, c in enumerate(components) if c.weight >= WEIGHT_FLOOR]
-    if not significant:  # five equally tiny components cannot happen (weights sum to 1), but be total
+    if (
+        not significant
+    ):  # five equally tiny components cannot happen (weights sum to 1), but be total
         significant = [max(range(len(components)), key=lambda i: components[i].weight)]
     groups: list[list[int]] = [[significant[0]]]
     for previous, current in zip(significant, significant[1:]):
@@ -200,13 +236,19 @@ def _group_peaks(components: tuple[Gaussian, ...]) -> tuple[tuple[int, ...], ...
     return tuple(tuple(g) for g in groups)
 
 
-def _merge_near_main(groups: tuple[tuple[int, ...], ...], components: tuple[Gaussian, ...]) -> tuple[tuple[int, ...], ...]:
+def _merge_near_main(
+    groups: tuple[tuple[int, ...], ...], components: tuple[Gaussian, ...]
+) -> tuple[tuple[int, ...], ...]:
     """Groups whose combined mean lies within MAIN_SEPARATION x the heaviest group's mean of it join it."""
     if len(groups) < 2:
         return groups
     peaks = [_combine([components[i] for i in g]) for g in groups]
     main = max(range(len(groups)), key=lambda g: peaks[g].weight)
-    near = [g for g in range(len(groups)) if abs(peaks[g].mean - peaks[main].mean) < MAIN_SEPARATION * abs(peaks[main].mean)]
+    near = [
+        g
+        for g in range(len(groups))
+        if abs(peaks[g].mean - peaks[main].mean) < MAIN_SEPARATION * abs(peaks[main].mean)
+    ]
     merged = tuple(sorted(i for g in near for i in groups[g]))
     rest = [groups[g] for g in range(len(groups)) if g not in near]
     return tuple(sorted([merged, *rest], key=lambda g: min(g)))
@@ -231,7 +273,9 @@ def _equal_density_point(model: PeakModel, lower: tuple[int, ...], upper: tuple[
     lo, hi = model.peaks[-2].mean, model.peaks[-1].mean
 
     def excess(v: float) -> float:
-        return float(model.density(np.array([v]), upper)[0] - model.density(np.array([v]), lower)[0])
+        return float(
+            model.density(np.array([v]), upper)[0] - model.density(np.array([v]), lower)[0]
+        )
 
     # Scan for the last sign change: components of one peak can make the difference wiggle.
     grid = np.linspace(lo, hi, 257)

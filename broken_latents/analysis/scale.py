@@ -71,8 +71,11 @@ def hierarchy_edges(world) -> list[tuple[int, int]]:
     todo = list(getattr(world, "tree_roots", None) or [])
     while todo:
         node = todo.pop(0)
-        edges += [(node.feature, child.feature) for child in node.children
-                  if node.feature is not None and child.feature is not None]
+        edges += [
+            (node.feature, child.feature)
+            for child in node.children
+            if node.feature is not None and child.feature is not None
+        ]
         todo += node.children
     return list(dict.fromkeys(edges))
 
@@ -80,14 +83,18 @@ def hierarchy_edges(world) -> list[tuple[int, int]]:
 def parent_latents(cos_KF: np.ndarray, edges: list[tuple[int, int]]) -> np.ndarray:
     """Per edge, the latent whose decoder points most along the parent (largest signed cosine)."""
     parents = np.array([p for p, _ in edges], dtype=np.int64)
-    return np.asarray(cos_KF)[:, parents].argmax(axis=0) if len(edges) else np.zeros(0, dtype=np.int64)
+    return (
+        np.asarray(cos_KF)[:, parents].argmax(axis=0) if len(edges) else np.zeros(0, dtype=np.int64)
+    )
 
 
 class FiringTally:
     """Streaming counts of one SAE over held-out batches: add(...) per batch, then scores(). Memory
     is a few vectors of length K plus one batch's [B, K] masks, whatever the number of samples."""
 
-    def __init__(self, best_feature_K: np.ndarray, edges: list[tuple[int, int]], parent_latent_E: np.ndarray):
+    def __init__(
+        self, best_feature_K: np.ndarray, edges: list[tuple[int, int]], parent_latent_E: np.ndarray
+    ):
         K = len(best_feature_K)
         self.best_K = torch.as_tensor(best_feature_K, dtype=torch.long)
         self.edges = edges
@@ -105,13 +112,17 @@ class FiringTally:
         self.edge_counts_4E = torch.zeros(4, len(edges), dtype=torch.float64)
 
     @torch.no_grad()
-    def add(self, h_BK: torch.Tensor, f_BN: torch.Tensor, x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> None:
+    def add(
+        self, h_BK: torch.Tensor, f_BN: torch.Tensor, x_BD: torch.Tensor, x_hat_BD: torch.Tensor
+    ) -> None:
         """One batch: latent activations, true feature magnitudes, inputs, reconstructions."""
         h_BK, f_BN, x_BD, x_hat_BD = (t.detach().cpu() for t in (h_BK, f_BN, x_BD, x_hat_BD))
         fires_BK = h_BK != 0
         truth_BK = f_BN[:, self.best_K] > 0
         # FP and FN from the totals: one pass over the [B, K] masks instead of three.
-        tp_K, fired_K, true_K = (torch.count_nonzero(m, dim=0) for m in (fires_BK & truth_BK, fires_BK, truth_BK))
+        tp_K, fired_K, true_K = (
+            torch.count_nonzero(m, dim=0) for m in (fires_BK & truth_BK, fires_BK, truth_BK)
+        )
         self.tp_K += tp_K
         self.fp_K += fired_K - tp_K
         self.fn_K += true_K - tp_K
@@ -131,8 +142,14 @@ class FiringTally:
             parent_BE, child_BE = f_BN[:, self.parents_E] > 0, f_BN[:, self.children_E] > 0
             latent_BE = fires_BK[:, self.parent_latent_E]
             alone_BE, both_BE = parent_BE & ~child_BE, parent_BE & child_BE
-            self.edge_counts_4E += torch.stack([alone_BE.sum(0), (alone_BE & latent_BE).sum(0),
-                                                both_BE.sum(0), (both_BE & latent_BE).sum(0)])
+            self.edge_counts_4E += torch.stack(
+                [
+                    alone_BE.sum(0),
+                    (alone_BE & latent_BE).sum(0),
+                    both_BE.sum(0),
+                    (both_BE & latent_BE).sum(0),
+                ]
+            )
 
     def scores(self) -> dict:
         """precision, recall, f1, sae_l0, true_l0, dead_count, shrinkage, explained_variance, absorption_gap."""
@@ -140,9 +157,15 @@ class FiringTally:
         precision_K = torch.where(tp + fp > 0, tp / (tp + fp).clamp(min=1), torch.zeros_like(tp))
         recall_K = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), torch.zeros_like(tp))
         total_K = precision_K + recall_K
-        f1_K = torch.where(total_K > 0, 2 * precision_K * recall_K / total_K.clamp(min=1e-300), torch.zeros_like(tp))
+        f1_K = torch.where(
+            total_K > 0,
+            2 * precision_K * recall_K / total_K.clamp(min=1e-300),
+            torch.zeros_like(tp),
+        )
         n = max(self.samples, 1)
-        mean_x = self.sum_x_D / n if self.sum_x_D is not None else torch.zeros(1, dtype=torch.float64)
+        mean_x = (
+            self.sum_x_D / n if self.sum_x_D is not None else torch.zeros(1, dtype=torch.float64)
+        )
         variance = self.sum_sq_norm / n - float(mean_x.pow(2).sum())
         mse = self.sum_sq_residual / n
         explained = (1.0 if mse < 1e-10 else 0.0) if variance < 1e-10 else 1 - mse / variance
@@ -150,20 +173,31 @@ class FiringTally:
         for e, (parent, child) in enumerate(self.edges):
             alone, alone_on, both, both_on = self.edge_counts_4E[:, e].tolist()
             gap = alone_on / alone - both_on / both if alone and both else None
-            gaps.append({"parent": int(parent), "child": int(child), "gap": gap,
-                         "latent": int(self.parent_latent_E[e])})
+            gaps.append(
+                {
+                    "parent": int(parent),
+                    "child": int(child),
+                    "gap": gap,
+                    "latent": int(self.parent_latent_E[e]),
+                }
+            )
         mean = (lambda v_K: float(v_K.mean())) if len(tp) else (lambda v_K: 0.0)
         return {
-            "precision": mean(precision_K), "recall": mean(recall_K), "f1": mean(f1_K),
-            "sae_l0": self.sae_active / n, "true_l0": self.true_active / n,
+            "precision": mean(precision_K),
+            "recall": mean(recall_K),
+            "f1": mean(f1_K),
+            "sae_l0": self.sae_active / n,
+            "true_l0": self.true_active / n,
             "dead_count": int((~self.fired_K).sum()),
             "shrinkage": self.shrinkage_sum / self.shrinkage_count if self.shrinkage_count else 0.0,
-            "explained_variance": explained, "absorption_gap": gaps,
+            "explained_variance": explained,
+            "absorption_gap": gaps,
         }
 
 
-def held_out_batches(world, seeds: list[int], samples: int, batch: int, offset: int,
-                     device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def held_out_batches(
+    world, seeds: list[int], samples: int, batch: int, offset: int, device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`samples` held-out (f_RNB, x_RBD) pairs (the last batch shorter), drawn `batch` at a time from
     the world's own stream at `offset`: memory R x N x batch, not R x N x samples. A sparse world's
     batch (firing lists) is made dense here, one batch at a time."""

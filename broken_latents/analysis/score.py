@@ -37,28 +37,50 @@ class ScoreModel:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     def to_json(self) -> dict:
-        return {"signals": list(self.signals), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "coef": self.coef.tolist(), "intercept": self.intercept, "threshold": self.threshold,
-                "fitted": self.fitted}
+        return {
+            "signals": list(self.signals),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "threshold": self.threshold,
+            "fitted": self.fitted,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "ScoreModel":
-        return cls(tuple(data["signals"]), np.array(data["mean"], float), np.array(data["scale"], float),
-                   np.array(data["coef"], float), float(data["intercept"]), float(data["threshold"]),
-                   data.get("fitted", {}))
+        return cls(
+            tuple(data["signals"]),
+            np.array(data["mean"], float),
+            np.array(data["scale"], float),
+            np.array(data["coef"], float),
+            float(data["intercept"]),
+            float(data["threshold"]),
+            data.get("fitted", {}),
+        )
 
 
 def load_score_model(path: Path = WEIGHTS_FILE) -> ScoreModel:
     return ScoreModel.from_json(json.loads(Path(path).read_text()))
 
 
-def fit_score_model(X_LS: np.ndarray, y_L: np.ndarray, signals: tuple[str, ...], fitted: dict,
-                    threshold: float = 0.5, C: float = 1.0) -> ScoreModel:
+def fit_score_model(
+    X_LS: np.ndarray,
+    y_L: np.ndarray,
+    signals: tuple[str, ...],
+    fitted: dict,
+    threshold: float = 0.5,
+    C: float = 1.0,
+) -> ScoreModel:
     """Logistic regression (L2, class-balanced) of the truth y on the standardised signals X."""
     from sklearn.linear_model import LogisticRegression
 
     mean = X_LS.mean(0)
     scale = X_LS.std(0)
     scale = np.where(scale > 1e-9, scale, 1.0)
-    lr = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit((X_LS - mean) / scale, y_L.astype(int))
-    return ScoreModel(tuple(signals), mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]), threshold, fitted)
+    lr = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(
+        (X_LS - mean) / scale, y_L.astype(int)
+    )
+    return ScoreModel(
+        tuple(signals), mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]), threshold, fitted
+    )

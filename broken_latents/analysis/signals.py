@@ -71,8 +71,18 @@ size grows as rows x active^2), else by a dense gather of the pairs' columns."""
 PAIR_BLOCK = 2**22
 """Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
 
-SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "encoder_decoder_gap", "encoder_turn",
-           "exclusive_overlap", "exclusive_miss", "active_rate", "decoder_overlap", "decoder_negative")
+SIGNALS = (
+    "peak_separated_weight",
+    "peak_spread",
+    "weak_firing_share",
+    "encoder_decoder_gap",
+    "encoder_turn",
+    "exclusive_overlap",
+    "exclusive_miss",
+    "active_rate",
+    "decoder_overlap",
+    "decoder_negative",
+)
 """Every signal, in the order the score's weights list them."""
 
 
@@ -90,8 +100,10 @@ def neighbour_pairs(W_dec_KD: np.ndarray, neighbours: int = NEIGHBOURS) -> np.nd
     U = unit_rows(W_dec_KD)
     m = min(neighbours, K - 1)
     pairs = []
-    for start in range(0, K, 1024):  # blocks of rows: a K x K cosine table is never held for large K
-        c = np.abs(U[start:start + 1024] @ U.T)
+    for start in range(
+        0, K, 1024
+    ):  # blocks of rows: a K x K cosine table is never held for large K
+        c = np.abs(U[start : start + 1024] @ U.T)
         rows = np.arange(c.shape[0])
         c[rows, start + rows] = -1.0
         top = np.argpartition(-c, m - 1, axis=1)[:, :m]
@@ -132,7 +144,7 @@ class CoActivation:
             return
         step = max(1, PAIR_BLOCK // P)
         for start in range(0, on_BK.shape[0], step):
-            block = on_BK[start:start + step]
+            block = on_BK[start : start + step]
             self.pair_counts_P += (block[:, a] & block[:, b]).sum(0)
 
     def exclusion_P(self) -> np.ndarray:
@@ -141,7 +153,9 @@ class CoActivation:
             return np.zeros(len(self.pairs_P2))
         n = self.active_counts_K.astype(np.float64)
         expected = n[self.pairs_P2[:, 0]] * n[self.pairs_P2[:, 1]] / self.rows
-        ratio = np.divide(self.pair_counts_P, expected, out=np.ones_like(expected), where=expected > 0)
+        ratio = np.divide(
+            self.pair_counts_P, expected, out=np.ones_like(expected), where=expected > 0
+        )
         return np.where(expected >= MIN_EXPECTED, np.clip(1.0 - ratio, 0.0, 1.0), 0.0)
 
 
@@ -165,12 +179,19 @@ def peak_summary(model: PeakModel, acts: np.ndarray) -> PeakSummary:
     if len(model.peaks) < 2:
         return PeakSummary(0.0, spread, weak)
     total = sum(p.weight for p in model.peaks)
-    apart = sum(p.weight for p in model.peaks if abs(p.mean - main.mean) >= PEAK_SEPARATION * abs(main.mean))
+    apart = sum(
+        p.weight for p in model.peaks if abs(p.mean - main.mean) >= PEAK_SEPARATION * abs(main.mean)
+    )
     return PeakSummary(float(apart / total), spread, weak)
 
 
-def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoActivation,
-                   peaks: list[PeakSummary], tied: bool | None = None) -> dict[str, np.ndarray]:
+def latent_signals(
+    W_enc_DK: np.ndarray,
+    W_dec_KD: np.ndarray,
+    coactivation: CoActivation,
+    peaks: list[PeakSummary],
+    tied: bool | None = None,
+) -> dict[str, np.ndarray]:
     """Every signal of SIGNALS, one value per latent. `tied` None: tied when W_enc == W_dec^T."""
     W_dec = np.asarray(W_dec_KD, dtype=np.float64)
     W_enc = np.asarray(W_enc_DK, dtype=np.float64)
@@ -200,8 +221,11 @@ def latent_signals(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, coactivation: CoA
     both = np.maximum(n_K[a] + n_K[b], 1.0)
     np.maximum.at(out["exclusive_miss"], a, exclusive_P * n_K[b] / both)
     np.maximum.at(out["exclusive_miss"], b, exclusive_P * n_K[a] / both)
-    for name, value in (("exclusive_overlap", exclusive_P), ("decoder_overlap", np.abs(c_P)),
-                        ("decoder_negative", np.clip(-c_P, 0, None))):
+    for name, value in (
+        ("exclusive_overlap", exclusive_P),
+        ("decoder_overlap", np.abs(c_P)),
+        ("decoder_negative", np.clip(-c_P, 0, None)),
+    ):
         np.maximum.at(out[name], a, value)
         np.maximum.at(out[name], b, value)
     return out
@@ -220,7 +244,8 @@ def peak_models(samples: list[np.ndarray], seed: int = 0) -> list[PeakModel]:
     models = [single_peak_model(x) for x in samples]
     todo = [j for j, m in enumerate(models) if m is None]
     fitted = Parallel(n_jobs=min(os.cpu_count() or 1, max(len(todo), 1)), batch_size=16)(
-        delayed(peak_model)(samples[j], seed, LARGE_SAE_SAMPLES) for j in todo)
+        delayed(peak_model)(samples[j], seed, LARGE_SAE_SAMPLES) for j in todo
+    )
     for j, model in zip(todo, fitted):
         models[j] = model
     return models
@@ -240,7 +265,9 @@ def single_peak_model(acts: np.ndarray) -> PeakModel | None:
     if above.size < MIN_SAMPLES or count_peaks(x)[0] > 1:
         return None
     only = Gaussian(float(above.mean()), max(float(above.std()), 1e-6 * float(above.mean())), 1.0)
-    return PeakModel((only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(above.size))
+    return PeakModel(
+        (only,), (only,), ((0,),), _single_peak_threshold(only, floor), floor, int(above.size)
+    )
 
 
 def peak_model(acts: np.ndarray, seed: int = 0, max_samples: int | None = None) -> PeakModel:
@@ -256,16 +283,24 @@ def peak_model(acts: np.ndarray, seed: int = 0, max_samples: int | None = None) 
     return fit_peak_model(acts, seed=seed, **limit)
 
 
-def signals_of(W_enc_DK: np.ndarray, W_dec_KD: np.ndarray, h_BK: np.ndarray, models: list[PeakModel] | None = None,
-               tied: bool | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], list[PeakModel]]:
+def signals_of(
+    W_enc_DK: np.ndarray,
+    W_dec_KD: np.ndarray,
+    h_BK: np.ndarray,
+    models: list[PeakModel] | None = None,
+    tied: bool | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], list[PeakModel]]:
     """Every signal of an SAE from activations held in memory [B, K] (a run's evaluation batch, the
     benchmark's held-out draw); `models`: peak models already fitted, else fitted here."""
     h = np.asarray(h_BK, dtype=np.float32)
     if models is None:
         models = [peak_model(h[:, j], seed=seed) for j in range(h.shape[1])]
     counts = CoActivation(neighbour_pairs(W_dec_KD), ACTIVE_SHARE * h.max(0))
-    rows = max(1, 2**24 // max(h.shape[1], 1))  # a wide SAE's [B, K] boolean table in pieces of 16M cells
+    rows = max(
+        1, 2**24 // max(h.shape[1], 1)
+    )  # a wide SAE's [B, K] boolean table in pieces of 16M cells
     for start in range(0, h.shape[0], rows):
-        counts.add(h[start:start + rows])
+        counts.add(h[start : start + rows])
     peaks = [peak_summary(m, h[:, j][h[:, j] > 0]) for j, m in enumerate(models)]
     return latent_signals(W_enc_DK, W_dec_KD, counts, peaks, tied), models

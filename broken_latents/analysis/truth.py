@@ -19,13 +19,21 @@ MIN_F1 = 0.9
 FIRING_SHARE = 0.1
 
 
-def truth_broken(h_BK: np.ndarray, W_dec_KD: np.ndarray, directions_ND: np.ndarray, f_BN: np.ndarray,
-                 live_K: np.ndarray, clean_cos: float = CLEAN_COS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def truth_broken(
+    h_BK: np.ndarray,
+    W_dec_KD: np.ndarray,
+    directions_ND: np.ndarray,
+    f_BN: np.ndarray,
+    live_K: np.ndarray,
+    clean_cos: float = CLEAN_COS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(broken [K] bool, best |cos| [K], firing F1 [K]) for one SAE on inputs x_B = f_BN @ directions_ND."""
     W = np.asarray(W_dec_KD, dtype=np.float64)
     F = np.asarray(directions_ND, dtype=np.float64)
     norms_K = np.linalg.norm(W, axis=1)
-    cos_KN = (W / np.maximum(norms_K, 1e-12)[:, None]) @ (F / np.linalg.norm(F, axis=1, keepdims=True)).T
+    cos_KN = (W / np.maximum(norms_K, 1e-12)[:, None]) @ (
+        F / np.linalg.norm(F, axis=1, keepdims=True)
+    ).T
     best_K = np.abs(cos_KN).argmax(1)
     best_cos_K = np.abs(cos_KN[np.arange(len(W)), best_K])
     f = np.asarray(f_BN, dtype=np.float64)

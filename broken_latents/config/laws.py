@@ -30,17 +30,25 @@ def read_config(path: str | Path) -> dict:
     """The folder's config; a missing or unreadable folder is a ConfigError naming world.load."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ConfigError("world.load", f"{path} is not a folder; give one written by SAELens' SyntheticModel.save()")
+        raise ConfigError(
+            "world.load",
+            f"{path} is not a folder; give one written by SAELens' SyntheticModel.save()",
+        )
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
-            raise ConfigError("world.load", f"{path} has no {name}: not a folder written by SyntheticModel.save()")
+            raise ConfigError(
+                "world.load", f"{path} has no {name}: not a folder written by SyntheticModel.save()"
+            )
     try:
         cfg = json.loads((folder / CONFIG).read_text())
     except json.JSONDecodeError as err:
         raise ConfigError("world.load", f"{folder / CONFIG} is not valid JSON: {err}") from None
     for key in ("num_features", "hidden_dim"):
         if not isinstance(cfg.get(key), int) or cfg[key] < 1:
-            raise ConfigError("world.load", f"{folder / CONFIG}: {key} must be a positive integer, got {cfg.get(key)!r}")
+            raise ConfigError(
+                "world.load",
+                f"{folder / CONFIG}: {key} must be a positive integer, got {cfg.get(key)!r}",
+            )
     return cfg
 
 
@@ -53,14 +61,29 @@ def base_rates(world: WorldConfig) -> list[float]:
     if isinstance(spec, dict) and set(spec) == {"zipf"}:
         exponent, high, low = _table(spec["zipf"], "world.firing.zipf", ("exponent", "max", "min"))
         _check(exponent > 0, "world.firing.zipf.exponent", f"must be > 0, got {exponent}")
-        _check(0 < low < high <= 1, "world.firing.zipf", f"needs 0 < min < max <= 1, got min {low}, max {high}")
+        _check(
+            0 < low < high <= 1,
+            "world.firing.zipf",
+            f"needs 0 < min < max <= 1, got min {low}, max {high}",
+        )
         return zipf_rates(world.features, exponent, high, low).tolist()
     if isinstance(spec, dict) and set(spec) == {"random"}:
         low, high = _table(spec["random"], "world.firing.random", ("min", "max"))
-        _check(0 < low < high <= 1, "world.firing.random", f"needs 0 < min < max <= 1, got min {low}, max {high}")
+        _check(
+            0 < low < high <= 1,
+            "world.firing.random",
+            f"needs 0 < min < max <= 1, got min {low}, max {high}",
+        )
         gen = torch.Generator().manual_seed(world.seed)
-        return (low + (high - low) * torch.rand(world.features, generator=gen, dtype=torch.float32)).tolist()
-    return _plain(spec, world.features, "world.firing", "{zipf = {exponent, max, min}} or {random = {min, max}}")
+        return (
+            low + (high - low) * torch.rand(world.features, generator=gen, dtype=torch.float32)
+        ).tolist()
+    return _plain(
+        spec,
+        world.features,
+        "world.firing",
+        "{zipf = {exponent, max, min}} or {random = {min, max}}",
+    )
 
 
 def zipf_rates(n: int, exponent: float, high: float, low: float) -> np.ndarray:
@@ -80,7 +103,9 @@ def magnitude_stds(world: WorldConfig) -> list[float]:
     from generator seed + 1 (SAELens' FoldedNormalMagnitudeConfig)."""
     spec = world.magnitude_std
     if isinstance(spec, dict) and set(spec) == {"folded_normal"}:
-        mean, std = _table(spec["folded_normal"], "world.magnitude_std.folded_normal", ("mean", "std"))
+        mean, std = _table(
+            spec["folded_normal"], "world.magnitude_std.folded_normal", ("mean", "std")
+        )
         _check(std > 0, "world.magnitude_std.folded_normal.std", f"must be > 0, got {std}")
         gen = torch.Generator().manual_seed(world.seed + 1)
         return torch.abs(mean + torch.randn(world.features, generator=gen) * std).tolist()
@@ -95,12 +120,20 @@ def _plain(spec, n: int, field: str, more: str | None) -> list[float]:
 
 
 def _table(table, field: str, keys: tuple[str, ...]) -> list[float]:
-    _check(isinstance(table, dict) and set(table) == set(keys), field,
-           f"takes exactly the keys {', '.join(keys)}, got {sorted(table) if isinstance(table, dict) else table!r}")
+    _check(
+        isinstance(table, dict) and set(table) == set(keys),
+        field,
+        f"takes exactly the keys {', '.join(keys)}, got {sorted(table) if isinstance(table, dict) else table!r}",
+    )
     for key in keys:
         value = table[key]
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-               f"{field}.{key}", f"must be a finite number, got {value!r}")
+        _check(
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value),
+            f"{field}.{key}",
+            f"must be a finite number, got {value!r}",
+        )
     return [float(table[key]) for key in keys]
 
 
@@ -121,7 +154,7 @@ class Node:
 
 def tree_size(tree) -> int:
     """Features one generated forest uses when the world has enough of them."""
-    per_root = sum(tree.branching ** d for d in range(tree.depth + 1))
+    per_root = sum(tree.branching**d for d in range(tree.depth + 1))
     return tree.roots * per_root
 
 
@@ -146,7 +179,11 @@ def generate_tree(features: int, tree, seed: int) -> list[Node]:
                     nxt.append((child, d + 1))
                     parents.append((child, d + 1))
         level = nxt
-    eligible = [node for node, d in parents if d >= tree.mutually_exclusive_min_depth and len(node.children) >= 2]
+    eligible = [
+        node
+        for node, d in parents
+        if d >= tree.mutually_exclusive_min_depth and len(node.children) >= 2
+    ]
     chosen = int(len(eligible) * tree.mutually_exclusive)
     if chosen > 0:
         for i in rng.sample(range(len(eligible)), chosen):
@@ -161,9 +198,12 @@ def check_tree(world: WorldConfig) -> None:
     tree_features = {f for f in features_of(generate_tree(world.features, world.tree, world.seed))}
     for i, rel in enumerate(world.hierarchy):
         inside = tree_features.intersection([rel.parent, *rel.children])
-        _check(not inside, f"world.hierarchy.{i}",
-               f"features {sorted(inside)[:5]} lie in [world.tree] (features 0..{max(tree_features)}); explicit "
-               "relations must use features outside the generated trees")
+        _check(
+            not inside,
+            f"world.hierarchy.{i}",
+            f"features {sorted(inside)[:5]} lie in [world.tree] (features 0..{max(tree_features)}); explicit "
+            "relations must use features outside the generated trees",
+        )
 
 
 def features_of(roots: list[Node]):
@@ -182,11 +222,17 @@ def check_load(world: WorldConfig) -> None:
         if f.name in ("load", "features", "dim"):
             continue
         default = f.default_factory() if callable(f.default_factory) else f.default
-        _check(getattr(world, f.name) == default, f"world.{f.name}",
-               f"cannot be set with world.load (the world comes whole from {world.load}); remove it or world.load")
+        _check(
+            getattr(world, f.name) == default,
+            f"world.{f.name}",
+            f"cannot be set with world.load (the world comes whole from {world.load}); remove it or world.load",
+        )
     for name, key in (("features", "num_features"), ("dim", "hidden_dim")):
         value = getattr(world, name)
         if value != defaults[name].default:
-            _check(value == saved[key], f"world.{name}",
-                   f"is {saved[key]} in {world.load}; remove world.{name} or set it to {saved[key]}, got {value}")
+            _check(
+                value == saved[key],
+                f"world.{name}",
+                f"is {saved[key]} in {world.load}; remove world.{name} or set it to {saved[key]}, got {value}",
+            )
     world.features, world.dim = int(saved["num_features"]), int(saved["hidden_dim"])

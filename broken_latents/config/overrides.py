@@ -30,8 +30,11 @@ def apply_overrides(config: ExperimentConfig, assignments: list[str]) -> Experim
     pairs = []
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
-        _require(bool(sep) and bool(key.strip()), "--set",
-                 f"expects KEY=VALUE as one argument (e.g. --set train.lr=1e-3), got {assignment!r}")
+        _require(
+            bool(sep) and bool(key.strip()),
+            "--set",
+            f"expects KEY=VALUE as one argument (e.g. --set train.lr=1e-3), got {assignment!r}",
+        )
         pairs.append((key.strip(), _parse_value(raw.strip())))
     return apply_values(config, pairs)
 
@@ -55,11 +58,17 @@ def _split_key(key: str) -> list[str | int]:
     parts: list[str | int] = []
     for part in key.split("."):
         if "[" not in part and "]" not in part:
-            _require(bool(part), key, "empty part in the key; write it like train.lr or world.firing[0]")
+            _require(
+                bool(part), key, "empty part in the key; write it like train.lr or world.firing[0]"
+            )
             parts.append(part)
             continue
         match = _INDEX.match(part)
-        _require(bool(match) and bool(match.group(1)), key, "list elements are written NAME[INDEX], e.g. world.firing[0]")
+        _require(
+            bool(match) and bool(match.group(1)),
+            key,
+            "list elements are written NAME[INDEX], e.g. world.firing[0]",
+        )
         parts.append(match.group(1))
         parts.extend(int(i) for i in re.findall(r"\d+", match.group(2)))
     return parts
@@ -81,17 +90,24 @@ def _resolve_targets(data: dict, parts: list[str | int], key: str) -> list[tuple
                 _require(part < len(node), key, f"{here}: index out of range (0..{len(node) - 1})")
                 nxt.append((node, part))
             elif isinstance(node, list) and not last:
-                nxt.extend((node, i) for i in _pick_items(node, part, _dotted(parts[: depth + 1]), key))
+                nxt.extend(
+                    (node, i) for i in _pick_items(node, part, _dotted(parts[: depth + 1]), key)
+                )
             elif isinstance(node, dict):
                 if part not in node and not last:
                     # A missing table may be created (sae.tied.aux.coefficient creates [sae.aux]); a missing list
                     # cannot (world.firng[0] is a typo of world.firing[0]), so say so as an unknown key does.
-                    _require(not isinstance(parts[depth + 1], int), _dotted(parts[: depth + 1]),
-                             f"unknown key; allowed keys here: {', '.join(node)}")
+                    _require(
+                        not isinstance(parts[depth + 1], int),
+                        _dotted(parts[: depth + 1]),
+                        f"unknown key; allowed keys here: {', '.join(node)}",
+                    )
                     node[part] = {}
                 nxt.append((node, part))
             elif last:
-                raise ConfigError(key, "must address a key inside a table, e.g. train.lr or sae.tied.l1")
+                raise ConfigError(
+                    key, "must address a key inside a table, e.g. train.lr or sae.tied.l1"
+                )
             else:
                 raise ConfigError(key, f"{here} is a value, not a table")
         slots = nxt
@@ -106,11 +122,19 @@ def _expand(data: dict, parts: list, depth: int, value: Any, key: str) -> list:
     """A per-feature world value given as a number or {linear}, as the list it stands for, so one
     element can be set (world.firing[0]=0.3)."""
     name = _dotted(parts[:depth])
-    spec = isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, dict) and set(value) == {"linear"}
-    _require(parts[0] == "world" and spec, key,
-             f"{name} is not a list")
+    spec = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        or isinstance(value, dict)
+        and set(value) == {"linear"}
+    )
+    _require(parts[0] == "world" and spec, key, f"{name} is not a list")
     features = data.get("world", {}).get("features", WorldConfig.features)
-    _require(isinstance(features, int) and features >= 1, "world.features", f"must be >= 1, got {features!r}")
+    _require(
+        isinstance(features, int) and features >= 1,
+        "world.features",
+        f"must be >= 1, got {features!r}",
+    )
     return resolve_spec(value, features, name)
 
 
@@ -120,7 +144,11 @@ def _pick_items(items: list, part: str, where: str, key: str) -> list[int]:
     if part.isdigit():
         _require(int(part) < len(items), key, f"{where}: index out of range (0..{len(items) - 1})")
         return [int(part)]
-    labelled = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("label") == part]
+    labelled = [
+        i for i, item in enumerate(items) if isinstance(item, dict) and item.get("label") == part
+    ]
     labels = [item.get("label") for item in items if isinstance(item, dict)]
-    _require(bool(labelled), key, f"no entry labelled {part!r}; use an index, '*' or one of {labels}")
+    _require(
+        bool(labelled), key, f"no entry labelled {part!r}; use an index, '*' or one of {labels}"
+    )
     return labelled

@@ -33,7 +33,11 @@ def _require(ok: bool, field: str, message: str) -> None:
 def _short(values: list) -> str:
     """A per-feature list for an error message: whole when short, else its first and last values."""
     values = list(values)
-    return str(values) if len(values) <= 20 else f"[{', '.join(map(str, values[:5]))}, ..., {values[-1]}] ({len(values)} values)"
+    return (
+        str(values)
+        if len(values) <= 20
+        else f"[{', '.join(map(str, values[:5]))}, ..., {values[-1]}] ({len(values)} values)"
+    )
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,16 @@ class TreeConfig:
         _require(self.roots >= 1, "world.tree.roots", f"must be >= 1, got {self.roots}")
         _require(self.branching >= 2, "world.tree.branching", f"must be >= 2, got {self.branching}")
         _require(self.depth >= 1, "world.tree.depth", f"must be >= 1, got {self.depth}")
-        _require(0.0 <= self.mutually_exclusive <= 1.0, "world.tree.mutually_exclusive",
-                 f"must lie in [0, 1], got {self.mutually_exclusive}")
-        _require(self.mutually_exclusive_min_depth >= 0, "world.tree.mutually_exclusive_min_depth",
-                 f"must be >= 0, got {self.mutually_exclusive_min_depth}")
+        _require(
+            0.0 <= self.mutually_exclusive <= 1.0,
+            "world.tree.mutually_exclusive",
+            f"must lie in [0, 1], got {self.mutually_exclusive}",
+        )
+        _require(
+            self.mutually_exclusive_min_depth >= 0,
+            "world.tree.mutually_exclusive_min_depth",
+            f"must be >= 0, got {self.mutually_exclusive_min_depth}",
+        )
 
 
 @dataclass
@@ -126,8 +136,11 @@ class CorrelationConfig:
 
     def __post_init__(self) -> None:
         _require(self.rank >= 1, "world.correlation.rank", f"must be >= 1, got {self.rank}")
-        _require(math.isfinite(self.scale) and self.scale >= 0, "world.correlation.scale",
-                 f"must be a finite number >= 0, got {self.scale}")
+        _require(
+            math.isfinite(self.scale) and self.scale >= 0,
+            "world.correlation.scale",
+            f"must be a finite number >= 0, got {self.scale}",
+        )
 
 
 @dataclass
@@ -176,39 +189,70 @@ class WorldConfig:
     """Share of the activations' rows (the last ones) kept out of training and used for the metrics."""
 
     def __post_init__(self) -> None:
-        from . import laws  # the declared laws made concrete (config/laws.py): validated here, before any run
+        from . import (
+            laws,
+        )  # the declared laws made concrete (config/laws.py): validated here, before any run
 
-        _require(0.0 < self.held_out < 1.0, "world.held_out", f"must lie in (0, 1), got {self.held_out}")
+        _require(
+            0.0 < self.held_out < 1.0, "world.held_out", f"must lie in (0, 1), got {self.held_out}"
+        )
         for name in ("activations_key", "labels", "directions"):
-            _require(getattr(self, name) is None or self.activations is not None, f"world.{name}",
-                     "applies to stored activations only; set world.activations too")
+            _require(
+                getattr(self, name) is None or self.activations is not None,
+                f"world.{name}",
+                "applies to stored activations only; set world.activations too",
+            )
 
         if self.load is not None:
             laws.check_load(self)
         _require(self.features >= 1, "world.features", f"must be >= 1, got {self.features}")
         _require(self.dim >= 1, "world.dim", f"must be >= 1, got {self.dim}")
-        _require(math.isfinite(self.bias) and self.bias >= 0, "world.bias", f"must be a finite number >= 0, got {self.bias}")
+        _require(
+            math.isfinite(self.bias) and self.bias >= 0,
+            "world.bias",
+            f"must be a finite number >= 0, got {self.bias}",
+        )
         if self.load is not None:
             return
         rates = laws.base_rates(self)
-        _require(all(0.0 <= r <= 1.0 for r in rates), "world.firing", f"rates must lie in [0, 1], got {_short(rates)}")
+        _require(
+            all(0.0 <= r <= 1.0 for r in rates),
+            "world.firing",
+            f"rates must lie in [0, 1], got {_short(rates)}",
+        )
         mags = laws.magnitude_means(self)
-        _require(all(m > 0 for m in mags), "world.magnitude", f"magnitudes must be > 0, got {_short(mags)}")
+        _require(
+            all(m > 0 for m in mags),
+            "world.magnitude",
+            f"magnitudes must be > 0, got {_short(mags)}",
+        )
         stds = laws.magnitude_stds(self)
-        _require(all(math.isfinite(v) and v >= 0 for v in stds), "world.magnitude_std",
-                 f"standard deviations must be finite and >= 0, got {_short(stds)}")
+        _require(
+            all(math.isfinite(v) and v >= 0 for v in stds),
+            "world.magnitude_std",
+            f"standard deviations must be finite and >= 0, got {_short(stds)}",
+        )
         if self.tree is not None:
             laws.check_tree(self)
         seen_children: set[int] = set()
         for i, rel in enumerate(self.hierarchy):
             where = f"world.hierarchy.{i}"
             for idx, name in [(rel.parent, "parent"), *[(c, "children") for c in rel.children]]:
-                _require(0 <= idx < self.features, f"{where}.{name}",
-                         f"feature index must lie in [0, {self.features - 1}], got {idx}")
+                _require(
+                    0 <= idx < self.features,
+                    f"{where}.{name}",
+                    f"feature index must lie in [0, {self.features - 1}], got {idx}",
+                )
             _require(len(rel.children) > 0, f"{where}.children", "needs at least one child")
-            _require(rel.parent not in rel.children, f"{where}.children", "a feature cannot be its own child")
+            _require(
+                rel.parent not in rel.children,
+                f"{where}.children",
+                "a feature cannot be its own child",
+            )
             again = seen_children.intersection(rel.children)
-            _require(not again, f"{where}.children", f"features {sorted(again)} already have a parent")
+            _require(
+                not again, f"{where}.children", f"features {sorted(again)} already have a parent"
+            )
             seen_children.update(rel.children)
         # Nested levels are fine, cycles are not: walk up from every feature.
         parent_of = {c: rel.parent for rel in self.hierarchy for c in rel.children}
@@ -216,7 +260,9 @@ class WorldConfig:
             node, steps = start, 0
             while node in parent_of:
                 node, steps = parent_of[node], steps + 1
-                _require(steps <= self.features, "world.hierarchy", f"cycle through feature {start}")
+                _require(
+                    steps <= self.features, "world.hierarchy", f"cycle through feature {start}"
+                )
 
 
 @dataclass
@@ -253,12 +299,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.samples >= 1, "train.samples", f"must be >= 1, got {self.samples}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a positive number, got {self.lr}")
+        _require(
+            math.isfinite(self.lr) and self.lr > 0,
+            "train.lr",
+            f"must be a positive number, got {self.lr}",
+        )
         _require(self.seeds >= 1, "train.seeds", f"must be >= 1, got {self.seeds}")
         _require(self.first_seed >= 0, "train.first_seed", f"must be >= 0, got {self.first_seed}")
-        _require(0.0 <= self.lr_decay_fraction <= 1.0, "train.lr_decay_fraction",
-                 f"must lie in [0, 1], got {self.lr_decay_fraction}")
-        _require(self.eval_samples >= 1000, "train.eval_samples", f"must be >= 1000, got {self.eval_samples}")
+        _require(
+            0.0 <= self.lr_decay_fraction <= 1.0,
+            "train.lr_decay_fraction",
+            f"must lie in [0, 1], got {self.lr_decay_fraction}",
+        )
+        _require(
+            self.eval_samples >= 1000,
+            "train.eval_samples",
+            f"must be >= 1000, got {self.eval_samples}",
+        )
 
 
 @dataclass
@@ -287,14 +344,35 @@ class AuxConfig:
 
     def __post_init__(self) -> None:
         _require(self.coefficient >= 0, "aux.coefficient", f"must be >= 0, got {self.coefficient}")
-        _require(0 < self.threshold_ratio <= 1, "aux.threshold_ratio", f"must lie in (0, 1], got {self.threshold_ratio}")
-        _require(self.window_batches >= 1, "aux.window_batches", f"must be >= 1, got {self.window_batches}")
-        _require(self.delay_samples >= 0, "aux.delay_samples", f"must be >= 0, got {self.delay_samples}")
-        _require(self.warmup_samples >= 0, "aux.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
-        _require(self.threshold in ("ratio", "mixture"), "aux.threshold",
-                 f"must be one of 'ratio', 'mixture'; got {self.threshold!r}")
-        _require(self.refit_samples >= 1, "aux.refit_samples", f"must be >= 1, got {self.refit_samples}")
-        _require(self.refit_inputs >= 256, "aux.refit_inputs", f"must be >= 256, got {self.refit_inputs}")
+        _require(
+            0 < self.threshold_ratio <= 1,
+            "aux.threshold_ratio",
+            f"must lie in (0, 1], got {self.threshold_ratio}",
+        )
+        _require(
+            self.window_batches >= 1,
+            "aux.window_batches",
+            f"must be >= 1, got {self.window_batches}",
+        )
+        _require(
+            self.delay_samples >= 0, "aux.delay_samples", f"must be >= 0, got {self.delay_samples}"
+        )
+        _require(
+            self.warmup_samples >= 0,
+            "aux.warmup_samples",
+            f"must be >= 0, got {self.warmup_samples}",
+        )
+        _require(
+            self.threshold in ("ratio", "mixture"),
+            "aux.threshold",
+            f"must be one of 'ratio', 'mixture'; got {self.threshold!r}",
+        )
+        _require(
+            self.refit_samples >= 1, "aux.refit_samples", f"must be >= 1, got {self.refit_samples}"
+        )
+        _require(
+            self.refit_inputs >= 256, "aux.refit_inputs", f"must be >= 256, got {self.refit_inputs}"
+        )
 
 
 @dataclass
@@ -316,12 +394,31 @@ class InverseConfig:
     """Samples over which the penalty's weight rises linearly to `coefficient`."""
 
     def __post_init__(self) -> None:
-        _require(math.isfinite(self.coefficient) and self.coefficient >= 0, "inverse.coefficient",
-                 f"must be >= 0, got {self.coefficient}")
-        _require(self.refit_samples >= 1, "inverse.refit_samples", f"must be >= 1, got {self.refit_samples}")
-        _require(self.refit_inputs >= 256, "inverse.refit_inputs", f"must be >= 256, got {self.refit_inputs}")
-        _require(self.delay_samples >= 0, "inverse.delay_samples", f"must be >= 0, got {self.delay_samples}")
-        _require(self.warmup_samples >= 0, "inverse.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+        _require(
+            math.isfinite(self.coefficient) and self.coefficient >= 0,
+            "inverse.coefficient",
+            f"must be >= 0, got {self.coefficient}",
+        )
+        _require(
+            self.refit_samples >= 1,
+            "inverse.refit_samples",
+            f"must be >= 1, got {self.refit_samples}",
+        )
+        _require(
+            self.refit_inputs >= 256,
+            "inverse.refit_inputs",
+            f"must be >= 256, got {self.refit_inputs}",
+        )
+        _require(
+            self.delay_samples >= 0,
+            "inverse.delay_samples",
+            f"must be >= 0, got {self.delay_samples}",
+        )
+        _require(
+            self.warmup_samples >= 0,
+            "inverse.warmup_samples",
+            f"must be >= 0, got {self.warmup_samples}",
+        )
 
 
 @dataclass
@@ -368,50 +465,92 @@ class SAEConfig:
     @staticmethod
     def owner_of(key: str) -> str | None:
         """For an unknown key that another architecture owns: which, to say in the error."""
-        owners = [name for name in registered_architectures()
-                  if key in {f.name for f in dataclasses.fields(architecture_options(name))}]
+        owners = [
+            name
+            for name in registered_architectures()
+            if key in {f.name for f in dataclasses.fields(architecture_options(name))}
+        ]
         return f" (a field of architecture {', '.join(map(repr, owners))} only)" if owners else None
 
     def __post_init__(self) -> None:
-        _require(bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label), "sae.label",
-                 f"must be letters, digits, '-' or '_', got {self.label!r}")
-        _require(self.label not in RESERVED_LABELS and not self.label.isdigit(), "sae.label",
-                 f"{self.label!r} is reserved: a label may not be {', '.join(map(repr, RESERVED_LABELS))} "
-                 "or digits alone (--set sae.N reads N as an index)")
+        _require(
+            bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label),
+            "sae.label",
+            f"must be letters, digits, '-' or '_', got {self.label!r}",
+        )
+        _require(
+            self.label not in RESERVED_LABELS and not self.label.isdigit(),
+            "sae.label",
+            f"{self.label!r} is reserved: a label may not be {', '.join(map(repr, RESERVED_LABELS))} "
+            "or digits alone (--set sae.N reads N as an index)",
+        )
         where = f"sae.{self.label}"
-        _require(self.architecture in registered_architectures(), f"{where}.architecture",
-                 f"must be one of {', '.join(map(repr, registered_architectures()))}; got {self.architecture!r}")
+        _require(
+            self.architecture in registered_architectures(),
+            f"{where}.architecture",
+            f"must be one of {', '.join(map(repr, registered_architectures()))}; got {self.architecture!r}",
+        )
         owned = architecture_options(self.architecture)
         if self.options is None:
             self.options = owned()
-        _require(isinstance(self.options, owned), f"{where}.options",
-                 f"architecture {self.architecture!r} takes {owned.__qualname__}, got {type(self.options).__qualname__}")
+        _require(
+            isinstance(self.options, owned),
+            f"{where}.options",
+            f"architecture {self.architecture!r} takes {owned.__qualname__}, got {type(self.options).__qualname__}",
+        )
         _require(self.latents >= 1, f"{where}.latents", f"must be >= 1, got {self.latents}")
-        _require(math.isfinite(self.l1) and self.l1 >= 0, f"{where}.l1", f"must be >= 0, got {self.l1}")
+        _require(
+            math.isfinite(self.l1) and self.l1 >= 0, f"{where}.l1", f"must be >= 0, got {self.l1}"
+        )
         if self.activation in K_ACTIVATIONS:
-            _require(self.k is not None, f"{where}.k", f"is required by activation {self.activation!r} "
-                                                       f"(an integer in [1, {self.latents}])")
-        if self.k is not None:  # DESIGN's example table sets k beside relu: allowed there, and unused
-            _require(1 <= self.k <= self.latents, f"{where}.k", f"must lie in [1, latents = {self.latents}], got {self.k}")
+            _require(
+                self.k is not None,
+                f"{where}.k",
+                f"is required by activation {self.activation!r} "
+                f"(an integer in [1, {self.latents}])",
+            )
+        if (
+            self.k is not None
+        ):  # DESIGN's example table sets k beside relu: allowed there, and unused
+            _require(
+                1 <= self.k <= self.latents,
+                f"{where}.k",
+                f"must lie in [1, latents = {self.latents}], got {self.k}",
+            )
         widths = self.matryoshka_widths
         if widths is not None:
             allowed = f"a strictly increasing list of positive integers ending at latents = {self.latents}"
-            _require(len(widths) >= 1 and all(isinstance(w, int) and not isinstance(w, bool) for w in widths),
-                     f"{where}.matryoshka_widths", f"must be {allowed}, got {widths!r}")
-            _require(widths[0] >= 1 and all(a < b for a, b in zip(widths, widths[1:])) and widths[-1] == self.latents,
-                     f"{where}.matryoshka_widths", f"must be {allowed}, got {widths}")
+            _require(
+                len(widths) >= 1
+                and all(isinstance(w, int) and not isinstance(w, bool) for w in widths),
+                f"{where}.matryoshka_widths",
+                f"must be {allowed}, got {widths!r}",
+            )
+            _require(
+                widths[0] >= 1
+                and all(a < b for a, b in zip(widths, widths[1:]))
+                and widths[-1] == self.latents,
+                f"{where}.matryoshka_widths",
+                f"must be {allowed}, got {widths}",
+            )
 
     def unused_settings(self) -> list[str]:
         """Settings given that this SAE's activation does not use, said in words (the CLI prints them)."""
         if self.k is not None and self.activation not in K_ACTIVATIONS:
-            return [f"sae.{self.label}.k = {self.k} is unused: activation {self.activation!r} keeps every "
-                    f"positive latent (k applies to 'topk' and 'batchtopk')"]
+            return [
+                f"sae.{self.label}.k = {self.k} is unused: activation {self.activation!r} keeps every "
+                f"positive latent (k applies to 'topk' and 'batchtopk')"
+            ]
         return []
 
     def nested_widths(self) -> list[int] | None:
         """The Matryoshka widths when they nest more than one prefix, else None (a plain SAE:
         widths [latents] alone train exactly as no widths)."""
-        return self.matryoshka_widths if self.matryoshka_widths and len(self.matryoshka_widths) > 1 else None
+        return (
+            self.matryoshka_widths
+            if self.matryoshka_widths and len(self.matryoshka_widths) > 1
+            else None
+        )
 
 
 @dataclass
@@ -437,22 +576,40 @@ class ExperimentConfig:
 def resolve_spec(spec: Spec, n: int, field_name: str) -> list[float]:
     """Turn a number, list or {linear = [start, stop]} into n floats."""
     if isinstance(spec, bool):
-        raise ConfigError(field_name, "must be a number, a list or {linear = [start, stop]}, got a boolean")
+        raise ConfigError(
+            field_name, "must be a number, a list or {linear = [start, stop]}, got a boolean"
+        )
     if isinstance(spec, (int, float)):
         return [float(spec)] * n
     if isinstance(spec, list):
-        _require(len(spec) == n, field_name, f"list needs one value per feature ({n}), got {len(spec)}")
-        _require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec), field_name,
-                 "list values must be numbers")
+        _require(
+            len(spec) == n, field_name, f"list needs one value per feature ({n}), got {len(spec)}"
+        )
+        _require(
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec),
+            field_name,
+            "list values must be numbers",
+        )
         return [float(v) for v in spec]
     if isinstance(spec, dict):
-        _require(set(spec) == {"linear"}, field_name, f"table form is {{linear = [start, stop]}}, got keys {sorted(spec)}")
+        _require(
+            set(spec) == {"linear"},
+            field_name,
+            f"table form is {{linear = [start, stop]}}, got keys {sorted(spec)}",
+        )
         ends = spec["linear"]
-        _require(isinstance(ends, list) and len(ends) == 2 and all(isinstance(v, (int, float)) for v in ends),
-                 field_name, "linear takes [start, stop]")
+        _require(
+            isinstance(ends, list)
+            and len(ends) == 2
+            and all(isinstance(v, (int, float)) for v in ends),
+            field_name,
+            "linear takes [start, stop]",
+        )
         start, stop = float(ends[0]), float(ends[1])
         return [start + (stop - start) * i / max(n - 1, 1) for i in range(n)]
-    raise ConfigError(field_name, f"must be a number, a list or {{linear = [start, stop]}}, got {spec!r}")
+    raise ConfigError(
+        field_name, f"must be a number, a list or {{linear = [start, stop]}}, got {spec!r}"
+    )
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

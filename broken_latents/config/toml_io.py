@@ -35,11 +35,19 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         for extra in extras:
             if isinstance(extra, OneOf):
                 allowed = tuple(extra.allowed())
-                _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+                _require(
+                    value in allowed,
+                    where,
+                    f"must be one of {', '.join(map(repr, allowed))}; got {value!r}",
+                )
         return value
     if origin is Literal:
         allowed = typing.get_args(tp)
-        _require(value in allowed, where, f"must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        _require(
+            value in allowed,
+            where,
+            f"must be one of {', '.join(map(repr, allowed))}; got {value!r}",
+        )
         return value
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -63,7 +71,11 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         _require(ok, where, f"must be an integer, got {value!r}")
         return value
     if tp is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), where, f"must be a number, got {value!r}")
+        _require(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            where,
+            f"must be a number, got {value!r}",
+        )
         return float(value)
     if tp is str:
         _require(isinstance(value, str), where, f"must be a string, got {value!r}")
@@ -89,20 +101,30 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         owner = cls.owner_of(unknown[0]) if hasattr(cls, "owner_of") else None
-        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key{owner or ''}; allowed keys here: {', '.join(names)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(
+            f"{prefix}{unknown[0]}",
+            f"unknown key{owner or ''}; allowed keys here: {', '.join(names)}",
+        )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     for name in required:
         _require(name in data, f"{prefix}{name}", "is required")
     kwargs = {k: convert(hints[k], v, f"{prefix}{k}") for k, v in data.items() if k not in owned}
     for table, part in flat.items():  # owned keys sit flat in the table; their errors name them so
-        kwargs[table] = from_dict(part, {k: v for k, v in data.items() if owned.get(k) == table}, where)
+        kwargs[table] = from_dict(
+            part, {k: v for k, v in data.items() if owned.get(k) == table}, where
+        )
     try:
         return cls(**kwargs)
     except ConfigError as err:
         # Nested __post_init__ names its field relative to its own table; keep the outer path.
         if where and not err.field.startswith(where.split(".")[0]):
-            raise ConfigError(f"{prefix}{err.field.split('.', 1)[-1]}", str(err).split(": ", 1)[1]) from None
+            raise ConfigError(
+                f"{prefix}{err.field.split('.', 1)[-1]}", str(err).split(": ", 1)[1]
+            ) from None
         raise
 
 
@@ -112,8 +134,11 @@ def to_dict(obj: Any) -> Any:
     changes (--set) then carries no default of the old one into the new."""
     if dataclasses.is_dataclass(obj):
         flat = getattr(obj, "flat_fields", ())
-        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-               if getattr(obj, f.name) is not None and f.name not in flat}
+        out = {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) is not None and f.name not in flat
+        }
         for name in flat:
             part = getattr(obj, name)
             defaults = to_dict(type(part)())
@@ -143,7 +168,9 @@ def load_toml(path: Path) -> ExperimentConfig:
     except FileNotFoundError:
         raise ConfigError("TARGET", f"no such file: {path}") from None
     except IsADirectoryError:
-        raise ConfigError("TARGET", f"{path} is a directory; give a .toml file or a registered name") from None
+        raise ConfigError(
+            "TARGET", f"{path} is a directory; give a .toml file or a registered name"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("TARGET", f"{path} is not valid TOML: {err}") from None
     return from_dict(ExperimentConfig, data)

@@ -32,8 +32,11 @@ def hand_gradients(sae_config) -> str | None:
     """The formulas here that compute the gradients of the SAE `sae_config` describes, or None
     when its architecture declares none, or its activation or a loss term has none derived."""
     sae_class = ARCHITECTURES[sae_config.architecture]
-    covered = (sae_class.hand_gradients in GRADIENT_FORMULAS and sae_config.activation in HAND_DERIVED_ACTIVATIONS
-               and set(sae_class.loss_weights(sae_config)) <= HAND_DERIVED_TERMS)
+    covered = (
+        sae_class.hand_gradients in GRADIENT_FORMULAS
+        and sae_config.activation in HAND_DERIVED_ACTIVATIONS
+        and set(sae_class.loss_weights(sae_config)) <= HAND_DERIVED_TERMS
+    )
     return sae_class.hand_gradients if covered else None
 
 
@@ -54,11 +57,19 @@ class Architecture:
         """Raises for an SAE without hand-derived gradients: no SAE trains with another's."""
         formulas = hand_gradients(sae.config)
         if formulas is None:
-            raise ValueError(f"SAE {sae.config.label!r} ({sae.architecture}, {sae.config.activation}) has no "
-                             "hand-derived gradients; train it by autograd")
+            raise ValueError(
+                f"SAE {sae.config.label!r} ({sae.architecture}, {sae.config.activation}) has no "
+                "hand-derived gradients; train it by autograd"
+            )
         widths = sae.config.nested_widths()
-        return cls(formulas == "tied", sae.l1_weighted_by_decoder_norm, sae.config.activation == "jumprelu",
-                   sae.log_threshold_SK is not None, sae.jumprelu_bandwidth, tuple(widths) if widths else None)
+        return cls(
+            formulas == "tied",
+            sae.l1_weighted_by_decoder_norm,
+            sae.config.activation == "jumprelu",
+            sae.log_threshold_SK is not None,
+            sae.jumprelu_bandwidth,
+            tuple(widths) if widths else None,
+        )
 
     def nesting(self, K: int) -> tuple[np.ndarray, np.ndarray]:
         """Matryoshka weights: n_k, the number of prefixes that hold latent k [K], and
@@ -95,11 +106,21 @@ class WorldGeometry:
 
 def params_of(sae: StackedSAE, backend: str) -> dict:
     """The stack's parameters as arrays that share memory with the module (numpy views on the CPU)."""
-    return {name: (p.detach().numpy() if backend == "numpy" else p.detach()) for name, p in sae.named_parameters()}
+    return {
+        name: (p.detach().numpy() if backend == "numpy" else p.detach())
+        for name, p in sae.named_parameters()
+    }
 
 
-def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB, weights: dict[str, float],
-                   tau_SK=None, want_loss: bool = False):
+def loss_and_grads(
+    arch: Architecture,
+    params: dict,
+    geometry: WorldGeometry,
+    f_SNB,
+    weights: dict[str, float],
+    tau_SK=None,
+    want_loss: bool = False,
+):
     """Return (the mse and l1 (and prefix_mse) terms' batch means if asked, activations h_SKB, d(loss)/d(param) by
     parameter name), for the loss the SAE declares: its terms' weighted sum, averaged over the batch.
     `weights`: `StackedSAE.loss_weights`, by term name."""
@@ -111,7 +132,11 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
 
 def term_weights(weights: dict[str, float]) -> tuple[float, float]:
     """(l1, aux lambda) of declared weights that the formulas here cover, else ValueError."""
-    if set(weights) - HAND_DERIVED_TERMS or weights["mse"] != 1.0 or weights.get("prefix_mse", 1.0) != 1.0:
+    if (
+        set(weights) - HAND_DERIVED_TERMS
+        or weights["mse"] != 1.0
+        or weights.get("prefix_mse", 1.0) != 1.0
+    ):
         raise ValueError(f"no hand-derived gradients for the loss terms {weights}")
     return weights["l1"], weights.get("aux", 0.0)
 
@@ -195,7 +220,12 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
     if arch.tied:
         grads = {"W_dec_SKD": g_W_dec + g_W_enc_SKD, "b_dec_SD": g_b_dec}
     else:
-        grads = {"W_dec_SKD": g_W_dec, "b_dec_SD": g_b_dec, "W_enc_SDK": T(g_W_enc_SKD), "b_enc_SK": sum_g}
+        grads = {
+            "W_dec_SKD": g_W_dec,
+            "b_dec_SD": g_b_dec,
+            "W_enc_SDK": T(g_W_enc_SKD),
+            "b_enc_SK": sum_g,
+        }
     if arch.learned_threshold:
         theta = threshold[..., None]
         near = abs(pre - theta) < arch.bandwidth / 2
@@ -207,7 +237,9 @@ def _loss_and_grads(arch, params, geometry, f_SNB, l1, aux_lambda, tau_SK, want_
         x_minus_b_sq = (b_dec * b_dec).sum(-1)[:, None] - 2 * x_dot_b + x_sq
         if nested:  # the full width, and the other prefixes: counts n - 1, N - 1, m - 1
             err = (h * (P_SKK @ h + 2 * (q_SK1 - xW))).sum(1) + x_minus_b_sq
-            prefix = (h * ((P_SKK * (N_KK - 1)) @ h + 2 * (n_K1 - 1) * (q_SK1 - xW))).sum(1) + (m - 1) * x_minus_b_sq
+            prefix = (h * ((P_SKK * (N_KK - 1)) @ h + 2 * (n_K1 - 1) * (q_SK1 - xW))).sum(1) + (
+                m - 1
+            ) * x_minus_b_sq
         else:
             err = (h * (r + q_SK1 - xW)).sum(1) + x_minus_b_sq
         losses = {"mse": err.mean(-1), "l1": (h * l1_w).sum(1).mean(-1)}
@@ -232,6 +264,8 @@ def _aux_coefficients(a, r2, h, tau, norms, lam: float):
     n = clamp_min(norms, EPS)
     scale = inv_r[:, None] / n[..., None]
     cos = a * scale
-    g = cos * (h <= tau[..., None]) * (2.0 * lam / (B * K))  # dL/dcos (float first: bool * float is float32 in torch)
+    g = (
+        cos * (h <= tau[..., None]) * (2.0 * lam / (B * K))
+    )  # dL/dcos (float first: bool * float is float32 in torch)
     g_cos = g * cos
     return g * scale, g_cos.sum(1) * inv_r * inv_r, g_cos.sum(-1), n

@@ -160,8 +160,20 @@ class Loss(NamedTuple):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, weights, loss, tau_SK, nesting_3KK, want_loss, grads, h_max_SK,
-                    losses_S3):
+def stack_gradients(
+    f_SNB,
+    F_ND,
+    G_NN,
+    orthonormal,
+    weights,
+    loss,
+    tau_SK,
+    nesting_3KK,
+    want_loss,
+    grads,
+    h_max_SK,
+    losses_S3,
+):
     """Write d(loss)/d(param) of every SAE s of the stack into `grads`, the batch max of each
     latent into h_max_SK and, if want_loss, (mse, l1, prefix_mse) into losses_S3.
 
@@ -226,12 +238,33 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, weights, loss, tau_SK, nesti
     X = np.empty((rows, D))  # X[row] = sum_i C[row, i] (x_i - b)
 
     for s in range(S):
-        f, W, b, theta_K = f_SNB[s], weights.W_dec_SKD[s], weights.b_dec_SD[s], weights.threshold_SK[s]
-        bb = _small_products(W, b.reshape(1, D), weights.W_enc_SDK[s], weights.b_enc_SK[s], F_ND, tied, M, E,
-                             W_enc_KD, q_K1, c_K1, P, norm, bF_1N)
+        f, W, b, theta_K = (
+            f_SNB[s],
+            weights.W_dec_SKD[s],
+            weights.b_dec_SD[s],
+            weights.threshold_SK[s],
+        )
+        bb = _small_products(
+            W,
+            b.reshape(1, D),
+            weights.W_enc_SDK[s],
+            weights.b_enc_SK[s],
+            F_ND,
+            tied,
+            M,
+            E,
+            W_enc_KD,
+            q_K1,
+            c_K1,
+            P,
+            norm,
+            bF_1N,
+        )
         q, c = q_K1[:, 0], c_K1[:, 0]
         for k in range(K):
-            l1_w[k] = _typed(loss.l1 / B, f_SNB) * (norm[k] if loss.l1_weighted else _typed(1.0, f_SNB))
+            l1_w[k] = _typed(loss.l1 / B, f_SNB) * (
+                norm[k] if loss.l1_weighted else _typed(1.0, f_SNB)
+            )
         h_max_SK[s] = 0.0
         Cf[:] = 0.0
         hh[:] = 0.0
@@ -251,15 +284,44 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, weights, loss, tau_SK, nesti
                 _squared_residuals(r2, f, i0, n_i, bb, bF_1N[0], G_NN, orthonormal, scratch)
             _decoder_errors(We, xW, h, q, PN if nested else P, N_KK, n_i)
             if want_loss:
-                block_mse, block_prefix = _reconstruction_loss(We, xW, h, q, r2, N_KK, PN_prefix, nested, n_i,
-                                                               scratch)
+                block_mse, block_prefix = _reconstruction_loss(
+                    We, xW, h, q, r2, N_KK, PN_prefix, nested, n_i, scratch
+                )
                 mse += block_mse
                 prefix_mse += block_prefix
-            _mse_l1_rows(enc, dec, We, h, pre, l1_w, theta_K, two_over_B, N_KK, tied, loss.learned_threshold,
-                         loss.bandwidth, n_i, grad_h_near)
+            _mse_l1_rows(
+                enc,
+                dec,
+                We,
+                h,
+                pre,
+                l1_w,
+                theta_K,
+                two_over_B,
+                N_KK,
+                tied,
+                loss.learned_threshold,
+                loss.bandwidth,
+                n_i,
+                grad_h_near,
+            )
             bias[:n_i] = _typed(-2.0 * N_KK[0, 0] / B, f_SNB)
             if aux:
-                _aux_rows(dec, bias, xW, q, h, r2, norm, tau_SK[s], aux_scale, n_i, scratch, sum_c1, g_cos_sum)
+                _aux_rows(
+                    dec,
+                    bias,
+                    xW,
+                    q,
+                    h,
+                    r2,
+                    norm,
+                    tau_SK[s],
+                    aux_scale,
+                    n_i,
+                    scratch,
+                    sum_c1,
+                    g_cos_sum,
+                )
             _batch_sums(C, h, enc, f, i0, n_i, Cf, hh, totals, sum_h, sum_enc)
 
         _through_features(X, Cf, totals, F_ND, b)
@@ -268,8 +330,18 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, weights, loss, tau_SK, nesti
             if loss.l1_weighted:
                 row_weight[k] += (loss.l1 / B) * sum_h[k] / max(norm[k], EPS)
         _decoder_gradient(grads.W_dec_SKD[s], X, W, hh, N_KK, row_weight, B)
-        _bias_gradient(grads.b_dec_SD[s], X[rows - 1], W, weights.W_enc_SDK[s], tied, N_KK, sum_h, sum_c1, sum_enc,
-                       B)
+        _bias_gradient(
+            grads.b_dec_SD[s],
+            X[rows - 1],
+            W,
+            weights.W_enc_SDK[s],
+            tied,
+            N_KK,
+            sum_h,
+            sum_c1,
+            sum_enc,
+            B,
+        )
         if not tied:
             for k in range(K):
                 grads.b_enc_SK[s, k] = sum_enc[k]
@@ -277,7 +349,9 @@ def stack_gradients(f_SNB, F_ND, G_NN, orthonormal, weights, loss, tau_SK, nesti
                     grads.W_enc_SDK[s, d, k] = X[K + k, d]
         if loss.learned_threshold:  # d/d(log theta) of the straight-through estimate
             for k in range(K):
-                grads.log_threshold_SK[s, k] = grad_h_near[k] * (-(theta_K[k] / loss.bandwidth)) * theta_K[k]
+                grads.log_threshold_SK[s, k] = (
+                    grad_h_near[k] * (-(theta_K[k] / loss.bandwidth)) * theta_K[k]
+                )
         if want_loss:
             l1_sum = 0.0
             for k in range(K):
@@ -385,8 +459,22 @@ def _reconstruction_loss(We, xW, h, q, r2, N_KK, PN_prefix, nested, n_i, scratch
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST_MATH, inline="always")
-def _mse_l1_rows(enc, dec, We, h, pre, l1_w, theta_K, two_over_B, N_KK, tied, learned_threshold, bandwidth, n_i,
-                 grad_h_near):
+def _mse_l1_rows(
+    enc,
+    dec,
+    We,
+    h,
+    pre,
+    l1_w,
+    theta_K,
+    two_over_B,
+    N_KK,
+    tied,
+    learned_threshold,
+    bandwidth,
+    n_i,
+    grad_h_near,
+):
     """The reconstruction and L1 terms' per-sample coefficients: dL/dh_k = 2/B We_k + l1_w_k;
     enc_k = dL/dpre_k = dL/dh_k [h_k > 0]; dec_k, the coefficient of (x - b) in dL/dW_k,
     -2/B n_k h_k (plus enc_k when tied: the encoder is W). With a learned JumpReLU threshold,
@@ -496,9 +584,16 @@ def _bias_gradient(g_b_D, X_bias, W, W_enc_DK, tied, N_KK, sum_h, sum_c1, sum_en
             g_b_D[d] += c_k * W[k, d] - sum_enc[k] * encoder
 
 
-def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_SNB: np.ndarray,
-                   weights: dict[str, float], tau_SK: np.ndarray | None = None, want_loss: bool = False,
-                   out: dict | None = None):
+def loss_and_grads(
+    arch: Architecture,
+    params: dict,
+    geometry: WorldGeometry,
+    f_SNB: np.ndarray,
+    weights: dict[str, float],
+    tau_SK: np.ndarray | None = None,
+    want_loss: bool = False,
+    out: dict | None = None,
+):
     """As `fastpath.loss_and_grads` on numpy arrays, but returns the batch max of h [S, K]
     instead of h. `out`: arrays to write the gradients into (by parameter name), e.g. views of
     the optimiser's flat gradient buffer; allocated when None."""
@@ -517,14 +612,42 @@ def loss_and_grads(arch: Architecture, params: dict, geometry: WorldGeometry, f_
     tau = tau_SK.astype(dtype, copy=False) if tau_SK is not None else threshold
     h_max = np.empty((S, K), dtype)
     losses = np.zeros((S, 3), dtype)
-    weights_in = Weights(W_dec, params["b_dec_SD"], params.get("W_enc_SDK", empty3), params.get("b_enc_SK", empty2),
-                         threshold)
-    grads_out = Gradients(grads["W_dec_SKD"], grads["b_dec_SD"], grads.get("W_enc_SDK", empty3),
-                          grads.get("b_enc_SK", empty2), grads.get("log_threshold_SK", empty2))
-    loss = Loss(arch.tied, arch.l1_weighted_by_decoder_norm, arch.learned_threshold, float(arch.bandwidth),
-                float(l1), float(aux_lambda))
-    stack_gradients(f_SNB, geometry.F_ND, geometry.G_NN, geometry.orthonormal, weights_in, loss, tau,
-                    _nesting(arch, K, dtype), want_loss, grads_out, h_max, losses)
+    weights_in = Weights(
+        W_dec,
+        params["b_dec_SD"],
+        params.get("W_enc_SDK", empty3),
+        params.get("b_enc_SK", empty2),
+        threshold,
+    )
+    grads_out = Gradients(
+        grads["W_dec_SKD"],
+        grads["b_dec_SD"],
+        grads.get("W_enc_SDK", empty3),
+        grads.get("b_enc_SK", empty2),
+        grads.get("log_threshold_SK", empty2),
+    )
+    loss = Loss(
+        arch.tied,
+        arch.l1_weighted_by_decoder_norm,
+        arch.learned_threshold,
+        float(arch.bandwidth),
+        float(l1),
+        float(aux_lambda),
+    )
+    stack_gradients(
+        f_SNB,
+        geometry.F_ND,
+        geometry.G_NN,
+        geometry.orthonormal,
+        weights_in,
+        loss,
+        tau,
+        _nesting(arch, K, dtype),
+        want_loss,
+        grads_out,
+        h_max,
+        losses,
+    )
     if not want_loss:
         return None, h_max, grads
     logged = {"mse": losses[:, 0], "l1": losses[:, 1]}

@@ -56,8 +56,17 @@ class FlatAdam:
         step_size = lr / (1 - self.beta1**self.steps)
         bias_correction2_sqrt = (1 - self.beta2**self.steps) ** 0.5
         if is_numpy(self.flat):  # one compiled pass instead of ten array calls
-            _adam_update(self.flat, grad, self.exp_avg, self.exp_avg_sq, self.beta1, self.beta2, self.eps,
-                         step_size, bias_correction2_sqrt)
+            _adam_update(
+                self.flat,
+                grad,
+                self.exp_avg,
+                self.exp_avg_sq,
+                self.beta1,
+                self.beta2,
+                self.eps,
+                step_size,
+                bias_correction2_sqrt,
+            )
             return
         self.exp_avg *= self.beta1
         self.exp_avg += (1 - self.beta1) * grad
@@ -70,7 +79,9 @@ class FlatAdam:
 
 
 @numba.njit(cache=True, nogil=True)
-def _adam_update(flat, grad, exp_avg, exp_avg_sq, beta1, beta2, eps, step_size, bias_correction2_sqrt):
+def _adam_update(
+    flat, grad, exp_avg, exp_avg_sq, beta1, beta2, eps, step_size, bias_correction2_sqrt
+):
     """FlatAdam.step's formula, element by element (in float64, rounded to the buffers' dtype)."""
     for i in range(flat.shape[0]):
         g = grad[i]

@@ -38,7 +38,11 @@ def clean_features(run: RunMetrics, clean: float) -> list[int]:
     return sorted(m.feature for m in run.matches if m.cos >= clean)
 
 
-def learns_exactly(label: str, features_from_world: Callable[[WorldMetrics, int], list[int]], clean: float = CLEAN_COS) -> Check:
+def learns_exactly(
+    label: str,
+    features_from_world: Callable[[WorldMetrics, int], list[int]],
+    clean: float = CLEAN_COS,
+) -> Check:
     """Check: the SAE's clean latents cover exactly the given features (each matched at >= clean)."""
 
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
@@ -70,12 +74,17 @@ def matches_all_and_kills_rest(label: str, clean: float = CLEAN_COS) -> Check:
         spare = len(run.decoder_cos) - n_features
         dead = len(run.dead_latents)
         ok = learned == list(range(n_features)) and dead == spare
-        return ok, f"{label} learned {learned} of {n_features}; dead {dead} of {spare} spare latents"
+        return (
+            ok,
+            f"{label} learned {learned} of {n_features}; dead {dead} of {spare} spare latents",
+        )
 
     return check
 
 
-def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float = CLEAN_COS) -> Check:
+def combo_or_duplicate(
+    label: str, combo_cos: float = 0.5, duplicate_cos: float = CLEAN_COS
+) -> Check:
     """Check: some live latent mixes two features (cos >= combo_cos with both), or two latents duplicate one feature."""
 
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
@@ -84,9 +93,13 @@ def combo_or_duplicate(label: str, combo_cos: float = 0.5, duplicate_cos: float 
         live = live_latents(run)
         combos = [(j, [int(i) for i in np.flatnonzero(cos[j] >= combo_cos)]) for j in live]
         combos = [(j, fs) for j, fs in combos if len(fs) >= 2]
-        dupes = [i for i in range(cos.shape[1]) if sum(cos[j, i] >= duplicate_cos for j in live) >= 2]
-        parts = [f"combo latents {combos}" if combos else "no combo latent",
-                 f"duplicated features {dupes}" if dupes else "no duplicate"]
+        dupes = [
+            i for i in range(cos.shape[1]) if sum(cos[j, i] >= duplicate_cos for j in live) >= 2
+        ]
+        parts = [
+            f"combo latents {combos}" if combos else "no combo latent",
+            f"duplicated features {dupes}" if dupes else "no duplicate",
+        ]
         return bool(combos or dupes), f"{label}: " + ", ".join(parts)
 
     return check
@@ -99,11 +112,15 @@ def absorbs(label: str, parent: int, child: int) -> Check:
         run = runs[label]
         cos = dec(run)
         combo = max(live_latents(run), key=lambda j: min(cos[j, parent], cos[j, child]))
-        parent_latent = max((j for j in live_latents(run) if j != combo), key=lambda j: cos[j, parent])
+        parent_latent = max(
+            (j for j in live_latents(run) if j != combo), key=lambda j: cos[j, parent]
+        )
         enc_parent_child = run.encoder_cos[parent_latent][child]
         ok = cos[combo, parent] >= 0.5 and cos[combo, child] >= 0.5 and enc_parent_child < 0
-        return ok, (f"latent {combo} decodes f{parent} {cos[combo, parent]:.2f}, f{child} {cos[combo, child]:.2f}; "
-                    f"parent latent {parent_latent} encoder cos with f{child} {enc_parent_child:.2f}")
+        return ok, (
+            f"latent {combo} decodes f{parent} {cos[combo, parent]:.2f}, f{child} {cos[combo, child]:.2f}; "
+            f"parent latent {parent_latent} encoder cos with f{child} {enc_parent_child:.2f}"
+        )
 
     return check
 
@@ -120,13 +137,17 @@ def rotates_pair(label: str, a: int, b: int) -> Check:
     return check
 
 
-def children_carry_parent(label: str, parent: int, children: list[int], min_cos: float = 0.2) -> Check:
+def children_carry_parent(
+    label: str, parent: int, children: list[int], min_cos: float = 0.2
+) -> Check:
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         run = runs[label]
         cos = dec(run)
         found = [(c, *latent_for(run, c)) for c in children]
         ok = all(cos[j, parent] >= min_cos for _, j, _ in found)
-        return ok, ", ".join(f"latent {j} (f{c} {cc:.2f}) has f{parent} {cos[j, parent]:+.2f}" for c, j, cc in found)
+        return ok, ", ".join(
+            f"latent {j} (f{c} {cc:.2f}) has f{parent} {cos[j, parent]:+.2f}" for c, j, cc in found
+        )
 
     return check
 
@@ -184,15 +205,25 @@ def peaks_mark_broken(label: str, clean: float = 0.98) -> Check:
         live = live_latents(run)
         broken = [j for j in live if best[j] < CLEAN_COS]
         clean_ones = [j for j in live if best[j] >= clean]
-        ok = bool(broken) and all(peaks[j] >= 2 for j in broken) and all(peaks[j] == 1 for j in clean_ones)
-        return ok, (f"broken {[(j, peaks[j]) for j in broken]} (latent, peaks); "
-                    f"clean {[(j, peaks[j]) for j in clean_ones]}")
+        ok = (
+            bool(broken)
+            and all(peaks[j] >= 2 for j in broken)
+            and all(peaks[j] == 1 for j in clean_ones)
+        )
+        return ok, (
+            f"broken {[(j, peaks[j]) for j in broken]} (latent, peaks); "
+            f"clean {[(j, peaks[j]) for j in clean_ones]}"
+        )
 
     return check
 
 
-def every_live_latent_clean(label: str, clean: float = CLEAN_COS, max_cos_with: dict[int, float] | None = None,
-                            single_peak: bool = False) -> Check:
+def every_live_latent_clean(
+    label: str,
+    clean: float = CLEAN_COS,
+    max_cos_with: dict[int, float] | None = None,
+    single_peak: bool = False,
+) -> Check:
     """Check: each live latent matches one feature at >= clean (optionally: small cos with some
     features, and one activation peak)."""
 
@@ -218,12 +249,20 @@ def learned_set_report(label: str, usual: list[int], clean: float = CLEAN_COS) -
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         got = clean_features(runs[label], clean)
         swapped_in, left_out = sorted(set(got) - set(usual)), sorted(set(usual) - set(got))
-        return got == usual, f"{label} learned {got}" + (f" (in: {swapped_in}, out: {left_out})" if got != usual else "")
+        return got == usual, f"{label} learned {got}" + (
+            f" (in: {swapped_in}, out: {left_out})" if got != usual else ""
+        )
 
     return check
 
 
-def mixes(label: str, features: list[int], clean: float = CLEAN_COS, min_mixing_latents: int = 2, mix_cos: float = 0.3) -> Check:
+def mixes(
+    label: str,
+    features: list[int],
+    clean: float = CLEAN_COS,
+    min_mixing_latents: int = 2,
+    mix_cos: float = 0.3,
+) -> Check:
     """Check: no latent reaches `clean` with any of `features`; at least `min_mixing_latents` latents
     have |cos| >= mix_cos with two or more of them."""
 
@@ -238,7 +277,9 @@ def mixes(label: str, features: list[int], clean: float = CLEAN_COS, min_mixing_
     return check
 
 
-def learns_outside(label: str, outside_of: list[int], expected: int, clean: float = CLEAN_COS) -> Check:
+def learns_outside(
+    label: str, outside_of: list[int], expected: int, clean: float = CLEAN_COS
+) -> Check:
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         got = [f for f in clean_features(runs[label], clean) if f not in outside_of]
         return expected in got, f"{label} clean latents outside {outside_of}: {got}"
@@ -307,8 +348,10 @@ def encoder_profile_matches_decoder(label: str, latent: int) -> Check:
         enc, dec_ = np.asarray(run.encoder_cos[latent]), np.asarray(run.decoder_cos[latent])
         profile_cos = float(enc @ dec_ / (np.linalg.norm(enc) * np.linalg.norm(dec_) + 1e-12))
         span_share = float(np.linalg.norm(enc))  # the encoder row's share inside the features' span
-        return profile_cos >= 0.9, (f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
-                                    f"encoder row's norm share in the features' span {span_share:.2f}")
+        return profile_cos >= 0.9, (
+            f"cos(encoder profile, decoder profile) {profile_cos:.3f}; "
+            f"encoder row's norm share in the features' span {span_share:.2f}"
+        )
 
     return check
 
@@ -339,7 +382,9 @@ def latent_is_clean(label: str, latent: int, feature: int, clean: float = CLEAN_
 
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])[latent]
-        return bool(cos[feature] >= clean), f"{label} latent {latent} cos with f0..: " + ", ".join(f"{v:+.2f}" for v in cos[:8])
+        return bool(cos[feature] >= clean), f"{label} latent {latent} cos with f0..: " + ", ".join(
+            f"{v:+.2f}" for v in cos[:8]
+        )
 
     return check
 
@@ -353,19 +398,26 @@ def prefix_hedges(label: str, parent: int, children: list[int], at_least: float)
         cos = dec(runs[label])[0]
         sign = 1.0 if cos[parent] >= 0 else -1.0
         value = float(sign * cos[children].sum())
-        return value >= at_least, (f"{label} latent 0: f{parent} {cos[parent]:+.2f}, children "
-                                   + ", ".join(f"f{c} {cos[c]:+.2f}" for c in children) + f"; hedging {value:+.2f}")
+        return value >= at_least, (
+            f"{label} latent 0: f{parent} {cos[parent]:+.2f}, children "
+            + ", ".join(f"f{c} {cos[c]:+.2f}" for c in children)
+            + f"; hedging {value:+.2f}"
+        )
 
     return check
 
 
-def latent_is_one_of(label: str, latent: int, features: list[int], clean: float = CLEAN_COS) -> Check:
+def latent_is_one_of(
+    label: str, latent: int, features: list[int], clean: float = CLEAN_COS
+) -> Check:
     """Check: `latent`'s decoder has |cos| >= clean with one of `features` (either sign); the detail
     names which, with its sign."""
 
     def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
         cos = dec(runs[label])[latent]
         best = int(np.argmax(np.abs(cos)))
-        return bool(best in features and abs(cos[best]) >= clean), f"{label} latent {latent} is {cos[best]:+.2f} f{best}"
+        return bool(
+            best in features and abs(cos[best]) >= clean
+        ), f"{label} latent {latent} is {cos[best]:+.2f} f{best}"
 
     return check

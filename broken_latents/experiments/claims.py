@@ -38,16 +38,20 @@ def evaluate_claims(claims: list[Claim], metrics: Metrics) -> list[ClaimResult]:
         held = [bool(ok) for ok, _ in results]
         details = [f"seed {seed}: {detail}" for seed, (_, detail) in zip(sorted(by_seed), results)]
         failing = [d for ok, d in zip(held, details) if not ok]
-        out.append(ClaimResult(
-            id=claim.id,
-            text=claim.text,
-            post=claim.post,
-            holds=sum(held) >= seeds_needed(len(held)),
-            seeds_held=sum(held),
-            seeds_run=len(held),
-            per_seed=held,
-            detail="; ".join(details[:1] + failing[:1]) if failing and failing[0] != details[0] else details[0],
-        ))
+        out.append(
+            ClaimResult(
+                id=claim.id,
+                text=claim.text,
+                post=claim.post,
+                holds=sum(held) >= seeds_needed(len(held)),
+                seeds_held=sum(held),
+                seeds_run=len(held),
+                per_seed=held,
+                detail="; ".join(details[:1] + failing[:1])
+                if failing and failing[0] != details[0]
+                else details[0],
+            )
+        )
     return out
 
 

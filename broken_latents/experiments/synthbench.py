@@ -33,13 +33,22 @@ from .registry import Experiment, register
 
 def synthbench_world(features: int, dim: int, seed: int = 0) -> WorldConfig:
     return WorldConfig(
-        features=features, dim=dim, seed=seed,
+        features=features,
+        dim=dim,
+        seed=seed,
         firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 5e-4}},
         magnitude={"linear": [5.0, 4.0]},
         magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}},
         bias=0.5,
-        tree=TreeConfig(roots=max(1, round(128 * features / 16384)), branching=4, depth=3, mutually_exclusive=1.0,
-                        mutually_exclusive_min_depth=0, compensate_probabilities=True, scale_children_by_parent=True),
+        tree=TreeConfig(
+            roots=max(1, round(128 * features / 16384)),
+            branching=4,
+            depth=3,
+            mutually_exclusive=1.0,
+            mutually_exclusive_min_depth=0,
+            compensate_probabilities=True,
+            scale_children_by_parent=True,
+        ),
         correlation=CorrelationConfig(rank=25, scale=0.1),
     )
 
@@ -54,11 +63,24 @@ L1 = 1.0
 1 shrinks a latent by 0.5, a tenth of its feature)."""
 
 
-def _scale_study(name: str, description: str, world: WorldConfig, samples: int, lr: float, saes: list) -> Experiment:
+def _scale_study(
+    name: str, description: str, world: WorldConfig, samples: int, lr: float, saes: list
+) -> Experiment:
     return Experiment(
-        ExperimentConfig(name=name, description=description, world=world, sae=saes,
-                         train=TrainConfig(samples=samples, batch_size=1024, lr=lr, seeds=1, eval_samples=10_000,
-                                           lr_decay="cosine" if lr > 3e-4 else "none")),
+        ExperimentConfig(
+            name=name,
+            description=description,
+            world=world,
+            sae=saes,
+            train=TrainConfig(
+                samples=samples,
+                batch_size=1024,
+                lr=lr,
+                seeds=1,
+                eval_samples=10_000,
+                lr_decay="cosine" if lr > 3e-4 else "none",
+            ),
+        ),
         claims=[],  # none until measured: what the runs show goes in the README, whatever it is
         reproduced=False,
     )
@@ -66,32 +88,73 @@ def _scale_study(name: str, description: str, world: WorldConfig, samples: int, 
 
 def _aux(samples: int) -> AuxConfig:
     """The post's aux loss with its schedule scaled to the budget: a third plain, a third of warm-up."""
-    return AuxConfig(coefficient=10_000.0, threshold_ratio=0.7, window_batches=50,
-                     delay_samples=samples // 3, warmup_samples=samples // 3)
+    return AuxConfig(
+        coefficient=10_000.0,
+        threshold_ratio=0.7,
+        window_batches=50,
+        delay_samples=samples // 3,
+        warmup_samples=samples // 3,
+    )
 
 
 SAMPLES_4K = 2_000_000
-register(_scale_study(
-    "synthbench-4k",
-    "SynthSAEBench-16k's laws on 4096 features in 256 dims, width-1024 SAEs (k = 12, the true L0 of the top "
-    "1024 features): tied vs untied, BatchTopK, Matryoshka and the aux loss at scale",
-    synthbench_world(4096, 256), SAMPLES_4K, 1e-3,
-    [SAEConfig(label="tied", architecture="tied", latents=1024, l1=L1),
-     SAEConfig(label="untied", architecture="untied", latents=1024, l1=L1),
-     SAEConfig(label="batchtopk", architecture="untied", latents=1024, activation="batchtopk", k=SYNTHBENCH_4K_K),
-     SAEConfig(label="matryoshka", architecture="untied", latents=1024, activation="batchtopk", k=SYNTHBENCH_4K_K,
-               matryoshka_widths=[128, 512, 1024]),
-     SAEConfig(label="tied-aux", architecture="tied", latents=1024, l1=L1, aux=_aux(SAMPLES_4K))],
-))
+register(
+    _scale_study(
+        "synthbench-4k",
+        "SynthSAEBench-16k's laws on 4096 features in 256 dims, width-1024 SAEs (k = 12, the true L0 of the top "
+        "1024 features): tied vs untied, BatchTopK, Matryoshka and the aux loss at scale",
+        synthbench_world(4096, 256),
+        SAMPLES_4K,
+        1e-3,
+        [
+            SAEConfig(label="tied", architecture="tied", latents=1024, l1=L1),
+            SAEConfig(label="untied", architecture="untied", latents=1024, l1=L1),
+            SAEConfig(
+                label="batchtopk",
+                architecture="untied",
+                latents=1024,
+                activation="batchtopk",
+                k=SYNTHBENCH_4K_K,
+            ),
+            SAEConfig(
+                label="matryoshka",
+                architecture="untied",
+                latents=1024,
+                activation="batchtopk",
+                k=SYNTHBENCH_4K_K,
+                matryoshka_widths=[128, 512, 1024],
+            ),
+            SAEConfig(
+                label="tied-aux", architecture="tied", latents=1024, l1=L1, aux=_aux(SAMPLES_4K)
+            ),
+        ],
+    )
+)
 
-register(_scale_study(
-    "synthbench-16k",
-    "SynthSAEBench-16k as the paper sets it (16,384 features in 768 dims, width 4096, 200M samples, lr 3e-4, "
-    "batch 1024, L0 25): BatchTopK, Matryoshka, JumpReLU and standard L1. Days on a CPU; preflight says so",
-    synthbench_world(16384, 768), 200_000_000, 3e-4,
-    [SAEConfig(label="batchtopk", architecture="untied", latents=4096, activation="batchtopk", k=25),
-     SAEConfig(label="matryoshka", architecture="untied", latents=4096, activation="batchtopk", k=25,
-               matryoshka_widths=[128, 512, 2048, 4096]),
-     SAEConfig(label="jumprelu", architecture="untied", latents=4096, activation="jumprelu", l1=L1),
-     SAEConfig(label="standard", architecture="untied", latents=4096, l1=L1)],
-))
+register(
+    _scale_study(
+        "synthbench-16k",
+        "SynthSAEBench-16k as the paper sets it (16,384 features in 768 dims, width 4096, 200M samples, lr 3e-4, "
+        "batch 1024, L0 25): BatchTopK, Matryoshka, JumpReLU and standard L1. Days on a CPU; preflight says so",
+        synthbench_world(16384, 768),
+        200_000_000,
+        3e-4,
+        [
+            SAEConfig(
+                label="batchtopk", architecture="untied", latents=4096, activation="batchtopk", k=25
+            ),
+            SAEConfig(
+                label="matryoshka",
+                architecture="untied",
+                latents=4096,
+                activation="batchtopk",
+                k=25,
+                matryoshka_widths=[128, 512, 2048, 4096],
+            ),
+            SAEConfig(
+                label="jumprelu", architecture="untied", latents=4096, activation="jumprelu", l1=L1
+            ),
+            SAEConfig(label="standard", architecture="untied", latents=4096, l1=L1),
+        ],
+    )
+)

@@ -42,7 +42,15 @@ from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
 from ..output.saelens_format import NumpySAE, load_sae
 from ..analysis.score import load_score_model
 from .result import InspectResult
-from ..analysis.signals import ACTIVE_SHARE, SIGNALS, CoActivation, latent_signals, neighbour_pairs, peak_models, peak_summary
+from ..analysis.signals import (
+    ACTIVE_SHARE,
+    SIGNALS,
+    CoActivation,
+    latent_signals,
+    neighbour_pairs,
+    peak_models,
+    peak_summary,
+)
 
 RESERVOIR = MAX_SAMPLES
 """Positive activations kept per latent (a uniform sample of all of them): K x RESERVOIR x 4 bytes."""
@@ -70,7 +78,9 @@ class ActivationFile:
             array = np.load(self.path, mmap_mode="r")
             mapping = getattr(array, "_mmap", None)
             for start in range(0, limit, rows):
-                chunk = np.array(array[start:min(start + rows, limit)], dtype=np.float32)  # a copy
+                chunk = np.array(
+                    array[start : min(start + rows, limit)], dtype=np.float32
+                )  # a copy
                 if mapping is not None:
                     # Drop the pages just read from this process: mapped pages count as resident, so
                     # otherwise the RSS grows with the file (611 MiB after a 614 MB file; 38 MiB with this).
@@ -82,7 +92,7 @@ class ActivationFile:
         with safe_open(str(self.path), framework="pt") as f:
             tensor = f.get_slice(self.key)
             for start in range(0, limit, rows):
-                yield start, tensor[start:min(start + rows, limit)].float().numpy()
+                yield start, tensor[start : min(start + rows, limit)].float().numpy()
 
 
 FLOAT_DTYPES_NPY = ("float16", "float32", "float64")
@@ -96,11 +106,15 @@ def open_activations(path: str | Path, key: str | None) -> ActivationFile:
         raise ConfigError("--activations", f"{path} does not exist (or is not a file)")
     if path.suffix == ".npy":
         if key is not None:
-            raise ConfigError("--key", f"applies to .safetensors files only; {path} is a .npy holding one array")
+            raise ConfigError(
+                "--key", f"applies to .safetensors files only; {path} is a .npy holding one array"
+            )
         try:
             array = np.load(path, mmap_mode="r")
         except (ValueError, OSError) as err:
-            raise ConfigError("--activations", f"{path} is not a readable .npy array: {err}") from None
+            raise ConfigError(
+                "--activations", f"{path} is not a readable .npy array: {err}"
+            ) from None
         shape, dtype = array.shape, str(array.dtype)
         allowed = FLOAT_DTYPES_NPY
     elif path.suffix == ".safetensors":
@@ -110,24 +124,38 @@ def open_activations(path: str | Path, key: str | None) -> ActivationFile:
             with safe_open(str(path), framework="pt") as f:
                 keys = list(f.keys())
                 if key is None:
-                    raise ConfigError("--key", f"{path} holds {len(keys)} tensor(s) ({', '.join(keys[:10])}); "
-                                               "name the activations with --key")
+                    raise ConfigError(
+                        "--key",
+                        f"{path} holds {len(keys)} tensor(s) ({', '.join(keys[:10])}); "
+                        "name the activations with --key",
+                    )
                 if key not in keys:
-                    raise ConfigError("--key", f"{key!r} is not in {path}; its tensors: {', '.join(keys[:10])}")
+                    raise ConfigError(
+                        "--key", f"{key!r} is not in {path}; its tensors: {', '.join(keys[:10])}"
+                    )
                 tensor = f.get_slice(key)
                 shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
         except ConfigError:
             raise
         except Exception as err:  # safetensors raises its own types for a corrupt header
-            raise ConfigError("--activations", f"{path} is not a readable safetensors file: {err}") from None
+            raise ConfigError(
+                "--activations", f"{path} is not a readable safetensors file: {err}"
+            ) from None
         allowed = FLOAT_DTYPES_SAFETENSORS
     else:
-        raise ConfigError("--activations", f"{path}: unknown suffix {path.suffix!r}; allowed: .npy, .safetensors")
+        raise ConfigError(
+            "--activations", f"{path}: unknown suffix {path.suffix!r}; allowed: .npy, .safetensors"
+        )
     if len(shape) != 2:
-        raise ConfigError("--activations", f"{path}{'' if key is None else f' [{key}]'} has shape {list(shape)}; "
-                                           "expected 2-D [samples, D]")
+        raise ConfigError(
+            "--activations",
+            f"{path}{'' if key is None else f' [{key}]'} has shape {list(shape)}; "
+            "expected 2-D [samples, D]",
+        )
     if dtype not in allowed:
-        raise ConfigError("--activations", f"{path} has dtype {dtype}; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            "--activations", f"{path} has dtype {dtype}; allowed: {', '.join(allowed)}"
+        )
     return ActivationFile(path, key, int(shape[0]), int(shape[1]), dtype)
 
 
@@ -161,7 +189,7 @@ class Reservoirs:
         self.seen_K += counts
 
     def sample(self, j: int) -> np.ndarray:
-        return self.values_KR[j, :min(self.seen_K[j], self.size)]
+        return self.values_KR[j, : min(self.seen_K[j], self.size)]
 
 
 @dataclass
@@ -170,8 +198,14 @@ class InspectOutcome:
     result: dict
 
 
-def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None = None, out: str | Path | None = None,
-                limit: int | None = None, progress: bool = True) -> InspectOutcome:
+def inspect_sae(
+    sae_path: str | Path,
+    activations: str | Path,
+    key: str | None = None,
+    out: str | Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> InspectOutcome:
     """Check everything, stream the activations, fit a peak model per latent, write DIR atomically."""
     sae_path = Path(sae_path)
     if limit is not None and limit < 1:
@@ -179,8 +213,10 @@ def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None =
     sae = load_sae(sae_path)
     file = open_activations(activations, key)
     if file.dim != sae.d_in:
-        raise ConfigError("--activations", f"{file.path} has D = {file.dim} per sample but the SAE takes "
-                                           f"d_in = {sae.d_in}")
+        raise ConfigError(
+            "--activations",
+            f"{file.path} has D = {file.dim} per sample but the SAE takes d_in = {sae.d_in}",
+        )
     if file.samples == 0:
         raise ConfigError("--activations", f"{file.path} holds no samples")
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
@@ -188,21 +224,44 @@ def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None =
     samples = min(file.samples, limit) if limit else file.samples
     fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress)
     models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
-    signals = latent_signals(sae.W_enc, sae.W_dec, coactivation,
-                             [peak_summary(m, reservoirs.sample(j)) for j, m in enumerate(models)])
+    signals = latent_signals(
+        sae.W_enc,
+        sae.W_dec,
+        coactivation,
+        [peak_summary(m, reservoirs.sample(j)) for j, m in enumerate(models)],
+    )
     scorer = load_score_model()
     score_K = np.where(fires_K > 0, scorer.probability(signals), 0.0)
     result = {
-        "sae": str(sae_path), "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
-        "activations": str(file.path), "key": file.key, "samples": samples,
+        "sae": str(sae_path),
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "activations": str(file.path),
+        "key": file.key,
+        "samples": samples,
         "threshold_score": scorer.threshold,
-        "rules": {"peak_floor": PEAK_FLOOR, "reservoir": RESERVOIR, "coactivation_rows": min(samples, COACTIVATION_ROWS),
-                  "signals": list(SIGNALS),
-                  "score": "probability of broken: logistic regression on the signals (analysis/score_weights.json)",
-                  "broken": f"score >= threshold_score ({scorer.threshold})", "score_fitted": scorer.fitted},
-        "latents": [_latent_record(j, fires_K[j] / samples, float(max_K[j]), models[j], float(score_K[j]),
-                                   scorer.threshold, {name: float(signals[name][j]) for name in SIGNALS})
-                    for j in range(sae.d_sae)],
+        "rules": {
+            "peak_floor": PEAK_FLOOR,
+            "reservoir": RESERVOIR,
+            "coactivation_rows": min(samples, COACTIVATION_ROWS),
+            "signals": list(SIGNALS),
+            "score": "probability of broken: logistic regression on the signals (analysis/score_weights.json)",
+            "broken": f"score >= threshold_score ({scorer.threshold})",
+            "score_fitted": scorer.fitted,
+        },
+        "latents": [
+            _latent_record(
+                j,
+                fires_K[j] / samples,
+                float(max_K[j]),
+                models[j],
+                float(score_K[j]),
+                scorer.threshold,
+                {name: float(signals[name][j]) for name in SIGNALS},
+            )
+            for j in range(sae.d_sae)
+        ],
     }
     # Written through the typed schema (inspect/result.py): the same bytes, checked as it is built.
     result = InspectResult.from_json(result).to_json()
@@ -213,7 +272,13 @@ def inspect_sae(sae_path: str | Path, activations: str | Path, key: str | None =
 def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, what: str):
     """(first row, latents [B, K]) chunk by chunk over the first `samples` rows; a non-finite value
     or an unreadable (truncated) file is a ConfigError naming the first bad sample."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     rows = max(1, CHUNK_BYTES // (4 * (file.dim + sae.d_sae)))
     columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -228,12 +293,18 @@ def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, 
             except ConfigError:
                 raise
             except Exception as err:  # a file cut short fails only when its missing rows are read
-                raise ConfigError("--activations", f"{file.path} could not be read past its first rows "
-                                                   f"(truncated or corrupt?): {err}; nothing was written") from None
+                raise ConfigError(
+                    "--activations",
+                    f"{file.path} could not be read past its first rows "
+                    f"(truncated or corrupt?): {err}; nothing was written",
+                ) from None
             bad = ~np.isfinite(x_BD).all(axis=1)
             if bad.any():
-                raise ConfigError("--activations", f"{file.path} has NaN or infinite values (first at sample "
-                                                   f"{start + int(np.argmax(bad))}); nothing was written")
+                raise ConfigError(
+                    "--activations",
+                    f"{file.path} has NaN or infinite values (first at sample "
+                    f"{start + int(np.argmax(bad))}); nothing was written",
+                )
             yield start, sae.encode(x_BD)
             bar.advance(task, len(x_BD))
 
@@ -254,13 +325,30 @@ def collect(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool = 
     return fires_K, max_K, reservoirs, coactivation
 
 
-def _latent_record(j: int, fires: float, top: float, model: PeakModel, score: float, threshold: float,
-                   signals: dict[str, float]) -> dict:
+def _latent_record(
+    j: int,
+    fires: float,
+    top: float,
+    model: PeakModel,
+    score: float,
+    threshold: float,
+    signals: dict[str, float],
+) -> dict:
     fitted = model.to_json()
-    return {"latent": j, "fires": round(float(fires), 6), "peaks": model.n_peaks, "mixture": fitted["mixture"],
-            "threshold": fitted["threshold"], "broken": bool(score >= threshold), "score": round(score, 4),
-            "signals": {name: round(value, 4) for name, value in signals.items()},
-            "peak_means": fitted["peak_means"], "max": round(top, 6), "floor": fitted["floor"], "fitted": model.fitted}
+    return {
+        "latent": j,
+        "fires": round(float(fires), 6),
+        "peaks": model.n_peaks,
+        "mixture": fitted["mixture"],
+        "threshold": fitted["threshold"],
+        "broken": bool(score >= threshold),
+        "score": round(score, 4),
+        "signals": {name: round(value, 4) for name, value in signals.items()},
+        "peak_means": fitted["peak_means"],
+        "max": round(top, 6),
+        "floor": fitted["floor"],
+        "fitted": model.fitted,
+    }
 
 
 def suspicious(result: dict, n: int) -> list[dict]:
@@ -272,12 +360,19 @@ def suspicious(result: dict, n: int) -> list[dict]:
 
 
 def _check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "inspect.json").exists())):
-        raise ConfigError("--out", f"{out} exists and is not an earlier inspect folder (no inspect.json); "
-                                   "choose a new path or an earlier inspect folder to replace")
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / "inspect.json").exists())
+    ):
+        raise ConfigError(
+            "--out",
+            f"{out} exists and is not an earlier inspect folder (no inspect.json); "
+            "choose a new path or an earlier inspect folder to replace",
+        )
 
 
-def _write_atomically(out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]) -> None:
+def _write_atomically(
+    out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]
+) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -312,20 +407,39 @@ def histogram(acts: np.ndarray, model: PeakModel, record: dict, path: Path) -> N
     top = float(shown.max()) * 1.02
     # Bins over [floor, top], not the data's own span: a latent firing at one exact value has a span
     # of a few float32 steps, too narrow for 100 bins.
-    ax.hist(shown, bins=100, range=(model.floor, top), density=True, color="0.75", label="activations")
+    ax.hist(
+        shown, bins=100, range=(model.floor, top), density=True, color="0.75", label="activations"
+    )
     grid = np.linspace(model.floor, top, 400)
     for i, c in enumerate(model.components):
-        ax.plot(grid, model.density(grid, (i,)), color="tab:blue", lw=0.8, ls=":",
-                label="components" if i == 0 else None)
+        ax.plot(
+            grid,
+            model.density(grid, (i,)),
+            color="tab:blue",
+            lw=0.8,
+            ls=":",
+            label="components" if i == 0 else None,
+        )
     ax.plot(grid, model.density(grid), color="tab:blue", lw=1.6, label="mixture")
     if model.threshold is not None:
-        ax.axvline(model.threshold, color="tab:red", ls="--", lw=1.2, label=f"threshold {model.threshold:.3g}")
-    ax.set_xlabel(f"latent activation\n(not shown: {below:.0%} of the sampled firings, at or below the floor "
-                  f"{model.floor:.3g} = {PEAK_FLOOR:.0%} of the max)", fontsize=9)
+        ax.axvline(
+            model.threshold,
+            color="tab:red",
+            ls="--",
+            lw=1.2,
+            label=f"threshold {model.threshold:.3g}",
+        )
+    ax.set_xlabel(
+        f"latent activation\n(not shown: {below:.0%} of the sampled firings, at or below the floor "
+        f"{model.floor:.3g} = {PEAK_FLOOR:.0%} of the max)",
+        fontsize=9,
+    )
     ax.set_ylabel("density (firings above the floor)")
     verdict = "broken" if record["broken"] else "not broken"
-    ax.set_title(f"latent {record['latent']}: {record['peaks']} peak(s), {verdict}, score {record['score']:.2f}",
-                 fontsize=10)
+    ax.set_title(
+        f"latent {record['latent']}: {record['peaks']} peak(s), {verdict}, score {record['score']:.2f}",
+        fontsize=10,
+    )
     ax.legend(fontsize=7, loc="upper right")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -337,36 +451,40 @@ def render_html(result: dict, figures: list[Path]) -> str:
     broken = [r for r in latents if r["broken"]]
     silent = [r for r in latents if r["fires"] == 0]
     esc = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in _row(r)) + "</tr>"
-                   for r in suspicious(result, TABLE_ROWS))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in _row(r)) + "</tr>"
+        for r in suspicious(result, TABLE_ROWS)
+    )
     images = "".join(
         f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        f"<figcaption>{esc(p.stem)}</figcaption></figure>" for p in figures)
+        f"<figcaption>{esc(p.stem)}</figcaption></figure>"
+        for p in figures
+    )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>inspect: {esc(result['sae'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>inspect: {esc(result["sae"])}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.2em 0.6em;text-align:right}}
 img{{max-width:100%}}</style></head><body>
 <h1>Broken-latent inspection</h1>
-<ul><li>SAE: <code>{esc(result['sae'])}</code> ({esc(result['architecture'])}, d_in {result['d_in']},
-d_sae {result['d_sae']})</li>
-<li>activations: <code>{esc(result['activations'])}</code>{'' if not result['key'] else f" [{esc(result['key'])}]"},
-{result['samples']:,} samples</li>
+<ul><li>SAE: <code>{esc(result["sae"])}</code> ({esc(result["architecture"])}, d_in {result["d_in"]},
+d_sae {result["d_sae"]})</li>
+<li>activations: <code>{esc(result["activations"])}</code>{"" if not result["key"] else f" [{esc(result['key'])}]"},
+{result["samples"]:,} samples</li>
 <li>broken: {len(broken)} of {len(latents)} latents; silent: {len(silent)}</li></ul>
 <h2>Rules</h2>
 <p>Per latent, signals read from the SAE's weights and these activations only (never a true feature):
 {_signal_list()}
 <b>score</b>: the probability that the latent is broken, a logistic regression on the signals fitted by the
-detection benchmark ({esc(str(result['rules']['score_fitted'].get('benchmark', '')))}, fitted on world seeds
-{esc(str(result['rules']['score_fitted'].get('fit_world_seeds', '')))}); <b>broken</b>: score &ge;
-{result['threshold_score']}. The peak model: a 1-D Gaussian mixture (components by BIC, up to 5) fitted to a
-uniform sample of at most {result['rules']['reservoir']:,} of the latent's activations above {PEAK_FLOOR:.0%}
+detection benchmark ({esc(str(result["rules"]["score_fitted"].get("benchmark", "")))}, fitted on world seeds
+{esc(str(result["rules"]["score_fitted"].get("fit_world_seeds", "")))}); <b>broken</b>: score &ge;
+{result["threshold_score"]}. The peak model: a 1-D Gaussian mixture (components by BIC, up to 5) fitted to a
+uniform sample of at most {result["rules"]["reservoir"]:,} of the latent's activations above {PEAK_FLOOR:.0%}
 of its max (a single Gaussian where the smoothed histogram shows one bump); <b>threshold</b>: where the main
 peak's weighted density equals the next peak's (one peak: its mean minus 3 std).</p>
 <h2>Highest-scoring latents</h2>
-<table><tr><th>latent</th><th>fires</th><th>peaks</th><th>peak means</th>{''.join(f"<th>{esc(n)}</th>" for n in SIGNALS)}
+<table><tr><th>latent</th><th>fires</th><th>peaks</th><th>peak means</th>{"".join(f"<th>{esc(n)}</th>" for n in SIGNALS)}
 <th>score</th><th>broken</th></tr>{rows}</table>
-<h2>Histograms</h2>{images or '<p>No latent fired often enough to fit.</p>'}
+<h2>Histograms</h2>{images or "<p>No latent fired often enough to fit.</p>"}
 </body></html>
 """
 
@@ -380,8 +498,15 @@ def _signal_list() -> str:
 
 def _row(r: dict) -> list[str]:
     means = ", ".join(f"{m:.3g}" for m in r["peak_means"])
-    return [str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]), means,
-            *(f"{r['signals'][n]:.3f}" for n in SIGNALS), f"{r['score']:.3f}", "yes" if r["broken"] else "no"]
+    return [
+        str(r["latent"]),
+        f"{r['fires']:.4f}",
+        str(r["peaks"]),
+        means,
+        *(f"{r['signals'][n]:.3f}" for n in SIGNALS),
+        f"{r['score']:.3f}",
+        "yes" if r["broken"] else "no",
+    ]
 
 
 def print_summary(outcome: InspectOutcome, console) -> None:
@@ -389,12 +514,21 @@ def print_summary(outcome: InspectOutcome, console) -> None:
 
     result = outcome.result
     broken = [r for r in result["latents"] if r["broken"]]
-    table = Table(title=f"{len(broken)} of {result['d_sae']} latents look broken ({result['samples']:,} samples)")
+    table = Table(
+        title=f"{len(broken)} of {result['d_sae']} latents look broken ({result['samples']:,} samples)"
+    )
     for column in ("latent", "fires", "peaks", *SIGNALS, "score"):
         table.add_column(column.replace("_", " "), justify="right")
     for r in suspicious(result, 10):
         if r["broken"]:
-            table.add_row(str(r["latent"]), f"{r['fires']:.4f}", str(r["peaks"]),
-                          *(f"{r['signals'][n]:.2f}" for n in SIGNALS), f"{r['score']:.3f}")
+            table.add_row(
+                str(r["latent"]),
+                f"{r['fires']:.4f}",
+                str(r["peaks"]),
+                *(f"{r['signals'][n]:.2f}" for n in SIGNALS),
+                f"{r['score']:.3f}",
+            )
     console.print(table)
-    console.print(f"inspect folder: {outcome.directory}  (report: {outcome.directory / 'report.html'})")
+    console.print(
+        f"inspect folder: {outcome.directory}  (report: {outcome.directory / 'report.html'})"
+    )

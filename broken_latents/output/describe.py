@@ -11,19 +11,27 @@ LISTED_RELATIONS = 4
 """Hierarchies up to this many parent/child relations are spelled out; bigger ones are counted."""
 
 
-def cos_text(value: float, threshold: float = CLEAN_COS, digits: int = 2, signed: bool = False) -> str:
+def cos_text(
+    value: float, threshold: float = CLEAN_COS, digits: int = 2, signed: bool = False
+) -> str:
     """`value` with `digits` decimals, or more where rounding would carry it across `threshold`: a latent at
     0.9477 is broken at 0.95 and prints 0.948, not 0.95 (nor 0.9496 as 0.950). Compared by |value|."""
     for places in range(digits, 7):
         text = f"{value:+.{places}f}" if signed else f"{value:.{places}f}"
         if (abs(float(text)) >= threshold) == (abs(value) >= threshold):
             break
-    return text.replace("-0.", "0.") if float(text) == 0 and not signed else text  # -0.001 prints as 0.00
+    return (
+        text.replace("-0.", "0.") if float(text) == 0 and not signed else text
+    )  # -0.001 prints as 0.00
 
 
 def parents_of(world: WorldMetrics) -> dict[int, tuple[int, str]]:
     """Child feature -> (its parent, the relation's mode), from the recorded hierarchy."""
-    return {child: (rel["parent"], rel["mode"]) for rel in world.hierarchy or [] for child in rel["children"]}
+    return {
+        child: (rel["parent"], rel["mode"])
+        for rel in world.hierarchy or []
+        for child in rel["children"]
+    }
 
 
 def given_rate_text(world: WorldMetrics, feature: int) -> str:
@@ -39,7 +47,9 @@ def world_line(world: WorldMetrics) -> str:
     if "activations" in world.extra:
         return _stored_world_line(world)
     features = len(world.firing_rates)
-    head = f"world: {features} features" + (f" in {world.dim} dims" if world.dim is not None else "")
+    head = f"world: {features} features" + (
+        f" in {world.dim} dims" if world.dim is not None else ""
+    )
     if world.dim is not None:
         head += " (orthogonal)" if world.dim >= features else " (superposition)"
     marginal = [f"{p:.3g}" for p in world.firing_rates]
@@ -48,18 +58,30 @@ def world_line(world: WorldMetrics) -> str:
     parts = [head]
     if given != marginal:
         conditional = sum("given" in text for text in given)
-        parts.append(f"firing rates as given {_listed(given, given_values)}"
-                     + (f" ({conditional} conditional, given their parent)" if len(given) > LISTED_FEATURES else ""))
+        parts.append(
+            f"firing rates as given {_listed(given, given_values)}"
+            + (
+                f" ({conditional} conditional, given their parent)"
+                if len(given) > LISTED_FEATURES
+                else ""
+            )
+        )
         parts.append(f"marginal {_listed(marginal, world.firing_rates)}")
     else:
         parts.append(f"firing rates {_listed(marginal, world.firing_rates)}")
     if world.magnitudes:
-        parts.append(f"magnitude {_listed([f'{m:.3g}' for m in world.magnitudes], world.magnitudes)}")
+        parts.append(
+            f"magnitude {_listed([f'{m:.3g}' for m in world.magnitudes], world.magnitudes)}"
+        )
     relations = world.hierarchy
-    if relations is not None and len(relations) > LISTED_RELATIONS:  # a generated tree: count, do not list
+    if (
+        relations is not None and len(relations) > LISTED_RELATIONS
+    ):  # a generated tree: count, do not list
         conditional = sum(rel["mode"] == "conditional" for rel in relations)
-        parts.append(f"hierarchy: {len(relations)} parents, {conditional} of them with conditional children "
-                     f"(rates given the parent), {len(relations) - conditional} with forcing children")
+        parts.append(
+            f"hierarchy: {len(relations)} parents, {conditional} of them with conditional children "
+            f"(rates given the parent), {len(relations) - conditional} with forcing children"
+        )
     elif relations is not None:  # absent in runs from before it was recorded: unknown, not "none"
         parts.append("hierarchy: " + ("; ".join(map(_relation, relations)) or "none"))
     return "; ".join(parts)
@@ -68,13 +90,17 @@ def world_line(world: WorldMetrics) -> str:
 def _stored_world_line(world: WorldMetrics) -> str:
     """A stored-activations world: the file, its split, and the concepts its labels give (if any)."""
     x = world.extra
-    parts = [f"world: stored activations {x['activations']} ({x['rows']:,} rows x {x['dim']} dims; "
-             f"{x['train_rows']:,} trained on, {x['eval_rows']:,} held-out rows measured)"]
+    parts = [
+        f"world: stored activations {x['activations']} ({x['rows']:,} rows x {x['dim']} dims; "
+        f"{x['train_rows']:,} trained on, {x['eval_rows']:,} held-out rows measured)"
+    ]
     if "concepts" in x:
         dropped = x.get("dropped", [])
-        parts.append(f"{len(x['concepts'])} concepts kept as true features (class-mean directions)"
-                     + (f", {len(dropped)} dropped by their probes" if dropped else ", none dropped")
-                     + f"; hierarchy from the labels: {len(x.get('edges', []))} parent-child edges")
+        parts.append(
+            f"{len(x['concepts'])} concepts kept as true features (class-mean directions)"
+            + (f", {len(dropped)} dropped by their probes" if dropped else ", none dropped")
+            + f"; hierarchy from the labels: {len(x.get('edges', []))} parent-child edges"
+        )
     else:
         parts.append("no labels or directions: no true features")
     return "; ".join(parts)

@@ -40,10 +40,19 @@ PROFILE_FEATURES = 64
 """A world with more features than this gets its profile without a tick per feature."""
 
 
-def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent", col_label: str = "feature",
-                row_marks: dict[int, str] | None = None, col_marks: dict[int, str] | None = None,
-                boxes: dict[tuple[int, int], str] | None = None, threshold: float = CLEAN_COS,
-                row_ids: Sequence[int] | None = None, col_ids: Sequence[int] | None = None) -> None:
+def cos_heatmap(
+    matrix,
+    title: str,
+    path: str | Path,
+    row_label: str = "latent",
+    col_label: str = "feature",
+    row_marks: dict[int, str] | None = None,
+    col_marks: dict[int, str] | None = None,
+    boxes: dict[tuple[int, int], str] | None = None,
+    threshold: float = CLEAN_COS,
+    row_ids: Sequence[int] | None = None,
+    col_ids: Sequence[int] | None = None,
+) -> None:
     """Cosines in a fixed -1..1 diverging scale, so colours compare across figures and runs. Values near
     `threshold` get the digits to tell their side. `row_marks` / `col_marks`: a word after a tick label
     ("broken", "dead", "parent"), coloured by MARK_COLOURS; `boxes`: (row, col) -> a mark whose colour
@@ -60,11 +69,18 @@ def cos_heatmap(matrix, title: str, path: str | Path, row_label: str = "latent",
     if values:
         _write_cell_values(ax, cos_RC, threshold)
     for (r, c), mark in boxes.items():
-        ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor=MARK_COLOURS[mark], linewidth=2.2))
+        ax.add_patch(
+            plt.Rectangle(
+                (c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor=MARK_COLOURS[mark], linewidth=2.2
+            )
+        )
     row_names = [str(j) for j in (range(rows) if row_ids is None else row_ids)]
     col_names = [str(i) for i in (range(cols) if col_ids is None else col_ids)]
-    ax.set_xticks(range(cols), [_marked(c, col_marks, col_names[c]) for c in range(cols)],
-                  rotation=90 if col_marks or not values else 0)
+    ax.set_xticks(
+        range(cols),
+        [_marked(c, col_marks, col_names[c]) for c in range(cols)],
+        rotation=90 if col_marks or not values else 0,
+    )
     ax.set_yticks(range(rows), [_marked(r, row_marks, row_names[r]) for r in range(rows)])
     for label, index in zip(ax.get_xticklabels(), range(cols)):
         label.set_color(MARK_COLOURS.get(col_marks.get(index), "black"))
@@ -107,32 +123,63 @@ def latent_marks(run: RunMetrics) -> dict[int, str]:
     return {**{j: "broken" for j in run.broken_latents}, **{j: "dead" for j in run.dead_latents}}
 
 
-def latent_cos_heatmap(matrix, title: str, path: str | Path, marks: dict[int, str] | None = None) -> None:
+def latent_cos_heatmap(
+    matrix, title: str, path: str | Path, marks: dict[int, str] | None = None
+) -> None:
     """Latent-latent cosines: off-diagonal colour means latents share directions."""
-    cos_heatmap(matrix, title, path, row_label="latent", col_label="latent", row_marks=marks, col_marks=marks)
+    cos_heatmap(
+        matrix,
+        title,
+        path,
+        row_label="latent",
+        col_label="latent",
+        row_marks=marks,
+        col_marks=marks,
+    )
 
 
-def activation_histograms(acts, peak_locations: Sequence[Sequence[float]], title: str, path: str | Path,
-                          peak_models: Sequence[PeakModelRecord] = (), latent_ids: Sequence[int] | None = None) -> None:
+def activation_histograms(
+    acts,
+    peak_locations: Sequence[Sequence[float]],
+    title: str,
+    path: str | Path,
+    peak_models: Sequence[PeakModelRecord] = (),
+    latent_ids: Sequence[int] | None = None,
+) -> None:
     """One panel per latent: activations above HIST_FLOOR of its max (the share left out is written
     on the panel), the fitted peak model's mixture over them, its peaks dashed and its threshold
     dotted. One peak is a clean latent; several peaks are features mixed into it (broken)."""
     models = {m.latent: m for m in peak_models}
     acts_BK = np.asarray(acts, dtype=float)
     latents = acts_BK.shape[1]
-    ids = list(range(latents)) if latent_ids is None else [int(j) for j in latent_ids]  # column -> latent
+    ids = (
+        list(range(latents)) if latent_ids is None else [int(j) for j in latent_ids]
+    )  # column -> latent
     rows = math.ceil(latents / HIST_COLUMNS)
     cols = math.ceil(latents / rows)  # 4 latents: 2 rows of 2 rather than 3 + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.8), squeeze=False, layout="constrained"
+    )
     for j, ax in enumerate(axes.flat):
         if j < latents:
             latent = ids[j]
-            _latent_panel(ax, latent, acts_BK[:, j], peak_locations[latent] if latent < len(peak_locations) else [],
-                          models.get(latent))
+            _latent_panel(
+                ax,
+                latent,
+                acts_BK[:, j],
+                peak_locations[latent] if latent < len(peak_locations) else [],
+                models.get(latent),
+            )
         else:
             ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
-    fig.legend(handles=_histogram_legend(), loc="outside lower center", ncol=min(4, 2 * cols), fontsize=7, frameon=False)
+    fig.legend(
+        handles=_histogram_legend(),
+        loc="outside lower center",
+        ncol=min(4, 2 * cols),
+        fontsize=7,
+        frameon=False,
+    )
     _save(fig, path)
 
 
@@ -145,19 +192,31 @@ def _histogram_legend() -> list:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    return [Patch(color="tab:blue", alpha=0.6, label="activations (count, log scale)"),
-            Line2D([], [], color="black", linewidth=0.9, label="fitted peak model (Gaussian mixture)"),
-            Line2D([], [], color="tab:red", linestyle="--", linewidth=0.9, label="peak"),
-            Line2D([], [], color="tab:green", linestyle=":", linewidth=1.1, label="threshold between peaks")]
+    return [
+        Patch(color="tab:blue", alpha=0.6, label="activations (count, log scale)"),
+        Line2D([], [], color="black", linewidth=0.9, label="fitted peak model (Gaussian mixture)"),
+        Line2D([], [], color="tab:red", linestyle="--", linewidth=0.9, label="peak"),
+        Line2D(
+            [], [], color="tab:green", linestyle=":", linewidth=1.1, label="threshold between peaks"
+        ),
+    ]
 
 
-def world_profile(expected_mse, rates, magnitudes, title: str, path: str | Path, highlight: Sequence[int] = ()) -> None:
+def world_profile(
+    expected_mse, rates, magnitudes, title: str, path: str | Path, highlight: Sequence[int] = ()
+) -> None:
     """Magnitude, firing probability and expected MSE (p * m^2) per feature; an SAE with K
     latents should learn the K features with the largest expected MSE (`highlight`)."""
-    panels = [("magnitude", magnitudes), ("firing probability\n(marginal)", rates), ("expected MSE = p·m²", expected_mse)]
+    panels = [
+        ("magnitude", magnitudes),
+        ("firing probability\n(marginal)", rates),
+        ("expected MSE = p·m²", expected_mse),
+    ]
     features = len(expected_mse)
     ticks = features <= PROFILE_FEATURES
-    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5) if ticks else 12.0, 6.0))
+    fig, axes = plt.subplots(
+        3, 1, sharex=True, figsize=(max(5.0, 0.35 * features + 1.5) if ticks else 12.0, 6.0)
+    )
     top = set(highlight)
     colours = [HIGHLIGHT if i in top else "tab:blue" for i in range(features)]
     for ax, (name, values) in zip(axes, panels):
@@ -189,7 +248,9 @@ def loss_curves(history: dict, title: str, path: str | Path) -> None:
     labels = list(dict.fromkeys(run["label"] for run in history["runs"]))
     colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, layout="constrained"
+    )
     for ax, name in zip(axes[0], names):
         for run in history["runs"]:
             values = run["terms"].get(name)
@@ -197,9 +258,17 @@ def loss_curves(history: dict, title: str, path: str | Path) -> None:
                 continue
             y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
             y[y <= 0] = np.nan  # a log axis cannot show 0 (e.g. an L1 of silent latents)
-            seed_rank = [r["seed"] for r in history["runs"] if r["label"] == run["label"]].index(run["seed"])
-            ax.plot(steps, y, color=colours[run["label"]], linestyle=styles[seed_rank % len(styles)],
-                    linewidth=1.0, label=f"{run['label']} seed {run['seed']}")
+            seed_rank = [r["seed"] for r in history["runs"] if r["label"] == run["label"]].index(
+                run["seed"]
+            )
+            ax.plot(
+                steps,
+                y,
+                color=colours[run["label"]],
+                linestyle=styles[seed_rank % len(styles)],
+                linewidth=1.0,
+                label=f"{run['label']} seed {run['seed']}",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("samples seen (per SAE)", fontsize=8)
         ax.set_ylabel(f"{name} (batch mean)", fontsize=8)
@@ -208,12 +277,21 @@ def loss_curves(history: dict, title: str, path: str | Path) -> None:
         ax.grid(alpha=0.3, which="both")
     # One legend for every panel (each panel has the same lines), beside them rather than over a curve.
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="SAE and seed", title_fontsize=7)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside right upper",
+        fontsize=7,
+        title="SAE and seed",
+        title_fontsize=7,
+    )
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
 
-def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figures_dir: str | Path) -> dict[str, list[str]]:
+def write_run_figures(
+    metrics: Metrics, activations: dict[str, np.ndarray], figures_dir: str | Path
+) -> dict[str, list[str]]:
     """Every figure of a run; returns run key ("LABEL-seedN", and "world") -> file names
     relative to figures_dir's parent (the run directory, where report.md lives)."""
     figures_dir = Path(figures_dir)
@@ -223,12 +301,20 @@ def write_run_figures(metrics: Metrics, activations: dict[str, np.ndarray], figu
         return f"{figures_dir.name}/{name}"
 
     # Stored activations have no sampled world (no expected MSE) to draw.
-    written = {"world": [relative(_world_figure(metrics, figures_dir))]} if metrics.world.expected_mse else {}
+    written = (
+        {"world": [relative(_world_figure(metrics, figures_dir))]}
+        if metrics.world.expected_mse
+        else {}
+    )
     parents = {rel["parent"] for rel in metrics.world.hierarchy or []}
     for run in metrics.runs:
         key = f"{run.label}-seed{run.seed}"
-        written[key] = [relative(name) for name in _run_figures(run, key, activations.get(key), figures_dir, parents,
-                                                                metrics.clean_cos or CLEAN_COS)]
+        written[key] = [
+            relative(name)
+            for name in _run_figures(
+                run, key, activations.get(key), figures_dir, parents, metrics.clean_cos or CLEAN_COS
+            )
+        ]
     return written
 
 
@@ -243,7 +329,9 @@ def top_latents(run: RunMetrics, acts: np.ndarray | None, count: int | None = No
     return np.lexsort((-norms_K, -firing_K))[:count]
 
 
-def _top_latent_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path) -> list[str]:
+def _top_latent_figures(
+    run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path
+) -> list[str]:
     """A large SAE's figures: its top latents against their best features (columns in the order
     the latents first pick them), their latent-latent cosines and the top ones' histograms."""
     heading = f"{run.label} seed {run.seed}"
@@ -253,52 +341,105 @@ def _top_latent_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figu
     features = list(dict.fromkeys(int(i) for i in np.abs(rows_TF).argmax(axis=1)))
     shown = f"top {len(top_T)} of {decoder_KF.shape[0]} latents by firing"
     names = [f"{key}-decoder.png"]
-    cos_heatmap(rows_TF[:, features], f"{heading}: decoder cos, {shown}, with their best features",
-                figures_dir / names[-1], row_ids=top_T, col_ids=features)
+    cos_heatmap(
+        rows_TF[:, features],
+        f"{heading}: decoder cos, {shown}, with their best features",
+        figures_dir / names[-1],
+        row_ids=top_T,
+        col_ids=features,
+    )
     architecture = run.label if run.architecture is None else run.architecture
     if architecture != "tied":
         names.append(f"{key}-encoder.png")
         encoder_TF = np.asarray(run.matrix("encoder_cos")[top_T], dtype=float)[:, features]
-        cos_heatmap(encoder_TF, f"{heading}: encoder cos, {shown}", figures_dir / names[-1], row_ids=top_T,
-                    col_ids=features)
+        cos_heatmap(
+            encoder_TF,
+            f"{heading}: encoder cos, {shown}",
+            figures_dir / names[-1],
+            row_ids=top_T,
+            col_ids=features,
+        )
     names.append(f"{key}-latents.png")
     latent_TT = np.asarray(run.matrix("latent_cos")[top_T][:, top_T], dtype=float)
-    cos_heatmap(latent_TT, f"{heading}: decoder cos between the {shown}", figures_dir / names[-1],
-                row_label="latent", col_label="latent", row_ids=top_T, col_ids=top_T)
+    cos_heatmap(
+        latent_TT,
+        f"{heading}: decoder cos between the {shown}",
+        figures_dir / names[-1],
+        row_label="latent",
+        col_label="latent",
+        row_ids=top_T,
+        col_ids=top_T,
+    )
     if acts is not None:
         names.append(f"{key}-hist.png")
         hist_T = top_T[:TOP_HISTOGRAMS]
-        activation_histograms(np.asarray(acts)[:, hist_T], run.peak_locations,
-                              f"{heading}: activations of the {len(hist_T)} latents that fire most",
-                              figures_dir / names[-1], run.peak_models or (), latent_ids=hist_T)
+        activation_histograms(
+            np.asarray(acts)[:, hist_T],
+            run.peak_locations,
+            f"{heading}: activations of the {len(hist_T)} latents that fire most",
+            figures_dir / names[-1],
+            run.peak_models or (),
+            latent_ids=hist_T,
+        )
     return names
 
 
-def _run_figures(run: RunMetrics, key: str, acts: np.ndarray | None, figures_dir: Path, parents: set[int] = frozenset(),
-                 threshold: float = CLEAN_COS) -> list[str]:
+def _run_figures(
+    run: RunMetrics,
+    key: str,
+    acts: np.ndarray | None,
+    figures_dir: Path,
+    parents: set[int] = frozenset(),
+    threshold: float = CLEAN_COS,
+) -> list[str]:
     latents, features = run.shape("decoder_cos")
     if max(latents, features) > TOP_LATENTS:
         return _top_latent_figures(run, key, acts, figures_dir)
     heading = f"{run.label} seed {run.seed}"
     broken = set(run.broken_latents)
-    marks = {"row_marks": latent_marks(run), "col_marks": {f: "parent" for f in parents}, "threshold": threshold,
-             "boxes": {(m.latent, m.feature): "broken" if m.latent in broken else "clean" for m in run.matches}}
+    marks = {
+        "row_marks": latent_marks(run),
+        "col_marks": {f: "parent" for f in parents},
+        "threshold": threshold,
+        "boxes": {
+            (m.latent, m.feature): "broken" if m.latent in broken else "clean" for m in run.matches
+        },
+    }
     names = []
     if run.decoder_cos:  # stored activations without labels or directions have no true features
         names.append(f"{key}-decoder.png")
-        cos_heatmap(run.decoder_cos, f"{heading}: decoder cos with true features", figures_dir / names[-1], **marks)
+        cos_heatmap(
+            run.decoder_cos,
+            f"{heading}: decoder cos with true features",
+            figures_dir / names[-1],
+            **marks,
+        )
     # A tied SAE's encoder is its decoder: a second heatmap would repeat the first.
     architecture = run.label if run.architecture is None else run.architecture
     if architecture != "tied" and run.encoder_cos:
         names.append(f"{key}-encoder.png")
-        cos_heatmap(run.encoder_cos, f"{heading}: encoder cos with true features", figures_dir / names[-1], **marks)
+        cos_heatmap(
+            run.encoder_cos,
+            f"{heading}: encoder cos with true features",
+            figures_dir / names[-1],
+            **marks,
+        )
     names.append(f"{key}-latents.png")
-    latent_cos_heatmap(run.latent_cos, f"{heading}: decoder cos between latents", figures_dir / names[-1],
-                       latent_marks(run))
+    latent_cos_heatmap(
+        run.latent_cos,
+        f"{heading}: decoder cos between latents",
+        figures_dir / names[-1],
+        latent_marks(run),
+    )
     if acts is not None:
         names.append(f"{key}-hist.png")
-        activation_histograms(acts, run.peak_locations, f"{heading}: latent activations", figures_dir / names[-1],
-                              run.peak_models or ())
+        activation_histograms(
+            acts,
+            run.peak_locations,
+            f"{heading}: latent activations",
+            figures_dir / names[-1],
+            run.peak_models or (),
+        )
     return names
 
 
@@ -308,10 +449,16 @@ def _world_figure(metrics: Metrics, figures_dir: Path) -> str:
     rates = np.asarray(world.firing_rates, dtype=float)
     magnitudes = world.magnitudes
     if magnitudes is None:  # older metrics.json: p * m^2 = expected MSE gives m back
-        magnitudes = np.sqrt(np.divide(expected, rates, out=np.zeros_like(expected), where=rates > 0))
+        magnitudes = np.sqrt(
+            np.divide(expected, rates, out=np.zeros_like(expected), where=rates > 0)
+        )
     latents = max((run.shape("decoder_cos")[0] for run in metrics.runs), default=0)
-    top = (world.expected_mse_ranking or list(np.argsort(-expected)))[:latents]  # older runs: no ranking
-    world_profile(expected, rates, magnitudes, f"{metrics.name}: features", figures_dir / "world.png", top)
+    top = (world.expected_mse_ranking or list(np.argsort(-expected)))[
+        :latents
+    ]  # older runs: no ranking
+    world_profile(
+        expected, rates, magnitudes, f"{metrics.name}: features", figures_dir / "world.png", top
+    )
     return "world.png"
 
 
@@ -319,38 +466,69 @@ def _write_cell_values(ax, cos_RC: np.ndarray, threshold: float = CLEAN_COS) -> 
     for (r, c), value in np.ndenumerate(cos_RC):
         colour = "white" if abs(value) > 0.55 else "black"  # dark ends of RdBu need light text
         text = cos_text(float(value), threshold)  # 0.9477 prints 0.948: it is broken, not 0.95
-        ax.text(c, r, text, ha="center", va="center", fontsize=6.5 if len(text) <= 5 else 5.5, color=colour)
+        ax.text(
+            c,
+            r,
+            text,
+            ha="center",
+            va="center",
+            fontsize=6.5 if len(text) <= 5 else 5.5,
+            color=colour,
+        )
 
 
-def _latent_panel(ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], model: dict | None = None) -> None:
+def _latent_panel(
+    ax, latent: int, acts_B: np.ndarray, peaks: Sequence[float], model: dict | None = None
+) -> None:
     top = float(acts_B.max()) if acts_B.size else 0.0
     ax.tick_params(labelsize=7)
     if top <= 0:
         ax.set_title(f"latent {latent}: dead", fontsize=9)
-        ax.text(0.5, 0.5, "dead", ha="center", va="center", transform=ax.transAxes, color="grey", fontsize=12)
+        ax.text(
+            0.5,
+            0.5,
+            "dead",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+            fontsize=12,
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         return
     low = HIST_FLOOR * top
     shown = acts_B[acts_B > low]
-    ax.hist(shown, bins=HIST_BINS, range=(low, top), histtype="stepfilled", color="tab:blue", alpha=0.6)
+    ax.hist(
+        shown, bins=HIST_BINS, range=(low, top), histtype="stepfilled", color="tab:blue", alpha=0.6
+    )
     ax.set_yscale("log")
     if model is not None and model.mixture:
         # The mixture was fitted to activations above its own floor: scale it to the count here.
         xs = np.linspace(max(low, model.floor), top, 300)
         fitted = int((acts_B > model.floor).sum())
         density = mixture_density(xs, model.mixture)
-        ax.plot(xs, np.maximum(fitted * density * (top - low) / HIST_BINS, 1e-1), color="black", linewidth=0.9,
-                label="mixture")
+        ax.plot(
+            xs,
+            np.maximum(fitted * density * (top - low) / HIST_BINS, 1e-1),
+            color="black",
+            linewidth=0.9,
+            label="mixture",
+        )
         if model.threshold is not None:
-            ax.axvline(model.threshold, color="tab:green", linestyle=":", linewidth=1.1, label="threshold")
+            ax.axvline(
+                model.threshold, color="tab:green", linestyle=":", linewidth=1.1, label="threshold"
+            )
         ax.set_ylim(bottom=0.5)
     for location in peaks:
         ax.axvline(location, color="tab:red", linestyle="--", linewidth=0.9)
     positive = int((acts_B > 0).sum())
     hidden = 1 - len(shown) / positive if positive else 0.0
-    ax.set_title(f"latent {latent}: {len(peaks)} peak{'' if len(peaks) == 1 else 's'}\n"
-                 f"{hidden:.0%} of firings below {HIST_FLOOR:.0%} of max: not shown", fontsize=8)
+    ax.set_title(
+        f"latent {latent}: {len(peaks)} peak{'' if len(peaks) == 1 else 's'}\n"
+        f"{hidden:.0%} of firings below {HIST_FLOOR:.0%} of max: not shown",
+        fontsize=8,
+    )
     ax.set_xlabel("activation", fontsize=7)
     ax.set_ylabel("count (log)", fontsize=7)
 

@@ -24,8 +24,12 @@ SHOWN_ABSORPTION = 0.05
 # -- markdown ---------------------------------------------------------------------------------
 
 
-def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set | None = None,
-                    config_toml: str | None = None) -> str:
+def render_markdown(
+    metrics: Metrics,
+    figures: dict[str, list[str]],
+    shown: set | None = None,
+    config_toml: str | None = None,
+) -> str:
     """The run's report: what ran, which claims hold, the world, and per SAE the seeds' results.
     `figures` maps run keys ("LABEL-seedN", "world") to image paths relative to the run directory;
     `shown`: the seeds detailed (default: the first, and the first where a claim failed);
@@ -34,27 +38,46 @@ def render_markdown(metrics: Metrics, figures: dict[str, list[str]], shown: set 
     shown = detail_seeds(runs, metrics.claims or []) if shown is None else shown
     parts = [f"# {metrics.name}", metrics.description or "", _run_facts(metrics)]
     if notes := convergence_notes(metrics):
-        parts += ["## Convergence", "The training loss was still falling at the end for these SAEs, so their "
-                  "latents may still change with more training:", "\n".join(f"- {note}"
-                                                                          for note in notes)]
+        parts += [
+            "## Convergence",
+            "The training loss was still falling at the end for these SAEs, so their "
+            "latents may still change with more training:",
+            "\n".join(f"- {note}" for note in notes),
+        ]
     if metrics.claims:
         parts += ["## Claims", claims_table(metrics.claims)]
-    parts += ["## World", world_line(metrics.world), _ranking_table(metrics.world), _images(figures.get("world", []))]
+    parts += [
+        "## World",
+        world_line(metrics.world),
+        _ranking_table(metrics.world),
+        _images(figures.get("world", [])),
+    ]
     if figures.get("training"):
-        parts += ["## Training", "Loss terms per logged step, a line per SAE and seed (every value is in "
-                  "`history.json`):", _images(figures["training"])]
+        parts += [
+            "## Training",
+            "Loss terms per logged step, a line per SAE and seed (every value is in "
+            "`history.json`):",
+            _images(figures["training"]),
+        ]
     for label in dict.fromkeys(run.label for run in runs):  # labels in run order, once each
         label_runs = [run for run in runs if run.label == label]
         parts += [f"## SAE `{label}`", _summary_table(label_runs)]
         others = [run.seed for run in label_runs if run.seed not in shown]
         if others:
-            parts.append(f"Seeds {_join(others)}: summary row only (all numbers are in `metrics.json`).")
+            parts.append(
+                f"Seeds {_join(others)}: summary row only (all numbers are in `metrics.json`)."
+            )
         for run in label_runs:
             if run.seed in shown:
-                parts += _run_detail(run, figures.get(f"{label}-seed{run.seed}", []), metrics.clean_cos or CLEAN_COS)
+                parts += _run_detail(
+                    run, figures.get(f"{label}-seed{run.seed}", []), metrics.clean_cos or CLEAN_COS
+                )
     if config_toml:
-        parts += ["## Config", "`config.toml` of this run (`broken-latents run DIR/config.toml` reruns it):",
-                  f"```toml\n{config_toml.strip()}\n```"]
+        parts += [
+            "## Config",
+            "`config.toml` of this run (`broken-latents run DIR/config.toml` reruns it):",
+            f"```toml\n{config_toml.strip()}\n```",
+        ]
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
@@ -64,33 +87,57 @@ RECIPE = "--set train.lr=1e-3 --set train.lr_decay=cosine"
 
 def convergence_notes(metrics: Metrics) -> list[str]:
     """A sentence per SAE and seed whose loss was still falling (analysis/convergence.py's rule)."""
-    return [f"SAE {run.label} seed {run.seed} had not converged: its {run.falling_term} fell by {run.loss_drop:.0%} "
-            f"of the loss over the last {WINDOW:.0%} of training (at least {MIN_WINDOW} logged steps) against the "
-            f"stretch before (the limit is {STILL_FALLING:.0%}). Train on more samples "
-            f"(--samples, e.g. {4 * metrics.samples:,}) or use the recipe of the registered plain experiments ({RECIPE})."
-            for run in metrics.runs if run.still_falling]
+    return [
+        f"SAE {run.label} seed {run.seed} had not converged: its {run.falling_term} fell by {run.loss_drop:.0%} "
+        f"of the loss over the last {WINDOW:.0%} of training (at least {MIN_WINDOW} logged steps) against the "
+        f"stretch before (the limit is {STILL_FALLING:.0%}). Train on more samples "
+        f"(--samples, e.g. {4 * metrics.samples:,}) or use the recipe of the registered plain experiments ({RECIPE})."
+        for run in metrics.runs
+        if run.still_falling
+    ]
 
 
 def claims_table(claims: Sequence[ClaimResult], experiments: Sequence[str] = ()) -> str:
     """One row per claim; `experiments` (one per claim, for a multi-experiment summary) adds an
     "experiment" column in front."""
-    header = (["experiment"] if experiments else []) + ["claim", "text", "seeds held", "holds", "detail"]
-    rows = [[f"`{claim.id}`", claim.text, _seeds_held(claim), "yes" if claim.holds else "no", claim.detail]
-            for claim in claims]
+    header = (["experiment"] if experiments else []) + [
+        "claim",
+        "text",
+        "seeds held",
+        "holds",
+        "detail",
+    ]
+    rows = [
+        [
+            f"`{claim.id}`",
+            claim.text,
+            _seeds_held(claim),
+            "yes" if claim.holds else "no",
+            claim.detail,
+        ]
+        for claim in claims
+    ]
     if experiments:
         rows = [[experiment, *row] for experiment, row in zip(experiments, rows, strict=True)]
     return _table(header, rows)
 
 
 def _seeds_held(claim: ClaimResult) -> str:
-    return f"{claim.seeds_held}/{claim.seeds_run}" if claim.seeds_run else "-"  # no seeds run: not recorded
+    return (
+        f"{claim.seeds_held}/{claim.seeds_run}" if claim.seeds_run else "-"
+    )  # no seeds run: not recorded
 
 
 def detail_seeds(runs: list[RunMetrics], claims: list[ClaimResult]) -> set:
     """The first seed, and the first seed where a claim failed: enough detail to see a success
     and a failure without one page per seed. `per_seed[i]` is the i-th seed in run order."""
     seeds = list(dict.fromkeys(run.seed for run in runs))
-    failed = [i for claim in claims for i, held in enumerate(claim.per_seed) if not held and i < len(seeds)]
+    failed = [
+        i
+        for claim in claims
+        for i, held in enumerate(claim.per_seed)
+        if not held and i < len(seeds)
+    ]
     return set(seeds[:1]) | ({seeds[min(failed)]} if failed else set())
 
 
@@ -105,30 +152,60 @@ def _run_facts(metrics: Metrics) -> str:
 def _ranking_table(world: WorldMetrics) -> str:
     expected = world.expected_mse
     ranking = world.expected_mse_ranking or sorted(range(len(expected)), key=lambda i: -expected[i])
-    columns = {"p (marginal)": world.firing_rates, "m": world.magnitudes, "p·m²": expected, "p(1-p)·m²": world.variance}
-    columns = {name: values for name, values in columns.items() if values}  # older runs lack some: None or []
+    columns = {
+        "p (marginal)": world.firing_rates,
+        "m": world.magnitudes,
+        "p·m²": expected,
+        "p(1-p)·m²": world.variance,
+    }
+    columns = {
+        name: values for name, values in columns.items() if values
+    }  # older runs lack some: None or []
     given = [given_rate_text(world, f) for f in range(len(world.firing_rates))]
     conditional = any("given" in text for text in given)
     rows = [
-        [str(rank), str(f)] + ([given[f]] if conditional else []) + [f"{values[f]:.3f}" for values in columns.values()]
+        [str(rank), str(f)]
+        + ([given[f]] if conditional else [])
+        + [f"{values[f]:.3f}" for values in columns.values()]
         for rank, f in enumerate(ranking[:RANKING_ROWS], start=1)
     ]
     header = ["rank", "feature", *(["rate as given"] if conditional else []), *columns]
-    title = (f"Features by expected MSE (p·m², the post's ranking), top {len(rows)}. An SAE's decoder bias takes "
-             "the mean of every feature it leaves out, so what a left-out feature really costs is its variance "
-             "p(1-p)·m²: where the two rankings differ, SAEs follow the variance. p is the marginal probability "
-             "that a feature fires" + (" (a conditional child's rate as given is its rate given the parent; its "
-             "marginal p is that times the parent's)." if conditional else "."))
+    title = (
+        f"Features by expected MSE (p·m², the post's ranking), top {len(rows)}. An SAE's decoder bias takes "
+        "the mean of every feature it leaves out, so what a left-out feature really costs is its variance "
+        "p(1-p)·m²: where the two rankings differ, SAEs follow the variance. p is the marginal probability "
+        "that a feature fires"
+        + (
+            " (a conditional child's rate as given is its rate given the parent; its "
+            "marginal p is that times the parent's)."
+            if conditional
+            else "."
+        )
+    )
     return title + "\n\n" + _table(header, rows, right=range(len(header)))
 
 
 def _summary_table(runs: list[RunMetrics]) -> str:
-    header = ["seed", "learned features", "broken latents", "dead latents", "peaks per latent", "MSE", "L0", "explained variance"]
+    header = [
+        "seed",
+        "learned features",
+        "broken latents",
+        "dead latents",
+        "peaks per latent",
+        "MSE",
+        "L0",
+        "explained variance",
+    ]
     rows = [
         [
-            str(run.seed), _join(run.learned_features), _join(run.broken_latents), _join(run.dead_latents),
+            str(run.seed),
+            _join(run.learned_features),
+            _join(run.broken_latents),
+            _join(run.dead_latents),
             ", ".join(map(str, run.activation_peaks)) or "-",
-            f"{run.mse:#.4g}", f"{run.l0:.2f}", f"{run.explained_variance:.3f}",
+            f"{run.mse:#.4g}",
+            f"{run.l0:.2f}",
+            f"{run.explained_variance:.3f}",
         ]
         for run in runs
     ]
@@ -139,16 +216,34 @@ def _run_detail(run: RunMetrics, images: list[str], clean_cos: float = CLEAN_COS
     heading = f"### `{run.label}` seed {run.seed}"
     broken = set(run.broken_latents)
     match_rows = [
-        [str(m.latent), str(m.feature), cos_text(m.cos, clean_cos, digits=3), "broken" if m.latent in broken else "clean"]
+        [
+            str(m.latent),
+            str(m.feature),
+            cos_text(m.cos, clean_cos, digits=3),
+            "broken" if m.latent in broken else "clean",
+        ]
         for m in run.matches
     ] + [[str(j), "-", "-", "dead"] for j in run.dead_latents]
-    parts = [heading, "Latent -> feature (one-to-one, by decoder cosine):", _table(["latent", "feature", "cos", "state"], match_rows, right=[2])]
+    parts = [
+        heading,
+        "Latent -> feature (one-to-one, by decoder cosine):",
+        _table(["latent", "feature", "cos", "state"], match_rows, right=[2]),
+    ]
     patterns = run.firing_patterns
     if patterns:
         latents = range(len(patterns[0].activations))
-        rows = [["{" + ", ".join(map(str, p.features)) + "}"] + [f"{a:.2f}" for a in p.activations] for p in patterns]
-        parts += ["Latent activations when exactly these features fire, at their magnitudes:",
-                  _table(["features"] + [f"latent {j}" for j in latents], rows, right=range(1, len(latents) + 1))]
+        rows = [
+            ["{" + ", ".join(map(str, p.features)) + "}"] + [f"{a:.2f}" for a in p.activations]
+            for p in patterns
+        ]
+        parts += [
+            "Latent activations when exactly these features fire, at their magnitudes:",
+            _table(
+                ["features"] + [f"latent {j}" for j in latents],
+                rows,
+                right=range(1, len(latents) + 1),
+            ),
+        ]
     return parts + _absorption_tables(run) + [_images(images)]
 
 
@@ -162,17 +257,30 @@ def _absorption_tables(run: RunMetrics) -> list[str]:
     hedging = [j for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION]
     parts = []
     if absorbed:
-        rows = [[str(i), str(latent_of.get(i, "-")), f"{run.absorption[i]:.3f}", f"{run.full_absorption[i]:.3f}"]
-                for i in absorbed]
-        parts += [f"Features whose projection other latents carry (absorption > {SHOWN_ABSORPTION}):",
-                  _table(["feature", "its latent", "absorption", "full absorption"], rows, right=[2, 3])]
+        rows = [
+            [
+                str(i),
+                str(latent_of.get(i, "-")),
+                f"{run.absorption[i]:.3f}",
+                f"{run.full_absorption[i]:.3f}",
+            ]
+            for i in absorbed
+        ]
+        parts += [
+            f"Features whose projection other latents carry (absorption > {SHOWN_ABSORPTION}):",
+            _table(["feature", "its latent", "absorption", "full absorption"], rows, right=[2, 3]),
+        ]
     if hedging:
         rows = [[str(j), str(feature_of.get(j, "-")), f"{run.hedging[j]:+.3f}"] for j in hedging]
-        parts += [f"Latents whose decoder carries the features co-occurring with their match (|hedging| > "
-                  f"{SHOWN_ABSORPTION}; negative: it subtracts them):",
-                  _table(["latent", "its feature", "hedging"], rows, right=[2])]
+        parts += [
+            f"Latents whose decoder carries the features co-occurring with their match (|hedging| > "
+            f"{SHOWN_ABSORPTION}; negative: it subtracts them):",
+            _table(["latent", "its feature", "hedging"], rows, right=[2]),
+        ]
     if not parts:
-        parts.append(f"No feature absorbed above {SHOWN_ABSORPTION}, no latent hedging above {SHOWN_ABSORPTION}.")
+        parts.append(
+            f"No feature absorbed above {SHOWN_ABSORPTION}, no latent hedging above {SHOWN_ABSORPTION}."
+        )
     return parts
 
 
@@ -188,12 +296,13 @@ def _table(header: list[str], rows: list[list[str]], right: Sequence[int] = ()) 
 
 
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")  # a raw pipe or newline would cut the row
+    return (
+        str(text).replace("|", "\\|").replace("\n", " ")
+    )  # a raw pipe or newline would cut the row
 
 
 def _join(values) -> str:
     return ", ".join(map(str, values)) or "none"
-
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -240,12 +349,16 @@ $body
 
 def render_html(sections: Sequence[HtmlSection], title: str = "broken-latents report") -> str:
     """One page, no external references: figures are embedded as base64 data URIs."""
-    body = "\n".join(f"<section>\n{markdown_to_html(s.markdown, Path(s.base_dir))}</section>" for s in sections)
+    body = "\n".join(
+        f"<section>\n{markdown_to_html(s.markdown, Path(s.base_dir))}</section>" for s in sections
+    )
     return PAGE.substitute(title=html.escape(title), css=CSS, body=body)
 
 
 def write_html(path: str | Path, title: str, markdown_text: str, base_dir: str | Path) -> None:
-    Path(path).write_text(render_html([HtmlSection(markdown_text, Path(base_dir))], title), encoding="utf-8")
+    Path(path).write_text(
+        render_html([HtmlSection(markdown_text, Path(base_dir))], title), encoding="utf-8"
+    )
 
 
 def markdown_to_html(text: str, base_dir: Path) -> str:
@@ -281,11 +394,17 @@ def _table_classes(tokens: list) -> None:
             column = 0
         elif token.type in ("th_open", "td_open"):
             content = tokens[i + 1].content
-            classes = ["num"] if token.type == "td_open" and "text-align:right" in str(token.attrGet("style")) else []
+            classes = (
+                ["num"]
+                if token.type == "td_open" and "text-align:right" in str(token.attrGet("style"))
+                else []
+            )
             if token.type == "th_open" and content == "holds":
                 holds_column = column
             if token.type == "td_open" and column == holds_column and content in ("yes", "no"):
-                classes.append("holds" if content == "yes" else "fails")  # a failing claim must catch the eye
+                classes.append(
+                    "holds" if content == "yes" else "fails"
+                )  # a failing claim must catch the eye
             token.attrs.pop("style", None)
             if classes:
                 token.attrSet("class", " ".join(classes))

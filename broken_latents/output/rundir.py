@@ -30,16 +30,28 @@ from .report import detail_seeds, render_markdown, write_html
 from .atomic import swap_into_place
 from .saelens_format import write_saelens
 
+
 def check_out_dir(out: Path) -> None:
     """Refuse a DIR that holds something other than a previous run: we would replace it."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").exists())):
-        raise ConfigError("--out", f"{out} exists and is not a previous run directory (no metrics.json); "
-                                   "choose a new path or an earlier run's directory to replace")
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").exists())
+    ):
+        raise ConfigError(
+            "--out",
+            f"{out} exists and is not a previous run directory (no metrics.json); "
+            "choose a new path or an earlier run's directory to replace",
+        )
 
 
-def write_run(out: Path, config: ExperimentConfig, result: Trained, metrics: Metrics, started: float,
-              figures: Literal["first", "all", "none"] = "first",
-              activations: dict[str, np.ndarray] | None = None) -> None:
+def write_run(
+    out: Path,
+    config: ExperimentConfig,
+    result: Trained,
+    metrics: Metrics,
+    started: float,
+    figures: Literal["first", "all", "none"] = "first",
+    activations: dict[str, np.ndarray] | None = None,
+) -> None:
     """Write DIR from a trained result and its metrics (claims included). figures: "first" draws the
     seeds the report details (the first, and the first where a claim failed); "all" draws and details
     every seed; "none" draws nothing (a quick reproduction: the report keeps its tables).
@@ -57,24 +69,44 @@ def write_run(out: Path, config: ExperimentConfig, result: Trained, metrics: Met
         raise
 
 
-def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metrics: Metrics, started: float,
-                     which_figures: str, activations: dict[str, np.ndarray]) -> None:
+def _write_directory(
+    path: Path,
+    config: ExperimentConfig,
+    result: Trained,
+    metrics: Metrics,
+    started: float,
+    which_figures: str,
+    activations: dict[str, np.ndarray],
+) -> None:
     (path / "weights").mkdir(parents=True)
     config_toml = dump_toml(config)
     (path / "config.toml").write_text(config_toml)
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_state(s)
-            if activation(stack.config.activation).thresholded:  # the threshold of h = pre * [pre > threshold]
+            if activation(
+                stack.config.activation
+            ).thresholded:  # the threshold of h = pre * [pre > threshold]
                 tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
-            save_file({k: v.cpu().contiguous() for k, v in tensors.items()},
-                      str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"))
-            write_saelens(path / "weights" / f"{stack.config.label}-seed{seed}", tensors, stack.config.activation,
-                          tied=stack.sae.tied_encoder, k=stack.config.k,
-                          metadata={"experiment": config.name, "label": stack.config.label, "seed": seed})
+            save_file(
+                {k: v.cpu().contiguous() for k, v in tensors.items()},
+                str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"),
+            )
+            write_saelens(
+                path / "weights" / f"{stack.config.label}-seed{seed}",
+                tensors,
+                stack.config.activation,
+                tied=stack.sae.tied_encoder,
+                k=stack.config.k,
+                metadata={"experiment": config.name, "label": stack.config.label, "seed": seed},
+            )
     # Figures for the seeds the report shows in detail (the first, and the first that failed a
     # claim): drawing every seed of a 10-seed run would take longer than training it.
-    shown = detail_seeds(metrics.runs, metrics.claims or []) if which_figures != "all" else set(result.seeds)
+    shown = (
+        detail_seeds(metrics.runs, metrics.claims or [])
+        if which_figures != "all"
+        else set(result.seeds)
+    )
     history = result.history.to_json()
     (path / "history.json").write_text(json.dumps(history))
     figures: dict[str, list[str]] = {}
@@ -82,7 +114,11 @@ def _write_directory(path: Path, config: ExperimentConfig, result: Trained, metr
         drawn = dataclasses.replace(metrics, runs=[r for r in metrics.runs if r.seed in shown])
         figures = write_run_figures(drawn, activations, path / "figures")
         if history["steps"]:
-            loss_curves(history, f"{config.name}: loss terms while training", path / "figures" / "loss-curves.png")
+            loss_curves(
+                history,
+                f"{config.name}: loss terms while training",
+                path / "figures" / "loss-curves.png",
+            )
             figures["training"] = ["figures/loss-curves.png"]
     metrics.wall_seconds = round(time.perf_counter() - started, 3)
     report = render_markdown(metrics, figures, shown, config_toml)

@@ -34,8 +34,14 @@ LAYOUT_VERSION = "6.0.0"
 READABLE_NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 
 
-def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", tied: bool = False,
-                  metadata: dict | None = None, k: int | None = None) -> Path:
+def write_saelens(
+    folder: str | Path,
+    tensors: dict,
+    activation: str = "relu",
+    tied: bool = False,
+    metadata: dict | None = None,
+    k: int | None = None,
+) -> Path:
     """Write one SAE as a SAELens folder. `tensors`: W_enc, W_dec, b_enc, b_dec (+ threshold for
     jumprelu and batchtopk), numpy or torch; a tied SAE's encoder is rewritten from W_dec; `k`: topk's.
     Returns the folder."""
@@ -45,18 +51,29 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
     from ..saes.activations import ACTIVATIONS, saelens_architectures
 
     if activation not in ACTIVATIONS:
-        raise ConfigError("activation", f"{activation!r} has no SAELens architecture; allowed: "
-                                        f"{', '.join(ACTIVATIONS)}")
-    weights = {k: torch.as_tensor(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v), dtype=torch.float32)
-               for k, v in tensors.items() if k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+        raise ConfigError(
+            "activation",
+            f"{activation!r} has no SAELens architecture; allowed: {', '.join(ACTIVATIONS)}",
+        )
+    weights = {
+        k: torch.as_tensor(
+            np.asarray(v.detach().cpu() if hasattr(v, "detach") else v), dtype=torch.float32
+        )
+        for k, v in tensors.items()
+        if k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    }
     d_sae, d_in = weights["W_dec"].shape
     if tied:
-        weights["W_enc"] = weights["W_dec"].T.clone()  # one latent: .T is contiguous and would share memory
+        weights["W_enc"] = weights[
+            "W_dec"
+        ].T.clone()  # one latent: .T is contiguous and would share memory
         weights["b_enc"] = torch.zeros(d_sae)
     architecture = ACTIVATIONS[activation].saelens
     saved_as = saelens_architectures()[architecture]  # how SAELens will compute it
     if saved_as.uses_k and not (k and k >= 1):
-        raise ConfigError("k", f"a {architecture} SAE needs k >= 1 to be written for SAELens, got {k!r}")
+        raise ConfigError(
+            "k", f"a {architecture} SAE needs k >= 1 to be written for SAELens, got {k!r}"
+        )
     if saved_as.thresholded:
         # Threshold 0 makes a JumpReLU a ReLU, which is what an SAE without one computed.
         weights.setdefault("threshold", torch.zeros(d_sae))
@@ -75,8 +92,13 @@ def write_saelens(folder: str | Path, tensors: dict, activation: str = "relu", t
         "normalize_activations": "none",
         "reshape_activations": "none",
         **({"k": int(k)} if saved_as.uses_k else {}),
-        "metadata": {"sae_lens_version": LAYOUT_VERSION, "written_by": "broken-latents",
-                     "tied": bool(tied), "activation": activation, **(metadata or {})},
+        "metadata": {
+            "sae_lens_version": LAYOUT_VERSION,
+            "written_by": "broken-latents",
+            "tied": bool(tied),
+            "activation": activation,
+            **(metadata or {}),
+        },
     }
     (folder / CFG_FILENAME).write_text(json.dumps(cfg, indent=1))
     return folder
@@ -122,7 +144,11 @@ class NumpySAE:
 
         from ..saes.activations import saelens_architectures
 
-        threshold = None if self.threshold is None else torch.from_numpy(np.asarray(self.threshold, np.float32))
+        threshold = (
+            None
+            if self.threshold is None
+            else torch.from_numpy(np.asarray(self.threshold, np.float32))
+        )
         infer = saelens_architectures()[self.architecture].infer
         return infer(torch.from_numpy(np.ascontiguousarray(pre_BK)), threshold, self.k).numpy()
 
@@ -137,10 +163,15 @@ def load_sae(path: str | Path) -> NumpySAE:
     if path.is_file() and path.suffix == ".safetensors":
         # A run's weights file: a threshold means JumpReLU, as rundir writes it.
         tensors = _read_tensors(path)
-        return _from_tensors(tensors, "jumprelu" if "threshold" in tensors else "standard", path, source=str(path))
+        return _from_tensors(
+            tensors, "jumprelu" if "threshold" in tensors else "standard", path, source=str(path)
+        )
     if not path.exists():
-        raise ConfigError("SAE", f"{path} does not exist; give a SAELens folder (cfg.json + {WEIGHTS_FILENAME}) "
-                                 "or a run's weights/LABEL-seedN.safetensors")
+        raise ConfigError(
+            "SAE",
+            f"{path} does not exist; give a SAELens folder (cfg.json + {WEIGHTS_FILENAME}) "
+            "or a run's weights/LABEL-seedN.safetensors",
+        )
     raise ConfigError("SAE", f"{path} is neither a SAELens folder nor a .safetensors file")
 
 
@@ -154,34 +185,57 @@ def _load_folder(folder: Path) -> NumpySAE:
     cfg = read_json(cfg_path, "SAE")
     # A cfg.json from before SAELens 6 has no architecture: standard, unless its activation says topk.
     kwargs = cfg.get("activation_fn_kwargs") or {}
-    default = "topk" if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk" else "standard"
+    default = (
+        "topk"
+        if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk"
+        else "standard"
+    )
     architecture = cfg.get("architecture", default)
     readable = saelens_architectures()
     if architecture not in readable:
-        raise ConfigError("SAE", f"{cfg_path}: architecture {architecture!r} is not supported; "
-                                 f"allowed: {', '.join(readable)}")
+        raise ConfigError(
+            "SAE",
+            f"{cfg_path}: architecture {architecture!r} is not supported; "
+            f"allowed: {', '.join(readable)}",
+        )
     normalize = cfg.get("normalize_activations") or "none"
     if normalize is False:
         normalize = "none"
     if normalize not in READABLE_NORMALIZATIONS:
-        raise ConfigError("SAE", f"{cfg_path}: normalize_activations {normalize!r} is not supported (it needs a "
-                                 f"scaling factor from the training data); allowed: {', '.join(READABLE_NORMALIZATIONS)}")
+        raise ConfigError(
+            "SAE",
+            f"{cfg_path}: normalize_activations {normalize!r} is not supported (it needs a "
+            f"scaling factor from the training data); allowed: {', '.join(READABLE_NORMALIZATIONS)}",
+        )
     uses_k = readable[architecture].uses_k
     if uses_k and cfg.get("rescale_acts_by_decoder_norm"):
-        raise ConfigError("SAE", f"{cfg_path}: {architecture} with rescale_acts_by_decoder_norm is not supported")
+        raise ConfigError(
+            "SAE", f"{cfg_path}: {architecture} with rescale_acts_by_decoder_norm is not supported"
+        )
     k = int(cfg.get("k") or kwargs.get("k") or 0) if uses_k else None
     if uses_k and k < 1:
         raise ConfigError("SAE", f"{cfg_path}: a {architecture} SAE needs k >= 1")
-    sae = _from_tensors(_read_tensors(weights_path), architecture, weights_path, k=k,
-                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                        normalize_activations=normalize, source=str(folder), cfg=cfg)
+    sae = _from_tensors(
+        _read_tensors(weights_path),
+        architecture,
+        weights_path,
+        k=k,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        normalize_activations=normalize,
+        source=str(folder),
+        cfg=cfg,
+    )
     for key, expected in (("d_in", sae.d_in), ("d_sae", sae.d_sae)):
         if key in cfg and int(cfg[key]) != expected:
-            raise ConfigError("SAE", f"{cfg_path}: {key} is {cfg[key]} but the weights have {expected}")
+            raise ConfigError(
+                "SAE", f"{cfg_path}: {key} is {cfg[key]} but the weights have {expected}"
+            )
     return sae
 
 
-def _from_tensors(tensors: dict[str, np.ndarray], architecture: str, where: Path, **settings) -> NumpySAE:
+def _from_tensors(
+    tensors: dict[str, np.ndarray], architecture: str, where: Path, **settings
+) -> NumpySAE:
     from ..saes.activations import saelens_architectures
 
     thresholded = saelens_architectures()[architecture].thresholded
@@ -189,10 +243,18 @@ def _from_tensors(tensors: dict[str, np.ndarray], architecture: str, where: Path
     if thresholded and "threshold" not in tensors:
         missing.add("threshold")
     if missing:
-        raise ConfigError("SAE", f"{where} lacks {', '.join(sorted(missing))} for architecture {architecture!r}")
-    sae = NumpySAE(W_enc=tensors["W_enc"], W_dec=tensors["W_dec"], b_enc=tensors["b_enc"], b_dec=tensors["b_dec"],
-                   architecture=architecture, threshold=tensors.get("threshold") if thresholded else None,
-                   **settings)
+        raise ConfigError(
+            "SAE", f"{where} lacks {', '.join(sorted(missing))} for architecture {architecture!r}"
+        )
+    sae = NumpySAE(
+        W_enc=tensors["W_enc"],
+        W_dec=tensors["W_dec"],
+        b_enc=tensors["b_enc"],
+        b_dec=tensors["b_dec"],
+        architecture=architecture,
+        threshold=tensors.get("threshold") if thresholded else None,
+        **settings,
+    )
     return _checked(sae, where)
 
 
@@ -215,6 +277,9 @@ def _checked(sae: NumpySAE, where: Path) -> NumpySAE:
         shapes["threshold"] = (K,)
     for name, shape in shapes.items():
         if getattr(sae, name).shape != shape:
-            raise ConfigError("SAE", f"{where}: {name} has shape {list(getattr(sae, name).shape)}, expected "
-                                     f"{list(shape)} (SAELens layout W_enc [D, K], W_dec [K, D])")
+            raise ConfigError(
+                "SAE",
+                f"{where}: {name} has shape {list(getattr(sae, name).shape)}, expected "
+                f"{list(shape)} (SAELens layout W_enc [D, K], W_dec [K, D])",
+            )
     return sae

@@ -26,32 +26,79 @@ def synthbench_table(metrics: Metrics) -> Table | None:
     runs = [run for run in metrics.runs if run.mcc is not None]
     if not runs:
         return None
-    table = Table(title="SynthSAEBench metrics (SAELens' definitions): mcc, uniqueness, f1, precision, "
-                        "recall, sae_l0, true_l0, dead_count, shrinkage")
-    columns = ("mcc", "uniqueness", "f1", "precision", "recall", "sae_l0", "true_l0", "dead_count", "shrinkage")
+    table = Table(
+        title="SynthSAEBench metrics (SAELens' definitions): mcc, uniqueness, f1, precision, "
+        "recall, sae_l0, true_l0, dead_count, shrinkage"
+    )
+    columns = (
+        "mcc",
+        "uniqueness",
+        "f1",
+        "precision",
+        "recall",
+        "sae_l0",
+        "true_l0",
+        "dead_count",
+        "shrinkage",
+    )
     table.add_column("SAE")
     table.add_column("seed")
-    for header in ("MCC", "uniq", "F1", "prec", "rec", "L0", "true", "dead", "shrk"):  # narrow: fits 80 columns
+    for header in (
+        "MCC",
+        "uniq",
+        "F1",
+        "prec",
+        "rec",
+        "L0",
+        "true",
+        "dead",
+        "shrk",
+    ):  # narrow: fits 80 columns
         table.add_column(header, justify="right")
     for run in runs:
-        table.add_row(run.label, str(run.seed), *(f"{getattr(run, c):.2f}" if isinstance(getattr(run, c), float)
-                                                  else str(getattr(run, c)) for c in columns))
+        table.add_row(
+            run.label,
+            str(run.seed),
+            *(
+                f"{getattr(run, c):.2f}"
+                if isinstance(getattr(run, c), float)
+                else str(getattr(run, c))
+                for c in columns
+            ),
+        )
     return table
 
 
 def broken_latent_table(metrics: Metrics) -> Table:
     """One row per SAE and seed: what it learned, which latents are broken or dead, their peaks."""
     table = Table(title=f"{metrics.name}: latents per SAE and seed")
-    for column in ("SAE", "seed", "learned features", "broken latents (best feature, cos)", "dead", "peaks", "EV"):
+    for column in (
+        "SAE",
+        "seed",
+        "learned features",
+        "broken latents (best feature, cos)",
+        "dead",
+        "peaks",
+        "EV",
+    ):
         table.add_column(column)
     threshold = metrics.clean_cos or CLEAN_COS
     for run in metrics.runs:
         by_latent = {m.latent: m for m in run.matches}
-        broken = _cut([f"{j} (f{by_latent[j].feature}, {cos_text(by_latent[j].cos, threshold)})"
-                       for j in run.broken_latents])
+        broken = _cut(
+            [
+                f"{j} (f{by_latent[j].feature}, {cos_text(by_latent[j].cos, threshold)})"
+                for j in run.broken_latents
+            ]
+        )
         table.add_row(
-            run.label, str(run.seed), _ints(run.learned_features), broken or "-",
-            _ints(run.dead_latents) or "-", _ints(run.activation_peaks), f"{run.explained_variance:.3f}",
+            run.label,
+            str(run.seed),
+            _ints(run.learned_features),
+            broken or "-",
+            _ints(run.dead_latents) or "-",
+            _ints(run.activation_peaks),
+            f"{run.explained_variance:.3f}",
         )
     return table
 
@@ -63,12 +110,24 @@ def absorption_table(metrics: Metrics) -> Table | None:
     if not runs:
         return None
     table = Table(title=f"absorption and hedging above {SHOWN_ABSORPTION}")
-    for column in ("SAE", "seed", "absorbed features (absorption, full)", "hedging latents (signed)"):
+    for column in (
+        "SAE",
+        "seed",
+        "absorbed features (absorption, full)",
+        "hedging latents (signed)",
+    ):
         table.add_column(column)
     for run in runs:
-        absorbed = _cut([f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
-                         for i, a in enumerate(run.absorption) if a > SHOWN_ABSORPTION])
-        hedging = _cut([f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION])
+        absorbed = _cut(
+            [
+                f"f{i} ({a:.2f}, {run.full_absorption[i]:.2f})"
+                for i, a in enumerate(run.absorption)
+                if a > SHOWN_ABSORPTION
+            ]
+        )
+        hedging = _cut(
+            [f"{j} ({h:+.2f})" for j, h in enumerate(run.hedging) if abs(h) > SHOWN_ABSORPTION]
+        )
         table.add_row(run.label, str(run.seed), absorbed or "-", hedging or "-")
     return table
 
@@ -96,7 +155,10 @@ def geometry_line(world: WorldMetrics) -> Text | None:
         return None
     line = f"features in superposition: max |cos| {worst:.4f}, Welch bound {bound:.4f} ({worst / bound:.2f}x)"
     if worst > FAR_FROM_WELCH * bound:
-        return Text.assemble(("warning", "yellow"), f": {line}: the directions interfere more than the bound allows for")
+        return Text.assemble(
+            ("warning", "yellow"),
+            f": {line}: the directions interfere more than the bound allows for",
+        )
     return Text(line)
 
 
@@ -123,8 +185,10 @@ def decoder_table(run: RunMetrics, top_features: list[int], threshold: float = C
         table.add_column(f"f{f}", justify="right")
     for j in latents:
         row = {f: float(decoder_KF[j, f]) for f in top_features}
-        cells = [Text(cos_text(row[f], threshold, signed=True), "bold" if abs(row[f]) >= 0.5 else "")
-                 for f in top_features]
+        cells = [
+            Text(cos_text(row[f], threshold, signed=True), "bold" if abs(row[f]) >= 0.5 else "")
+            for f in top_features
+        ]
         table.add_row(str(j), *cells)
     return table
 
@@ -132,8 +196,10 @@ def decoder_table(run: RunMetrics, top_features: list[int], threshold: float = C
 def show_run(metrics: Metrics, console: Console) -> None:
     console.print(Text.assemble((metrics.name, "bold"), f"  {metrics.description or ''}"))
     wall_seconds = 0.0 if metrics.wall_seconds is None else metrics.wall_seconds
-    console.print(f"{metrics.samples:,} samples per SAE; {wall_seconds:.1f} s; "
-                  f"{metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs")
+    console.print(
+        f"{metrics.samples:,} samples per SAE; {wall_seconds:.1f} s; "
+        f"{metrics.samples_per_second / 1e6:.2f}M samples/s over all SAEs"
+    )
     console.print(world_line(metrics.world), soft_wrap=True)
     if geometry := geometry_line(metrics.world):
         console.print(geometry)
@@ -147,7 +213,9 @@ def show_run(metrics: Metrics, console: Console) -> None:
     if metrics.claims:
         console.print(claims_summary(metrics.claims))
     ranking = metrics.world.expected_mse_ranking
-    first_seed = min((run.seed for run in metrics.runs), default=None)  # no runs: nothing to tabulate
+    first_seed = min(
+        (run.seed for run in metrics.runs), default=None
+    )  # no runs: nothing to tabulate
     for run in metrics.runs:
         if run.seed == first_seed:
             wanted = sorted(set(ranking[:8]) | {m.feature for m in run.matches})

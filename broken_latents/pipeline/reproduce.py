@@ -31,23 +31,42 @@ still took 0.38 of the full run's time (4.0 of 10.6 min, idle), with the same 50
 
 def scaled(config: ExperimentConfig, seeds: int, factor: float) -> ExperimentConfig:
     """The same experiment with `seeds` seeds and every sample budget times `factor`."""
+
     def schedule(table):  # the aux loss's and the inverse technique's sample counts
         if table is None:
             return None
-        return dataclasses.replace(table, delay_samples=int(table.delay_samples * factor),
-                                   warmup_samples=int(table.warmup_samples * factor),
-                                   refit_samples=max(int(table.refit_samples * factor), 1))
+        return dataclasses.replace(
+            table,
+            delay_samples=int(table.delay_samples * factor),
+            warmup_samples=int(table.warmup_samples * factor),
+            refit_samples=max(int(table.refit_samples * factor), 1),
+        )
 
-    saes = [dataclasses.replace(sae, aux=schedule(sae.aux), inverse=schedule(sae.inverse)) for sae in config.sae]
-    train = dataclasses.replace(config.train, seeds=seeds, samples=max(int(config.train.samples * factor), 1))
+    saes = [
+        dataclasses.replace(sae, aux=schedule(sae.aux), inverse=schedule(sae.inverse))
+        for sae in config.sae
+    ]
+    train = dataclasses.replace(
+        config.train, seeds=seeds, samples=max(int(config.train.samples * factor), 1)
+    )
     return dataclasses.replace(config, train=train, sae=saes)
 
 
-def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: bool,
-                  experiments: dict[str, Experiment] | None = None) -> Path:
+def reproduce_all(
+    seeds: int,
+    out: Path,
+    quick: bool,
+    device: str,
+    progress: bool,
+    experiments: dict[str, Experiment] | None = None,
+) -> Path:
     """Run each experiment into out/NAME, then write out/report.md and out/report.html."""
     console = make_console(stderr=True)
-    experiments = {n: e for n, e in EXPERIMENTS.items() if e.reproduced} if experiments is None else experiments
+    experiments = (
+        {n: e for n, e in EXPERIMENTS.items() if e.reproduced}
+        if experiments is None
+        else experiments
+    )
     out = Path(out)
     started = time.perf_counter()
     results = []
@@ -56,21 +75,38 @@ def reproduce_all(seeds: int, out: Path, quick: bool, device: str, progress: boo
         config = scaled(exp.config, seeds, factor)
         geometries = min(exp.geometries, QUICK_GEOMETRIES) if quick else exp.geometries
         where = f" x {geometries} world seeds" if geometries > 1 else ""
-        console.print(f"[{i}/{len(experiments)}] {name}: {config.train.samples:,} samples x {seeds} seeds{where}")
+        console.print(
+            f"[{i}/{len(experiments)}] {name}: {config.train.samples:,} samples x {seeds} seeds{where}"
+        )
         for geometry in range(geometries):
             geometry_config = with_world_seed(config, geometry) if exp.geometries > 1 else config
             target = Target(geometry_config, exp.claims, exp.clean_cos, name)
-            outcome = run_experiment(target, out / geometry_dir(name, geometry), device=device, progress=progress,
-                                     figures="none" if quick else "first")
+            outcome = run_experiment(
+                target,
+                out / geometry_dir(name, geometry),
+                device=device,
+                progress=progress,
+                figures="none" if quick else "first",
+            )
             held = sum(c.holds for c in outcome.metrics.claims)
-            console.print(f"    {geometry_dir(name, geometry)}: {outcome.metrics.wall_seconds:.0f} s, "
-                          f"claims holding: {held}/{len(exp.claims)}")
+            console.print(
+                f"    {geometry_dir(name, geometry)}: {outcome.metrics.wall_seconds:.0f} s, "
+                f"claims holding: {held}/{len(exp.claims)}"
+            )
             results.append((name, geometry, outcome))
     summary = _summary(results, seeds, quick, time.perf_counter() - started)
-    shown = [(name, o) for name, geometry, o in results if geometry == 0]  # one section per experiment
-    (out / "report.md").write_text(summary + "\n\n" + "\n\n".join(_section_markdown(name, o) for name, o in shown))
-    sections = [HtmlSection(summary, out)] + [HtmlSection(_experiment_markdown(o), o.directory) for _, o in shown]
-    (out / "report.html").write_text(render_html(sections, "broken-latents: reproduction of the post"), encoding="utf-8")
+    shown = [
+        (name, o) for name, geometry, o in results if geometry == 0
+    ]  # one section per experiment
+    (out / "report.md").write_text(
+        summary + "\n\n" + "\n\n".join(_section_markdown(name, o) for name, o in shown)
+    )
+    sections = [HtmlSection(summary, out)] + [
+        HtmlSection(_experiment_markdown(o), o.directory) for _, o in shown
+    ]
+    (out / "report.html").write_text(
+        render_html(sections, "broken-latents: reproduction of the post"), encoding="utf-8"
+    )
     console.print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     return out
 
@@ -95,12 +131,20 @@ def pooled_claims(outcomes: list) -> list[ClaimResult]:
         per_geometry = [o.metrics.claims[i] for o in outcomes]
         held = sum(c.seeds_held for c in per_geometry)
         run = sum(c.seeds_run for c in per_geometry)
-        by_geometry = ", ".join(f"world seed {g}{_max_cos(o.metrics.world)}: {c.seeds_held}/{c.seeds_run}"
-                                for g, (o, c) in enumerate(zip(outcomes, per_geometry)))
-        pooled.append(dataclasses.replace(
-            first, seeds_held=held, seeds_run=run, holds=held >= seeds_needed(run),
-            per_seed=[ok for c in per_geometry for ok in c.per_seed],
-            detail=f"{sum(c.holds for c in per_geometry)}/{len(outcomes)} geometries held; {by_geometry}"))
+        by_geometry = ", ".join(
+            f"world seed {g}{_max_cos(o.metrics.world)}: {c.seeds_held}/{c.seeds_run}"
+            for g, (o, c) in enumerate(zip(outcomes, per_geometry))
+        )
+        pooled.append(
+            dataclasses.replace(
+                first,
+                seeds_held=held,
+                seeds_run=run,
+                holds=held >= seeds_needed(run),
+                per_seed=[ok for c in per_geometry for ok in c.per_seed],
+                detail=f"{sum(c.holds for c in per_geometry)}/{len(outcomes)} geometries held; {by_geometry}",
+            )
+        )
     return pooled
 
 
@@ -109,31 +153,48 @@ def _summary(results, seeds: int, quick: bool, seconds: float) -> str:
     experiments = list(dict.fromkeys(name for name, _, _ in results))
     for name in experiments:
         outcomes = [o for n, _, o in results if n == name]
-        rows += [(name, dataclasses.replace(claim, text=f"{claim.text} (post: \"{claim.post}\")"))
-                 for claim in pooled_claims(outcomes)]
-    walls = "; ".join(f"{geometry_dir(name, g)} {o.metrics.wall_seconds:.0f} s" for name, g, o in results)
-    budget = (f"**quick**: budgets capped at {QUICK_SAMPLES / 1e6:.0f}M samples per SAE, at most {QUICK_GEOMETRIES} "
-              "world seeds per experiment and no figures (`reproduce` without --quick runs the post's budgets)"
-              ) if quick else "the post's budgets"
-    return "\n\n".join([
-        "# broken-latents: the post's claims, reproduced",
-        f"{len(experiments)} experiments, {seeds} seeds each, {budget}; total wall time {seconds / 60:.1f} min ({walls}).",
-        "A claim holds overall when it holds in at least two thirds of the seeds; `detail` gives the first seed's "
-        "numbers and, if any seed failed, the first failing seed's. An experiment run over several world seeds "
-        "(feature geometries) pools their seeds, and its detail gives the count per geometry.",
-        "## Contents",
-        _contents(rows),
-        "## Summary",
-        claims_table([claim for _, claim in rows], [f"[{name}](#{anchor(name)})" for name, _ in rows]),
-    ])
+        rows += [
+            (name, dataclasses.replace(claim, text=f'{claim.text} (post: "{claim.post}")'))
+            for claim in pooled_claims(outcomes)
+        ]
+    walls = "; ".join(
+        f"{geometry_dir(name, g)} {o.metrics.wall_seconds:.0f} s" for name, g, o in results
+    )
+    budget = (
+        (
+            f"**quick**: budgets capped at {QUICK_SAMPLES / 1e6:.0f}M samples per SAE, at most {QUICK_GEOMETRIES} "
+            "world seeds per experiment and no figures (`reproduce` without --quick runs the post's budgets)"
+        )
+        if quick
+        else "the post's budgets"
+    )
+    return "\n\n".join(
+        [
+            "# broken-latents: the post's claims, reproduced",
+            f"{len(experiments)} experiments, {seeds} seeds each, {budget}; total wall time {seconds / 60:.1f} min ({walls}).",
+            "A claim holds overall when it holds in at least two thirds of the seeds; `detail` gives the first seed's "
+            "numbers and, if any seed failed, the first failing seed's. An experiment run over several world seeds "
+            "(feature geometries) pools their seeds, and its detail gives the count per geometry.",
+            "## Contents",
+            _contents(rows),
+            "## Summary",
+            claims_table(
+                [claim for _, claim in rows], [f"[{name}](#{anchor(name)})" for name, _ in rows]
+            ),
+        ]
+    )
 
 
 def _contents(rows: list[tuple[str, ClaimResult]]) -> str:
     """A line per experiment, linked to its section, with each claim's verdict linked to its claims table."""
     lines = []
     for name in dict.fromkeys(experiment for experiment, _ in rows):
-        claims = ", ".join(f"[{c.id} {c.seeds_held}/{c.seeds_run} {'holds' if c.holds else 'fails'}]"
-                           f"(#{anchor(name)}--claims)" for experiment, c in rows if experiment == name)
+        claims = ", ".join(
+            f"[{c.id} {c.seeds_held}/{c.seeds_run} {'holds' if c.holds else 'fails'}]"
+            f"(#{anchor(name)}--claims)"
+            for experiment, c in rows
+            if experiment == name
+        )
         lines.append(f"- [{name}](#{anchor(name)}): {claims}")
     return "\n".join(lines)
 
@@ -149,5 +210,5 @@ def _section_markdown(name: str, outcome) -> str:
 
 
 def _max_cos(world) -> str:
-    """" (max |cos| 0.123)", or nothing for runs written before metrics.json gave it."""
+    """ " (max |cos| 0.123)", or nothing for runs written before metrics.json gave it."""
     return "" if world.max_feature_cos is None else f" (max |cos| {world.max_feature_cos:.3f})"

@@ -34,7 +34,9 @@ class Target:
     """The name of the registered experiment whose claims apply, or None."""
 
 
-def resolve_target(target: str | Path | ExperimentConfig, overrides: tuple[str, ...] | list[str] = ()) -> Target:
+def resolve_target(
+    target: str | Path | ExperimentConfig, overrides: tuple[str, ...] | list[str] = ()
+) -> Target:
     """A registered name, a TOML path or a config, with `--set`-style "KEY=VALUE" overrides applied
     (see `budget`). The claims are those of the registered experiment the config is named after,
     so a TOML copied from a registered experiment keeps its claims."""
@@ -45,8 +47,11 @@ def resolve_target(target: str | Path | ExperimentConfig, overrides: tuple[str, 
     elif str(target).endswith(".toml") or Path(target).exists():
         config = load_toml(Path(target))
     else:
-        raise ConfigError("TARGET", f"{str(target)!r} is neither a registered experiment "
-                                    f"({', '.join(EXPERIMENTS)}) nor a .toml file")
+        raise ConfigError(
+            "TARGET",
+            f"{str(target)!r} is neither a registered experiment "
+            f"({', '.join(EXPERIMENTS)}) nor a .toml file",
+        )
     if overrides:
         config = apply_overrides(config, list(overrides))
     return claims_of(config)
@@ -62,7 +67,11 @@ def claims_of(config: ExperimentConfig) -> Target:
 
 def budget(seeds: int | None = None, samples: int | None = None) -> list[str]:
     """The `--seeds` and `--samples` flags as overrides (they come before any `--set`)."""
-    return [f"train.{key}={value}" for key, value in (("seeds", seeds), ("samples", samples)) if value is not None]
+    return [
+        f"train.{key}={value}"
+        for key, value in (("seeds", seeds), ("samples", samples))
+        if value is not None
+    ]
 
 
 def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:

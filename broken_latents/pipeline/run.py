@@ -35,7 +35,9 @@ def measure_claims(result: Trained, target: Target) -> Metrics:
     return metrics
 
 
-def train_and_measure(target: Target, device: str = "cpu", progress: bool = False) -> tuple[TrainResult, Metrics]:
+def train_and_measure(
+    target: Target, device: str = "cpu", progress: bool = False
+) -> tuple[TrainResult, Metrics]:
     """Train every SAE of the target's config in memory, then measure it and check its claims."""
     if target.config.world.activations is not None:
         return _on_activations(target, device, progress)
@@ -61,8 +63,13 @@ def _on_activations(target: Target, device: str, progress: bool):
     return result, metrics
 
 
-def run_experiment(target: Target, out: Path, device: str = "cpu", progress: bool = True,
-                   figures: Literal["first", "all", "none"] = "first") -> RunOutcome:
+def run_experiment(
+    target: Target,
+    out: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    figures: Literal["first", "all", "none"] = "first",
+) -> RunOutcome:
     """Train, measure, check the claims and write DIR (atomically, see `output.rundir.write_run`).
     A DIR that holds something other than an earlier run is refused before anything trains."""
     out = Path(out)
@@ -71,7 +78,10 @@ def run_experiment(target: Target, out: Path, device: str = "cpu", progress: boo
     result, metrics = train_and_measure(target, device=device, progress=progress)
     activations = None
     if figures != "none":
-        activations = (stored_latent_activations(result, HISTOGRAM_SAMPLES) if target.config.world.activations
-                       else latent_activations(result, HISTOGRAM_SAMPLES))
+        activations = (
+            stored_latent_activations(result, HISTOGRAM_SAMPLES)
+            if target.config.world.activations
+            else latent_activations(result, HISTOGRAM_SAMPLES)
+        )
     write_run(out, target.config, result, metrics, started, figures, activations)
     return RunOutcome(out, metrics)

@@ -11,4 +11,12 @@ def build_sae(config, n_saes: int, dim: int, seeds: list[int], init: str) -> Sta
     return ARCHITECTURES[config.architecture](config, n_saes, dim, seeds, init)
 
 
-__all__ = ["ARCHITECTURES", "StackedSAE", "TiedSAE", "UntiedSAE", "build_sae", "register", "weighted_sum"]
+__all__ = [
+    "ARCHITECTURES",
+    "StackedSAE",
+    "TiedSAE",
+    "UntiedSAE",
+    "build_sae",
+    "register",
+    "weighted_sum",
+]

@@ -25,7 +25,9 @@ def _relu(pre: torch.Tensor, threshold: torch.Tensor | None, k: int | None) -> t
     return torch.relu(pre)
 
 
-def _above_threshold(pre: torch.Tensor, threshold: torch.Tensor | None, k: int | None) -> torch.Tensor:
+def _above_threshold(
+    pre: torch.Tensor, threshold: torch.Tensor | None, k: int | None
+) -> torch.Tensor:
     # As SAELens' JumpReLU: ReLU, then the mask (the same as pre * [pre > threshold] for a threshold >= 0).
     return torch.relu(pre) * (pre > threshold)
 
@@ -60,18 +62,24 @@ def register(activation: Activation) -> Activation:
 
 
 register(Activation("relu", _relu, thresholded=False, uses_k=False, saelens="standard"))
-register(Activation("jumprelu", _above_threshold, thresholded=True, uses_k=False, saelens="jumprelu"))
+register(
+    Activation("jumprelu", _above_threshold, thresholded=True, uses_k=False, saelens="jumprelu")
+)
 register(Activation("topk", _top_k, thresholded=False, uses_k=True, saelens="topk"))
 # At inference BatchTopK is a JumpReLU at the threshold estimated in training (StackedSAE.activate),
 # so a sample's latents do not depend on the rest of its batch; SAELens saves it as a JumpReLU too.
-register(Activation("batchtopk", _above_threshold, thresholded=True, uses_k=True, saelens="jumprelu"))
+register(
+    Activation("batchtopk", _above_threshold, thresholded=True, uses_k=True, saelens="jumprelu")
+)
 
 
 def activation(name: str) -> Activation:
     """The registered activation `name`; NotImplementedError naming the registry if there is none."""
     if name not in ACTIVATIONS:
-        raise NotImplementedError(f"activation {name!r}: register it in broken_latents/saes/activations.py "
-                                  f"(registered: {', '.join(ACTIVATIONS)})")
+        raise NotImplementedError(
+            f"activation {name!r}: register it in broken_latents/saes/activations.py "
+            f"(registered: {', '.join(ACTIVATIONS)})"
+        )
     return ACTIVATIONS[name]
 
 

@@ -46,7 +46,9 @@ class JumpReLU(torch.autograd.Function):
         above = pre > threshold
         near = ((pre - threshold).abs() < ctx.bandwidth / 2).to(pre.dtype)
         grad_threshold = -(threshold / ctx.bandwidth) * near * grad_h
-        grad_threshold = grad_threshold.sum_to_size(threshold.shape) if threshold.requires_grad else None
+        grad_threshold = (
+            grad_threshold.sum_to_size(threshold.shape) if threshold.requires_grad else None
+        )
         return grad_h * above, grad_threshold, None
 
 
@@ -66,15 +68,21 @@ class StackedSAE(nn.Module):
         super().__init__()
         self.config = config
         self.n_saes, self.dim, self.latents = n_saes, dim, config.latents
-        W_dec = torch.stack([initial_decoder(config.latents, dim, seed, config.label, init) for seed in seeds])
+        W_dec = torch.stack(
+            [initial_decoder(config.latents, dim, seed, config.label, init) for seed in seeds]
+        )
         self.W_dec_SKD = nn.Parameter(W_dec)
         self.b_dec_SD = nn.Parameter(torch.zeros(n_saes, dim))
         # A learned JumpReLU threshold only exists without the aux loss, whose tau_j replaces it.
         self.log_threshold_SK = None
         if config.activation == "jumprelu" and config.aux is None:
-            self.log_threshold_SK = nn.Parameter(torch.full((n_saes, config.latents), math.log(0.1)))
+            self.log_threshold_SK = nn.Parameter(
+                torch.full((n_saes, config.latents), math.log(0.1))
+            )
         # BatchTopK's inference threshold, estimated in training (NaN until the first batch).
-        self.register_buffer("batchtopk_threshold_S", torch.full((n_saes,), math.nan), persistent=False)
+        self.register_buffer(
+            "batchtopk_threshold_S", torch.full((n_saes,), math.nan), persistent=False
+        )
 
     # -- the math of the post -------------------------------------------------------------
 
@@ -95,7 +103,9 @@ class StackedSAE(nn.Module):
             return None
         return tau_SK if self.log_threshold_SK is None else self.log_threshold_SK.exp()
 
-    def activate(self, pre_SBK: torch.Tensor, tau_SK: torch.Tensor | None = None, training: bool = False) -> torch.Tensor:
+    def activate(
+        self, pre_SBK: torch.Tensor, tau_SK: torch.Tensor | None = None, training: bool = False
+    ) -> torch.Tensor:
         """h from the pre-activations. topk: the k largest of each sample, ReLU'd. batchtopk: in
         training (`training=True`, as `loss_terms` calls it) the k x B largest of the batch, ReLU'd,
         and the smallest value kept updates the inference threshold (an exponential moving average
@@ -103,8 +113,12 @@ class StackedSAE(nn.Module):
         at that threshold, so a sample's latents do not depend on the rest of its batch. Before
         any training step there is no threshold and inference uses the batch rule."""
         activation = activation_named(self.config.activation)
-        if activation.name == "batchtopk" and (training or self.batchtopk_threshold_S.isnan().any()):
-            h = keep_largest(torch.relu(pre_SBK).flatten(1), self.config.k * pre_SBK.shape[1], dim=-1)
+        if activation.name == "batchtopk" and (
+            training or self.batchtopk_threshold_S.isnan().any()
+        ):
+            h = keep_largest(
+                torch.relu(pre_SBK).flatten(1), self.config.k * pre_SBK.shape[1], dim=-1
+            )
             if training:
                 self._update_batchtopk_threshold(h.detach())
             return h.view_as(pre_SBK)
@@ -122,10 +136,14 @@ class StackedSAE(nn.Module):
     @torch.no_grad()
     def _update_batchtopk_threshold(self, h_SX: torch.Tensor) -> None:
         kept = torch.where(h_SX > 0, h_SX, torch.full_like(h_SX, math.inf)).amin(-1)
-        kept = torch.where(kept.isinf(), torch.zeros_like(kept), kept)  # nothing fired: any threshold >= 0 agrees
+        kept = torch.where(
+            kept.isinf(), torch.zeros_like(kept), kept
+        )  # nothing fired: any threshold >= 0 agrees
         old = self.batchtopk_threshold_S
         decay = self.batchtopk_threshold_decay
-        self.batchtopk_threshold_S.copy_(torch.where(old.isnan(), kept, decay * old + (1 - decay) * kept))
+        self.batchtopk_threshold_S.copy_(
+            torch.where(old.isnan(), kept, decay * old + (1 - decay) * kept)
+        )
 
     def decode(self, h_SBK: torch.Tensor, width: int | None = None) -> torch.Tensor:
         """The reconstruction from every latent, or from the first `width` (a Matryoshka prefix)."""
@@ -142,7 +160,9 @@ class StackedSAE(nn.Module):
             return self.W_dec_SKD.norm(dim=-1)
         return torch.ones(self.n_saes, self.latents, device=self.W_dec_SKD.device)
 
-    def forward(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, training: bool = False):
+    def forward(
+        self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, training: bool = False
+    ):
         h = self.activate(self.encode_pre(x_SBD), tau_SK, training)
         return h, self.decode(h)
 
@@ -160,7 +180,9 @@ class StackedSAE(nn.Module):
             weights["aux"] = aux_lambda
         return weights
 
-    def loss_terms(self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, aux_lambda: float = 0.0):
+    def loss_terms(
+        self, x_SBD: torch.Tensor, tau_SK: torch.Tensor | None = None, aux_lambda: float = 0.0
+    ):
         """({name: (weight, value per SAE and sample [S, B])}, activations h_SBK).
 
         mse: ||x_hat - x||^2; l1: sum_k w_k h_k; prefix_mse (Matryoshka): sum over the widths w
@@ -169,23 +191,34 @@ class StackedSAE(nn.Module):
         [sae.aux]): the activation-orthogonality loss at the aux loss's thresholds tau_SK (only
         while its weight is above 0)."""
         h, x_hat = self(x_SBD, tau_SK, training=True)
-        values = {"mse": (x_hat - x_SBD).pow(2).sum(-1), "l1": (h * self.l1_weights_SK()[:, None]).sum(-1)}
+        values = {
+            "mse": (x_hat - x_SBD).pow(2).sum(-1),
+            "l1": (h * self.l1_weights_SK()[:, None]).sum(-1),
+        }
         widths = self.config.nested_widths()
         if widths:
-            values["prefix_mse"] = sum((self.decode(h, w) - x_SBD).pow(2).sum(-1) for w in widths[:-1])
+            values["prefix_mse"] = sum(
+                (self.decode(h, w) - x_SBD).pow(2).sum(-1) for w in widths[:-1]
+            )
         if self.config.aux is not None and aux_lambda > 0:
             values["aux"] = aux_loss(x_SBD, self.b_dec_SD, self.W_dec_SKD, h.detach(), tau_SK)
         weights = self.loss_weights(self.config, aux_lambda)
         return {name: (weights[name], value) for name, value in values.items()}, h
 
-    def parameter_terms(self, inverse: tuple | None = None) -> dict[str, tuple[float, torch.Tensor]]:
+    def parameter_terms(
+        self, inverse: tuple | None = None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
         """Terms on the parameters alone, without a batch: {name: (weight, value per SAE [S])}. Every
         engine trains them by autograd, added to the batch terms' gradients (they cost O(S K D)).
 
         inverse (with [sae.inverse]): (weight, u_SKPD, mask_SKP) of `InverseState.schedule`, the
         inverse technique's penalty on W_dec's alignment with the higher peaks' directions."""
         terms = {}
-        if getattr(self.config, "inverse", None) is not None and inverse is not None and inverse[0] > 0:
+        if (
+            getattr(self.config, "inverse", None) is not None
+            and inverse is not None
+            and inverse[0] > 0
+        ):
             weight, u_SKPD, mask_SKP = inverse
             terms["inverse"] = (weight, inverse_loss(self.W_dec_SKD, u_SKPD, mask_SKP))
         return terms
@@ -207,7 +240,9 @@ def initial_decoder(latents: int, dim: int, seed: int, label: str, init: str) ->
     """Unit-norm decoder rows: Gaussian directions, or orthonormal ones where latents <= dim.
 
     Seeded by (seed, label) so an SAE's start does not depend on which others train beside it."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(label)) % 1_000_003)
+    gen = torch.Generator().manual_seed(
+        seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(label)) % 1_000_003
+    )
     W = torch.randn(latents, dim, generator=gen, dtype=torch.float64)
     if init == "orthogonal" and latents <= dim:
         q, _ = torch.linalg.qr(W.T)

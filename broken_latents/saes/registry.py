@@ -18,15 +18,26 @@ def register(cls: type["StackedSAE"]) -> type["StackedSAE"]:
     a new architecture with its parent's gradient formulas) or has no `Options` dataclass."""
     name = cls.__dict__.get("architecture")
     if not name:
-        raise TypeError(f"{cls.__qualname__}: an architecture names itself with `architecture = \"...\"`")
+        raise TypeError(
+            f'{cls.__qualname__}: an architecture names itself with `architecture = "..."`'
+        )
     if name in ARCHITECTURES:
-        raise ValueError(f"architecture {name!r} is registered twice: {ARCHITECTURES[name].__qualname__} "
-                         f"and {cls.__qualname__}")
+        raise ValueError(
+            f"architecture {name!r} is registered twice: {ARCHITECTURES[name].__qualname__} "
+            f"and {cls.__qualname__}"
+        )
     if "hand_gradients" not in cls.__dict__:
-        raise TypeError(f"{cls.__qualname__}: state `hand_gradients` in the class itself (None: autograd only)")
+        raise TypeError(
+            f"{cls.__qualname__}: state `hand_gradients` in the class itself (None: autograd only)"
+        )
     options = getattr(cls, "Options", None)
-    if not (dataclasses.is_dataclass(options) and "l1_decoder_norm" in {f.name for f in dataclasses.fields(options)}):
-        raise TypeError(f"{cls.__qualname__}: declare `Options`, a dataclass of the [[sae]] fields it owns, "
-                        f"with at least `l1_decoder_norm` (its L1's default)")
+    if not (
+        dataclasses.is_dataclass(options)
+        and "l1_decoder_norm" in {f.name for f in dataclasses.fields(options)}
+    ):
+        raise TypeError(
+            f"{cls.__qualname__}: declare `Options`, a dataclass of the [[sae]] fields it owns, "
+            f"with at least `l1_decoder_norm` (its L1's default)"
+        )
     ARCHITECTURES[name] = cls
     return cls

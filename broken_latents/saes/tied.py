@@ -22,4 +22,6 @@ class TiedSAE(StackedSAE):
 
     def encoder(self) -> tuple[torch.Tensor, torch.Tensor]:
         W = self.W_dec_SKD
-        return W.transpose(1, 2), torch.zeros(W.shape[0], W.shape[1], device=W.device, dtype=W.dtype)
+        return W.transpose(1, 2), torch.zeros(
+            W.shape[0], W.shape[1], device=W.device, dtype=W.dtype
+        )

@@ -29,8 +29,12 @@ class UntiedSAE(StackedSAE):
         if config.options.encoder_init == "transpose":
             W_enc = self.W_dec_SKD.detach().transpose(1, 2).clone()
         else:
-            W_enc = torch.stack([initial_decoder(self.latents, dim, seed, f"{config.label}-encoder", init).T
-                                 for seed in seeds])
+            W_enc = torch.stack(
+                [
+                    initial_decoder(self.latents, dim, seed, f"{config.label}-encoder", init).T
+                    for seed in seeds
+                ]
+            )
         self.W_enc_SDK = nn.Parameter(W_enc)
         self.b_enc_SK = nn.Parameter(torch.zeros(self.n_saes, self.latents))
 

@@ -6,5 +6,15 @@ from .record import CellRecord, ClaimCount, SweepRecord
 from .spec import Cell, SweepSpec, grid, load_spec, parse_spec
 from .sweep import SweepOutcome, run_sweep
 
-__all__ = ["Cell", "CellRecord", "ClaimCount", "SweepOutcome", "SweepRecord", "SweepSpec", "grid", "load_spec", "parse_spec",
-           "run_sweep"]
+__all__ = [
+    "Cell",
+    "CellRecord",
+    "ClaimCount",
+    "SweepOutcome",
+    "SweepRecord",
+    "SweepSpec",
+    "grid",
+    "load_spec",
+    "parse_spec",
+    "run_sweep",
+]

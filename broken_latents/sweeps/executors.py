@@ -27,7 +27,12 @@ from .record import CellResult, ClaimCount
 ATTEMPTS = 3
 """Tries of a cell whose worker process dies (killed, out of memory) before it is recorded failed."""
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
 
 
 @dataclass
@@ -69,21 +74,40 @@ def run_cell(task: CellTask) -> CellResult:
         target = Target(config, claims, task.clean_cos, task.experiment)
         outcome = run_experiment(target, Path(task.out), progress=False)
     except ConfigError as err:  # the cell's config is refused: a rerun will not help
-        return CellResult("failed", error=str(err), invalid=True, wall_seconds=round(time.perf_counter() - started, 3))
+        return CellResult(
+            "failed",
+            error=str(err),
+            invalid=True,
+            wall_seconds=round(time.perf_counter() - started, 3),
+        )
     except TrainingDiverged as err:
-        return CellResult("failed", error=str(err), wall_seconds=round(time.perf_counter() - started, 3))
+        return CellResult(
+            "failed", error=str(err), wall_seconds=round(time.perf_counter() - started, 3)
+        )
     except Exception as err:  # noqa: BLE001 (one cell's bug must not stop the sweep)
-        return CellResult("failed", error=f"{type(err).__name__}: {err}",
-                          wall_seconds=round(time.perf_counter() - started, 3))
-    return CellResult("done", claims=claim_counts(outcome.metrics, task.claims),
-                      metrics=metric_means(outcome.metrics, task.metrics), wall_seconds=outcome.metrics.wall_seconds)
+        return CellResult(
+            "failed",
+            error=f"{type(err).__name__}: {err}",
+            wall_seconds=round(time.perf_counter() - started, 3),
+        )
+    return CellResult(
+        "done",
+        claims=claim_counts(outcome.metrics, task.claims),
+        metrics=metric_means(outcome.metrics, task.metrics),
+        wall_seconds=outcome.metrics.wall_seconds,
+    )
 
 
 def claim_counts(metrics: Metrics, wanted: list[str]) -> dict[str, ClaimCount]:
     """The mapped claims' seeds held, seeds run and overall verdict, by claim id."""
     by_id = {c.id: c for c in metrics.claims or []}
-    return {cid: ClaimCount(held=by_id[cid].seeds_held, seeds=by_id[cid].seeds_run, holds=by_id[cid].holds)
-            for cid in wanted if cid in by_id}
+    return {
+        cid: ClaimCount(
+            held=by_id[cid].seeds_held, seeds=by_id[cid].seeds_run, holds=by_id[cid].holds
+        )
+        for cid in wanted
+        if cid in by_id
+    }
 
 
 def metric_means(metrics: Metrics, wanted: list[str]) -> dict[str, dict[str, float]]:
@@ -93,7 +117,11 @@ def metric_means(metrics: Metrics, wanted: list[str]) -> dict[str, dict[str, flo
     means: dict[str, dict[str, float]] = {}
     for label in dict.fromkeys(run.label for run in metrics.runs):
         for name in wanted:
-            values = [v for run in metrics.runs if run.label == label and (v := run_scalar(run, name)) is not None]
+            values = [
+                v
+                for run in metrics.runs
+                if run.label == label and (v := run_scalar(run, name)) is not None
+            ]
             if values:
                 means.setdefault(label, {})[name] = sum(values) / len(values)
     return means
@@ -119,16 +147,23 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_local(tasks: list[CellTask], workers: int, on_result: Callable[[CellTask, CellResult], None],
-              cell_function: Callable[[CellTask], CellResult] = run_cell) -> None:
+def run_local(
+    tasks: list[CellTask],
+    workers: int,
+    on_result: Callable[[CellTask, CellResult], None],
+    cell_function: Callable[[CellTask], CellResult] = run_cell,
+) -> None:
     """Train `tasks` on a pool of `workers` processes, at most `workers` cells submitted at a time, so
     a worker that dies takes only the cells in flight with it; those are retried in a fresh pool."""
     pending = list(tasks)
     context = _context()
     attempts = {task.name: 0 for task in tasks}
     while pending:
-        pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending))), mp_context=context,
-                                   initializer=_init_worker)
+        pool = ProcessPoolExecutor(
+            max_workers=max(1, min(workers, len(pending))),
+            mp_context=context,
+            initializer=_init_worker,
+        )
         in_flight = {}
         try:
             while pending or in_flight:
@@ -139,13 +174,21 @@ def run_local(tasks: list[CellTask], workers: int, on_result: Callable[[CellTask
                     in_flight[future] = task
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    result = future.result()  # BrokenProcessPool if a worker died: its task stays in flight
+                    result = (
+                        future.result()
+                    )  # BrokenProcessPool if a worker died: its task stays in flight
                     on_result(in_flight.pop(future), result)
         except BrokenProcessPool:
             for task in in_flight.values():
                 if attempts[task.name] >= ATTEMPTS:
-                    on_result(task, CellResult("failed", error=f"the worker process died {ATTEMPTS} times "
-                                                                 "(killed, or out of memory)"))
+                    on_result(
+                        task,
+                        CellResult(
+                            "failed",
+                            error=f"the worker process died {ATTEMPTS} times "
+                            "(killed, or out of memory)",
+                        ),
+                    )
                 else:
                     pending.insert(0, task)
         finally:
@@ -160,7 +203,9 @@ def _context():
         context = get_context("forkserver")
     except ValueError:  # pragma: no cover (no forkserver on this platform)
         return get_context("spawn")
-    context.set_forkserver_preload(["broken_latents.sweeps.executors", "broken_latents.pipeline.run"])
+    context.set_forkserver_preload(
+        ["broken_latents.sweeps.executors", "broken_latents.pipeline.run"]
+    )
     return context
 
 
@@ -178,7 +223,9 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 # -- Ray ----------------------------------------------------------------------------------------
 
 
-def run_cell_archived(task: CellTask, cell_function: Callable[[CellTask], CellResult] = run_cell) -> CellResult:
+def run_cell_archived(
+    task: CellTask, cell_function: Callable[[CellTask], CellResult] = run_cell
+) -> CellResult:
     """`run_cell` into a scratch folder of the node it runs on; the run directory comes back as a
     tar archive, so a cluster needs no file system shared with the driver."""
     with tempfile.TemporaryDirectory(prefix="broken-latents-cell-") as scratch:
@@ -200,8 +247,12 @@ def unpack(archive: bytes, out: Path) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             members = tar.getmembers()
-            if any(m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir())
-                   for m in members):
+            if any(
+                m.name.startswith("/")
+                or ".." in Path(m.name).parts
+                or not (m.isfile() or m.isdir())
+                for m in members
+            ):
                 raise ValueError("unsafe path in a cell archive")
             tar.extractall(partial, members=members)
         (extracted,) = list(partial.iterdir())
@@ -225,15 +276,21 @@ def connect_ray(address: str, workers: int | None) -> bool:
         try:
             ray.init(address="auto", runtime_env={"py_modules": [package]}, **options)
         except (ConnectionError, RuntimeError, ValueError):
-            ray.init(num_cpus=workers, **options)  # no cluster running: a local one, on this machine's cores
+            ray.init(
+                num_cpus=workers, **options
+            )  # no cluster running: a local one, on this machine's cores
     else:
         ray.init(address=address, runtime_env={"py_modules": [package]}, **options)
     return True
 
 
-def run_ray(tasks: list[CellTask], address: str, workers: int | None,
-            on_result: Callable[[CellTask, CellResult], None],
-            cell_function: Callable[[CellTask], CellResult] = run_cell) -> None:
+def run_ray(
+    tasks: list[CellTask],
+    address: str,
+    workers: int | None,
+    on_result: Callable[[CellTask, CellResult], None],
+    cell_function: Callable[[CellTask], CellResult] = run_cell,
+) -> None:
     """Each cell a Ray task of one CPU, retried when its worker dies (max_retries)."""
     import ray
 

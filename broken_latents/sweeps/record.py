@@ -67,17 +67,29 @@ class CellRecord:
     """A failed cell whose config the spec's values make invalid (written only when true)."""
 
     def to_json(self) -> dict[str, Any]:
-        out = {"values": self.values, "status": self.status, "error": self.error,
-               "claims": {cid: count.to_json() for cid, count in self.claims.items()}, "metrics": self.metrics,
-               "path": self.path, "wall_seconds": self.wall_seconds}
+        out = {
+            "values": self.values,
+            "status": self.status,
+            "error": self.error,
+            "claims": {cid: count.to_json() for cid, count in self.claims.items()},
+            "metrics": self.metrics,
+            "path": self.path,
+            "wall_seconds": self.wall_seconds,
+        }
         return {**out, "invalid": True} if self.invalid else out
 
     @classmethod
     def from_json(cls, data: dict) -> "CellRecord":
-        return cls(values=data["values"], status=data["status"], error=data.get("error"),
-                   claims={cid: ClaimCount.from_json(c) for cid, c in data.get("claims", {}).items()},
-                   path=data["path"], wall_seconds=data.get("wall_seconds"), metrics=data.get("metrics", {}),
-                   invalid=bool(data.get("invalid", False)))
+        return cls(
+            values=data["values"],
+            status=data["status"],
+            error=data.get("error"),
+            claims={cid: ClaimCount.from_json(c) for cid, c in data.get("claims", {}).items()},
+            path=data["path"],
+            wall_seconds=data.get("wall_seconds"),
+            metrics=data.get("metrics", {}),
+            invalid=bool(data.get("invalid", False)),
+        )
 
 
 @dataclass
@@ -100,11 +112,24 @@ class SweepRecord:
         return [cell for cell in self.cells if cell.status != "done"]
 
     def to_json(self) -> dict[str, Any]:
-        return {"base": self.base, "seeds": self.seeds, "claims": self.claims, "metrics": self.metrics, "set": self.set,
-                "axes": self.axes, "cells": [cell.to_json() for cell in self.cells]}
+        return {
+            "base": self.base,
+            "seeds": self.seeds,
+            "claims": self.claims,
+            "metrics": self.metrics,
+            "set": self.set,
+            "axes": self.axes,
+            "cells": [cell.to_json() for cell in self.cells],
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "SweepRecord":
-        return cls(base=data["base"], seeds=data["seeds"], claims=data.get("claims", []), set=data.get("set", {}),
-                   axes=data["axes"], cells=[CellRecord.from_json(c) for c in data["cells"]],
-                   metrics=data.get("metrics", []))
+        return cls(
+            base=data["base"],
+            seeds=data["seeds"],
+            claims=data.get("claims", []),
+            set=data.get("set", {}),
+            axes=data["axes"],
+            cells=[CellRecord.from_json(c) for c in data["cells"]],
+            metrics=data.get("metrics", []),
+        )

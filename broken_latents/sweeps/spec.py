@@ -94,9 +94,13 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
     """Validate a spec's table; relative base paths are looked up next to the spec, then in the cwd."""
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
-        raise ConfigError(unknown[0], f"unknown key in the sweep spec; allowed: {', '.join(SPEC_KEYS)}")
+        raise ConfigError(
+            unknown[0], f"unknown key in the sweep spec; allowed: {', '.join(SPEC_KEYS)}"
+        )
     if "base" not in data:
-        raise ConfigError("base", "is required: a registered experiment or a path to an experiment TOML")
+        raise ConfigError(
+            "base", "is required: a registered experiment or a path to an experiment TOML"
+        )
     base = data["base"]
     config, experiment, clean_cos = _resolve_base(base, here)
 
@@ -110,8 +114,14 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
         raise ConfigError("claims", f"must be a list of claim ids, got {claims!r}")
     for i, claim in enumerate(claims):
         if claim not in known:
-            allowed = ", ".join(known) if known else f"none ({base!r} is not a registered experiment with claims)"
-            raise ConfigError(f"claims[{i}]", f"unknown claim {claim!r}; the base's claims: {allowed}")
+            allowed = (
+                ", ".join(known)
+                if known
+                else f"none ({base!r} is not a registered experiment with claims)"
+            )
+            raise ConfigError(
+                f"claims[{i}]", f"unknown claim {claim!r}; the base's claims: {allowed}"
+            )
 
     default_metrics = [] if known else DEFAULT_METRICS
     metrics = data.get("metrics", default_metrics)
@@ -119,7 +129,9 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
         raise ConfigError("metrics", f"must be a list of per-run metric names, got {metrics!r}")
     for i, metric in enumerate(metrics):
         if metric not in scalar_names():
-            raise ConfigError(f"metrics[{i}]", f"unknown metric {metric!r}; allowed: {', '.join(scalar_names())}")
+            raise ConfigError(
+                f"metrics[{i}]", f"unknown metric {metric!r}; allowed: {', '.join(scalar_names())}"
+            )
 
     table = data.get("set", {})
     if not isinstance(table, dict):
@@ -142,8 +154,17 @@ def parse_spec(data: dict, here: Path = Path(".")) -> SweepSpec:
         if key in settings:
             raise ConfigError(f"axes.{key}", "is also in [set]; keep it in one of the two")
         _check_axis_key(config, key, values[0])
-    return SweepSpec(base=base, config=config, experiment=experiment, claims=claims, axes=axes, metrics=metrics,
-                     settings=settings, seeds=seeds, clean_cos=clean_cos)
+    return SweepSpec(
+        base=base,
+        config=config,
+        experiment=experiment,
+        claims=claims,
+        axes=axes,
+        metrics=metrics,
+        settings=settings,
+        seeds=seeds,
+        clean_cos=clean_cos,
+    )
 
 
 def _check_axis_key(config: ExperimentConfig, key: str, value: Any) -> None:
@@ -166,7 +187,10 @@ def _resolve_base(base: Any, here: Path) -> tuple[ExperimentConfig, str | None, 
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             names = ", ".join(experiments.EXPERIMENTS)
-            raise ConfigError("base", f"{base!r} is neither a registered experiment ({names}) nor an existing .toml file")
+            raise ConfigError(
+                "base",
+                f"{base!r} is neither a registered experiment ({names}) nor an existing .toml file",
+            )
     try:
         target = resolve_target(path or base)
     except ConfigError as err:
@@ -196,7 +220,9 @@ def _is_section(config: dict, dotted: str) -> bool:
     node: Any = config
     for part in dotted.split("."):
         if isinstance(node, list):
-            matches = [item for item in node if isinstance(item, dict) and item.get("label") == part]
+            matches = [
+                item for item in node if isinstance(item, dict) and item.get("label") == part
+            ]
             if part.isdigit() and int(part) < len(node):
                 matches = [node[int(part)]]
             if part == "*" and node:

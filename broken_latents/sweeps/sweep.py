@@ -47,8 +47,14 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = None, ray: str | None = None,
-              progress: bool = True, cell_function=None) -> SweepOutcome:
+def run_sweep(
+    spec_path: Path,
+    out: Path | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
+    progress: bool = True,
+    cell_function=None,
+) -> SweepOutcome:
     """Validate everything, then train every unfinished cell, recording each as it ends."""
     from ..training.preflight import check_writable
 
@@ -56,7 +62,9 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
     if workers is not None and workers < 1:
         raise ConfigError("--workers", f"must be >= 1, got {workers}")
     if ray is not None and not ray.strip():
-        raise ConfigError("--ray", "give 'auto' or a cluster address such as ray://host:10001 or host:6379")
+        raise ConfigError(
+            "--ray", "give 'auto' or a cluster address such as ray://host:10001 or host:6379"
+        )
     spec = load_spec(spec_path)
     cells = grid(spec)
     if all(cell.error for cell in cells):
@@ -71,15 +79,19 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
     (out / "cells").mkdir(parents=True, exist_ok=True)
     with _Lock(out):
         _remove_partials(out / "cells")
-        records = {cell.name: _initial_record(cell, out, spec.claims, spec.metrics) for cell in cells}
+        records = {
+            cell.name: _initial_record(cell, out, spec.claims, spec.metrics) for cell in cells
+        }
         tasks = [_task(spec, cell, out) for cell in cells if records[cell.name].status == "pending"]
         write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
         skipped = sum(r.status == "done" for r in records.values())
         invalid = sum(cell.error is not None for cell in cells)
         if progress:
-            console.print(f"sweep {spec.base}: {len(cells)} cells x {spec.seeds} seeds; {skipped} finished before, "
-                          f"{invalid} invalid, {len(tasks)} to train "
-                          f"({'Ray ' + ray if ray else f'{min(workers, max(len(tasks), 1))} local workers'})")
+            console.print(
+                f"sweep {spec.base}: {len(cells)} cells x {spec.seeds} seeds; {skipped} finished before, "
+                f"{invalid} invalid, {len(tasks)} to train "
+                f"({'Ray ' + ray if ray else f'{min(workers, max(len(tasks), 1))} local workers'})"
+            )
             if not (spec.axes and (spec.claims or spec.metrics)):
                 console.print(nothing_to_map(sweep_record(spec, cells, records)))
         done_count = [0]
@@ -89,7 +101,9 @@ def run_sweep(spec_path: Path, out: Path | None = None, workers: int | None = No
             write_json(out / "sweep.json", sweep_record(spec, cells, records).to_json())
             done_count[0] += 1
             if progress:
-                console.print(_line(done_count[0], len(tasks), cells_by_name[task.name], records[task.name]))
+                console.print(
+                    _line(done_count[0], len(tasks), cells_by_name[task.name], records[task.name])
+                )
 
         cells_by_name = {cell.name: cell for cell in cells}
         kwargs = {"cell_function": cell_function} if cell_function else {}
@@ -112,7 +126,9 @@ def _check_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise ConfigError("--ray", "Ray is not installed here; pip install 'ray>=2.9' (or run without --ray)") from None
+        raise ConfigError(
+            "--ray", "Ray is not installed here; pip install 'ray>=2.9' (or run without --ray)"
+        ) from None
 
 
 def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
@@ -132,10 +148,18 @@ def _first_error(spec: SweepSpec, cells: list[Cell]) -> tuple[str, str]:
 
 def _check_sweep_dir(out: Path) -> None:
     """A sweep writes into DIR: refuse a DIR that holds something other than an earlier sweep."""
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists() \
-            and not (out / "cells").is_dir():
-        raise ConfigError("--out", f"{out} exists and is not a sweep directory (no sweep.json); choose a new path "
-                                   "or an earlier sweep's directory to resume")
+    if (
+        out.exists()
+        and out.is_dir()
+        and any(out.iterdir())
+        and not (out / "sweep.json").exists()
+        and not (out / "cells").is_dir()
+    ):
+        raise ConfigError(
+            "--out",
+            f"{out} exists and is not a sweep directory (no sweep.json); choose a new path "
+            "or an earlier sweep's directory to resume",
+        )
 
 
 class _Lock:
@@ -151,8 +175,11 @@ class _Lock:
         except (FileNotFoundError, ValueError):
             pid = None
         if pid is not None and pid != os.getpid() and _alive(pid):
-            raise ConfigError("--out", f"another sweep (pid {pid}) is writing to {self.path.parent}; wait for it or "
-                                       "choose another --out")
+            raise ConfigError(
+                "--out",
+                f"another sweep (pid {pid}) is writing to {self.path.parent}; wait for it or "
+                "choose another --out",
+            )
         self.path.write_text(str(os.getpid()))
         return self
 
@@ -185,7 +212,9 @@ def _initial_record(cell: Cell, out: Path, wanted: list[str], mapped: list[str])
     return _record(cell, finished or CellResult("pending"))
 
 
-def _finished(directory: Path, config_toml: str, wanted: list[str], mapped: list[str]) -> CellResult | None:
+def _finished(
+    directory: Path, config_toml: str, wanted: list[str], mapped: list[str]
+) -> CellResult | None:
     """A complete run directory holding this very config: its result, read back."""
     try:
         if (directory / "config.toml").read_text() != config_toml:
@@ -193,25 +222,49 @@ def _finished(directory: Path, config_toml: str, wanted: list[str], mapped: list
         metrics = read_metrics(directory / "metrics.json", "metrics.json")
     except (OSError, ConfigError):
         return None
-    return CellResult("done", claims=claim_counts(metrics, wanted), metrics=metric_means(metrics, mapped),
-                      wall_seconds=metrics.wall_seconds)
+    return CellResult(
+        "done",
+        claims=claim_counts(metrics, wanted),
+        metrics=metric_means(metrics, mapped),
+        wall_seconds=metrics.wall_seconds,
+    )
 
 
 def _task(spec: SweepSpec, cell: Cell, out: Path) -> CellTask:
-    return CellTask(name=cell.name, config_toml=cell_toml(cell.config), experiment=spec.experiment,
-                    claims=list(spec.claims), clean_cos=spec.clean_cos, out=str((out / "cells" / cell.name).resolve()),
-                    metrics=list(spec.metrics))
+    return CellTask(
+        name=cell.name,
+        config_toml=cell_toml(cell.config),
+        experiment=spec.experiment,
+        claims=list(spec.claims),
+        clean_cos=spec.clean_cos,
+        out=str((out / "cells" / cell.name).resolve()),
+        metrics=list(spec.metrics),
+    )
 
 
 def _record(cell: Cell, result: CellResult) -> CellRecord:
-    return CellRecord(values=cell.values, status=result.status, error=result.error, claims=result.claims,
-                      path=f"cells/{cell.name}", wall_seconds=result.wall_seconds, metrics=result.metrics,
-                      invalid=result.invalid)
+    return CellRecord(
+        values=cell.values,
+        status=result.status,
+        error=result.error,
+        claims=result.claims,
+        path=f"cells/{cell.name}",
+        wall_seconds=result.wall_seconds,
+        metrics=result.metrics,
+        invalid=result.invalid,
+    )
 
 
 def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, CellRecord]) -> SweepRecord:
-    return SweepRecord(base=spec.base, seeds=spec.seeds, claims=spec.claims, set=spec.settings, axes=spec.axes,
-                       cells=[records[cell.name] for cell in cells], metrics=spec.metrics)
+    return SweepRecord(
+        base=spec.base,
+        seeds=spec.seeds,
+        claims=spec.claims,
+        set=spec.settings,
+        axes=spec.axes,
+        cells=[records[cell.name] for cell in cells],
+        metrics=spec.metrics,
+    )
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -226,23 +279,31 @@ def _line(i: int, n: int, cell: Cell, record: CellRecord) -> Text:
     if record.status != "done":
         return Text.assemble(f"{head} ", ("failed", "red"), f": {record.error}")
     claims = ", ".join(f"{cid} {c.held}/{c.seeds}" for cid, c in record.claims.items())
-    return Text(f"{head} done in {record.wall_seconds or 0:.1f} s" + (f"; {claims}" if claims else ""))
+    return Text(
+        f"{head} done in {record.wall_seconds or 0:.1f} s" + (f"; {claims}" if claims else "")
+    )
 
 
-def _summary(record: SweepRecord, failed: list[CellRecord], out: Path, maps: dict[str, list[Path]]) -> Text:
+def _summary(
+    record: SweepRecord, failed: list[CellRecord], out: Path, maps: dict[str, list[Path]]
+) -> Text:
     """What was done, what was drawn (or that nothing could be), and the cells that did not train:
     invalid ones (their config is refused: the spec must change) apart from failed ones (a rerun retries)."""
     n = len(record.cells)
     drawn = sum(len(paths) for paths in maps.values())
     maps_at = f" in {out / 'maps'}" if drawn else ""
-    text = Text(f"{n - len(failed)}/{n} cells done; {drawn} map(s){maps_at}; report: {out / 'report.html'}; "
-                f"every cell in {out / 'sweep.json'}")
+    text = Text(
+        f"{n - len(failed)}/{n} cells done; {drawn} map(s){maps_at}; report: {out / 'report.html'}; "
+        f"every cell in {out / 'sweep.json'}"
+    )
     if not drawn:
         text.append(f"\n{nothing_to_map(record)}")
     invalid = [c for c in failed if c.invalid]
     crashed = [c for c in failed if not c.invalid]
-    for cells, word, advice in ((invalid, "invalid", "their config is refused; fix those axis values in the spec"),
-                                (crashed, "failed", "rerun the same command to retry them")):
+    for cells, word, advice in (
+        (invalid, "invalid", "their config is refused; fix those axis values in the spec"),
+        (crashed, "failed", "rerun the same command to retry them"),
+    ):
         if not cells:
             continue
         text.append(f"\n{len(cells)} cell(s) ")

@@ -52,8 +52,14 @@ class RunningMax:
 class AuxState:
     """What one SAE stack needs between steps to compute the aux loss."""
 
-    def __init__(self, config: AuxConfig, n_saes: int, latents: int, zeros=torch.zeros,
-                 probe: Callable[[], tuple] | None = None):
+    def __init__(
+        self,
+        config: AuxConfig,
+        n_saes: int,
+        latents: int,
+        zeros=torch.zeros,
+        probe: Callable[[], tuple] | None = None,
+    ):
         """probe (mixture thresholds): returns (x_SBD, h_SBK) of a fresh held-out batch."""
         self.config = config
         self.running_max = RunningMax(config.window_batches, n_saes, latents, zeros)
@@ -75,7 +81,10 @@ class AuxState:
         return self.config.coefficient * factor, factor * base
 
     def _refit_if_due(self, samples_seen: int) -> None:
-        if self.last_refit is not None and samples_seen - self.last_refit < self.config.refit_samples:
+        if (
+            self.last_refit is not None
+            and samples_seen - self.last_refit < self.config.refit_samples
+        ):
             return
         if self.probe is None:
             raise ValueError("aux.threshold = 'mixture' needs a probe for its refits")
@@ -84,7 +93,10 @@ class AuxState:
         _, h_SBK = self.probe()
         taus = mixture_thresholds(h_SBK)
         ratio = self.running_max.value()
-        self.model_tau_SK = (taus.astype(ratio.dtype) if xp(ratio) is np
-                             else torch.as_tensor(taus, dtype=ratio.dtype, device=ratio.device))
+        self.model_tau_SK = (
+            taus.astype(ratio.dtype)
+            if xp(ratio) is np
+            else torch.as_tensor(taus, dtype=ratio.dtype, device=ratio.device)
+        )
         self.last_refit = samples_seen
         self.refits += 1

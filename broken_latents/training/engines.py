@@ -30,14 +30,12 @@ from ..saes import StackedSAE, weighted_sum
 from ..world.model import World
 
 
-
 @dataclass
 class TrainedStack:
     config: SAEConfig
     sae: StackedSAE
     tau_SK: torch.Tensor | None = None
     """The aux loss's final thresholds (the JumpReLU threshold when it uses them)."""
-
 
 
 class Engine:
@@ -50,19 +48,47 @@ class Engine:
     """The arrays the engine reads the parameters, batches and aux state as: "torch", or "numpy"
     (views of the same memory)."""
 
-    def __init__(self, config: ExperimentConfig, world: World, seeds: list[int], stacks: list[TrainedStack],
-                 device: str):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        world: World,
+        seeds: list[int],
+        stacks: list[TrainedStack],
+        device: str,
+    ):
         self.stacks, self.world, self.device = stacks, world, device
         self.unit_norm_decoder = config.train.unit_norm_decoder
         on_numpy = self.backend == "numpy"
-        zeros = partial(np.zeros, dtype=np.float32) if on_numpy else partial(torch.zeros, device=device)
+        zeros = (
+            partial(np.zeros, dtype=np.float32) if on_numpy else partial(torch.zeros, device=device)
+        )
         # Peak refits (mixture thresholds, inverse technique) run the SAE's torch forward on held-out probe inputs.
         probe = lambda stack, inputs: partial(Probe(world, seeds, inputs, device), stack.sae)  # noqa: E731
-        self.auxes = [AuxState(s.config.aux, len(seeds), s.config.latents, zeros, probe(s, s.config.aux.refit_inputs))
-                      if s.config.aux else None for s in stacks]
-        self.inverses = [InverseState(s.config.inverse, len(seeds), s.config.latents, config.world.dim,
-                                      probe(s, s.config.inverse.refit_inputs), device)
-                         if s.config.inverse else None for s in stacks]
+        self.auxes = [
+            AuxState(
+                s.config.aux,
+                len(seeds),
+                s.config.latents,
+                zeros,
+                probe(s, s.config.aux.refit_inputs),
+            )
+            if s.config.aux
+            else None
+            for s in stacks
+        ]
+        self.inverses = [
+            InverseState(
+                s.config.inverse,
+                len(seeds),
+                s.config.latents,
+                config.world.dim,
+                probe(s, s.config.inverse.refit_inputs),
+                device,
+            )
+            if s.config.inverse
+            else None
+            for s in stacks
+        ]
         self.parameters = [p for stack in stacks for p in stack.sae.parameters()]
         flat = flatten_parameters(self.parameters)
         self.optimiser = FlatAdam(flat.numpy() if on_numpy else flat, lr=config.train.lr)
@@ -89,7 +115,9 @@ class Engine:
                 W /= clamp_min(norm_last(W), 1e-12)[..., None]
         if not want_loss:
             return {}
-        return {label: {k: as_torch(v) for k, v in parts.items()} for label, parts in logged.items()}
+        return {
+            label: {k: as_torch(v) for k, v in parts.items()} for label, parts in logged.items()
+        }
 
     def as_features(self, batch):
         """A sparse world's batches are firing lists: the engines train on its inputs x, read as the
@@ -133,7 +161,11 @@ class ArraysEngine(Engine):
     def __init__(self, config, world, seeds, stacks, device):
         super().__init__(config, world, seeds, stacks, device)
         self.archs = [Architecture.of(stack.sae) for stack in stacks]
-        axes = torch.eye(world.directions_ND.shape[1], device=device) if world.sparse else world.directions_ND  # see `as_features`
+        axes = (
+            torch.eye(world.directions_ND.shape[1], device=device)
+            if world.sparse
+            else world.directions_ND
+        )  # see `as_features`
         self.geometry = WorldGeometry.of(axes, self.backend)
 
     def gradients(self, f_RNB, samples_seen, want_loss):
@@ -148,18 +180,24 @@ class ArraysEngine(Engine):
     def hand_gradients(self, f_RNB, samples_seen, want_loss) -> tuple[dict, list]:
         """Each SAE's logged terms (when asked) and the gradients, in parameter order."""
         logged, all_grads = {}, []
-        for i, (stack, params, aux, inverse) in enumerate(zip(self.stacks, self.arrays, self.auxes, self.inverses)):
+        for i, (stack, params, aux, inverse) in enumerate(
+            zip(self.stacks, self.arrays, self.auxes, self.inverses)
+        ):
             lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
             weights = stack.sae.loss_weights(stack.config, lam)
-            losses, h_max, grads = self.stack_loss_and_grads(i, self.archs[i], params, self.geometry, f_RNB, weights,
-                                                             tau_SK, want_loss)
+            losses, h_max, grads = self.stack_loss_and_grads(
+                i, self.archs[i], params, self.geometry, f_RNB, weights, tau_SK, want_loss
+            )
             extra = _add_parameter_term_grads(stack, inverse, samples_seen, grads)
             all_grads += [grads[name] for name in params]
             if aux is not None:
                 aux.running_max.update(h_max)
             if want_loss:
-                losses = {**(losses or {}), **_declared_terms(stack, f_RNB, self.geometry, tau_SK, lam,
-                                                              skip=losses or {}), **extra}
+                losses = {
+                    **(losses or {}),
+                    **_declared_terms(stack, f_RNB, self.geometry, tau_SK, lam, skip=losses or {}),
+                    **extra,
+                }
             logged[stack.config.label] = losses or {}
         return logged, all_grads
 
@@ -174,7 +212,9 @@ class CompiledEngine(ArraysEngine):
     def __init__(self, config, world, seeds, stacks, device):
         super().__init__(config, world, seeds, stacks, device)
         self.grad_flat = np.zeros_like(self.optimiser.flat)
-        views = iter(split_like(self.grad_flat, [p.shape for p in self.parameters]))  # in the parameters' order
+        views = iter(
+            split_like(self.grad_flat, [p.shape for p in self.parameters])
+        )  # in the parameters' order
         self.grad_outs = [{name: next(views) for name in params} for params in self.arrays]
 
     def warm_up(self) -> None:
@@ -190,7 +230,9 @@ class CompiledEngine(ArraysEngine):
         return kernel.loss_and_grads(*arguments, out=self.grad_outs[i])
 
 
-ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (AutogradEngine, ArraysEngine, CompiledEngine)}
+ENGINES: dict[str, type[Engine]] = {
+    engine.name: engine for engine in (AutogradEngine, ArraysEngine, CompiledEngine)
+}
 
 
 def choose_engine(config: ExperimentConfig, device: str) -> type[Engine]:
@@ -199,26 +241,40 @@ def choose_engine(config: ExperimentConfig, device: str) -> type[Engine]:
     name = config.train.engine
     without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
     if World.is_sparse(config.world) and name == "compiled":
-        raise ConfigError("train.engine", "'compiled' works in feature space, and this world samples sparsely "
-                                          f"({config.world.features} features, or a tree, correlation, bias or "
-                                          "load); use 'auto', 'autograd' or 'arrays'")
+        raise ConfigError(
+            "train.engine",
+            "'compiled' works in feature space, and this world samples sparsely "
+            f"({config.world.features} features, or a tree, correlation, bias or "
+            "load); use 'auto', 'autograd' or 'arrays'",
+        )
     if World.is_sparse(config.world) and name == "auto":
         name = "autograd"  # sparse worlds train on x; the hand gradients' feature space would be D unit axes
     if name == "auto":
         name = "autograd" if without else "compiled" if device == "cpu" else "arrays"
     elif name in ("arrays", "compiled") and without:
-        raise ConfigError("train.engine", f"{name!r} needs hand-derived gradients, and SAE(s) {without} declare "
-                                          "none (architecture, activation or loss terms); use 'auto' or 'autograd'")
+        raise ConfigError(
+            "train.engine",
+            f"{name!r} needs hand-derived gradients, and SAE(s) {without} declare "
+            "none (architecture, activation or loss terms); use 'auto' or 'autograd'",
+        )
     if name == "compiled" and device != "cpu":
-        raise ConfigError("train.engine", f"'compiled' runs on the CPU only; on {device} use 'auto', 'arrays' or 'autograd'")
+        raise ConfigError(
+            "train.engine",
+            f"'compiled' runs on the CPU only; on {device} use 'auto', 'arrays' or 'autograd'",
+        )
     return ENGINES[name]
 
 
 # -- the loss terms, shared by the engines ------------------------------------------------------
 
 
-def _stack_loss(stack: TrainedStack, aux: AuxState | None, inverse: InverseState | None, x_RBD: torch.Tensor,
-                samples_seen: int):
+def _stack_loss(
+    stack: TrainedStack,
+    aux: AuxState | None,
+    inverse: InverseState | None,
+    x_RBD: torch.Tensor,
+    samples_seen: int,
+):
     """The weighted sum of the terms the SAE declares, per SAE and averaged over the batch (plus its
     parameter terms); and each term's batch mean, to log."""
     lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
@@ -226,16 +282,23 @@ def _stack_loss(stack: TrainedStack, aux: AuxState | None, inverse: InverseState
     if aux is not None:
         aux.running_max.update(h.detach().amax(dim=1))
     parameter_terms = _parameter_terms(stack, inverse, samples_seen)
-    loss_S = weighted_sum(terms).mean(-1) + (weighted_sum(parameter_terms) if parameter_terms else 0.0)
+    loss_S = weighted_sum(terms).mean(-1) + (
+        weighted_sum(parameter_terms) if parameter_terms else 0.0
+    )
     logged = {name: value.detach().mean(-1) for name, (_, value) in terms.items()}
-    return loss_S, {**logged, **{name: value.detach() for name, (_, value) in parameter_terms.items()}}
+    return loss_S, {
+        **logged,
+        **{name: value.detach() for name, (_, value) in parameter_terms.items()},
+    }
 
 
 @torch.no_grad()
 def _declared_terms(stack: TrainedStack, f_RNB, geometry, tau_SK, lam: float, skip) -> dict:
     """The batch means of the loss terms the SAE declares that a hand-gradient engine does not report
     (the aux loss): one forward pass on a logged step, so every engine logs the same terms."""
-    declared = {name for name, weight in stack.sae.loss_weights(stack.config, lam).items() if weight != 0}
+    declared = {
+        name for name, weight in stack.sae.loss_weights(stack.config, lam).items() if weight != 0
+    }
     if not declared - set(skip):
         return {}
     x_RBD = as_torch(f_RNB).transpose(-1, -2) @ as_torch(geometry.F_ND)
@@ -256,7 +319,9 @@ def _add_parameter_term_grads(stack, inverse, samples_seen, grads) -> dict:
         return {}
     named = dict(stack.sae.named_parameters())
     with torch.enable_grad():
-        found = torch.autograd.grad(weighted_sum(terms).sum(), list(named.values()), allow_unused=True)
+        found = torch.autograd.grad(
+            weighted_sum(terms).sum(), list(named.values()), allow_unused=True
+        )
     for name, g in zip(named, found):
         if g is not None:
             grads[name] += g.numpy() if is_numpy(grads[name]) else g

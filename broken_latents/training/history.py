@@ -40,8 +40,10 @@ class TrainingHistory:
 
     def record(self, samples: int, logged: dict) -> None:
         """Add a logged step: `logged` is {label: {term: values per seed, in the runs' seed order}}."""
-        per_seed = {label: {name: values.reshape(-1).tolist() for name, values in terms.items()}
-                    for label, terms in logged.items()}
+        per_seed = {
+            label: {name: values.reshape(-1).tolist() for name, values in terms.items()}
+            for label, terms in logged.items()
+        }
         position: dict[str, int] = {}
         for run in self.runs:
             s = position[run.label] = position.get(run.label, -1) + 1
@@ -60,20 +62,36 @@ class TrainingHistory:
             for name, per_step in run.terms.items():
                 if per_step[step] is not None:
                     values.setdefault(run.label, {}).setdefault(name, []).append(per_step[step])
-        return {label: {name: sum(v) / len(v) for name, v in terms.items()} for label, terms in values.items()}
+        return {
+            label: {name: sum(v) / len(v) for name, v in terms.items()}
+            for label, terms in values.items()
+        }
 
     def run(self, label: str, seed: int) -> RunHistory:
         return next(r for r in self.runs if r.label == label and r.seed == seed)
 
     def to_json(self) -> dict:
-        return {"steps": list(self.steps),
-                "runs": [{"label": r.label, "seed": r.seed, "terms": {k: list(v) for k, v in r.terms.items()}}
-                         for r in self.runs]}
+        return {
+            "steps": list(self.steps),
+            "runs": [
+                {
+                    "label": r.label,
+                    "seed": r.seed,
+                    "terms": {k: list(v) for k, v in r.terms.items()},
+                }
+                for r in self.runs
+            ],
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> TrainingHistory:
-        return cls(list(data["steps"]), [RunHistory(r["label"], r["seed"], {k: list(v) for k, v in r["terms"].items()})
-                                         for r in data["runs"]])
+        return cls(
+            list(data["steps"]),
+            [
+                RunHistory(r["label"], r["seed"], {k: list(v) for k, v in r["terms"].items()})
+                for r in data["runs"]
+            ],
+        )
 
 
 def _finite(value) -> float | None:

@@ -38,8 +38,15 @@ from .refit import MAX_DIRECTIONS, fit_models, separating_directions
 class InverseState:
     """The directions u_SKPD (mask_SKP marks the real ones) of one SAE stack, and their refits."""
 
-    def __init__(self, config: InverseConfig, n_saes: int, latents: int, dim: int,
-                 probe: Callable[[], tuple], device="cpu"):
+    def __init__(
+        self,
+        config: InverseConfig,
+        n_saes: int,
+        latents: int,
+        dim: int,
+        probe: Callable[[], tuple],
+        device="cpu",
+    ):
         """probe: returns (x_SBD, h_SBK) of a fresh held-out batch."""
         self.config, self.probe = config, probe
         self.u_SKPD = torch.zeros(n_saes, latents, MAX_DIRECTIONS, dim, device=device)
@@ -50,7 +57,9 @@ class InverseState:
     def schedule(self, samples_seen: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(weight, u_SKPD, mask_SKP) for the step that starts after `samples_seen` samples."""
         factor = warmup_factor(self.config, samples_seen)
-        if factor > 0 and (self.last_refit is None or samples_seen - self.last_refit >= self.config.refit_samples):
+        if factor > 0 and (
+            self.last_refit is None or samples_seen - self.last_refit >= self.config.refit_samples
+        ):
             self.refit()
             self.last_refit = samples_seen
         return self.config.coefficient * factor, self.u_SKPD, self.mask_SKP

@@ -82,11 +82,17 @@ def single_torch_thread(device: str):
         torch.set_num_threads(before)
 
 
-def _train(config: ExperimentConfig, device: str, progress: bool, engine_class: type[Engine]) -> TrainResult:
+def _train(
+    config: ExperimentConfig, device: str, progress: bool, engine_class: type[Engine]
+) -> TrainResult:
     world = World.build(config.world).to(device)
     seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
-    stacks = [TrainedStack(sc, build_sae(sc, len(seeds), config.world.dim, seeds, config.train.init).to(device))
-              for sc in config.sae]
+    stacks = [
+        TrainedStack(
+            sc, build_sae(sc, len(seeds), config.world.dim, seeds, config.train.init).to(device)
+        )
+        for sc in config.sae
+    ]
     engine = engine_class(config, world, seeds, stacks, device)
     batch = config.train.batch_size
     steps = math.ceil(config.train.samples / batch)
@@ -95,8 +101,12 @@ def _train(config: ExperimentConfig, device: str, progress: bool, engine_class: 
     # Signals wait for the end of a step (see termination.py): loading or compiling the kernels,
     # here and when the stream starts, must not be cut short. Overflow is not a numpy warning
     # here: the NaN/inf check below stops training with a clear message.
-    with termination.deferred(), DataStream(world, seeds, batch, engine.stream_device, prefetch=True) as stream, \
-            _progress_bar(progress, steps * batch) as bar, np.errstate(all="ignore"):
+    with (
+        termination.deferred(),
+        DataStream(world, seeds, batch, engine.stream_device, prefetch=True) as stream,
+        _progress_bar(progress, steps * batch) as bar,
+        np.errstate(all="ignore"),
+    ):
         engine.warm_up()  # start-up, not training time
         start = time.perf_counter()
         for step in range(steps):
@@ -136,8 +146,12 @@ class _progress_bar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("training"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                TextColumn("training"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[speed]}"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[losses]}"),
                 transient=True,
             )
             self.progress.__enter__()
@@ -149,10 +163,16 @@ class _progress_bar:
         if not self.enabled:
             return
         losses = "  ".join(
-            f"{label}: mse {parts['mse']:.3g}" + (f" aux {parts['aux']:.2g}" if "aux" in parts else "")
+            f"{label}: mse {parts['mse']:.3g}"
+            + (f" aux {parts['aux']:.2g}" if "aux" in parts else "")
             for label, parts in means.items()
         )
-        self.progress.update(self.task, completed=done, speed=f"{done / max(seconds, 1e-9) / 1e6:.2f}M samples/s", losses=losses)
+        self.progress.update(
+            self.task,
+            completed=done,
+            speed=f"{done / max(seconds, 1e-9) / 1e6:.2f}M samples/s",
+            losses=losses,
+        )
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -83,7 +83,9 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
     # 4 batches per chunk, 4 chunks in the ring, the raw words and firing masks of one chunk,
     # and per SAE a batch of inputs, activations and reconstructions.
     per_sae = sum(R * B * (3 * D + 3 * K) for K in Ks)
-    if World.is_sparse(w):  # a queue of input batches; directions, copula factor and the chunked cosines
+    if World.is_sparse(
+        w
+    ):  # a queue of input batches; directions, copula factor and the chunked cosines
         rank = w.correlation.rank if w.correlation else 0
         batches = FLOAT * (4 * R * B * D + per_sae)
         world = FLOAT * (4 * N * D + N * rank + 3 * CHUNK * N)
@@ -96,8 +98,13 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
 
     held = FLOAT * E * (2 * N + 4 * D + sum(3 * K + 2 * D for K in Ks))
     evaluation = R * min(held, DETAIL_BYTES) + (STREAM_BYTES if held > DETAIL_BYTES else 0)
-    parts = {"training state": state, "batch buffers": batches, "evaluation": evaluation, "world": world,
-             "analysis": analysis_bytes(config)}
+    parts = {
+        "training state": state,
+        "batch buffers": batches,
+        "evaluation": evaluation,
+        "world": world,
+        "analysis": analysis_bytes(config),
+    }
     largest = max(parts, key=parts.get)
     return MemoryEstimate(sum(parts.values()), parts, _culprit(config, largest))
 
@@ -120,7 +127,11 @@ def _culprit(config: ExperimentConfig, part: str) -> str:
     if part == "world":
         ratios = {k: v for k, v in ratios.items() if k.startswith("world.")}
     if part in ("analysis", "outputs"):
-        ratios = {k: v for k, v in ratios.items() if k in ("world.features", "train.seeds") or k.startswith("sae.")}
+        ratios = {
+            k: v
+            for k, v in ratios.items()
+            if k in ("world.features", "train.seeds") or k.startswith("sae.")
+        }
     return max(ratios, key=ratios.get)
 
 
@@ -138,19 +149,30 @@ def analysis_bytes(config: ExperimentConfig) -> int:
     (decoder, encoder: K x F; latents: K x K; the world's F x F) and, one SAE at a time, the
     Hungarian matchings' float32 and float64 copies of a K x F table (about 20 bytes an entry)."""
     w, R = config.world, config.train.seeds
-    kept = sum(R * _matrix_bytes(2 * sae.latents * w.features + sae.latents ** 2) for sae in config.sae)
+    kept = sum(
+        R * _matrix_bytes(2 * sae.latents * w.features + sae.latents**2) for sae in config.sae
+    )
     matching = max(20 * sae.latents * w.features for sae in config.sae)
-    return kept + matching + (FLOAT + 2) * w.features ** 2
+    return kept + matching + (FLOAT + 2) * w.features**2
 
 
 def output_bytes(config: ExperimentConfig) -> dict[str, int]:
     """Bytes the run directory will take, by what they hold (figures and reports aside, a few MB)."""
     w, R, D = config.world, config.train.seeds, config.world.dim
-    weights = sum(R * 2 * FLOAT * (2 * sae.latents * D + 2 * sae.latents + D) for sae in config.sae)  # two formats
-    tables = sum(R * _matrix_bytes(2 * sae.latents * w.features + sae.latents ** 2) for sae in config.sae)
-    per_latent = sum(R * sae.latents * 200 for sae in config.sae)  # peaks, peak models, lists per latent
-    return {"weights": weights, "cosine tables": tables + _matrix_bytes(w.features ** 2),
-            "per-latent metrics": per_latent}
+    weights = sum(
+        R * 2 * FLOAT * (2 * sae.latents * D + 2 * sae.latents + D) for sae in config.sae
+    )  # two formats
+    tables = sum(
+        R * _matrix_bytes(2 * sae.latents * w.features + sae.latents**2) for sae in config.sae
+    )
+    per_latent = sum(
+        R * sae.latents * 200 for sae in config.sae
+    )  # peaks, peak models, lists per latent
+    return {
+        "weights": weights,
+        "cosine tables": tables + _matrix_bytes(w.features**2),
+        "per-latent metrics": per_latent,
+    }
 
 
 def check_outputs(config: ExperimentConfig, out: Path, free: int | None = None) -> int:
@@ -164,9 +186,12 @@ def check_outputs(config: ExperimentConfig, out: Path, free: int | None = None) 
     if total > OUTPUT_SHARE * free:
         culprit = _culprit(config, "outputs")
         detail = ", ".join(f"{name} {_gib(b)}" for name, b in parts.items() if b >= 0.01 * total)
-        raise ConfigError(culprit, f"this run writes about {_gib(total)} ({detail}) and {out} has {_gib(free)} "
-                                   f"free, of which a run may use {OUTPUT_SHARE:.0%}: lower {culprit} "
-                                   f"(now {_field_value(config, culprit):,}) or write elsewhere (--out)")
+        raise ConfigError(
+            culprit,
+            f"this run writes about {_gib(total)} ({detail}) and {out} has {_gib(free)} "
+            f"free, of which a run may use {OUTPUT_SHARE:.0%}: lower {culprit} "
+            f"(now {_field_value(config, culprit):,}) or write elsewhere (--out)",
+        )
     return total
 
 
@@ -176,11 +201,16 @@ def check_memory(config: ExperimentConfig, available: int | None = None) -> Memo
     estimate = estimate_memory(config)
     limit = MEMORY_SHARE * available
     if estimate.total > limit:
-        parts = ", ".join(f"{name} {_gib(b)}" for name, b in estimate.parts.items() if b >= 0.01 * estimate.total)
+        parts = ", ".join(
+            f"{name} {_gib(b)}" for name, b in estimate.parts.items() if b >= 0.01 * estimate.total
+        )
         value = _field_value(config, estimate.culprit)
-        raise ConfigError(estimate.culprit, f"this run needs about {_gib(estimate.total)} of memory ({parts}); "
-                                            f"this machine has {_gib(available)} and a run may use {MEMORY_SHARE:.0%} "
-                                            f"of it: lower {estimate.culprit} (now {value:,})")
+        raise ConfigError(
+            estimate.culprit,
+            f"this run needs about {_gib(estimate.total)} of memory ({parts}); "
+            f"this machine has {_gib(available)} and a run may use {MEMORY_SHARE:.0%} "
+            f"of it: lower {estimate.culprit} (now {value:,})",
+        )
     return estimate
 
 
@@ -217,9 +247,12 @@ def check_time(config: ExperimentConfig, device: str = "cpu") -> float:
     if seconds > MAX_HOURS * 3600:
         gpu = " or run with --device cuda where a GPU is present" if device != "cuda" else ""
         most = int(config.train.samples * MAX_HOURS * 3600 / seconds)
-        raise ConfigError("train.samples", f"this run would take about {seconds / 3600:,.0f} h on this machine ({device}; "
-                                           f"the limit is {MAX_HOURS:g} h): lower train.samples (now "
-                                           f"{config.train.samples:,}; about {most:,} fit){gpu}")
+        raise ConfigError(
+            "train.samples",
+            f"this run would take about {seconds / 3600:,.0f} h on this machine ({device}; "
+            f"the limit is {MAX_HOURS:g} h): lower train.samples (now "
+            f"{config.train.samples:,}; about {most:,} fit){gpu}",
+        )
     return seconds
 
 
@@ -246,4 +279,3 @@ def _gib(n: float) -> str:
     if n >= 2**30:
         return f"{n / 2**30:.1f} GiB"
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-

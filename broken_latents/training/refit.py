@@ -56,7 +56,9 @@ class Probe:
     @torch.no_grad()
     def __call__(self, sae) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stream is None:
-            self.stream = DataStream(self.world, self.seeds, self.inputs, self.device, offset=PROBE_STREAM, chunk=1)
+            self.stream = DataStream(
+                self.world, self.seeds, self.inputs, self.device, offset=PROBE_STREAM, chunk=1
+            )
         x_SBD = self.world.inputs(self.stream.next())
         return x_SBD, torch.relu(sae.encode_pre(x_SBD))
 
@@ -64,9 +66,19 @@ class Probe:
 def fit_models(h_SBK: torch.Tensor) -> list[list[PeakModel]]:
     """One peak model per SAE and latent, with the refit caps."""
     h = h_SBK.detach().cpu().numpy()
-    return [[fit_peak_model(h[s, :, k], max_components=REFIT_COMPONENTS, max_samples=REFIT_POINTS, seed=k,
-                            init="k-means++")
-             for k in range(h.shape[2])] for s in range(h.shape[0])]
+    return [
+        [
+            fit_peak_model(
+                h[s, :, k],
+                max_components=REFIT_COMPONENTS,
+                max_samples=REFIT_POINTS,
+                seed=k,
+                init="k-means++",
+            )
+            for k in range(h.shape[2])
+        ]
+        for s in range(h.shape[0])
+    ]
 
 
 def training_threshold(model: PeakModel) -> float | None:
@@ -80,8 +92,13 @@ def training_threshold(model: PeakModel) -> float | None:
 
 def mixture_thresholds(h_SBK: torch.Tensor) -> np.ndarray:
     """[S, K] training thresholds, NaN where a latent has no model."""
-    return np.array([[np.nan if (t := training_threshold(m)) is None else t for m in row] for row in fit_models(h_SBK)],
-                    dtype=np.float64)
+    return np.array(
+        [
+            [np.nan if (t := training_threshold(m)) is None else t for m in row]
+            for row in fit_models(h_SBK)
+        ],
+        dtype=np.float64,
+    )
 
 
 def separating_directions(model: PeakModel, acts_B: np.ndarray, x_BD: np.ndarray) -> np.ndarray:

@@ -47,8 +47,13 @@ def covariance(world: World) -> torch.Tensor:
     return (f.T * p) @ f - torch.outer(mean, mean)
 
 
-def expected_loss_optimum(world: World, config: SAEConfig, seed: int = 0, steps: int = 500,
-                          start_KN: torch.Tensor | None = None) -> torch.nn.Module:
+def expected_loss_optimum(
+    world: World,
+    config: SAEConfig,
+    seed: int = 0,
+    steps: int = 500,
+    start_KN: torch.Tensor | None = None,
+) -> torch.nn.Module:
     """The SAE of `config` minimising the expectation of its declared loss terms over the exact
     distribution: from a random start, or from decoder rows `start_KN` given in feature coordinates
     (row k = latent k's components along the true features)."""
@@ -60,8 +65,13 @@ def expected_loss_optimum(world: World, config: SAEConfig, seed: int = 0, steps:
             sae.W_dec_SKD[0] = start_KN.double() @ world.directions_ND.double().cpu()
             if hasattr(sae, "W_enc_SDK"):
                 sae.W_enc_SDK[0] = sae.W_dec_SKD[0].T
-    optimiser = torch.optim.LBFGS(sae.parameters(), max_iter=steps, tolerance_grad=1e-12, tolerance_change=1e-14,
-                                  line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        sae.parameters(),
+        max_iter=steps,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         optimiser.zero_grad()

@@ -16,37 +16,24 @@ import numpy as np
 import torch
 
 from ..config.laws import (  # noqa: F401  (the world reads the declared laws from here too)
-    SPEC_FORMS, Node, base_rates, check_load, check_tree, features_of, generate_tree, magnitude_means,
-    magnitude_stds, tree_size, zipf_rates)
-
+    SPEC_FORMS,
+    Node,
+    base_rates,
+    check_load,
+    check_tree,
+    features_of,
+    generate_tree,
+    magnitude_means,
+    magnitude_stds,
+    tree_size,
+    zipf_rates,
+)
 
 
 # -- per-feature laws -----------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
 # -- the generated tree ---------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
 
 
 @dataclass
@@ -110,10 +97,16 @@ def build_structure(n: int, roots: list[Node], relations: list) -> Structure:
         while parent[node] >= 0:
             node, d = parent[node], d + 1
         depth[f] = d
-    return Structure(parent, depth, rescale, group, groups,
-                     np.array([rel.parent for rel in force], np.int64),
-                     np.cumsum([0] + [len(rel.children) for rel in force]).astype(np.int64),
-                     np.array([c for rel in force for c in rel.children], np.int64))
+    return Structure(
+        parent,
+        depth,
+        rescale,
+        group,
+        groups,
+        np.array([rel.parent for rel in force], np.int64),
+        np.cumsum([0] + [len(rel.children) for rel in force]).astype(np.int64),
+        np.array([c for rel in force for c in rel.children], np.int64),
+    )
 
 
 def compensation(rates_N: np.ndarray, roots: list[Node]) -> np.ndarray:
@@ -143,18 +136,23 @@ def compensation(rates_N: np.ndarray, roots: list[Node]) -> np.ndarray:
 
 # -- correlation and bias -------------------------------------------------------------------
 
-def low_rank_correlation(features: int, rank: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+
+def low_rank_correlation(
+    features: int, rank: int, scale: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """SAELens' `generate_random_low_rank_correlation_matrix`: factor L ~ scale N(0, 1) [features, rank]
     from generator seed + 4, rows with 1 - |L_i|^2 < 0.01 shrunk to |L_i|^2 = 0.99; diag = 1 - |L_i|^2."""
     gen = torch.Generator().manual_seed(seed + 4)
     factor = torch.randn(features, rank, generator=gen, dtype=torch.float32) * scale
-    sq = (factor ** 2).sum(1)
+    sq = (factor**2).sum(1)
     capped = 1 - sq < 0.01
     factor[capped] *= torch.sqrt((1 - 0.01) / sq[capped]).unsqueeze(1)
-    return factor.numpy(), (1 - (factor ** 2).sum(1)).numpy()
+    return factor.numpy(), (1 - (factor**2).sum(1)).numpy()
 
 
-def random_directions_and_bias(features: int, dim: int, bias: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_directions_and_bias(
+    features: int, dim: int, bias: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SAELens' FeatureDictionary start: unit rows of N(0, 1) [features, dim] from generator `seed`, then
     a bias of norm `bias` from the same generator (zeros when bias is 0)."""
     gen = torch.Generator().manual_seed(seed)
@@ -167,4 +165,3 @@ def random_directions_and_bias(features: int, dim: int, bias: float, seed: int) 
 
 
 # -- world.load -----------------------------------------------------------------------------
-

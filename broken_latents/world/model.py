@@ -48,7 +48,11 @@ class World:
         self._thresholds_N1 = np.minimum(scaled, 2.0**32 - 1).astype(np.uint32)[:, None]
         self._magnitudes_N1 = self.magnitudes_N.cpu().float().numpy()[:, None]
         stds = self.magnitude_stds_N
-        self._stds_N1 = (np.zeros_like(self._magnitudes_N1) if stds is None else stds.cpu().float().numpy()[:, None])
+        self._stds_N1 = (
+            np.zeros_like(self._magnitudes_N1)
+            if stds is None
+            else stds.cpu().float().numpy()[:, None]
+        )
         self.tree_roots: list[laws.Node] = []  # the generated (or loaded) trees, for export
         self._stats = None  # sampled_stats' cache
 
@@ -62,15 +66,34 @@ class World:
         rates = np.array(laws.base_rates(config))
         mags = torch.tensor(laws.magnitude_means(config))
         stds = torch.tensor(laws.magnitude_stds(config))
-        directions = feature_directions(n, config.dim, config.seed, saelens_start=cls.is_sparse(config))
+        directions = feature_directions(
+            n, config.dim, config.seed, saelens_start=cls.is_sparse(config)
+        )
         roots = laws.generate_tree(n, config.tree, config.seed) if config.tree else []
         if config.tree is not None and config.tree.compensate_probabilities:
             rates = np.minimum(rates * laws.compensation(rates, roots), 1.0)
-        bias = laws.random_directions_and_bias(n, config.dim, config.bias, config.seed)[1] if config.bias > 0 else None
-        correlation = (laws.low_rank_correlation(n, config.correlation.rank, config.correlation.scale, config.seed)
-                       if config.correlation else None)
-        world = cls(config, directions, torch.tensor(rates.tolist()), mags, stds if bool((stds > 0).any()) else None,
-                    bias, None, correlation)
+        bias = (
+            laws.random_directions_and_bias(n, config.dim, config.bias, config.seed)[1]
+            if config.bias > 0
+            else None
+        )
+        correlation = (
+            laws.low_rank_correlation(
+                n, config.correlation.rank, config.correlation.scale, config.seed
+            )
+            if config.correlation
+            else None
+        )
+        world = cls(
+            config,
+            directions,
+            torch.tensor(rates.tolist()),
+            mags,
+            stds if bool((stds > 0).any()) else None,
+            bias,
+            None,
+            correlation,
+        )
         if world.sparse:
             world.structure = laws.build_structure(n, roots, world.top_down())
         world.tree_roots = roots
@@ -83,7 +106,12 @@ class World:
     @staticmethod
     def is_sparse(config: WorldConfig) -> bool:
         """`sparse` of the world `config` describes, without building it."""
-        lawful = config.tree is not None or config.correlation is not None or config.bias > 0 or config.load is not None
+        lawful = (
+            config.tree is not None
+            or config.correlation is not None
+            or config.bias > 0
+            or config.load is not None
+        )
         return lawful or config.features >= World.SPARSE_FROM
 
     @property
@@ -112,8 +140,16 @@ class World:
     def to(self, device: str | torch.device) -> "World":
         stds = None if self.magnitude_stds_N is None else self.magnitude_stds_N.to(device)
         bias = None if self.bias_D is None else self.bias_D.to(device)
-        moved = World(self.config, self.directions_ND.to(device), self.rates_N.to(device),
-                      self.magnitudes_N.to(device), stds, bias, self.structure, self.correlation)
+        moved = World(
+            self.config,
+            self.directions_ND.to(device),
+            self.rates_N.to(device),
+            self.magnitudes_N.to(device),
+            stds,
+            bias,
+            self.structure,
+            self.correlation,
+        )
         moved.tree_roots = getattr(self, "tree_roots", [])
         moved._stats = getattr(self, "_stats", None)
         return moved
@@ -137,7 +173,9 @@ class World:
         if not self.noisy:
             return fires * self._magnitudes_N1
         z = normal_from_word(rng.bit_generator.random_raw(n * batch).reshape(n, batch))
-        magnitudes = np.maximum(self._magnitudes_N1 + self._stds_N1.astype(np.float64) * z, 0.0).astype(np.float32)
+        magnitudes = np.maximum(
+            self._magnitudes_N1 + self._stds_N1.astype(np.float64) * z, 0.0
+        ).astype(np.float32)
         return fires * magnitudes
 
     def inputs(self, f_RNB) -> torch.Tensor:
@@ -195,12 +233,17 @@ class World:
     def __repr__(self) -> str:
         c = self.config
         rates = self.rates_N
-        rate_text = f"{float(rates[0]):.3g}" if bool((rates == rates[0]).all()) else \
-            f"{float(rates.min()):.3g}..{float(rates.max()):.3g}"
+        rate_text = (
+            f"{float(rates[0]):.3g}"
+            if bool((rates == rates[0]).all())
+            else f"{float(rates.min()):.3g}..{float(rates.max()):.3g}"
+        )
         relations = len(c.hierarchy)
-        return (f"World({c.features} features in {c.dim} dims, firing {rate_text}, "
-                f"{relations} hierarchy relation{'' if relations == 1 else 's'}, seed {c.seed}; "
-                f"draw(n) for inputs, .directions [F, D])")
+        return (
+            f"World({c.features} features in {c.dim} dims, firing {rate_text}, "
+            f"{relations} hierarchy relation{'' if relations == 1 else 's'}, seed {c.seed}; "
+            f"draw(n) for inputs, .directions [F, D])"
+        )
 
     # -- known answers --------------------------------------------------------------------
 
@@ -255,7 +298,6 @@ class World:
     def variance_ranking(self) -> list[int]:
         return torch.argsort(self.variance(), descending=True, stable=True).tolist()
 
-
     STATS_SAMPLES = 200_000
 
     def sampled_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -292,14 +334,20 @@ def dense_reference(world: World, rng: np.random.Generator, batch: int) -> np.nd
     else:
         fires = rng.random((batch, n)) < rates
     means = world.magnitudes_N.cpu().double().numpy()
-    stds = np.zeros(n) if world.magnitude_stds_N is None else world.magnitude_stds_N.cpu().double().numpy()
+    stds = (
+        np.zeros(n)
+        if world.magnitude_stds_N is None
+        else world.magnitude_stds_N.cpu().double().numpy()
+    )
     drawn = np.maximum(means + stds * rng.standard_normal((batch, n)), 0.0)
     v = np.where(fires, drawn, 0.0)
     s = world.structure
     for depth in range(1, int(s.depth_N.max(initial=0)) + 1):
         at = np.flatnonzero(s.depth_N == depth)
         parent_v = v[:, s.parent_N[at]]
-        factor = np.where(s.rescale_N[at], parent_v / means[s.parent_N[at]], (parent_v > 0).astype(np.float64))
+        factor = np.where(
+            s.rescale_N[at], parent_v / means[s.parent_N[at]], (parent_v > 0).astype(np.float64)
+        )
         v[:, at] *= factor
         for group in np.unique(s.group_N[at][s.group_N[at] >= 0]):
             members = at[s.group_N[at] == group]
@@ -309,7 +357,10 @@ def dense_reference(world: World, rng: np.random.Generator, batch: int) -> np.nd
             keep[np.arange(batch), score.argmax(1)] = True
             v[:, members] *= keep | ~active
     for h in range(len(s.force_parents_H) - 1, -1, -1):
-        parent, children = s.force_parents_H[h], s.force_children[s.force_offsets_H1[h] : s.force_offsets_H1[h + 1]]
+        parent, children = (
+            s.force_parents_H[h],
+            s.force_children[s.force_offsets_H1[h] : s.force_offsets_H1[h + 1]],
+        )
         on = (v[:, children] > 0).any(1) & (v[:, parent] == 0)
         v[on, parent] = drawn[on, parent]
     return v.astype(np.float32)
@@ -327,7 +378,9 @@ def normal_from_word(words: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def feature_directions(features: int, dim: int, seed: int, saelens_start: bool = False) -> torch.Tensor:
+def feature_directions(
+    features: int, dim: int, seed: int, saelens_start: bool = False
+) -> torch.Tensor:
     """Unit feature directions [features, dim]: orthonormal when dim >= features, otherwise as
     close to the Welch bound on max |cos| as we can get (see `welch_bound`).
 

@@ -53,7 +53,9 @@ class SparseBatch:
         f = torch.zeros(R, self.n_features, B)
         for r in range(R):
             rows = np.repeat(np.arange(B), np.diff(self.offsets[r]))
-            f[r, torch.from_numpy(self.indices[r]), torch.from_numpy(rows)] = torch.from_numpy(self.values[r])
+            f[r, torch.from_numpy(self.indices[r]), torch.from_numpy(rows)] = torch.from_numpy(
+                self.values[r]
+            )
         return f.to(self.x_RBD.device)
 
     def l0_R(self) -> np.ndarray:
@@ -64,7 +66,9 @@ class SparseSampler:
     """Seed r draws from its own SFC64 generator seeded by (offset, r), as the dense DataStream."""
 
     def __init__(self, world, seeds: list[int], offset: int = 0):
-        self.states_R4 = np.stack([np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds])
+        self.states_R4 = np.stack(
+            [np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds]
+        )
         self.n = n = world.n_features
         rates = world.rates_N.cpu().double().numpy()
         s = world.structure
@@ -77,25 +81,51 @@ class SparseSampler:
         by_parent = gated[np.argsort(s.parent_N[gated], kind="stable")]
         child_offsets = np.searchsorted(s.parent_N[by_parent], np.arange(n + 1)).astype(np.int64)
         means = world.magnitudes_N.cpu().double().numpy()
-        stds = np.zeros(n) if world.magnitude_stds_N is None else world.magnitude_stds_N.cpu().double().numpy()
+        stds = (
+            np.zeros(n)
+            if world.magnitude_stds_N is None
+            else world.magnitude_stds_N.cpu().double().numpy()
+        )
         if world.correlation is not None:
             factor, diag = world.correlation
             self.factor_NR = np.ascontiguousarray(factor.astype(np.float64))
-            self.free_factor_T = np.ascontiguousarray(factor[order].T.astype(np.float32))  # [rank, free in `order`]
+            self.free_factor_T = np.ascontiguousarray(
+                factor[order].T.astype(np.float32)
+            )  # [rank, free in `order`]
             with np.errstate(divide="ignore"):
-                thresholds = math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
+                thresholds = (
+                    math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
+                )
             corr = (thresholds, np.sqrt(diag.astype(np.float64)))
-            self.free_copula = (thresholds[order].astype(np.float32), (1 / corr[1][order]).astype(np.float32))
+            self.free_copula = (
+                thresholds[order].astype(np.float32),
+                (1 / corr[1][order]).astype(np.float32),
+            )
         else:
             self.factor_NR = np.zeros((n, 0))
             self.free_factor_T = np.zeros((0, len(order)), np.float32)
             corr = (np.zeros(n), np.ones(n))
             self.free_copula = (np.zeros(len(order), np.float32), np.ones(len(order), np.float32))
-        self.world_arrays = (order, self.block_q, rates, means, stds, *corr,
-                             child_offsets, by_parent.astype(np.int64), s.rescale_N, s.group_N, max(s.groups, 1),
-                             s.force_parents_H, s.force_offsets_H1, s.force_children,
-                             world.directions_ND.cpu().float().numpy(),
-                             (torch.zeros(world.config.dim) if world.bias_D is None else world.bias_D.cpu()).float().numpy())
+        self.world_arrays = (
+            order,
+            self.block_q,
+            rates,
+            means,
+            stds,
+            *corr,
+            child_offsets,
+            by_parent.astype(np.int64),
+            s.rescale_N,
+            s.group_N,
+            max(s.groups, 1),
+            s.force_parents_H,
+            s.force_offsets_H1,
+            s.force_children,
+            world.directions_ND.cpu().float().numpy(),
+            (torch.zeros(world.config.dim) if world.bias_D is None else world.bias_D.cpu())
+            .float()
+            .numpy(),
+        )
         self.dim = world.config.dim
         self.capacity = 64
 
@@ -107,9 +137,19 @@ class SparseSampler:
         for r in range(R):
             eps = np.empty((batch, rank), np.float32)
             _normals(self.states_R4[r], eps)
-            A_BF = eps @ self.free_factor_T  # the free features' shared part, by BLAS (GIL released)
-            idx, val, off = _draw(self.states_R4[r], eps, self.factor_NR, A_BF, *self.free_copula, *self.world_arrays, x[r],
-                                  self.capacity)
+            A_BF = (
+                eps @ self.free_factor_T
+            )  # the free features' shared part, by BLAS (GIL released)
+            idx, val, off = _draw(
+                self.states_R4[r],
+                eps,
+                self.factor_NR,
+                A_BF,
+                *self.free_copula,
+                *self.world_arrays,
+                x[r],
+                self.capacity,
+            )
             self.capacity = max(self.capacity, len(idx) // batch + 8)
             indices.append(idx)
             values.append(val)
@@ -121,16 +161,28 @@ class SparseStream:
     """`DataStream` for sparse worlds: `next()` gives a `SparseBatch` (its `x_RBD` on `device`), drawn
     ahead in a thread with `prefetch` (the compiled sampler and BLAS release the GIL)."""
 
-    def __init__(self, world, seeds: list[int], batch: int, device="cpu", offset: int = 0, chunk: int = 1,
-                 prefetch: bool = False):
+    def __init__(
+        self,
+        world,
+        seeds: list[int],
+        batch: int,
+        device="cpu",
+        offset: int = 0,
+        chunk: int = 1,
+        prefetch: bool = False,
+    ):
         self.sampler = SparseSampler(world, seeds, offset)
         self.batch, self.device = batch, device or "cpu"
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
         if prefetch:
-            self.sampler.draw(2)  # compile or load the sampler here, not in the timed loop (advances no seed's
-            self.sampler = SparseSampler(world, seeds, offset)  # stream: a fresh sampler starts over)
+            self.sampler.draw(
+                2
+            )  # compile or load the sampler here, not in the timed loop (advances no seed's
+            self.sampler = SparseSampler(
+                world, seeds, offset
+            )  # stream: a fresh sampler starts over)
             self._queue = queue.Queue(maxsize=2)
             self._thread = threading.Thread(target=self._produce, daemon=True)
             self._thread.start()
@@ -184,6 +236,7 @@ class SparseStream:
 
 
 # -- compiled sampler -----------------------------------------------------------------------
+
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _next(s):
@@ -261,8 +314,33 @@ def _exclude(s, listed, start, end, value, group, count, winner):
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw(s, eps_BR, factor_NR, A_BF, free_thresholds, free_inv_sdiag, order, block_q, rates, means, stds, thresholds, sdiag, child_offsets, children, rescale, group,
-          n_groups, fparents, foffsets, fchildren, F_ND, bias_D, x_BD, capacity):
+def _draw(
+    s,
+    eps_BR,
+    factor_NR,
+    A_BF,
+    free_thresholds,
+    free_inv_sdiag,
+    order,
+    block_q,
+    rates,
+    means,
+    stds,
+    thresholds,
+    sdiag,
+    child_offsets,
+    children,
+    rescale,
+    group,
+    n_groups,
+    fparents,
+    foffsets,
+    fchildren,
+    F_ND,
+    bias_D,
+    x_BD,
+    capacity,
+):
     """Sample b: the free features (no gating parent) by block thinning over `order`; then, breadth-first,
     each active feature's gated children drawn one by one (a child of an inactive parent never fires,
     so it need not be drawn), scaled and made exclusive per group; then force relations; then x."""
@@ -271,7 +349,7 @@ def _draw(s, eps_BR, factor_NR, A_BF, free_thresholds, free_inv_sdiag, order, bl
     correlated = eps_BR.shape[1] > 0
     n_free = order.shape[0]
     n_blocks = block_q.shape[0]
-    value = np.zeros(N)             # scratch: this sample's magnitudes (zero outside `listed`)
+    value = np.zeros(N)  # scratch: this sample's magnitudes (zero outside `listed`)
     listed = np.empty(N, np.int64)  # this sample's firing features, parents before children
     count = np.zeros(n_groups, np.int64)
     winner = np.full(n_groups, -1, np.int64)
@@ -297,7 +375,11 @@ def _draw(s, eps_BR, factor_NR, A_BF, free_thresholds, free_inv_sdiag, order, bl
             if q >= DENSE_BLOCK_RATE:
                 for j in range(size):
                     i = order[start + j]
-                    p = _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i]) if correlated else rates[i]
+                    p = (
+                        _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i])
+                        if correlated
+                        else rates[i]
+                    )
                     if _uniform(s) <= p:
                         listed[k] = i
                         k += 1
@@ -309,7 +391,11 @@ def _draw(s, eps_BR, factor_NR, A_BF, free_thresholds, free_inv_sdiag, order, bl
                 if j >= size:
                     break
                 i = order[start + j]
-                p = _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i]) if correlated else rates[i]
+                p = (
+                    _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i])
+                    if correlated
+                    else rates[i]
+                )
                 if _uniform(s) * q <= p:
                     listed[k] = i
                     k += 1

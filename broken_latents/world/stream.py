@@ -36,15 +36,30 @@ class DataStream:
             return SparseStream(world, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, world: World, seeds: list[int], batch: int, device: str | torch.device | None = "cpu",
-                 offset: int = 0, chunk: int = CHUNK_BATCHES, prefetch: bool = False):
+    def __init__(
+        self,
+        world: World,
+        seeds: list[int],
+        batch: int,
+        device: str | torch.device | None = "cpu",
+        offset: int = 0,
+        chunk: int = CHUNK_BATCHES,
+        prefetch: bool = False,
+    ):
         """device None: batches are numpy arrays (the CPU fast path); else torch tensors there."""
         self.world, self.batch, self.chunk, self.device = world, batch, chunk, device
         # The SFC64 state words of each seed's generator: `_draw_chunk` draws from them in compiled code.
-        self.states_R4 = np.stack([np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds])
+        self.states_R4 = np.stack(
+            [np.random.SFC64([offset, seed]).state["state"]["state"] for seed in seeds]
+        )
         # What the compiled sampler needs of the world, as `World.sample` uses it.
-        self._world_arrays = (world._thresholds_N1[:, 0], world._magnitudes_N1[:, 0], world._stds_N1[:, 0], world.noisy,
-                              *world.hierarchy_arrays())
+        self._world_arrays = (
+            world._thresholds_N1[:, 0],
+            world._magnitudes_N1[:, 0],
+            world._stds_N1[:, 0],
+            world.noisy,
+            *world.hierarchy_arrays(),
+        )
         self.buffer_CRNB = None
         self.position = chunk
         # Scratch reused by every draw: fresh arrays this size come from mmap, and their page
@@ -65,7 +80,9 @@ class DataStream:
             # thread gets there only by putting the QUEUED + 1 chunks in between into a queue that
             # holds QUEUED, so the trainer has taken the chunk right after this one: it is done with it.
             if device is None:
-                self._recycled = [np.empty(self._shape, dtype=np.float32) for _ in range(QUEUED + 2)]
+                self._recycled = [
+                    np.empty(self._shape, dtype=np.float32) for _ in range(QUEUED + 2)
+                ]
             self._error: BaseException | None = None
             self._thread = threading.Thread(target=self._produce, daemon=True)
             self._thread.start()
@@ -107,15 +124,23 @@ class DataStream:
             self._recycled.append(out)
         else:
             out = np.empty(self._shape, dtype=np.float32)
-        _draw_chunk(self.states_R4, *self._world_arrays, self._words, self._noise_words, self._fires_NT, out)
+        _draw_chunk(
+            self.states_R4, *self._world_arrays, self._words, self._noise_words, self._fires_NT, out
+        )
         return out if self.device is None else torch.from_numpy(out).to(self.device)
 
     def _warm_up(self) -> None:
         """Load (or compile) the sampler with the real argument types, on copies: the seeds'
         generators do not move."""
         n, seeds = len(self._world_arrays[0]), len(self.states_R4)
-        _draw_chunk(self.states_R4.copy(), *self._world_arrays, np.empty(n, np.uint64), np.empty(2 * n, np.uint64),
-                    np.empty((n, 2), np.bool_), np.empty((1, seeds, n, 2), np.float32))
+        _draw_chunk(
+            self.states_R4.copy(),
+            *self._world_arrays,
+            np.empty(n, np.uint64),
+            np.empty(2 * n, np.uint64),
+            np.empty((n, 2), np.bool_),
+            np.empty((1, seeds, n, 2), np.float32),
+        )
 
     def _produce(self) -> None:
         try:
@@ -142,8 +167,21 @@ class DataStream:
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw_chunk(states_R4, thresholds_N, magnitudes_N, stds_N, noisy, force_H, parents_H, offsets_H1, children, words,
-                noise_words, fires_NT, out_CRNB):
+def _draw_chunk(
+    states_R4,
+    thresholds_N,
+    magnitudes_N,
+    stds_N,
+    noisy,
+    force_H,
+    parents_H,
+    offsets_H1,
+    children,
+    words,
+    noise_words,
+    fires_NT,
+    out_CRNB,
+):
     """Per seed r: firing masks from its generator, the hierarchy, magnitudes into out[:, r]
     (noisy: one more word per feature and sample, after the firing words, as `World.sample`)."""
     for r in range(states_R4.shape[0]):

@@ -16,5 +16,8 @@ class _DropIndexWarnings(logging.Filter):
 
 def on_startup(command, dirty):
     # Filters apply only on the logger a record is made on; autorefs logs on its module's logger.
-    for name in ("mkdocs.plugins.mkdocs_autorefs._internal.plugin", "mkdocs.plugins.mkdocs_autorefs"):
+    for name in (
+        "mkdocs.plugins.mkdocs_autorefs._internal.plugin",
+        "mkdocs.plugins.mkdocs_autorefs",
+    ):
         logging.getLogger(name).addFilter(_DropIndexWarnings())

@@ -31,7 +31,9 @@ def relu_encode(x_BD, W_enc_DK, b_enc_K=0.0, b_dec_D=0.0):
     return np.maximum((x_BD - b_dec_D) @ W_enc_DK + b_enc_K, 0.0)
 
 
-def enumerate_world(rates: list[Fraction], forces: dict[int, int]) -> tuple[np.ndarray, list[Fraction]]:
+def enumerate_world(
+    rates: list[Fraction], forces: dict[int, int]
+) -> tuple[np.ndarray, list[Fraction]]:
     """Every own-firing pattern with its probability, with child -> parent forcing applied.
     Returns fires_PN and the probability of each row."""
     patterns, weights = [], []
@@ -105,7 +107,9 @@ def test_untied_absorbed_solution_has_exact_absorption(combo_unit_decoder):
     assert on_child.absorption[0] == pytest.approx(1.0, abs=1e-12)
     assert on_child.full_absorption[0] == pytest.approx(1.0, abs=1e-12)
     parent_alone = (f[:, 0] != 0) & ~child
-    alone = absorption_metrics(h[parent_alone], W_dec, F, f[parent_alone], matched, [0, 1, 2, 3], cooccur)
+    alone = absorption_metrics(
+        h[parent_alone], W_dec, F, f[parent_alone], matched, [0, 1, 2, 3], cooccur
+    )
     assert alone.absorption[0] == 0 and alone.full_absorption[0] == 0
 
 
@@ -169,7 +173,10 @@ def test_hedging_signs_read_apart():
 
 
 def test_cooccurring_takes_ancestors_and_descendants_not_siblings():
-    hierarchy = [HierarchyConfig(parent=12, children=[5, 7]), {"parent": 5, "children": [3], "mode": "conditional"}]
+    hierarchy = [
+        HierarchyConfig(parent=12, children=[5, 7]),
+        {"parent": 5, "children": [3], "mode": "conditional"},
+    ]
     co = cooccurring(hierarchy, 14)
     assert set(co) == set(range(14))
     assert co[12] == [3, 5, 7]
@@ -206,10 +213,22 @@ def test_unmatched_dead_and_silent_features_are_defined():
     assert m.hedging[2:] == [0.0, 0.0]  # zero row; dead latent
     text = json.dumps(m.to_dict())
     assert "NaN" not in text and "Infinity" not in text
-    assert set(json.loads(text)) == {"absorption", "full_absorption", "hedging", "firing", "unreconstructed"}
+    assert set(json.loads(text)) == {
+        "absorption",
+        "full_absorption",
+        "hedging",
+        "firing",
+        "unreconstructed",
+    }
 
-    empty = absorption_metrics(np.zeros((0, 4)), W_dec, F, np.zeros((0, 5)), matched, [0, 1, 2], cooccur)
-    assert empty.absorption == [0.0] * 5 and empty.full_absorption == [0.0] * 5 and empty.firing == [0] * 5
+    empty = absorption_metrics(
+        np.zeros((0, 4)), W_dec, F, np.zeros((0, 5)), matched, [0, 1, 2], cooccur
+    )
+    assert (
+        empty.absorption == [0.0] * 5
+        and empty.full_absorption == [0.0] * 5
+        and empty.firing == [0] * 5
+    )
 
 
 def test_negative_contributions_do_not_push_absorption_outside_0_1():
@@ -246,8 +265,14 @@ def test_input_pointing_away_from_the_feature_is_not_full_absorption():
     """Superposed features at cos -0.9: f = (1, 2) gives x . d0 = -0.8. Nothing carries f0 and
     its latent is silent, yet 0 >= -0.4 must not count as 'others carry half of it'."""
     F = np.array([[1.0, 0.0], [-0.9, math.sqrt(1 - 0.81)]])
-    m = absorption_metrics(np.zeros((1, 2)), np.eye(2), F, np.array([[1.0, 2.0]]), {0: 0, 1: 1}, [0, 1], {})
-    assert m.full_absorption == [0.0, 0.0] and m.absorption == [0.0, 0.0] and m.unreconstructed == [1, 1]
+    m = absorption_metrics(
+        np.zeros((1, 2)), np.eye(2), F, np.array([[1.0, 2.0]]), {0: 0, 1: 1}, [0, 1], {}
+    )
+    assert (
+        m.full_absorption == [0.0, 0.0]
+        and m.absorption == [0.0, 0.0]
+        and m.unreconstructed == [1, 1]
+    )
 
 
 def test_bad_arguments_are_refused():
@@ -270,9 +295,13 @@ def random_sae(draw):
     floats = st.floats(-2, 2, allow_nan=False, allow_subnormal=False)
     F = draw(hnp.arrays(np.float64, (N, D), elements=floats))
     norms = np.linalg.norm(F, axis=1, keepdims=True)
-    F = np.where(norms > 1e-3, F / np.maximum(norms, 1e-3), np.eye(D)[np.arange(N) % D])  # unit rows
+    F = np.where(
+        norms > 1e-3, F / np.maximum(norms, 1e-3), np.eye(D)[np.arange(N) % D]
+    )  # unit rows
     W = draw(hnp.arrays(np.float64, (K, D), elements=floats))
-    h = draw(hnp.arrays(np.float64, (B, K), elements=st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0, 1e-9])))
+    h = draw(
+        hnp.arrays(np.float64, (B, K), elements=st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0, 1e-9]))
+    )
     f = draw(hnp.arrays(np.float64, (B, N), elements=st.sampled_from([0.0, 0.0, 1.0, 2.5, 20.0])))
     features = draw(st.permutations(range(N)))
     latents = draw(st.permutations(range(K)))
@@ -305,9 +334,13 @@ def test_permuting_latents_permutes_hedging(sae, data):
     new_index = np.argsort(perm)
     before = absorption_metrics(*sae)
     after = absorption_metrics(
-        h[:, perm], W[perm], F, f,
+        h[:, perm],
+        W[perm],
+        F,
+        f,
         {i: int(new_index[j]) for i, j in matched.items()},
-        [int(new_index[j]) for j in live], cooccur,
+        [int(new_index[j]) for j in live],
+        cooccur,
     )
     assert after.hedging == pytest.approx([before.hedging[p] for p in perm], abs=1e-12)
     assert after.absorption == pytest.approx(before.absorption, abs=1e-9)
@@ -315,5 +348,7 @@ def test_permuting_latents_permutes_hedging(sae, data):
 
 
 def test_metrics_type():
-    m = absorption_metrics(np.zeros((0, 1)), np.ones((1, 2)), basis(1, 2), np.zeros((0, 1)), {}, [], {})
+    m = absorption_metrics(
+        np.zeros((0, 1)), np.ones((1, 2)), basis(1, 2), np.zeros((0, 1)), {}, [], {}
+    )
     assert isinstance(m, AbsorptionMetrics)

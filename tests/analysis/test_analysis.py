@@ -43,7 +43,9 @@ def test_matching_is_one_to_one_and_skips_dead():
 
 
 def test_firing_pattern_sets_cover_hierarchy():
-    world = World.build(WorldConfig(features=4, dim=4, hierarchy=[HierarchyConfig(parent=0, children=[1, 2])]))
+    world = World.build(
+        WorldConfig(features=4, dim=4, hierarchy=[HierarchyConfig(parent=0, children=[1, 2])])
+    )
     sets = firing_pattern_sets(world, {3})
     assert [[0], [1], [2], [3], [0, 1], [0, 2], [0, 1, 2]] == sets
 
@@ -62,11 +64,20 @@ def test_measure_finds_absorption_in_the_untied_absorbed_solution():
     from broken_latents.training.loop import TrainedStack, TrainResult
 
     rates = [0.25, 0.05, 0.25, 0.25]
-    world_config = WorldConfig(features=4, dim=8, firing=rates, magnitude=1.0,
-                               hierarchy=[HierarchyConfig(parent=0, children=[1], mode="force")])
+    world_config = WorldConfig(
+        features=4,
+        dim=8,
+        firing=rates,
+        magnitude=1.0,
+        hierarchy=[HierarchyConfig(parent=0, children=[1], mode="force")],
+    )
     sae_config = SAEConfig(label="untied", architecture="untied", latents=4)
-    config = ExperimentConfig(name="absorbed", world=world_config, sae=[sae_config],
-                              train=TrainConfig(seeds=1, eval_samples=100_000))
+    config = ExperimentConfig(
+        name="absorbed",
+        world=world_config,
+        sae=[sae_config],
+        train=TrainConfig(seeds=1, eval_samples=100_000),
+    )
     world = World.build(world_config)
     f0, f1, f2, f3 = world.directions_ND
     sae = build_sae(sae_config, 1, 8, [0], "random")
@@ -75,7 +86,9 @@ def test_measure_finds_absorption_in_the_untied_absorbed_solution():
         sae.W_enc_SDK[0] = torch.stack([f0 - f1, f1 * math.sqrt(2), f2, f3]).T
         sae.b_enc_SK.zero_()
         sae.b_dec_SD.zero_()
-    result = TrainResult(config, world, [0], [TrainedStack(sae_config, sae)], samples=0, train_seconds=1.0)
+    result = TrainResult(
+        config, world, [0], [TrainedStack(sae_config, sae)], samples=0, train_seconds=1.0
+    )
     run = measure(result).runs[0]
     assert run.broken_latents == [1]
     p_child_given_parent = rates[1] / (rates[0] + rates[1] - rates[0] * rates[1])  # 0.174
@@ -90,6 +103,8 @@ def test_measure_finds_absorption_in_the_untied_absorbed_solution():
     # The detector's signals see the parent's encoder turning from f1 and its exclusion from the combo latent.
     signals = run.detection_signals
     assert signals["exclusive_overlap"][0] == pytest.approx(0.7071, abs=0.01)
-    assert signals["encoder_decoder_gap"][0] > 0.2 and signals["encoder_decoder_gap"][2] == pytest.approx(0, abs=1e-4)
+    assert signals["encoder_decoder_gap"][0] > 0.2 and signals["encoder_decoder_gap"][
+        2
+    ] == pytest.approx(0, abs=1e-4)
     assert len(run.broken_score) == 4 and all(0 <= p <= 1 for p in run.broken_score)
     assert min(run.broken_score[:2]) > max(run.broken_score[2:])

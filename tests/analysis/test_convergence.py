@@ -18,7 +18,9 @@ def test_a_falling_mse_is_still_falling_though_the_l1_rises():
     l1 = 10.0 + steps  # ... while the L1 (x 0.01) rises by half that: the sum moves little
     drop, term = loss_drop({"mse": mse.tolist(), "l1": l1.tolist()}, WEIGHTS)
     total = mse + 0.01 * l1
-    assert 1 - total[-5:].mean() / total[-10:-5].mean() < STILL_FALLING  # the whole loss alone would not tell
+    assert (
+        1 - total[-5:].mean() / total[-10:-5].mean() < STILL_FALLING
+    )  # the whole loss alone would not tell
     assert term == "mse" and drop > STILL_FALLING and still_falling(drop)
 
 

@@ -53,7 +53,9 @@ def test_threshold_is_where_the_two_top_peaks_weigh_equally():
 
 
 def test_close_or_light_components_do_not_count_as_peaks():
-    skewed = np.random.default_rng(0).gamma(20, 0.25, 5000)  # one skewed peak: BIC may take 2 components
+    skewed = np.random.default_rng(0).gamma(
+        20, 0.25, 5000
+    )  # one skewed peak: BIC may take 2 components
     assert fit_peak_model(skewed).n_peaks == 1
     # A 1% cluster is a tail, not a feature.
     assert fit_peak_model(_sample([(5.0, 0.2, 4950), (2.0, 0.1, 50)])).n_peaks == 1
@@ -65,7 +67,9 @@ def test_weak_bulk_below_the_floor_is_left_out():
     model = fit_peak_model(acts)
     assert model.n_peaks == 1 and model.main.mean == pytest.approx(5.0, abs=0.05)
     assert model.floor == pytest.approx(peak_model.PEAK_FLOOR * acts.max())
-    assert fit_peak_model(acts, floor_ratio=0.0).n_peaks >= 2  # the bulk takes components and counts as peaks
+    assert (
+        fit_peak_model(acts, floor_ratio=0.0).n_peaks >= 2
+    )  # the bulk takes components and counts as peaks
 
 
 def test_silent_sparse_and_constant_latents():
@@ -104,7 +108,9 @@ def test_a_leak_shoulder_near_the_heaviest_peak_joins_it():
     in: one peak. A peak at a quarter of the main one stays a second peak."""
     model = fit_peak_model(_sample([(18.0, 0.2, 4000), (19.5, 0.2, 600)]))
     assert model.n_peaks == 1 and model.main.mean == pytest.approx(18.2, abs=0.1)
-    assert fit_peak_model(_sample([(18.0, 0.3, 4000), (4.5, 0.3, 1000)]), floor_ratio=0.1).n_peaks == 2
+    assert (
+        fit_peak_model(_sample([(18.0, 0.3, 4000), (4.5, 0.3, 1000)]), floor_ratio=0.1).n_peaks == 2
+    )
 
 
 def test_peak_model_record_round_trips_byte_identical():
@@ -121,6 +127,12 @@ def test_peak_model_record_round_trips_byte_identical():
         record = PeakModelRecord.from_json(old)
         assert json.dumps(record.to_json()) == json.dumps(old)
         assert PeakModelRecord.from_json(record.to_json()) == record
-    assert PeakModelRecord.from_json({"latent": 1, **peak_model.EMPTY.to_json()}).to_json()["threshold"] is None
-    assert [c.mean for c in PeakModelRecord.from_json({"latent": 5, **two.to_json()}).mixture] == \
-        [c["mean"] for c in two.to_json()["mixture"]]
+    assert (
+        PeakModelRecord.from_json({"latent": 1, **peak_model.EMPTY.to_json()}).to_json()[
+            "threshold"
+        ]
+        is None
+    )
+    assert [c.mean for c in PeakModelRecord.from_json({"latent": 5, **two.to_json()}).mixture] == [
+        c["mean"] for c in two.to_json()["mixture"]
+    ]

@@ -7,7 +7,12 @@ import torch
 
 import broken_latents as bl
 from broken_latents.analysis import measure as measure_module
-from broken_latents.analysis.scale import FiringTally, decoder_scores, hierarchy_edges, parent_latents
+from broken_latents.analysis.scale import (
+    FiringTally,
+    decoder_scores,
+    hierarchy_edges,
+    parent_latents,
+)
 from broken_latents.config.schema import HierarchyConfig, WorldConfig
 from broken_latents.world.model import World
 from worlds import TINY
@@ -46,7 +51,15 @@ def _world_samples(n_features=6, samples=400, seed=0):
 def test_perfect_sae_scores_one_everywhere():
     F_ND, f_BN = _world_samples()
     s = _scores(F_ND, F_ND, f_BN, f_BN)
-    for key in ("mcc", "uniqueness", "precision", "recall", "f1", "shrinkage", "explained_variance"):
+    for key in (
+        "mcc",
+        "uniqueness",
+        "precision",
+        "recall",
+        "f1",
+        "shrinkage",
+        "explained_variance",
+    ):
         assert s[key] == pytest.approx(1.0, abs=1e-6), key
     assert s["sae_l0"] == s["true_l0"] == pytest.approx((f_BN > 0).sum() / len(f_BN))
     assert s["dead_count"] == 0
@@ -55,8 +68,12 @@ def test_perfect_sae_scores_one_everywhere():
 def test_permuted_sae_is_still_perfect():
     F_ND, f_BN = _world_samples()
     perm = np.array([3, 0, 5, 1, 4, 2])
-    s = _scores(-F_ND[perm] * 2.5, F_ND, f_BN[:, perm], f_BN)  # sign and norm of a row do not matter
-    assert s["mcc"] == pytest.approx(1.0) and s["uniqueness"] == 1.0 and s["f1"] == pytest.approx(1.0)
+    s = _scores(
+        -F_ND[perm] * 2.5, F_ND, f_BN[:, perm], f_BN
+    )  # sign and norm of a row do not matter
+    assert (
+        s["mcc"] == pytest.approx(1.0) and s["uniqueness"] == 1.0 and s["f1"] == pytest.approx(1.0)
+    )
 
 
 def test_duplicated_latents_halve_uniqueness_and_mcc():
@@ -118,7 +135,9 @@ def test_absorption_gap_of_a_parent_latent_absorbed_by_its_child():
     h_BK[4:8, 0] = 1.0
     W_KD = np.array([[0.6, 0.8, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     s = _scores(W_KD, F_ND, h_BK, f_BN, edges=[(0, 1)])
-    assert s["absorption_gap"] == [{"parent": 0, "child": 1, "gap": pytest.approx(0.75), "latent": 1}]
+    assert s["absorption_gap"] == [
+        {"parent": 0, "child": 1, "gap": pytest.approx(0.75), "latent": 1}
+    ]
 
 
 def test_absorption_gap_is_none_when_the_child_never_fires():
@@ -143,8 +162,16 @@ def test_streaming_in_batches_gives_the_one_shot_values():
 
 
 def test_hierarchy_edges_list_every_parent_child_pair_top_down():
-    world = World.build(WorldConfig(features=5, dim=5, hierarchy=[HierarchyConfig(parent=1, children=[3, 4]),
-                                                                   HierarchyConfig(parent=0, children=[1])]))
+    world = World.build(
+        WorldConfig(
+            features=5,
+            dim=5,
+            hierarchy=[
+                HierarchyConfig(parent=1, children=[3, 4]),
+                HierarchyConfig(parent=0, children=[1]),
+            ],
+        )
+    )
     assert hierarchy_edges(world) == [(0, 1), (1, 3), (1, 4)]
 
 
@@ -155,8 +182,12 @@ def test_streamed_metrics_of_a_trained_run_match_the_world(tmp_path, monkeypatch
     config_path.write_text(TINY)
     result = bl.train(str(config_path), seeds=1, samples=20_000)
     monkeypatch.setattr(measure_module, "DETAIL_BYTES", 1)
-    monkeypatch.setattr(measure_module, "STREAM_BYTES", 4 * 4 * 700)  # batches of 700: the last is short
-    monkeypatch.setattr(measure_module, "FIRING_PATTERNS_MAX", 2)  # both SAEs (4 and 3 latents) are "large" here
+    monkeypatch.setattr(
+        measure_module, "STREAM_BYTES", 4 * 4 * 700
+    )  # batches of 700: the last is short
+    monkeypatch.setattr(
+        measure_module, "FIRING_PATTERNS_MAX", 2
+    )  # both SAEs (4 and 3 latents) are "large" here
     monkeypatch.setattr(measure_module, "PEAK_MODELS_MAX", 1)
     metrics = measure_module.measure(result)
     assert [run.firing_patterns for run in metrics.runs] == [[], []]
@@ -174,7 +205,9 @@ def test_hierarchy_edges_include_a_generated_tree_without_its_organisational_nod
     from types import SimpleNamespace as Node
 
     leaf = lambda f: Node(feature=f, children=[])  # noqa: E731
-    roots = [Node(feature=None, children=[Node(feature=0, children=[leaf(1), leaf(2)])]),
-             Node(feature=3, children=[Node(feature=4, children=[leaf(5)])])]
+    roots = [
+        Node(feature=None, children=[Node(feature=0, children=[leaf(1), leaf(2)])]),
+        Node(feature=3, children=[Node(feature=4, children=[leaf(5)])]),
+    ]
     world = Node(top_down=lambda: [], tree_roots=roots)
     assert hierarchy_edges(world) == [(3, 4), (0, 1), (0, 2), (4, 5)]

@@ -62,7 +62,12 @@ def test_design_example_parses(tmp_path):
     assert config.sae[0].aux.delay_samples == 50_000_000
     assert config.train.samples == 150_000_000
     sae = config.sae[0]
-    assert (sae.matryoshka_widths, sae.k, sae.aux.threshold, config.train.engine) == ([1, 5], 2, "ratio", "auto")
+    assert (sae.matryoshka_widths, sae.k, sae.aux.threshold, config.train.engine) == (
+        [1, 5],
+        2,
+        "ratio",
+        "auto",
+    )
     assert sae.unused_settings()  # k beside relu: kept, said unused
 
 
@@ -73,16 +78,31 @@ def test_round_trip_through_toml(tmp_path):
         assert load_toml(path) == exp.config
 
 
-@pytest.mark.parametrize("edit, field, allowed", [
-    (("[train]", "[train]\nsamles = 3"), "train.samles", "allowed keys here"),
-    (('architecture = "tied"', 'architecture = "tide"'), "sae.tied.architecture", "'tied', 'untied'"),
-    (("lr = 3e-4", "lr = -1.0"), "train.lr", "positive"),
-    (("children = [5, 7]", "children = [5, 70]"), "world.hierarchy.0.children", "[0, 19]"),
-    (("threshold_ratio = 0.7", "threshold_ratio = 1.5"), "sae.tied.aux.threshold_ratio", "(0, 1]"),
-    (("latents = 5", 'latents = "five"'), "sae.tied.latents", "integer"),
-    (("firing = { linear = [0.015, 0.3] }", "firing = [0.1, 0.2]"), "world.firing", "one value per feature"),
-    (("firing = { linear = [0.015, 0.3] }", "firing = 1.5"), "world.firing", "[0, 1]"),
-])
+@pytest.mark.parametrize(
+    "edit, field, allowed",
+    [
+        (("[train]", "[train]\nsamles = 3"), "train.samles", "allowed keys here"),
+        (
+            ('architecture = "tied"', 'architecture = "tide"'),
+            "sae.tied.architecture",
+            "'tied', 'untied'",
+        ),
+        (("lr = 3e-4", "lr = -1.0"), "train.lr", "positive"),
+        (("children = [5, 7]", "children = [5, 70]"), "world.hierarchy.0.children", "[0, 19]"),
+        (
+            ("threshold_ratio = 0.7", "threshold_ratio = 1.5"),
+            "sae.tied.aux.threshold_ratio",
+            "(0, 1]",
+        ),
+        (("latents = 5", 'latents = "five"'), "sae.tied.latents", "integer"),
+        (
+            ("firing = { linear = [0.015, 0.3] }", "firing = [0.1, 0.2]"),
+            "world.firing",
+            "one value per feature",
+        ),
+        (("firing = { linear = [0.015, 0.3] }", "firing = 1.5"), "world.firing", "[0, 1]"),
+    ],
+)
 def test_bad_values_name_the_field(tmp_path, edit, field, allowed):
     path = tmp_path / "c.toml"
     path.write_text(EXAMPLE.replace(*edit))
@@ -94,13 +114,23 @@ def test_bad_values_name_the_field(tmp_path, edit, field, allowed):
 
 def test_cycle_in_hierarchy_rejected():
     with pytest.raises(ConfigError, match="cycle"):
-        from_dict(ExperimentConfig, {"name": "x", "world": {"features": 3, "hierarchy": [
-            {"parent": 0, "children": [1]}, {"parent": 1, "children": [0]}]}})
+        from_dict(
+            ExperimentConfig,
+            {
+                "name": "x",
+                "world": {
+                    "features": 3,
+                    "hierarchy": [{"parent": 0, "children": [1]}, {"parent": 1, "children": [0]}],
+                },
+            },
+        )
 
 
 def test_overrides_address_sae_by_label_index_and_star():
     config = ExperimentConfig(name="x", sae=[SAEConfig(label="a"), SAEConfig(label="b")])
-    out = apply_overrides(config, ["train.lr=1e-3", "sae.b.l1=0.5", "sae.0.latents=7", "sae.*.activation=jumprelu"])
+    out = apply_overrides(
+        config, ["train.lr=1e-3", "sae.b.l1=0.5", "sae.0.latents=7", "sae.*.activation=jumprelu"]
+    )
     assert out.train.lr == 1e-3
     assert [s.l1 for s in out.sae] == [config.sae[0].l1, 0.5]
     assert [s.latents for s in out.sae] == [7, config.sae[1].latents]
@@ -109,12 +139,15 @@ def test_overrides_address_sae_by_label_index_and_star():
     assert with_aux.sae[0].aux.coefficient == 5.0 and with_aux.sae[1].aux is None
 
 
-@pytest.mark.parametrize("assignment, field", [
-    ("train.lr", "--set"),
-    ("sae.c.l1=1", "sae.c.l1"),
-    ("train.lr=fast", "train.lr"),
-    ("train.nope=1", "train.nope"),
-])
+@pytest.mark.parametrize(
+    "assignment, field",
+    [
+        ("train.lr", "--set"),
+        ("sae.c.l1=1", "sae.c.l1"),
+        ("train.lr=fast", "train.lr"),
+        ("train.nope=1", "train.nope"),
+    ],
+)
 def test_bad_overrides(assignment, field):
     with pytest.raises(ConfigError) as err:
         apply_overrides(ExperimentConfig(name="x"), [assignment])
@@ -154,12 +187,27 @@ def test_every_config_field_has_a_docstring():
     from broken_latents.config import schema as config
     from broken_latents.saes import ARCHITECTURES
 
-    tables = [config.WorldConfig, config.HierarchyConfig, config.TreeConfig, config.CorrelationConfig, config.TrainConfig, config.SAEConfig, config.AuxConfig,
-              config.InverseConfig, config.ExperimentConfig, *(a.Options for a in ARCHITECTURES.values())]
+    tables = [
+        config.WorldConfig,
+        config.HierarchyConfig,
+        config.TreeConfig,
+        config.CorrelationConfig,
+        config.TrainConfig,
+        config.SAEConfig,
+        config.AuxConfig,
+        config.InverseConfig,
+        config.ExperimentConfig,
+        *(a.Options for a in ARCHITECTURES.values()),
+    ]
     for table in tables:
         body = ast.parse(textwrap.dedent(inspect.getsource(table))).body[0].body
-        documented = {field.target.id for field, doc in zip(body, body[1:])
-                      if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr)
-                      and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+        documented = {
+            field.target.id
+            for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign)
+            and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)
+        }
         missing = [f.name for f in dataclasses.fields(table) if f.name not in documented]
         assert not missing, f"{table.__qualname__}: no docstring for {missing}"

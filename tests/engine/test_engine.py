@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from broken_latents.cli import main
-from broken_latents.config.schema import ConfigError, ExperimentConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.schema import (
+    ConfigError,
+    ExperimentConfig,
+    SAEConfig,
+    TrainConfig,
+    WorldConfig,
+)
 from broken_latents.config.toml_io import from_dict
 from broken_latents.engine.fastpath import Architecture
 from broken_latents.saes import ARCHITECTURES, TiedSAE, build_sae, register
@@ -28,14 +34,19 @@ def plain_tied():
 
 
 def _config(architecture="tied", engine="auto", activation="relu") -> ExperimentConfig:
-    return ExperimentConfig(name="t", world=WorldConfig(features=4, dim=6),
-                            train=TrainConfig(samples=4_096, batch_size=256, seeds=1, engine=engine, eval_samples=1000),
-                            sae=[SAEConfig(label="s", architecture=architecture, latents=3, activation=activation)])
+    return ExperimentConfig(
+        name="t",
+        world=WorldConfig(features=4, dim=6),
+        train=TrainConfig(samples=4_096, batch_size=256, seeds=1, engine=engine, eval_samples=1000),
+        sae=[SAEConfig(label="s", architecture=architecture, latents=3, activation=activation)],
+    )
 
 
 def test_registering_a_name_twice_raises():
     with pytest.raises(ValueError, match="registered twice"):
-        register(type("AnotherTied", (TiedSAE,), {"architecture": "tied", "hand_gradients": "tied"}))
+        register(
+            type("AnotherTied", (TiedSAE,), {"architecture": "tied", "hand_gradients": "tied"})
+        )
     assert ARCHITECTURES["tied"] is TiedSAE
 
 
@@ -84,8 +95,10 @@ def test_forcing_hand_gradients_without_them_is_a_config_error(plain_tied, engin
 
 
 def test_cli_exits_2_naming_train_engine(plain_tied, tmp_path, capsys):
-    (tmp_path / "x.toml").write_text('name = "x"\n[train]\nengine = "compiled"\n'
-                                     '[[sae]]\nlabel = "s"\narchitecture = "plain-tied"\n')
+    (tmp_path / "x.toml").write_text(
+        'name = "x"\n[train]\nengine = "compiled"\n'
+        '[[sae]]\nlabel = "s"\narchitecture = "plain-tied"\n'
+    )
     with pytest.raises(SystemExit) as exc:
         main(["run", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run")])
     assert exc.value.code == 2
@@ -116,9 +129,15 @@ def test_owned_fields_sit_flat_in_the_table_and_round_trip(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(UNTIED)
     config = load_toml(path)
-    assert config.sae[0].options == ARCHITECTURES["untied"].Options(l1_decoder_norm=False, encoder_init="random")
+    assert config.sae[0].options == ARCHITECTURES["untied"].Options(
+        l1_decoder_norm=False, encoder_init="random"
+    )
     text = dump_toml(config)
-    assert 'encoder_init = "random"' in text and "l1_decoder_norm = false" in text and "options" not in text
+    assert (
+        'encoder_init = "random"' in text
+        and "l1_decoder_norm = false" in text
+        and "options" not in text
+    )
     path.write_text(text)
     assert load_toml(path) == config
     # Defaults are left out of the file: a reader sees only what was chosen.
@@ -144,7 +163,9 @@ def test_switching_architecture_by_set_keeps_no_default_of_the_old_one():
 
     config = ExperimentConfig(name="x", sae=[SAEConfig(label="s", architecture="untied")])
     tied = apply_overrides(config, ["sae.s.architecture=tied"]).sae[0]
-    assert tied.options == ARCHITECTURES["tied"].Options()  # the plain L1 of tied, not untied's weighted one
+    assert (
+        tied.options == ARCHITECTURES["tied"].Options()
+    )  # the plain L1 of tied, not untied's weighted one
     chosen = apply_overrides(config, ["sae.s.encoder_init=random"])
     with pytest.raises(ConfigError, match="architecture 'untied' only"):
         apply_overrides(chosen, ["sae.s.architecture=tied"])
@@ -164,7 +185,9 @@ def test_untied_encoder_init(encoder_init):
 
 def test_l1_decoder_norm_weights_the_l1_term():
     options = ARCHITECTURES["tied"].Options(l1_decoder_norm=True)
-    sae = build_sae(SAEConfig(label="t", latents=3, options=options), n_saes=1, dim=6, seeds=[0], init="random")
+    sae = build_sae(
+        SAEConfig(label="t", latents=3, options=options), n_saes=1, dim=6, seeds=[0], init="random"
+    )
     with torch.no_grad():
         sae.W_dec_SKD.mul_(torch.tensor([1.0, 2.0, 3.0])[None, :, None])
     torch.testing.assert_close(sae.l1_weights_SK(), torch.tensor([[1.0, 2.0, 3.0]]))
@@ -172,5 +195,11 @@ def test_l1_decoder_norm_weights_the_l1_term():
 
 def test_an_architecture_declares_the_fields_it_owns():
     with pytest.raises(TypeError, match="Options"):
-        register(type("NoOptions", (torch.nn.Module,), {"architecture": "no-options", "hand_gradients": None}))
+        register(
+            type(
+                "NoOptions",
+                (torch.nn.Module,),
+                {"architecture": "no-options", "hand_gradients": None},
+            )
+        )
     assert "no-options" not in ARCHITECTURES

@@ -12,7 +12,14 @@ import pytest
 from broken_latents.analysis.measure import measure
 from broken_latents.analysis.metrics import Metrics
 from broken_latents.experiments.claims import evaluate_claims
-from broken_latents.config.schema import AuxConfig, ExperimentConfig, HierarchyConfig, SAEConfig, TrainConfig, WorldConfig
+from broken_latents.config.schema import (
+    AuxConfig,
+    ExperimentConfig,
+    HierarchyConfig,
+    SAEConfig,
+    TrainConfig,
+    WorldConfig,
+)
 from broken_latents.config.overrides import apply_overrides
 from broken_latents.experiments import get
 from broken_latents.training.loop import train
@@ -30,10 +37,19 @@ def _claims(name: str, *overrides: str) -> dict:
 
 def _small_narrow(hierarchy=(), aux=None, samples=5_000_000) -> tuple[Metrics, World]:
     """10 features in 12 dims, magnitudes 10 -> 1, rates 0.01 -> 0.3, 3 tied latents, 4 seeds."""
-    world = WorldConfig(features=10, dim=12, firing={"linear": [0.01, 0.3]}, magnitude={"linear": [10.0, 1.0]},
-                        hierarchy=list(hierarchy))
-    config = ExperimentConfig(name="small", world=world, sae=[SAEConfig(label="tied", latents=3, aux=aux)],
-                              train=TrainConfig(samples=samples, lr=1e-3, seeds=4, eval_samples=20_000))
+    world = WorldConfig(
+        features=10,
+        dim=12,
+        firing={"linear": [0.01, 0.3]},
+        magnitude={"linear": [10.0, 1.0]},
+        hierarchy=list(hierarchy),
+    )
+    config = ExperimentConfig(
+        name="small",
+        world=world,
+        sae=[SAEConfig(label="tied", latents=3, aux=aux)],
+        train=TrainConfig(samples=samples, lr=1e-3, seeds=4, eval_samples=20_000),
+    )
     return measure(train(config, progress=False)), World.build(world)
 
 
@@ -56,21 +72,39 @@ def test_cooccurrence_puts_the_parent_into_child_latents():
 
 def test_aux_loss_repairs_the_broken_latents():
     aux = AuxConfig(delay_samples=2_000_000, warmup_samples=2_000_000)
-    metrics, _ = _small_narrow([HierarchyConfig(parent=7, children=[2, 4])], aux=aux, samples=6_000_000)
+    metrics, _ = _small_narrow(
+        [HierarchyConfig(parent=7, children=[2, 4])], aux=aux, samples=6_000_000
+    )
     held = 0
     for run in metrics.runs:
         cos = np.asarray(run.decoder_cos)
-        held += (cos.max(1) >= 0.99).all() and (np.abs(cos[:, 7]) <= 0.05).all() and run.activation_peaks == [1, 1, 1]
+        held += (
+            (cos.max(1) >= 0.99).all()
+            and (np.abs(cos[:, 7]) <= 0.05).all()
+            and run.activation_peaks == [1, 1, 1]
+        )
     assert held >= 3  # measured 4/4 (every latent at cos 1.00, f7 share 0.00)
 
 
 def test_tied_sae_kills_spare_latents():
-    held = _claims("wide-independent", "train.seeds=6", "train.samples=8000000", "train.lr=1e-3", "train.lr_decay=none")
+    held = _claims(
+        "wide-independent",
+        "train.seeds=6",
+        "train.samples=8000000",
+        "train.lr=1e-3",
+        "train.lr_decay=none",
+    )
     assert held["tied-kills-spare"] >= 5  # measured 8/8
 
 
 def test_untied_absorbs_where_tied_does_not():
-    held = _claims("recap-absorption", "train.seeds=6", "train.samples=6000000", "train.lr=1e-3", "train.lr_decay=none")
+    held = _claims(
+        "recap-absorption",
+        "train.seeds=6",
+        "train.samples=6000000",
+        "train.lr=1e-3",
+        "train.lr_decay=none",
+    )
     assert held["untied-absorbs"] >= 4  # measured 6/8
     assert held["tied-clean"] >= 4  # measured 7/8
 
@@ -79,9 +113,17 @@ def test_a_norm_weighted_l1_keeps_tied_spare_latents_alive_as_duplicates():
     """DESIGN's reason for the tied SAE's plain L1: weighted by decoder norm, splitting a feature over
     several shrunken latents costs nothing, so spare latents duplicate features instead of dying."""
     exp = get("wide-independent")
-    config = apply_overrides(exp.config, ["train.seeds=6", "train.samples=8000000", "train.lr=1e-3",
-                                          "train.lr_decay=none", "train.eval_samples=20000",
-                                          "sae.tied.l1_decoder_norm=true"])
+    config = apply_overrides(
+        exp.config,
+        [
+            "train.seeds=6",
+            "train.samples=8000000",
+            "train.lr=1e-3",
+            "train.lr_decay=none",
+            "train.eval_samples=20000",
+            "sae.tied.l1_decoder_norm=true",
+        ],
+    )
     metrics = measure(train(config, progress=False), exp.clean_cos)
     duplicated = 0
     for run in (r for r in metrics.runs if r.label == "tied"):

@@ -35,8 +35,15 @@ def _tied_sae(directions: np.ndarray) -> dict:
     """Latent 0 merges the child with its parent, as the post's broken tied latents do; latents 1
     and 2 are the clean independent features."""
     broken = directions[1] + 0.4 * directions[0]
-    W_dec = np.stack([broken / np.linalg.norm(broken), directions[2], directions[3]]).astype(np.float32)
-    return {"W_enc": W_dec.T.copy(), "W_dec": W_dec, "b_enc": np.zeros(3, np.float32), "b_dec": np.zeros(D, np.float32)}
+    W_dec = np.stack([broken / np.linalg.norm(broken), directions[2], directions[3]]).astype(
+        np.float32
+    )
+    return {
+        "W_enc": W_dec.T.copy(),
+        "W_dec": W_dec,
+        "b_enc": np.zeros(3, np.float32),
+        "b_dec": np.zeros(D, np.float32),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +54,18 @@ def files(tmp_path_factory):
     write_saelens(root / "sae", weights, "relu", tied=True)
     save_file(weights, str(root / "tied-seed0.safetensors"))  # a run's weights file
     np.save(root / "acts.npy", x)
-    save_file({"acts": x.astype(np.float16), "tokens": np.arange(N, dtype=np.int64)}, str(root / "acts.safetensors"))
+    save_file(
+        {"acts": x.astype(np.float16), "tokens": np.arange(N, dtype=np.int64)},
+        str(root / "acts.safetensors"),
+    )
     return root
 
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(inspect_sae, "CHUNK_BYTES", 4 * (D + 3) * 3000)  # ~3000 rows a chunk: several chunks
+    monkeypatch.setattr(
+        inspect_sae, "CHUNK_BYTES", 4 * (D + 3) * 3000
+    )  # ~3000 rows a chunk: several chunks
 
 
 def _check_flags(out, samples: int) -> dict:
@@ -87,13 +99,34 @@ def _check_flags(out, samples: int) -> dict:
 
 
 def test_npy_with_a_saelens_folder(files, tmp_path):
-    main(["inspect", str(files / "sae"), "--activations", str(files / "acts.npy"), "--out", str(tmp_path / "out")])
+    main(
+        [
+            "inspect",
+            str(files / "sae"),
+            "--activations",
+            str(files / "acts.npy"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     _check_flags(tmp_path / "out", N)
 
 
 def test_float16_safetensors_with_key_and_limit_and_run_weights(files, tmp_path):
-    main(["inspect", str(files / "tied-seed0.safetensors"), "--activations", str(files / "acts.safetensors"),
-          "--key", "acts", "--limit", "15000", "--out", str(tmp_path / "out")])
+    main(
+        [
+            "inspect",
+            str(files / "tied-seed0.safetensors"),
+            "--activations",
+            str(files / "acts.safetensors"),
+            "--key",
+            "acts",
+            "--limit",
+            "15000",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     _check_flags(tmp_path / "out", 15_000)
 
 
@@ -120,54 +153,102 @@ def _bad(files, tmp_path, capsys, argv, problem):
 
 
 def test_missing_file(files, tmp_path, capsys):
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(files / "nope.npy")], "does not exist")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(files / "nope.npy")],
+        "does not exist",
+    )
 
 
 def test_missing_sae(files, tmp_path, capsys):
-    _bad(files, tmp_path, capsys, [str(files / "nosae"), "--activations", str(files / "acts.npy")], "does not exist")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "nosae"), "--activations", str(files / "acts.npy")],
+        "does not exist",
+    )
 
 
 def test_unknown_suffix(files, tmp_path, capsys):
     (tmp_path / "acts.csv").write_text("1,2\n")
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "acts.csv")],
-         "unknown suffix '.csv'")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "acts.csv")],
+        "unknown suffix '.csv'",
+    )
 
 
 def test_d_mismatch(files, tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((10, D + 1), np.float32))
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "wide.npy")],
-         f"D = {D + 1} per sample but the SAE takes d_in = {D}")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "wide.npy")],
+        f"D = {D + 1} per sample but the SAE takes d_in = {D}",
+    )
 
 
 def test_nan_found_while_reading(files, tmp_path, capsys):
     x = np.load(files / "acts.npy")
     x[12_345, 3] = np.nan  # in a later chunk: found while streaming, after the checks up front
     np.save(tmp_path / "nan.npy", x)
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "nan.npy")],
-         "NaN or infinite values (first at sample 12345)")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "nan.npy")],
+        "NaN or infinite values (first at sample 12345)",
+    )
 
 
 def test_unknown_architecture(files, tmp_path, capsys):
     folder = write_saelens(tmp_path / "gated", _tied_sae(_world(10)[1]), "relu")
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
-    _bad(files, tmp_path, capsys, [str(folder), "--activations", str(files / "acts.npy")], "architecture 'gated'")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(folder), "--activations", str(files / "acts.npy")],
+        "architecture 'gated'",
+    )
 
 
 def test_missing_key(files, tmp_path, capsys):
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(files / "acts.safetensors")],
-         "name the activations with --key")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(files / "acts.safetensors")],
+        "name the activations with --key",
+    )
 
 
 def test_key_not_in_file(files, tmp_path, capsys):
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(files / "acts.safetensors"),
-                                   "--key", "resid"], "'resid' is not in")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(files / "acts.safetensors"), "--key", "resid"],
+        "'resid' is not in",
+    )
 
 
 def test_not_two_dimensional(files, tmp_path, capsys):
     np.save(tmp_path / "cube.npy", np.zeros((4, 5, D), np.float32))
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "cube.npy")],
-         "has shape [4, 5, 8]; expected 2-D")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "cube.npy")],
+        "has shape [4, 5, 8]; expected 2-D",
+    )
 
 
 def test_out_that_is_not_an_inspect_folder_is_refused(files, tmp_path, capsys):
@@ -175,7 +256,16 @@ def test_out_that_is_not_an_inspect_folder_is_refused(files, tmp_path, capsys):
     keep.mkdir()
     (keep / "notes.txt").write_text("precious")
     with pytest.raises(SystemExit) as exc:
-        main(["inspect", str(files / "sae"), "--activations", str(files / "acts.npy"), "--out", str(keep)])
+        main(
+            [
+                "inspect",
+                str(files / "sae"),
+                "--activations",
+                str(files / "acts.npy"),
+                "--out",
+                str(keep),
+            ]
+        )
     assert exc.value.code == 2 and "not an earlier inspect folder" in capsys.readouterr().err
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
@@ -189,28 +279,48 @@ def test_histogram_of_a_latent_firing_at_one_exact_value(tmp_path):
     acts = np.full(5000, 17.000002, dtype=np.float32)
     acts[::2] = np.nextafter(np.float32(17.000002), np.float32(18))
     model = fit_peak_model(acts)
-    histogram(acts, model, {"latent": 0, "peaks": model.n_peaks, "broken": False, "score": 0.0}, tmp_path / "h.png")
+    histogram(
+        acts,
+        model,
+        {"latent": 0, "peaks": model.n_peaks, "broken": False, "score": 0.0},
+        tmp_path / "h.png",
+    )
     assert (tmp_path / "h.png").stat().st_size > 0
 
 
 def test_truncated_npy(files, tmp_path, capsys):
     data = (files / "acts.npy").read_bytes()
-    (tmp_path / "cut.npy").write_bytes(data[:len(data) // 2])
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "cut.npy")],
-         "is not a readable .npy array")
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "cut.npy")],
+        "is not a readable .npy array",
+    )
 
 
 def test_truncated_safetensors(files, tmp_path, capsys):
     data = (files / "acts.safetensors").read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(data[:len(data) - 1000])
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "cut.safetensors"),
-                                   "--key", "acts"], "cut.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 1000])
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "cut.safetensors"), "--key", "acts"],
+        "cut.safetensors",
+    )
 
 
 def test_wrong_shape_one_dimensional(files, tmp_path, capsys):
     np.save(tmp_path / "flat.npy", np.zeros(100, np.float32))
-    _bad(files, tmp_path, capsys, [str(files / "sae"), "--activations", str(tmp_path / "flat.npy")],
-         "has shape [100]; expected 2-D")
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "flat.npy")],
+        "has shape [100]; expected 2-D",
+    )
 
 
 def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatch):
@@ -223,8 +333,16 @@ def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatc
     K, dim = 64, 16
     rng = np.random.default_rng(0)
     W = rng.normal(size=(K, dim)).astype(np.float32)
-    write_saelens(tmp_path / "sae", {"W_enc": W.T.copy(), "W_dec": W, "b_enc": np.zeros(K, np.float32),
-                                     "b_dec": np.zeros(dim, np.float32)}, "relu")
+    write_saelens(
+        tmp_path / "sae",
+        {
+            "W_enc": W.T.copy(),
+            "W_dec": W,
+            "b_enc": np.zeros(K, np.float32),
+            "b_dec": np.zeros(dim, np.float32),
+        },
+        "relu",
+    )
     sae = load_sae(tmp_path / "sae")
     monkeypatch.setattr(inspect_sae, "CHUNK_BYTES", 2**20)
     monkeypatch.setattr(inspect_sae, "RESERVOIR", 500)
@@ -239,7 +357,9 @@ def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatc
         tracemalloc.stop()
         assert fires_K.sum() > 0.4 * rows * K  # it really read every row
     assert peaks[1] < 1.05 * peaks[0]
-    assert peaks[1] < 16 * 2**20  # a 1 MiB chunk, its boolean and pair temporaries, 64 x 500 reservoirs
+    assert (
+        peaks[1] < 16 * 2**20
+    )  # a 1 MiB chunk, its boolean and pair temporaries, 64 x 500 reservoirs
 
 
 def test_absorbed_untied_parent_with_one_clean_peak_is_flagged(tmp_path):
@@ -253,13 +373,32 @@ def test_absorbed_untied_parent_with_one_clean_peak_is_flagged(tmp_path):
     x = ((on * np.clip(rng.normal(1.0, 0.05, (n, 4)), 0, None)) @ d).astype(np.float32)
     W_dec = np.stack([d[0], (d[0] + d[1]) / np.sqrt(2), d[2], d[3]]).astype(np.float32)
     W_enc = np.stack([d[0] - d[1], d[1] * np.sqrt(2), d[2], d[3]]).T.astype(np.float32)
-    write_saelens(tmp_path / "sae", {"W_enc": W_enc, "W_dec": W_dec, "b_enc": np.zeros(4, np.float32),
-                                     "b_dec": np.zeros(D, np.float32)}, "relu")
+    write_saelens(
+        tmp_path / "sae",
+        {
+            "W_enc": W_enc,
+            "W_dec": W_dec,
+            "b_enc": np.zeros(4, np.float32),
+            "b_dec": np.zeros(D, np.float32),
+        },
+        "relu",
+    )
     np.save(tmp_path / "acts.npy", x)
-    main(["inspect", str(tmp_path / "sae"), "--activations", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "out")])
+    main(
+        [
+            "inspect",
+            str(tmp_path / "sae"),
+            "--activations",
+            str(tmp_path / "acts.npy"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     result = json.loads((tmp_path / "out" / "inspect.json").read_text())
     parent, child, *clean = result["latents"]
-    assert parent["peaks"] == 1 and parent["signals"]["peak_separated_weight"] == 0  # peaks alone miss it
+    assert (
+        parent["peaks"] == 1 and parent["signals"]["peak_separated_weight"] == 0
+    )  # peaks alone miss it
     assert parent["broken"] and child["broken"]
     assert not any(r["broken"] for r in clean)
     page = (tmp_path / "out" / "report.html").read_text()
@@ -271,16 +410,33 @@ def test_inspect_json_round_trips_through_the_typed_result(files, tmp_path):
     included), and from_json(to_json(x)) == x; a latent's fields are typed (mixture components)."""
     from broken_latents.inspect.result import InspectLatent, InspectResult
 
-    outcome = inspect_sae.inspect_sae(files / "sae", files / "acts.npy", out=tmp_path / "out", limit=4000,
-                                      progress=False)
+    outcome = inspect_sae.inspect_sae(
+        files / "sae", files / "acts.npy", out=tmp_path / "out", limit=4000, progress=False
+    )
     text = (tmp_path / "out" / "inspect.json").read_text()
     typed = InspectResult.from_json(json.loads(text))
     assert json.dumps(typed.to_json(), indent=1) == text
     assert InspectResult.from_json(typed.to_json()) == typed
-    assert typed.key is None and "key" in typed.to_json()  # a .npy has no key: still written, as null
+    assert (
+        typed.key is None and "key" in typed.to_json()
+    )  # a .npy has no key: still written, as null
     assert isinstance(typed.latents[0], InspectLatent) and typed.latents[0].mixture[0].weight > 0
     assert set(typed.latents[0].to_json()) >= CONTRACT_KEYS
-    silent = {"latent": 3, "fires": 0.0, "peaks": 0, "mixture": [], "threshold": None, "broken": False,
-              "score": 0.0, "signals": {"s": 0.0}, "peak_means": [], "max": 0.0, "floor": 0.0, "fitted": 0}
-    assert json.dumps(InspectLatent.from_json(silent).to_json()) == json.dumps(silent)  # as the untyped code wrote a silent latent
+    silent = {
+        "latent": 3,
+        "fires": 0.0,
+        "peaks": 0,
+        "mixture": [],
+        "threshold": None,
+        "broken": False,
+        "score": 0.0,
+        "signals": {"s": 0.0},
+        "peak_means": [],
+        "max": 0.0,
+        "floor": 0.0,
+        "fitted": 0,
+    }
+    assert json.dumps(InspectLatent.from_json(silent).to_json()) == json.dumps(
+        silent
+    )  # as the untyped code wrote a silent latent
     assert outcome.result == typed.to_json()

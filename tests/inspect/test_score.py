@@ -10,7 +10,9 @@ from broken_latents.analysis.signals import SIGNALS
 def test_fit_ranks_by_the_informative_signal_and_round_trips():
     rng = np.random.default_rng(0)
     y = rng.random(400) < 0.5
-    X = np.stack([y + rng.normal(0, 0.3, 400), rng.normal(0, 1, 400)], axis=1)  # only the first informs
+    X = np.stack(
+        [y + rng.normal(0, 0.3, 400), rng.normal(0, 1, 400)], axis=1
+    )  # only the first informs
     model = fit_score_model(X, y, ("a", "b"), {"how": "test"})
     p = model.probability({"a": X[:, 0], "b": X[:, 1]})
     assert ((p >= 0.5) == y).mean() > 0.9

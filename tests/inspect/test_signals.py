@@ -31,13 +31,22 @@ def _world(children: int, n: int = 20_000, seed: int = 0):
 def _absorbed_untied(directions, children: int):
     """Parent latent: decoder d0 (clean), encoder d0 - sum of the children, so it falls silent when any
     child fires; child latents: encoder d_c, decoder d0 + d_c (they absorb the parent); two clean latents."""
-    W_dec = [directions[0]] + [directions[0] + directions[c] for c in range(1, children + 1)] + list(directions[-2:])
-    W_enc = [directions[0] - directions[1:children + 1].sum(0)] + [directions[c] for c in range(1, children + 1)] \
+    W_dec = (
+        [directions[0]]
+        + [directions[0] + directions[c] for c in range(1, children + 1)]
         + list(directions[-2:])
+    )
+    W_enc = (
+        [directions[0] - directions[1 : children + 1].sum(0)]
+        + [directions[c] for c in range(1, children + 1)]
+        + list(directions[-2:])
+    )
     return np.array(W_enc).T, np.array(W_dec)
 
 
-@pytest.mark.parametrize("children", [1, 3])  # 1: absorption (recap); 3: mutually exclusive children
+@pytest.mark.parametrize(
+    "children", [1, 3]
+)  # 1: absorption (recap); 3: mutually exclusive children
 def test_absorbed_parent_and_children_show_in_encoder_and_coactivation(children):
     f, directions = _world(children)
     W_enc, W_dec = _absorbed_untied(directions, children)
@@ -53,23 +62,37 @@ def test_absorbed_parent_and_children_show_in_encoder_and_coactivation(children)
     assert signals["encoder_decoder_gap"][broken].min() > 0.15
     assert signals["exclusive_overlap"][broken].min() == pytest.approx(1 / np.sqrt(2), abs=0.02)
     assert signals["encoder_turn"][0] > 0.5
-    for name in ("encoder_decoder_gap", "encoder_turn", "exclusive_overlap", "decoder_overlap", "peak_separated_weight"):
+    for name in (
+        "encoder_decoder_gap",
+        "encoder_turn",
+        "exclusive_overlap",
+        "decoder_overlap",
+        "peak_separated_weight",
+    ):
         assert signals[name][clean].max() < 0.05, name
     truth, best_cos, f1 = truth_broken(h, W_dec, directions, f, np.ones(len(W_dec), bool))
     assert truth.tolist() == [True] * (children + 1) + [False, False]
-    assert best_cos[0] == pytest.approx(1.0) and f1[0] < 0.9  # clean decoder, silent when a child fires
+    assert (
+        best_cos[0] == pytest.approx(1.0) and f1[0] < 0.9
+    )  # clean decoder, silent when a child fires
 
 
 def test_tied_merged_latent_has_separated_peaks_and_a_leak_does_not():
     f, directions = _world(1)
     x = f @ directions
-    merged = directions[1] + 0.4 * directions[0]  # child merged with its parent: fires at 0.37 and 1.3
-    leaky = directions[3] + 0.08 * directions[2]  # a clean latent with a small leak (+8% when f2 fires too)
+    merged = (
+        directions[1] + 0.4 * directions[0]
+    )  # child merged with its parent: fires at 0.37 and 1.3
+    leaky = (
+        directions[3] + 0.08 * directions[2]
+    )  # a clean latent with a small leak (+8% when f2 fires too)
     W = np.stack([merged / np.linalg.norm(merged), leaky / np.linalg.norm(leaky), directions[2]])
     h = np.maximum(x @ W.T, 0)
     signals, _ = signals_of(W.T, W, h)
     # The main (heaviest) peak is the parent alone (0.25 x 0.92 of inputs), the child's peak holds the rest.
-    assert signals["peak_separated_weight"][0] == pytest.approx(0.08 / (0.08 + 0.25 * 0.92), abs=0.03)
+    assert signals["peak_separated_weight"][0] == pytest.approx(
+        0.08 / (0.08 + 0.25 * 0.92), abs=0.03
+    )
     assert signals["peak_separated_weight"][1] == 0 and signals["peak_separated_weight"][2] == 0
     assert signals["encoder_decoder_gap"].max() == 0  # tied: encoder is the decoder
 
@@ -126,13 +149,22 @@ def test_sparse_and_dense_coactivation_counts_agree(monkeypatch):
 def test_large_sae_peak_models_match_one_by_one():
     """peak_models on a wide SAE (the single-bump check in the parent, fits in workers) gives each
     latent the model peak_model gives it alone: one bump -> one Gaussian, two -> the mixture's two peaks."""
-    from broken_latents.analysis.signals import LARGE_SAE, LARGE_SAE_SAMPLES, peak_model, peak_models
+    from broken_latents.analysis.signals import (
+        LARGE_SAE,
+        LARGE_SAE_SAMPLES,
+        peak_model,
+        peak_models,
+    )
 
     rng = np.random.default_rng(4)
     one = [rng.normal(1.0, 0.05, 400) for _ in range(LARGE_SAE - 1)]
-    two = [np.concatenate([rng.normal(0.3, 0.02, 200), rng.normal(1.0, 0.03, 400)]) for _ in range(2)]
+    two = [
+        np.concatenate([rng.normal(0.3, 0.02, 200), rng.normal(1.0, 0.03, 400)]) for _ in range(2)
+    ]
     samples = one + two + [np.zeros(0)]
     models = peak_models(samples)
     assert [m.n_peaks for m in models[-3:]] == [2, 2, 0] and models[0].n_peaks == 1
     for j in (0, len(one), len(one) + 1, len(samples) - 1):
-        assert models[j].to_json() == peak_model(samples[j], max_samples=LARGE_SAE_SAMPLES).to_json()
+        assert (
+            models[j].to_json() == peak_model(samples[j], max_samples=LARGE_SAE_SAMPLES).to_json()
+        )

@@ -15,8 +15,12 @@ D, K = 6, 4
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"W_enc": rng.normal(size=(D, K)).astype(np.float32), "W_dec": rng.normal(size=(K, D)).astype(np.float32),
-            "b_enc": rng.normal(size=K).astype(np.float32) * 0.1, "b_dec": rng.normal(size=D).astype(np.float32) * 0.1}
+    return {
+        "W_enc": rng.normal(size=(D, K)).astype(np.float32),
+        "W_dec": rng.normal(size=(K, D)).astype(np.float32),
+        "b_enc": rng.normal(size=K).astype(np.float32) * 0.1,
+        "b_dec": rng.normal(size=D).astype(np.float32) * 0.1,
+    }
 
 
 def _x(n: int = 64) -> np.ndarray:
@@ -24,15 +28,23 @@ def _x(n: int = 64) -> np.ndarray:
 
 
 def test_cfg_json_has_the_documented_fields(tmp_path):
-    folder = write_saelens(tmp_path / "sae", _weights(), "relu", metadata={"label": "untied", "seed": 3})
+    folder = write_saelens(
+        tmp_path / "sae", _weights(), "relu", metadata={"label": "untied", "seed": 3}
+    )
     cfg = json.loads((folder / "cfg.json").read_text())
     assert cfg["architecture"] == "standard"
     assert (cfg["d_in"], cfg["d_sae"]) == (D, K)
     assert cfg["dtype"] == "float32" and cfg["device"] == "cpu"
     assert cfg["apply_b_dec_to_input"] is True
     assert cfg["normalize_activations"] == "none" and cfg["reshape_activations"] == "none"
-    assert cfg["metadata"]["sae_lens_version"] >= "6"  # SAELens' loader reads the 6.x layout only with it
-    assert cfg["metadata"]["tied"] is False and cfg["metadata"]["label"] == "untied" and cfg["metadata"]["seed"] == 3
+    assert (
+        cfg["metadata"]["sae_lens_version"] >= "6"
+    )  # SAELens' loader reads the 6.x layout only with it
+    assert (
+        cfg["metadata"]["tied"] is False
+        and cfg["metadata"]["label"] == "untied"
+        and cfg["metadata"]["seed"] == 3
+    )
     assert (folder / "sae_weights.safetensors").is_file()
 
 
@@ -61,7 +73,9 @@ def test_round_trip_jumprelu_keeps_the_threshold(tmp_path):
 
 def test_tied_sae_is_written_with_its_encoder_and_says_so(tmp_path):
     weights = _weights()
-    folder = write_saelens(tmp_path / "sae", {**weights, "W_enc": np.zeros((D, K))}, "relu", tied=True)
+    folder = write_saelens(
+        tmp_path / "sae", {**weights, "W_enc": np.zeros((D, K))}, "relu", tied=True
+    )
     assert json.loads((folder / "cfg.json").read_text())["metadata"]["tied"] is True
     sae = load_sae(folder)
     np.testing.assert_array_equal(sae.W_enc, weights["W_dec"].T)
@@ -71,7 +85,9 @@ def test_tied_sae_is_written_with_its_encoder_and_says_so(tmp_path):
 def test_tied_sae_with_one_latent_is_written(tmp_path):
     """W_dec [1, D] transposed is contiguous already: safetensors refused the shared memory."""
     W_dec = np.random.default_rng(0).normal(size=(1, D)).astype(np.float32)
-    folder = write_saelens(tmp_path / "sae", {"W_dec": W_dec, "b_dec": np.zeros(D, np.float32)}, "relu", tied=True)
+    folder = write_saelens(
+        tmp_path / "sae", {"W_dec": W_dec, "b_dec": np.zeros(D, np.float32)}, "relu", tied=True
+    )
     np.testing.assert_array_equal(load_sae(folder).W_enc, W_dec.T)
 
 
@@ -81,7 +97,9 @@ def test_run_weights_file_loads(tmp_path):
     sae = load_sae(tmp_path / "tied-seed0.safetensors")
     assert sae.architecture == "standard"
     np.testing.assert_array_equal(sae.W_dec, weights["W_dec"])
-    save_file({**weights, "threshold": np.ones(K, np.float32)}, str(tmp_path / "j-seed0.safetensors"))
+    save_file(
+        {**weights, "threshold": np.ones(K, np.float32)}, str(tmp_path / "j-seed0.safetensors")
+    )
     assert load_sae(tmp_path / "j-seed0.safetensors").architecture == "jumprelu"
 
 
@@ -93,14 +111,25 @@ def test_topk_folder_keeps_k_largest(tmp_path):
     assert ((h > 0).sum(-1) <= 2).all() and ((h > 0).sum(-1) == 2).any()
 
 
-@pytest.mark.parametrize("change, problem", [
-    (lambda f: (f / "cfg.json").write_text(json.dumps({**json.loads((f / "cfg.json").read_text()), "architecture": "gated"})),
-     "architecture 'gated'"),
-    (lambda f: (f / "cfg.json").unlink(), "cfg.json is missing"),
-    (lambda f: (f / "sae_weights.safetensors").unlink(), "sae_weights.safetensors is missing"),
-    (lambda f: (f / "cfg.json").write_text(json.dumps({**json.loads((f / "cfg.json").read_text()), "d_in": 99})),
-     "d_in is 99"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (
+            lambda f: (f / "cfg.json").write_text(
+                json.dumps({**json.loads((f / "cfg.json").read_text()), "architecture": "gated"})
+            ),
+            "architecture 'gated'",
+        ),
+        (lambda f: (f / "cfg.json").unlink(), "cfg.json is missing"),
+        (lambda f: (f / "sae_weights.safetensors").unlink(), "sae_weights.safetensors is missing"),
+        (
+            lambda f: (f / "cfg.json").write_text(
+                json.dumps({**json.loads((f / "cfg.json").read_text()), "d_in": 99})
+            ),
+            "d_in is 99",
+        ),
+    ],
+)
 def test_bad_folders_name_the_problem(tmp_path, change, problem):
     folder = write_saelens(tmp_path / "sae", _weights(), "relu")
     change(folder)
@@ -160,8 +189,15 @@ activation = "jumprelu"
     weights = tmp_path / "run" / "weights"
     for label, architecture, tied in (("tied", "standard", True), ("jump", "jumprelu", False)):
         cfg = json.loads((weights / f"{label}-seed0" / "cfg.json").read_text())
-        assert (cfg["architecture"], cfg["metadata"]["tied"], cfg["metadata"]["label"]) == (architecture, tied, label)
-        ours, theirs = load_sae(weights / f"{label}-seed0.safetensors"), load_sae(weights / f"{label}-seed0")
+        assert (cfg["architecture"], cfg["metadata"]["tied"], cfg["metadata"]["label"]) == (
+            architecture,
+            tied,
+            label,
+        )
+        ours, theirs = (
+            load_sae(weights / f"{label}-seed0.safetensors"),
+            load_sae(weights / f"{label}-seed0"),
+        )
         x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
         np.testing.assert_allclose(ours.encode(x), theirs.encode(x), atol=1e-6)
         if tied:

@@ -30,8 +30,13 @@ def test_saelens_reads_every_architecture_we_write():
 @pytest.mark.parametrize("architecture", ["tied", "untied"])
 def test_one_rule_in_training_the_api_and_saelens(name, architecture, tmp_path):
     D, K = 5, 7
-    config = SAEConfig(label="s", architecture=architecture, latents=K, activation=name,
-                       k=3 if ACTIVATIONS[name].uses_k else None)
+    config = SAEConfig(
+        label="s",
+        architecture=architecture,
+        latents=K,
+        activation=name,
+        k=3 if ACTIVATIONS[name].uses_k else None,
+    )
     sae = build_sae(config, n_saes=1, dim=D, seeds=[0], init="gaussian")
     with torch.no_grad():
         sae.b_dec_SD.normal_(0, 0.1)
@@ -47,8 +52,16 @@ def test_one_rule_in_training_the_api_and_saelens(name, architecture, tmp_path):
     threshold = sae.thresholds(None)
     if ACTIVATIONS[name].thresholded:
         tensors["threshold"] = threshold[0].detach().clone()
-    api_sae = SAE("s", 0, config, tensors["W_enc"], tensors["W_dec"], tensors["b_enc"], tensors["b_dec"],
-                  tensors.get("threshold"))
+    api_sae = SAE(
+        "s",
+        0,
+        config,
+        tensors["W_enc"],
+        tensors["W_dec"],
+        tensors["b_enc"],
+        tensors["b_dec"],
+        tensors.get("threshold"),
+    )
     torch.testing.assert_close(api_sae.encode(x_BD), h_trained)
     folder = write_saelens(tmp_path / "s", tensors, name, tied=sae.tied_encoder, k=config.k)
     h_saelens = torch.from_numpy(load_sae(folder).encode(x_BD.numpy()))

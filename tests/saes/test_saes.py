@@ -8,14 +8,24 @@ from broken_latents.saes import ARCHITECTURES, build_sae
 
 
 def _sae(architecture, activation="relu", n=3, dim=7, latents=4):
-    return build_sae(SAEConfig(label="x", architecture=architecture, latents=latents, activation=activation),
-                     n, dim, list(range(n)), "random")
+    return build_sae(
+        SAEConfig(label="x", architecture=architecture, latents=latents, activation=activation),
+        n,
+        dim,
+        list(range(n)),
+        "random",
+    )
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_saelens_layout(architecture):
     state = _sae(architecture).saelens_state(1)
-    assert {k: tuple(v.shape) for k, v in state.items()} == {"W_enc": (7, 4), "W_dec": (4, 7), "b_enc": (4,), "b_dec": (7,)}
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "W_enc": (7, 4),
+        "W_dec": (4, 7),
+        "b_enc": (4,),
+        "b_dec": (7,),
+    }
 
 
 def test_tied_encoder_is_decoder_transpose_after_updates():

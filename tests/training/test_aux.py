@@ -8,7 +8,9 @@ from broken_latents.saes.losses import aux_loss
 from broken_latents.config.schema import AuxConfig
 
 
-@pytest.mark.parametrize("seen, expected", [(0, 0.0), (100, 0.0), (110, 0.2), (125, 0.5), (150, 1.0), (10_000, 1.0)])
+@pytest.mark.parametrize(
+    "seen, expected", [(0, 0.0), (100, 0.0), (110, 0.2), (125, 0.5), (150, 1.0), (10_000, 1.0)]
+)
 def test_warmup_schedule(seen, expected):
     config = AuxConfig(delay_samples=100, warmup_samples=50)
     assert warmup_factor(config, seen) == pytest.approx(expected)
@@ -29,8 +31,17 @@ def test_running_max_forgets_batches_older_than_the_window():
 
 
 def test_schedule_scales_lambda_and_tau_together():
-    state = AuxState(AuxConfig(coefficient=1000.0, threshold_ratio=0.7, window_batches=2, delay_samples=10,
-                               warmup_samples=10), n_saes=1, latents=1)
+    state = AuxState(
+        AuxConfig(
+            coefficient=1000.0,
+            threshold_ratio=0.7,
+            window_batches=2,
+            delay_samples=10,
+            warmup_samples=10,
+        ),
+        n_saes=1,
+        latents=1,
+    )
     state.running_max.update(torch.tensor([[4.0]]))
     lam, tau = state.schedule(15)
     assert lam == pytest.approx(500.0)
@@ -52,7 +63,9 @@ def test_silent_latents_are_penalised():
     W = torch.tensor([[[1.0, 0.0]]])
     x = torch.tensor([[[2.0, 0.0]]])
     zero = torch.zeros(1, 1)
-    assert aux_loss(x, torch.zeros(1, 2), W, torch.zeros(1, 1, 1), zero).item() == pytest.approx(1.0)
+    assert aux_loss(x, torch.zeros(1, 2), W, torch.zeros(1, 1, 1), zero).item() == pytest.approx(
+        1.0
+    )
 
 
 def test_bias_is_subtracted_before_the_cosine():

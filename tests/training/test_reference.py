@@ -77,10 +77,14 @@ class PlainMatryoshka(torch.nn.Module):
     loss = sum over widths w of ||x - (h[:w] W_dec[:w] + b_dec)||^2 + l1 * sum_k h_k (untied:
     each h_k weighted by ||W_dec[k]||)."""
 
-    def __init__(self, tied: bool, dim: int, latents: int, generator: torch.Generator, k: int | None = None):
+    def __init__(
+        self, tied: bool, dim: int, latents: int, generator: torch.Generator, k: int | None = None
+    ):
         super().__init__()
         self.tied, self.k = tied, k
-        self.W_dec = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(latents, dim, generator=generator), dim=1))
+        self.W_dec = torch.nn.Parameter(
+            torch.nn.functional.normalize(torch.randn(latents, dim, generator=generator), dim=1)
+        )
         self.b_dec = torch.nn.Parameter(torch.zeros(dim))
         if not tied:
             self.W_enc = torch.nn.Parameter(self.W_dec.detach().T.clone())
@@ -105,8 +109,13 @@ def nested_errors(h, W_dec, b_dec, x, widths) -> list[torch.Tensor]:
 def train_plain(run, sae_config, seed: int) -> PlainMatryoshka:
     train = run.config.train
     generator = torch.Generator().manual_seed(1000 + seed)
-    model = PlainMatryoshka(sae_config.architecture == "tied", run.config.world.dim, sae_config.latents, generator,
-                            sae_config.k)
+    model = PlainMatryoshka(
+        sae_config.architecture == "tied",
+        run.config.world.dim,
+        sae_config.latents,
+        generator,
+        sae_config.k,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
     for _ in range(train.samples // train.batch_size):
         x = _sample(run, train.batch_size, generator)
@@ -144,8 +153,16 @@ def test_matryoshka_matches_a_plain_pytorch_implementation(hidden_run, label):
         model = train_plain(run, sae_config, seed)
         sae = run.saes[label][seed]
         with torch.no_grad():
-            ours.append(explained_variances(nested_errors(sae.encode(x), sae.W_dec, sae.b_dec, x, widths), x))
-            plain.append(explained_variances(nested_errors(model.encode(x), model.W_dec, model.b_dec, x, widths), x))
+            ours.append(
+                explained_variances(
+                    nested_errors(sae.encode(x), sae.W_dec, sae.b_dec, x, widths), x
+                )
+            )
+            plain.append(
+                explained_variances(
+                    nested_errors(model.encode(x), model.W_dec, model.b_dec, x, widths), x
+                )
+            )
     ours, plain = np.mean(ours, axis=0), np.mean(plain, axis=0)
     message = f"{label}: explained variance per width, ours {ours}, plain PyTorch {plain}"
     # Same objective, reached as well: the nested loss (sum over widths of 1 - EV, in units of the
@@ -170,7 +187,9 @@ def test_load_run_weights_reproduce_metrics_json(hidden_run):
         np.testing.assert_allclose(cos.numpy(), entry.decoder_cos, atol=1e-4)
         widths = next(s for s in run.config.sae if s.label == entry.label).matryoshka_widths
         with torch.no_grad():
-            ev = explained_variances(nested_errors(sae.encode(x), sae.W_dec, sae.b_dec, x, widths), x)
+            ev = explained_variances(
+                nested_errors(sae.encode(x), sae.W_dec, sae.b_dec, x, widths), x
+            )
         np.testing.assert_allclose(ev, entry.width_explained_variance, atol=0.01)
     written = json.loads((run.path / "metrics.json").read_text())
     assert [len(r["width_explained_variance"]) for r in written["runs"]] == [2, 2, 3, 3, 2, 2]

@@ -15,27 +15,55 @@ from broken_latents.config.schema import (
 )
 from broken_latents.training.loop import choose_engine, train
 
-WORLD = WorldConfig(features=48, dim=16, firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.02}},
-                    magnitude={"linear": [5.0, 4.0]}, magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}},
-                    tree=TreeConfig(roots=2, branching=3, depth=2, mutually_exclusive=1.0, compensate_probabilities=True,
-                                    scale_children_by_parent=True),
-                    correlation=CorrelationConfig(rank=3, scale=0.2), bias=0.5)
+WORLD = WorldConfig(
+    features=48,
+    dim=16,
+    firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.02}},
+    magnitude={"linear": [5.0, 4.0]},
+    magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}},
+    tree=TreeConfig(
+        roots=2,
+        branching=3,
+        depth=2,
+        mutually_exclusive=1.0,
+        compensate_probabilities=True,
+        scale_children_by_parent=True,
+    ),
+    correlation=CorrelationConfig(rank=3, scale=0.2),
+    bias=0.5,
+)
 EVERY_KIND = [
     SAEConfig(label="tied", architecture="tied", latents=24),
     SAEConfig(label="untied", architecture="untied", latents=24),
     SAEConfig(label="jumprelu", architecture="untied", latents=24, activation="jumprelu"),
     SAEConfig(label="topk", architecture="untied", latents=24, activation="topk", k=4),
     SAEConfig(label="batchtopk", architecture="untied", latents=24, activation="batchtopk", k=4),
-    SAEConfig(label="matryoshka", architecture="untied", latents=24, activation="batchtopk", k=4,
-              matryoshka_widths=[6, 12, 24]),
-    SAEConfig(label="aux", architecture="tied", latents=24,
-              aux=AuxConfig(coefficient=100.0, window_batches=3, delay_samples=5_000, warmup_samples=5_000)),
+    SAEConfig(
+        label="matryoshka",
+        architecture="untied",
+        latents=24,
+        activation="batchtopk",
+        k=4,
+        matryoshka_widths=[6, 12, 24],
+    ),
+    SAEConfig(
+        label="aux",
+        architecture="tied",
+        latents=24,
+        aux=AuxConfig(
+            coefficient=100.0, window_batches=3, delay_samples=5_000, warmup_samples=5_000
+        ),
+    ),
 ]
 
 
 def _config(saes, engine="auto", samples=40_000) -> ExperimentConfig:
-    return ExperimentConfig(name="t", world=WORLD, sae=saes,
-                            train=TrainConfig(samples=samples, batch_size=256, lr=3e-3, seeds=2, engine=engine))
+    return ExperimentConfig(
+        name="t",
+        world=WORLD,
+        sae=saes,
+        train=TrainConfig(samples=samples, batch_size=256, lr=3e-3, seeds=2, engine=engine),
+    )
 
 
 def test_every_architecture_learns_on_a_sparse_world():
@@ -47,7 +75,10 @@ def test_every_architecture_learns_on_a_sparse_world():
 
 
 def test_arrays_engine_trains_like_autograd_on_inputs():
-    saes = [SAEConfig(label="untied", architecture="untied", latents=12), SAEConfig(label="tied", latents=12)]
+    saes = [
+        SAEConfig(label="untied", architecture="untied", latents=12),
+        SAEConfig(label="tied", latents=12),
+    ]
     arrays = train(_config(saes, "arrays", 5_000), progress=False)
     reference = train(_config(saes, "autograd", 5_000), progress=False)
     for a, b in zip(arrays.stacks, reference.stacks):

@@ -27,7 +27,9 @@ def test_zipf_runs_from_max_to_min_as_a_power_law():
     assert np.all(np.diff(rates) < 0)
     # affine in 1/sqrt(rank): equal steps in 1/sqrt(rank) give equal steps in rate
     u = 1 / np.sqrt(np.arange(1, 101))
-    assert np.allclose(np.diff(rates) / np.diff(u), (rates[0] - rates[-1]) / (u[0] - u[-1]), rtol=1e-4)
+    assert np.allclose(
+        np.diff(rates) / np.diff(u), (rates[0] - rates[-1]) / (u[0] - u[-1]), rtol=1e-4
+    )
 
 
 def test_random_law_is_seeded_and_stays_in_range():
@@ -39,28 +41,46 @@ def test_random_law_is_seeded_and_stays_in_range():
 
 
 def test_folded_normal_stds_are_the_absolute_of_a_seeded_normal():
-    world = WorldConfig(features=2000, dim=8, magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}}, seed=1)
+    world = WorldConfig(
+        features=2000, dim=8, magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}}, seed=1
+    )
     stds = np.array(laws.magnitude_stds(world))
     gen = torch.Generator().manual_seed(2)  # SAELens: seed + 1
     assert np.allclose(stds, torch.abs(0.5 + 0.5 * torch.randn(2000, generator=gen)).numpy())
-    assert stds.min() >= 0 and stds.mean() == pytest.approx(0.5 * math.sqrt(2 / math.pi) * math.exp(-0.5) + 0.5 * (1 - 2 * 0.1587), abs=0.03)
+    assert stds.min() >= 0 and stds.mean() == pytest.approx(
+        0.5 * math.sqrt(2 / math.pi) * math.exp(-0.5) + 0.5 * (1 - 2 * 0.1587), abs=0.03
+    )
 
 
-@pytest.mark.parametrize("world, field", [
-    (dict(firing={"zipf": {"exponent": 0.5, "max": 0.4}}), "world.firing.zipf"),
-    (dict(firing={"zipf": {"exponent": -1, "max": 0.4, "min": 0.1}}), "world.firing.zipf.exponent"),
-    (dict(firing={"zipf": {"exponent": 1, "max": 0.1, "min": 0.4}}), "world.firing.zipf"),
-    (dict(firing={"random": {"min": 0.3, "max": 2.0}}), "world.firing.random"),
-    (dict(firing={"poisson": 3}), "world.firing"),
-    (dict(magnitude_std={"folded_normal": {"mean": 0.5, "std": 0}}), "world.magnitude_std.folded_normal.std"),
-    (dict(bias=-1.0), "world.bias"),
-    (dict(tree={"roots": 0}), "world.tree.roots"),
-    (dict(tree={"branching": 1}), "world.tree.branching"),
-    (dict(tree={"mutually_exclusive": 1.5}), "world.tree.mutually_exclusive"),
-    (dict(correlation={"rank": 0}), "world.correlation.rank"),
-    (dict(tree={"roots": 1, "branching": 2, "depth": 1}, hierarchy=[{"parent": 1, "children": [5]}]),
-     "world.hierarchy.0"),
-])
+@pytest.mark.parametrize(
+    "world, field",
+    [
+        (dict(firing={"zipf": {"exponent": 0.5, "max": 0.4}}), "world.firing.zipf"),
+        (
+            dict(firing={"zipf": {"exponent": -1, "max": 0.4, "min": 0.1}}),
+            "world.firing.zipf.exponent",
+        ),
+        (dict(firing={"zipf": {"exponent": 1, "max": 0.1, "min": 0.4}}), "world.firing.zipf"),
+        (dict(firing={"random": {"min": 0.3, "max": 2.0}}), "world.firing.random"),
+        (dict(firing={"poisson": 3}), "world.firing"),
+        (
+            dict(magnitude_std={"folded_normal": {"mean": 0.5, "std": 0}}),
+            "world.magnitude_std.folded_normal.std",
+        ),
+        (dict(bias=-1.0), "world.bias"),
+        (dict(tree={"roots": 0}), "world.tree.roots"),
+        (dict(tree={"branching": 1}), "world.tree.branching"),
+        (dict(tree={"mutually_exclusive": 1.5}), "world.tree.mutually_exclusive"),
+        (dict(correlation={"rank": 0}), "world.correlation.rank"),
+        (
+            dict(
+                tree={"roots": 1, "branching": 2, "depth": 1},
+                hierarchy=[{"parent": 1, "children": [5]}],
+            ),
+            "world.hierarchy.0",
+        ),
+    ],
+)
 def test_bad_laws_name_their_field(world, field):
     with pytest.raises(ConfigError) as err:
         from_dict(WorldConfig, {"features": 20, "dim": 8, **world}, "world")
@@ -68,14 +88,24 @@ def test_bad_laws_name_their_field(world, field):
 
 
 def test_tree_is_laid_out_breadth_first_with_saelens_exclusion_and_compensation():
-    tree = TreeConfig(roots=2, branching=3, depth=2, mutually_exclusive=1.0, compensate_probabilities=True,
-                      scale_children_by_parent=True)
+    tree = TreeConfig(
+        roots=2,
+        branching=3,
+        depth=2,
+        mutually_exclusive=1.0,
+        compensate_probabilities=True,
+        scale_children_by_parent=True,
+    )
     roots = laws.generate_tree(40, tree, seed=0)
     assert [r.feature for r in roots] == [0, 1]
-    assert [c.feature for c in roots[0].children] == [2, 3, 4] and [c.feature for c in roots[1].children] == [5, 6, 7]
+    assert [c.feature for c in roots[0].children] == [2, 3, 4] and [
+        c.feature for c in roots[1].children
+    ] == [5, 6, 7]
     assert [c.feature for c in roots[0].children[0].children] == [8, 9, 10]
     s = laws.build_structure(40, roots, [])
-    assert s.parent_N[8] == 2 and s.parent_N[2] == 0 and s.parent_N[0] == -1 and s.parent_N[30] == -1
+    assert (
+        s.parent_N[8] == 2 and s.parent_N[2] == 0 and s.parent_N[0] == -1 and s.parent_N[30] == -1
+    )
     assert s.depth_N[8] == 2 and s.groups == 8  # every parent (2 roots + 6 children) is exclusive
     assert s.group_N[2] == s.group_N[4] != s.group_N[5] and s.rescale_N[8]
     rates = np.full(40, 0.1)
@@ -84,8 +114,10 @@ def test_tree_is_laid_out_breadth_first_with_saelens_exclusion_and_compensation(
 
 
 def test_correlation_keeps_unit_diagonal_and_caps_rows():
-    factor, diag = laws.low_rank_correlation(500, rank=25, scale=0.3, seed=0)  # rank scale^2 = 2.25: most rows capped
-    assert np.allclose((factor ** 2).sum(1) + diag, 1.0, atol=1e-5) and diag.min() >= 0.01 - 1e-6
+    factor, diag = laws.low_rank_correlation(
+        500, rank=25, scale=0.3, seed=0
+    )  # rank scale^2 = 2.25: most rows capped
+    assert np.allclose((factor**2).sum(1) + diag, 1.0, atol=1e-5) and diag.min() >= 0.01 - 1e-6
 
 
 def test_decorrelation_lowers_the_max_cos_of_random_directions():
@@ -128,7 +160,9 @@ def test_synthbench_laws_give_saelens_world_to_the_number():
     assert np.array_equal(ours.structure.parent_N, theirs.structure.parent_N)
     assert np.array_equal(ours.structure.group_N >= 0, theirs.structure.group_N >= 0)
     assert np.array_equal(ours.structure.rescale_N, theirs.structure.rescale_N)
-    assert np.allclose(ours.correlation[0], theirs.correlation[0]) and np.allclose(ours.correlation[1], theirs.correlation[1])
+    assert np.allclose(ours.correlation[0], theirs.correlation[0]) and np.allclose(
+        ours.correlation[1], theirs.correlation[1]
+    )
     assert torch.allclose(ours.bias_D, theirs.bias_D, atol=1e-6)
 
 
@@ -137,7 +171,7 @@ def test_designs_large_world_keys_parse_as_written(tmp_path):
     from broken_latents.config.toml_io import load_toml
 
     path = tmp_path / "big.toml"
-    path.write_text('''name = "big"
+    path.write_text("""name = "big"
 [world]
 features = 600
 dim = 64
@@ -155,7 +189,9 @@ scale_children_by_parent = true
 [world.correlation]
 rank = 25
 scale = 0.1
-''')
+""")
     world = load_toml(path).world
-    assert world.tree == TreeConfig(4, 4, 3, 1.0, 0, True, True) and world.correlation == CorrelationConfig(25, 0.1)
+    assert world.tree == TreeConfig(
+        4, 4, 3, 1.0, 0, True, True
+    ) and world.correlation == CorrelationConfig(25, 0.1)
     assert World.is_sparse(world) and world.bias == 0.5

@@ -31,13 +31,27 @@ N = 40_000
 def small_world(**changes) -> World:
     """Every law at once on 40 features: tree with exclusion and rescaling, copula, bias, noise, and explicit
     conditional and force relations outside the tree."""
-    config = dict(features=40, dim=24, firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.02}},
-                  magnitude={"linear": [5.0, 4.0]}, magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}},
-                  tree=TreeConfig(roots=2, branching=3, depth=2, mutually_exclusive=0.5, compensate_probabilities=True,
-                                  scale_children_by_parent=True),
-                  correlation=CorrelationConfig(rank=4, scale=0.3), bias=0.5,
-                  hierarchy=[HierarchyConfig(parent=30, children=[31, 32], mode="force"),
-                             HierarchyConfig(parent=33, children=[34, 35], mode="conditional")])
+    config = dict(
+        features=40,
+        dim=24,
+        firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.02}},
+        magnitude={"linear": [5.0, 4.0]},
+        magnitude_std={"folded_normal": {"mean": 0.5, "std": 0.5}},
+        tree=TreeConfig(
+            roots=2,
+            branching=3,
+            depth=2,
+            mutually_exclusive=0.5,
+            compensate_probabilities=True,
+            scale_children_by_parent=True,
+        ),
+        correlation=CorrelationConfig(rank=4, scale=0.3),
+        bias=0.5,
+        hierarchy=[
+            HierarchyConfig(parent=30, children=[31, 32], mode="force"),
+            HierarchyConfig(parent=33, children=[34, 35], mode="conditional"),
+        ],
+    )
     return World.build(WorldConfig(**{**config, **changes}))
 
 
@@ -63,7 +77,9 @@ def test_sparse_sampler_draws_the_dense_distribution():
     assert np.abs(mags_s - mags_d).max() < 0.15
     # inputs: x = sum of magnitude x direction, plus the bias
     x = batch.x_RBD[0, :500].numpy()
-    assert np.allclose(x, sparse_f[:500] @ world.directions_ND.numpy() + world.bias_D.numpy(), atol=1e-4)
+    assert np.allclose(
+        x, sparse_f[:500] @ world.directions_ND.numpy() + world.bias_D.numpy(), atol=1e-4
+    )
 
 
 def test_laws_act_as_declared():
@@ -72,7 +88,9 @@ def test_laws_act_as_declared():
     on = f > 0
     s = world.structure
     children = np.flatnonzero(s.parent_N >= 0)
-    assert not (on[:, children] & ~on[:, s.parent_N[children]]).any()  # a child never fires without its parent
+    assert not (
+        on[:, children] & ~on[:, s.parent_N[children]]
+    ).any()  # a child never fires without its parent
     for g in range(s.groups):
         assert on[:, s.group_N == g].sum(1).max() == 1  # exclusive siblings: one at most
     assert not (on[:, [31, 32]].any(1) & ~on[:, 30]).any()  # force: a child switches its parent on
@@ -89,13 +107,17 @@ def laws_rates(world):
 
 def test_correlation_correlates_firing_and_keeps_rates():
     independent = small_world(tree=None, hierarchy=[], correlation=None, firing=0.2)
-    correlated = small_world(tree=None, hierarchy=[], correlation=CorrelationConfig(rank=2, scale=0.6), firing=0.2)
+    correlated = small_world(
+        tree=None, hierarchy=[], correlation=CorrelationConfig(rank=2, scale=0.6), firing=0.2
+    )
     r_i, c_i, _ = firing_stats(SparseSampler(independent, [0]).draw(N).features_RNB()[0].T.numpy())
     r_c, c_c, _ = firing_stats(SparseSampler(correlated, [0]).draw(N).features_RNB()[0].T.numpy())
     assert np.abs(r_c - 0.2).max() < 0.015 and np.abs(r_i - 0.2).max() < 0.015
     off = ~np.eye(40, dtype=bool)
+
     def spread(c, r):
         return np.std((c - np.outer(r, r))[off])
+
     assert spread(c_c, r_c) > 4 * spread(c_i, r_i)
 
 
@@ -138,10 +160,14 @@ def test_load_refuses_other_world_keys_and_bad_folders(tmp_path):
 
 
 def test_export_round_trips_through_the_saelens_format(tmp_path):
-    world = small_world(hierarchy=[HierarchyConfig(parent=33, children=[34, 35], mode="conditional")])
+    world = small_world(
+        hierarchy=[HierarchyConfig(parent=33, children=[34, 35], mode="conditional")]
+    )
     folder = export_world(world, tmp_path / "w")
     again = World.build(WorldConfig(load=str(folder)))
-    assert torch.equal(again.directions_ND, world.directions_ND) and torch.equal(again.rates_N, world.rates_N)
+    assert torch.equal(again.directions_ND, world.directions_ND) and torch.equal(
+        again.rates_N, world.rates_N
+    )
     assert torch.allclose(again.magnitudes_N.float(), world.magnitudes_N.float())
     assert torch.allclose(again.magnitude_stds_N.float(), world.magnitude_stds_N.float())
     assert np.array_equal(again.structure.parent_N, world.structure.parent_N)
@@ -150,7 +176,9 @@ def test_export_round_trips_through_the_saelens_format(tmp_path):
         export_world(small_world(), tmp_path / "x")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sae_lens") is None, reason="sae_lens is not installed in this venv")
+@pytest.mark.skipif(
+    importlib.util.find_spec("sae_lens") is None, reason="sae_lens is not installed in this venv"
+)
 def test_exported_world_samples_as_saelens_samples_it(tmp_path):
     from sae_lens.synthetic import SyntheticModel
 
@@ -158,6 +186,8 @@ def test_exported_world_samples_as_saelens_samples_it(tmp_path):
     model = SyntheticModel.load_from_disk(export_world(world, tmp_path / "w"))
     torch.manual_seed(0)
     _, f = model.sample_with_features(N)
-    (r_t, _, l0_t), (r_o, _, l0_o) = firing_stats(f.numpy()), firing_stats(
-        SparseSampler(world, [0]).draw(N).features_RNB()[0].T.numpy())
+    (r_t, _, l0_t), (r_o, _, l0_o) = (
+        firing_stats(f.numpy()),
+        firing_stats(SparseSampler(world, [0]).draw(N).features_RNB()[0].T.numpy()),
+    )
     assert np.abs(r_t - r_o).max() < 0.015 and l0_o == pytest.approx(l0_t, rel=0.02)
