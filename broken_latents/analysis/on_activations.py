@@ -21,7 +21,7 @@ import torch
 
 from .absorption import absorption_metrics, cooccurring
 from .measure import _round, match_latents, modelled_latents
-from .metrics import CLEAN_COS, AbsorptionGap, Metrics, RunMetrics, WorldMetrics
+from .metrics import CLEAN_COS, AbsorptionGap, Metrics, PeakModelRecord, RunMetrics, WorldMetrics
 from .scale import FiringTally, decoder_scores, parent_latents
 from .peaks import EMPTY, count_peaks, fit_peak_model
 from .score import load_score_model
@@ -195,7 +195,10 @@ def measure_on_activations(
                     for j in range(sae.latents)
                 ],
                 histogram_peaks=[n for n, _ in peaks],
-                peak_models=[{"latent": int(j), **model.to_json()} for j, model in models.items()],
+                peak_models=[
+                    PeakModelRecord.from_json({"latent": int(j), **model.to_json()})
+                    for j, model in models.items()
+                ],
                 broken_score=_round(score_K),
                 detection_signals={name: _round(value) for name, value in signals.items()},
                 mse=round(float(mse_S[s]), 6),
