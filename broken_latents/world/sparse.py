@@ -21,13 +21,13 @@ SAELens on the same worlds: 10.9k and 5.4k at batch 1024, 7.9k and 3.6k at 8192 
 from __future__ import annotations
 
 import math
-import queue
-import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import torch
+
+from .prefetch import Prefetcher
 
 BLOCK = 32
 """Features per block of the thinning: smaller blocks bound the rates tighter, larger ones cost fewer logs."""
@@ -173,9 +173,7 @@ class SparseStream:
     ):
         self.sampler = SparseSampler(world, seeds, offset)
         self.batch, self.device = batch, device or "cpu"
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
+        self._prefetch: Prefetcher | None = None
         if prefetch:
             self.sampler.draw(
                 2
@@ -183,50 +181,19 @@ class SparseStream:
             self.sampler = SparseSampler(
                 world, seeds, offset
             )  # stream: a fresh sampler starts over)
-            self._queue = queue.Queue(maxsize=2)
-            self._thread = threading.Thread(target=self._produce, daemon=True)
-            self._thread.start()
+            self._prefetch = Prefetcher(self._draw, 2)
 
     def next(self) -> SparseBatch:
-        item = self._draw() if self._queue is None else self._take()
+        item = self._draw() if self._prefetch is None else self._prefetch.take()
         item.x_RBD = item.x_RBD.to(self.device)
         return item
 
     def _draw(self) -> SparseBatch:
         return self.sampler.draw(self.batch)
 
-    def _produce(self) -> None:
-        try:
-            while not self._stop.is_set():
-                item = self._draw()
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as err:  # surfaced to the trainer by _take
-            self._error = err
-
-    def _take(self) -> SparseBatch:
-        while True:
-            try:
-                return self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if self._error is not None:
-                    raise self._error
-                if not self._thread.is_alive():
-                    raise RuntimeError("the sampling thread stopped")
-
     def close(self) -> None:
-        self._stop.set()
-        if self._queue is not None:
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._thread.join(timeout=10)
+        if self._prefetch is not None:
+            self._prefetch.close()
 
     def __enter__(self) -> SparseStream:
         return self

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import queue
-import threading
 
 import numba
 import numpy as np
 import torch
 
 from .model import World
+from .prefetch import Prefetcher
 
 QUEUED = 2
 """Chunks drawn ahead by the sampling thread."""
@@ -70,11 +69,9 @@ class DataStream:
         self._fires_NT = np.empty((n, samples), dtype=np.bool_)
         self._shape = (chunk, len(seeds), n, batch)
         self._recycled: list[np.ndarray] = []
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
+        self._prefetch: Prefetcher | None = None
         if prefetch:
             self._warm_up()  # here, before anyone times the stream, not in the thread's first draw
-            self._queue = queue.Queue(maxsize=QUEUED)
             # Chunks go round a ring of QUEUED + 2 buffers (numpy only: the trainer steps on views
             # of them, one step at a time). A buffer comes round again QUEUED + 2 draws later; the
             # thread gets there only by putting the QUEUED + 1 chunks in between into a queue that
@@ -83,29 +80,19 @@ class DataStream:
                 self._recycled = [
                     np.empty(self._shape, dtype=np.float32) for _ in range(QUEUED + 2)
                 ]
-            self._error: BaseException | None = None
-            self._thread = threading.Thread(target=self._produce, daemon=True)
-            self._thread.start()
+            self._prefetch = Prefetcher(self._draw, QUEUED)
 
     def next(self):
         """Feature magnitudes f_RNB of the next batch of every seed (contiguous)."""
         if self.position == self.chunk:
-            self.buffer_CRNB = self._draw() if self._queue is None else self._take()
+            self.buffer_CRNB = self._draw() if self._prefetch is None else self._prefetch.take()
             self.position = 0
         self.position += 1
         return self.buffer_CRNB[self.position - 1]
 
     def close(self) -> None:
-        """Stop the sampling thread and wait for it: a thread left inside compiled code while the
-        interpreter shuts down (say after SIGTERM) can crash the process."""
-        self._stop.set()
-        if self._queue is not None:
-            while True:  # make room, so that a thread waiting to put a chunk sees the stop at once
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._thread.join(timeout=10)
+        if self._prefetch is not None:
+            self._prefetch.close()
 
     def __enter__(self) -> "DataStream":
         return self
@@ -141,29 +128,6 @@ class DataStream:
             np.empty((n, 2), np.bool_),
             np.empty((1, seeds, n, 2), np.float32),
         )
-
-    def _produce(self) -> None:
-        try:
-            while not self._stop.is_set():
-                item = self._draw()
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as err:  # surfaced to the trainer by _take
-            self._error = err
-
-    def _take(self):
-        while True:
-            try:
-                return self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if self._error is not None:
-                    raise self._error
-                if not self._thread.is_alive():
-                    raise RuntimeError("the sampling thread stopped")
 
 
 @numba.njit(cache=True, nogil=True)
