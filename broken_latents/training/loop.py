@@ -31,8 +31,18 @@ class TrainingDiverged(RuntimeError):
         )
 
 
+class TrainThroughput:
+    """samples_per_second of a training result (a world's or stored activations'): samples per SAE x
+    SAEs trained (variants x seeds) / training time, as metrics.json reports it."""
+
+    @property
+    def samples_per_second(self) -> float:
+        n_saes = sum(stack.sae.n_saes for stack in self.stacks)
+        return self.samples * n_saes / max(self.train_seconds, 1e-9)
+
+
 @dataclass
-class TrainResult:
+class TrainResult(TrainThroughput):
     config: ExperimentConfig
     world: World
     seeds: list[int]
@@ -41,11 +51,6 @@ class TrainResult:
     train_seconds: float
     history: TrainingHistory = field(default_factory=TrainingHistory)
     """Every loss term per logged step, per SAE and seed: history.json."""
-
-    @property
-    def samples_per_second(self) -> float:
-        n_saes = sum(stack.sae.n_saes for stack in self.stacks)
-        return self.samples * n_saes / max(self.train_seconds, 1e-9)
 
 
 def lr_factor(config: ExperimentConfig, step: int, steps: int) -> float:

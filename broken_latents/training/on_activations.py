@@ -20,7 +20,8 @@ from .engines import TrainedStack
 from .history import TrainingHistory
 from .loop import (
     LOG_EVERY,
-    TrainingDiverged,
+    TrainThroughput,
+    _check_finite,
     _progress_bar,
     lr_factor,
     single_torch_thread,
@@ -33,7 +34,7 @@ from ..world.activations import ActivationFile, ShuffledBatches
 
 
 @dataclass
-class ActivationsTrainResult:
+class ActivationsTrainResult(TrainThroughput):
     config: ExperimentConfig
     source: ActivationFile
     train_rows: range
@@ -44,11 +45,6 @@ class ActivationsTrainResult:
     train_seconds: float
     history: TrainingHistory = field(default_factory=TrainingHistory)
     """Every loss term per logged step, per SAE and seed: history.json."""
-
-    @property
-    def samples_per_second(self) -> float:
-        n_saes = sum(stack.sae.n_saes for stack in self.stacks)
-        return self.samples * n_saes / max(self.train_seconds, 1e-9)
 
 
 def check_activations(config: ExperimentConfig) -> ActivationFile:
@@ -144,21 +140,8 @@ def _train(config, source, held_out, device, progress) -> ActivationsTrainResult
                         W = stack.sae.W_dec_SKD
                         W /= W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             if step % LOG_EVERY == 0 or step == steps - 1:
-                for stack in stacks:
-                    mse = logged[stack.config.label]["mse"]
-                    if (
-                        not torch.isfinite(mse).all()
-                        or not torch.isfinite(stack.sae.W_dec_SKD).all()
-                    ):
-                        bad = (
-                            int((~torch.isfinite(mse)).nonzero()[0])
-                            if not torch.isfinite(mse).all()
-                            else 0
-                        )
-                        raise TrainingDiverged(
-                            stack.config.label, seeds[bad], (step + 1) * batch, config.train.lr
-                        )
                 samples = (step + 1) * batch
+                _check_finite(stacks, logged, seeds, samples, config.train.lr)
                 history.record(samples, logged)
                 bar.update(samples, time.perf_counter() - start, history.means())
         seconds = time.perf_counter() - start
