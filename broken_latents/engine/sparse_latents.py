@@ -36,6 +36,9 @@ from ..saes import ARCHITECTURES, StackedSAE
 
 EPS = 1e-12  # as torch.nn.functional.normalize
 COVERED_ACTIVATIONS = ("relu", "topk", "batchtopk")
+THRESHOLD_GUESS = 0.8
+"""BatchTopK's selection collects the values above this share of the last batch's threshold: a
+batch's threshold rarely falls further, and if it does the selection takes every positive value."""
 
 
 def covers(sae_config) -> bool:
@@ -104,11 +107,14 @@ def loss_and_grads(
     want_loss: bool,
     out: dict,
     compiled: bool,
+    threshold_guess_S: torch.Tensor | None = None,
 ):
     """Write d(loss)/d(param) into `out` (tensors by parameter name, overwritten) for the loss the SAE
     declares (`weights`: `StackedSAE.loss_weights`), averaged over the batch. Returns (its terms'
     batch means [S] by name if `want_loss`, else None; the batch max of h [S, K]; the entries).
-    `compiled`: the numba kernels (CPU tensors), else torch index ops (any device)."""
+    `compiled`: the numba kernels (CPU tensors), else torch index ops (any device).
+    `threshold_guess_S` (BatchTopK, compiled): the last batch's smallest kept activation: the
+    selection starts below it (exact whatever it is, fast when close)."""
     if (
         set(weights) - HAND_DERIVED_TERMS
         or weights["mse"] != 1.0
@@ -127,7 +133,12 @@ def loss_and_grads(
         else:
             W_enc = params["W_enc_SDK"]
             pre_SBK = torch.baddbmm(params["b_enc_SK"][:, None], xc_SBD, W_enc)
-        entries = (compiled_keep if compiled else torch_keep)(pre_SBK, arch.activation, arch.k)
+        entries = (compiled_keep if compiled else torch_keep)(
+            pre_SBK,
+            arch.activation,
+            arch.k,
+            None if threshold_guess_S is None else THRESHOLD_GUESS * threshold_guess_S,
+        )
 
         norms_SK = (
             W_dec.norm(dim=-1) if arch.l1_weighted_by_decoder_norm or aux_lambda > 0 else None
@@ -209,7 +220,7 @@ def _aux_grads(
 # -- torch: any device ------------------------------------------------------------------------
 
 
-def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None) -> Entries:
+def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=None) -> Entries:
     """The kept activations (h > 0) as `StackedSAE.activate` keeps them in training."""
     S, B, K = pre_SBK.shape
     h = torch.relu(pre_SBK)
@@ -279,14 +290,16 @@ def torch_sparse_grads(
 # -- numba: the CPU ---------------------------------------------------------------------------
 
 
-def compiled_keep(pre_SBK: torch.Tensor, activation: str, k: int | None) -> Entries:
-    """`torch_keep` by the numba selectors (CPU tensors): the same entries, ties aside."""
+def compiled_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=None) -> Entries:
+    """`torch_keep` by the numba selectors (CPU tensors): the same entries, ties aside. `guess_S`
+    (BatchTopK): a lower bound of each SAE's threshold to start from (NaN or absent: none)."""
     S, B, K = pre_SBK.shape
     pre = pre_SBK.contiguous().numpy()
     parts, kept_min = [], np.zeros(S, np.float32)
     for s in range(S):
         if activation == "batchtopk":
-            kept_min[s], *found = _keep_batch_top(pre[s], k * B)
+            guess = 0.0 if guess_S is None or not guess_S[s] > 0 else float(guess_S[s])
+            kept_min[s], *found = _keep_batch_top(pre[s], k * B, np.float32(guess))
         elif activation == "topk":
             found = _keep_row_top(pre[s], k)
         else:
@@ -437,100 +450,106 @@ def _keep_positive(pre_BK):
     return _emit(pre_BK, np.zeros(B, np.float32), np.zeros(B, np.int64), B * K)
 
 
-HISTOGRAM_BINS = 4096
+@numba.njit(cache=True, nogil=True)
+def _candidates(flat, low, index, value):
+    """The positive values >= low, with their flat indices, in order; returns their number."""
+    n = 0
+    for i in range(flat.shape[0]):  # branch-free: a written slot is kept only if the value passes
+        v = flat[i]
+        index[n] = i
+        value[n] = v
+        n += (v >= low) & (v > 0)
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
-def _keep_batch_top(pre_BK, count):
-    """BatchTopK: the `count` largest positive values of the batch (exact: a histogram finds the bin
-    that holds the count-th largest, a sort of that bin alone finds the value). Returns (the smallest
-    kept value, offsets, latent, value)."""
+def _keep_batch_top(pre_BK, count, guess):
+    """BatchTopK: the `count` largest positive values of the batch, exactly. Only the values at least
+    `guess` (a lower bound expected to hold a few more than `count`: say 0.8 x the last threshold) are
+    collected and partitioned; if fewer than `count` are, every positive value is. Returns (the
+    smallest kept value, offsets, latent, value)."""
     B, K = pre_BK.shape
     flat = pre_BK.reshape(-1)
-    top, positive = np.float32(0.0), 0
-    low = np.float32(np.inf)
-    for v in flat:
-        if v > 0:
-            positive += 1
-            top = max(top, v)
-            low = min(low, v)
-    if positive <= count:  # every positive value is kept
-        return (low if positive > 0 else np.float32(0.0)), *_emit(
-            pre_BK, np.zeros(B, np.float32), np.zeros(B, np.int64), positive
-        )
-    scale = np.float32(HISTOGRAM_BINS) / top
-    hist = np.zeros(HISTOGRAM_BINS + 1, np.int64)
-    for v in flat:
-        if v > 0:
-            hist[min(int(v * scale), HISTOGRAM_BINS)] += 1
-    above, c = 0, HISTOGRAM_BINS
-    while above + hist[c] < count:
-        above += hist[c]
-        c -= 1
-    boundary = np.empty(hist[c], np.float32)
-    n = 0
-    for v in flat:
-        if v > 0 and min(int(v * scale), HISTOGRAM_BINS) == c:
-            boundary[n] = v
-            n += 1
-    boundary = -np.sort(-boundary)
-    threshold = boundary[count - above - 1]
-    greater = above
-    for v in boundary:
-        if v > threshold:
-            greater += 1
-    # the values equal to the threshold that are kept: the first ones in row order
-    keep_equal = np.zeros(B, np.int64)
-    left = count - greater
+    index = np.empty(flat.shape[0] + 1, np.int64)
+    value = np.empty(flat.shape[0] + 1, np.float32)
+    n = _candidates(flat, guess, index, value)
+    if n < count and guess > 0:
+        n = _candidates(flat, np.float32(0.0), index, value)
+    index, value = index[:n], value[:n]
+    if n <= count:  # every positive value is kept
+        threshold, keep_equal = np.float32(0.0), 0
+        kept_min = value.min() if n > 0 else np.float32(0.0)
+    else:
+        threshold = _kth_largest(value.copy(), n, count)
+        greater = 0
+        for v in value:
+            if v > threshold:
+                greater += 1
+        keep_equal = count - greater  # of the values equal to the threshold, the first in row order
+        kept_min = threshold
+    offsets = np.zeros(B + 1, np.int64)
+    latent = np.empty(min(n, count), np.int64)
+    kept = np.empty(min(n, count), np.float32)
+    m = 0
+    for c in range(n):
+        v = value[c]
+        if v > threshold or (v == threshold and keep_equal > 0):
+            if v == threshold:
+                keep_equal -= 1
+            latent[m] = index[c] % K
+            kept[m] = v
+            offsets[index[c] // K + 1] += 1
+            m += 1
     for b in range(B):
-        for j in range(K):
-            if left > 0 and pre_BK[b, j] == threshold:
-                keep_equal[b] += 1
-                left -= 1
-    return threshold, *_emit(pre_BK, np.full(B, threshold, np.float32), keep_equal, count)
+        offsets[b + 1] += offsets[b]
+    return kept_min, offsets, latent[:m], kept[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_largest(a, n, k):
+    """The k-th largest of a[:n] (1 <= k <= n), reordering a in place (quickselect)."""
+    lo, hi, target = 0, n - 1, k - 1  # the target position in descending order
+    while lo < hi:
+        mid = (lo + hi) // 2
+        pivot = max(min(a[lo], a[mid]), min(max(a[lo], a[mid]), a[hi]))  # median of three
+        i, j = lo, hi
+        while i <= j:
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            return a[target]
+    return a[target]
 
 
 @numba.njit(cache=True, nogil=True)
 def _keep_row_top(pre_BK, k):
-    """TopK: each row's k largest positive values (a min-heap of k per row finds the k-th)."""
+    """TopK: each row's k largest positive values (a partition of the row's positive values)."""
     B, K = pre_BK.shape
     threshold = np.zeros(B, np.float32)
     keep_equal = np.zeros(B, np.int64)
-    heap = np.empty(k, np.float32)
+    positive = np.empty(K + 1, np.float32)
     for b in range(B):
-        size = 0
-        for j in range(K):
+        n = 0
+        for j in range(K):  # branch-free, as `_candidates`
             v = pre_BK[b, j]
-            if v <= 0:
-                continue
-            if size < k:  # sift up
-                i = size
-                size += 1
-                heap[i] = v
-                while i > 0 and heap[(i - 1) // 2] > heap[i]:
-                    p = (i - 1) // 2
-                    heap[i], heap[p] = heap[p], heap[i]
-                    i = p
-            elif v > heap[0]:  # replace the smallest, sift down
-                heap[0] = v
-                i = 0
-                while True:
-                    left, small = 2 * i + 1, i
-                    if left < k and heap[left] < heap[small]:
-                        small = left
-                    if left + 1 < k and heap[left + 1] < heap[small]:
-                        small = left + 1
-                    if small == i:
-                        break
-                    heap[i], heap[small] = heap[small], heap[i]
-                    i = small
-        if size < k:
-            threshold[b] = 0.0  # every positive value
-            continue
-        t = heap[0]
+            positive[n] = v
+            n += v > 0
+        if n <= k:
+            continue  # every positive value: threshold 0
+        t = _kth_largest(positive, n, k)
         greater = 0
-        for i in range(k):
-            if heap[i] > t:
+        for j in range(K):
+            if pre_BK[b, j] > t:
                 greater += 1
         threshold[b] = t
         keep_equal[b] = k - greater
@@ -542,7 +561,7 @@ def warm_up() -> None:
     pre = np.ones((2, 3), np.float32)
     _keep_positive(pre)
     _keep_row_top(pre, 1)
-    _keep_batch_top(pre, 2)
+    _keep_batch_top(pre, 2, np.float32(0.5))
     z = torch.zeros
     entries = compiled_keep(torch.ones(1, 2, 3), "relu", None)
     compiled_sparse_grads(

@@ -253,6 +253,8 @@ class SparseLatentsEngine(Engine):
         ]
         self.grad_flat = torch.zeros_like(as_torch(self.optimiser.flat))
         views = iter(split_like(self.grad_flat, [p.shape for p in self.parameters]))
+        self.kept_min: list[torch.Tensor | None] = [None] * len(stacks)
+        """BatchTopK stacks: each SAE's smallest kept activation of the last batch."""
         self.grad_outs = [
             {name: next(views) for name, _ in s.sae.named_parameters()} for s in stacks
         ]
@@ -265,8 +267,8 @@ class SparseLatentsEngine(Engine):
     def gradients(self, batch, samples_seen, want_loss):
         x_RBD = self.inputs(batch)
         logged = {}
-        for stack, arch, aux, inverse, out in zip(
-            self.stacks, self.archs, self.auxes, self.inverses, self.grad_outs
+        for i, (stack, arch, aux, inverse, out) in enumerate(
+            zip(self.stacks, self.archs, self.auxes, self.inverses, self.grad_outs)
         ):
             if arch is None:
                 logged[stack.config.label] = self._autograd(
@@ -284,9 +286,11 @@ class SparseLatentsEngine(Engine):
                 want_loss,
                 out,
                 self.compiled,
+                self.kept_min[i],
             )
             if entries.kept_min_S is not None:
                 stack.sae.record_batchtopk_threshold(entries.kept_min_S)
+                self.kept_min[i] = entries.kept_min_S  # the next batch's threshold is near it
             if aux is not None:
                 aux.running_max.update(h_max_SK.numpy() if self.backend == "numpy" else h_max_SK)
             extra = _add_parameter_term_grads(stack, inverse, samples_seen, out)

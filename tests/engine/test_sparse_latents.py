@@ -110,6 +110,18 @@ def test_batch_top_keeps_exactly_the_largest_with_ties():
     assert few.latent.tolist() == [3] and few.value.tolist() == [1.0]
 
 
+@pytest.mark.parametrize("activation", ["relu", "topk", "batchtopk"])
+@pytest.mark.parametrize("guess", [float("nan"), 0.1, 1.5, 100.0])
+def test_kernels_keep_what_torch_keeps(activation, guess):
+    """The numba selectors against torch's topk, BatchTopK from any starting guess of its threshold."""
+    pre = torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(1))
+    expected = sparse_latents.torch_keep(pre, activation, 3)
+    found = sparse_latents.compiled_keep(pre, activation, 3, torch.full((2,), guess))
+    for name in ("offsets", "latent", "value", "kept_min_S"):
+        a, b = getattr(found, name), getattr(expected, name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+
+
 WORLD = WorldConfig(
     features=10,
     dim=12,
