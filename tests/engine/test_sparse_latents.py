@@ -18,7 +18,7 @@ from broken_latents.config.schema import (
 from broken_latents.engine import sparse_latents
 from broken_latents.saes import build_sae, weighted_sum
 from broken_latents.training.engines import CompiledSparseLatentsEngine, SparseLatentsEngine
-from broken_latents.training.loop import choose_engine, train
+from broken_latents.training.loop import _train, choose_engine, single_torch_thread, train
 
 S, B, D, K = 2, 24, 6, 8
 
@@ -148,9 +148,11 @@ def test_auto_picks_the_sparse_latent_engine_on_sparse_worlds():
     assert choose_engine(config, "cuda") is SparseLatentsEngine
 
 
-def test_training_equals_autograd():
+@pytest.mark.parametrize("engine", [CompiledSparseLatentsEngine, SparseLatentsEngine])
+def test_training_equals_autograd(engine):
     """Same seeds, a few steps: every parameter (and BatchTopK's threshold) as autograd's; the
-    JumpReLU stack, not covered, trains by autograd beside the others."""
+    JumpReLU stack, not covered, trains by autograd beside the others. The torch engine (a GPU's)
+    runs here on the CPU."""
     saes = [
         SAEConfig(
             label="batchtopk", architecture="untied", latents=16, activation="batchtopk", k=2
@@ -169,7 +171,9 @@ def test_training_equals_autograd():
         ),
         SAEConfig(label="jumprelu", architecture="untied", latents=16, activation="jumprelu"),
     ]
-    fast = train(_config(saes, "auto", 1280), progress=False)
+    config = _config(saes, "auto", 1280)
+    with single_torch_thread("cpu"):
+        fast = _train(config, "cpu", False, engine)
     reference = train(_config(saes, "autograd", 1280), progress=False)
     for a, b in zip(fast.stacks, reference.stacks):
         for (name, p), q in zip(a.sae.named_parameters(), b.sae.parameters()):
