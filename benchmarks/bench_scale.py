@@ -81,6 +81,7 @@ def our_training(world_cfg: WorldConfig, samples: int, engine: str = "auto") -> 
                 latents=LATENTS,
                 activation="batchtopk",
                 k=K,
+                l1=0.0,  # as SAELens' BatchTopK, which has no L1 term
             )
         ],
     )

@@ -24,25 +24,27 @@ S, B, D, K = 2, 24, 6, 8
 
 
 def _sae_configs():
-    """Every covered combination: architecture x activation x Matryoshka x aux x L1 weighting."""
-    for architecture, activation, widths, aux, norm in itertools.product(
-        ("tied", "untied"),
-        ("relu", "topk", "batchtopk"),
-        (None, [2, 5, K]),
-        (False, True),
-        (False, True),
+    """Every architecture x activation twice: with its defaults, and with Matryoshka widths, the aux
+    loss and the other L1 weighting all on (each term's gradient is checked alone in one, together in
+    the other)."""
+    for architecture, activation in itertools.product(
+        ("tied", "untied"), ("relu", "topk", "batchtopk")
     ):
-        yield SAEConfig(
-            label="s",
-            architecture=architecture,
-            latents=K,
-            activation=activation,
-            k=3 if activation != "relu" else None,
-            l1=0.3,
-            matryoshka_widths=widths,
-            aux=AuxConfig(coefficient=2.0) if aux else None,
-            options=architecture_options(architecture)(l1_decoder_norm=norm),
-        )
+        options = architecture_options(architecture)
+        for extras in (False, True):
+            yield SAEConfig(
+                label="s",
+                architecture=architecture,
+                latents=K,
+                activation=activation,
+                k=3 if activation != "relu" else None,
+                l1=0.3,
+                matryoshka_widths=[2, 5, K] if extras else None,
+                aux=AuxConfig(coefficient=2.0) if extras else None,
+                options=options(l1_decoder_norm=not options().l1_decoder_norm)
+                if extras
+                else options(),
+            )
 
 
 CONFIGS = list(_sae_configs())
