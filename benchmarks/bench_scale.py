@@ -42,7 +42,7 @@ from broken_latents.config.schema import (  # noqa: E402
 )
 from broken_latents.experiments.synthbench import synthbench_world  # noqa: E402
 from broken_latents.training.engines import choose_engine  # noqa: E402
-from broken_latents.training.loop import train  # noqa: E402
+from broken_latents.training.loop import single_torch_thread, train  # noqa: E402
 from broken_latents.world.model import World  # noqa: E402
 from broken_latents.world.stream import DataStream  # noqa: E402
 
@@ -153,7 +153,8 @@ def main() -> None:
     for features in SIZES:
         world_cfg = synthbench_world(features, DIM)
         world = World.build(world_cfg)
-        sampling, l0 = our_sampling(world, seconds)
+        with single_torch_thread("cpu"):  # one BLAS thread, as the sampling thread has in training
+            sampling, l0 = our_sampling(world, seconds)
         training, engine = our_training(world_cfg, samples)
         before, _ = our_training(world_cfg, max(samples // 10, 2 * BATCH), "autograd")
         theirs = saelens_row(args.saelens_python, features, args.quick)
