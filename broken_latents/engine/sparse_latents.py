@@ -36,6 +36,10 @@ from ..saes import ARCHITECTURES, StackedSAE
 
 EPS = 1e-12  # as torch.nn.functional.normalize
 COVERED_ACTIVATIONS = ("relu", "topk", "batchtopk")
+DENSE_FROM = 1 / 8
+"""With more than this share of latents active (a ReLU SAE early in training, a large k), the step
+works on the dense h by products (`torch_dense_grads`): one decoder row per entry, memory-bound,
+costs more than a product's share of K rows beyond about this share (measured on this CPU)."""
 THRESHOLD_GUESS = 0.8
 """BatchTopK's selection collects the values above this share of the last batch's threshold: a
 batch's threshold rarely falls further, and if it does the selection takes every positive value."""
@@ -77,9 +81,10 @@ class SparseArchitecture:
             tuple(sae.config.nested_widths() or (sae.latents,)),
         )
 
-    def bracket_K(self) -> np.ndarray:
-        """Each latent's Matryoshka bracket t_j: the number of widths <= j (0 for a plain SAE)."""
-        return np.searchsorted(np.array(self.widths), np.arange(self.widths[-1]), side="right")
+
+def brackets(widths: tuple[int, ...]) -> np.ndarray:
+    """Each latent's Matryoshka bracket t_j: the number of widths <= j (0 for a plain SAE) [K]."""
+    return np.searchsorted(np.array(widths), np.arange(widths[-1]), side="right").astype(np.int64)
 
 
 @dataclass
@@ -92,6 +97,26 @@ class Entries:
     value: torch.Tensor
     kept_min_S: torch.Tensor | None = None
     """BatchTopK: each SAE's smallest kept activation (its threshold's new estimate)."""
+    h_SBK: torch.Tensor | None = None
+    """Set (and the list left empty) when so many latents are active that the step uses products
+    on the dense h instead (`DENSE_FROM`)."""
+
+    @classmethod
+    def dense(cls, h_SBK: torch.Tensor, kept_min_S: torch.Tensor | None) -> "Entries":
+        empty = torch.zeros(0, dtype=torch.long, device=h_SBK.device)
+        return cls(empty, empty, h_SBK.new_zeros(0), kept_min_S, h_SBK)
+
+    def above(self, tau_SK: torch.Tensor) -> torch.Tensor:
+        """[h > tau] as a dense bool [S, B, K]."""
+        if self.h_SBK is not None:
+            return self.h_SBK > tau_SK[:, None]
+        S, K = tau_SK.shape
+        B = (len(self.offsets) - 1) // S
+        mask = torch.zeros(S * B * K, dtype=torch.bool, device=tau_SK.device)
+        rows = self.rows()
+        slot = rows * K + self.latent
+        mask[slot] = self.value > tau_SK.reshape(-1)[(rows // B) * K + self.latent]
+        return mask.view(S, B, K)
 
     def rows(self) -> torch.Tensor:
         counts = self.offsets[1:] - self.offsets[:-1]
@@ -133,12 +158,17 @@ def loss_and_grads(
         else:
             W_enc = params["W_enc_SDK"]
             pre_SBK = torch.baddbmm(params["b_enc_SK"][:, None], xc_SBD, W_enc)
-        entries = (compiled_keep if compiled else torch_keep)(
-            pre_SBK,
-            arch.activation,
-            arch.k,
-            None if threshold_guess_S is None else THRESHOLD_GUESS * threshold_guess_S,
-        )
+        active = arch.k / K if arch.k is not None else float((pre_SBK > 0).float().mean())
+        if active > DENSE_FROM:  # many active latents: products beat one row per entry
+            h_SBK, kept_min_S = torch_activate(pre_SBK, arch.activation, arch.k)
+            entries = Entries.dense(h_SBK, kept_min_S)
+        else:
+            entries = (compiled_keep if compiled else torch_keep)(
+                pre_SBK,
+                arch.activation,
+                arch.k,
+                None if threshold_guess_S is None else THRESHOLD_GUESS * threshold_guess_S,
+            )
 
         norms_SK = (
             W_dec.norm(dim=-1) if arch.l1_weighted_by_decoder_norm or aux_lambda > 0 else None
@@ -146,14 +176,13 @@ def loss_and_grads(
         l1_w_SK = norms_SK if arch.l1_weighted_by_decoder_norm else torch.ones_like(W_dec[..., 0])
         g_W_encT_SKD = torch.empty_like(W_dec)
         g_b_enc_SK = out["b_enc_SK"] if not arch.tied else torch.empty_like(W_dec[..., 0])
-        brackets = arch.bracket_K()
-        sums = (compiled_sparse_grads if compiled else torch_sparse_grads)(
+        list_grads = compiled_sparse_grads if compiled else torch_sparse_grads
+        sums = (torch_dense_grads if entries.h_SBK is not None else list_grads)(
             x_SBD,
             b_dec,
             W_dec,
             entries,
-            brackets,
-            len(arch.widths),
+            arch.widths,
             l1_w_SK,
             l1 / B,
             out["W_dec_SKD"],
@@ -195,12 +224,7 @@ def _aux_grads(
     n_SK = norms_SK.clamp_min(EPS)
     scale_SBK = inv_r_SB[..., None] / n_SK[:, None]
     cos = a_SBK * scale_SBK
-    low = torch.ones(S * B * K, dtype=cos.dtype, device=cos.device)
-    rows = entries.rows()
-    slot = rows * K + entries.latent
-    above = entries.value > tau_SK.reshape(-1)[(rows // B) * K + entries.latent]
-    low[slot[above]] = 0.0
-    low = low.view(S, B, K)
+    low = (~entries.above(tau_SK)).to(cos.dtype)
     value_S = (low * cos * cos).mean(-1).mean(-1)
     g = cos * low * (2.0 * lam / (B * K))  # dL/dcos
     g_cos = g * cos
@@ -220,8 +244,9 @@ def _aux_grads(
 # -- torch: any device ------------------------------------------------------------------------
 
 
-def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=None) -> Entries:
-    """The kept activations (h > 0) as `StackedSAE.activate` keeps them in training."""
+def torch_activate(pre_SBK: torch.Tensor, activation: str, k: int | None):
+    """(h [S, B, K] as `StackedSAE.activate` gives it in training, BatchTopK's smallest kept
+    activation per SAE or None)."""
     S, B, K = pre_SBK.shape
     h = torch.relu(pre_SBK)
     kept_min = None
@@ -234,6 +259,13 @@ def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=No
         kept_min = torch.where(positive, top.values, torch.inf).amin(-1)
         kept_min = torch.where(kept_min.isinf(), torch.zeros_like(kept_min), kept_min)
         h = torch.zeros_like(h.flatten(1)).scatter(-1, top.indices, top.values).view(S, B, K)
+    return h, kept_min
+
+
+def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=None) -> Entries:
+    """The kept activations (h > 0) as `StackedSAE.activate` keeps them in training."""
+    S, B, K = pre_SBK.shape
+    h, kept_min = torch_activate(pre_SBK, activation, k)
     mask = h > 0
     counts = mask.sum(-1).reshape(-1)
     offsets = torch.zeros(S * B + 1, dtype=torch.long, device=h.device)
@@ -242,13 +274,59 @@ def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=No
     return Entries(offsets, where[:, 1], h.reshape(S * B, K)[where[:, 0], where[:, 1]], kept_min)
 
 
+def torch_dense_grads(
+    x_SBD,
+    b_dec_SD,
+    W_dec_SKD,
+    entries: Entries,
+    widths,
+    l1_w_SK,
+    l1_over_B,
+    g_W_dec,
+    g_W_encT,
+    g_b_enc,
+    g_b_dec,
+):
+    """`torch_sparse_grads` by products on the dense h (`entries.h_SBK`), prefix by prefix."""
+    h = entries.h_SBK
+    B = x_SBD.shape[1]
+    bounds = list(zip((0, *widths[:-1]), widths))
+    xc_SBD = x_SBD - b_dec_SD[:, None]
+    errors, run = [], -xc_SBD
+    for lo, hi in bounds:  # the error of each prefix reconstruction
+        run = run + torch.bmm(h[:, :, lo:hi], W_dec_SKD[:, lo:hi])
+        errors.append(run)
+    sq = torch.stack([(e * e).sum(-1).sum(-1) for e in errors], -1)  # [S, m]
+    E, acc = [None] * len(bounds), 0.0
+    for t in range(len(bounds) - 1, -1, -1):  # latents of bracket t see the errors of prefixes >= t
+        acc = acc + errors[t]
+        E[t] = (2.0 / B) * acc
+    grad_h = (
+        torch.cat(
+            [
+                torch.bmm(E[t], W_dec_SKD[:, lo:hi].transpose(1, 2))
+                for t, (lo, hi) in enumerate(bounds)
+            ],
+            -1,
+        )
+        + l1_over_B * l1_w_SK[:, None]
+    )
+    grad_pre = grad_h * (h > 0)
+    for t, (lo, hi) in enumerate(bounds):
+        g_W_dec[:, lo:hi] = torch.bmm(h[:, :, lo:hi].transpose(1, 2), E[t])
+    g_W_encT.copy_(torch.bmm(grad_pre.transpose(1, 2), xc_SBD))
+    g_b_enc.copy_(grad_pre.sum(1))
+    g_b_dec.copy_(E[0].sum(1))
+    l1_S = (h * l1_w_SK[:, None]).sum(-1).sum(-1)
+    return h.sum(1), h.amax(1), sq[:, -1], sq[:, :-1].sum(-1), l1_S
+
+
 def torch_sparse_grads(
     x_SBD,
     b_dec_SD,
     W_dec_SKD,
     entries: Entries,
-    brackets,
-    m,
+    widths,
     l1_w_SK,
     l1_over_B,
     g_W_dec,
@@ -264,7 +342,8 @@ def torch_sparse_grads(
     sae = rows // B
     slot = sae * K + entries.latent  # the entry's decoder row in [S * K]
     v = entries.value
-    bracket = torch.as_tensor(brackets, device=v.device)[entries.latent]
+    m = len(widths)
+    bracket = torch.as_tensor(brackets(widths), device=v.device)[entries.latent]
     W_nD = W_dec_SKD.reshape(S * K, D)[slot]
     parts = torch.zeros(S * B * m, D, dtype=v.dtype, device=v.device)
     parts.index_add_(0, rows * m + bracket, v[:, None] * W_nD)
@@ -321,8 +400,7 @@ def compiled_sparse_grads(
     b_dec_SD,
     W_dec_SKD,
     entries: Entries,
-    brackets,
-    m,
+    widths,
     l1_w_SK,
     l1_over_B,
     g_W_dec,
@@ -341,8 +419,8 @@ def compiled_sparse_grads(
         entries.offsets.numpy(),
         entries.latent.numpy(),
         entries.value.numpy(),
-        brackets.astype(np.int64),
-        m,
+        brackets(widths),
+        len(widths),
         l1_w_SK.contiguous().numpy(),
         np.float32(l1_over_B),
         g_W_dec.numpy(),
@@ -565,6 +643,6 @@ def warm_up() -> None:
     z = torch.zeros
     entries = compiled_keep(torch.ones(1, 2, 3), "relu", None)
     compiled_sparse_grads(
-        z(1, 2, 4), z(1, 4), z(1, 3, 4), entries, np.zeros(3, np.int64), 1, z(1, 3), 0.0,
+        z(1, 2, 4), z(1, 4), z(1, 3, 4), entries, (3,), z(1, 3), 0.0,
         z(1, 3, 4), z(1, 3, 4), z(1, 3), z(1, 4),
     )  # fmt: skip

@@ -60,9 +60,12 @@ def _autograd(sae, x_SBD, tau_SK, lam):
     )
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["torch", "numba"])
+@pytest.mark.parametrize("path", ["torch", "numba", "dense"])
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"c{i}" for i in range(len(CONFIGS))])
-def test_gradients_equal_autograd(config, compiled):
+def test_gradients_equal_autograd(config, path, monkeypatch):
+    """The list path (torch index ops, numba) and the dense one (products, for many active latents)."""
+    monkeypatch.setattr(sparse_latents, "DENSE_FROM", -1.0 if path == "dense" else 1.0)
+    compiled = path == "numba"
     gen = torch.Generator().manual_seed(0)
     sae = build_sae(config, S, D, [0, 1], "random")
     with torch.no_grad():
@@ -94,7 +97,10 @@ def test_gradients_equal_autograd(config, compiled):
         torch.testing.assert_close(out[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
     h = sae(x_SBD, tau_SK, training=True)[0]
     torch.testing.assert_close(h_max, h.amax(1))
-    assert int(entries.offsets[-1]) == int((h > 0).sum())
+    if path == "dense":
+        torch.testing.assert_close(entries.h_SBK, h)
+    else:
+        assert int(entries.offsets[-1]) == int((h > 0).sum())
     if config.activation == "batchtopk":  # the threshold's estimate: the smallest kept activation
         torch.testing.assert_close(
             entries.kept_min_S, torch.where(h > 0, h, torch.inf).flatten(1).amin(-1)
@@ -190,8 +196,10 @@ def test_training_equals_autograd(engine):
         )
 
 
-def test_a_sparse_world_is_learned():
-    """A TopK SAE with one latent per feature finds every feature's direction (cos >= 0.95)."""
+def test_a_sparse_world_is_learned(monkeypatch):
+    """A TopK SAE with one latent per feature finds every feature's direction (cos >= 0.95), on the
+    list path (k / K = 0.2 would otherwise take the dense one)."""
+    monkeypatch.setattr(sparse_latents, "DENSE_FROM", 1.0)
     sae = SAEConfig(label="topk", architecture="untied", latents=10, activation="topk", k=2)
     result = train(_config([sae], "auto", 60_000, lr=1e-2), progress=False)
     cos_KN = cosine(result.stacks[0].sae.W_dec_SKD[0].detach(), result.world.directions_ND)
