@@ -181,3 +181,74 @@ l1 = 0.1
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "world.activations" in done.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_one_loop_and_engine_for_worlds_and_stored_rows(stored):
+    """Stored rows train through the world loop (`run_training`) and its engines: the hand-derived
+    gradients ("arrays", the D input axes as feature space) give autograd's weights to float rounding."""
+    from broken_latents.training import loop
+
+    path, _, _ = stored
+    saes = [
+        SAEConfig(label="untied", architecture="untied", latents=6, l1=0.1),
+        SAEConfig(label="tied", architecture="tied", latents=6, l1=0.1),
+    ]
+    weights, calls = {}, []
+    real = loop.run_training
+
+    def spy(*args, **kwargs):
+        calls.append(args[3].name)  # the engine class
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("broken_latents.training.on_activations.run_training", spy)
+        for engine in ("autograd", "arrays"):
+            cfg = config(*saes, samples=20_000, path=path)
+            cfg.train.engine = engine
+            result = train_on_activations(cfg, progress=False)
+            weights[engine] = [s.sae.W_dec_SKD.detach().clone() for s in result.stacks]
+    assert calls == ["autograd", "arrays"]
+    assert result.samples == 20_480 and len(result.train_rows) == 32_000
+    for a, b in zip(weights["autograd"], weights["arrays"]):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_compiled_engine_refused_on_stored_rows(stored):
+    path, _, _ = stored
+    cfg = config(SAEConfig(label="tied", architecture="tied", latents=2), path=path)
+    cfg.train.engine = "compiled"
+    with pytest.raises(ConfigError, match="train.engine"):
+        check_activations(cfg)
+
+
+def test_divergence_names_the_sae_and_seed_exits_2_and_writes_nothing(stored, tmp_path, capsys):
+    """NaN/inf in training on stored rows: the CLI's one-line message (the SAE, its seed, what to lower),
+    exit 2, and no run directory, not even a partial one."""
+    from broken_latents.cli import main
+
+    path, _, _ = stored
+    toml = tmp_path / "diverge.toml"
+    toml.write_text(
+        f"""name = "diverge"
+[world]
+activations = "{path}"
+[train]
+samples = 4096
+batch_size = 512
+lr = 1e30
+seeds = 2
+first_seed = 3
+[[sae]]
+label = "wild"
+architecture = "untied"
+latents = 4
+"""
+    )
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(toml), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "SAE 'wild' (seed 3)" in err and "NaN/inf" in err and "train.lr" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
