@@ -252,3 +252,52 @@ latents = 4
     assert "SAE 'wild' (seed 3)" in err and "NaN/inf" in err and "train.lr" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+@pytest.mark.slow
+def test_a_world_never_seen_here_reports_learned_directions(tmp_path, capsys):
+    """An arbitrary [N, D] file and a directions file, from a world drawn here with plain numpy (not
+    world/): the run reports every direction's best |cos| and whether it was learned, in metrics.json
+    and in `show`."""
+    import json
+
+    from broken_latents.cli import main
+
+    rng = np.random.default_rng(2026)
+    C, D, N = 7, 32, 30_000
+    directions = rng.standard_normal((C, D))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    magnitudes = (rng.random((N, C)) < 0.12) * rng.uniform(0.5, 2.0, (N, C))
+    x = magnitudes @ directions + 0.01 * rng.standard_normal((N, D)) + rng.standard_normal(D)
+    np.save(tmp_path / "acts.npy", x.astype(np.float16))  # float16 rows, as a large dump may be
+    np.save(tmp_path / "dirs.npy", directions * rng.uniform(0.5, 3.0, (C, 1)))  # any length
+    (tmp_path / "hidden.toml").write_text(
+        f"""name = "hidden"
+[world]
+activations = "{tmp_path / "acts.npy"}"
+directions = "{tmp_path / "dirs.npy"}"
+[train]
+samples = 300_000
+batch_size = 512
+lr = 1e-2
+seeds = 1
+[[sae]]
+label = "untied"
+architecture = "untied"
+latents = {C}
+l1 = 0.05
+"""
+    )
+    main(["run", str(tmp_path / "hidden.toml"), "--out", str(tmp_path / "run")])
+    (run,) = json.loads((tmp_path / "run" / "metrics.json").read_text())["runs"]
+    records = run["per_direction"]
+    assert [r["direction"] for r in records] == list(range(C))
+    W = np.array(run["decoder_cos"])  # [latents, directions]
+    for r in records:
+        assert r["best_cos"] == pytest.approx(np.abs(W[:, r["direction"]]).max(), abs=1e-4)
+        assert r["learned"] == (r["direction"] in run["learned_features"])
+    assert sum(r["learned"] for r in records) == C and min(r["best_cos"] for r in records) > 0.95
+    capsys.readouterr()
+    main(["show", str(tmp_path / "run")])
+    shown = capsys.readouterr().out
+    assert "best |cos|" in shown and f"{C}/{C}" in shown and "d6 " in shown
