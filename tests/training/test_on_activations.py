@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from broken_latents.analysis.on_activations import (
     Truth,
@@ -301,3 +302,43 @@ l1 = 0.05
     main(["show", str(tmp_path / "run")])
     shown = capsys.readouterr().out
     assert "best |cos|" in shown and f"{C}/{C}" in shown and "d6 " in shown
+
+
+def test_mixture_thresholds_refit_on_stored_rows(stored, monkeypatch):
+    """The aux loss's mixture thresholds refit on a second shuffled stream of training rows (the world
+    loop's probe), where the former hand loop had no probe and stopped with a traceback."""
+    from broken_latents.config.schema import AuxConfig
+    from broken_latents.training import refit
+
+    path, _, _ = stored
+    aux = AuxConfig(
+        coefficient=10.0,
+        delay_samples=5_000,
+        warmup_samples=5_000,
+        threshold="mixture",
+        refit_samples=10_000,
+        refit_inputs=1024,
+    )
+    seen = []
+    real = refit.Probe.__call__
+
+    def spy(self, sae):
+        x_SBD, h = real(self, sae)
+        seen.append(x_SBD)
+        return x_SBD, h
+
+    monkeypatch.setattr(refit.Probe, "__call__", spy)
+    cfg = config(
+        SAEConfig(label="tied", architecture="tied", latents=6, l1=0.1, aux=aux),
+        samples=30_000,
+        path=path,
+    )
+    result = train_on_activations(cfg, progress=False)
+    assert len(seen) >= 2 and seen[0].shape == (1, 1024, 12)
+    x = np.load(path)
+    train = {row.tobytes() for row in x[: len(result.train_rows)]}
+    held_out = {row.tobytes() for row in x[len(result.train_rows) :]} - train
+    probe_rows = [row.tobytes() for row in seen[0][0].numpy()]
+    # the probe's inputs are training rows, never held-out ones
+    assert all(r in train for r in probe_rows) and not any(r in held_out for r in probe_rows)
+    assert torch.isfinite(result.stacks[0].tau_SK).all()
