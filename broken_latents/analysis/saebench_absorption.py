@@ -187,24 +187,26 @@ def _main_latents(
     x = torch.from_numpy(np.asarray(acts_train_NK, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels_train_NC, dtype=np.float32))
     ranking_CK = _l1_probe_weights(x, y, seed)
+    x_train, y_train = x.double(), y.bool()
     x_eval = torch.from_numpy(np.asarray(acts_eval_BK, dtype=np.float64))
     y_eval = torch.from_numpy(np.asarray(labels_eval_BC, dtype=bool))
     C, K = ranking_CK.shape
     best, chosen = torch.full((C,), -100.0, dtype=torch.float64), [[] for _ in range(C)]
-    open_C = torch.ones(C, dtype=torch.bool)
+    open_c = list(range(C))  # concepts whose F1 still jumped at the last k
     for k in range(1, min(MAX_K, K) + 1):
-        ids_Ck = ranking_CK.topk(k, dim=1).indices
-        w_Ck, b_C = _balanced_logistic(x.double(), y.bool(), ids_Ck)
-        scores_CB = (
-            torch.einsum("cbk,ck->cb", x_eval[:, ids_Ck].permute(1, 0, 2), w_Ck) + b_C[:, None]
+        ids_ck = ranking_CK[open_c].topk(k, dim=1).indices
+        w_ck, b_c = _balanced_logistic(x_train, y_train[:, open_c], ids_ck)
+        scores_cB = (
+            torch.einsum("cbk,ck->cb", x_eval[:, ids_ck].permute(1, 0, 2), w_ck) + b_c[:, None]
         )
-        f1_C = _f1(scores_CB > 0, y_eval.T)
-        jump = open_C & (f1_C > best + F1_JUMP)
-        for c in torch.nonzero(jump).flatten().tolist():
-            chosen[c] = ids_Ck[c].tolist()
-        best = torch.where(jump, f1_C, best)
-        open_C &= jump
-        if not open_C.any():
+        f1_c = _f1(scores_cB > 0, y_eval[:, open_c].T)
+        jumped = []
+        for i, c in enumerate(open_c):
+            if f1_c[i] > best[c] + F1_JUMP:
+                best[c], chosen[c] = f1_c[i], ids_ck[i].tolist()
+                jumped.append(c)
+        open_c = jumped
+        if not open_c:
             break
     return chosen
 
