@@ -45,6 +45,7 @@ class TrainThroughput:
 class TrainResult(TrainThroughput):
     config: ExperimentConfig
     world: World
+    """The world trained on: a sampled `World`, or `world.activations.StoredActivations` (stored rows)."""
     seeds: list[int]
     stacks: list[TrainedStack]
     samples: int

@@ -4,14 +4,14 @@ on the file's rows.
 The rows are a world to the loop (`world.activations.StoredActivations`): the engines train on the
 inputs x, as they do for sparse worlds, with every SAE's declared terms, the aux loss with its schedule
 (mixture thresholds refitted on a second shuffled stream of training rows), Matryoshka prefixes, any
-architecture and activation. Every seed sees the same batches (one stream seeded by train.first_seed);
-seeds differ in their SAEs' initialisation. The inverse technique needs a world's probe inputs with
-their true features and is refused here.
+architecture and activation, and the inverse technique (its peak directions refitted on that stream
+too). Every seed sees the same batches (one stream seeded by train.first_seed); seeds differ in their
+SAEs' initialisation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -68,13 +68,6 @@ def check_activations(config: ExperimentConfig) -> ActivationFile:
     directions (shapes, NaN), and what cannot train on stored rows. Returns the open file."""
     from ..world.activations import read_directions, read_labels
 
-    for sae in config.sae:
-        if sae.inverse is not None:
-            raise ConfigError(
-                f"sae.{sae.label}.inverse",
-                "the inverse technique needs a world to draw probe inputs "
-                "from; it is not available on stored activations",
-            )
     engine_for_activations(config)
     world = config.world
     source = ActivationFile.open(world.activations, world.activations_key)
@@ -102,6 +95,8 @@ def train_on_activations(
     if source is None:
         source = check_activations(config)
     world = StoredActivations(source, config.world.held_out)
+    # The engine reads the input width from the config (the inverse technique's directions): the file's.
+    config = replace(config, world=replace(config.world, dim=source.dim))
     with single_torch_thread(device):
         stacks = new_stacks(config, source.dim, device)
         _centre_decoder_bias(stacks, world)

@@ -131,13 +131,29 @@ def test_hierarchy_read_from_the_labels():
     assert sorted(edges_from_labels(labels)) == [(0, 1), (2, 3)]
 
 
-def test_inverse_technique_refused(stored):
+@pytest.mark.slow
+def test_inverse_technique_cleans_a_merged_latent_on_stored_rows(tmp_path):
+    """The post's single-latent world written to a file: one tied latent merges the parent with its
+    children (cos 0.80 with the parent); with the inverse technique (its peak directions refitted on
+    training rows) the seed along +parent becomes the clean parent, as in the world itself."""
     from broken_latents.config.schema import InverseConfig
+    from broken_latents.experiments.post import single_latent_world
 
-    path, _, _ = stored
-    sae = SAEConfig(label="inv", architecture="tied", latents=2, inverse=InverseConfig())
-    with pytest.raises(ConfigError, match="sae.inv.inverse"):
-        check_activations(config(sae, path=path))
+    world = World.build(single_latent_world())
+    f_NB = world.sample(np.random.default_rng(0), 40_000)
+    np.save(tmp_path / "single.npy", (f_NB.T @ world.directions_ND.numpy()).astype(np.float32))
+    inverse = InverseConfig(
+        coefficient=10.0, refit_samples=50_000, delay_samples=100_000, warmup_samples=100_000
+    )
+    cos_with_parent = {}
+    for technique in (None, inverse):
+        sae = SAEConfig(label="tied", architecture="tied", latents=1, inverse=technique)
+        cfg = config(sae, samples=600_000, path=tmp_path / "single.npy")
+        cfg.train.batch_size, cfg.train.lr = 512, 3e-3
+        W_D = train_on_activations(cfg, progress=False).stacks[0].sae.W_dec_SKD[0, 0].detach()
+        cos_with_parent[technique is not None] = float(W_D @ world.directions_ND[0] / W_D.norm())
+    assert 0.7 < cos_with_parent[False] < 0.9  # the merged latent: parent + children
+    assert cos_with_parent[True] > 0.95
 
 
 @pytest.mark.slow
