@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from ..config.schema import WorldConfig
 from . import laws
 from .directions import SEARCH_BUDGET, decorrelate, decorrelation_steps, search_work
+from .saelens import SavedWorld, read_saved_world
 
 
 @dataclass
@@ -59,9 +60,7 @@ class World:
     @classmethod
     def build(cls, config: WorldConfig) -> "World":
         if config.load is not None:
-            from .saelens import load_world
-
-            return load_world(config)
+            return cls._from_saved(config, read_saved_world(config))
         n = config.features
         rates = np.array(laws.base_rates(config))
         mags = torch.tensor(laws.magnitude_means(config))
@@ -97,6 +96,22 @@ class World:
         if world.sparse:
             world.structure = laws.build_structure(n, roots, world.top_down())
         world.tree_roots = roots
+        return world
+
+    @classmethod
+    def _from_saved(cls, config: WorldConfig, saved: SavedWorld) -> "World":
+        world = cls(
+            config,
+            saved.directions_ND,
+            saved.rates_N,
+            saved.magnitudes_N,
+            saved.magnitude_stds_N,
+            saved.bias_D,
+            None,
+            saved.correlation,
+        )
+        world.structure = laws.build_structure(len(saved.rates_N), saved.roots, [])
+        world.tree_roots = saved.roots
         return world
 
     @property
