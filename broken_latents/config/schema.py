@@ -48,6 +48,9 @@ count of a logged step); a label of digits alone would read as an index in `--se
 
 Engine = Literal["auto", "autograd", "arrays", "compiled"]
 
+SPARSE_FROM = 1024
+"""Worlds with this many features or more sample sparsely (see `WorldConfig.sparse`)."""
+
 
 @dataclass
 class HierarchyConfig:
@@ -236,6 +239,25 @@ class WorldConfig:
             while node in parent_of:
                 node, steps = parent_of[node], steps + 1
                 require(steps <= self.features, "world.hierarchy", f"cycle through feature {start}")
+
+    @property
+    def lawful(self) -> bool:
+        """Uses a law only the sparse sampler (and the dense reference `World.sample`) implements:
+        a tree, correlation, a bias, or a world loaded from SAELens."""
+        return (
+            self.tree is not None
+            or self.correlation is not None
+            or self.bias > 0
+            or self.load is not None
+        )
+
+    @property
+    def sparse(self) -> bool:
+        """The world samples as lists of the features that fire (world/sparse.py) and trains on
+        inputs x: chosen for worlds with SPARSE_FROM features or more, where feature space costs
+        more than input space (and the dense sampler draws bits for every feature), and for every
+        world with a new law. A fact of the config, so the checks before a run read it unbuilt."""
+        return self.lawful or self.features >= SPARSE_FROM
 
     def _check_load(self) -> None:
         """With `load`, only features and dim may be set (they must equal the folder's), the rest
