@@ -207,7 +207,6 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                 f_RNB[s].T.cpu().numpy(),
                 stack.sae.tied_encoder,
             )
-            scores = synthbench[stack.config.label][s]
             runs.append(
                 RunMetrics(
                     label=stack.config.label,
@@ -252,24 +251,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                         if sae.latents <= FIRING_PATTERNS_MAX and len(sets) <= FIRING_PATTERNS_MAX
                         else []
                     ),
-                    mcc=round(scores["mcc"], 6),
-                    uniqueness=round(scores["uniqueness"], 6),
-                    precision=round(scores["precision"], 6),
-                    recall=round(scores["recall"], 6),
-                    f1=round(scores["f1"], 6),
-                    shrinkage=round(scores["shrinkage"], 6),
-                    sae_l0=round(scores["sae_l0"], 4),
-                    true_l0=round(scores["true_l0"], 4),
-                    dead_count=scores["dead_count"],
-                    absorption_gap=[
-                        AbsorptionGap(
-                            parent=g["parent"],
-                            child=g["child"],
-                            latent=g["latent"],
-                            gap=None if g["gap"] is None else round(g["gap"], 6),
-                        )
-                        for g in scores["absorption_gap"]
-                    ],
+                    **synthbench_fields(synthbench[stack.config.label][s]),
                     **detection,
                 )
             )
@@ -321,6 +303,27 @@ def _detection(
         "truth_broken": [bool(t) for t in truth_K],
         "broken_score": _round(score_K),
         "detection_signals": {name: _round(value) for name, value in signals.items()},
+    }
+
+
+def synthbench_fields(scores: dict) -> dict:
+    """SynthSAEBench's scores of one SAE and seed (the decoder's `mcc` and `uniqueness`, and a
+    `FiringTally`'s) as the RunMetrics fields of the same names hold them, rounded."""
+    return {
+        **{k: round(scores[k], 6) for k in ("mcc", "uniqueness", "precision", "recall", "f1")},
+        "shrinkage": round(scores["shrinkage"], 6),
+        "sae_l0": round(scores["sae_l0"], 4),
+        "true_l0": round(scores["true_l0"], 4),
+        "dead_count": scores["dead_count"],
+        "absorption_gap": [
+            AbsorptionGap(
+                parent=g["parent"],
+                child=g["child"],
+                latent=g["latent"],
+                gap=None if g["gap"] is None else round(g["gap"], 6),
+            )
+            for g in scores["absorption_gap"]
+        ],
     }
 
 
