@@ -21,7 +21,6 @@ import numpy as np
 from ..analysis.measure import Trained
 from ..config.schema import ExperimentConfig
 from ..config.toml_io import dump_toml
-from ..saes.activations import activation
 from ..analysis.metrics import Metrics, save_arrays
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
@@ -66,11 +65,7 @@ def _write_directory(
     (path / "config.toml").write_text(config_toml)
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
-            tensors = stack.sae.saelens_state(s)
-            if activation(
-                stack.config.activation
-            ).thresholded:  # the threshold of h = pre * [pre > threshold]
-                tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
+            tensors = stack.sae.saelens_tensors(s, stack.tau_SK)
             save_file(
                 {k: v.cpu().contiguous() for k, v in tensors.items()},
                 str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"),
