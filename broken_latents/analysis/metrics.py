@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config.convert import Dialect, _kind, structure, unstructure
+from ..config.convert import Dialect, json_kind, structure, unstructure
 from ..config.errors import ConfigError
 from ..config.toml_io import read_json
 
@@ -38,10 +38,11 @@ class SchemaError(ValueError):
 
 SCHEMA = Dialect(
     error=SchemaError,
-    mismatch=lambda what, value: f"expected {what}, got {_kind(value)}",
+    mismatch=lambda what, value: f"expected {what}, got {json_kind(value)}",
     item=lambda where, item, index: f"{where}[{index}]",
     required="required key missing",
-    names={"table": "a JSON object"},
+    table="a JSON object",
+    names={},
     exact_numbers=True,
 )
 """metrics.json and inspect.json: `runs[0].seed: expected an integer, got a string`; numbers stay as

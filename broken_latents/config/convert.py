@@ -43,7 +43,7 @@ class Unchecked:
     checks it (a per-feature spec names all its forms in one message)."""
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """What a JSON value is, in words."""
     return {
         dict: "an object",
@@ -66,8 +66,10 @@ class Dialect:
     """(where the list is, one of its items, the item's index) -> where the item is."""
     required: str
     """The message for a required key that is missing."""
-    names: dict[str, str]
-    """Words for a boolean, a table (a dataclass) and a dict, where they differ from JSON's."""
+    table: str
+    """How a message names a table (what a dataclass is read from)."""
+    names: dict[type, str]
+    """How a message names a plain type, where the file's words differ from JSON's (`_KINDS`)."""
     exact_numbers: bool
     """True: numbers stay as the file wrote them, so a file read and written again is the same bytes.
     False: a whole float is read as an int and an int as a float where the field says so."""
@@ -84,7 +86,8 @@ CONFIG = Dialect(
     mismatch=lambda what, value: f"must be {what}, got {value!r}",
     item=_item_by_label,
     required="is required",
-    names={"bool": "true or false", "table": "a table", "dict": "a table"},
+    table="a table",
+    names={bool: "true or false", dict: "a table"},
     exact_numbers=False,
 )
 """TOML configs: `sae.tied.l1: must be a number, got 'x'`."""
@@ -132,7 +135,7 @@ def structure(tp: Any, value: Any, where: str = "", dialect: Dialect = CONFIG) -
         if not isinstance(value, dict):
             raise dialect.error(
                 where or "the file",
-                dialect.mismatch(dialect.names.get("table", "an object"), value),
+                dialect.mismatch(dialect.table, value),
             )
         return _build(tp, value, where, dialect)
     plain = origin or tp
@@ -147,8 +150,7 @@ def structure(tp: Any, value: Any, where: str = "", dialect: Dialect = CONFIG) -
     ):
         value = int(value)
     if not fits(value):
-        key = {bool: "bool", dict: "dict"}.get(plain, "")
-        raise dialect.error(where, dialect.mismatch(dialect.names.get(key, what), value))
+        raise dialect.error(where, dialect.mismatch(dialect.names.get(plain, what), value))
     if plain is float and not dialect.exact_numbers:
         return float(value)
     if plain is list:
