@@ -21,8 +21,8 @@ import torch
 
 from .absorption import absorption_metrics, cooccurring
 from .saebench_absorption import main_latents, saebench_absorption
-from .measure import _round, match_latents, modelled_latents
-from .metrics import CLEAN_COS, AbsorptionGap, Metrics, PeakModelRecord, RunMetrics, WorldMetrics
+from .measure import _round, match_latents, modelled_latents, synthbench_fields
+from .metrics import CLEAN_COS, Metrics, PeakModelRecord, RunMetrics, WorldMetrics
 from .scale import FiringTally, decoder_scores, parent_latents
 from .peaks import EMPTY, count_peaks, fit_peak_model
 from .score import load_score_model
@@ -364,24 +364,9 @@ def _add_truth(
     scores_of = decoder_scores(dec_cos)
     tally = FiringTally(scores_of.best_feature_K, truth.edges, parent_latents(dec_cos, truth.edges))
     tally.add(torch.from_numpy(acts_BK), torch.from_numpy(f_BC), x_BD, x_hat_BD)
-    scores = tally.scores()
-    run.mcc, run.uniqueness = round(scores_of.mcc, 6), round(scores_of.uniqueness, 6)
-    for key in ("precision", "recall", "f1", "shrinkage"):
-        setattr(run, key, round(scores[key], 6))
-    run.sae_l0, run.true_l0, run.dead_count = (
-        round(scores["sae_l0"], 4),
-        round(scores["true_l0"], 4),
-        scores["dead_count"],
-    )
-    run.absorption_gap = [
-        AbsorptionGap(
-            parent=g["parent"],
-            child=g["child"],
-            latent=g["latent"],
-            gap=None if g["gap"] is None else round(g["gap"], 6),
-        )
-        for g in scores["absorption_gap"]
-    ]
+    scores = {"mcc": scores_of.mcc, "uniqueness": scores_of.uniqueness, **tally.scores()}
+    for name, value in synthbench_fields(scores).items():
+        setattr(run, name, value)
 
 
 def direction_record(
