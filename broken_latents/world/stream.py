@@ -34,9 +34,14 @@ class DataStream:
     runs on the second core.
 
     A sparse world (`World.sparse`) gets a `sparse.SparseStream` instead, whose `next()` gives a
-    `SparseBatch` (inputs x and the firing lists): every consumer opens its stream here."""
+    `SparseBatch` (inputs x and the firing lists), and stored activations (`activations.StoredActivations`)
+    an `activations.ActivationStream`: every consumer opens its stream here."""
 
     def __new__(cls, world: World, *args, **kwargs):
+        from .activations import ActivationStream, StoredActivations
+
+        if cls is DataStream and isinstance(world, StoredActivations):
+            return ActivationStream(world, *args, **kwargs)
         if cls is DataStream and world.sparse:
             from .sparse import SparseStream
 
