@@ -33,7 +33,6 @@ from broken_latents.config.schema import (
     WorldConfig,
 )  # noqa: E402
 from broken_latents.output.saelens_format import write_saelens  # noqa: E402
-from broken_latents.saes.activations import activation  # noqa: E402
 from broken_latents.training.loop import train  # noqa: E402
 from broken_latents.world.stream import DataStream  # noqa: E402
 
@@ -157,9 +156,7 @@ def main() -> int:
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         for stack in result.stacks:
-            tensors = stack.sae.saelens_state(0)
-            if activation(stack.config.activation).thresholded:  # as the run directory writes it
-                tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[0].detach().clone()
+            tensors = stack.sae.saelens_tensors(0, stack.tau_SK)  # as the run directory writes them
             folder = write_saelens(
                 Path(tmp) / stack.config.label,
                 tensors,

@@ -226,11 +226,11 @@ def run(
 ) -> Run:
     """`broken-latents run`: train, analyse, check the claims, write the run directory `out`, and
     give it back loaded (`load_run(out)`)."""
+    from .pipeline.resolve import budget, resolve_target
     from .pipeline.run import run_experiment
 
-    run_experiment(
-        _resolved(target, seeds, samples, set, device), Path(out), device=device, progress=progress
-    )
+    resolved = resolve_target(target, [*budget(seeds, samples), *set])
+    run_experiment(resolved, Path(out), device=device, progress=progress)  # checks it first
     return load_run(out)
 
 

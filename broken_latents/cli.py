@@ -50,19 +50,15 @@ def run(
         set: override any config key, KEY=VALUE, repeatable (e.g. --set train.lr=1e-3 --set sae.tied.l1=0.01).
         figures: first: figures and details for the first seed and the first that failed a claim; all: every seed.
     """
-    from .pipeline.resolve import budget, check_trainable, resolve_target
+    from .pipeline.resolve import budget, resolve_target
     from .pipeline.run import run_experiment
-    from .training.preflight import check_outputs, check_writable
 
     target = resolve_target(target, [*budget(seeds, samples), *set])
     config = target.config
-    check_trainable(config, device)
     for unused in (note for sae in config.sae for note in sae.unused_settings()):
         console.print(f"note: {unused}")
     out = out or Path("runs") / config.name
-    check_writable(out)
-    check_outputs(config, out)  # a run directory the disk cannot hold, refused before training
-    outcome = run_experiment(
+    outcome = run_experiment(  # checks everything that can be refused before it trains
         target, out, device=device, progress=sys.stderr.isatty(), figures=figures
     )
     _print_summary(outcome.metrics, outcome.directory)

@@ -40,6 +40,30 @@ def detector(run) -> dict:
     }
 
 
+def saebench_by_kind(run, kinds: dict[str, list[int]]) -> dict:
+    """SAEBench's absorption fraction and full absorption (probe directions), mean per concept kind, and
+    how many main latents k-sparse probing gave each kind on average."""
+    saebench = run.extra.get("saebench_absorption")
+    if saebench is None:
+        return {}
+
+    def mean(key, concepts):
+        values = [saebench[key][c] for c in concepts if saebench[key][c] is not None]
+        return round(float(np.mean(values)), 3) if values else None
+
+    return {
+        **{f"saebench_absorption_{k}s": mean("absorption_fraction", v) for k, v in kinds.items()},
+        **{f"saebench_full_{k}s": mean("full_absorption", v) for k, v in kinds.items()},
+        **{
+            f"saebench_main_latents_{k}s": round(
+                float(np.mean([len(saebench["main_latents"][c]) for c in v])), 2
+            )
+            for k, v in kinds.items()
+        },
+        "saebench_mean_absorption": saebench["mean_absorption_fraction"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)
@@ -121,6 +145,7 @@ def main() -> None:
                     float(np.mean([g["gap"] for g in fraction_gaps])), 3
                 ),
                 "detector": detector(r),
+                **saebench_by_kind(r, kinds),
             }
         )
     out = {

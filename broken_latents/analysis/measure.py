@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from .absorption import absorption_metrics, cooccurring
 from .convergence import loss_drop, still_falling
 from ..saes import StackedSAE
-from ..world.stream import DataStream
+from ..world.stream import EVAL_STREAM, DataStream, held_out_batches
 from .peaks import EMPTY, count_peaks, fit_peak_model
 from .truth import truth_broken
 from .metrics import (
@@ -25,12 +25,10 @@ from .metrics import (
     WorldMetrics,
     inline_or_array,
 )
-from .scale import FiringTally, decoder_scores, held_out_batches, hierarchy_edges, parent_latents
+from .scale import FiringTally, decoder_scores, hierarchy_edges, parent_latents
 from ..config.schema import ExperimentConfig, SAEConfig
 from ..world.model import World, max_abs_cos, welch_bound
 
-EVAL_STREAM = 7
-"""Stream offset of the held-out evaluation samples (training uses offset 0)."""
 DETAIL_BYTES = 2**30
 """The per-latent analyses (peaks, absorption, firing patterns) hold their held-out samples, inputs
 and activations at once; they take as many of the eval samples as fit in this many bytes per seed
@@ -156,14 +154,9 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
     """Typed metrics without the claims: one run entry per (SAE, seed)."""
     world = result.world
     F_ND = world.directions_ND
-    eval_samples, detail = result.config.train.eval_samples, detail_samples(result)
-    stream = DataStream(world, result.seeds, detail, F_ND.device, offset=EVAL_STREAM, chunk=1)
-    f_RNB = stream.next()
-    x_RBD = world.inputs(f_RNB)
-    if world.sparse:  # a SparseBatch: the firing lists as dense magnitudes
-        f_RNB = f_RNB.features_RNB()
+    (f_RNB, x_RBD), every_batch = _held_out(result)
     variance = (x_RBD - x_RBD.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
-    synthbench = _synthbench_scores(result, f_RNB, x_RBD, streamed=detail < eval_samples)
+    synthbench = _synthbench_scores(result, every_batch)
     cooccur = cooccurring(world.config.hierarchy, world.n_features)
     dead_below = 0.1 * float(world.magnitudes_N.min())
     runs = []
@@ -214,7 +207,6 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                 f_RNB[s].T.cpu().numpy(),
                 stack.sae.tied_encoder,
             )
-            scores = synthbench[stack.config.label][s]
             runs.append(
                 RunMetrics(
                     label=stack.config.label,
@@ -259,24 +251,7 @@ def measure(result: Trained, clean_cos: float = CLEAN_COS) -> Metrics:
                         if sae.latents <= FIRING_PATTERNS_MAX and len(sets) <= FIRING_PATTERNS_MAX
                         else []
                     ),
-                    mcc=round(scores["mcc"], 6),
-                    uniqueness=round(scores["uniqueness"], 6),
-                    precision=round(scores["precision"], 6),
-                    recall=round(scores["recall"], 6),
-                    f1=round(scores["f1"], 6),
-                    shrinkage=round(scores["shrinkage"], 6),
-                    sae_l0=round(scores["sae_l0"], 4),
-                    true_l0=round(scores["true_l0"], 4),
-                    dead_count=scores["dead_count"],
-                    absorption_gap=[
-                        AbsorptionGap(
-                            parent=g["parent"],
-                            child=g["child"],
-                            latent=g["latent"],
-                            gap=None if g["gap"] is None else round(g["gap"], 6),
-                        )
-                        for g in scores["absorption_gap"]
-                    ],
+                    **synthbench_fields(synthbench[stack.config.label][s]),
                     **detection,
                 )
             )
@@ -331,13 +306,47 @@ def _detection(
     }
 
 
+def synthbench_fields(scores: dict) -> dict:
+    """SynthSAEBench's scores of one SAE and seed (the decoder's `mcc` and `uniqueness`, and a
+    `FiringTally`'s) as the RunMetrics fields of the same names hold them, rounded."""
+    return {
+        **{k: round(scores[k], 6) for k in ("mcc", "uniqueness", "precision", "recall", "f1")},
+        "shrinkage": round(scores["shrinkage"], 6),
+        "sae_l0": round(scores["sae_l0"], 4),
+        "true_l0": round(scores["true_l0"], 4),
+        "dead_count": scores["dead_count"],
+        "absorption_gap": [
+            AbsorptionGap(
+                parent=g["parent"],
+                child=g["child"],
+                latent=g["latent"],
+                gap=None if g["gap"] is None else round(g["gap"], 6),
+            )
+            for g in scores["absorption_gap"]
+        ],
+    }
+
+
+def _held_out(result: Trained):
+    """The held-out samples measuring reads, all drawn here from the eval stream: the detail batch
+    (f_RNB dense, x_RBD) the per-latent analyses hold at once, and every eval sample batch by batch
+    for SynthSAEBench's metrics. A small world's detail batch is every eval sample: it serves both.
+    A large world's metrics stream the eval samples again, STREAM_BYTES at a time (drawn in other
+    batch sizes, so they are not the detail batch's samples reused)."""
+    world, seeds = result.world, result.seeds
+    device = world.directions_ND.device
+    eval_samples, detail = result.config.train.eval_samples, detail_samples(result)
+    detail_batch = next(held_out_batches(world, seeds, detail, detail, EVAL_STREAM, device))
+    if detail >= eval_samples:
+        return detail_batch, iter([detail_batch])
+    batch = max(256, STREAM_BYTES // (4 * len(seeds) * world.n_features))
+    return detail_batch, held_out_batches(world, seeds, eval_samples, batch, EVAL_STREAM, device)
+
+
 @torch.no_grad()
-def _synthbench_scores(
-    result: Trained, f_RNB: torch.Tensor, x_RBD: torch.Tensor, streamed: bool
-) -> dict[str, list[dict]]:
+def _synthbench_scores(result: Trained, batches) -> dict[str, list[dict]]:
     """SynthSAEBench's metrics (analysis/scale.py) of every SAE and seed, by label then seed
-    position. Over the samples already drawn (f_RNB) in a small world; `streamed`: over all the
-    eval samples, drawn batch by batch from the same held-out stream, so memory stays bounded."""
+    position, over `batches` of (f_RNB, x_RBD) held-out samples (see `_held_out`)."""
     world = result.world
     F_ND = world.directions_ND
     edges = hierarchy_edges(world)
@@ -352,14 +361,6 @@ def _synthbench_scores(
             FiringTally(d.best_feature_K, edges, parent_latents(cos, edges))
             for d, cos in zip(decoders[label], cos_SKF)
         ]
-    if streamed:
-        R, N = len(result.seeds), world.n_features
-        batch = max(256, STREAM_BYTES // (4 * R * N))
-        batches = held_out_batches(
-            world, result.seeds, result.config.train.eval_samples, batch, EVAL_STREAM, F_ND.device
-        )
-    else:
-        batches = iter([(f_RNB, x_RBD)])
     for f_batch_RNB, x_batch_RBD in batches:
         for stack in result.stacks:
             h_SBK, x_hat_SBD = stack.sae(x_batch_RBD, stack.tau_SK)

@@ -6,16 +6,14 @@ version wrote and this one does not know are kept in `extra`."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config.schema import ConfigError
+from ..config.convert import Dialect, json_kind, structure, unstructure
+from ..config.errors import ConfigError
 from ..config.toml_io import read_json
 
 CLEAN_COS = 0.95
@@ -34,100 +32,38 @@ class SchemaError(ValueError):
     """A value of metrics.json that the schema does not allow; the message names where it is
     (e.g. `runs[2].decoder_cos[0]`)."""
 
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+
+
+SCHEMA = Dialect(
+    error=SchemaError,
+    mismatch=lambda what, value: f"expected {what}, got {json_kind(value)}",
+    item=lambda where, item, index: f"{where}[{index}]",
+    required="required key missing",
+    table="a JSON object",
+    names={},
+    exact_numbers=True,
+)
+"""metrics.json and inspect.json: `runs[0].seed: expected an integer, got a string`; numbers stay as
+written, so a file read and written again is the same bytes."""
+
 
 class _Schema:
-    """to_json / from_json for a dataclass of the schema; its field annotations say what each
-    value of the file must be, nested parts included."""
+    """to_json / from_json for a dataclass of the schema, through the one converter
+    (config/convert.py): its field annotations say what each value of the file must be."""
 
     KEEP_NULL: tuple[str, ...] = ()
     """Optional fields written as null when None (rather than left out), as the file always had them."""
 
     def to_json(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "extra" or (value is None and f.name not in self.KEEP_NULL):
-                continue
-            if isinstance(
-                value, np.ndarray
-            ):  # a large matrix not yet written out (see save_arrays)
-                value = np.round(value.astype(np.float64), 4).tolist()
-            elif isinstance(value, list):
-                value = [v.to_json() if isinstance(v, _Schema) else v for v in value]
-            elif isinstance(value, _Schema):
-                value = value.to_json()
-            out[f.name] = value
-        return {**out, **getattr(self, "extra", {})}
+        return unstructure(self)
 
     @classmethod
     def from_json(cls, data: Any, where: str = ""):
         """Read `data` (the file's dict for this part), checking every value against the field's
         annotation; a missing required key or a value of the wrong kind raises SchemaError."""
-        if not isinstance(data, dict):
-            raise SchemaError(f"{where or 'the file'}: expected a JSON object, got {_kind(data)}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for name, f in fields.items():
-            path = f"{where}.{name}" if where else name
-            if name == "extra":
-                kwargs[name] = {k: v for k, v in data.items() if k not in fields}
-            elif name in data:
-                kwargs[name] = _read(data[name], hints[name], path)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise SchemaError(f"{path}: required key missing")
-        return cls(**kwargs)
-
-
-def _kind(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(value), "a number")
-
-
-def _read(value: Any, hint: Any, where: str) -> Any:
-    """`value` as annotation `hint` allows it (schema parts built), else SchemaError naming `where`."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        for option in options[1:]:  # e.g. a matrix, or the name of the .npy file holding it
-            try:
-                return _read(value, option, where)
-            except SchemaError:
-                pass
-        return _read(value, options[0], where)
-    if isinstance(hint, type) and issubclass(hint, _Schema):
-        return hint.from_json(value, where)
-    expected = {
-        list: "a list",
-        dict: "an object",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }[origin or hint]
-    ok = {
-        list: lambda v: isinstance(v, list),
-        dict: lambda v: isinstance(v, dict),
-        str: lambda v: isinstance(v, str),
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    }[origin or hint]
-    if not ok(value):
-        raise SchemaError(f"{where}: expected {expected}, got {_kind(value)}")
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_read(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
+        return structure(cls, data, where, SCHEMA)
 
 
 class _Matrices:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from .absorption import absorption_metrics, cooccurring
-from .measure import _round, match_latents, modelled_latents
-from .metrics import CLEAN_COS, AbsorptionGap, Metrics, PeakModelRecord, RunMetrics, WorldMetrics
+from .saebench_absorption import main_latents, saebench_absorption
+from .measure import _round, match_latents, modelled_latents, synthbench_fields
+from .metrics import CLEAN_COS, Metrics, PeakModelRecord, RunMetrics, WorldMetrics
 from .scale import FiringTally, decoder_scores, parent_latents
 from .peaks import EMPTY, count_peaks, fit_peak_model
 from .score import load_score_model
@@ -48,6 +49,12 @@ class Truth:
     """Concepts left out, each {concept, why}."""
     probes: list[dict] = field(default_factory=list)
     """Per concept probed: accuracy, balanced accuracy, rate, kept."""
+    probe_weights_CD: np.ndarray | None = None
+    """Each kept concept's logistic probe in the activations' coordinates (score x . w + b > 0: active),
+    for SAEBench's absorption (saebench_absorption.py); None without labels."""
+    probe_bias_C: np.ndarray | None = None
+    direction_source: str = "given"
+    """Where the directions come from: "given" (world.directions), or "own: class mean beyond the parent"."""
 
 
 def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
@@ -70,6 +77,8 @@ def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
     return edges
 
 
+KSPARSE_ROWS = 10_000
+"""Training rows SAEBench's k-sparse probes (which latents are a concept's own) are fitted on."""
 PROBE_TOKENS = 10_000
 """Training rows each concept's probe is fitted on (and as many others it is tested on)."""
 MIN_PROBE_ACCURACY = 0.95
@@ -120,6 +129,9 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
         edges_from_labels(kept_labels),
         dropped=[{"concept": p.concept, "why": p.why_dropped} for p in probes.probes if not p.kept],
         probes=[p.to_json() for p in probes.probes],
+        probe_weights_CD=probes.weights_CD[kept],
+        probe_bias_C=probes.bias_C[kept],
+        direction_source="given" if given is not None else "own: class mean beyond the parent",
     )
 
 
@@ -143,6 +155,7 @@ def measure_on_activations(
         if truth
         else {}
     )
+    ksparse = _ksparse_rows(result, truth)
     runs = []
     # Full absorption compares the others' share with the input's own projection on the concept,
     # taken from the mean (b_dec carries the mean, no latent does).
@@ -157,6 +170,9 @@ def measure_on_activations(
         widths = stack.config.matryoshka_widths or [sae.latents]
         width_mse = [(sae.decode(h_SBK, w) - x_SBD).pow(2).sum(-1).mean(-1) for w in widths]
         W_enc_SDK, _ = sae.encoder()
+        acts_train_SNK = (
+            sae(ksparse[0].expand(sae.n_saes, -1, -1), stack.tau_SK)[0] if ksparse else None
+        )
         for s, seed in enumerate(result.seeds):
             acts = h_SBK[s].numpy()
             W_dec = sae.W_dec_SKD[s].numpy()
@@ -221,6 +237,7 @@ def measure_on_activations(
                     cooccur,
                     clean_cos,
                     x_proj_BC,
+                    (acts_train_SNK[s].numpy(), ksparse[1], seed) if ksparse else None,
                 )
             runs.append(run)
     world_extra = {
@@ -235,12 +252,20 @@ def measure_on_activations(
     if truth is not None:
         world_extra.update(
             concepts=truth.concepts,
+            direction_source=truth.direction_source,
+            labelled=truth.labels_NC is not None,
             # The true features themselves, so absorption can be recomputed from the file and the weights.
             directions=np.round(np.asarray(truth.directions_CD, dtype=np.float64), 7).tolist(),
             edges=[list(e) for e in truth.edges],
             dropped=truth.dropped,
             probes=truth.probes,
         )
+        if truth.probe_weights_CD is not None:
+            # The probes themselves (score x . w + b), so SAEBench's absorption can be recomputed too.
+            world_extra.update(
+                probe_weights=np.asarray(truth.probe_weights_CD, dtype=np.float64).tolist(),
+                probe_bias=np.asarray(truth.probe_bias_C, dtype=np.float64).tolist(),
+            )
     rates = labels.mean(0).tolist() if labels is not None else []
     world = WorldMetrics(
         expected_mse=[],
@@ -274,13 +299,19 @@ def _add_truth(
     cooccur,
     clean_cos: float,
     x_proj_BC,
+    ksparse=None,
 ) -> None:
+    """ksparse: (the SAE's activations on KSPARSE_ROWS training rows, their labels, the seed) for
+    SAEBench's main latents, with probes; else None."""
     dec_cos = _cos(W_dec_KD, F_CD)
     matches = match_latents(dec_cos, live)
     run.decoder_cos, run.encoder_cos = _round(dec_cos), _round(_cos(W_enc_KD, F_CD))
     run.matches = matches
     run.learned_features = sorted(m.feature for m in matches if m.cos >= clean_cos)
     run.broken_latents = sorted(m.latent for m in matches if m.cos < clean_cos)
+    run.extra["per_direction"] = direction_record(
+        dec_cos, live, run.learned_features, truth.concepts
+    )
     if labels_BC is None:
         return
     f_BC = labels_BC.astype(np.float64)
@@ -314,28 +345,87 @@ def _add_truth(
     broken, _, f1_K = truth_broken(acts_BK, W_dec_KD, F_CD, f_BC, live, clean_cos)
     run.truth_broken = [bool(b) for b in broken]
     run.extra["firing_f1"] = _round(f1_K)
+    run.extra["detection"] = detection(run.truth_broken, run.broken_score)
+    if ksparse is not None and truth.probe_weights_CD is not None:
+        acts_train_NK, labels_train_NC, seed = ksparse
+        main = main_latents(acts_train_NK, labels_train_NC, acts_BK, labels_BC, seed=seed)
+        saebench = saebench_absorption(
+            x_BD.numpy(),
+            acts_BK,
+            W_dec_KD,
+            truth.probe_weights_CD,
+            truth.probe_bias_C,
+            labels_BC,
+            main,
+        )
+        run.extra["saebench_absorption"] = saebench.to_json()
     # SynthSAEBench's metrics on SAELens' definitions (analysis/scale.py), the concepts as its features,
     # and its absorption gap per edge (the parent latent's firing without the child minus with it).
     scores_of = decoder_scores(dec_cos)
     tally = FiringTally(scores_of.best_feature_K, truth.edges, parent_latents(dec_cos, truth.edges))
     tally.add(torch.from_numpy(acts_BK), torch.from_numpy(f_BC), x_BD, x_hat_BD)
-    scores = tally.scores()
-    run.mcc, run.uniqueness = round(scores_of.mcc, 6), round(scores_of.uniqueness, 6)
-    for key in ("precision", "recall", "f1", "shrinkage"):
-        setattr(run, key, round(scores[key], 6))
-    run.sae_l0, run.true_l0, run.dead_count = (
-        round(scores["sae_l0"], 4),
-        round(scores["true_l0"], 4),
-        scores["dead_count"],
-    )
-    run.absorption_gap = [
-        AbsorptionGap(
-            parent=g["parent"],
-            child=g["child"],
-            latent=g["latent"],
-            gap=None if g["gap"] is None else round(g["gap"], 6),
-        )
-        for g in scores["absorption_gap"]
+    scores = {"mcc": scores_of.mcc, "uniqueness": scores_of.uniqueness, **tally.scores()}
+    for name, value in synthbench_fields(scores).items():
+        setattr(run, name, value)
+
+
+def direction_record(
+    dec_cos_KC: np.ndarray, live_K: np.ndarray, learned: list[int], concepts: list[int]
+) -> list:
+    """Per direction: its best |cos| with a live latent's decoder row, that latent, and whether it is learned
+    (a one-to-one match at >= clean_cos, `learned_features`)."""
+    if not live_K.any():
+        return [
+            {
+                "direction": c,
+                "concept": concepts[c],
+                "best_cos": 0.0,
+                "latent": None,
+                "learned": False,
+            }
+            for c in range(len(concepts))
+        ]
+    cos = np.where(live_K[:, None], np.abs(dec_cos_KC), -1.0)
+    best_latent_C = cos.argmax(0)
+    return [
+        {
+            "direction": c,
+            "concept": concepts[c],
+            "best_cos": round(float(cos[j, c]), 6),
+            "latent": int(j),
+            "learned": c in learned,
+        }
+        for c, j in enumerate(best_latent_C)
+    ]
+
+
+def detection(truth_broken: list[bool], broken_score: list[float]) -> dict:
+    """The detector (its calibrated broken score, a latent flagged at the score model's threshold) against
+    the truth's broken latents: counts, precision and recall (0 where nothing is flagged / broken, as the
+    language claims count them)."""
+    threshold = load_score_model().threshold
+    flagged = [score >= threshold for score in broken_score]
+    both = sum(t and f for t, f in zip(truth_broken, flagged))
+    n_truth, n_flagged = sum(truth_broken), sum(flagged)
+    return {
+        "threshold": threshold,
+        "truth_broken": n_truth,
+        "flagged": n_flagged,
+        "both": both,
+        "precision": round(both / max(n_flagged, 1), 6),
+        "recall": round(both / max(n_truth, 1), 6),
+    }
+
+
+def _ksparse_rows(result, truth: Truth | None):
+    """(x [KSPARSE_ROWS, D] of the training rows, their labels) for SAEBench's k-sparse probes, or None
+    without labels and probes."""
+    if truth is None or truth.labels_NC is None or truth.probe_weights_CD is None:
+        return None
+    rows = result.train_rows
+    stop = min(rows.start + KSPARSE_ROWS, rows.stop)
+    return torch.from_numpy(result.source.read(rows.start, stop)), truth.labels_NC[
+        rows.start : stop
     ]
 
 

@@ -24,7 +24,6 @@ And ours:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,22 +192,3 @@ class FiringTally:
             "explained_variance": explained,
             "absorption_gap": gaps,
         }
-
-
-def held_out_batches(
-    world, seeds: list[int], samples: int, batch: int, offset: int, device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """`samples` held-out (f_RNB, x_RBD) pairs (the last batch shorter), drawn `batch` at a time from
-    the world's own stream at `offset`: memory R x N x batch, not R x N x samples. A sparse world's
-    batch (firing lists) is made dense here, one batch at a time."""
-    from ..world.stream import DataStream
-
-    drawn = 0
-    stream = DataStream(world, seeds, batch, device, offset=offset, chunk=1)
-    while drawn < samples:
-        drawn_batch = stream.next()
-        x_RBD = world.inputs(drawn_batch)
-        f_RNB = drawn_batch.features_RNB() if hasattr(drawn_batch, "features_RNB") else drawn_batch
-        take = min(batch, samples - drawn)
-        yield f_RNB[..., :take], x_RBD[:, :take]
-        drawn += take

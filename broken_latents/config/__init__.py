@@ -2,16 +2,16 @@
 (toml_io.py) and changed by `--set` overrides (overrides.py); every error names its field."""
 
 from .overrides import apply_overrides, apply_values
+from .errors import ConfigError
+from .laws import resolve_spec
 from .schema import (
     AuxConfig,
-    ConfigError,
     ExperimentConfig,
     HierarchyConfig,
     InverseConfig,
     SAEConfig,
     TrainConfig,
     WorldConfig,
-    resolve_spec,
 )
 from .toml_io import dump_toml, from_dict, load_toml, read_json, to_dict
 

@@ -13,17 +13,32 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .schema import ConfigError, WorldConfig, resolve_spec
+from typing import Any, Protocol
+
+from .errors import ConfigError, require
 
 CONFIG = "synthetic_model_config.json"
 WEIGHTS = "synthetic_model.safetensors"
 HIERARCHY = "hierarchy.json"
+
+
+class DeclaredWorld(Protocol):
+    """What the laws read of a [world] table: a `WorldConfig`, which checks itself with these
+    laws while it is built (so this module names no class of the schema)."""
+
+    features: int
+    seed: int
+    firing: Any
+    magnitude: Any
+    magnitude_std: Any
+    tree: Any
+    hierarchy: list
 
 
 def read_config(path: str | Path) -> dict:
@@ -52,16 +67,65 @@ def read_config(path: str | Path) -> dict:
     return cfg
 
 
+def short_list(values: list) -> str:
+    """A per-feature list for an error message: whole when short, else its first and last values."""
+    values = list(values)
+    return (
+        str(values)
+        if len(values) <= 20
+        else f"[{', '.join(map(str, values[:5]))}, ..., {values[-1]}] ({len(values)} values)"
+    )
+
+
+def resolve_spec(spec: float | list | dict, n: int, field_name: str) -> list[float]:
+    """Turn a number, list or {linear = [start, stop]} into n floats."""
+    if isinstance(spec, bool):
+        raise ConfigError(
+            field_name, "must be a number, a list or {linear = [start, stop]}, got a boolean"
+        )
+    if isinstance(spec, (int, float)):
+        return [float(spec)] * n
+    if isinstance(spec, list):
+        require(
+            len(spec) == n, field_name, f"list needs one value per feature ({n}), got {len(spec)}"
+        )
+        require(
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec),
+            field_name,
+            "list values must be numbers",
+        )
+        return [float(v) for v in spec]
+    if isinstance(spec, dict):
+        require(
+            set(spec) == {"linear"},
+            field_name,
+            f"table form is {{linear = [start, stop]}}, got keys {sorted(spec)}",
+        )
+        ends = spec["linear"]
+        require(
+            isinstance(ends, list)
+            and len(ends) == 2
+            and all(isinstance(v, (int, float)) for v in ends),
+            field_name,
+            "linear takes [start, stop]",
+        )
+        start, stop = float(ends[0]), float(ends[1])
+        return [start + (stop - start) * i / max(n - 1, 1) for i in range(n)]
+    raise ConfigError(
+        field_name, f"must be a number, a list or {{linear = [start, stop]}}, got {spec!r}"
+    )
+
+
 SPEC_FORMS = "a number, a list (one per feature) or {linear = [start, stop]}"
 
 
-def base_rates(world: WorldConfig) -> list[float]:
+def base_rates(world: DeclaredWorld) -> list[float]:
     """Each feature's firing law before any hierarchy compensation."""
     spec = world.firing
     if isinstance(spec, dict) and set(spec) == {"zipf"}:
         exponent, high, low = _table(spec["zipf"], "world.firing.zipf", ("exponent", "max", "min"))
-        _check(exponent > 0, "world.firing.zipf.exponent", f"must be > 0, got {exponent}")
-        _check(
+        require(exponent > 0, "world.firing.zipf.exponent", f"must be > 0, got {exponent}")
+        require(
             0 < low < high <= 1,
             "world.firing.zipf",
             f"needs 0 < min < max <= 1, got min {low}, max {high}",
@@ -69,7 +133,7 @@ def base_rates(world: WorldConfig) -> list[float]:
         return zipf_rates(world.features, exponent, high, low).tolist()
     if isinstance(spec, dict) and set(spec) == {"random"}:
         low, high = _table(spec["random"], "world.firing.random", ("min", "max"))
-        _check(
+        require(
             0 < low < high <= 1,
             "world.firing.random",
             f"needs 0 < min < max <= 1, got min {low}, max {high}",
@@ -94,11 +158,11 @@ def zipf_rates(n: int, exponent: float, high: float, low: float) -> np.ndarray:
     return (low + (high - low) * (p - p.min()) / (p.max() - p.min())).double().numpy()
 
 
-def magnitude_means(world: WorldConfig) -> list[float]:
+def magnitude_means(world: DeclaredWorld) -> list[float]:
     return _plain(world.magnitude, world.features, "world.magnitude", None)
 
 
-def magnitude_stds(world: WorldConfig) -> list[float]:
+def magnitude_stds(world: DeclaredWorld) -> list[float]:
     """Each feature's magnitude std; {folded_normal = {mean, std}} draws them as |N(mean, std^2)|
     from generator seed + 1 (SAELens' FoldedNormalMagnitudeConfig)."""
     spec = world.magnitude_std
@@ -106,7 +170,7 @@ def magnitude_stds(world: WorldConfig) -> list[float]:
         mean, std = _table(
             spec["folded_normal"], "world.magnitude_std.folded_normal", ("mean", "std")
         )
-        _check(std > 0, "world.magnitude_std.folded_normal.std", f"must be > 0, got {std}")
+        require(std > 0, "world.magnitude_std.folded_normal.std", f"must be > 0, got {std}")
         gen = torch.Generator().manual_seed(world.seed + 1)
         return torch.abs(mean + torch.randn(world.features, generator=gen) * std).tolist()
     return _plain(spec, world.features, "world.magnitude_std", "{folded_normal = {mean, std}}")
@@ -120,14 +184,14 @@ def _plain(spec, n: int, field: str, more: str | None) -> list[float]:
 
 
 def _table(table, field: str, keys: tuple[str, ...]) -> list[float]:
-    _check(
+    require(
         isinstance(table, dict) and set(table) == set(keys),
         field,
         f"takes exactly the keys {', '.join(keys)}, got {sorted(table) if isinstance(table, dict) else table!r}",
     )
     for key in keys:
         value = table[key]
-        _check(
+        require(
             isinstance(value, (int, float))
             and not isinstance(value, bool)
             and math.isfinite(value),
@@ -135,11 +199,6 @@ def _table(table, field: str, keys: tuple[str, ...]) -> list[float]:
             f"must be a finite number, got {value!r}",
         )
     return [float(table[key]) for key in keys]
-
-
-def _check(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(field, message)
 
 
 @dataclass
@@ -194,11 +253,11 @@ def generate_tree(features: int, tree, seed: int) -> list[Node]:
     return roots
 
 
-def check_tree(world: WorldConfig) -> None:
+def check_tree(world: DeclaredWorld) -> None:
     tree_features = {f for f in features_of(generate_tree(world.features, world.tree, world.seed))}
     for i, rel in enumerate(world.hierarchy):
         inside = tree_features.intersection([rel.parent, *rel.children])
-        _check(
+        require(
             not inside,
             f"world.hierarchy.{i}",
             f"features {sorted(inside)[:5]} lie in [world.tree] (features 0..{max(tree_features)}); explicit "
@@ -211,28 +270,3 @@ def features_of(roots: list[Node]):
         if node.feature is not None:
             yield node.feature
         yield from features_of(node.children)
-
-
-def check_load(world: WorldConfig) -> None:
-    """With `load`, only features and dim may be set (they must equal the folder's), the rest stays default."""
-
-    saved = read_config(world.load)
-    defaults = WorldConfig.__dataclass_fields__
-    for f in fields(WorldConfig):
-        if f.name in ("load", "features", "dim"):
-            continue
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        _check(
-            getattr(world, f.name) == default,
-            f"world.{f.name}",
-            f"cannot be set with world.load (the world comes whole from {world.load}); remove it or world.load",
-        )
-    for name, key in (("features", "num_features"), ("dim", "hidden_dim")):
-        value = getattr(world, name)
-        if value != defaults[name].default:
-            _check(
-                value == saved[key],
-                f"world.{name}",
-                f"is {saved[key]} in {world.load}; remove world.{name} or set it to {saved[key]}, got {value}",
-            )
-    world.features, world.dim = int(saved["num_features"]), int(saved["hidden_dim"])

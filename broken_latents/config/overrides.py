@@ -7,7 +7,9 @@ import re
 import sys
 from typing import Any
 
-from .schema import ConfigError, ExperimentConfig, WorldConfig, _require, resolve_spec
+from .errors import ConfigError, require
+from .laws import resolve_spec
+from .schema import ExperimentConfig, WorldConfig
 from .toml_io import from_dict, to_dict
 
 if sys.version_info >= (3, 11):
@@ -30,7 +32,7 @@ def apply_overrides(config: ExperimentConfig, assignments: list[str]) -> Experim
     pairs = []
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
-        _require(
+        require(
             bool(sep) and bool(key.strip()),
             "--set",
             f"expects KEY=VALUE as one argument (e.g. --set train.lr=1e-3), got {assignment!r}",
@@ -43,7 +45,7 @@ def apply_values(config: ExperimentConfig, pairs: list[tuple[str, Any]]) -> Expe
     """Apply (KEY, value) pairs, values already parsed (e.g. from a sweep spec), in order."""
     data = to_dict(config)
     for key, value in pairs:
-        _require(isinstance(key, str) and bool(key), "--set", f"expects a dotted key, got {key!r}")
+        require(isinstance(key, str) and bool(key), "--set", f"expects a dotted key, got {key!r}")
         parts = _split_key(key)
         for target, rest in _resolve_targets(data, parts, key):
             target[rest] = value
@@ -58,13 +60,13 @@ def _split_key(key: str) -> list[str | int]:
     parts: list[str | int] = []
     for part in key.split("."):
         if "[" not in part and "]" not in part:
-            _require(
+            require(
                 bool(part), key, "empty part in the key; write it like train.lr or world.firing[0]"
             )
             parts.append(part)
             continue
         match = _INDEX.match(part)
-        _require(
+        require(
             bool(match) and bool(match.group(1)),
             key,
             "list elements are written NAME[INDEX], e.g. world.firing[0]",
@@ -87,7 +89,7 @@ def _resolve_targets(data: dict, parts: list[str | int], key: str) -> list[tuple
                 if not isinstance(node, list):
                     node = _expand(data, parts, depth, node, key)
                     holder[slot] = node
-                _require(part < len(node), key, f"{here}: index out of range (0..{len(node) - 1})")
+                require(part < len(node), key, f"{here}: index out of range (0..{len(node) - 1})")
                 nxt.append((node, part))
             elif isinstance(node, list) and not last:
                 nxt.extend(
@@ -97,7 +99,7 @@ def _resolve_targets(data: dict, parts: list[str | int], key: str) -> list[tuple
                 if part not in node and not last:
                     # A missing table may be created (sae.tied.aux.coefficient creates [sae.aux]); a missing list
                     # cannot (world.firng[0] is a typo of world.firing[0]), so say so as an unknown key does.
-                    _require(
+                    require(
                         not isinstance(parts[depth + 1], int),
                         _dotted(parts[: depth + 1]),
                         f"unknown key; allowed keys here: {', '.join(node)}",
@@ -128,9 +130,9 @@ def _expand(data: dict, parts: list, depth: int, value: Any, key: str) -> list:
         or isinstance(value, dict)
         and set(value) == {"linear"}
     )
-    _require(parts[0] == "world" and spec, key, f"{name} is not a list")
+    require(parts[0] == "world" and spec, key, f"{name} is not a list")
     features = data.get("world", {}).get("features", WorldConfig.features)
-    _require(
+    require(
         isinstance(features, int) and features >= 1,
         "world.features",
         f"must be >= 1, got {features!r}",
@@ -142,13 +144,13 @@ def _pick_items(items: list, part: str, where: str, key: str) -> list[int]:
     if part == "*":
         return list(range(len(items)))
     if part.isdigit():
-        _require(int(part) < len(items), key, f"{where}: index out of range (0..{len(items) - 1})")
+        require(int(part) < len(items), key, f"{where}: index out of range (0..{len(items) - 1})")
         return [int(part)]
     labelled = [
         i for i, item in enumerate(items) if isinstance(item, dict) and item.get("label") == part
     ]
     labels = [item.get("label") for item in items if isinstance(item, dict)]
-    _require(
+    require(
         bool(labelled), key, f"no entry labelled {part!r}; use an index, '*' or one of {labels}"
     )
     return labelled

@@ -12,40 +12,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Union
 
+from . import laws
+from .convert import OneOf, Unchecked, structure
+from .errors import ConfigError as ConfigError  # re-exported: where the package imports it from
+from .errors import require
+from .errors import require as _require  # noqa: F401 - re-exported for language/config.py
+from .laws import resolve_spec as resolve_spec  # re-exported
+from .laws import short_list
+
 # A per-feature quantity: one number for all, a list with one value per feature,
-# or {linear = [start, stop]} spread evenly from the first feature to the last.
-Spec = Union[float, list, dict]
-
-
-class ConfigError(ValueError):
-    """A bad config value; `field` is the dotted path, e.g. `sae.tied.l1`."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(field, message)
-
-
-def _short(values: list) -> str:
-    """A per-feature list for an error message: whole when short, else its first and last values."""
-    values = list(values)
-    return (
-        str(values)
-        if len(values) <= 20
-        else f"[{', '.join(map(str, values[:5]))}, ..., {values[-1]}] ({len(values)} values)"
-    )
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """A string field whose allowed values are known only at run time (e.g. registered names):
-    `Annotated[str, OneOf(function returning the allowed values)]`."""
-
-    allowed: typing.Callable[[], typing.Sequence[str]]
+# or {linear = [start, stop]} spread evenly from the first feature to the last. Checked as a whole
+# by WorldConfig (config/laws.py), whose message names all three forms.
+Spec = Annotated[Union[float, list, dict], Unchecked()]
 
 
 def registered_architectures() -> tuple[str, ...]:
@@ -69,6 +47,9 @@ RESERVED_LABELS = ("samples",)
 count of a logged step); a label of digits alone would read as an index in `--set sae.N.key`."""
 
 Engine = Literal["auto", "autograd", "arrays", "compiled"]
+
+SPARSE_FROM = 1024
+"""Worlds with this many features or more sample sparsely (see `WorldConfig.sparse`)."""
 
 
 @dataclass
@@ -107,15 +88,15 @@ class TreeConfig:
     """A child's magnitude is multiplied by (its parent's magnitude / the parent's mean magnitude)."""
 
     def __post_init__(self) -> None:
-        _require(self.roots >= 1, "world.tree.roots", f"must be >= 1, got {self.roots}")
-        _require(self.branching >= 2, "world.tree.branching", f"must be >= 2, got {self.branching}")
-        _require(self.depth >= 1, "world.tree.depth", f"must be >= 1, got {self.depth}")
-        _require(
+        require(self.roots >= 1, "world.tree.roots", f"must be >= 1, got {self.roots}")
+        require(self.branching >= 2, "world.tree.branching", f"must be >= 2, got {self.branching}")
+        require(self.depth >= 1, "world.tree.depth", f"must be >= 1, got {self.depth}")
+        require(
             0.0 <= self.mutually_exclusive <= 1.0,
             "world.tree.mutually_exclusive",
             f"must lie in [0, 1], got {self.mutually_exclusive}",
         )
-        _require(
+        require(
             self.mutually_exclusive_min_depth >= 0,
             "world.tree.mutually_exclusive_min_depth",
             f"must be >= 0, got {self.mutually_exclusive_min_depth}",
@@ -135,8 +116,8 @@ class CorrelationConfig:
     """Standard deviation of the factor's entries; each row's squared norm is about rank x scale^2."""
 
     def __post_init__(self) -> None:
-        _require(self.rank >= 1, "world.correlation.rank", f"must be >= 1, got {self.rank}")
-        _require(
+        require(self.rank >= 1, "world.correlation.rank", f"must be >= 1, got {self.rank}")
+        require(
             math.isfinite(self.scale) and self.scale >= 0,
             "world.correlation.scale",
             f"must be a finite number >= 0, got {self.scale}",
@@ -189,25 +170,22 @@ class WorldConfig:
     """Share of the activations' rows (the last ones) kept out of training and used for the metrics."""
 
     def __post_init__(self) -> None:
-        from . import (
-            laws,
-        )  # the declared laws made concrete (config/laws.py): validated here, before any run
-
-        _require(
+        # the declared laws made concrete (config/laws.py): validated here, before any run
+        require(
             0.0 < self.held_out < 1.0, "world.held_out", f"must lie in (0, 1), got {self.held_out}"
         )
         for name in ("activations_key", "labels", "directions"):
-            _require(
+            require(
                 getattr(self, name) is None or self.activations is not None,
                 f"world.{name}",
                 "applies to stored activations only; set world.activations too",
             )
 
         if self.load is not None:
-            laws.check_load(self)
-        _require(self.features >= 1, "world.features", f"must be >= 1, got {self.features}")
-        _require(self.dim >= 1, "world.dim", f"must be >= 1, got {self.dim}")
-        _require(
+            self._check_load()
+        require(self.features >= 1, "world.features", f"must be >= 1, got {self.features}")
+        require(self.dim >= 1, "world.dim", f"must be >= 1, got {self.dim}")
+        require(
             math.isfinite(self.bias) and self.bias >= 0,
             "world.bias",
             f"must be a finite number >= 0, got {self.bias}",
@@ -215,22 +193,22 @@ class WorldConfig:
         if self.load is not None:
             return
         rates = laws.base_rates(self)
-        _require(
+        require(
             all(0.0 <= r <= 1.0 for r in rates),
             "world.firing",
-            f"rates must lie in [0, 1], got {_short(rates)}",
+            f"rates must lie in [0, 1], got {short_list(rates)}",
         )
         mags = laws.magnitude_means(self)
-        _require(
+        require(
             all(m > 0 for m in mags),
             "world.magnitude",
-            f"magnitudes must be > 0, got {_short(mags)}",
+            f"magnitudes must be > 0, got {short_list(mags)}",
         )
         stds = laws.magnitude_stds(self)
-        _require(
+        require(
             all(math.isfinite(v) and v >= 0 for v in stds),
             "world.magnitude_std",
-            f"standard deviations must be finite and >= 0, got {_short(stds)}",
+            f"standard deviations must be finite and >= 0, got {short_list(stds)}",
         )
         if self.tree is not None:
             laws.check_tree(self)
@@ -238,19 +216,19 @@ class WorldConfig:
         for i, rel in enumerate(self.hierarchy):
             where = f"world.hierarchy.{i}"
             for idx, name in [(rel.parent, "parent"), *[(c, "children") for c in rel.children]]:
-                _require(
+                require(
                     0 <= idx < self.features,
                     f"{where}.{name}",
                     f"feature index must lie in [0, {self.features - 1}], got {idx}",
                 )
-            _require(len(rel.children) > 0, f"{where}.children", "needs at least one child")
-            _require(
+            require(len(rel.children) > 0, f"{where}.children", "needs at least one child")
+            require(
                 rel.parent not in rel.children,
                 f"{where}.children",
                 "a feature cannot be its own child",
             )
             again = seen_children.intersection(rel.children)
-            _require(
+            require(
                 not again, f"{where}.children", f"features {sorted(again)} already have a parent"
             )
             seen_children.update(rel.children)
@@ -260,9 +238,50 @@ class WorldConfig:
             node, steps = start, 0
             while node in parent_of:
                 node, steps = parent_of[node], steps + 1
-                _require(
-                    steps <= self.features, "world.hierarchy", f"cycle through feature {start}"
+                require(steps <= self.features, "world.hierarchy", f"cycle through feature {start}")
+
+    @property
+    def lawful(self) -> bool:
+        """Uses a law only the sparse sampler (and the dense reference `World.sample`) implements:
+        a tree, correlation, a bias, or a world loaded from SAELens."""
+        return (
+            self.tree is not None
+            or self.correlation is not None
+            or self.bias > 0
+            or self.load is not None
+        )
+
+    @property
+    def sparse(self) -> bool:
+        """The world samples as lists of the features that fire (world/sparse.py) and trains on
+        inputs x: chosen for worlds with SPARSE_FROM features or more, where feature space costs
+        more than input space (and the dense sampler draws bits for every feature), and for every
+        world with a new law. A fact of the config, so the checks before a run read it unbuilt."""
+        return self.lawful or self.features >= SPARSE_FROM
+
+    def _check_load(self) -> None:
+        """With `load`, only features and dim may be set (they must equal the folder's), the rest
+        stays default; features and dim are then read from the folder."""
+        saved = laws.read_config(self.load)
+        defaults = {f.name: f for f in dataclasses.fields(self)}
+        for f in dataclasses.fields(self):
+            if f.name in ("load", "features", "dim"):
+                continue
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            require(
+                getattr(self, f.name) == default,
+                f"world.{f.name}",
+                f"cannot be set with world.load (the world comes whole from {self.load}); remove it or world.load",
+            )
+        for name, key in (("features", "num_features"), ("dim", "hidden_dim")):
+            value = getattr(self, name)
+            if value != defaults[name].default:
+                require(
+                    value == saved[key],
+                    f"world.{name}",
+                    f"is {saved[key]} in {self.load}; remove world.{name} or set it to {saved[key]}, got {value}",
                 )
+        self.features, self.dim = int(saved["num_features"]), int(saved["hidden_dim"])
 
 
 @dataclass
@@ -298,21 +317,21 @@ class TrainConfig:
     """Old values that config files may still hold, and what they mean now."""
 
     def __post_init__(self) -> None:
-        _require(self.samples >= 1, "train.samples", f"must be >= 1, got {self.samples}")
-        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(
+        require(self.samples >= 1, "train.samples", f"must be >= 1, got {self.samples}")
+        require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(
             math.isfinite(self.lr) and self.lr > 0,
             "train.lr",
             f"must be a positive number, got {self.lr}",
         )
-        _require(self.seeds >= 1, "train.seeds", f"must be >= 1, got {self.seeds}")
-        _require(self.first_seed >= 0, "train.first_seed", f"must be >= 0, got {self.first_seed}")
-        _require(
+        require(self.seeds >= 1, "train.seeds", f"must be >= 1, got {self.seeds}")
+        require(self.first_seed >= 0, "train.first_seed", f"must be >= 0, got {self.first_seed}")
+        require(
             0.0 <= self.lr_decay_fraction <= 1.0,
             "train.lr_decay_fraction",
             f"must lie in [0, 1], got {self.lr_decay_fraction}",
         )
-        _require(
+        require(
             self.eval_samples >= 1000,
             "train.eval_samples",
             f"must be >= 1000, got {self.eval_samples}",
@@ -344,34 +363,34 @@ class AuxConfig:
     """mixture: inputs drawn from a held-out stream for each refit."""
 
     def __post_init__(self) -> None:
-        _require(self.coefficient >= 0, "aux.coefficient", f"must be >= 0, got {self.coefficient}")
-        _require(
+        require(self.coefficient >= 0, "aux.coefficient", f"must be >= 0, got {self.coefficient}")
+        require(
             0 < self.threshold_ratio <= 1,
             "aux.threshold_ratio",
             f"must lie in (0, 1], got {self.threshold_ratio}",
         )
-        _require(
+        require(
             self.window_batches >= 1,
             "aux.window_batches",
             f"must be >= 1, got {self.window_batches}",
         )
-        _require(
+        require(
             self.delay_samples >= 0, "aux.delay_samples", f"must be >= 0, got {self.delay_samples}"
         )
-        _require(
+        require(
             self.warmup_samples >= 0,
             "aux.warmup_samples",
             f"must be >= 0, got {self.warmup_samples}",
         )
-        _require(
+        require(
             self.threshold in ("ratio", "mixture"),
             "aux.threshold",
             f"must be one of 'ratio', 'mixture'; got {self.threshold!r}",
         )
-        _require(
+        require(
             self.refit_samples >= 1, "aux.refit_samples", f"must be >= 1, got {self.refit_samples}"
         )
-        _require(
+        require(
             self.refit_inputs >= 256, "aux.refit_inputs", f"must be >= 256, got {self.refit_inputs}"
         )
 
@@ -395,27 +414,27 @@ class InverseConfig:
     """Samples over which the penalty's weight rises linearly to `coefficient`."""
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             math.isfinite(self.coefficient) and self.coefficient >= 0,
             "inverse.coefficient",
             f"must be >= 0, got {self.coefficient}",
         )
-        _require(
+        require(
             self.refit_samples >= 1,
             "inverse.refit_samples",
             f"must be >= 1, got {self.refit_samples}",
         )
-        _require(
+        require(
             self.refit_inputs >= 256,
             "inverse.refit_inputs",
             f"must be >= 256, got {self.refit_inputs}",
         )
-        _require(
+        require(
             self.delay_samples >= 0,
             "inverse.delay_samples",
             f"must be >= 0, got {self.delay_samples}",
         )
-        _require(
+        require(
             self.warmup_samples >= 0,
             "inverse.warmup_samples",
             f"must be >= 0, got {self.warmup_samples}",
@@ -460,7 +479,7 @@ class SAEConfig:
         architecture owns belong to it, so which they are depends on `architecture`."""
         architecture = data.get("architecture", cls.architecture)
         hint = typing.get_type_hints(cls, include_extras=True)["architecture"]
-        _convert(hint, architecture, f"{where}.architecture" if where else "architecture")
+        structure(hint, architecture, f"{where}.architecture" if where else "architecture")
         return {"options": architecture_options(architecture)}
 
     @staticmethod
@@ -474,19 +493,19 @@ class SAEConfig:
         return f" (a field of architecture {', '.join(map(repr, owners))} only)" if owners else None
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             bool(self.label) and all(c.isalnum() or c in "-_" for c in self.label),
             "sae.label",
             f"must be letters, digits, '-' or '_', got {self.label!r}",
         )
-        _require(
+        require(
             self.label not in RESERVED_LABELS and not self.label.isdigit(),
             "sae.label",
             f"{self.label!r} is reserved: a label may not be {', '.join(map(repr, RESERVED_LABELS))} "
             "or digits alone (--set sae.N reads N as an index)",
         )
         where = f"sae.{self.label}"
-        _require(
+        require(
             self.architecture in registered_architectures(),
             f"{where}.architecture",
             f"must be one of {', '.join(map(repr, registered_architectures()))}; got {self.architecture!r}",
@@ -494,17 +513,17 @@ class SAEConfig:
         owned = architecture_options(self.architecture)
         if self.options is None:
             self.options = owned()
-        _require(
+        require(
             isinstance(self.options, owned),
             f"{where}.options",
             f"architecture {self.architecture!r} takes {owned.__qualname__}, got {type(self.options).__qualname__}",
         )
-        _require(self.latents >= 1, f"{where}.latents", f"must be >= 1, got {self.latents}")
-        _require(
+        require(self.latents >= 1, f"{where}.latents", f"must be >= 1, got {self.latents}")
+        require(
             math.isfinite(self.l1) and self.l1 >= 0, f"{where}.l1", f"must be >= 0, got {self.l1}"
         )
         if self.activation in K_ACTIVATIONS:
-            _require(
+            require(
                 self.k is not None,
                 f"{where}.k",
                 f"is required by activation {self.activation!r} "
@@ -513,7 +532,7 @@ class SAEConfig:
         if (
             self.k is not None
         ):  # DESIGN's example table sets k beside relu: allowed there, and unused
-            _require(
+            require(
                 1 <= self.k <= self.latents,
                 f"{where}.k",
                 f"must lie in [1, latents = {self.latents}], got {self.k}",
@@ -521,13 +540,13 @@ class SAEConfig:
         widths = self.matryoshka_widths
         if widths is not None:
             allowed = f"a strictly increasing list of positive integers ending at latents = {self.latents}"
-            _require(
+            require(
                 len(widths) >= 1
                 and all(isinstance(w, int) and not isinstance(w, bool) for w in widths),
                 f"{where}.matryoshka_widths",
                 f"must be {allowed}, got {widths!r}",
             )
-            _require(
+            require(
                 widths[0] >= 1
                 and all(a < b for a, b in zip(widths, widths[1:]))
                 and widths[-1] == self.latents,
@@ -568,55 +587,7 @@ class ExperimentConfig:
     """One or more SAEs; all train in lockstep on the same data stream."""
 
     def __post_init__(self) -> None:
-        _require(len(self.sae) >= 1, "sae", "needs at least one [[sae]] table")
+        require(len(self.sae) >= 1, "sae", "needs at least one [[sae]] table")
         labels = [s.label for s in self.sae]
         dupes = sorted({label for label in labels if labels.count(label) > 1})
-        _require(not dupes, "sae.label", f"labels must be unique, repeated: {dupes}")
-
-
-def resolve_spec(spec: Spec, n: int, field_name: str) -> list[float]:
-    """Turn a number, list or {linear = [start, stop]} into n floats."""
-    if isinstance(spec, bool):
-        raise ConfigError(
-            field_name, "must be a number, a list or {linear = [start, stop]}, got a boolean"
-        )
-    if isinstance(spec, (int, float)):
-        return [float(spec)] * n
-    if isinstance(spec, list):
-        _require(
-            len(spec) == n, field_name, f"list needs one value per feature ({n}), got {len(spec)}"
-        )
-        _require(
-            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec),
-            field_name,
-            "list values must be numbers",
-        )
-        return [float(v) for v in spec]
-    if isinstance(spec, dict):
-        _require(
-            set(spec) == {"linear"},
-            field_name,
-            f"table form is {{linear = [start, stop]}}, got keys {sorted(spec)}",
-        )
-        ends = spec["linear"]
-        _require(
-            isinstance(ends, list)
-            and len(ends) == 2
-            and all(isinstance(v, (int, float)) for v in ends),
-            field_name,
-            "linear takes [start, stop]",
-        )
-        start, stop = float(ends[0]), float(ends[1])
-        return [start + (stop - start) * i / max(n - 1, 1) for i in range(n)]
-    raise ConfigError(
-        field_name, f"must be a number, a list or {{linear = [start, stop]}}, got {spec!r}"
-    )
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """The converter's check of one value against a type (toml_io.py): `SAEConfig.flat_tables` checks
-    `architecture` with it before choosing that architecture's fields. Imported when called:
-    toml_io imports this module."""
-    from .toml_io import convert
-
-    return convert(tp, value, where)
+        require(not dupes, "sae.label", f"labels must be unique, repeated: {dupes}")

@@ -39,6 +39,9 @@ class ProbeResult:
     probes: list[Probe]
     directions_CD: np.ndarray
     """Unit probe directions of every concept [C, D] (a dropped concept's too, for the record)."""
+    weights_CD: np.ndarray | None = None
+    """Each probe in the activations' own coordinates: its score is x . weights[c] + bias[c] (> 0: active)."""
+    bias_C: np.ndarray | None = None
 
     @property
     def kept(self) -> list[int]:
@@ -84,6 +87,7 @@ def fit_probes(
         predicted = ((x_test @ W_DC + b_C) > 0).numpy()
         # w . (x - mean) / scale: in the activations' coordinates the weight is w / scale.
         W_raw = (W_DC / scale[:, None]).T.numpy()
+        b_raw = (b_C - (mean / scale) @ W_DC).numpy()
     probes, directions = [], np.zeros_like(W_raw)
     for c in range(C):
         y, p = y_test[:, c], predicted[:, c]
@@ -102,7 +106,7 @@ def fit_probes(
         probes.append(
             Probe(c, round(accuracy, 4), round(balanced, 4), round(float(y.mean()), 4), kept, why)
         )
-    return ProbeResult(probes, directions.astype(np.float32))
+    return ProbeResult(probes, directions.astype(np.float32), W_raw, b_raw)
 
 
 def mean_difference_directions(x_ND: np.ndarray, labels_NC: np.ndarray) -> np.ndarray:

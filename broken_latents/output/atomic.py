@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from ..config.errors import ConfigError
 
 
 def swap_into_place(partial: Path, out: Path) -> None:
@@ -18,3 +22,44 @@ def swap_into_place(partial: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(partial, out)
+
+
+@contextmanager
+def folder_in_place(out: Path) -> Iterator[Path]:
+    """`with folder_in_place(DIR) as partial:` write DIR's files into `partial`, a hidden folder
+    beside DIR; when the block ends it replaces DIR (`swap_into_place`); on any error, Ctrl-C
+    included, it is removed and DIR stays as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+        swap_into_place(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def file_in_place(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(partial)` writes the file into a hidden partial file beside `path` (same suffix, so a
+    writer that reads the format from it, as matplotlib does, still can), which then replaces `path`
+    in one rename: a reader, or a kill, never sees half a file."""
+    path = Path(path)
+    partial = path.parent / f".{path.name}.partial-{os.getpid()}{path.suffix}"
+    write(partial)
+    os.replace(partial, path)
+
+
+def check_replaceable(out: Path, marker: str, earlier: str, earlier_plural: str) -> None:
+    """Refuse a DIR that holds something other than an earlier output of ours (which holds
+    `marker`): writing would replace it. `earlier`: what such an output is called ("a previous run
+    directory"); `earlier_plural`: the same as the path to choose instead ("an earlier run's directory")."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ConfigError(
+            "--out",
+            f"{out} exists and is not {earlier} (no {marker}); "
+            f"choose a new path or {earlier_plural} to replace",
+        )

@@ -91,16 +91,22 @@ def _stored_world_line(world: WorldMetrics) -> str:
     """A stored-activations world: the file, its split, and the concepts its labels give (if any)."""
     x = world.extra
     parts = [
-        f"world: stored activations {x['activations']} ({x['rows']:,} rows x {x['dim']} dims; "
+        f"world: stored activations {x['activations']} ({x['rows']:,} rows x {world.dim} dims; "
         f"{x['train_rows']:,} trained on, {x['eval_rows']:,} held-out rows measured)"
     ]
     if "concepts" in x:
         dropped = x.get("dropped", [])
-        parts.append(
-            f"{len(x['concepts'])} concepts kept as true features (class-mean directions)"
-            + (f", {len(dropped)} dropped by their probes" if dropped else ", none dropped")
-            + f"; hierarchy from the labels: {len(x.get('edges', []))} parent-child edges"
-        )
+        source = x.get("direction_source", "class-mean directions")
+        if not x.get("labelled", True):  # directions given without labels
+            parts.append(
+                f"{len(x['concepts'])} directions given as true features; no labels: no hierarchy"
+            )
+        else:
+            parts.append(
+                f"{len(x['concepts'])} concepts kept as true features ({source})"
+                + (f", {len(dropped)} dropped by their probes" if dropped else ", none dropped")
+                + f"; hierarchy from the labels: {len(x.get('edges', []))} parent-child edges"
+            )
     else:
         parts.append("no labels or directions: no true features")
     return "; ".join(parts)

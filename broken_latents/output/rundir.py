@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,26 +19,18 @@ from safetensors.torch import save_file
 import numpy as np
 
 from ..analysis.measure import Trained
-from ..config.schema import ConfigError, ExperimentConfig
+from ..config.schema import ExperimentConfig
 from ..config.toml_io import dump_toml
-from ..saes.activations import activation
 from ..analysis.metrics import Metrics, save_arrays
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
-from .atomic import swap_into_place
+from .atomic import check_replaceable, folder_in_place
 from .saelens_format import write_saelens
 
 
 def check_out_dir(out: Path) -> None:
     """Refuse a DIR that holds something other than a previous run: we would replace it."""
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").exists())
-    ):
-        raise ConfigError(
-            "--out",
-            f"{out} exists and is not a previous run directory (no metrics.json); "
-            "choose a new path or an earlier run's directory to replace",
-        )
+    check_replaceable(out, "metrics.json", "a previous run directory", "an earlier run's directory")
 
 
 def write_run(
@@ -57,16 +47,8 @@ def write_run(
     every seed; "none" draws nothing (a quick reproduction: the report keeps its tables).
     `activations`: held-out latent activations by "LABEL-seedN" for the histograms (needed unless
     figures is "none"). `started`: when the run began (time.perf_counter()), for metrics.wall_seconds."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with folder_in_place(Path(out)) as partial:
         _write_directory(partial, config, result, metrics, started, figures, activations or {})
-        swap_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def _write_directory(
@@ -78,16 +60,12 @@ def _write_directory(
     which_figures: str,
     activations: dict[str, np.ndarray],
 ) -> None:
-    (path / "weights").mkdir(parents=True)
+    (path / "weights").mkdir()
     config_toml = dump_toml(config)
     (path / "config.toml").write_text(config_toml)
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
-            tensors = stack.sae.saelens_state(s)
-            if activation(
-                stack.config.activation
-            ).thresholded:  # the threshold of h = pre * [pre > threshold]
-                tensors["threshold"] = stack.sae.thresholds(stack.tau_SK)[s].detach().clone()
+            tensors = stack.sae.saelens_tensors(s, stack.tau_SK)
             save_file(
                 {k: v.cpu().contiguous() for k, v in tensors.items()},
                 str(path / "weights" / f"{stack.config.label}-seed{seed}.safetensors"),

@@ -132,6 +132,57 @@ def absorption_table(metrics: Metrics) -> Table | None:
     return table
 
 
+def direction_table(metrics: Metrics) -> Table | None:
+    """Runs on stored activations with directions: per SAE and seed, every direction's best |cos| with a
+    live latent, learned ones starred ("d3 0.99*"); None for other runs."""
+    runs = [run for run in metrics.runs if "per_direction" in run.extra]
+    if not runs:
+        return None
+    threshold = metrics.clean_cos or CLEAN_COS
+    table = Table(
+        title=f"directions: best |cos| with a live latent (* learned: one-to-one at >= {threshold})"
+    )
+    for column in ("SAE", "seed", "learned", "best |cos| per direction"):
+        table.add_column(column)
+    for run in runs:
+        records = run.extra["per_direction"]
+        cells = [
+            f"d{r['direction']} {cos_text(r['best_cos'], threshold)}{'*' if r['learned'] else ''}"
+            for r in records
+        ]
+        learned = sum(r["learned"] for r in records)
+        table.add_row(run.label, str(run.seed), f"{learned}/{len(records)}", _cut(cells))
+    return table
+
+
+def saebench_absorption_table(metrics: Metrics) -> Table | None:
+    """SAEBench's absorption on the probe directions, beside the project's (runs on stored activations
+    with labels); None for other runs."""
+    runs = [run for run in metrics.runs if "saebench_absorption" in run.extra]
+    if not runs:
+        return None
+    table = Table(
+        title="absorption: SAEBench's (probe directions) and this project's (own directions), means"
+    )
+    for column in ("SAE", "seed", "SAEBench fraction", "SAEBench full", "ours", "ours full"):
+        table.add_column(column)
+    for run in runs:
+        saebench = run.extra["saebench_absorption"]
+
+        def text(value) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
+        table.add_row(
+            run.label,
+            str(run.seed),
+            text(saebench["mean_absorption_fraction"]),
+            text(saebench["mean_full_absorption"]),
+            text(float(np.mean(run.absorption))) if run.absorption else "-",
+            text(float(np.mean(run.full_absorption))) if run.full_absorption else "-",
+        )
+    return table
+
+
 def claims_summary(claims: list[ClaimResult]) -> Table:
     table = Table(title="claims")
     for column in ("claim", "what is checked", "seeds held", "holds"):
@@ -210,6 +261,10 @@ def show_run(metrics: Metrics, console: Console) -> None:
         console.print(warnings)
     if absorption := absorption_table(metrics):
         console.print(absorption)
+    if directions := direction_table(metrics):
+        console.print(directions)
+    if saebench := saebench_absorption_table(metrics):
+        console.print(saebench)
     if metrics.claims:
         console.print(claims_summary(metrics.claims))
     ranking = metrics.world.expected_mse_ranking

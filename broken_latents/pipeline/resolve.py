@@ -74,10 +74,11 @@ def budget(seeds: int | None = None, samples: int | None = None) -> list[str]:
     ]
 
 
-def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
+def check_trainable(config: ExperimentConfig, device: str = "cpu"):
     """Everything that refuses a valid config before anything trains or is written: a device this
     machine lacks, an engine that cannot train it there, sizes the machine cannot hold, a world
-    too big to lay out."""
+    too big to lay out. A run on stored activations gets its file back, opened and checked
+    (`world.activations.ActivationFile`), so that it is opened once; else None."""
     from ..training.loop import choose_engine
     from ..training.preflight import check_config
 
@@ -87,10 +88,10 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu") -> None:
         from ..training.on_activations import check_activations
 
         ensure_built(config.world, progress=True)  # a registered language world's files, built once
-        check_activations(config)
-        return
+        return check_activations(config)
     choose_engine(config, device)
     check_config(config, device)
+    return None
 
 
 def check_device(device: str) -> None:

@@ -15,7 +15,8 @@ from ..analysis.on_activations import stored_latent_activations
 from ..experiments.claims import evaluate_claims
 from ..output.rundir import check_out_dir, write_run
 from ..training.loop import TrainResult, train
-from .resolve import Target
+from ..training.preflight import check_outputs, check_writable
+from .resolve import Target, check_trainable
 
 HISTOGRAM_SAMPLES = 50_000
 """Held-out samples per SAE drawn for the run directory's activation histograms."""
@@ -38,23 +39,25 @@ def measure_claims(result: Trained, target: Target) -> Metrics:
 def train_and_measure(
     target: Target, device: str = "cpu", progress: bool = False
 ) -> tuple[TrainResult, Metrics]:
-    """Train every SAE of the target's config in memory, then measure it and check its claims."""
-    if target.config.world.activations is not None:
-        return _on_activations(target, device, progress)
+    """Check the target's config, train every SAE in memory, then measure it and check its claims."""
+    return _train_and_measure(target, check_trainable(target.config, device), device, progress)
+
+
+def _train_and_measure(target: Target, source, device: str, progress: bool):
+    """`source`: the activations file `check_trainable` opened (SAEs on stored activations), or None."""
+    if source is not None:
+        return _on_activations(target, source, device, progress)
     result = train(target.config, device=device, progress=progress)
     return result, measure_claims(result, target)
 
 
-def _on_activations(target: Target, device: str, progress: bool):
+def _on_activations(target: Target, source, device: str, progress: bool):
     """SAEs on a stored activations file: the truth (labels, directions) is read and probed first, so a
     bad labels file stops the run before it trains."""
     from ..analysis.on_activations import measure_on_activations, truth_from_config
-    from ..language.cache import ensure_built
-    from ..training.on_activations import check_activations, train_on_activations
+    from ..training.on_activations import train_on_activations
 
     config = target.config
-    ensure_built(config.world, progress=progress)
-    source = check_activations(config)
     truth = truth_from_config(config.world, source, source.split(config.world.held_out)[0])
     result = train_on_activations(config, device=device, progress=progress, source=source)
     metrics = measure_on_activations(result, truth, clean_cos=target.clean_cos)
@@ -70,12 +73,17 @@ def run_experiment(
     progress: bool = True,
     figures: Literal["first", "all", "none"] = "first",
 ) -> RunOutcome:
-    """Train, measure, check the claims and write DIR (atomically, see `output.rundir.write_run`).
-    A DIR that holds something other than an earlier run is refused before anything trains."""
+    """Check, train, measure, check the claims and write DIR (atomically, see `output.rundir.write_run`).
+    Whatever can be refused is refused before anything trains: the config (`check_trainable`), an
+    `out` that cannot be written or that the disk cannot hold, a DIR that holds something other
+    than an earlier run."""
     out = Path(out)
+    source = check_trainable(target.config, device)
+    check_writable(out)
+    check_outputs(target.config, out)
     check_out_dir(out)
     started = time.perf_counter()
-    result, metrics = train_and_measure(target, device=device, progress=progress)
+    result, metrics = _train_and_measure(target, source, device, progress)
     activations = None
     if figures != "none":
         activations = (

@@ -242,6 +242,14 @@ class StackedSAE(nn.Module):
             "b_dec": self.b_dec_SD[s].contiguous().clone(),
         }
 
+    def saelens_tensors(self, s: int, tau_SK: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What SAE s's weight files hold: `saelens_state`, plus for a thresholded activation
+        (JumpReLU, BatchTopK) the threshold of h = pre * [pre > threshold] (`thresholds`)."""
+        tensors = self.saelens_state(s)
+        if activation_named(self.config.activation).thresholded:
+            tensors["threshold"] = self.thresholds(tau_SK)[s].detach().clone()
+        return tensors
+
 
 def initial_decoder(latents: int, dim: int, seed: int, label: str, init: str) -> torch.Tensor:
     """Unit-norm decoder rows: Gaussian directions, or orthonormal ones where latents <= dim.

@@ -9,7 +9,6 @@ success count is one more call of `claim_map`.
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..output.atomic import file_in_place  # noqa: E402
 from .record import CellRecord, SweepRecord  # noqa: E402
 from .spec import _format, _safe  # noqa: E402
 
@@ -192,10 +192,8 @@ def _draw(
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / f".{path.name}.partial-{os.getpid()}.png"
-    fig.savefig(partial, dpi=100)
+    file_in_place(path, lambda partial: fig.savefig(partial, dpi=100))
     plt.close(fig)
-    os.replace(partial, path)
     return path
 
 
@@ -300,7 +298,5 @@ def write_report(record: SweepRecord, maps: dict[str, list[Path]], out: Path) ->
         f"broken-latents sweep: {record.base}",
     )
     path = out / "report.html"
-    partial = out / f".report.html.partial-{os.getpid()}"
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)
+    file_in_place(path, lambda partial: partial.write_text(page, encoding="utf-8"))
     return path

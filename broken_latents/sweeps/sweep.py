@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ..config.schema import ConfigError
 from ..analysis.metrics import read_metrics
+from ..output.atomic import file_in_place
 from ..output.terminal import make_console
 from .executors import CellTask, claim_counts, metric_means, run_local, run_ray
 from .maps import nothing_to_map, write_maps, write_report
@@ -269,9 +270,7 @@ def sweep_record(spec: SweepSpec, cells: list[Cell], records: dict[str, CellReco
 
 def write_json(path: Path, data: dict) -> None:
     """Write-then-rename: a reader (or a kill) never sees half a file."""
-    partial = path.parent / f".{path.name}.partial-{os.getpid()}"
-    partial.write_text(json.dumps(data, indent=1))
-    os.replace(partial, path)
+    file_in_place(path, lambda partial: partial.write_text(json.dumps(data, indent=1)))
 
 
 def _line(i: int, n: int, cell: Cell, record: CellRecord) -> Text:

@@ -45,6 +45,7 @@ class TrainThroughput:
 class TrainResult(TrainThroughput):
     config: ExperimentConfig
     world: World
+    """The world trained on: a sampled `World`, or `world.activations.StoredActivations` (stored rows)."""
     seeds: list[int]
     stacks: list[TrainedStack]
     samples: int
@@ -67,7 +68,19 @@ def train(config: ExperimentConfig, device: str = "cpu", progress: bool = True) 
     `train.engine` says how gradients are computed (see `choose_engine`)."""
     engine = choose_engine(config, device)
     with single_torch_thread(device):
-        return _train(config, device, progress, engine)
+        world = World.build(config.world).to(device)
+        return run_training(
+            config, world, new_stacks(config, config.world.dim, device), engine, device, progress
+        )
+
+
+def new_stacks(config: ExperimentConfig, dim: int, device: str) -> list[TrainedStack]:
+    """Every [[sae]] of `config`, freshly initialised for every seed, on inputs of `dim` dimensions."""
+    seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
+    return [
+        TrainedStack(sc, build_sae(sc, len(seeds), dim, seeds, config.train.init).to(device))
+        for sc in config.sae
+    ]
 
 
 @contextlib.contextmanager
@@ -87,17 +100,18 @@ def single_torch_thread(device: str):
         torch.set_num_threads(before)
 
 
-def _train(
-    config: ExperimentConfig, device: str, progress: bool, engine_class: type[Engine]
+def run_training(
+    config: ExperimentConfig,
+    world,
+    stacks: list[TrainedStack],
+    engine_class: type[Engine],
+    device: str,
+    progress: bool,
 ) -> TrainResult:
-    world = World.build(config.world).to(device)
+    """The one training loop: `stacks` (see `new_stacks`) trained by `engine_class` on the batches
+    `DataStream` opens for `world`: a sampled `World`, or stored activations
+    (world/activations.py `StoredActivations`, by training/on_activations.py)."""
     seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
-    stacks = [
-        TrainedStack(
-            sc, build_sae(sc, len(seeds), config.world.dim, seeds, config.train.init).to(device)
-        )
-        for sc in config.sae
-    ]
     engine = engine_class(config, world, seeds, stacks, device)
     batch = config.train.batch_size
     steps = math.ceil(config.train.samples / batch)

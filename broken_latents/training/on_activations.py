@@ -1,50 +1,66 @@
-"""Training SAEs on stored activations: every [[sae]] x seed in lockstep on one shuffled stream of rows.
+"""Training SAEs on stored activations: the world loop (training/loop.py `run_training`) and its engines,
+on the file's rows.
 
-The same losses as the world loop (each SAE's declared terms, the aux loss with its schedule,
-Matryoshka prefixes, any architecture and activation), by autograd, with the project's flat Adam.
-There are no feature firings to hand to the hand-derived kernels, so the engine is autograd.
-Every seed sees the same batches (one stream seeded by train.first_seed); seeds differ in their
-SAEs' initialisation. The inverse technique needs a world's probe inputs and is refused here.
+The rows are a world to the loop (`world.activations.StoredActivations`): the engines train on the
+inputs x, as they do for sparse worlds, with every SAE's declared terms, the aux loss with its schedule
+(mixture thresholds refitted on a second shuffled stream of training rows), Matryoshka prefixes, any
+architecture and activation, and the inverse technique (its peak directions refitted on that stream
+too). Every seed sees the same batches (one stream seeded by train.first_seed); seeds differ in their
+SAEs' initialisation.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 
-from .aux import AuxState
-from .engines import TrainedStack
-from .history import TrainingHistory
-from .loop import (
-    LOG_EVERY,
-    TrainThroughput,
-    _check_finite,
-    _progress_bar,
-    lr_factor,
-    single_torch_thread,
-)
+from .engines import ENGINES, Engine, TrainedStack
+from .loop import TrainResult, new_stacks, run_training, single_torch_thread
 from ..config.schema import ConfigError, ExperimentConfig
-from ..engine.backend import concat_flat
-from ..engine.optim import FlatAdam, flatten_parameters
-from ..saes import build_sae, weighted_sum
-from ..world.activations import ActivationFile, ShuffledBatches
+from ..engine import fastpath
+from ..world.activations import ActivationFile, StoredActivations
 
 
 @dataclass
-class ActivationsTrainResult(TrainThroughput):
-    config: ExperimentConfig
-    source: ActivationFile
-    train_rows: range
-    test_rows: range
-    seeds: list[int]
-    stacks: list[TrainedStack]
-    samples: int
-    train_seconds: float
-    history: TrainingHistory = field(default_factory=TrainingHistory)
-    """Every loss term per logged step, per SAE and seed: history.json."""
+class ActivationsTrainResult(TrainResult):
+    """The loop's result, with the file and its split at hand for the measurement."""
+
+    @property
+    def source(self) -> ActivationFile:
+        return self.world.source
+
+    @property
+    def train_rows(self) -> range:
+        return self.world.train_rows
+
+    @property
+    def test_rows(self) -> range:
+        return self.world.test_rows
+
+
+ACTIVATION_ENGINES = ("auto", "autograd", "arrays")
+"""The engines that train on inputs x: "auto" is "autograd" (as for sparse worlds); "arrays" (the hand
+gradients, with the D input axes as feature space) where every SAE declares them. "compiled" works in a
+world's feature space only."""
+
+
+def engine_for_activations(config: ExperimentConfig) -> type[Engine]:
+    name = config.train.engine
+    if name not in ACTIVATION_ENGINES:
+        raise ConfigError(
+            "train.engine",
+            f"{name!r} works on a world's feature firings; on stored activations use one of "
+            f"{', '.join(repr(e) for e in ACTIVATION_ENGINES)}",
+        )
+    without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
+    if name == "arrays" and without:
+        raise ConfigError(
+            "train.engine",
+            f"'arrays' needs hand-derived gradients, and SAE(s) {without} declare none "
+            "(architecture, activation or loss terms); use 'auto' or 'autograd'",
+        )
+    return ENGINES["arrays" if name == "arrays" else "autograd"]
 
 
 def check_activations(config: ExperimentConfig) -> ActivationFile:
@@ -52,19 +68,7 @@ def check_activations(config: ExperimentConfig) -> ActivationFile:
     directions (shapes, NaN), and what cannot train on stored rows. Returns the open file."""
     from ..world.activations import read_directions, read_labels
 
-    for sae in config.sae:
-        if sae.inverse is not None:
-            raise ConfigError(
-                f"sae.{sae.label}.inverse",
-                "the inverse technique needs a world to draw probe inputs "
-                "from; it is not available on stored activations",
-            )
-    if config.train.engine in ("arrays", "compiled"):
-        raise ConfigError(
-            "train.engine",
-            f"{config.train.engine!r} works on a world's feature firings; on stored "
-            "activations use 'auto' or 'autograd'",
-        )
+    engine_for_activations(config)
     world = config.world
     source = ActivationFile.open(world.activations, world.activations_key)
     if world.labels is not None:
@@ -90,73 +94,27 @@ def train_on_activations(
     """Train every [[sae]] of `config` on `config.world.activations` (or on `source`, already checked)."""
     if source is None:
         source = check_activations(config)
+    world = StoredActivations(source, config.world.held_out)
+    # The engine reads the input width from the config (the inverse technique's directions): the file's.
+    config = replace(config, world=replace(config.world, dim=source.dim))
     with single_torch_thread(device):
-        return _train(config, source, config.world.held_out, device, progress)
-
-
-def _train(config, source, held_out, device, progress) -> ActivationsTrainResult:
-    seeds = list(range(config.train.first_seed, config.train.first_seed + config.train.seeds))
-    batch = config.train.batch_size
-    train_rows, test_rows = source.split(held_out)
-    stacks = [
-        TrainedStack(sc, build_sae(sc, len(seeds), source.dim, seeds, config.train.init).to(device))
-        for sc in config.sae
-    ]
-    auxes = [
-        AuxState(s.config.aux, len(seeds), s.config.latents, torch.zeros) if s.config.aux else None
-        for s in stacks
-    ]
-    _centre_decoder_bias(stacks, source, train_rows)
-    parameters = [p for stack in stacks for p in stack.sae.parameters()]
-    optimiser = FlatAdam(flatten_parameters(parameters), lr=config.train.lr)
-    stream = ShuffledBatches(source, train_rows, batch, config.train.first_seed)
-    steps = math.ceil(config.train.samples / batch)
-    history = TrainingHistory.empty([stack.config.label for stack in stacks], seeds)
-    with _progress_bar(progress, steps * batch) as bar:
-        start = time.perf_counter()
-        for step in range(steps):
-            x_BD = torch.from_numpy(stream.next()).to(device)
-            total, logged = 0.0, {}
-            for stack, aux in zip(stacks, auxes):
-                x_SBD = x_BD.expand(stack.sae.n_saes, -1, -1)
-                lam, tau_SK = aux.schedule(step * batch) if aux else (0.0, None)
-                terms, h = stack.sae.loss_terms(x_SBD, tau_SK, lam)
-                if aux is not None:
-                    aux.running_max.update(h.detach().amax(dim=1))
-                total = total + weighted_sum(terms).mean(-1).sum()
-                logged[stack.config.label] = {
-                    name: value.detach().mean(-1) for name, (_, value) in terms.items()
-                }
-            for p in parameters:
-                p.grad = None
-            total.backward()
-            optimiser.step(
-                concat_flat([p.grad for p in parameters]),
-                config.train.lr * lr_factor(config, step, steps),
-            )
-            if config.train.unit_norm_decoder:
-                with torch.no_grad():
-                    for stack in stacks:
-                        W = stack.sae.W_dec_SKD
-                        W /= W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            if step % LOG_EVERY == 0 or step == steps - 1:
-                samples = (step + 1) * batch
-                _check_finite(stacks, logged, seeds, samples, config.train.lr)
-                history.record(samples, logged)
-                bar.update(samples, time.perf_counter() - start, history.means())
-        seconds = time.perf_counter() - start
-    for stack, aux in zip(stacks, auxes):
-        if aux is not None:
-            stack.tau_SK = aux.schedule(steps * batch)[1].to(device)
-    return ActivationsTrainResult(
-        config, source, train_rows, test_rows, seeds, stacks, steps * batch, seconds, history
-    )
+        stacks = new_stacks(config, source.dim, device)
+        _centre_decoder_bias(stacks, world)
+        result = run_training(
+            config, world, stacks, engine_for_activations(config), device, progress
+        )
+    return ActivationsTrainResult(**vars(result))
 
 
 @torch.no_grad()
-def _centre_decoder_bias(stacks, source: ActivationFile, rows: range, sample: int = 65_536) -> None:
+def _centre_decoder_bias(
+    stacks: list[TrainedStack], world: StoredActivations, sample: int = 65_536
+) -> None:
     """Start b_dec at the activations' mean: real residual streams sit far from the origin, and an SAE
     started at 0 spends its first steps (and its latents' first firings) learning the offset."""
-    mean_D = torch.from_numpy(source.read(rows.start, min(rows.start + sample, rows.stop)).mean(0))
+    rows = world.train_rows
+    mean_D = torch.from_numpy(
+        world.source.read(rows.start, min(rows.start + sample, rows.stop)).mean(0)
+    )
     for stack in stacks:
         stack.sae.b_dec_SD.copy_(mean_D.expand_as(stack.sae.b_dec_SD))

@@ -14,7 +14,6 @@ from pathlib import Path
 from ..config.schema import ConfigError, ExperimentConfig, TrainConfig, WorldConfig, SAEConfig
 from ..world import directions
 from ..world.directions import CHUNK, SEARCH_BUDGET
-from ..world.model import World
 
 MEMORY_SHARE = 0.7
 """A run may plan to use at most this share of the machine's physical memory."""
@@ -83,9 +82,7 @@ def estimate_memory(config: ExperimentConfig) -> MemoryEstimate:
     # 4 batches per chunk, 4 chunks in the ring, the raw words and firing masks of one chunk,
     # and per SAE a batch of inputs, activations and reconstructions.
     per_sae = sum(R * B * (3 * D + 3 * K) for K in Ks)
-    if World.is_sparse(
-        w
-    ):  # a queue of input batches; directions, copula factor and the chunked cosines
+    if w.sparse:  # a queue of input batches; directions, copula factor and the chunked cosines
         rank = w.correlation.rank if w.correlation else 0
         batches = FLOAT * (4 * R * B * D + per_sae)
         world = FLOAT * (4 * N * D + N * rank + 3 * CHUNK * N)
@@ -216,17 +213,17 @@ def check_memory(config: ExperimentConfig, available: int | None = None) -> Memo
 
 def search_work(world: WorldConfig) -> float:
     """The max-|cos| search's work (world/directions.py), 0 where the world takes no search."""
-    if World.is_sparse(world) or directions.search_work(world.features, world.dim) > SEARCH_BUDGET:
-        return 0.0
-    return directions.search_work(world.features, world.dim)
+    work = 0.0 if world.sparse else directions.search_work(world.features, world.dim)
+    return work if work <= SEARCH_BUDGET else 0.0
 
 
 def world_seconds(world: WorldConfig) -> float:
     """Laying out the directions: the search (about 15 s at SEARCH_BUDGET) or the decorrelation."""
     if world.features <= world.dim:
         return 0.0
-    if search_work(world) > 0:
-        return search_work(world) / SEARCH_BUDGET * 15
+    work = search_work(world)
+    if work > 0:
+        return work / SEARCH_BUDGET * 15
     return directions.decorrelation_seconds(world.features, world.dim)
 
 
@@ -236,7 +233,7 @@ def estimate_seconds(config: ExperimentConfig, device: str = "cpu") -> float:
     w, t = config.world, config.train
     flops = 6 * t.samples * t.seeds * sum(sae.latents for sae in config.sae) * w.dim
     train = flops * SECONDS_PER_FLOP["cuda" if device == "cuda" else "cpu"]
-    if World.is_sparse(w):
+    if w.sparse:
         train = max(train, t.samples * t.seeds / SPARSE_INPUTS_PER_SECOND)
     return world_seconds(w) + train
 

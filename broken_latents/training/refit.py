@@ -33,11 +33,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..world.stream import DataStream
+from ..world.stream import PROBE_STREAM, DataStream
 from ..analysis.peaks import MIN_RELATIVE_GAP, PeakModel, assign_peaks, fit_peak_model
 
-PROBE_STREAM = 11
-"""Stream offset of the refit inputs (training 0, evaluation 7)."""
 REFIT_COMPONENTS = 3
 REFIT_POINTS = 1000
 SINGLE_PEAK_STDS = 3.0

@@ -169,9 +169,11 @@ class ShuffledBatches:
         batch: int,
         seed: int,
         chunk_rows: int = CHUNK_ROWS,
+        offset: int = 0,
     ):
+        """offset: another stream of the same seed (the peak-model refits' inputs); 0 is training's."""
         self.source, self.batch = source, batch
-        self.rng = np.random.default_rng([seed, 11])
+        self.rng = np.random.default_rng([seed, 11] if offset == 0 else [seed, 11, offset])
         chunk_rows = max(chunk_rows, batch)
         self.chunks = [
             (a, min(a + chunk_rows, rows.stop)) for a in range(rows.start, rows.stop, chunk_rows)
@@ -193,3 +195,74 @@ class ShuffledBatches:
             parts.append(self.block[self.position : self.position + take])
             self.position, need = self.position + take, need - take
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class StoredActivations:
+    """Stored rows as the world the training loop (training/loop.py) and its engines train on. It plays a
+    sparse world's part: the engines train on the inputs x themselves, read as the magnitudes of the D
+    input axes (`Engine.as_features`), and `DataStream` opens an `ActivationStream` on it. There are no
+    features: nothing here samples, and the truth (labels, directions) is the measurement's business."""
+
+    sparse = True
+
+    def __init__(self, source: ActivationFile, held_out: float):
+        self.source = source
+        self.train_rows, self.test_rows = source.split(held_out)
+
+    @property
+    def dim(self) -> int:
+        return self.source.dim
+
+    @property
+    def directions_ND(self):
+        """The engines' feature space on stored rows: the D input axes (an identity, as for sparse worlds)."""
+        import torch
+
+        return torch.eye(self.dim)
+
+    def inputs(self, x_RBD):
+        """x_RBD of a batch: an `ActivationStream` batch is its inputs."""
+        return x_RBD
+
+    def to(self, device) -> "StoredActivations":
+        return self  # the rows stay in the file; the stream puts each batch on the device
+
+
+class ActivationStream:
+    """`DataStream` for stored activations: every seed gets the same shuffled batch of training rows (one
+    `ShuffledBatches` seeded by the first seed; seeds differ in their SAEs' initialisation), as x_RBD on
+    `device`, read ahead in a thread with `prefetch` (the copy out of the file releases the GIL)."""
+
+    def __init__(
+        self,
+        world: StoredActivations,
+        seeds: list[int],
+        batch: int,
+        device="cpu",
+        offset: int = 0,
+        chunk: int = 1,
+        prefetch: bool = False,
+    ):
+        from .prefetch import Prefetcher
+
+        self.batches = ShuffledBatches(
+            world.source, world.train_rows, batch, seeds[0], offset=offset
+        )
+        self.seeds, self.device = len(seeds), device or "cpu"
+        self._prefetch = Prefetcher(self.batches.next, 2) if prefetch else None
+
+    def next(self):
+        import torch
+
+        x_BD = self.batches.next() if self._prefetch is None else self._prefetch.take()
+        return torch.from_numpy(x_BD).to(self.device).expand(self.seeds, -1, -1)
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+
+    def __enter__(self) -> "ActivationStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -19,7 +19,6 @@ from ..config.laws import (  # noqa: F401  (the world reads the declared laws fr
     SPEC_FORMS,
     Node,
     base_rates,
-    check_load,
     check_tree,
     features_of,
     generate_tree,

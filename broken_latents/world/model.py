@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..config.schema import WorldConfig
+from ..config.schema import SPARSE_FROM, WorldConfig
 from . import laws
 from .directions import SEARCH_BUDGET, decorrelate, decorrelation_steps, search_work
+from .saelens import SavedWorld, read_saved_world
 
 
 @dataclass
@@ -39,8 +40,8 @@ class World:
     correlation: tuple[np.ndarray, np.ndarray] | None = None
     """Low-rank copula: factor [N, rank] and diagonal [N] (float32); None: independent firing."""
 
-    SPARSE_FROM = 1024
-    """Worlds with this many features or more sample sparsely (see `sparse`)."""
+    SPARSE_FROM = SPARSE_FROM
+    """Worlds with this many features or more sample sparsely (config/schema.py)."""
 
     def __post_init__(self) -> None:
         # Sampling runs in numpy (see `sample`); keep its constants ready.
@@ -59,16 +60,12 @@ class World:
     @classmethod
     def build(cls, config: WorldConfig) -> "World":
         if config.load is not None:
-            from .saelens import load_world
-
-            return load_world(config)
+            return cls._from_saved(config, read_saved_world(config))
         n = config.features
         rates = np.array(laws.base_rates(config))
         mags = torch.tensor(laws.magnitude_means(config))
         stds = torch.tensor(laws.magnitude_stds(config))
-        directions = feature_directions(
-            n, config.dim, config.seed, saelens_start=cls.is_sparse(config)
-        )
+        directions = feature_directions(n, config.dim, config.seed, saelens_start=config.sparse)
         roots = laws.generate_tree(n, config.tree, config.seed) if config.tree else []
         if config.tree is not None and config.tree.compensate_probabilities:
             rates = np.minimum(rates * laws.compensation(rates, roots), 1.0)
@@ -99,34 +96,40 @@ class World:
         world.tree_roots = roots
         return world
 
+    @classmethod
+    def _from_saved(cls, config: WorldConfig, saved: SavedWorld) -> "World":
+        world = cls(
+            config,
+            saved.directions_ND,
+            saved.rates_N,
+            saved.magnitudes_N,
+            saved.magnitude_stds_N,
+            saved.bias_D,
+            None,
+            saved.correlation,
+        )
+        world.structure = laws.build_structure(len(saved.rates_N), saved.roots, [])
+        world.tree_roots = saved.roots
+        return world
+
     @property
     def noisy(self) -> bool:
         return self.magnitude_stds_N is not None
 
     @staticmethod
     def is_sparse(config: WorldConfig) -> bool:
-        """`sparse` of the world `config` describes, without building it."""
-        lawful = (
-            config.tree is not None
-            or config.correlation is not None
-            or config.bias > 0
-            or config.load is not None
-        )
-        return lawful or config.features >= World.SPARSE_FROM
+        """`sparse` of the world `config` describes, without building it (`WorldConfig.sparse`)."""
+        return config.sparse
 
     @property
     def lawful(self) -> bool:
-        """Uses a law only the sparse sampler (and the dense reference `sample`) implements:
-        a tree, correlation, a bias, or a world loaded from SAELens."""
-        c = self.config
-        return c.tree is not None or c.correlation is not None or c.bias > 0 or c.load is not None
+        """The config's `lawful`: a law only the sparse sampler implements."""
+        return self.config.lawful
 
     @property
     def sparse(self) -> bool:
-        """Sample as lists of the features that fire (world/sparse.py) and train on inputs x: chosen for
-        worlds with SPARSE_FROM features or more, where feature space costs more than input space
-        (and the dense sampler draws bits for every feature), and for every world with a new law."""
-        return self.is_sparse(self.config)
+        """The config's `sparse`: sample as lists of the features that fire (world/sparse.py)."""
+        return self.config.sparse
 
     @property
     def directions(self) -> torch.Tensor:

@@ -10,6 +10,7 @@ generators seeded seed + 1 (stds) and seed + 2 (means), and so does `load_world`
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,24 @@ from . import laws
 from ..config.laws import CONFIG, HIERARCHY, WEIGHTS, read_config  # noqa: F401
 
 
-def load_world(config: WorldConfig):
-    """The World a SAELens folder describes (sampling what SyntheticModel.sample draws)."""
-    from safetensors.numpy import load_file
+@dataclass
+class SavedWorld:
+    """What a SAELens folder holds, as the parts a `World` is made of (`World.build` makes it)."""
 
-    from .model import World
+    directions_ND: torch.Tensor
+    rates_N: torch.Tensor
+    magnitudes_N: torch.Tensor
+    magnitude_stds_N: torch.Tensor | None
+    """None: the folder's magnitudes are exact."""
+    bias_D: torch.Tensor | None
+    correlation: tuple[np.ndarray, np.ndarray] | None
+    roots: list[laws.Node]
+    """The folder's hierarchy trees ([] without hierarchy.json)."""
+
+
+def read_saved_world(config: WorldConfig) -> SavedWorld:
+    """The world a SAELens folder describes (sampling what SyntheticModel.sample draws)."""
+    from safetensors.numpy import load_file
 
     folder = Path(config.load)
     cfg = read_config(folder)
@@ -54,19 +68,15 @@ def load_world(config: WorldConfig):
             weights["correlation_diag"].astype(np.float32),
         )
     bias = torch.from_numpy(weights["bias"].astype(np.float32))
-    world = World(
-        config,
+    return SavedWorld(
         torch.from_numpy(weights["feature_vectors"].astype(np.float32)),
         torch.from_numpy(weights["firing_probabilities"].astype(np.float32)),
         means,
         stds if bool((stds > 0).any()) else None,
         bias if bool(bias.abs().sum() > 0) else None,
-        None,
         correlation,
+        roots,
     )
-    world.structure = laws.build_structure(n, roots, [])
-    world.tree_roots = roots
-    return world
 
 
 def _magnitudes(spec, n: int, seed: int | None, what: str) -> torch.Tensor:

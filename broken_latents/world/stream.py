@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -10,6 +11,13 @@ import torch
 
 from .model import World
 from .prefetch import Prefetcher
+
+TRAIN_STREAM = 0
+"""Stream offset of the training samples."""
+EVAL_STREAM = 7
+"""Stream offset of the held-out evaluation samples (the metrics, histograms and figures)."""
+PROBE_STREAM = 11
+"""Stream offset of the refits' probe inputs (training/refit.py)."""
 
 QUEUED = 2
 """Chunks drawn ahead by the sampling thread."""
@@ -26,9 +34,14 @@ class DataStream:
     runs on the second core.
 
     A sparse world (`World.sparse`) gets a `sparse.SparseStream` instead, whose `next()` gives a
-    `SparseBatch` (inputs x and the firing lists): every consumer opens its stream here."""
+    `SparseBatch` (inputs x and the firing lists), and stored activations (`activations.StoredActivations`)
+    an `activations.ActivationStream`: every consumer opens its stream here."""
 
     def __new__(cls, world: World, *args, **kwargs):
+        from .activations import ActivationStream, StoredActivations
+
+        if cls is DataStream and isinstance(world, StoredActivations):
+            return ActivationStream(world, *args, **kwargs)
         if cls is DataStream and world.sparse:
             from .sparse import SparseStream
 
@@ -41,7 +54,7 @@ class DataStream:
         seeds: list[int],
         batch: int,
         device: str | torch.device | None = "cpu",
-        offset: int = 0,
+        offset: int = TRAIN_STREAM,
         chunk: int = CHUNK_BATCHES,
         prefetch: bool = False,
     ):
@@ -241,3 +254,20 @@ def _place_noisy(fires_NT, magnitudes_N, stds_N, noise_words, out_CRNB, r):
                 u2 = np.float64(word & np.uint64(0xFFFFFFFF)) * scale
                 z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
                 out_CRNB[c, r, n, b] = np.float32(max(m + s * z, 0.0))
+
+
+def held_out_batches(
+    world: World, seeds: list[int], samples: int, batch: int, offset: int, device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`samples` held-out (f_RNB, x_RBD) pairs (the last batch shorter), drawn `batch` at a time from
+    the world's own stream at `offset`: memory R x N x batch, not R x N x samples. A sparse world's
+    batch (firing lists) is made dense here, one batch at a time."""
+    drawn = 0
+    stream = DataStream(world, seeds, batch, device, offset=offset, chunk=1)
+    while drawn < samples:
+        drawn_batch = stream.next()
+        x_RBD = world.inputs(drawn_batch)
+        f_RNB = drawn_batch.features_RNB() if hasattr(drawn_batch, "features_RNB") else drawn_batch
+        take = min(batch, samples - drawn)
+        yield f_RNB[..., :take], x_RBD[:, :take]
+        drawn += take

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from broken_latents.analysis.on_activations import (
     Truth,
@@ -130,13 +131,29 @@ def test_hierarchy_read_from_the_labels():
     assert sorted(edges_from_labels(labels)) == [(0, 1), (2, 3)]
 
 
-def test_inverse_technique_refused(stored):
+@pytest.mark.slow
+def test_inverse_technique_cleans_a_merged_latent_on_stored_rows(tmp_path):
+    """The post's single-latent world written to a file: one tied latent merges the parent with its
+    children (cos 0.80 with the parent); with the inverse technique (its peak directions refitted on
+    training rows) the seed along +parent becomes the clean parent, as in the world itself."""
     from broken_latents.config.schema import InverseConfig
+    from broken_latents.experiments.post import single_latent_world
 
-    path, _, _ = stored
-    sae = SAEConfig(label="inv", architecture="tied", latents=2, inverse=InverseConfig())
-    with pytest.raises(ConfigError, match="sae.inv.inverse"):
-        check_activations(config(sae, path=path))
+    world = World.build(single_latent_world())
+    f_NB = world.sample(np.random.default_rng(0), 40_000)
+    np.save(tmp_path / "single.npy", (f_NB.T @ world.directions_ND.numpy()).astype(np.float32))
+    inverse = InverseConfig(
+        coefficient=10.0, refit_samples=50_000, delay_samples=100_000, warmup_samples=100_000
+    )
+    cos_with_parent = {}
+    for technique in (None, inverse):
+        sae = SAEConfig(label="tied", architecture="tied", latents=1, inverse=technique)
+        cfg = config(sae, samples=600_000, path=tmp_path / "single.npy")
+        cfg.train.batch_size, cfg.train.lr = 512, 3e-3
+        W_D = train_on_activations(cfg, progress=False).stacks[0].sae.W_dec_SKD[0, 0].detach()
+        cos_with_parent[technique is not None] = float(W_D @ world.directions_ND[0] / W_D.norm())
+    assert 0.7 < cos_with_parent[False] < 0.9  # the merged latent: parent + children
+    assert cos_with_parent[True] > 0.95
 
 
 @pytest.mark.slow
@@ -181,3 +198,163 @@ l1 = 0.1
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "world.activations" in done.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_one_loop_and_engine_for_worlds_and_stored_rows(stored):
+    """Stored rows train through the world loop (`run_training`) and its engines: the hand-derived
+    gradients ("arrays", the D input axes as feature space) give autograd's weights to float rounding."""
+    from broken_latents.training import loop
+
+    path, _, _ = stored
+    saes = [
+        SAEConfig(label="untied", architecture="untied", latents=6, l1=0.1),
+        SAEConfig(label="tied", architecture="tied", latents=6, l1=0.1),
+    ]
+    weights, calls = {}, []
+    real = loop.run_training
+
+    def spy(*args, **kwargs):
+        calls.append(args[3].name)  # the engine class
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("broken_latents.training.on_activations.run_training", spy)
+        for engine in ("autograd", "arrays"):
+            cfg = config(*saes, samples=20_000, path=path)
+            cfg.train.engine = engine
+            result = train_on_activations(cfg, progress=False)
+            weights[engine] = [s.sae.W_dec_SKD.detach().clone() for s in result.stacks]
+    assert calls == ["autograd", "arrays"]
+    assert result.samples == 20_480 and len(result.train_rows) == 32_000
+    for a, b in zip(weights["autograd"], weights["arrays"]):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_compiled_engine_refused_on_stored_rows(stored):
+    path, _, _ = stored
+    cfg = config(SAEConfig(label="tied", architecture="tied", latents=2), path=path)
+    cfg.train.engine = "compiled"
+    with pytest.raises(ConfigError, match="train.engine"):
+        check_activations(cfg)
+
+
+def test_divergence_names_the_sae_and_seed_exits_2_and_writes_nothing(stored, tmp_path, capsys):
+    """NaN/inf in training on stored rows: the CLI's one-line message (the SAE, its seed, what to lower),
+    exit 2, and no run directory, not even a partial one."""
+    from broken_latents.cli import main
+
+    path, _, _ = stored
+    toml = tmp_path / "diverge.toml"
+    toml.write_text(
+        f"""name = "diverge"
+[world]
+activations = "{path}"
+[train]
+samples = 4096
+batch_size = 512
+lr = 1e30
+seeds = 2
+first_seed = 3
+[[sae]]
+label = "wild"
+architecture = "untied"
+latents = 4
+"""
+    )
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(toml), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "SAE 'wild' (seed 3)" in err and "NaN/inf" in err and "train.lr" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+@pytest.mark.slow
+def test_a_world_never_seen_here_reports_learned_directions(tmp_path, capsys):
+    """An arbitrary [N, D] file and a directions file, from a world drawn here with plain numpy (not
+    world/): the run reports every direction's best |cos| and whether it was learned, in metrics.json
+    and in `show`."""
+    import json
+
+    from broken_latents.cli import main
+
+    rng = np.random.default_rng(2026)
+    C, D, N = 7, 32, 30_000
+    directions = rng.standard_normal((C, D))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    magnitudes = (rng.random((N, C)) < 0.12) * rng.uniform(0.5, 2.0, (N, C))
+    x = magnitudes @ directions + 0.01 * rng.standard_normal((N, D)) + rng.standard_normal(D)
+    np.save(tmp_path / "acts.npy", x.astype(np.float16))  # float16 rows, as a large dump may be
+    np.save(tmp_path / "dirs.npy", directions * rng.uniform(0.5, 3.0, (C, 1)))  # any length
+    (tmp_path / "hidden.toml").write_text(
+        f"""name = "hidden"
+[world]
+activations = "{tmp_path / "acts.npy"}"
+directions = "{tmp_path / "dirs.npy"}"
+[train]
+samples = 300_000
+batch_size = 512
+lr = 1e-2
+seeds = 1
+[[sae]]
+label = "untied"
+architecture = "untied"
+latents = {C}
+l1 = 0.05
+"""
+    )
+    main(["run", str(tmp_path / "hidden.toml"), "--out", str(tmp_path / "run")])
+    (run,) = json.loads((tmp_path / "run" / "metrics.json").read_text())["runs"]
+    records = run["per_direction"]
+    assert [r["direction"] for r in records] == list(range(C))
+    W = np.array(run["decoder_cos"])  # [latents, directions]
+    for r in records:
+        assert r["best_cos"] == pytest.approx(np.abs(W[:, r["direction"]]).max(), abs=1e-4)
+        assert r["learned"] == (r["direction"] in run["learned_features"])
+    assert sum(r["learned"] for r in records) == C and min(r["best_cos"] for r in records) > 0.95
+    capsys.readouterr()
+    main(["show", str(tmp_path / "run")])
+    shown = capsys.readouterr().out
+    assert "best |cos|" in shown and f"{C}/{C}" in shown and "d6 " in shown
+
+
+def test_mixture_thresholds_refit_on_stored_rows(stored, monkeypatch):
+    """The aux loss's mixture thresholds refit on a second shuffled stream of training rows (the world
+    loop's probe), where the former hand loop had no probe and stopped with a traceback."""
+    from broken_latents.config.schema import AuxConfig
+    from broken_latents.training import refit
+
+    path, _, _ = stored
+    aux = AuxConfig(
+        coefficient=10.0,
+        delay_samples=5_000,
+        warmup_samples=5_000,
+        threshold="mixture",
+        refit_samples=10_000,
+        refit_inputs=1024,
+    )
+    seen = []
+    real = refit.Probe.__call__
+
+    def spy(self, sae):
+        x_SBD, h = real(self, sae)
+        seen.append(x_SBD)
+        return x_SBD, h
+
+    monkeypatch.setattr(refit.Probe, "__call__", spy)
+    cfg = config(
+        SAEConfig(label="tied", architecture="tied", latents=6, l1=0.1, aux=aux),
+        samples=30_000,
+        path=path,
+    )
+    result = train_on_activations(cfg, progress=False)
+    assert len(seen) >= 2 and seen[0].shape == (1, 1024, 12)
+    x = np.load(path)
+    train = {row.tobytes() for row in x[: len(result.train_rows)]}
+    held_out = {row.tobytes() for row in x[len(result.train_rows) :]} - train
+    probe_rows = [row.tobytes() for row in seen[0][0].numpy()]
+    # the probe's inputs are training rows, never held-out ones
+    assert all(r in train for r in probe_rows) and not any(r in held_out for r in probe_rows)
+    assert torch.isfinite(result.stacks[0].tau_SK).all()
