@@ -18,7 +18,14 @@ from broken_latents.config.schema import (
 from broken_latents.engine import sparse_latents
 from broken_latents.saes import build_sae, weighted_sum
 from broken_latents.training.engines import CompiledSparseLatentsEngine, SparseLatentsEngine
-from broken_latents.training.loop import _train, choose_engine, single_torch_thread, train
+from broken_latents.training.loop import (
+    choose_engine,
+    new_stacks,
+    run_training,
+    single_torch_thread,
+    train,
+)
+from broken_latents.world.model import World
 
 S, B, D, K = 2, 24, 6, 8
 
@@ -181,7 +188,10 @@ def test_training_equals_autograd(engine):
     ]
     config = _config(saes, "auto", 1280)
     with single_torch_thread("cpu"):
-        fast = _train(config, "cpu", False, engine)
+        world = World.build(config.world)
+        fast = run_training(
+            config, world, new_stacks(config, world.config.dim, "cpu"), engine, "cpu", False
+        )
     reference = train(_config(saes, "autograd", 1280), progress=False)
     for a, b in zip(fast.stacks, reference.stacks):
         for (name, p), q in zip(a.sae.named_parameters(), b.sae.parameters()):
