@@ -11,11 +11,11 @@ through benchmarks/saelens_scale_bench.py, by subprocess; without that venv its 
 Each figure is measured once, rows one after another: on a machine other work shares, say so
 beside the numbers (the header records the load average before and after).
 
-Our world: SynthSAEBench-16k's laws where this version has them (zipf firing 0.4 -> 5e-4,
-exponent 0.5; magnitudes 5 -> 4 with spread 0.5); where it has no zipf law yet, the same
-Zipf rates as a plain list (SAELens' formula), noted in the row. A world whose direction search
-is over the preflight budget gets random unit directions here (noted): directions change neither
-the cost of sampling nor of training.
+Both worlds have SynthSAEBench-16k's laws with the roots scaled to the size
+(`experiments.synthbench.synthbench_world`: Zipf firing, tree, copula correlation, folded-normal
+spread, bias). Ours trains with `train.engine = "auto"` (on a sparse world the sparse-latent
+gradients, training/engines.py) while a second thread samples; a shorter run by autograd gives
+the column before them.
 """
 
 from __future__ import annotations
@@ -30,113 +30,50 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broken_latents.config.schema import (  # noqa: E402
-    ConfigError,
     ExperimentConfig,
     SAEConfig,
     TrainConfig,
     WorldConfig,
 )
-from broken_latents.training import preflight  # noqa: E402
-from broken_latents.world import model as world_model  # noqa: E402
+from broken_latents.experiments.synthbench import synthbench_world  # noqa: E402
+from broken_latents.training.engines import choose_engine  # noqa: E402
+from broken_latents.training.loop import single_torch_thread, train  # noqa: E402
 from broken_latents.world.model import World  # noqa: E402
 from broken_latents.world.stream import DataStream  # noqa: E402
 
 SIZES = (2048, 4096)
 DIM, LATENTS, K, BATCH = 256, 1024, 32, 1024
-ZIPF = {"exponent": 0.5, "max": 0.4, "min": 5e-4}
 SAELENS_PYTHON = Path("/work/saelens-venv/bin/python")
 HERE = Path(__file__).resolve().parent
 
 
-def zipf_rates(features: int) -> list[float]:
-    """SAELens' zipfian_firing_probabilities: 1 / rank^exponent rescaled onto [min, max]."""
-    r = 1.0 / np.arange(1, features + 1, dtype=np.float64) ** ZIPF["exponent"]
-    return (
-        ZIPF["min"] + (ZIPF["max"] - ZIPF["min"]) * (r - r.min()) / (r.max() - r.min())
-    ).tolist()
-
-
-def supported(**law) -> bool:
-    """Whether this version builds a (tiny) world with the given world keys."""
-    try:
-        World.build(WorldConfig(features=8, dim=8, **law))
-        return True
-    except (ConfigError, TypeError, ValueError, KeyError):
-        return False
-
-
-def world_config(features: int) -> tuple[WorldConfig, list[str]]:
-    notes = []
-    firing: object = {"zipf": dict(ZIPF)}
-    if not supported(firing=firing):
-        firing = zipf_rates(features)
-        notes.append("zipf rates as a list (no zipf law in this version)")
-    spread: object = {"folded_normal": {"mean": 0.5, "std": 0.5}}
-    if not supported(magnitude_std=spread):
-        spread = 0.5
-        notes.append(
-            "magnitude spread: normal std 0.5 clipped at 0 (no folded normal in this version)"
-        )
-    config = WorldConfig(
-        features=features,
-        dim=DIM,
-        firing=firing,
-        magnitude={"linear": [5.0, 4.0]},
-        magnitude_std=spread,
-        seed=0,
-    )
-    return config, notes
-
-
-class RandomDirections:
-    """Replaces the direction search while a too-large world is built (see the module docstring)."""
-
-    def __init__(self, config: WorldConfig):
-        self.needed = preflight.search_work(config) > preflight.SEARCH_BUDGET
-        self.original = world_model.feature_directions
-
-    def __enter__(self):
-        if self.needed:
-
-            def random_unit(features, dim, seed, *args, **kwargs):
-                d = torch.randn(features, dim, generator=torch.Generator().manual_seed(seed))
-                return d / d.norm(dim=1, keepdim=True)
-
-            world_model.feature_directions = random_unit
-        return self
-
-    def __exit__(self, *exc):
-        world_model.feature_directions = self.original
-
-
 def our_sampling(world: World, seconds: float) -> tuple[float, float]:
-    """Inputs x [B, D] per second from our stream (firings drawn, then x = f F), and the mean L0."""
+    """Inputs x [B, D] per second from our stream on one thread (firing lists drawn, x formed), and
+    the mean true L0."""
     stream = DataStream(world, [0], BATCH, "cpu", offset=3)
-    batch = stream.next()
-    world.inputs(batch)  # warm-up (compiles the sampler on a first run)
-    drawn, l0, started = 0, 0.0, time.perf_counter()
+    stream.next()  # warm-up (loads or compiles the sampler)
+    drawn, l0, started = 0, [], time.perf_counter()
     while time.perf_counter() - started < seconds:
-        batch = stream.next()
-        world.inputs(batch)
+        l0.append(float(stream.next().l0_R()[0]))
         drawn += BATCH
     rate = drawn / (time.perf_counter() - started)
-    f = batch.features_RNB() if hasattr(batch, "features_RNB") else batch
-    l0 = float((f > 0).sum(dim=-2).float().mean())
     stream.close()
-    return rate, l0
+    return rate, sum(l0) / len(l0)
 
 
-def our_training(world_cfg: WorldConfig, samples: int) -> float:
+def our_training(world_cfg: WorldConfig, samples: int, engine: str = "auto") -> tuple[float, str]:
+    """(samples/s, the engine's name) of the BatchTopK SAE trained on `world_cfg`."""
     config = ExperimentConfig(
         name="bench-scale",
         world=world_cfg,
-        train=TrainConfig(samples=samples, batch_size=BATCH, lr=3e-4, seeds=1, eval_samples=1000),
+        train=TrainConfig(
+            samples=samples, batch_size=BATCH, lr=3e-4, seeds=1, eval_samples=1000, engine=engine
+        ),
         sae=[
             SAEConfig(
                 label="batchtopk",
@@ -144,12 +81,11 @@ def our_training(world_cfg: WorldConfig, samples: int) -> float:
                 latents=LATENTS,
                 activation="batchtopk",
                 k=K,
+                l1=0.0,  # as SAELens' BatchTopK, which has no L1 term
             )
         ],
     )
-    from broken_latents.training.loop import train
-
-    return train(config, progress=False).samples_per_second
+    return train(config, progress=False).samples_per_second, choose_engine(config, "cpu").name
 
 
 def sgemm_rate(threads: int, seconds: float = 2.0) -> float:
@@ -215,18 +151,19 @@ def main() -> None:
     gflops = {threads: sgemm_rate(threads, 0.3 if args.quick else 2.0) for threads in (1, 2)}
     rows = []
     for features in SIZES:
-        world_cfg, notes = world_config(features)
-        with RandomDirections(world_cfg) as patch:
-            if patch.needed:
-                notes.append("random unit directions (search over budget)")
-            world = World.build(world_cfg)
+        world_cfg = synthbench_world(features, DIM)
+        world = World.build(world_cfg)
+        with single_torch_thread("cpu"):  # one BLAS thread, as the sampling thread has in training
             sampling, l0 = our_sampling(world, seconds)
-            training = our_training(world_cfg, samples)
+        training, engine = our_training(world_cfg, samples)
+        before, _ = our_training(world_cfg, max(samples // 10, 2 * BATCH), "autograd")
         theirs = saelens_row(args.saelens_python, features, args.quick)
-        rows.append((features, sampling, training, l0, notes, theirs))
-        print(features, sampling, training, l0, notes, theirs, flush=True)
+        rows.append((features, sampling, training, before, l0, theirs))
+        print(features, sampling, training, before, l0, theirs, flush=True)
     load_after = os.getloadavg()[0]
-    encoder_bound = gflops[2] * 1e9 / (2 * DIM * LATENTS)
+    encoder_bound = (
+        max(gflops.values()) * 1e9 / (2 * DIM * LATENTS)
+    )  # the faster thread count's rate
     lines = [
         "# broken-latents at scale against SAELens",
         "",
@@ -234,20 +171,24 @@ def main() -> None:
         f"average {load_before:.1f} before, {load_after:.1f} after"
         + (
             " (other work shared the machine: every figure is lower than on an idle one)"
-            if load_before > 1
+            if max(load_before, load_after) > 1.5
             else ""
         ),
         f"- torch {torch.__version__}; sgemm [1024x256]x[256x1024] float32: {gflops[1]:.0f} GFLOP/s on 1 thread, "
-        f"{gflops[2]:.0f} on 2; the encoder product alone then bounds training at {encoder_bound:,.0f} samples/s",
-        f"- SAE: untied BatchTopK, {LATENTS} latents, k {K}, batch {BATCH}, lr 3e-4, {DIM} dims; our training "
-        f"{samples:,} samples, measured once"
-        + (" (--quick: the figures mean nothing)" if args.quick else ""),
+        f"{gflops[2]:.0f} on 2; at the faster, the encoder product alone (2 x 256 x 1024 FLOP a sample) bounds training "
+        f"at {encoder_bound:,.0f} samples/s (the share below: our training / that bound)",
+        f"- world: `synthbench_world(features, {DIM})` (SynthSAEBench-16k's laws, roots scaled); SAELens: the "
+        "same laws in `sae_lens.synthetic` (benchmarks/saelens_scale_bench.py)",
+        f"- SAE: untied BatchTopK, {LATENTS} latents, k {K}, batch {BATCH}, lr 3e-4; our training {samples:,} "
+        f"samples with engine `{engine}` (sampling in a second thread), autograd {max(samples // 10, 2 * BATCH):,}; "
+        "each measured once" + (" (--quick: the figures mean nothing)" if args.quick else ""),
         "",
         "| features | sampling inputs/s ours | SAELens | x | training samples/s ours | SAELens | x "
-        "| ours / encoder sgemm bound | true L0 ours / SAELens | notes |",
+        "| ours by autograd | share of sgemm bound | true L0 ours / SAELens |",
         "|" + "---|" * 10,
     ]
-    for features, sampling, training, l0, notes, theirs in rows:
+    notes = []
+    for features, sampling, training, before, l0, theirs in rows:
         if isinstance(theirs, dict):
             their = [
                 f"{theirs['sampling']:,.0f}",
@@ -258,11 +199,12 @@ def main() -> None:
             ]
         else:
             their = ["-", "-", "-", "-", "-"]
-            notes = notes + [f"SAELens {theirs}"]
+            notes.append(f"{features} features: SAELens {theirs}")
         lines.append(
             f"| {features} | {sampling:,.0f} | {their[0]} | {their[1]} | {training:,.0f} | {their[2]} | "
-            f"{their[3]} | {training / encoder_bound:.1%} | {l0:.1f} / {their[4]} | {'; '.join(notes) or '-'} |"
+            f"{their[3]} | {before:,.0f} | {training / encoder_bound:.1%} | {l0:.1f} / {their[4]} |"
         )
+    lines += [""] + [f"- {note}" for note in notes]
     text = "\n".join(lines) + "\n"
     print(text)
     out.write_text(text)

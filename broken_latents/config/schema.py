@@ -307,7 +307,8 @@ class TrainConfig:
     """Fraction of training, at the end, over which the learning rate decays to 0."""
     engine: Engine = "auto"
     """auto: hand-derived gradients where every SAE declares them (compiled on the CPU, arrays on a
-    GPU), else autograd. autograd: the plain reference (slower, same math). arrays: the hand-derived
+    GPU), else autograd; on a sparse world, the sparse-latent gradients on inputs x (autograd for the SAEs
+    they do not cover). autograd: the plain reference (slower, same math). arrays: the hand-derived
     gradients as torch array code (the GPU's engine). compiled: the same as one numba kernel (CPU only)."""
     eval_samples: int = 200_000
     """Samples drawn (from a held-out stream) to compute the metrics after training."""

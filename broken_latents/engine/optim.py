@@ -48,7 +48,7 @@ class FlatAdam:
         """Load (or compile) the compiled update now, on scratch, so no training step pays it."""
         if is_numpy(self.flat):
             scratch = [np.zeros(1, self.flat.dtype) for _ in range(4)]
-            _adam_update(*scratch, self.beta1, self.beta2, self.eps, 1.0, 1.0)
+            _adam_update(*scratch, np.ones(7, self.flat.dtype))
 
     def step(self, grad, lr: float | None = None) -> None:
         self.steps += 1
@@ -56,16 +56,13 @@ class FlatAdam:
         step_size = lr / (1 - self.beta1**self.steps)
         bias_correction2_sqrt = (1 - self.beta2**self.steps) ** 0.5
         if is_numpy(self.flat):  # one compiled pass instead of ten array calls
+            constants = (self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, self.eps)
             _adam_update(
                 self.flat,
                 grad,
                 self.exp_avg,
                 self.exp_avg_sq,
-                self.beta1,
-                self.beta2,
-                self.eps,
-                step_size,
-                bias_correction2_sqrt,
+                np.array(constants + (step_size, bias_correction2_sqrt), self.flat.dtype),
             )
             return
         self.exp_avg *= self.beta1
@@ -79,13 +76,22 @@ class FlatAdam:
 
 
 @numba.njit(cache=True, nogil=True)
-def _adam_update(
-    flat, grad, exp_avg, exp_avg_sq, beta1, beta2, eps, step_size, bias_correction2_sqrt
-):
-    """FlatAdam.step's formula, element by element (in float64, rounded to the buffers' dtype)."""
+def _adam_update(flat, grad, exp_avg, exp_avg_sq, constants):
+    """FlatAdam.step's formula, element by element, in the buffers' dtype as torch's Adam and the
+    torch branch compute (float64 arithmetic on float32 buffers cost twice the time). `constants`:
+    beta1, 1 - beta1, beta2, 1 - beta2, eps, step size, sqrt of bias correction 2, in that dtype."""
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bias_correction2_sqrt = (
+        constants[0],
+        constants[1],
+        constants[2],
+        constants[3],
+        constants[4],
+        constants[5],
+        constants[6],
+    )
     for i in range(flat.shape[0]):
         g = grad[i]
-        exp_avg[i] = exp_avg[i] * beta1 + (1 - beta1) * g
-        exp_avg_sq[i] = exp_avg_sq[i] * beta2 + (1 - beta2) * g * g
+        exp_avg[i] = exp_avg[i] * beta1 + one_minus_beta1 * g
+        exp_avg_sq[i] = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g
         denom = math.sqrt(exp_avg_sq[i]) / bias_correction2_sqrt + eps
         flat[i] -= step_size * exp_avg[i] / denom

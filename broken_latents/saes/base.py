@@ -139,6 +139,13 @@ class StackedSAE(nn.Module):
         kept = torch.where(
             kept.isinf(), torch.zeros_like(kept), kept
         )  # nothing fired: any threshold >= 0 agrees
+        self.record_batchtopk_threshold(kept)
+
+    @torch.no_grad()
+    def record_batchtopk_threshold(self, kept_S: torch.Tensor) -> None:
+        """One step of the inference threshold's moving average, given each SAE's smallest kept
+        activation of the batch (0 if nothing fired); engines that select without `activate` call it."""
+        kept = kept_S.to(self.batchtopk_threshold_S)
         old = self.batchtopk_threshold_S
         decay = self.batchtopk_threshold_decay
         self.batchtopk_threshold_S.copy_(

@@ -4,6 +4,8 @@
 - "arrays": the hand-derived gradients of engine/fastpath.py on torch tensors (the GPU's engine;
   on the CPU a second implementation the tests compare against).
 - "compiled": the same gradients in one numba call per SAE stack (engine/kernel.py; the CPU's).
+- "auto" on a sparse world: `SparseLatentsEngine`, gradients on the inputs x that use the few active
+  latents (engine/sparse_latents.py; numba on the CPU, torch index ops on a GPU).
 
 Every engine keeps the parameters of all the SAEs in one flat buffer with Adam over it (optim.py),
 and has one `step` method: gradients of one batch, then the optimiser's step.
@@ -22,7 +24,7 @@ from .aux import AuxState
 from .inverse import InverseState
 from .refit import Probe
 from ..config.schema import ConfigError, ExperimentConfig, SAEConfig
-from ..engine import fastpath, kernel
+from ..engine import fastpath, kernel, sparse_latents
 from ..engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
 from ..engine.fastpath import Architecture, WorldGeometry, params_of
 from ..engine.optim import FlatAdam, flatten_parameters, split_like
@@ -230,6 +232,90 @@ class CompiledEngine(ArraysEngine):
         return kernel.loss_and_grads(*arguments, out=self.grad_outs[i])
 
 
+class SparseLatentsEngine(Engine):
+    """Sparse worlds: hand-derived gradients on the inputs x that use the few active latents of
+    TopK, BatchTopK and ReLU SAEs (engine/sparse_latents.py); only the encoder's product is dense.
+    On a GPU, torch index ops; the CPU subclass runs numba kernels and Adam on numpy views. A stack
+    those gradients do not cover (JumpReLU, an architecture or term without hand gradients) trains
+    by autograd in the same step (`sparse_latents.covers`)."""
+
+    name = "sparse-latents"
+    compiled: ClassVar[bool] = False
+    """The numba kernels (CPU) rather than torch index ops."""
+
+    def __init__(self, config, world, seeds, stacks, device):
+        super().__init__(config, world, seeds, stacks, device)
+        self.archs = [
+            sparse_latents.SparseArchitecture.of(s.sae)
+            if sparse_latents.covers(s.sae.config)
+            else None
+            for s in stacks
+        ]
+        self.grad_flat = torch.zeros_like(as_torch(self.optimiser.flat))
+        views = iter(split_like(self.grad_flat, [p.shape for p in self.parameters]))
+        self.kept_min: list[torch.Tensor | None] = [None] * len(stacks)
+        """BatchTopK stacks: each SAE's smallest kept activation of the last batch."""
+        self.grad_outs = [
+            {name: next(views) for name, _ in s.sae.named_parameters()} for s in stacks
+        ]
+
+    def warm_up(self) -> None:
+        if self.compiled:
+            sparse_latents.warm_up()
+        super().warm_up()
+
+    def gradients(self, batch, samples_seen, want_loss):
+        x_RBD = self.inputs(batch)
+        logged = {}
+        for i, (stack, arch, aux, inverse, out) in enumerate(
+            zip(self.stacks, self.archs, self.auxes, self.inverses, self.grad_outs)
+        ):
+            if arch is None:
+                logged[stack.config.label] = self._autograd(
+                    stack, aux, inverse, x_RBD, samples_seen, out
+                )
+                continue
+            lam, tau_SK = aux.schedule(samples_seen) if aux else (0.0, None)
+            params = {name: p.detach() for name, p in stack.sae.named_parameters()}
+            losses, h_max_SK, entries = sparse_latents.loss_and_grads(
+                arch,
+                params,
+                x_RBD,
+                stack.sae.loss_weights(stack.config, lam),
+                None if tau_SK is None else as_torch(tau_SK),
+                want_loss,
+                out,
+                self.compiled,
+                self.kept_min[i],
+            )
+            if entries.kept_min_S is not None:
+                stack.sae.record_batchtopk_threshold(entries.kept_min_S)
+                self.kept_min[i] = entries.kept_min_S  # the next batch's threshold is near it
+            if aux is not None:
+                aux.running_max.update(h_max_SK.numpy() if self.backend == "numpy" else h_max_SK)
+            extra = _add_parameter_term_grads(stack, inverse, samples_seen, out)
+            logged[stack.config.label] = {**(losses or {}), **extra}
+        return logged, self.grad_flat.numpy() if self.backend == "numpy" else self.grad_flat
+
+    @staticmethod
+    def _autograd(stack, aux, inverse, x_RBD, samples_seen, out) -> dict:
+        """One stack's gradients by autograd, written into `out`; its logged terms."""
+        loss_S, parts = _stack_loss(stack, aux, inverse, x_RBD, samples_seen)
+        named = dict(stack.sae.named_parameters())
+        found = torch.autograd.grad(loss_S.sum(), list(named.values()), allow_unused=True)
+        for name, g in zip(named, found):
+            out[name].copy_(g) if g is not None else out[name].zero_()
+        return parts
+
+
+class CompiledSparseLatentsEngine(SparseLatentsEngine):
+    """`SparseLatentsEngine` on the CPU: the numba kernels, Adam compiled over numpy views."""
+
+    name = "sparse-latents-compiled"
+    backend = "numpy"
+    compiled = True
+
+
 ENGINES: dict[str, type[Engine]] = {
     engine.name: engine for engine in (AutogradEngine, ArraysEngine, CompiledEngine)
 }
@@ -248,7 +334,9 @@ def choose_engine(config: ExperimentConfig, device: str) -> type[Engine]:
             "load); use 'auto', 'autograd' or 'arrays'",
         )
     if World.is_sparse(config.world) and name == "auto":
-        name = "autograd"  # sparse worlds train on x; the hand gradients' feature space would be D unit axes
+        # Sparse worlds train on x (the hand gradients' feature space would be D unit axes): the
+        # sparse-latent gradients there, which fall back to autograd stack by stack.
+        return CompiledSparseLatentsEngine if device == "cpu" else SparseLatentsEngine
     if name == "auto":
         name = "autograd" if without else "compiled" if device == "cpu" else "arrays"
     elif name in ("arrays", "compiled") and without:

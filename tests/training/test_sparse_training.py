@@ -87,7 +87,7 @@ def test_arrays_engine_trains_like_autograd_on_inputs():
 
 
 def test_compiled_engine_refused_on_sparse_worlds():
-    assert choose_engine(_config(EVERY_KIND[:1]), "cpu").name == "autograd"
+    assert choose_engine(_config(EVERY_KIND[:1]), "cpu").name == "sparse-latents-compiled"
     with pytest.raises(ConfigError) as err:
         choose_engine(_config(EVERY_KIND[:1], "compiled"), "cpu")
     assert err.value.field == "train.engine" and "sparse" in str(err.value)

@@ -1,0 +1,648 @@
+"""Hand-derived gradients on inputs x for SAEs with few active latents per sample: the engine of
+sparse (large) worlds, `SparseLatentsEngine` in training/engines.py.
+
+Of a step, only the encoder's pre-activations pre = (x - b_dec) W_enc + b_enc ([B, D] x [D, K]) are
+inherently dense. The activation keeps a short list of entries (sample b, latent j, h_bj): TopK k
+per sample, BatchTopK k x B per batch, ReLU its positive ones; everything after works on that list,
+one decoder row per entry: the reconstruction b_dec + sum_j h_bj W_j, the error's gradient to each
+kept h (e_b . W_j), the decoder's gradient (h_bj e_b into row j) and the encoder's (grad_pre_bj
+(x_b - b_dec) into column j). That is O(entries x D) where autograd pays O(B x K x D) three more times.
+
+Matryoshka (nested widths w_1 < ... < w_m = K): latent j sits in bracket t_j (w_{t-1} <= j < w_t);
+the prefix reconstructions are running sums over brackets, and latent j sees the summed error of
+every prefix that holds it, sum_{s >= t_j} e_s. The aux loss (activation orthogonality) needs
+cos(x - b, W_j) for every latent, so it is dense: two more [B, D] x [D, K] products, in torch.
+L1 (weighted by the decoder norms or not) adds a constant to each kept h's gradient.
+
+Covered (`covers`): tied and untied SAEs with ReLU, TopK or BatchTopK, Matryoshka widths, L1 and the
+aux loss. Not covered, trained by autograd beside the others: JumpReLU (its threshold's
+pseudo-gradient), and any architecture or loss term without hand-derived gradients.
+
+Two implementations of the list part: torch index ops (`torch_*`, any device: the GPU's path, and on
+the CPU the reference the tests compare the kernels with) and numba kernels (`_keep_*`,
+`_sparse_grads`: the CPU's, one thread). tests/engine/test_sparse_latents.py checks both against autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+
+from .fastpath import GRADIENT_FORMULAS, HAND_DERIVED_TERMS
+from ..saes import ARCHITECTURES, StackedSAE
+
+EPS = 1e-12  # as torch.nn.functional.normalize
+COVERED_ACTIVATIONS = ("relu", "topk", "batchtopk")
+DENSE_FROM = 1 / 8
+"""With more than this share of latents active (a ReLU SAE early in training, a large k), the step
+works on the dense h by products (`torch_dense_grads`): one decoder row per entry, memory-bound,
+costs more than a product's share of K rows beyond about this share (measured on this CPU)."""
+THRESHOLD_GUESS = 0.8
+"""BatchTopK's selection collects the values above this share of the last batch's threshold: a
+batch's threshold rarely falls further, and if it does the selection takes every positive value."""
+
+
+def covers(sae_config) -> bool:
+    """Whether the gradients here train the SAE `sae_config` describes (else autograd does)."""
+    sae_class = ARCHITECTURES[sae_config.architecture]
+    return (
+        sae_class.hand_gradients in GRADIENT_FORMULAS
+        and sae_config.activation in COVERED_ACTIVATIONS
+        and set(sae_class.loss_weights(sae_config, 1.0)) <= HAND_DERIVED_TERMS
+    )
+
+
+@dataclass(frozen=True)
+class SparseArchitecture:
+    """What the gradients here need to know of an SAE stack."""
+
+    tied: bool
+    activation: str
+    """relu, topk or batchtopk."""
+    k: int | None
+    l1_weighted_by_decoder_norm: bool
+    widths: tuple[int, ...]
+    """The Matryoshka prefixes, or (latents,) for a plain SAE."""
+
+    @classmethod
+    def of(cls, sae: StackedSAE) -> "SparseArchitecture":
+        if not covers(sae.config):
+            raise ValueError(
+                f"SAE {sae.config.label!r}: not covered by the sparse-latent gradients"
+            )
+        return cls(
+            sae.hand_gradients == "tied",
+            sae.config.activation,
+            sae.config.k,
+            sae.l1_weighted_by_decoder_norm,
+            tuple(sae.config.nested_widths() or (sae.latents,)),
+        )
+
+
+def brackets(widths: tuple[int, ...]) -> np.ndarray:
+    """Each latent's Matryoshka bracket t_j: the number of widths <= j (0 for a plain SAE) [K]."""
+    return np.searchsorted(np.array(widths), np.arange(widths[-1]), side="right").astype(np.int64)
+
+
+@dataclass
+class Entries:
+    """The kept activations of a stack, CSR over the S x B samples (row s * B + b) in row order:
+    row r's entries are latent[offsets[r]:offsets[r + 1]] (in 0..K-1) with values h > 0."""
+
+    offsets: torch.Tensor
+    latent: torch.Tensor
+    value: torch.Tensor
+    kept_min_S: torch.Tensor | None = None
+    """BatchTopK: each SAE's smallest kept activation (its threshold's new estimate)."""
+    h_SBK: torch.Tensor | None = None
+    """Set (and the list left empty) when so many latents are active that the step uses products
+    on the dense h instead (`DENSE_FROM`)."""
+
+    @classmethod
+    def dense(cls, h_SBK: torch.Tensor, kept_min_S: torch.Tensor | None) -> "Entries":
+        empty = torch.zeros(0, dtype=torch.long, device=h_SBK.device)
+        return cls(empty, empty, h_SBK.new_zeros(0), kept_min_S, h_SBK)
+
+    def above(self, tau_SK: torch.Tensor) -> torch.Tensor:
+        """[h > tau] as a dense bool [S, B, K]."""
+        if self.h_SBK is not None:
+            return self.h_SBK > tau_SK[:, None]
+        S, K = tau_SK.shape
+        B = (len(self.offsets) - 1) // S
+        mask = torch.zeros(S * B * K, dtype=torch.bool, device=tau_SK.device)
+        rows = self.rows()
+        slot = rows * K + self.latent
+        mask[slot] = self.value > tau_SK.reshape(-1)[(rows // B) * K + self.latent]
+        return mask.view(S, B, K)
+
+    def rows(self) -> torch.Tensor:
+        counts = self.offsets[1:] - self.offsets[:-1]
+        return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+
+
+def loss_and_grads(
+    arch: SparseArchitecture,
+    params: dict,
+    x_SBD: torch.Tensor,
+    weights: dict[str, float],
+    tau_SK: torch.Tensor | None,
+    want_loss: bool,
+    out: dict,
+    compiled: bool,
+    threshold_guess_S: torch.Tensor | None = None,
+):
+    """Write d(loss)/d(param) into `out` (tensors by parameter name, overwritten) for the loss the SAE
+    declares (`weights`: `StackedSAE.loss_weights`), averaged over the batch. Returns (its terms'
+    batch means [S] by name if `want_loss`, else None; the batch max of h [S, K]; the entries).
+    `compiled`: the numba kernels (CPU tensors), else torch index ops (any device).
+    `threshold_guess_S` (BatchTopK, compiled): the last batch's smallest kept activation: the
+    selection starts below it (exact whatever it is, fast when close)."""
+    if (
+        set(weights) - HAND_DERIVED_TERMS
+        or weights["mse"] != 1.0
+        or weights.get("prefix_mse", 1.0) != 1.0
+    ):
+        raise ValueError(f"no sparse-latent gradients for the loss terms {weights}")
+    l1, aux_lambda = weights["l1"], weights.get("aux", 0.0)
+    with torch.no_grad():
+        W_dec, b_dec = params["W_dec_SKD"], params["b_dec_SD"]
+        S, K, D = W_dec.shape
+        B = x_SBD.shape[1]
+        xc_SBD = x_SBD - b_dec[:, None]
+        if arch.tied:
+            W_enc = W_dec.transpose(1, 2)
+            pre_SBK = torch.bmm(xc_SBD, W_enc)
+        else:
+            W_enc = params["W_enc_SDK"]
+            pre_SBK = torch.baddbmm(params["b_enc_SK"][:, None], xc_SBD, W_enc)
+        active = arch.k / K if arch.k is not None else float((pre_SBK > 0).float().mean())
+        if active > DENSE_FROM:  # many active latents: products beat one row per entry
+            h_SBK, kept_min_S = torch_activate(pre_SBK, arch.activation, arch.k)
+            entries = Entries.dense(h_SBK, kept_min_S)
+        else:
+            entries = (compiled_keep if compiled else torch_keep)(
+                pre_SBK,
+                arch.activation,
+                arch.k,
+                None if threshold_guess_S is None else THRESHOLD_GUESS * threshold_guess_S,
+            )
+
+        norms_SK = (
+            W_dec.norm(dim=-1) if arch.l1_weighted_by_decoder_norm or aux_lambda > 0 else None
+        )
+        l1_w_SK = norms_SK if arch.l1_weighted_by_decoder_norm else torch.ones_like(W_dec[..., 0])
+        g_W_encT_SKD = torch.empty_like(W_dec)
+        g_b_enc_SK = out["b_enc_SK"] if not arch.tied else torch.empty_like(W_dec[..., 0])
+        list_grads = compiled_sparse_grads if compiled else torch_sparse_grads
+        sums = (torch_dense_grads if entries.h_SBK is not None else list_grads)(
+            x_SBD,
+            b_dec,
+            W_dec,
+            entries,
+            arch.widths,
+            l1_w_SK,
+            l1 / B,
+            out["W_dec_SKD"],
+            g_W_encT_SKD,
+            g_b_enc_SK,
+            out["b_dec_SD"],
+        )
+        sum_h_SK, h_max_SK, mse_S, prefix_S, l1_S = sums
+        # the encoder's path to b_dec (x - b_dec enters the encoder): - W_enc grad_b_enc
+        out["b_dec_SD"] -= torch.bmm(W_enc, g_b_enc_SK[..., None])[..., 0]
+        if arch.l1_weighted_by_decoder_norm and l1 != 0:
+            out["W_dec_SKD"] += (l1 / B) * (sum_h_SK / norms_SK.clamp_min(EPS))[..., None] * W_dec
+        if arch.tied:
+            out["W_dec_SKD"] += g_W_encT_SKD
+        else:
+            out["W_enc_SDK"].copy_(g_W_encT_SKD.transpose(1, 2))
+        aux_S = None
+        if aux_lambda > 0:
+            a_SBK = pre_SBK if arch.tied else torch.bmm(xc_SBD, W_dec.transpose(1, 2))
+            aux_S = _aux_grads(a_SBK, xc_SBD, W_dec, norms_SK, entries, tau_SK, aux_lambda, out)
+        if not want_loss:
+            return None, h_max_SK, entries
+        losses = {"mse": mse_S / B, "l1": l1_S / B}
+        if len(arch.widths) > 1:
+            losses["prefix_mse"] = prefix_S / B
+        if aux_S is not None:
+            losses["aux"] = aux_S
+        return losses, h_max_SK, entries
+
+
+def _aux_grads(
+    a_SBK, xc_SBD, W_dec, norms_SK, entries: Entries, tau_SK, lam: float, out
+) -> torch.Tensor:
+    """L = lam / (B K) sum_b sum_j [h_bj <= tau_j] cos_bj^2, cos_bj = a_bj / (r_b n_j), a = (x - b) . W_j,
+    r = ||x - b||, n = ||W_j|| (h held fixed, as `saes.losses.aux_loss`): its gradients added to
+    `out`'s W_dec and b_dec; returns the term's batch mean [S] (lambda not applied)."""
+    S, B, K = a_SBK.shape
+    inv_r_SB = 1.0 / xc_SBD.norm(dim=-1).clamp_min(EPS)
+    n_SK = norms_SK.clamp_min(EPS)
+    scale_SBK = inv_r_SB[..., None] / n_SK[:, None]
+    cos = a_SBK * scale_SBK
+    low = (~entries.above(tau_SK)).to(cos.dtype)
+    value_S = (low * cos * cos).mean(-1).mean(-1)
+    g = cos * low * (2.0 * lam / (B * K))  # dL/dcos
+    g_cos = g * cos
+    c1 = g * scale_SBK
+    d_SB = g_cos.sum(-1) * inv_r_SB * inv_r_SB
+    # dL/dW_j = sum_b c1_bj (x_b - b) - (sum_b g_bj cos_bj) W_j / n_j^2
+    out["W_dec_SKD"] += (
+        torch.bmm(c1.transpose(1, 2), xc_SBD) - (g_cos.sum(1) / (n_SK * n_SK))[..., None] * W_dec
+    )
+    # dL/db = -sum_j (sum_b c1_bj) W_j + sum_b d_b (x_b - b)
+    out["b_dec_SD"] += (
+        torch.bmm(d_SB[:, None], xc_SBD)[:, 0] - torch.bmm(c1.sum(1)[:, None], W_dec)[:, 0]
+    )
+    return value_S
+
+
+# -- torch: any device ------------------------------------------------------------------------
+
+
+def torch_activate(pre_SBK: torch.Tensor, activation: str, k: int | None):
+    """(h [S, B, K] as `StackedSAE.activate` gives it in training, BatchTopK's smallest kept
+    activation per SAE or None)."""
+    S, B, K = pre_SBK.shape
+    h = torch.relu(pre_SBK)
+    kept_min = None
+    if activation == "topk":
+        top = h.topk(k, dim=-1)
+        h = torch.zeros_like(h).scatter(-1, top.indices, top.values)
+    elif activation == "batchtopk":
+        top = h.flatten(1).topk(k * B, dim=-1)
+        positive = top.values > 0
+        kept_min = torch.where(positive, top.values, torch.inf).amin(-1)
+        kept_min = torch.where(kept_min.isinf(), torch.zeros_like(kept_min), kept_min)
+        h = torch.zeros_like(h.flatten(1)).scatter(-1, top.indices, top.values).view(S, B, K)
+    return h, kept_min
+
+
+def torch_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=None) -> Entries:
+    """The kept activations (h > 0) as `StackedSAE.activate` keeps them in training."""
+    S, B, K = pre_SBK.shape
+    h, kept_min = torch_activate(pre_SBK, activation, k)
+    mask = h > 0
+    counts = mask.sum(-1).reshape(-1)
+    offsets = torch.zeros(S * B + 1, dtype=torch.long, device=h.device)
+    offsets[1:] = counts.cumsum(0)
+    where = mask.reshape(S * B, K).nonzero()  # row-major: sorted by row, then latent
+    return Entries(offsets, where[:, 1], h.reshape(S * B, K)[where[:, 0], where[:, 1]], kept_min)
+
+
+def torch_dense_grads(
+    x_SBD,
+    b_dec_SD,
+    W_dec_SKD,
+    entries: Entries,
+    widths,
+    l1_w_SK,
+    l1_over_B,
+    g_W_dec,
+    g_W_encT,
+    g_b_enc,
+    g_b_dec,
+):
+    """`torch_sparse_grads` by products on the dense h (`entries.h_SBK`), prefix by prefix."""
+    h = entries.h_SBK
+    B = x_SBD.shape[1]
+    bounds = list(zip((0, *widths[:-1]), widths))
+    xc_SBD = x_SBD - b_dec_SD[:, None]
+    errors, run = [], -xc_SBD
+    for lo, hi in bounds:  # the error of each prefix reconstruction
+        run = run + torch.bmm(h[:, :, lo:hi], W_dec_SKD[:, lo:hi])
+        errors.append(run)
+    sq = torch.stack([(e * e).sum(-1).sum(-1) for e in errors], -1)  # [S, m]
+    E, acc = [None] * len(bounds), 0.0
+    for t in range(len(bounds) - 1, -1, -1):  # latents of bracket t see the errors of prefixes >= t
+        acc = acc + errors[t]
+        E[t] = (2.0 / B) * acc
+    grad_h = (
+        torch.cat(
+            [
+                torch.bmm(E[t], W_dec_SKD[:, lo:hi].transpose(1, 2))
+                for t, (lo, hi) in enumerate(bounds)
+            ],
+            -1,
+        )
+        + l1_over_B * l1_w_SK[:, None]
+    )
+    grad_pre = grad_h * (h > 0)
+    for t, (lo, hi) in enumerate(bounds):
+        g_W_dec[:, lo:hi] = torch.bmm(h[:, :, lo:hi].transpose(1, 2), E[t])
+    g_W_encT.copy_(torch.bmm(grad_pre.transpose(1, 2), xc_SBD))
+    g_b_enc.copy_(grad_pre.sum(1))
+    g_b_dec.copy_(E[0].sum(1))
+    l1_S = (h * l1_w_SK[:, None]).sum(-1).sum(-1)
+    return h.sum(1), h.amax(1), sq[:, -1], sq[:, :-1].sum(-1), l1_S
+
+
+def torch_sparse_grads(
+    x_SBD,
+    b_dec_SD,
+    W_dec_SKD,
+    entries: Entries,
+    widths,
+    l1_w_SK,
+    l1_over_B,
+    g_W_dec,
+    g_W_encT,
+    g_b_enc,
+    g_b_dec,
+):
+    """The list part of a step by torch index ops: gradients written into the g_* tensors; returns
+    (sum of h [S, K], max of h [S, K], mse sum [S], prefix_mse sum [S], l1 sum [S])."""
+    S, B, D = x_SBD.shape
+    K = W_dec_SKD.shape[1]
+    rows = entries.rows()
+    sae = rows // B
+    slot = sae * K + entries.latent  # the entry's decoder row in [S * K]
+    v = entries.value
+    m = len(widths)
+    bracket = torch.as_tensor(brackets(widths), device=v.device)[entries.latent]
+    W_nD = W_dec_SKD.reshape(S * K, D)[slot]
+    parts = torch.zeros(S * B * m, D, dtype=v.dtype, device=v.device)
+    parts.index_add_(0, rows * m + bracket, v[:, None] * W_nD)
+    # prefix reconstructions minus x: the error e_t of each prefix t
+    e_SBmD = parts.view(S, B, m, D).cumsum(2) + (b_dec_SD[:, None] - x_SBD)[:, :, None]
+    sq = (e_SBmD * e_SBmD).sum(-1).sum(1)  # [S, m]
+    # latent j sees the summed error of every prefix that holds it: sum over brackets s >= t_j
+    E = (2.0 / B) * e_SBmD.flip(2).cumsum(2).flip(2)
+    E_nD = E.reshape(S * B * m, D)[rows * m + bracket]
+    l1_w = l1_w_SK.reshape(-1)[slot]
+    grad_h = (E_nD * W_nD).sum(-1) + l1_over_B * l1_w
+    xc_nD = (x_SBD - b_dec_SD[:, None]).reshape(S * B, D)[rows]
+    g_W_dec.zero_().view(S * K, D).index_add_(0, slot, v[:, None] * E_nD)
+    g_W_encT.zero_().view(S * K, D).index_add_(0, slot, grad_h[:, None] * xc_nD)
+    g_b_enc.zero_().view(-1).index_add_(0, slot, grad_h)
+    g_b_dec.copy_(E[:, :, 0].sum(1))
+    sum_h = torch.zeros(S * K, dtype=v.dtype, device=v.device).index_add_(0, slot, v)
+    h_max = torch.zeros(S * K, dtype=v.dtype, device=v.device).scatter_reduce_(0, slot, v, "amax")
+    l1_S = torch.zeros(S, dtype=v.dtype, device=v.device).index_add_(0, sae, v * l1_w)
+    return sum_h.view(S, K), h_max.view(S, K), sq[:, -1], sq[:, :-1].sum(-1), l1_S
+
+
+# -- numba: the CPU ---------------------------------------------------------------------------
+
+
+def compiled_keep(pre_SBK: torch.Tensor, activation: str, k: int | None, guess_S=None) -> Entries:
+    """`torch_keep` by the numba selectors (CPU tensors): the same entries, ties aside. `guess_S`
+    (BatchTopK): a lower bound of each SAE's threshold to start from (NaN or absent: none)."""
+    S, B, K = pre_SBK.shape
+    pre = pre_SBK.contiguous().numpy()
+    parts, kept_min = [], np.zeros(S, np.float32)
+    for s in range(S):
+        if activation == "batchtopk":
+            guess = 0.0 if guess_S is None or not guess_S[s] > 0 else float(guess_S[s])
+            kept_min[s], *found = _keep_batch_top(pre[s], k * B, np.float32(guess))
+        elif activation == "topk":
+            found = _keep_row_top(pre[s], k)
+        else:
+            found = _keep_positive(pre[s])
+        parts.append(found)
+    offsets = np.zeros(S * B + 1, np.int64)
+    for s, (off, _, _) in enumerate(parts):
+        offsets[s * B + 1 : (s + 1) * B + 1] = off[1:] + offsets[s * B]
+    return Entries(
+        torch.from_numpy(offsets),
+        torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        torch.from_numpy(np.concatenate([p[2] for p in parts])),
+        torch.from_numpy(kept_min) if activation == "batchtopk" else None,
+    )
+
+
+def compiled_sparse_grads(
+    x_SBD,
+    b_dec_SD,
+    W_dec_SKD,
+    entries: Entries,
+    widths,
+    l1_w_SK,
+    l1_over_B,
+    g_W_dec,
+    g_W_encT,
+    g_b_enc,
+    g_b_dec,
+):
+    """`torch_sparse_grads` by one numba call (CPU tensors)."""
+    S, K = W_dec_SKD.shape[:2]
+    sum_h, h_max = np.zeros((S, K), np.float32), np.zeros((S, K), np.float32)
+    sums = np.zeros((S, 3), np.float64)
+    _sparse_grads(
+        x_SBD.contiguous().numpy(),
+        b_dec_SD.numpy(),
+        W_dec_SKD.numpy(),
+        entries.offsets.numpy(),
+        entries.latent.numpy(),
+        entries.value.numpy(),
+        brackets(widths),
+        len(widths),
+        l1_w_SK.contiguous().numpy(),
+        np.float32(l1_over_B),
+        g_W_dec.numpy(),
+        g_W_encT.numpy(),
+        g_b_enc.numpy(),
+        g_b_dec.numpy(),
+        sum_h,
+        h_max,
+        sums,
+    )
+    as_t = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
+    return as_t(sum_h), as_t(h_max), as_t(sums[:, 0]), as_t(sums[:, 1]), as_t(sums[:, 2])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _sparse_grads(
+    x_SBD, b_dec_SD, W_dec_SKD, offsets, latent, value, bracket_K, m, l1_w_SK, l1_over_B,
+    g_W_dec_SKD, g_W_encT_SKD, g_b_enc_SK, g_b_dec_SD, sum_h_SK, h_max_SK, sums_S3,
+):  # fmt: skip
+    """Per sample: the prefix reconstructions from its entries, their errors, the suffix sums E_t
+    (2/B sum_{s >= t} e_s), then per entry grad_h = E_t . W_j + l1 w_j / B, and the gradients
+    (rows of W_dec and of W_enc^T, b_enc, and b_dec's decoder part)."""
+    S, B, D = x_SBD.shape
+    two_over_B = np.float32(2.0 / B)
+    E = np.empty((m, D), np.float32)
+    xc = np.empty(D, np.float32)
+    g_W_dec_SKD[:] = 0.0
+    g_W_encT_SKD[:] = 0.0
+    g_b_enc_SK[:] = 0.0
+    g_b_dec_SD[:] = 0.0
+    for s in range(S):
+        W = W_dec_SKD[s]
+        bias = b_dec_SD[s]
+        gW, gE, gbe, gbd = g_W_dec_SKD[s], g_W_encT_SKD[s], g_b_enc_SK[s], g_b_dec_SD[s]
+        for b in range(B):
+            r = s * B + b
+            x = x_SBD[s, b]
+            E[:] = 0.0
+            for e in range(offsets[r], offsets[r + 1]):
+                j, v, t = latent[e], value[e], bracket_K[latent[e]]
+                for d in range(D):
+                    E[t, d] += v * W[j, d]
+            # running sums over brackets: the error of each prefix reconstruction
+            for d in range(D):
+                xc[d] = x[d] - bias[d]
+                run = -xc[d]
+                for t in range(m):
+                    run += E[t, d]
+                    E[t, d] = run
+            for t in range(m):
+                q = 0.0
+                for d in range(D):
+                    q += E[t, d] * E[t, d]
+                sums_S3[s, 0 if t == m - 1 else 1] += q
+            for t in range(m - 2, -1, -1):
+                for d in range(D):
+                    E[t, d] += E[t + 1, d]
+            for t in range(m):
+                for d in range(D):
+                    E[t, d] *= two_over_B
+            for d in range(D):
+                gbd[d] += E[0, d]
+            for e in range(offsets[r], offsets[r + 1]):
+                j, v, t = latent[e], value[e], bracket_K[latent[e]]
+                dot = np.float32(0.0)
+                for d in range(D):
+                    dot += E[t, d] * W[j, d]
+                gh = dot + l1_over_B * l1_w_SK[s, j]
+                for d in range(D):
+                    gW[j, d] += v * E[t, d]
+                    gE[j, d] += gh * xc[d]
+                gbe[j] += gh
+                sum_h_SK[s, j] += v
+                h_max_SK[s, j] = max(h_max_SK[s, j], v)
+                sums_S3[s, 2] += l1_w_SK[s, j] * v
+
+
+@numba.njit(cache=True, nogil=True)
+def _emit(pre_BK, threshold, keep_equal_B, capacity):
+    """The entries v > threshold, or v == threshold while row b's keep_equal_B[b] lasts
+    (a negative threshold never arises: only positive values are kept), as CSR."""
+    B, K = pre_BK.shape
+    offsets = np.zeros(B + 1, np.int64)
+    latent = np.empty(capacity, np.int64)
+    value = np.empty(capacity, np.float32)
+    n = 0
+    for b in range(B):
+        left = keep_equal_B[b]
+        t = threshold[b]
+        for j in range(K):
+            v = pre_BK[b, j]
+            if v > t or (v == t and v > 0 and left > 0):
+                if v == t:
+                    left -= 1
+                latent[n] = j
+                value[n] = v
+                n += 1
+        offsets[b + 1] = n
+    return offsets, latent[:n], value[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_positive(pre_BK):
+    B, K = pre_BK.shape
+    return _emit(pre_BK, np.zeros(B, np.float32), np.zeros(B, np.int64), B * K)
+
+
+@numba.njit(cache=True, nogil=True)
+def _candidates(flat, low, index, value):
+    """The positive values >= low, with their flat indices, in order; returns their number."""
+    n = 0
+    for i in range(flat.shape[0]):  # branch-free: a written slot is kept only if the value passes
+        v = flat[i]
+        index[n] = i
+        value[n] = v
+        n += (v >= low) & (v > 0)
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_batch_top(pre_BK, count, guess):
+    """BatchTopK: the `count` largest positive values of the batch, exactly. Only the values at least
+    `guess` (a lower bound expected to hold a few more than `count`: say 0.8 x the last threshold) are
+    collected and partitioned; if fewer than `count` are, every positive value is. Returns (the
+    smallest kept value, offsets, latent, value)."""
+    B, K = pre_BK.shape
+    flat = pre_BK.reshape(-1)
+    index = np.empty(flat.shape[0] + 1, np.int64)
+    value = np.empty(flat.shape[0] + 1, np.float32)
+    n = _candidates(flat, guess, index, value)
+    if n < count and guess > 0:
+        n = _candidates(flat, np.float32(0.0), index, value)
+    index, value = index[:n], value[:n]
+    if n <= count:  # every positive value is kept
+        threshold, keep_equal = np.float32(0.0), 0
+        kept_min = value.min() if n > 0 else np.float32(0.0)
+    else:
+        threshold = _kth_largest(value.copy(), n, count)
+        greater = 0
+        for v in value:
+            if v > threshold:
+                greater += 1
+        keep_equal = count - greater  # of the values equal to the threshold, the first in row order
+        kept_min = threshold
+    offsets = np.zeros(B + 1, np.int64)
+    latent = np.empty(min(n, count), np.int64)
+    kept = np.empty(min(n, count), np.float32)
+    m = 0
+    for c in range(n):
+        v = value[c]
+        if v > threshold or (v == threshold and keep_equal > 0):
+            if v == threshold:
+                keep_equal -= 1
+            latent[m] = index[c] % K
+            kept[m] = v
+            offsets[index[c] // K + 1] += 1
+            m += 1
+    for b in range(B):
+        offsets[b + 1] += offsets[b]
+    return kept_min, offsets, latent[:m], kept[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_largest(a, n, k):
+    """The k-th largest of a[:n] (1 <= k <= n), reordering a in place (quickselect)."""
+    lo, hi, target = 0, n - 1, k - 1  # the target position in descending order
+    while lo < hi:
+        mid = (lo + hi) // 2
+        pivot = max(min(a[lo], a[mid]), min(max(a[lo], a[mid]), a[hi]))  # median of three
+        i, j = lo, hi
+        while i <= j:
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            return a[target]
+    return a[target]
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_row_top(pre_BK, k):
+    """TopK: each row's k largest positive values (a partition of the row's positive values)."""
+    B, K = pre_BK.shape
+    threshold = np.zeros(B, np.float32)
+    keep_equal = np.zeros(B, np.int64)
+    positive = np.empty(K + 1, np.float32)
+    for b in range(B):
+        n = 0
+        for j in range(K):  # branch-free, as `_candidates`
+            v = pre_BK[b, j]
+            positive[n] = v
+            n += v > 0
+        if n <= k:
+            continue  # every positive value: threshold 0
+        t = _kth_largest(positive, n, k)
+        greater = 0
+        for j in range(K):
+            if pre_BK[b, j] > t:
+                greater += 1
+        threshold[b] = t
+        keep_equal[b] = k - greater
+    return _emit(pre_BK, threshold, keep_equal, B * k)
+
+
+def warm_up() -> None:
+    """Compile (or load) the kernels on scratch, so no training step pays it."""
+    pre = np.ones((2, 3), np.float32)
+    _keep_positive(pre)
+    _keep_row_top(pre, 1)
+    _keep_batch_top(pre, 2, np.float32(0.5))
+    z = torch.zeros
+    entries = compiled_keep(torch.ones(1, 2, 3), "relu", None)
+    compiled_sparse_grads(
+        z(1, 2, 4), z(1, 4), z(1, 3, 4), entries, (3,), z(1, 3), 0.0,
+        z(1, 3, 4), z(1, 3, 4), z(1, 3), z(1, 4),
+    )  # fmt: skip
