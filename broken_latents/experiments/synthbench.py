@@ -28,7 +28,10 @@ from ..config.schema import (
     TreeConfig,
     WorldConfig,
 )
+from . import checks as c
+from .claims import Claim
 from .registry import Experiment, register
+from ..analysis.metrics import Metrics, RunMetrics
 
 
 def synthbench_world(features: int, dim: int, seed: int = 0) -> WorldConfig:
@@ -61,6 +64,81 @@ features (SynthSAEBench-16k reports about 34), 18.1 over its top 1024."""
 L1 = 1.0
 """L1 coefficient of the ReLU SAEs here: not tuned (with magnitudes near 5 and a unit decoder row, an L1 of
 1 shrinks a latent by 0.5, a tenth of its feature)."""
+
+
+TABLE = (
+    "mcc",
+    "uniqueness",
+    "precision",
+    "recall",
+    "f1",
+    "sae_l0",
+    "dead_count",
+    "shrinkage",
+    "explained_variance",
+)
+"""SynthSAEBench's columns (analysis/scale.py, SAELens' definitions), as RunMetrics names them."""
+
+
+def mean_absorption_gap(run: RunMetrics) -> float:
+    """Mean over the hierarchy's parent -> child edges (those where both conditions occurred) of the
+    absorption gap: about 0 when parent latents fire whether or not a child does, near 1 when child
+    latents absorb their parents."""
+    gaps = [g.gap for g in run.absorption_gap or [] if g.gap is not None]
+    return sum(gaps) / len(gaps) if gaps else 0.0
+
+
+def broken_count(run: RunMetrics) -> float:
+    """Live latents matched to a feature below the clean cosine (metrics.json's broken_latents)."""
+    return float(len(run.broken_latents))
+
+
+def f1(run: RunMetrics) -> float:
+    return run.f1
+
+
+def mcc(run: RunMetrics) -> float:
+    return run.mcc
+
+
+def l0(run: RunMetrics) -> float:
+    return run.sae_l0
+
+
+def synthbench_table(metrics: Metrics) -> list[dict]:
+    """One row per SAE (in the run's order): each TABLE column's mean over the seeds, with its min and
+    max, plus ours (broken latents, mean absorption gap); `seeds` says over how many."""
+    by_label: dict[str, list[RunMetrics]] = {}
+    for run in metrics.runs:
+        by_label.setdefault(run.label, []).append(run)
+    rows = []
+    for label, runs in by_label.items():
+        row: dict = {"label": label, "seeds": len(runs)}
+        columns = {name: (lambda r, n=name: float(getattr(r, n))) for name in TABLE}
+        columns |= {"broken_latents": broken_count, "absorption_gap": mean_absorption_gap}
+        for name, value in columns.items():
+            values = [value(r) for r in runs]
+            row[name] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+        rows.append(row)
+    return rows
+
+
+def table_markdown(metrics: Metrics) -> str:
+    """synthbench_table as a markdown table: mean over seeds ([min, max] where the seeds differ)."""
+    rows = synthbench_table(metrics)
+    names = [*TABLE, "broken_latents", "absorption_gap"]
+    lines = ["| SAE | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for row in rows:
+        cells = []
+        for name in names:
+            cell = row[name]
+            digits = 1 if name in ("sae_l0", "dead_count", "broken_latents") else 3
+            text = f"{cell['mean']:.{digits}f}"
+            if round(cell["min"], digits) != round(cell["max"], digits):
+                text += f" [{cell['min']:.{digits}f}, {cell['max']:.{digits}f}]"
+            cells.append(text)
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _scale_study(
