@@ -38,7 +38,43 @@ def test_synthbench_4k_fits_in_minutes_and_neither_is_reproduced():
     assert (
         not EXPERIMENTS["synthbench-4k"].reproduced and not EXPERIMENTS["synthbench-16k"].reproduced
     )
-    assert not EXPERIMENTS["synthbench-4k"].claims  # none until measured
+    assert config.train.seeds == 2  # claims over seeds: both must hold (claims.seeds_needed)
+    ids = {claim.id for claim in EXPERIMENTS["synthbench-4k"].claims}
+    assert {"matryoshka-beats-batchtopk", "aux-keeps-f1", "no-absorption-gap"} <= ids
+
+
+def test_the_comparison_checks_decide_on_the_numbers_and_name_them():
+    from broken_latents.experiments import checks as c
+    from broken_latents.experiments.synthbench import f1, mean_absorption_gap
+    from broken_latents.analysis.metrics import AbsorptionGap
+    from factories import run_metrics, world_metrics
+
+    runs = {
+        "a": run_metrics(
+            label="a", f1=0.60, absorption_gap=[AbsorptionGap(parent=0, child=1, latent=0, gap=0.3)]
+        ),
+        "b": run_metrics(
+            label="b",
+            f1=0.50,
+            absorption_gap=[AbsorptionGap(parent=0, child=1, latent=0, gap=None)],
+        ),
+    }
+    world = world_metrics()
+    assert c.compares("a", "b", "F1", f1, 0.05)(runs, world) == (
+        True,
+        "F1 a 0.6000, b 0.5000 (difference +0.1000)",
+    )
+    assert not c.compares("a", "b", "F1", f1, 0.2)(runs, world)[0]
+    assert not c.compares("b", "a", "F1", f1, 0.0)(runs, world)[0]
+    assert c.within("a", "b", "F1", f1, 0.1 + 1e-9)(runs, world)[0]
+    assert not c.within("a", "b", "F1", f1, 0.05)(runs, world)[0]
+    # An edge whose conditions never occurred (gap None) does not count; none at all: 0.
+    assert mean_absorption_gap(runs["a"]) == 0.3 and mean_absorption_gap(runs["b"]) == 0.0
+    assert not c.bounded(["a", "b"], "gap", mean_absorption_gap, -0.01, 0.01)(runs, world)[0]
+    assert c.bounded(["b"], "gap", mean_absorption_gap, -0.01, 0.01)(runs, world) == (
+        True,
+        "gap b 0.0000",
+    )
 
 
 def _synthbench_like(
