@@ -39,6 +39,11 @@ def test_synthbench_4k_fits_in_minutes_and_neither_is_reproduced():
         not EXPERIMENTS["synthbench-4k"].reproduced and not EXPERIMENTS["synthbench-16k"].reproduced
     )
     assert config.train.seeds == 2  # claims over seeds: both must hold (claims.seeds_needed)
+    # Its metrics read the samples the per-latent analyses hold: no second draw of the held-out stream.
+    from broken_latents.analysis.measure import DETAIL_BYTES, detail_bytes_per_sample
+
+    per_sample = detail_bytes_per_sample(4096, 256, [sae.latents for sae in config.sae])
+    assert config.train.eval_samples <= DETAIL_BYTES // per_sample
     ids = {claim.id for claim in EXPERIMENTS["synthbench-4k"].claims}
     assert {"matryoshka-beats-batchtopk", "aux-keeps-f1", "no-absorption-gap"} <= ids
 
