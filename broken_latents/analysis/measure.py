@@ -42,10 +42,12 @@ FIRING_PATTERNS_MAX = 256
 """Firing patterns (every latent's output on each chosen feature set) are recorded only for SAEs of
 at most this many latents and worlds with at most this many sets: beyond, the table would hold
 sets x latents numbers (a generated tree of 16k features: ~10^8) that no report can show."""
-PEAK_MODELS_MAX = 256
-"""Peak models (a Gaussian mixture chosen by BIC, ~0.1 s a latent) are fitted to at most this many
-latents of an SAE: every live latent of a small SAE, the most-firing ones of a large one. The others'
-peaks come from the smoothed histogram (`count_peaks`), the cross-check every latent gets."""
+PEAK_MODELS_MAX = 64
+"""Peak models (a Gaussian mixture chosen by BIC, 40-60 ms a latent on one core) are fitted to at most
+this many latents of an SAE: every live latent of the post's SAEs (at most 64 latents), the most-firing
+ones of a large one (synthbench-4k: 64 of 1024 per SAE and seed; 256 took 80 of the analysis' 150 s).
+The others' peaks come from the smoothed histogram (`count_peaks`), the cross-check every latent gets,
+and their detection signals see no model (as a latent with too few firings to fit)."""
 
 
 def modelled_latents(acts_BK: np.ndarray, live_K: np.ndarray) -> list[int]:

@@ -180,7 +180,9 @@ class RunMetrics(_Schema, _Matrices):
     histogram_peaks: list[int] | None = None
     """[latent]: peaks counted in a smoothed histogram above 20% of the max, the cross-check."""
     peak_models: list[PeakModelRecord] | None = None
-    """Per live latent with a fitted model: its peak model (PeakModelRecord)."""
+    """Per live latent with a fitted model: its peak model (PeakModelRecord). Fitted to every live latent
+    of an SAE with at most analysis.measure.PEAK_MODELS_MAX (64) of them, to the 64 that fire most in a
+    wider one; every latent has `histogram_peaks`."""
     mse: float
     l0: float
     explained_variance: float

@@ -421,3 +421,42 @@ def latent_is_one_of(
         ), f"{label} latent {latent} is {cos[best]:+.2f} f{best}"
 
     return check
+
+
+Measure = Callable[[RunMetrics], float]
+"""A number of one SAE's metrics (its F1, its mean absorption gap, ...), for the comparisons below."""
+
+
+def compares(a: str, b: str, name: str, value: Measure, at_least: float) -> Check:
+    """Check: value(a) - value(b) >= at_least (a negative `at_least`: a may fall that far below b);
+    the detail gives both values."""
+
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        va, vb = value(runs[a]), value(runs[b])
+        return va - vb >= at_least, f"{name} {a} {va:.4f}, {b} {vb:.4f} (difference {va - vb:+.4f})"
+
+    return check
+
+
+def within(a: str, b: str, name: str, value: Measure, tolerance: float) -> Check:
+    """Check: |value(a) - value(b)| <= tolerance: the two SAEs do not differ by more."""
+
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        va, vb = value(runs[a]), value(runs[b])
+        return abs(
+            va - vb
+        ) <= tolerance, f"{name} {a} {va:.4f}, {b} {vb:.4f} (difference {va - vb:+.4f})"
+
+    return check
+
+
+def bounded(labels: list[str], name: str, value: Measure, low: float, high: float) -> Check:
+    """Check: low <= value(label) <= high for every label."""
+
+    def check(runs: Runs, world: WorldMetrics) -> tuple[bool, str]:
+        values = {label: value(runs[label]) for label in labels}
+        return all(low <= v <= high for v in values.values()), f"{name} " + ", ".join(
+            f"{label} {v:.4f}" for label, v in values.items()
+        )
+
+    return check
