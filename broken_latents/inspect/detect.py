@@ -30,6 +30,7 @@ import json
 import mmap
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +134,11 @@ def inspect_sae(
     out: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> InspectOutcome:
-    """Check everything, stream the activations, fit a peak model per latent, write DIR atomically."""
+    """Check everything, stream the activations, fit a peak model per latent, write DIR atomically.
+    `timings`, when given, receives the wall seconds of each phase (studies/inspect_scale.py)."""
+    timings = {} if timings is None else timings
     sae_path = Path(sae_path)
     if limit is not None and limit < 1:
         raise ConfigError("--limit", f"must be >= 1, got {limit}")
@@ -148,8 +152,10 @@ def inspect_sae(
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
     _check_out_dir(out)
     samples = min(file.n, limit) if limit else file.n
-    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress)
+    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress, timings)
+    clock = time.perf_counter()
     models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
+    timings["peak models"] = time.perf_counter() - clock
     signals = latent_signals(
         sae.W_enc,
         sae.W_dec,
@@ -235,9 +241,17 @@ def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, 
             bar.advance(task, len(x_BD))
 
 
-def collect(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool = False):
+def collect(
+    sae: NumpySAE,
+    file: ActivationFile,
+    samples: int,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+):
     """The two streaming passes: (fires [K], max [K], reservoirs, co-activation counts). Everything
     kept is sized by K, RESERVOIR and NEIGHBOURS, never by the number of rows."""
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
     fires_K = np.zeros(sae.d_sae, dtype=np.int64)
     max_K = np.zeros(sae.d_sae, dtype=np.float32)
     reservoirs = Reservoirs(sae.d_sae, RESERVOIR, SEED)
@@ -245,9 +259,12 @@ def collect(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool = 
         fires_K += (h_BK > 0).sum(0)
         np.maximum(max_K, h_BK.max(0), out=max_K)
         reservoirs.add(h_BK)
+    timings["streaming pass"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K)
     for _, h_BK in _encoded(sae, file, min(samples, COACTIVATION_ROWS), progress, "co-activation"):
         coactivation.add(h_BK)
+    timings["co-activation pass"] = time.perf_counter() - clock
     return fires_K, max_K, reservoirs, coactivation
 
 
