@@ -38,12 +38,9 @@ from broken_latents.config.schema import (
 from broken_latents.config.toml_io import from_dict, to_dict
 from broken_latents.analysis.score import WEIGHTS_FILE, fit_score_model
 from broken_latents.analysis.signals import (
-    ACTIVE_SHARE,
     SIGNALS,
-    CoActivation,
-    PeakSummary,
-    latent_signals,
-    neighbour_pairs,
+    LARGE_SAE_SAMPLES,
+    wide_peak_model,
     signals_of,
 )
 from broken_latents.output.saelens_format import NumpySAE
@@ -64,6 +61,10 @@ they are no longer held out; changes since are judged on world seeds 6-8, never 
 SAMPLES = 5_000_000
 TOPK_SAMPLES = 2_000_000
 """TopK trains by autograd (no hand-derived gradients), 4x slower a sample: fewer samples, batches of 4096."""
+CAP_SEEDS = {6}
+"""World seeds whose SAEs also get their peak signals from models fitted on LARGE_SAE_SAMPLES activations,
+as inspect fits a wide SAE: the verdicts with and without the cap are compared (stage fit)."""
+PEAK_SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share")
 SYNTH_SAMPLES, SYNTH_TOPK_SAMPLES = 2_000_000, 1_000_000
 """The synthetic family's budget (its 256-feature world samples 3x slower than the small ones)."""
 TRAIN_SEEDS = 2
@@ -356,13 +357,24 @@ def world_rows(path: Path) -> list[dict]:
         truth, best_cos, f1 = truth_broken(
             h_BK, record["W_dec"], world.directions_ND.numpy(), f_BN, live
         )
-        signals, _ = signals_of(
-            record["W_enc"],
-            record["W_dec"],
-            h_BK,
-            tied=record["architecture"] == "tied",
-            seed=record["seed"],
+        tied = record["architecture"] == "tied"
+        signals, models = signals_of(
+            record["W_enc"], record["W_dec"], h_BK, tied=tied, seed=record["seed"]
         )
+        capped = {}
+        if int(w) in CAP_SEEDS:
+            # The wide-SAE path of inspect: each peak model fitted on LARGE_SAE_SAMPLES activations.
+            fits = [
+                wide_peak_model(h_BK[:, j][h_BK[:, j] > 0], record["seed"])
+                for j in range(h_BK.shape[1])
+            ]
+            capped_signals, _ = signals_of(
+                record["W_enc"], record["W_dec"], h_BK, fits, tied=tied, seed=record["seed"]
+            )
+            capped = {
+                "capped_peaks": [m.n_peaks for m in fits],
+                **{f"capped_{s}": capped_signals[s] for s in PEAK_SIGNALS},
+            }
         for j in np.flatnonzero(live):
             rows.append(
                 {
@@ -375,32 +387,10 @@ def world_rows(path: Path) -> list[dict]:
                     "best_cos": float(best_cos[j]),
                     "f1": float(f1[j]),
                     **{s: float(signals[s][j]) for s in SIGNALS},
+                    "peaks": models[j].n_peaks,
+                    **{k: float(v[j]) for k, v in capped.items()},
                 }
             )
-    return rows
-
-
-CHEAP = ("active_rate", "exclusive_miss")
-"""Signals that need no peak model: added to rows cached before they existed, without refitting peaks."""
-
-
-def add_cheap_signals(path: Path, rows: list[dict]) -> list[dict]:
-    cached = torch.load(path, weights_only=False)
-    world = World.build(from_dict(ExperimentConfig, cached["config"]).world)
-    for record in cached["saes"]:
-        f_NB = DataStream(
-            world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1
-        ).next()[0]
-        h_BK = numpy_sae(record).encode((f_NB.T @ world.directions_ND).numpy().astype(np.float32))
-        counts = CoActivation(neighbour_pairs(record["W_dec"]), ACTIVE_SHARE * h_BK.max(0))
-        counts.add(h_BK)
-        none = [PeakSummary(0.0, 0.0, 0.0)] * h_BK.shape[1]
-        signals = latent_signals(
-            record["W_enc"], record["W_dec"], counts, none, tied=record["architecture"] == "tied"
-        )
-        for r in rows:
-            if (r["label"], r["seed"]) == (record["label"], record["seed"]):
-                r.update({name: float(signals[name][r["latent"]]) for name in CHEAP})
     return rows
 
 
@@ -412,11 +402,7 @@ def stage_signals() -> None:
         if not done.exists():
             done.write_text(json.dumps(world_rows(path)))
             print(done.name, flush=True)
-        these = json.loads(done.read_text())
-        if these and any(name not in these[0] for name in CHEAP):
-            done.write_text(json.dumps(add_cheap_signals(path, these)))
-            these = json.loads(done.read_text())
-        rows += these
+        rows += json.loads(done.read_text())
     (CACHE / "table.json").write_text(json.dumps(rows))
 
 
@@ -493,6 +479,28 @@ def evaluate(rows, signals):
     return model, out, score
 
 
+def cap_agreement(rows: list[dict], model) -> dict:
+    """Verdicts and peak counts with every peak model fitted on LARGE_SAE_SAMPLES activations (inspect's
+    wide-SAE path) against the same SAEs' uncapped fits, on the CAP_SEEDS worlds."""
+    both = [r for r in rows if "capped_peaks" in r]
+    if not both:
+        return {}
+    full = model.probability({s: np.array([r[s] for r in both]) for s in model.signals})
+    capped = model.probability(
+        {s: np.array([r.get(f"capped_{s}", r[s]) for r in both]) for s in model.signals}
+    )
+    agree = (full >= model.threshold) == (capped >= model.threshold)
+    return {
+        "world_seeds": sorted(CAP_SEEDS),
+        "latents": len(both),
+        "cap": LARGE_SAE_SAMPLES,
+        "verdicts_agree": round(float(agree.mean()), 4),
+        "verdicts_differ": int((~agree).sum()),
+        "peaks_agree": round(float(np.mean([r["peaks"] == r["capped_peaks"] for r in both])), 4),
+        "score_mean_abs_diff": round(float(np.abs(full - capped).mean()), 4),
+    }
+
+
 def _table(by_name: dict, first: str) -> list[str]:
     lines = [
         f"| {first} | latents | broken | flagged | precision | recall | F1 | ROC AUC |",
@@ -516,6 +524,7 @@ def stage_fit() -> None:
     report["drop_one"] = {
         s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS
     }
+    report["peak_fit_cap"] = cap_agreement(rows, model)
     report["weights"] = model.to_json()
     WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
     (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
