@@ -6,7 +6,8 @@ The world: parent f0 and child f1 (the child switches the parent on), three inde
 orthogonal directions in 16 dims, magnitudes about 1. A tied SAE learns every feature cleanly (each
 latent at one peak); an untied one absorbs: the child's latent decodes child + parent (cos 0.73 with
 its best feature) and the parent's latent, with a clean decoder, falls silent when the child fires
-(firing F1 0.78). Both absorbed latents show a single peak, so a peak count misses them."""
+(firing F1 0.78). Both absorbed latents show a single peak, so a peak count misses them. A second world
+gives f0 two mutually exclusive children instead."""
 
 import json
 
@@ -23,20 +24,26 @@ RATES = np.array([0.15, 0.15, 0.2, 0.2, 0.2])
 STEPS, BATCH, LR, L1 = 1500, 256, 2e-2, 3e-2
 
 
-def _world(n: int, seed: int):
-    """(features [n, F], activations [n, D], directions [F, D]); the directions are fixed."""
+def _world(n: int, seed: int, exclusive: bool = False):
+    """(features [n, F], activations [n, D], directions [F, D]); the directions are fixed. `exclusive`:
+    f1 and f2 are mutually exclusive children of f0 (each on 30% of the parent's inputs, never both)."""
     rng = np.random.default_rng(seed)
     directions = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))[0].T[:F]
     on = rng.random((n, F)) < RATES
-    on[:, 0] |= on[:, 1]
+    if exclusive:
+        on[:, 0] = rng.random(n) < 0.3
+        pick = rng.random(n)
+        on[:, 1], on[:, 2] = on[:, 0] & (pick < 0.3), on[:, 0] & (pick >= 0.3) & (pick < 0.6)
+    else:
+        on[:, 0] |= on[:, 1]
     f = on * np.clip(rng.normal(1.0, 0.05, (n, F)), 0, None)
     return f.astype(np.float32), (f @ directions).astype(np.float32), directions
 
 
-def _train_plain(tied: bool) -> dict:
+def _train_plain(tied: bool, exclusive: bool = False) -> dict:
     """A ReLU SAE (F latents) by a plain Adam loop: mse + L1 x sum h_j ||W_j||, cosine lr decay."""
     torch.manual_seed(0)
-    x = torch.from_numpy(_world(STEPS * BATCH, 1)[1])
+    x = torch.from_numpy(_world(STEPS * BATCH, 1, exclusive)[1])
     W_dec = torch.nn.Parameter(torch.randn(F, D) / D**0.5)
     W_enc = torch.nn.Parameter(W_dec.detach().T.clone())
     b_enc, b_dec = torch.nn.Parameter(torch.zeros(F)), torch.nn.Parameter(torch.zeros(D))
@@ -62,20 +69,24 @@ def _train_plain(tied: bool) -> dict:
 
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory):
-    """Per SAE (tied, untied): (inspect.json's latents, truth broken, best |cos|, firing F1)."""
+    """Per SAE (tied, untied, untied on the exclusive world): (inspect.json's latents, truth broken,
+    best |cos|, firing F1)."""
     root = tmp_path_factory.mktemp("judge")
-    f_BF, x_BD, directions = _world(20_000, 2)
-    np.save(root / "acts.npy", x_BD)
     out = {}
-    for tied in (True, False):
-        name = "tied" if tied else "untied"
-        write_saelens(root / name, _train_plain(tied), "relu", tied=tied)
+    for name, tied, exclusive in (
+        ("tied", True, False),
+        ("untied", False, False),
+        ("exclusive", False, True),
+    ):
+        f_BF, x_BD, directions = _world(20_000, 2, exclusive)
+        np.save(root / f"acts-{name}.npy", x_BD)
+        write_saelens(root / name, _train_plain(tied, exclusive), "relu", tied=tied)
         main(
             [
                 "inspect",
                 str(root / name),
                 "--activations",
-                str(root / "acts.npy"),
+                str(root / f"acts-{name}.npy"),
                 "--out",
                 str(root / f"out-{name}"),
             ]
@@ -102,3 +113,12 @@ def test_absorbed_latents_with_one_peak_are_found(judged):
     assert ((cos < 0.95) & truth).sum() == 1 and ((cos >= 0.95) & (f1 < 0.9) & truth).sum() == 1
     assert (flagged == truth).all(), [(r["latent"], r["score"], t) for r, t in zip(latents, truth)]
     assert all(latents[j]["peaks"] == 1 for j in np.flatnonzero(truth))  # what a peak count misses
+
+
+def test_mutually_exclusive_children_merged_or_absorbed_are_found(judged):
+    """Exclusive children f1, f2 of f0: the untied SAE's child latents decode child + parent (cos < 0.8),
+    the parent's latent misses firings; the two clean independents stay unflagged."""
+    latents, truth, cos, _ = judged["exclusive"]
+    flagged = np.array([r["broken"] for r in latents])
+    assert truth.sum() == 3 and ((cos < 0.95) & truth).sum() == 2
+    assert (flagged == truth).all(), [(r["latent"], r["score"], t) for r, t in zip(latents, truth)]
