@@ -440,23 +440,66 @@ def _best_threshold(y, score) -> float:
     return float(grid[int(np.argmax(f1))])
 
 
-def evaluate(rows, signals):
+CLEAN_COS = 0.98
+"""The issue's cleanest latents: truth clean with a decoder at |cos| >= this with a feature (a leak under
+0.15). The target: none is ever flagged."""
+CLEAN_WEIGHTS = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Candidate weights of those latents in the fit (on top of the balanced class weights), chosen by
+leave-one-world-seed-out on the fit split alone (choose_clean_weight)."""
+
+
+def _clean(r: dict) -> bool:
+    return not r["truth"] and r["best_cos"] >= CLEAN_COS
+
+
+def _fit(rows: list[dict], signals, fitted: dict, clean_weight: float):
+    X = np.array([[r[s] for s in signals] for r in rows])
+    y = np.array([r["truth"] for r in rows])
+    weight = np.array([clean_weight if _clean(r) else 1.0 for r in rows])
+    return fit_score_model(X, y, tuple(signals), fitted, sample_weight_L=weight), X, y
+
+
+def choose_clean_weight(rows: list[dict], signals) -> tuple[float, dict]:
+    """The smallest CLEAN_WEIGHTS entry that flags no clean latent (cos >= CLEAN_COS) when each fit
+    world seed is predicted by a fit on the other two, among those keeping that recall >= 0.9; else
+    the one flagging fewest. Reads the fit split only. Returns (weight, {weight: cross-validated figures})."""
+    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
+    table = {}
+    for weight in CLEAN_WEIGHTS:
+        y, flagged, clean = [], [], []
+        for seed in sorted(FIT_SEEDS):
+            train_rows = [r for r in fit_rows if r["world_seed"] != seed]
+            test_rows = [r for r in fit_rows if r["world_seed"] == seed]
+            model = _fit(train_rows, signals, {}, weight)[0]
+            score = model.probability({s: np.array([r[s] for r in test_rows]) for s in signals})
+            y += [r["truth"] for r in test_rows]
+            flagged += list(score >= model.threshold)
+            clean += [_clean(r) for r in test_rows]
+        y, flagged, clean = np.array(y), np.array(flagged), np.array(clean)
+        table[weight] = {**_rates(y, flagged), "clean_flagged": int((clean & flagged).sum())}
+    ok = [w for w in CLEAN_WEIGHTS if table[w]["recall"] >= 0.9] or list(CLEAN_WEIGHTS)
+    best = min(ok, key=lambda w: (table[w]["clean_flagged"], w))
+    return best, table
+
+
+def evaluate(rows, signals, clean_weight: float = 1.0):
     """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
     fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
     held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
-    X = np.array([[r[s] for s in signals] for r in fit_rows])
-    y = np.array([r["truth"] for r in fit_rows])
     fitted = {
         "benchmark": "studies/detection_benchmark.py",
         "families": sorted(FAMILIES),
         "fit_world_seeds": sorted(FIT_SEEDS),
         "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
-        "fit_latents": int(len(y)),
-        "fit_broken": int(y.sum()),
+        "retired_world_seeds": list(RETIRED_SEEDS),
+        "fit_latents": len(fit_rows),
+        "fit_broken": sum(r["truth"] for r in fit_rows),
         "samples_per_sae": SAMPLES,
         "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)",
+        "clean_weight": clean_weight,
+        "clean_weight_rule": f"truth-clean latents with a decoder at |cos| >= {CLEAN_COS} weigh this much more in the fit (chosen by leave-one-world-seed-out on the fit split)",
     }
-    model = fit_score_model(X, y, tuple(signals), fitted)
+    model, X, y = _fit(fit_rows, signals, fitted, clean_weight)
     fitted["f1_best_threshold_on_fit_split"] = _best_threshold(
         y, model.probability({s: X[:, i] for i, s in enumerate(signals)})
     )
@@ -473,7 +516,7 @@ def evaluate(rows, signals):
         for name in sorted({r[group] for r in held}):
             m = np.array([r[group] == name for r in held])
             out[key][name] = {**_rates(yh[m], flagged[m]), "auc": _auc(yh[m], score[m])}
-    leak = np.array([r["best_cos"] >= 0.98 and not r["truth"] for r in held])
+    leak = np.array([_clean(r) for r in held])
     out["clean_leak_latents"] = int(leak.sum())
     out["clean_leak_flagged"] = int((leak & flagged).sum())
     return model, out, score
@@ -516,13 +559,16 @@ def _table(by_name: dict, first: str) -> list[str]:
 
 def stage_fit() -> None:
     rows = json.loads((CACHE / "table.json").read_text())
-    model, report, score = evaluate(rows, SIGNALS)
+    clean_weight, choice = choose_clean_weight(rows, SIGNALS)
+    model, report, score = evaluate(rows, SIGNALS, clean_weight)
+    report["clean_weight_choice"] = {str(w): r for w, r in choice.items()}
     saes = {(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows}
     report["saes"] = len(saes)
     report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
     report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
     report["drop_one"] = {
-        s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS
+        s: evaluate(rows, tuple(x for x in SIGNALS if x != s), clean_weight)[1]["overall"]
+        for s in SIGNALS
     }
     report["peak_fit_cap"] = cap_agreement(rows, model)
     report["weights"] = model.to_json()
@@ -557,7 +603,12 @@ def stage_fit() -> None:
                 f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
                 f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
                 f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
-                f"{report['clean_leak_latents']}",
+                f"{report['clean_leak_latents']}; clean weight {report['weights']['fitted']['clean_weight']}",
+                "",
+                "clean weight choice (leave-one-world-seed-out on the fit split): "
+                + json.dumps(report["clean_weight_choice"]),
+                "",
+                "peak-fit cap: " + json.dumps(report["peak_fit_cap"]),
             ]
         )
         + "\n"
