@@ -28,6 +28,7 @@ from broken_latents.output.saelens_format import write_saelens
 
 K, D, ACTIVE, BIAS = 4096, 768, 40, -1.0
 BLOCK = 20_000
+LOG_ROWS = 500_000
 
 
 def make(rows: int, folder: Path) -> None:
@@ -62,7 +63,22 @@ def make(rows: int, folder: Path) -> None:
     print(f"wrote {rows:,} x {D} float16 to {folder / 'acts.npy'} in {time.time() - started:.0f} s")
 
 
+def _logged(chunks):
+    """detect._chunks, printing the rows read every LOG_ROWS (so a stopped run says how far it got)."""
+
+    def wrapped(file, rows, limit):
+        started, logged = time.time(), 0
+        for start, chunk in chunks(file, rows, limit):
+            if start + len(chunk) - logged >= LOG_ROWS:
+                logged = start + len(chunk)
+                print(f"  {logged:,} of {limit:,} rows, {time.time() - started:.0f} s", flush=True)
+            yield start, chunk
+
+    return wrapped
+
+
 def run(folder: Path, rows: int | None) -> None:
+    detect._chunks = _logged(detect._chunks)
     timings: dict[str, float] = {}
     cpu = time.process_time()
     started = time.time()
