@@ -516,9 +516,29 @@ def evaluate(rows, signals, clean_weight: float = 1.0):
         for name in sorted({r[group] for r in held}):
             m = np.array([r[group] == name for r in held])
             out[key][name] = {**_rates(yh[m], flagged[m]), "auc": _auc(yh[m], score[m])}
+    small = np.array([r["family"] != "synthetic" for r in held])
+    out["overall_without_synthetic"] = {
+        **_rates(yh[small], flagged[small]),
+        "auc": _auc(yh[small], score[small]),
+    }
+    # Broken by the firing F1 alone (a clean decoder): the absorbed-parent kind a peak count misses.
+    by_f1 = np.array([r["truth"] and r["best_cos"] >= 0.95 for r in held])
+    out["broken_by_f1_only"] = {
+        "latents": int(by_f1.sum()),
+        "flagged": int((by_f1 & flagged).sum()),
+    }
     leak = np.array([_clean(r) for r in held])
     out["clean_leak_latents"] = int(leak.sum())
     out["clean_leak_flagged"] = int((leak & flagged).sum())
+    out["clean_leak_flagged_by"] = {
+        f"{r['family']} {r['label']}": sum(
+            1
+            for q, f in zip(held, flagged)
+            if f and _clean(q) and (q["family"], q["label"]) == (r["family"], r["label"])
+        )
+        for r, f in zip(held, flagged)
+        if f and _clean(r)
+    }
     return model, out, score
 
 
@@ -574,7 +594,14 @@ def stage_fit() -> None:
     report["weights"] = model.to_json()
     WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
     (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = _table({"**all**": report["overall"], **report["families"]}, "family")
+    lines = _table(
+        {
+            "**all**": report["overall"],
+            "**all but synthetic**": report["overall_without_synthetic"],
+            **report["families"],
+        },
+        "family",
+    )
     lines += ["", *_table(report["variants"], "SAE variant")]
     drop = [
         "| signal dropped | precision | recall | F1 | ROC AUC |",
@@ -603,7 +630,9 @@ def stage_fit() -> None:
                 f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
                 f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
                 f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
-                f"{report['clean_leak_latents']}; clean weight {report['weights']['fitted']['clean_weight']}",
+                f"{report['clean_leak_latents']}; clean weight {report['weights']['fitted']['clean_weight']}; "
+                f"flagged clean by family and variant: {json.dumps(report['clean_leak_flagged_by'])}; "
+                f"broken by firing F1 alone: {json.dumps(report['broken_by_f1_only'])}",
                 "",
                 "clean weight choice (leave-one-world-seed-out on the fit split): "
                 + json.dumps(report["clean_weight_choice"]),
