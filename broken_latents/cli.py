@@ -152,7 +152,7 @@ def inspect(
     Args:
         sae: a SAELens folder (cfg.json + sae_weights.safetensors) or a run's weights/LABEL-seedN.safetensors.
         activations: a .npy or .safetensors file of activations [N, D], read in chunks.
-        key: the tensor to read from a .safetensors file.
+        key: the tensor to read from a .safetensors file (not needed when it holds one).
         out: output folder (default inspect/NAME); an earlier inspect folder there is replaced once this one completes.
         limit: read at most this many samples.
     """

@@ -38,12 +38,9 @@ from broken_latents.config.schema import (
 from broken_latents.config.toml_io import from_dict, to_dict
 from broken_latents.analysis.score import WEIGHTS_FILE, fit_score_model
 from broken_latents.analysis.signals import (
-    ACTIVE_SHARE,
     SIGNALS,
-    CoActivation,
-    PeakSummary,
-    latent_signals,
-    neighbour_pairs,
+    LARGE_SAE_SAMPLES,
+    wide_peak_model,
     signals_of,
 )
 from broken_latents.output.saelens_format import NumpySAE
@@ -54,15 +51,25 @@ from broken_latents.world.stream import DataStream
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "studies" / "detection-cache"
 DOCS = ROOT / "docs"
-WORLD_SEEDS = (0, 3, 1, 4, 2, 5)
+WORLD_SEEDS = (0, 6, 1, 7, 2, 8)
 """In this order, so the fit and held-out parts grow together while the training runs."""
 FIT_SEEDS = {0, 1, 2}
 """The split: weights are fitted on these world seeds; every reported figure is on the others."""
+RETIRED_SEEDS = (3, 4, 5)
+"""The first held-out seeds: their figures were read while the signals were designed, so after that
+they are no longer held out; changes since are judged on world seeds 6-8, never used before."""
 SAMPLES = 5_000_000
 TOPK_SAMPLES = 2_000_000
 """TopK trains by autograd (no hand-derived gradients), 4x slower a sample: fewer samples, batches of 4096."""
+CAP_SEEDS = {6}
+"""World seeds whose SAEs also get their peak signals from models fitted on LARGE_SAE_SAMPLES activations,
+as inspect fits a wide SAE: the verdicts with and without the cap are compared (stage fit)."""
+PEAK_SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share")
+SYNTH_SAMPLES, SYNTH_TOPK_SAMPLES = 2_000_000, 1_000_000
+"""The synthetic family's budget (its 256-feature world samples 3x slower than the small ones)."""
 TRAIN_SEEDS = 2
 EVAL_SAMPLES = 20_000
+SYNTH_FEATURES, SYNTH_DIM = 256, 48
 NARROW_RATES = {"linear": [0.015, 0.3]}
 NARROW_MAGNITUDES = {"linear": [20.0, 1.0]}
 
@@ -174,6 +181,15 @@ def exclusive(w, rng):
     )
 
 
+def synthetic(w, rng):
+    """The large synthetic worlds' laws (experiments/synthbench.py: Zipf rates, trees of branching 4
+    and depth 3 with every set of siblings mutually exclusive, correlation, noisy magnitudes, a bias)
+    at 256 features in 48 dims, so many SAEs train fast; 64 latents, TopK k = 6."""
+    from broken_latents.experiments.synthbench import synthbench_world
+
+    return synthbench_world(SYNTH_FEATURES, SYNTH_DIM, seed=w), 64, {"k": 6}
+
+
 def independent(w, rng):
     """Control: independent features, enough latents; nearly every latent should come out clean."""
     rates = rng.uniform(0.05, 0.3, 8).round(3).tolist()
@@ -210,6 +226,7 @@ FAMILIES = {
         exclusive,
         independent,
         wide,
+        synthetic,
     )
 }
 
@@ -219,7 +236,7 @@ def configs(family: str, w: int) -> list[ExperimentConfig]:
     world, latents, extra = FAMILIES[family](w, np.random.default_rng(1000 + w))
     l1 = extra.get("l1", 3e-3)
     widths = extra.get("matryoshka_widths")
-    k = max(1, min(latents - 1, 2 if latents <= 5 else 3))
+    k = extra.get("k", max(1, min(latents - 1, 2 if latents <= 5 else 3)))
 
     def sae(arch, act):
         return SAEConfig(
@@ -232,8 +249,13 @@ def configs(family: str, w: int) -> list[ExperimentConfig]:
             matryoshka_widths=widths,
         )
 
+    synth = family == "synthetic"
     trainer = TrainConfig(
-        samples=SAMPLES, lr=1e-3, lr_decay="cosine", seeds=TRAIN_SEEDS, eval_samples=EVAL_SAMPLES
+        samples=SYNTH_SAMPLES if synth else SAMPLES,
+        lr=1e-3,
+        lr_decay="cosine",
+        seeds=TRAIN_SEEDS,
+        eval_samples=EVAL_SAMPLES,
     )
     name = f"{family}-w{w}"
     return [
@@ -247,7 +269,11 @@ def configs(family: str, w: int) -> list[ExperimentConfig]:
             name=name,
             world=world,
             train=dataclasses.replace(
-                trainer, engine="autograd", batch_size=4096, lr=3e-3, samples=TOPK_SAMPLES
+                trainer,
+                engine="autograd",
+                batch_size=4096,
+                lr=3e-3,
+                samples=SYNTH_TOPK_SAMPLES if synth else TOPK_SAMPLES,
             ),
             sae=[sae(a, "topk") for a in ("tied", "untied")],
         ),
@@ -257,12 +283,12 @@ def configs(family: str, w: int) -> list[ExperimentConfig]:
 # -- stage 1: train ---------------------------------------------------------------------------------
 
 
-def stage_train() -> None:
+def stage_train(families: list[str] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     started = time.time()
     for w in WORLD_SEEDS:
-        for family in FAMILIES:
+        for family in families or FAMILIES:
             path = CACHE / f"{family}-w{w}.pt"
             if path.exists():
                 continue
@@ -307,6 +333,15 @@ def numpy_sae(record: dict) -> NumpySAE:
     )
 
 
+def held_out_draw(world: World, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features [B, N], inputs [B, D]) of EVAL_SAMPLES samples at a stream offset no training used;
+    inputs through world.inputs, so a synthetic world's bias is in them."""
+    batch = DataStream(world, [seed], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1).next()
+    x_BD = world.inputs(batch)[0].numpy().astype(np.float32)
+    f_NB = batch.features_RNB()[0] if world.sparse else batch[0]
+    return f_NB.T.numpy(), x_BD
+
+
 def world_rows(path: Path) -> list[dict]:
     """One row per live latent of every SAE cached in `path`: its signals and its truth."""
     cached = torch.load(path, weights_only=False)
@@ -315,24 +350,31 @@ def world_rows(path: Path) -> list[dict]:
     family, w = path.stem.rsplit("-w", 1)
     rows = []
     for record in cached["saes"]:
-        f_NB = DataStream(
-            world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1
-        ).next()[0]
-        f_BN = f_NB.T.numpy()
-        x_BD = (f_NB.T @ world.directions_ND).numpy().astype(np.float32)
+        f_BN, x_BD = held_out_draw(world, record["seed"])
         h_BK = numpy_sae(record).encode(x_BD)
         norms = np.linalg.norm(record["W_dec"], axis=1)
         live = (h_BK.max(0) * norms) >= 0.1 * float(world.magnitudes_N.min())
         truth, best_cos, f1 = truth_broken(
             h_BK, record["W_dec"], world.directions_ND.numpy(), f_BN, live
         )
-        signals, _ = signals_of(
-            record["W_enc"],
-            record["W_dec"],
-            h_BK,
-            tied=record["architecture"] == "tied",
-            seed=record["seed"],
+        tied = record["architecture"] == "tied"
+        signals, models = signals_of(
+            record["W_enc"], record["W_dec"], h_BK, tied=tied, seed=record["seed"]
         )
+        capped = {}
+        if int(w) in CAP_SEEDS:
+            # The wide-SAE path of inspect: each peak model fitted on LARGE_SAE_SAMPLES activations.
+            fits = [
+                wide_peak_model(h_BK[:, j][h_BK[:, j] > 0], record["seed"])
+                for j in range(h_BK.shape[1])
+            ]
+            capped_signals, _ = signals_of(
+                record["W_enc"], record["W_dec"], h_BK, fits, tied=tied, seed=record["seed"]
+            )
+            capped = {
+                "capped_peaks": [m.n_peaks for m in fits],
+                **{f"capped_{s}": capped_signals[s] for s in PEAK_SIGNALS},
+            }
         for j in np.flatnonzero(live):
             rows.append(
                 {
@@ -345,32 +387,10 @@ def world_rows(path: Path) -> list[dict]:
                     "best_cos": float(best_cos[j]),
                     "f1": float(f1[j]),
                     **{s: float(signals[s][j]) for s in SIGNALS},
+                    "peaks": models[j].n_peaks,
+                    **{k: float(v[j]) for k, v in capped.items()},
                 }
             )
-    return rows
-
-
-CHEAP = ("active_rate", "exclusive_miss")
-"""Signals that need no peak model: added to rows cached before they existed, without refitting peaks."""
-
-
-def add_cheap_signals(path: Path, rows: list[dict]) -> list[dict]:
-    cached = torch.load(path, weights_only=False)
-    world = World.build(from_dict(ExperimentConfig, cached["config"]).world)
-    for record in cached["saes"]:
-        f_NB = DataStream(
-            world, [record["seed"]], EVAL_SAMPLES, offset=EVAL_STREAM + 1, chunk=1
-        ).next()[0]
-        h_BK = numpy_sae(record).encode((f_NB.T @ world.directions_ND).numpy().astype(np.float32))
-        counts = CoActivation(neighbour_pairs(record["W_dec"]), ACTIVE_SHARE * h_BK.max(0))
-        counts.add(h_BK)
-        none = [PeakSummary(0.0, 0.0, 0.0)] * h_BK.shape[1]
-        signals = latent_signals(
-            record["W_enc"], record["W_dec"], counts, none, tied=record["architecture"] == "tied"
-        )
-        for r in rows:
-            if (r["label"], r["seed"]) == (record["label"], record["seed"]):
-                r.update({name: float(signals[name][r["latent"]]) for name in CHEAP})
     return rows
 
 
@@ -382,11 +402,7 @@ def stage_signals() -> None:
         if not done.exists():
             done.write_text(json.dumps(world_rows(path)))
             print(done.name, flush=True)
-        these = json.loads(done.read_text())
-        if these and any(name not in these[0] for name in CHEAP):
-            done.write_text(json.dumps(add_cheap_signals(path, these)))
-            these = json.loads(done.read_text())
-        rows += these
+        rows += json.loads(done.read_text())
     (CACHE / "table.json").write_text(json.dumps(rows))
 
 
@@ -424,23 +440,66 @@ def _best_threshold(y, score) -> float:
     return float(grid[int(np.argmax(f1))])
 
 
-def evaluate(rows, signals):
+CLEAN_COS = 0.98
+"""The issue's cleanest latents: truth clean with a decoder at |cos| >= this with a feature (a leak under
+0.15). The target: none is ever flagged."""
+CLEAN_WEIGHTS = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Candidate weights of those latents in the fit (on top of the balanced class weights), chosen by
+leave-one-world-seed-out on the fit split alone (choose_clean_weight)."""
+
+
+def _clean(r: dict) -> bool:
+    return not r["truth"] and r["best_cos"] >= CLEAN_COS
+
+
+def _fit(rows: list[dict], signals, fitted: dict, clean_weight: float):
+    X = np.array([[r[s] for s in signals] for r in rows])
+    y = np.array([r["truth"] for r in rows])
+    weight = np.array([clean_weight if _clean(r) else 1.0 for r in rows])
+    return fit_score_model(X, y, tuple(signals), fitted, sample_weight_L=weight), X, y
+
+
+def choose_clean_weight(rows: list[dict], signals) -> tuple[float, dict]:
+    """The smallest CLEAN_WEIGHTS entry that flags no clean latent (cos >= CLEAN_COS) when each fit
+    world seed is predicted by a fit on the other two, among those keeping that recall >= 0.9; else
+    the one flagging fewest. Reads the fit split only. Returns (weight, {weight: cross-validated figures})."""
+    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
+    table = {}
+    for weight in CLEAN_WEIGHTS:
+        y, flagged, clean = [], [], []
+        for seed in sorted(FIT_SEEDS):
+            train_rows = [r for r in fit_rows if r["world_seed"] != seed]
+            test_rows = [r for r in fit_rows if r["world_seed"] == seed]
+            model = _fit(train_rows, signals, {}, weight)[0]
+            score = model.probability({s: np.array([r[s] for r in test_rows]) for s in signals})
+            y += [r["truth"] for r in test_rows]
+            flagged += list(score >= model.threshold)
+            clean += [_clean(r) for r in test_rows]
+        y, flagged, clean = np.array(y), np.array(flagged), np.array(clean)
+        table[weight] = {**_rates(y, flagged), "clean_flagged": int((clean & flagged).sum())}
+    ok = [w for w in CLEAN_WEIGHTS if table[w]["recall"] >= 0.9] or list(CLEAN_WEIGHTS)
+    best = min(ok, key=lambda w: (table[w]["clean_flagged"], w))
+    return best, table
+
+
+def evaluate(rows, signals, clean_weight: float = 1.0):
     """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
     fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
     held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
-    X = np.array([[r[s] for s in signals] for r in fit_rows])
-    y = np.array([r["truth"] for r in fit_rows])
     fitted = {
         "benchmark": "studies/detection_benchmark.py",
         "families": sorted(FAMILIES),
         "fit_world_seeds": sorted(FIT_SEEDS),
         "held_out_world_seeds": sorted(set(WORLD_SEEDS) - FIT_SEEDS),
-        "fit_latents": int(len(y)),
-        "fit_broken": int(y.sum()),
+        "retired_world_seeds": list(RETIRED_SEEDS),
+        "fit_latents": len(fit_rows),
+        "fit_broken": sum(r["truth"] for r in fit_rows),
         "samples_per_sae": SAMPLES,
         "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)",
+        "clean_weight": clean_weight,
+        "clean_weight_rule": f"truth-clean latents with a decoder at |cos| >= {CLEAN_COS} weigh this much more in the fit (chosen by leave-one-world-seed-out on the fit split)",
     }
-    model = fit_score_model(X, y, tuple(signals), fitted)
+    model, X, y = _fit(fit_rows, signals, fitted, clean_weight)
     fitted["f1_best_threshold_on_fit_split"] = _best_threshold(
         y, model.probability({s: X[:, i] for i, s in enumerate(signals)})
     )
@@ -457,10 +516,52 @@ def evaluate(rows, signals):
         for name in sorted({r[group] for r in held}):
             m = np.array([r[group] == name for r in held])
             out[key][name] = {**_rates(yh[m], flagged[m]), "auc": _auc(yh[m], score[m])}
-    leak = np.array([r["best_cos"] >= 0.98 and not r["truth"] for r in held])
+    small = np.array([r["family"] != "synthetic" for r in held])
+    out["overall_without_synthetic"] = {
+        **_rates(yh[small], flagged[small]),
+        "auc": _auc(yh[small], score[small]),
+    }
+    # Broken by the firing F1 alone (a clean decoder): the absorbed-parent kind a peak count misses.
+    by_f1 = np.array([r["truth"] and r["best_cos"] >= 0.95 for r in held])
+    out["broken_by_f1_only"] = {
+        "latents": int(by_f1.sum()),
+        "flagged": int((by_f1 & flagged).sum()),
+    }
+    leak = np.array([_clean(r) for r in held])
     out["clean_leak_latents"] = int(leak.sum())
     out["clean_leak_flagged"] = int((leak & flagged).sum())
+    out["clean_leak_flagged_by"] = {
+        f"{r['family']} {r['label']}": sum(
+            1
+            for q, f in zip(held, flagged)
+            if f and _clean(q) and (q["family"], q["label"]) == (r["family"], r["label"])
+        )
+        for r, f in zip(held, flagged)
+        if f and _clean(r)
+    }
     return model, out, score
+
+
+def cap_agreement(rows: list[dict], model) -> dict:
+    """Verdicts and peak counts with every peak model fitted on LARGE_SAE_SAMPLES activations (inspect's
+    wide-SAE path) against the same SAEs' uncapped fits, on the CAP_SEEDS worlds."""
+    both = [r for r in rows if "capped_peaks" in r]
+    if not both:
+        return {}
+    full = model.probability({s: np.array([r[s] for r in both]) for s in model.signals})
+    capped = model.probability(
+        {s: np.array([r.get(f"capped_{s}", r[s]) for r in both]) for s in model.signals}
+    )
+    agree = (full >= model.threshold) == (capped >= model.threshold)
+    return {
+        "world_seeds": sorted(CAP_SEEDS),
+        "latents": len(both),
+        "cap": LARGE_SAE_SAMPLES,
+        "verdicts_agree": round(float(agree.mean()), 4),
+        "verdicts_differ": int((~agree).sum()),
+        "peaks_agree": round(float(np.mean([r["peaks"] == r["capped_peaks"] for r in both])), 4),
+        "score_mean_abs_diff": round(float(np.abs(full - capped).mean()), 4),
+    }
 
 
 def _table(by_name: dict, first: str) -> list[str]:
@@ -478,27 +579,44 @@ def _table(by_name: dict, first: str) -> list[str]:
 
 def stage_fit() -> None:
     rows = json.loads((CACHE / "table.json").read_text())
-    model, report, score = evaluate(rows, SIGNALS)
+    clean_weight, choice = choose_clean_weight(rows, SIGNALS)
+    model, report, score = evaluate(rows, SIGNALS, clean_weight)
+    report["clean_weight_choice"] = {str(w): r for w, r in choice.items()}
     saes = {(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows}
     report["saes"] = len(saes)
     report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
     report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
-    report["drop_one"] = {
-        s: evaluate(rows, tuple(x for x in SIGNALS if x != s))[1]["overall"] for s in SIGNALS
-    }
+    report["drop_one"] = {}
+    for s in SIGNALS:
+        dropped = evaluate(rows, tuple(x for x in SIGNALS if x != s), clean_weight)[1]
+        report["drop_one"][s] = {
+            **dropped["overall"],
+            "without_synthetic": dropped["overall_without_synthetic"],
+        }
+    report["peak_fit_cap"] = cap_agreement(rows, model)
     report["weights"] = model.to_json()
     WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
     (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = _table({"**all**": report["overall"], **report["families"]}, "family")
+    lines = _table(
+        {
+            "**all**": report["overall"],
+            "**all but synthetic**": report["overall_without_synthetic"],
+            **report["families"],
+        },
+        "family",
+    )
     lines += ["", *_table(report["variants"], "SAE variant")]
+
+    def cells(r: dict) -> str:
+        return f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']}"
+
     drop = [
-        "| signal dropped | precision | recall | F1 | ROC AUC |",
-        "|---|---|---|---|---|",
-        f"| (none) | {report['overall']['precision']:.3f} | {report['overall']['recall']:.3f} | "
-        f"{report['overall']['f1']:.3f} | {report['overall']['auc']} |",
+        "| signal dropped | precision | recall | F1 | ROC AUC | precision, all but synthetic | recall | F1 | ROC AUC |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| (none) | {cells(report['overall'])} | {cells(report['overall_without_synthetic'])} |",
     ]
     drop += [
-        f"| {s} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']} |"
+        f"| {s} | {cells(r)} | {cells(r['without_synthetic'])} |"
         for s, r in report["drop_one"].items()
     ]
     weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
@@ -518,7 +636,14 @@ def stage_fit() -> None:
                 f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
                 f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
                 f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
-                f"{report['clean_leak_latents']}",
+                f"{report['clean_leak_latents']}; clean weight {report['weights']['fitted']['clean_weight']}; "
+                f"flagged clean by family and variant: {json.dumps(report['clean_leak_flagged_by'])}; "
+                f"broken by firing F1 alone: {json.dumps(report['broken_by_f1_only'])}",
+                "",
+                "clean weight choice (leave-one-world-seed-out on the fit split): "
+                + json.dumps(report["clean_weight_choice"]),
+                "",
+                "peak-fit cap: " + json.dumps(report["peak_fit_cap"]),
             ]
         )
         + "\n"
@@ -527,4 +652,5 @@ def stage_fit() -> None:
 
 
 if __name__ == "__main__":
-    {"train": stage_train, "signals": stage_signals, "fit": stage_fit}[sys.argv[1]]()
+    stage = {"train": stage_train, "signals": stage_signals, "fit": stage_fit}[sys.argv[1]]
+    stage(*([sys.argv[2:]] if sys.argv[1] == "train" and len(sys.argv) > 2 else []))

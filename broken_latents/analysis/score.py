@@ -71,15 +71,17 @@ def fit_score_model(
     fitted: dict,
     threshold: float = 0.5,
     C: float = 1.0,
+    sample_weight_L: np.ndarray | None = None,
 ) -> ScoreModel:
-    """Logistic regression (L2, class-balanced) of the truth y on the standardised signals X."""
+    """Logistic regression (L2, class-balanced) of the truth y on the standardised signals X;
+    `sample_weight_L` multiplies the class weights (the benchmark weights its cleanest latents up)."""
     from sklearn.linear_model import LogisticRegression
 
     mean = X_LS.mean(0)
     scale = X_LS.std(0)
     scale = np.where(scale > 1e-9, scale, 1.0)
     lr = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(
-        (X_LS - mean) / scale, y_L.astype(int)
+        (X_LS - mean) / scale, y_L.astype(int), sample_weight=sample_weight_L
     )
     return ScoreModel(
         tuple(signals), mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]), threshold, fitted

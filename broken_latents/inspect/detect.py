@@ -30,6 +30,7 @@ import json
 import mmap
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..output.atomic import swap_into_place
+from ..world.activations import ActivationFile
 from ..config.schema import ConfigError
 from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
 from ..output.saelens_format import NumpySAE, load_sae
@@ -64,99 +66,26 @@ COACTIVATION_ROWS = 1_000_000
 SEED = 0
 
 
-@dataclass
-class ActivationFile:
-    path: Path
-    key: str | None
-    samples: int
-    dim: int
-    dtype: str
-
-    def chunks(self, rows: int, limit: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, float32 chunk [B, D]) over the first `limit` rows, never the whole file at once."""
-        if self.key is None:
-            array = np.load(self.path, mmap_mode="r")
-            mapping = getattr(array, "_mmap", None)
-            for start in range(0, limit, rows):
-                chunk = np.array(
-                    array[start : min(start + rows, limit)], dtype=np.float32
-                )  # a copy
-                if mapping is not None:
-                    # Drop the pages just read from this process: mapped pages count as resident, so
-                    # otherwise the RSS grows with the file (611 MiB after a 614 MB file; 38 MiB with this).
-                    mapping.madvise(mmap.MADV_DONTNEED)
-                yield start, chunk
-            return
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            tensor = f.get_slice(self.key)
-            for start in range(0, limit, rows):
-                yield start, tensor[start : min(start + rows, limit)].float().numpy()
-
-
-FLOAT_DTYPES_NPY = ("float16", "float32", "float64")
-FLOAT_DTYPES_SAFETENSORS = ("F16", "BF16", "F32", "F64")
-
-
 def open_activations(path: str | Path, key: str | None) -> ActivationFile:
-    """Check the file (exists, suffix, key, 2-D, floating) without reading its data."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("--activations", f"{path} does not exist (or is not a file)")
-    if path.suffix == ".npy":
-        if key is not None:
-            raise ConfigError(
-                "--key", f"applies to .safetensors files only; {path} is a .npy holding one array"
-            )
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as err:
-            raise ConfigError(
-                "--activations", f"{path} is not a readable .npy array: {err}"
-            ) from None
-        shape, dtype = array.shape, str(array.dtype)
-        allowed = FLOAT_DTYPES_NPY
-    elif path.suffix == ".safetensors":
-        from safetensors import safe_open
+    """The one activation reader (world/activations.py), with this command's flag names in its errors;
+    no NaN scan up front: each chunk is checked as it streams (_encoded), one pass over the file, not two."""
+    if Path(path).suffix == ".npy" and key is not None:
+        raise ConfigError(
+            "--key", f"applies to .safetensors files only; {path} is a .npy holding one array"
+        )
+    return ActivationFile.open(path, key, field="--activations", key_field="--key", scan=False)
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-                if key is None:
-                    raise ConfigError(
-                        "--key",
-                        f"{path} holds {len(keys)} tensor(s) ({', '.join(keys[:10])}); "
-                        "name the activations with --key",
-                    )
-                if key not in keys:
-                    raise ConfigError(
-                        "--key", f"{key!r} is not in {path}; its tensors: {', '.join(keys[:10])}"
-                    )
-                tensor = f.get_slice(key)
-                shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
-        except ConfigError:
-            raise
-        except Exception as err:  # safetensors raises its own types for a corrupt header
-            raise ConfigError(
-                "--activations", f"{path} is not a readable safetensors file: {err}"
-            ) from None
-        allowed = FLOAT_DTYPES_SAFETENSORS
-    else:
-        raise ConfigError(
-            "--activations", f"{path}: unknown suffix {path.suffix!r}; allowed: .npy, .safetensors"
-        )
-    if len(shape) != 2:
-        raise ConfigError(
-            "--activations",
-            f"{path}{'' if key is None else f' [{key}]'} has shape {list(shape)}; "
-            "expected 2-D [samples, D]",
-        )
-    if dtype not in allowed:
-        raise ConfigError(
-            "--activations", f"{path} has dtype {dtype}; allowed: {', '.join(allowed)}"
-        )
-    return ActivationFile(path, key, int(shape[0]), int(shape[1]), dtype)
+
+def _chunks(file: ActivationFile, rows: int, limit: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 chunk [B, D]) over the first `limit` rows, never the whole file at once."""
+    mapping = getattr(file.rows, "_mmap", None)  # a memory-mapped .npy
+    for start in range(0, limit, rows):
+        chunk = file.read(start, min(start + rows, limit))  # a float32 copy
+        if mapping is not None:
+            # Drop the pages just read from this process: mapped pages count as resident, so
+            # otherwise the RSS grows with the file (611 MiB after a 614 MB file; 38 MiB with this).
+            mapping.madvise(mmap.MADV_DONTNEED)
+        yield start, chunk
 
 
 class Reservoirs:
@@ -205,8 +134,11 @@ def inspect_sae(
     out: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> InspectOutcome:
-    """Check everything, stream the activations, fit a peak model per latent, write DIR atomically."""
+    """Check everything, stream the activations, fit a peak model per latent, write DIR atomically.
+    `timings`, when given, receives the wall seconds of each phase (studies/inspect_scale.py)."""
+    timings = {} if timings is None else timings
     sae_path = Path(sae_path)
     if limit is not None and limit < 1:
         raise ConfigError("--limit", f"must be >= 1, got {limit}")
@@ -217,13 +149,13 @@ def inspect_sae(
             "--activations",
             f"{file.path} has D = {file.dim} per sample but the SAE takes d_in = {sae.d_in}",
         )
-    if file.samples == 0:
-        raise ConfigError("--activations", f"{file.path} holds no samples")
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
     _check_out_dir(out)
-    samples = min(file.samples, limit) if limit else file.samples
-    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress)
+    samples = min(file.n, limit) if limit else file.n
+    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress, timings)
+    clock = time.perf_counter()
     models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
+    timings["peak models"] = time.perf_counter() - clock
     signals = latent_signals(
         sae.W_enc,
         sae.W_dec,
@@ -238,7 +170,7 @@ def inspect_sae(
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "activations": str(file.path),
-        "key": file.key,
+        "key": key,
         "samples": samples,
         "threshold_score": scorer.threshold,
         "rules": {
@@ -284,7 +216,7 @@ def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, 
     columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("samples", total=samples)
-        chunks = file.chunks(rows, samples)
+        chunks = _chunks(file, rows, samples)
         while True:
             try:
                 start, x_BD = next(chunks)
@@ -309,9 +241,17 @@ def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, 
             bar.advance(task, len(x_BD))
 
 
-def collect(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool = False):
+def collect(
+    sae: NumpySAE,
+    file: ActivationFile,
+    samples: int,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+):
     """The two streaming passes: (fires [K], max [K], reservoirs, co-activation counts). Everything
     kept is sized by K, RESERVOIR and NEIGHBOURS, never by the number of rows."""
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
     fires_K = np.zeros(sae.d_sae, dtype=np.int64)
     max_K = np.zeros(sae.d_sae, dtype=np.float32)
     reservoirs = Reservoirs(sae.d_sae, RESERVOIR, SEED)
@@ -319,9 +259,12 @@ def collect(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool = 
         fires_K += (h_BK > 0).sum(0)
         np.maximum(max_K, h_BK.max(0), out=max_K)
         reservoirs.add(h_BK)
+    timings["streaming pass"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K)
     for _, h_BK in _encoded(sae, file, min(samples, COACTIVATION_ROWS), progress, "co-activation"):
         coactivation.add(h_BK)
+    timings["co-activation pass"] = time.perf_counter() - clock
     return fires_K, max_K, reservoirs, coactivation
 
 

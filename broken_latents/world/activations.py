@@ -34,8 +34,16 @@ class ActivationFile:
 
     @classmethod
     def open(
-        cls, path: str | Path, key: str | None = None, field: str = "world.activations"
+        cls,
+        path: str | Path,
+        key: str | None = None,
+        field: str = "world.activations",
+        key_field: str = "world.activations_key",
+        scan: bool = True,
     ) -> "ActivationFile":
+        """Check the file and read nothing but its header, then (`scan`) every row for NaN/inf.
+        `field`, `key_field`: the names errors give (a TOML field, or a command's flags);
+        scan=False for a reader that checks each chunk as it streams (inspect: one pass, not two)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(field, f"no such file: {path}")
@@ -46,7 +54,7 @@ class ActivationFile:
                 raise ConfigError(field, f"{path} is not a readable .npy file: {err}") from None
             shape, dtype = rows.shape, rows.dtype
         elif path.suffix == ".safetensors":
-            rows, shape, dtype = _safetensors_slice(path, key, field)
+            rows, shape, dtype = _safetensors_slice(path, key, field, key_field)
         else:
             raise ConfigError(
                 field,
@@ -64,7 +72,8 @@ class ActivationFile:
                 field, f"{path}: needs at least 2 rows and 1 column, got shape {[n, dim]}"
             )
         source = cls(path, rows, n, dim, str(dtype))
-        source._check_finite(field)
+        if scan:
+            source._check_finite(field)
         return source
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -89,7 +98,7 @@ class ActivationFile:
         return range(0, self.n - test), range(self.n - test, self.n)
 
 
-def _safetensors_slice(path: Path, key: str | None, field: str):
+def _safetensors_slice(path: Path, key: str | None, field: str, key_field: str):
     from safetensors import safe_open
 
     try:
@@ -100,14 +109,14 @@ def _safetensors_slice(path: Path, key: str | None, field: str):
     if key is None:
         if len(keys) != 1:
             raise ConfigError(
-                "world.activations_key",
+                key_field,
                 f"{path} holds {len(keys)} tensors ({', '.join(keys[:8])}); "
-                "name one with activations_key",
+                f"name one with {key_field.rsplit('.', 1)[-1]}",
             )
         key = keys[0]
     if key not in keys:
         raise ConfigError(
-            "world.activations_key",
+            key_field,
             f"{path} has no tensor {key!r}; it holds: {', '.join(keys[:8])}",
         )
     part = handle.get_slice(key)

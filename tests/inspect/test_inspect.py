@@ -146,8 +146,9 @@ def _bad(files, tmp_path, capsys, argv, problem):
     out = tmp_path / "outdir" / "out"
     with pytest.raises(SystemExit) as exc:
         main(["inspect", *argv, "--out", str(out)])
-    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
-    assert exc.value.code == 2
+    raw = capsys.readouterr().err
+    err = " ".join(raw.split())
+    assert exc.value.code == 2 and raw.strip().count("\n") == 0  # one line
     assert problem in err and "Traceback" not in err
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
 
@@ -158,7 +159,7 @@ def test_missing_file(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(files / "nope.npy")],
-        "does not exist",
+        "--activations: no such file",
     )
 
 
@@ -179,7 +180,7 @@ def test_unknown_suffix(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(tmp_path / "acts.csv")],
-        "unknown suffix '.csv'",
+        "expected a .npy or .safetensors file, got '.csv'",
     )
 
 
@@ -226,7 +227,7 @@ def test_missing_key(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(files / "acts.safetensors")],
-        "name the activations with --key",
+        "holds 2 tensors (acts, tokens); name one with --key",
     )
 
 
@@ -236,7 +237,7 @@ def test_key_not_in_file(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(files / "acts.safetensors"), "--key", "resid"],
-        "'resid' is not in",
+        "has no tensor 'resid'",
     )
 
 
@@ -247,7 +248,7 @@ def test_not_two_dimensional(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(tmp_path / "cube.npy")],
-        "has shape [4, 5, 8]; expected 2-D",
+        "expected a 2-D array [N, D], got shape [4, 5, 8]",
     )
 
 
@@ -296,7 +297,7 @@ def test_truncated_npy(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(tmp_path / "cut.npy")],
-        "is not a readable .npy array",
+        "is not a readable .npy file",
     )
 
 
@@ -312,6 +313,27 @@ def test_truncated_safetensors(files, tmp_path, capsys):
     )
 
 
+def test_integer_activations_are_refused(files, tmp_path, capsys):
+    np.save(tmp_path / "ints.npy", np.zeros((10, D), np.int32))
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(tmp_path / "ints.npy")],
+        "expected float32 or float16, got int32",
+    )
+
+
+def test_key_with_a_npy_file_is_refused(files, tmp_path, capsys):
+    _bad(
+        files,
+        tmp_path,
+        capsys,
+        [str(files / "sae"), "--activations", str(files / "acts.npy"), "--key", "acts"],
+        "--key: applies to .safetensors files only",
+    )
+
+
 def test_wrong_shape_one_dimensional(files, tmp_path, capsys):
     np.save(tmp_path / "flat.npy", np.zeros(100, np.float32))
     _bad(
@@ -319,7 +341,7 @@ def test_wrong_shape_one_dimensional(files, tmp_path, capsys):
         tmp_path,
         capsys,
         [str(files / "sae"), "--activations", str(tmp_path / "flat.npy")],
-        "has shape [100]; expected 2-D",
+        "expected a 2-D array [N, D], got shape [100]",
     )
 
 
