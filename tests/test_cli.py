@@ -361,8 +361,8 @@ def test_messages_with_markup_characters_print_verbatim(tiny_run, tmp_path, caps
     assert (
         code == 2
         and str(odd / "acts.npy") in err
-        and "[300]" in err
-        and err.rstrip().endswith("[samples, D]")
+        and "[N, D]" in err
+        and err.rstrip().endswith("got shape [300]")
     ), err
     code, err = _exit_code(["run", str(tmp_path / "no [red]such[/] dir" / "x.toml")], capsys)
     assert code == 2 and "no [red]such[/] dir" in err, err
