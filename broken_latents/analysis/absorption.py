@@ -175,7 +175,7 @@ def absorption_metrics(
     proj_NK = np.ascontiguousarray(proj_KN.T)
     # Feature-major f and the latents' nonzero activations only: per feature, the work is its
     # firings x the latents on there (a latent at 0 contributes c = 0, never carried), not every
-    # sample x every latent (at 4096 features and 1024 latents, 20 s an SAE against 1-2).
+    # sample x every latent (4096 features, 1024 latents, 8192 samples: 4-6 s an SAE before, 1.7-4).
     f_NB = np.ascontiguousarray(f.T)
     h_rows = sparse.csr_matrix(h)
     # x_b . d_i only where i fires: x_B = f @ F through the sparse f (never the [B, N] product,
