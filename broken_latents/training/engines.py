@@ -321,6 +321,11 @@ ENGINES: dict[str, type[Engine]] = {
 }
 
 
+def sparse_latents_engine(device: str) -> type[Engine]:
+    """The engine for inputs x that are not a feature space (sparse worlds, stored activations)."""
+    return CompiledSparseLatentsEngine if device == "cpu" else SparseLatentsEngine
+
+
 def choose_engine(config: ExperimentConfig, device: str) -> type[Engine]:
     """`train.engine` made concrete: the class of "autograd", "arrays" or "compiled" (CPU only).
     "auto" takes the hand-derived gradients where every SAE declares them, else autograd for all."""
@@ -336,7 +341,7 @@ def choose_engine(config: ExperimentConfig, device: str) -> type[Engine]:
     if World.is_sparse(config.world) and name == "auto":
         # Sparse worlds train on x (the hand gradients' feature space would be D unit axes): the
         # sparse-latent gradients there, which fall back to autograd stack by stack.
-        return CompiledSparseLatentsEngine if device == "cpu" else SparseLatentsEngine
+        return sparse_latents_engine(device)
     if name == "auto":
         name = "autograd" if without else "compiled" if device == "cpu" else "arrays"
     elif name in ("arrays", "compiled") and without:

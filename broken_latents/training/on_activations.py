@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .engines import ENGINES, Engine, TrainedStack
+from .engines import ENGINES, Engine, TrainedStack, sparse_latents_engine
 from .loop import TrainResult, new_stacks, run_training, single_torch_thread
 from ..config.schema import ConfigError, ExperimentConfig
 from ..engine import fastpath
@@ -40,12 +40,13 @@ class ActivationsTrainResult(TrainResult):
 
 
 ACTIVATION_ENGINES = ("auto", "autograd", "arrays")
-"""The engines that train on inputs x: "auto" is "autograd" (as for sparse worlds); "arrays" (the hand
+"""The engines that train on inputs x: "auto" is the sparse-latent gradients, as on sparse worlds (each
+stack they do not cover trains by autograd in the same step); "autograd"; "arrays" (the hand
 gradients, with the D input axes as feature space) where every SAE declares them. "compiled" works in a
 world's feature space only."""
 
 
-def engine_for_activations(config: ExperimentConfig) -> type[Engine]:
+def engine_for_activations(config: ExperimentConfig, device: str = "cpu") -> type[Engine]:
     name = config.train.engine
     if name not in ACTIVATION_ENGINES:
         raise ConfigError(
@@ -60,7 +61,9 @@ def engine_for_activations(config: ExperimentConfig) -> type[Engine]:
             f"'arrays' needs hand-derived gradients, and SAE(s) {without} declare none "
             "(architecture, activation or loss terms); use 'auto' or 'autograd'",
         )
-    return ENGINES["arrays" if name == "arrays" else "autograd"]
+    if name == "auto":
+        return sparse_latents_engine(device)
+    return ENGINES[name]
 
 
 def check_activations(config: ExperimentConfig) -> ActivationFile:
@@ -101,7 +104,7 @@ def train_on_activations(
         stacks = new_stacks(config, source.dim, device)
         _centre_decoder_bias(stacks, world)
         result = run_training(
-            config, world, stacks, engine_for_activations(config), device, progress
+            config, world, stacks, engine_for_activations(config, device), device, progress
         )
     return ActivationsTrainResult(**vars(result))
 
