@@ -16,8 +16,6 @@ Output folder (written beside DIR and moved into place when complete):
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from .config import LanguageConfig
 from .grammar import concepts, entropy_given_state, generate, vocabulary_size
 from .probes import fit_probes, mean_difference_directions, own_directions
 from .transformer import residual_activations, train_transformer
-from ..output.atomic import swap_into_place
+from ..output.atomic import folder_in_place
 
 TRAIN_SHARE = 0.7
 """Share of the sequences the transformer trains on; activations and probes come from the rest."""
@@ -46,16 +44,8 @@ def build_language(
     config: LanguageConfig, out: str | Path, progress: bool = False
 ) -> LanguageOutcome:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    with folder_in_place(out) as partial:
         summary = _build(config, partial, progress)
-        swap_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return LanguageOutcome(out, summary)
 
 

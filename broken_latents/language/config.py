@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.schema import ConfigError, _require
+from ..config.errors import ConfigError, require
 from ..config.toml_io import from_dict, tomllib
 
 
@@ -43,24 +43,24 @@ class GrammarConfig:
 
     def __post_init__(self) -> None:
         for name in ("topics", "subtopics", "words", "filler", "sequences"):
-            _require(
+            require(
                 getattr(self, name) >= 1,
                 f"language.{name}",
                 f"must be >= 1, got {getattr(self, name)}",
             )
-        _require(
+        require(
             self.sequence_length >= 2,
             "language.sequence_length",
             f"must be >= 2, got {self.sequence_length}",
         )
         for name in ("content_rate", "switch_rate"):
             value = getattr(self, name)
-            _require(
+            require(
                 math.isfinite(value) and 0 < value <= 1,
                 f"language.{name}",
                 f"must lie in (0, 1], got {value}",
             )
-        _require(
+        require(
             math.isfinite(self.zipf) and self.zipf >= 0,
             "language.zipf",
             f"must be >= 0, got {self.zipf}",
@@ -90,22 +90,22 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("layers", "width", "heads", "steps", "batch_sequences"):
-            _require(
+            require(
                 getattr(self, name) >= 1,
                 f"transformer.{name}",
                 f"must be >= 1, got {getattr(self, name)}",
             )
-        _require(
+        require(
             self.width % self.heads == 0,
             "transformer.width",
             f"must be divisible by transformer.heads ({self.heads}), got {self.width}",
         )
-        _require(
+        require(
             math.isfinite(self.lr) and self.lr > 0,
             "transformer.lr",
             f"must be a positive number, got {self.lr}",
         )
-        _require(
+        require(
             0 <= self.layer <= self.layers,
             "transformer.layer",
             f"must lie in [0, {self.layers}] (0 = embeddings), got {self.layer}",
@@ -123,8 +123,8 @@ class ProbeConfig:
     (mean of the rates on active and inactive tokens: a rare concept cannot pass by always saying no)."""
 
     def __post_init__(self) -> None:
-        _require(self.tokens >= 100, "probe.tokens", f"must be >= 100, got {self.tokens}")
-        _require(
+        require(self.tokens >= 100, "probe.tokens", f"must be >= 100, got {self.tokens}")
+        require(
             0 < self.min_accuracy <= 1,
             "probe.min_accuracy",
             f"must lie in (0, 1], got {self.min_accuracy}",
@@ -145,7 +145,7 @@ class LanguageConfig:
     """Tokens of held-out sequences whose residual stream is written (at most what they hold)."""
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.activation_tokens >= 1000,
             "activation_tokens",
             f"must be >= 1000, got {self.activation_tokens}",
