@@ -202,7 +202,8 @@ l1 = 0.1
 
 def test_one_loop_and_engine_for_worlds_and_stored_rows(stored):
     """Stored rows train through the world loop (`run_training`) and its engines: the hand-derived
-    gradients ("arrays", the D input axes as feature space) give autograd's weights to float rounding."""
+    gradients ("arrays", the D input axes as feature space) and "auto" (the sparse-latent gradients of
+    large worlds) give autograd's weights to float rounding."""
     from broken_latents.training import loop
 
     path, _, _ = stored
@@ -219,15 +220,16 @@ def test_one_loop_and_engine_for_worlds_and_stored_rows(stored):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("broken_latents.training.on_activations.run_training", spy)
-        for engine in ("autograd", "arrays"):
+        for engine in ("autograd", "arrays", "auto"):
             cfg = config(*saes, samples=20_000, path=path)
             cfg.train.engine = engine
             result = train_on_activations(cfg, progress=False)
             weights[engine] = [s.sae.W_dec_SKD.detach().clone() for s in result.stacks]
-    assert calls == ["autograd", "arrays"]
+    assert calls == ["autograd", "arrays", "sparse-latents-compiled"]
     assert result.samples == 20_480 and len(result.train_rows) == 32_000
-    for a, b in zip(weights["autograd"], weights["arrays"]):
-        assert (a - b).abs().max() < 1e-5
+    for other in ("arrays", "auto"):
+        for a, b in zip(weights["autograd"], weights[other]):
+            assert (a - b).abs().max() < 1e-5
 
 
 def test_compiled_engine_refused_on_stored_rows(stored):
