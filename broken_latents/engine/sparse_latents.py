@@ -173,10 +173,10 @@ def loss_and_grads(
                 None if threshold_guess_S is None else THRESHOLD_GUESS * threshold_guess_S,
             )
 
-        norms_SK = (
-            W_dec.norm(dim=-1) if arch.l1_weighted_by_decoder_norm or aux_lambda > 0 else None
-        )
-        l1_w_SK = norms_SK if arch.l1_weighted_by_decoder_norm else torch.ones_like(W_dec[..., 0])
+        # the L1 weights: the decoder norms where the L1 term is trained or logged
+        weighted = arch.l1_weighted_by_decoder_norm and (l1 != 0 or want_loss)
+        norms_SK = W_dec.norm(dim=-1) if weighted or aux_lambda > 0 else None
+        l1_w_SK = norms_SK if weighted else torch.ones_like(W_dec[..., 0])
         g_W_encT_SKD = torch.empty_like(W_dec)
         g_b_enc_SK = out["b_enc_SK"] if not arch.tied else torch.empty_like(W_dec[..., 0])
         list_grads = compiled_sparse_grads if compiled else torch_sparse_grads
