@@ -13,7 +13,10 @@ split a product in fixed shares, and the whole product waits for the slowest sha
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 import threading
+import time
 from typing import Callable
 
 
@@ -81,3 +84,38 @@ class _Job:
                 self.done += 1
                 if self.done == self.n:
                     self.finished.set()
+
+
+class HelperProbe:
+    """Whether sharing with the helper pays, measured in the run itself (it does not on a machine
+    whose cores other work keeps busy: the helper is descheduled holding a chunk and the training
+    thread waits). Every `EVERY` steps, `PROBE` steps without the helper then `PROBE` with it, each
+    timed from the end of the step before, so the wait for the batch counts (a helper that slows the
+    sampling thread shows there); the faster way (medians) holds until the next probe."""
+
+    EVERY = 64
+    PROBE = 4
+
+    def __init__(self):
+        self.steps = 0
+        self.use = True
+        self._last: float | None = None
+        self._times: tuple[list[float], list[float]] = ([], [])  # without, with the helper
+
+    def use_helper(self) -> bool:
+        """Whether the coming step shares with the helper."""
+        phase = self.steps % self.EVERY
+        return phase >= self.PROBE if phase < 2 * self.PROBE else self.use
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        phase = self.steps % self.EVERY
+        if phase < 2 * self.PROBE and self._last is not None:
+            self._times[phase >= self.PROBE].append(now - self._last)
+        if phase == 2 * self.PROBE - 1:
+            without, shared = (statistics.median(t) if t else math.inf for t in self._times)
+            self.use = shared < without
+            for t in self._times:
+                t.clear()
+        self._last = now
+        self.steps += 1

@@ -26,7 +26,7 @@ from .inverse import InverseState
 from .refit import Probe
 from ..config.schema import ConfigError, ExperimentConfig, SAEConfig
 from ..engine import fastpath, kernel, sparse_latents
-from ..engine.chunks import ChunkPool
+from ..engine.chunks import ChunkPool, HelperProbe
 from ..engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
 from ..engine.fastpath import Architecture, WorldGeometry, params_of
 from ..engine.optim import FlatAdam, flatten_parameters, split_like
@@ -327,12 +327,19 @@ class CompiledSparseLatentsEngine(SparseLatentsEngine):
 
     def __init__(self, config, world, seeds, stacks, device):
         super().__init__(config, world, seeds, stacks, device)
-        self.pool = ChunkPool() if (os.cpu_count() or 1) >= 2 else None
-        self.optimiser.pool = self.pool
+        self.helper = ChunkPool() if (os.cpu_count() or 1) >= 2 else None
+        self.probe = HelperProbe()
+
+    def step(self, f_RNB, samples_seen, lr, want_loss):
+        use = self.helper is not None and self.probe.use_helper()
+        self.pool = self.optimiser.pool = self.helper if use else None
+        logged = super().step(f_RNB, samples_seen, lr, want_loss)
+        self.probe.step_done()
+        return logged
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+        if self.helper is not None:
+            self.helper.close()
 
 
 ENGINES: dict[str, type[Engine]] = {

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from broken_latents.engine import sparse_latents
-from broken_latents.engine.chunks import ChunkPool
+from broken_latents.engine import chunks, sparse_latents
+from broken_latents.engine.chunks import ChunkPool, HelperProbe
 from broken_latents.engine.optim import ADAM_CHUNK, FlatAdam
 
 
@@ -67,3 +67,22 @@ def test_adam_in_chunks_equals_one_update(pool):
             adam.step(grad)
     np.testing.assert_array_equal(flats[0], flats[1])
     assert not np.array_equal(flats[0], start)
+
+
+@pytest.mark.parametrize("helper_costs", [-1.0, 1.0])
+def test_the_probe_keeps_the_faster_way(monkeypatch, helper_costs):
+    """Steps with the helper take 1 s more (or less) than without: after one probe the faster way
+    holds until the next probe, which re-measures."""
+    clock = [0.0]
+    monkeypatch.setattr(chunks.time, "perf_counter", lambda: clock[0])
+    probe = HelperProbe()
+    used = []
+    for _ in range(2 * HelperProbe.EVERY):
+        use = probe.use_helper()
+        used.append(use)
+        clock[0] += 5.0 + (helper_costs if use else 0.0)
+        probe.step_done()
+    P = HelperProbe.PROBE
+    assert used[:P] == [False] * P and used[P : 2 * P] == [True] * P  # the probe
+    assert set(used[2 * P : HelperProbe.EVERY]) == {helper_costs < 0}
+    assert used[HelperProbe.EVERY : HelperProbe.EVERY + 2 * P] == used[: 2 * P]  # probed again
