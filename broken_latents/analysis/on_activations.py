@@ -57,26 +57,6 @@ class Truth:
     """Where the directions come from: "given" (world.directions), or "own: class mean beyond the parent"."""
 
 
-def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
-    """The hierarchy the labels imply: p is c's parent when c is never active without p and p is the
-    rarest such concept (its closest ancestor); concepts active on the same rows are left unrelated."""
-    active = np.asarray(labels_NC, dtype=bool)
-    counts = active.sum(0)
-    joint = active.T.astype(np.int64) @ active.astype(np.int64)  # joint[c, p] = rows with both
-    edges = []
-    for c in range(active.shape[1]):
-        if counts[c] == 0:
-            continue
-        ancestors = [
-            p
-            for p in range(active.shape[1])
-            if p != c and joint[c, p] == counts[c] and counts[p] > counts[c]
-        ]
-        if ancestors:
-            edges.append((min(ancestors, key=lambda p: counts[p]), c))
-    return edges
-
-
 KSPARSE_ROWS = 10_000
 """Training rows SAEBench's k-sparse probes (which latents are a concept's own) are fitted on."""
 PROBE_TOKENS = 10_000
@@ -91,7 +71,7 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
     concept's direction is what it adds beyond its parent on the training rows (`own_directions`: its
     class mean minus the mean where its parent is active without it), unless `directions` gives them,
     and a concept that a logistic probe cannot tell apart is dropped, with the reason."""
-    from ..language.probes import fit_probes, own_directions
+    from ..language.probes import edges_from_labels, fit_probes, own_directions
     from ..world.activations import read_directions, read_labels
 
     if world.labels is None and world.directions is None:

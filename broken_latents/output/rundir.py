@@ -24,7 +24,7 @@ from ..config.toml_io import dump_toml
 from ..analysis.metrics import Metrics, save_arrays
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
-from .atomic import check_replaceable, folder_in_place
+from ..files.atomic import check_replaceable, folder_in_place
 from .saelens_format import write_saelens
 
 

@@ -6,7 +6,6 @@ import torch
 
 from broken_latents.analysis.on_activations import (
     Truth,
-    edges_from_labels,
     measure_on_activations,
     truth_from_config,
 )
@@ -18,6 +17,7 @@ from broken_latents.config.schema import (
     TrainConfig,
     WorldConfig,
 )
+from broken_latents.language.probes import edges_from_labels
 from broken_latents.output.describe import world_line
 from broken_latents.training.on_activations import check_activations, train_on_activations
 from broken_latents.world.activations import ActivationFile
