@@ -13,9 +13,8 @@ from ..analysis.measure import Trained, latent_activations, measure
 from ..analysis.metrics import Metrics
 from ..analysis.on_activations import stored_latent_activations
 from ..experiments.claims import evaluate_claims
-from ..output.rundir import check_out_dir, write_run
+from ..output.rundir import write_run
 from ..training.loop import TrainResult, train
-from ..training.preflight import check_outputs, check_writable
 from .resolve import Target, check_trainable
 
 HISTOGRAM_SAMPLES = 50_000
@@ -78,10 +77,7 @@ def run_experiment(
     `out` that cannot be written or that the disk cannot hold, a DIR that holds something other
     than an earlier run."""
     out = Path(out)
-    source = check_trainable(target.config, device)
-    check_writable(out)
-    check_outputs(target.config, out)
-    check_out_dir(out)
+    source = check_trainable(target.config, device, out)
     started = time.perf_counter()
     result, metrics = _train_and_measure(target, source, device, progress)
     activations = None

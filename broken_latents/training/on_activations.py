@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .engines import ENGINES, Engine, TrainedStack, sparse_latents_engine
+from .engines import TrainedStack, choose_engine
 from .loop import TrainResult, new_stacks, run_training, single_torch_thread
 from ..config.schema import ConfigError, ExperimentConfig
-from ..engine import fastpath
 from ..world.activations import ActivationFile, StoredActivations
 
 
@@ -39,39 +38,12 @@ class ActivationsTrainResult(TrainResult):
         return self.world.test_rows
 
 
-ACTIVATION_ENGINES = ("auto", "autograd", "arrays")
-"""The engines that train on inputs x: "auto" is the sparse-latent gradients, as on sparse worlds (each
-stack they do not cover trains by autograd in the same step); "autograd"; "arrays" (the hand
-gradients, with the D input axes as feature space) where every SAE declares them. "compiled" works in a
-world's feature space only."""
-
-
-def engine_for_activations(config: ExperimentConfig, device: str = "cpu") -> type[Engine]:
-    name = config.train.engine
-    if name not in ACTIVATION_ENGINES:
-        raise ConfigError(
-            "train.engine",
-            f"{name!r} works on a world's feature firings; on stored activations use one of "
-            f"{', '.join(repr(e) for e in ACTIVATION_ENGINES)}",
-        )
-    without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
-    if name == "arrays" and without:
-        raise ConfigError(
-            "train.engine",
-            f"'arrays' needs hand-derived gradients, and SAE(s) {without} declare none "
-            "(architecture, activation or loss terms); use 'auto' or 'autograd'",
-        )
-    if name == "auto":
-        return sparse_latents_engine(device)
-    return ENGINES[name]
-
-
 def check_activations(config: ExperimentConfig) -> ActivationFile:
-    """Everything that refuses an activations run before it trains: the file, its labels and
-    directions (shapes, NaN), and what cannot train on stored rows. Returns the open file."""
+    """What refuses an activations run's file before it trains: the file, its labels and directions
+    (shapes, NaN), and a batch larger than its training rows. Returns the open file. (The engine is
+    `choose_engine`'s to refuse, as on every world: `pipeline.resolve.check_trainable` asks both.)"""
     from ..world.activations import read_directions, read_labels
 
-    engine_for_activations(config)
     world = config.world
     source = ActivationFile.open(world.activations, world.activations_key)
     if world.labels is not None:
@@ -104,7 +76,7 @@ def train_on_activations(
         stacks = new_stacks(config, source.dim, device)
         _centre_decoder_bias(stacks, world)
         result = run_training(
-            config, world, stacks, engine_for_activations(config, device), device, progress
+            config, world, stacks, choose_engine(config, device), device, progress
         )
     return ActivationsTrainResult(**vars(result))
 

@@ -19,7 +19,8 @@ from broken_latents.config.schema import (
 )
 from broken_latents.language.probes import edges_from_labels
 from broken_latents.output.describe import world_line
-from broken_latents.training.on_activations import check_activations, train_on_activations
+from broken_latents.pipeline.resolve import check_trainable
+from broken_latents.training.on_activations import train_on_activations
 from broken_latents.world.activations import ActivationFile
 from broken_latents.world.model import World
 
@@ -236,8 +237,26 @@ def test_compiled_engine_refused_on_stored_rows(stored):
     path, _, _ = stored
     cfg = config(SAEConfig(label="tied", architecture="tied", latents=2), path=path)
     cfg.train.engine = "compiled"
-    with pytest.raises(ConfigError, match="train.engine"):
-        check_activations(cfg)
+    with pytest.raises(
+        ConfigError, match="train.engine: 'compiled' works on a world's feature firings"
+    ):
+        check_trainable(cfg)
+
+
+def test_arrays_refused_on_stored_rows_where_an_sae_has_no_hand_gradients(stored):
+    """One `choose_engine` serves sampled worlds and stored rows: "arrays" without hand gradients is refused
+    with the same message on both, and "auto" on stored rows is the sparse-latent engine."""
+    path, _, _ = stored
+    cfg = config(
+        SAEConfig(label="soft", architecture="tied", latents=2, activation="topk", k=1), path=path
+    )
+    cfg.train.engine = "arrays"
+    with pytest.raises(
+        ConfigError, match=r"'arrays' needs hand-derived gradients, and SAE\(s\) \['soft'\]"
+    ):
+        check_trainable(cfg)
+    cfg.train.engine = "auto"
+    assert check_trainable(cfg).dim == 12
 
 
 def test_divergence_names_the_sae_and_seed_exits_2_and_writes_nothing(stored, tmp_path, capsys):
