@@ -28,7 +28,6 @@ from .peaks import EMPTY, count_peaks, fit_peak_model
 from .score import load_score_model
 from .signals import signals_of
 from .truth import truth_broken
-from ..config.schema import ConfigError
 
 EVAL_ROWS = 50_000
 """Held-out rows the metrics are computed on (at most)."""
@@ -70,7 +69,8 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
     """The probe-based truth `[world]` asks for: None without labels or directions. With labels, each
     concept's direction is what it adds beyond its parent on the training rows (`own_directions`: its
     class mean minus the mean where its parent is active without it), unless `directions` gives them,
-    and a concept that a logistic probe cannot tell apart is dropped, with the reason."""
+    and a concept that a logistic probe cannot tell apart is dropped, with the reason. The files were
+    checked before training (`training.on_activations.check_activations`)."""
     from ..language.probes import edges_from_labels, fit_probes, own_directions
     from ..world.activations import read_directions, read_labels
 
@@ -80,12 +80,6 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
     if world.labels is None:
         return Truth(given, list(range(len(given))))
     labels = read_labels(world.labels, source.n)
-    if given is not None and len(given) != labels.shape[1]:
-        raise ConfigError(
-            "world.directions",
-            f"{world.directions} has {len(given)} directions and {world.labels} "
-            f"{labels.shape[1]} label columns; give one per concept",
-        )
     x_train = source.read(
         train_rows.start, min(train_rows.stop, train_rows.start + 4 * PROBE_TOKENS)
     )
@@ -119,7 +113,11 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
 def measure_on_activations(
     result, truth: Truth | None = None, clean_cos: float = CLEAN_COS
 ) -> Metrics:
-    """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows."""
+    """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows. `truth`: by default the one
+    the run's `[world]` asks for (`truth_from_config`, on its training rows; None without labels or
+    directions)."""
+    if truth is None:
+        truth = truth_from_config(result.config.world, result.source, result.train_rows)
     rows = result.test_rows if len(result.test_rows) else result.train_rows
     stop = min(rows.start + EVAL_ROWS, rows.stop)
     x_BD = torch.from_numpy(result.source.read(rows.start, stop))

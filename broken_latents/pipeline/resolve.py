@@ -89,10 +89,8 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu", out: Path | N
     choose_engine(config, device)
     source = None
     if config.world.activations is not None:
-        from ..language.cache import ensure_built
         from ..training.on_activations import check_activations
 
-        ensure_built(config.world, progress=True)  # a registered language world's files, built once
         source = check_activations(config)
     else:
         check_config(config, device)

@@ -11,10 +11,11 @@ from typing import Literal
 
 from ..analysis.measure import Trained, latent_activations, measure
 from ..analysis.metrics import Metrics
-from ..analysis.on_activations import stored_latent_activations
+from ..analysis.on_activations import measure_on_activations, stored_latent_activations
 from ..experiments.claims import evaluate_claims
 from ..output.rundir import write_run
 from ..training.loop import TrainResult, train
+from ..training.on_activations import train_on_activations
 from .resolve import Target, check_trainable
 
 HISTOGRAM_SAMPLES = 50_000
@@ -28,8 +29,12 @@ class RunOutcome:
 
 
 def measure_claims(result: Trained, target: Target) -> Metrics:
-    """Typed metrics of a trained result, with the target's description and claims evaluated."""
-    metrics = measure(result, clean_cos=target.clean_cos)
+    """Typed metrics of a trained result (a sampled world's, or stored activations' with the truth
+    their `[world]` asks for), with the target's description and claims evaluated."""
+    if result.config.world.activations is not None:
+        metrics = measure_on_activations(result, clean_cos=target.clean_cos)
+    else:
+        metrics = measure(result, clean_cos=target.clean_cos)
     metrics.description = result.config.description
     metrics.claims = evaluate_claims(target.claims, metrics)
     return metrics
@@ -44,25 +49,13 @@ def train_and_measure(
 
 def _train_and_measure(target: Target, source, device: str, progress: bool):
     """`source`: the activations file `check_trainable` opened (SAEs on stored activations), or None."""
-    if source is not None:
-        return _on_activations(target, source, device, progress)
-    result = train(target.config, device=device, progress=progress)
+    if source is None:
+        result = train(target.config, device=device, progress=progress)
+    else:
+        result = train_on_activations(
+            target.config, device=device, progress=progress, source=source
+        )
     return result, measure_claims(result, target)
-
-
-def _on_activations(target: Target, source, device: str, progress: bool):
-    """SAEs on a stored activations file: the truth (labels, directions) is read and probed first, so a
-    bad labels file stops the run before it trains."""
-    from ..analysis.on_activations import measure_on_activations, truth_from_config
-    from ..training.on_activations import train_on_activations
-
-    config = target.config
-    truth = truth_from_config(config.world, source, source.split(config.world.held_out)[0])
-    result = train_on_activations(config, device=device, progress=progress, source=source)
-    metrics = measure_on_activations(result, truth, clean_cos=target.clean_cos)
-    metrics.description = config.description
-    metrics.claims = evaluate_claims(target.claims, metrics)
-    return result, metrics
 
 
 def run_experiment(

@@ -42,14 +42,20 @@ def check_activations(config: ExperimentConfig) -> ActivationFile:
     """What refuses an activations run's file before it trains: the file, its labels and directions
     (shapes, NaN), and a batch larger than its training rows. Returns the open file. (The engine is
     `choose_engine`'s to refuse, as on every world: `pipeline.resolve.check_trainable` asks both.)"""
+    from ..language.cache import ensure_built
     from ..world.activations import read_directions, read_labels
 
     world = config.world
+    ensure_built(world, progress=True)  # a registered language world's files, built once
     source = ActivationFile.open(world.activations, world.activations_key)
-    if world.labels is not None:
-        read_labels(world.labels, source.n)
-    if world.directions is not None:
-        read_directions(world.directions, source.dim)
+    labels = read_labels(world.labels, source.n) if world.labels is not None else None
+    given = read_directions(world.directions, source.dim) if world.directions is not None else None
+    if labels is not None and given is not None and len(given) != labels.shape[1]:
+        raise ConfigError(
+            "world.directions",
+            f"{world.directions} has {len(given)} directions and {world.labels} "
+            f"{labels.shape[1]} label columns; give one per concept",
+        )
     train_rows, _ = source.split(world.held_out)
     if len(train_rows) < config.train.batch_size:
         raise ConfigError(
@@ -70,11 +76,12 @@ def train_on_activations(
     if source is None:
         source = check_activations(config)
     world = StoredActivations(source, config.world.held_out)
+    mean_D = torch.from_numpy(world.train_mean_D())
     # The engine reads the input width from the config (the inverse technique's directions): the file's.
     config = replace(config, world=replace(config.world, dim=source.dim))
     with single_torch_thread(device):
         stacks = new_stacks(config, source.dim, device)
-        _centre_decoder_bias(stacks, world)
+        _centre_decoder_bias(stacks, mean_D)
         result = run_training(
             config, world, stacks, choose_engine(config, device), device, progress
         )
@@ -82,14 +89,8 @@ def train_on_activations(
 
 
 @torch.no_grad()
-def _centre_decoder_bias(
-    stacks: list[TrainedStack], world: StoredActivations, sample: int = 65_536
-) -> None:
+def _centre_decoder_bias(stacks: list[TrainedStack], mean_D: torch.Tensor) -> None:
     """Start b_dec at the activations' mean: real residual streams sit far from the origin, and an SAE
     started at 0 spends its first steps (and its latents' first firings) learning the offset."""
-    rows = world.train_rows
-    mean_D = torch.from_numpy(
-        world.source.read(rows.start, min(rows.start + sample, rows.stop)).mean(0)
-    )
     for stack in stacks:
         stack.sae.b_dec_SD.copy_(mean_D.expand_as(stack.sae.b_dec_SD))

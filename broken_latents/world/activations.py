@@ -229,6 +229,11 @@ class StoredActivations:
 
         return torch.eye(self.dim)
 
+    def train_mean_D(self, sample: int = 65_536) -> np.ndarray:
+        """The mean row [D] of the first `sample` training rows (where training starts b_dec)."""
+        rows = self.train_rows
+        return self.source.read(rows.start, min(rows.start + sample, rows.stop)).mean(0)
+
     def inputs(self, x_RBD):
         """x_RBD of a batch: an `ActivationStream` batch is its inputs."""
         return x_RBD
