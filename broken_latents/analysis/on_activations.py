@@ -118,9 +118,17 @@ def measure_on_activations(
     directions)."""
     if truth is None:
         truth = truth_from_config(result.config.world, result.source, result.train_rows)
+    # The rows, read before any analysis: up to EVAL_ROWS held-out rows, and (with labels and probes)
+    # the first KSPARSE_ROWS training rows and their labels for SAEBench's k-sparse probes.
     rows = result.test_rows if len(result.test_rows) else result.train_rows
     stop = min(rows.start + EVAL_ROWS, rows.stop)
     x_BD = torch.from_numpy(result.source.read(rows.start, stop))
+    ksparse = None
+    if truth is not None and truth.labels_NC is not None and truth.probe_weights_CD is not None:
+        fit = result.train_rows
+        fit_stop = min(fit.start + KSPARSE_ROWS, fit.stop)
+        x_fit_ND = torch.from_numpy(result.source.read(fit.start, fit_stop))
+        ksparse = x_fit_ND, truth.labels_NC[fit.start : fit_stop]
     variance = float((x_BD - x_BD.mean(0)).pow(2).sum(-1).mean())
     labels = (
         truth.labels_NC[rows.start : stop]
@@ -133,7 +141,6 @@ def measure_on_activations(
         if truth
         else {}
     )
-    ksparse = _ksparse_rows(result, truth)
     runs = []
     # Full absorption compares the others' share with the input's own projection on the concept,
     # taken from the mean (b_dec carries the mean, no latent does).
@@ -393,18 +400,6 @@ def detection(truth_broken: list[bool], broken_score: list[float]) -> dict:
         "precision": round(both / max(n_flagged, 1), 6),
         "recall": round(both / max(n_truth, 1), 6),
     }
-
-
-def _ksparse_rows(result, truth: Truth | None):
-    """(x [KSPARSE_ROWS, D] of the training rows, their labels) for SAEBench's k-sparse probes, or None
-    without labels and probes."""
-    if truth is None or truth.labels_NC is None or truth.probe_weights_CD is None:
-        return None
-    rows = result.train_rows
-    stop = min(rows.start + KSPARSE_ROWS, rows.stop)
-    return torch.from_numpy(result.source.read(rows.start, stop)), truth.labels_NC[
-        rows.start : stop
-    ]
 
 
 def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: dict) -> float:

@@ -74,6 +74,8 @@ def _write_directory(
     activations: dict[str, np.ndarray],
 ) -> None:
     (path / "weights").mkdir()
+    config_toml = dump_toml(config)
+    (path / "config.toml").write_text(config_toml)
     for stack in result.stacks:
         for s, seed in enumerate(result.seeds):
             tensors = stack.sae.saelens_tensors(s, stack.tau_SK)
@@ -110,8 +112,6 @@ def _write_directory(
             )
             figures["training"] = ["figures/loss-curves.png"]
     metrics.wall_seconds = round(time.perf_counter() - started, 3)
-    config_toml = dump_toml(config)
-    (path / "config.toml").write_text(config_toml)
     report = render_markdown(metrics, figures, shown, config_toml)
     (path / "report.md").write_text(report)
     write_html(path / "report.html", f"broken-latents: {config.name}", report, path)

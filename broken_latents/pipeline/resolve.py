@@ -79,26 +79,26 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu", out: Path | N
     device this machine lacks, an engine that cannot train it there, sizes the machine cannot hold,
     a world too big to lay out, then (with `out`) a run directory that cannot be written, that the
     disk cannot hold, or that holds something other than an earlier run. A run on stored activations
-    gets its file back, opened and checked (`world.activations.ActivationFile`), so that it is
-    opened once; else None."""
+    gets its rows back, opened, checked and split (`world.activations.StoredActivations`), so that
+    the file is opened once; else None."""
     from ..output.rundir import check_out_dir
     from ..training.engines import choose_engine
     from ..training.preflight import check_config, check_outputs, check_writable
 
     check_device(device)
     choose_engine(config, device)
-    source = None
+    stored = None
     if config.world.activations is not None:
         from ..training.on_activations import check_activations
 
-        source = check_activations(config)
+        stored = check_activations(config)
     else:
         check_config(config, device)
     if out is not None:
         check_writable(out)
         check_outputs(config, out)
         check_out_dir(out)
-    return source
+    return stored
 
 
 def check_device(device: str) -> None:

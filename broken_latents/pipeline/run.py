@@ -14,8 +14,8 @@ from ..analysis.metrics import Metrics
 from ..analysis.on_activations import measure_on_activations, stored_latent_activations
 from ..experiments.claims import evaluate_claims
 from ..output.rundir import write_run
-from ..training.loop import TrainResult, train
-from ..training.on_activations import train_on_activations
+from ..training.loop import TrainResult
+from ..training.on_activations import train_run
 from .resolve import Target, check_trainable
 
 HISTOGRAM_SAMPLES = 50_000
@@ -44,17 +44,7 @@ def train_and_measure(
     target: Target, device: str = "cpu", progress: bool = False
 ) -> tuple[TrainResult, Metrics]:
     """Check the target's config, train every SAE in memory, then measure it and check its claims."""
-    return _train_and_measure(target, check_trainable(target.config, device), device, progress)
-
-
-def _train_and_measure(target: Target, source, device: str, progress: bool):
-    """`source`: the activations file `check_trainable` opened (SAEs on stored activations), or None."""
-    if source is None:
-        result = train(target.config, device=device, progress=progress)
-    else:
-        result = train_on_activations(
-            target.config, device=device, progress=progress, source=source
-        )
+    result = train_run(target.config, device, progress, check_trainable(target.config, device))
     return result, measure_claims(result, target)
 
 
@@ -70,9 +60,10 @@ def run_experiment(
     `out` that cannot be written or that the disk cannot hold, a DIR that holds something other
     than an earlier run."""
     out = Path(out)
-    source = check_trainable(target.config, device, out)
+    stored = check_trainable(target.config, device, out)
     started = time.perf_counter()
-    result, metrics = _train_and_measure(target, source, device, progress)
+    result = train_run(target.config, device, progress, stored)
+    metrics = measure_claims(result, target)
     activations = None
     if figures != "none":
         activations = (

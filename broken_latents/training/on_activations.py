@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .engines import TrainedStack, choose_engine
-from .loop import TrainResult, new_stacks, run_training, single_torch_thread
+from .loop import TrainResult, new_stacks, run_training, single_torch_thread, train
 from ..config.schema import ConfigError, ExperimentConfig
 from ..world.activations import ActivationFile, StoredActivations
 
@@ -38,10 +38,24 @@ class ActivationsTrainResult(TrainResult):
         return self.world.test_rows
 
 
-def check_activations(config: ExperimentConfig) -> ActivationFile:
+def train_run(
+    config: ExperimentConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    stored: StoredActivations | None = None,
+) -> TrainResult:
+    """Train every [[sae]] of `config` on its world: the stored rows (`stored`, as
+    `pipeline.resolve.check_trainable` opened them, else opened here) or the sampled world."""
+    if config.world.activations is None:
+        return train(config, device=device, progress=progress)
+    return train_on_activations(config, device=device, progress=progress, stored=stored)
+
+
+def check_activations(config: ExperimentConfig) -> StoredActivations:
     """What refuses an activations run's file before it trains: the file, its labels and directions
-    (shapes, NaN), and a batch larger than its training rows. Returns the open file. (The engine is
-    `choose_engine`'s to refuse, as on every world: `pipeline.resolve.check_trainable` asks both.)"""
+    (shapes, NaN), and a batch larger than its training rows. Returns the rows opened once and split,
+    as the world to train on. (The engine is `choose_engine`'s to refuse, as on every world:
+    `pipeline.resolve.check_trainable` asks both.)"""
     from ..language.cache import ensure_built
     from ..world.activations import read_directions, read_labels
 
@@ -56,34 +70,32 @@ def check_activations(config: ExperimentConfig) -> ActivationFile:
             f"{world.directions} has {len(given)} directions and {world.labels} "
             f"{labels.shape[1]} label columns; give one per concept",
         )
-    train_rows, _ = source.split(world.held_out)
-    if len(train_rows) < config.train.batch_size:
+    stored = StoredActivations(source, world.held_out)
+    if len(stored.train_rows) < config.train.batch_size:
         raise ConfigError(
             "train.batch_size",
-            f"{config.train.batch_size} is more than the {len(train_rows)} training "
+            f"{config.train.batch_size} is more than the {len(stored.train_rows)} training "
             f"rows of {source.path}; lower it",
         )
-    return source
+    return stored
 
 
 def train_on_activations(
     config: ExperimentConfig,
     device: str = "cpu",
     progress: bool = True,
-    source: ActivationFile | None = None,
+    stored: StoredActivations | None = None,
 ) -> ActivationsTrainResult:
-    """Train every [[sae]] of `config` on `config.world.activations` (or on `source`, already checked)."""
-    if source is None:
-        source = check_activations(config)
-    world = StoredActivations(source, config.world.held_out)
-    mean_D = torch.from_numpy(world.train_mean_D())
+    """Train every [[sae]] of `config` on `config.world.activations` (or on `stored`, already checked)."""
+    if stored is None:
+        stored = check_activations(config)
     # The engine reads the input width from the config (the inverse technique's directions): the file's.
-    config = replace(config, world=replace(config.world, dim=source.dim))
+    config = replace(config, world=replace(config.world, dim=stored.dim))
     with single_torch_thread(device):
-        stacks = new_stacks(config, source.dim, device)
-        _centre_decoder_bias(stacks, mean_D)
+        stacks = new_stacks(config, stored.dim, device)
+        _centre_decoder_bias(stacks, torch.from_numpy(stored.mean_D))
         result = run_training(
-            config, world, stacks, choose_engine(config, device), device, progress
+            config, stored, stacks, choose_engine(config, device), device, progress
         )
     return ActivationsTrainResult(**vars(result))
 

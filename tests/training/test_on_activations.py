@@ -21,7 +21,7 @@ from broken_latents.language.probes import edges_from_labels
 from broken_latents.output.describe import world_line
 from broken_latents.pipeline.resolve import check_trainable
 from broken_latents.training.on_activations import train_on_activations
-from broken_latents.world.activations import ActivationFile
+from broken_latents.world.activations import ActivationFile, StoredActivations
 from broken_latents.world.model import World
 
 WORLD = WorldConfig(
@@ -54,7 +54,9 @@ def test_saes_learn_every_direction(stored):
     saes = [
         SAEConfig(label=arch, architecture=arch, latents=6, l1=0.1) for arch in ("untied", "tied")
     ]
-    result = train_on_activations(config(*saes), progress=False, source=ActivationFile.open(path))
+    result = train_on_activations(
+        config(*saes), progress=False, stored=StoredActivations(ActivationFile.open(path), 0.2)
+    )
     truth = Truth(directions, list(range(6)), labels, edges_from_labels(labels))
     metrics = measure_on_activations(result, truth)
     untied, tied = metrics.runs
@@ -76,7 +78,9 @@ def test_absorption_matches_a_plain_recomputation(stored):
     path, labels, _ = stored
     sae = SAEConfig(label="topk", architecture="untied", latents=5, activation="topk", k=1, l1=0.0)
     result = train_on_activations(
-        config(sae, samples=100_000), progress=False, source=ActivationFile.open(path)
+        config(sae, samples=100_000),
+        progress=False,
+        stored=StoredActivations(ActivationFile.open(path), 0.2),
     )
     np.save(path.parent / "labels.npy", labels)
     world = WorldConfig(activations=str(path), labels=str(path.parent / "labels.npy"), held_out=0.2)
