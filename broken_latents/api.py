@@ -246,12 +246,10 @@ def _resolved(target, seeds, samples, assignments, device: str):
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    import dataclasses
-
+    from .experiments.claims import measure_claims
     from .pipeline.resolve import claims_of
-    from .pipeline.run import measure_claims
 
     target = claims_of(result.config)
-    if clean_cos is not None:
-        target = dataclasses.replace(target, clean_cos=clean_cos)
-    return measure_claims(result, target)
+    return measure_claims(
+        result, target.claims, target.clean_cos if clean_cos is None else clean_cos
+    )

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..analysis.measure import Trained, latent_activations, measure
+from ..analysis.measure import latent_activations
 from ..analysis.metrics import Metrics
-from ..analysis.on_activations import measure_on_activations, stored_latent_activations
-from ..experiments.claims import evaluate_claims
+from ..analysis.on_activations import stored_latent_activations
+from ..experiments.claims import measure_claims
 from ..output.rundir import write_run
 from ..training.loop import TrainResult
 from ..training.on_activations import train_run
@@ -28,24 +28,12 @@ class RunOutcome:
     metrics: Metrics
 
 
-def measure_claims(result: Trained, target: Target) -> Metrics:
-    """Typed metrics of a trained result (a sampled world's, or stored activations' with the truth
-    their `[world]` asks for), with the target's description and claims evaluated."""
-    if result.config.world.activations is not None:
-        metrics = measure_on_activations(result, clean_cos=target.clean_cos)
-    else:
-        metrics = measure(result, clean_cos=target.clean_cos)
-    metrics.description = result.config.description
-    metrics.claims = evaluate_claims(target.claims, metrics)
-    return metrics
-
-
 def train_and_measure(
     target: Target, device: str = "cpu", progress: bool = False
 ) -> tuple[TrainResult, Metrics]:
     """Check the target's config, train every SAE in memory, then measure it and check its claims."""
     result = train_run(target.config, device, progress, check_trainable(target.config, device))
-    return result, measure_claims(result, target)
+    return result, measure_claims(result, target.claims, target.clean_cos)
 
 
 def run_experiment(
@@ -63,7 +51,7 @@ def run_experiment(
     stored = check_trainable(target.config, device, out)
     started = time.perf_counter()
     result = train_run(target.config, device, progress, stored)
-    metrics = measure_claims(result, target)
+    metrics = measure_claims(result, target.claims, target.clean_cos)
     activations = None
     if figures != "none":
         activations = (
