@@ -83,14 +83,13 @@ def check_trainable(config: ExperimentConfig, device: str = "cpu", out: Path | N
     the file is opened once; else None."""
     from ..output.rundir import check_out_dir
     from ..training.engines import choose_engine
+    from ..training.on_activations import check_activations
     from ..training.preflight import check_config, check_outputs, check_writable
 
     check_device(device)
     choose_engine(config, device)
     stored = None
     if config.world.activations is not None:
-        from ..training.on_activations import check_activations
-
         stored = check_activations(config)
     else:
         check_config(config, device)

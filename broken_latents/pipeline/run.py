@@ -44,9 +44,9 @@ def run_experiment(
     figures: Literal["first", "all", "none"] = "first",
 ) -> RunOutcome:
     """Check, train, measure, check the claims and write DIR (atomically, see `output.rundir.write_run`).
-    Whatever can be refused is refused before anything trains: the config (`check_trainable`), an
-    `out` that cannot be written or that the disk cannot hold, a DIR that holds something other
-    than an earlier run."""
+    Whatever can be refused is refused before anything trains, in one pass (`check_trainable`): the
+    config, an `out` that cannot be written or that the disk cannot hold, a DIR that holds something
+    other than an earlier run."""
     out = Path(out)
     stored = check_trainable(target.config, device, out)
     started = time.perf_counter()

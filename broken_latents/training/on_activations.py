@@ -7,6 +7,9 @@ inputs x, as they do for sparse worlds, with every SAE's declared terms, the aux
 architecture and activation, and the inverse technique (its peak directions refitted on that stream
 too). Every seed sees the same batches (one stream seeded by train.first_seed); seeds differ in their
 SAEs' initialisation.
+
+`train_run` is the one call that trains either world (stored rows here, else the sampled world of
+training/loop.py `train`): the pipeline, after `pipeline.resolve.check_trainable`, calls it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 from .engines import TrainedStack, choose_engine
 from .loop import TrainResult, new_stacks, run_training, single_torch_thread, train
 from ..config.schema import ConfigError, ExperimentConfig
-from ..world.activations import ActivationFile, StoredActivations
+from ..language.cache import ensure_built
+from ..world.activations import ActivationFile, StoredActivations, read_directions, read_labels
 
 
 @dataclass
@@ -39,10 +43,7 @@ class ActivationsTrainResult(TrainResult):
 
 
 def train_run(
-    config: ExperimentConfig,
-    device: str = "cpu",
-    progress: bool = True,
-    stored: StoredActivations | None = None,
+    config: ExperimentConfig, device: str, progress: bool, stored: StoredActivations | None
 ) -> TrainResult:
     """Train every [[sae]] of `config` on its world: the stored rows (`stored`, as
     `pipeline.resolve.check_trainable` opened them, else opened here) or the sampled world."""
@@ -56,9 +57,6 @@ def check_activations(config: ExperimentConfig) -> StoredActivations:
     (shapes, NaN), and a batch larger than its training rows. Returns the rows opened once and split,
     as the world to train on. (The engine is `choose_engine`'s to refuse, as on every world:
     `pipeline.resolve.check_trainable` asks both.)"""
-    from ..language.cache import ensure_built
-    from ..world.activations import read_directions, read_labels
-
     world = config.world
     ensure_built(world, progress=True)  # a registered language world's files, built once
     source = ActivationFile.open(world.activations, world.activations_key)

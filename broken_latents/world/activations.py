@@ -19,8 +19,8 @@ from ..config.schema import ConfigError
 CHUNK_ROWS = 65_536
 """Rows read at a time: one contiguous read, shuffled in memory (a random row order over the whole
 file would read a memory-mapped file row by row)."""
-MEAN_ROWS = 65_536
-"""Training rows `StoredActivations.mean_D` averages (a sample: the mean of a residual stream settles fast)."""
+CENTRE_ROWS = 65_536
+"""Training rows `StoredActivations.mean_D` averages: where training starts every SAE's b_dec."""
 SCAN_ROWS = 1_000_000
 """Rows checked for NaN/inf per read when the file is opened."""
 DTYPES = (np.float32, np.float16)
@@ -234,9 +234,9 @@ class StoredActivations:
 
     @cached_property
     def mean_D(self) -> np.ndarray:
-        """The mean row [D] of the first MEAN_ROWS training rows (where training starts b_dec)."""
+        """The mean row [D] of the first CENTRE_ROWS training rows (where training starts b_dec)."""
         rows = self.train_rows
-        return self.source.read(rows.start, min(rows.start + MEAN_ROWS, rows.stop)).mean(0)
+        return self.source.read(rows.start, min(rows.start + CENTRE_ROWS, rows.stop)).mean(0)
 
     def inputs(self, x_RBD):
         """x_RBD of a batch: an `ActivationStream` batch is its inputs."""
