@@ -263,6 +263,22 @@ def test_arrays_refused_on_stored_rows_where_an_sae_has_no_hand_gradients(stored
     assert check_trainable(cfg).dim == 12
 
 
+def test_the_python_api_trains_and_analyses_stored_rows(stored):
+    """`bl.train` on a stored-activations config trains on the file's rows (not a default world), and
+    `bl.analyse` measures them as a run does."""
+    import broken_latents as bl
+
+    path, _, _ = stored
+    cfg = config(
+        SAEConfig(label="tied", architecture="tied", latents=6, l1=0.1), samples=20_000, path=path
+    )
+    result = bl.train(cfg)
+    assert result.stacks[0].sae.W_dec_SKD.shape[-1] == 12 and len(result.train_rows) == 32_000
+    metrics = bl.analyse(result)
+    assert metrics.world.extra["activations"] == str(path) and metrics.world.dim == 12
+    assert [run.label for run in metrics.runs] == ["tied"]
+
+
 def test_divergence_names_the_sae_and_seed_exits_2_and_writes_nothing(stored, tmp_path, capsys):
     """NaN/inf in training on stored rows: the CLI's one-line message (the SAE, its seed, what to lower),
     exit 2, and no run directory, not even a partial one."""
