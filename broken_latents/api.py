@@ -186,6 +186,21 @@ def load_run(directory: str | Path) -> Run:
     return Run(path, config, World.build(config.world), saes, metrics, history)
 
 
+# -- worlds to SAELens --------------------------------------------------------------------------
+
+
+def export_world(world: World | str | Path | ExperimentConfig, path: str | Path) -> Path:
+    """Write a world as a folder SAELens' `SyntheticModel.load_from_disk` reads to the same distribution
+    (and `world.load = "PATH"` reads back): a `World` (e.g. `load_run(DIR).world`), a registered
+    experiment's name, a .toml path or a config. Raises ValueError naming what has no SAELens form
+    ("force" relations, magnitude laws SAELens cannot regenerate)."""
+    from .world.saelens import export_world as write_world
+
+    if not isinstance(world, World):
+        world = World.build(load_config(world).world)
+    return write_world(world, path)
+
+
 # -- train and analyse in memory ---------------------------------------------------------------
 
 
