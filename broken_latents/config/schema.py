@@ -261,6 +261,12 @@ class WorldConfig:
         world with a new law. A fact of the config, so the checks before a run read it unbuilt."""
         return self.lawful or self.features >= SPARSE_FROM
 
+    @property
+    def on_inputs(self) -> bool:
+        """The engines train on the inputs x, not in feature space: a sparse world, or stored
+        activations (which have no features). `training.engines.choose_engine` reads it for both."""
+        return self.sparse or self.activations is not None
+
     def _check_load(self) -> None:
         """With `load`, only features and dim may be set (they must equal the folder's), the rest
         stays default; features and dim are then read from the folder."""

@@ -116,11 +116,6 @@ class World:
     def noisy(self) -> bool:
         return self.magnitude_stds_N is not None
 
-    @staticmethod
-    def is_sparse(config: WorldConfig) -> bool:
-        """`sparse` of the world `config` describes, without building it (`WorldConfig.sparse`)."""
-        return config.sparse
-
     @property
     def lawful(self) -> bool:
         """The config's `lawful`: a law only the sparse sampler implements."""

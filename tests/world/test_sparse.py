@@ -122,9 +122,9 @@ def test_correlation_correlates_firing_and_keeps_rates():
 
 
 def test_big_and_lawful_worlds_stream_sparsely_and_small_plain_ones_densely():
-    assert not World.is_sparse(WorldConfig(features=20, dim=50))
-    assert World.is_sparse(WorldConfig(features=1024, dim=50, firing=0.001))
-    assert World.is_sparse(WorldConfig(features=20, dim=50, bias=0.1))
+    assert not WorldConfig(features=20, dim=50).sparse
+    assert WorldConfig(features=1024, dim=50, firing=0.001).sparse
+    assert WorldConfig(features=20, dim=50, bias=0.1).sparse
     with DataStream(small_world(), [0, 1], 64) as stream:
         batch = stream.next()
     assert batch.x_RBD.shape == (2, 64, 24) and len(batch.offsets[1]) == 65
