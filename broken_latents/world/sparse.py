@@ -28,12 +28,29 @@ import numpy as np
 import torch
 
 from .prefetch import Prefetcher
+from .rng import normal, uniform
 
 BLOCK = 32
 """Features per block of the thinning: smaller blocks bound the rates tighter, larger ones cost fewer logs."""
 
 DENSE_BLOCK_RATE = 0.25
 """Blocks whose bound q is at least this draw one uniform per feature (cheaper than skips there)."""
+
+TAIL_FROM, TAIL_SCALE, TAIL_POINTS = -8.0, 64.0, 1025
+"""The normal's upper tail is tabulated at z = TAIL_FROM + k / TAIL_SCALE, k < TAIL_POINTS (to +8)."""
+
+
+def _tail_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(N(0, 1) > z) at the table's points; per point taken as a block's bound q, log(1 - q) (the
+    geometric skips) and (1 - q)^BLOCK, the chance that a block of BLOCK features has no candidate."""
+    z = TAIL_FROM + np.arange(TAIL_POINTS) / TAIL_SCALE
+    tail = np.array([0.5 * math.erfc(v / math.sqrt(2)) for v in z])
+    with np.errstate(divide="ignore"):
+        log_miss = np.log1p(-tail)
+    return tail, log_miss, np.exp(BLOCK * log_miss)
+
+
+TAIL_TABLES = _tail_tables()
 
 
 @dataclass
@@ -75,8 +92,6 @@ class SparseSampler:
         # Blocks over the free features only: a gated child is drawn when its parent fires, never before.
         free = np.flatnonzero(s.parent_N < 0)
         order = free[np.argsort(-rates[free], kind="stable")].astype(np.int64)
-        padded = np.concatenate([rates[order], np.zeros((-len(order)) % BLOCK)])
-        self.block_q = padded.reshape(-1, BLOCK).max(1)
         gated = np.flatnonzero(s.parent_N >= 0)
         by_parent = gated[np.argsort(s.parent_N[gated], kind="stable")]
         child_offsets = np.searchsorted(s.parent_N[by_parent], np.arange(n + 1)).astype(np.int64)
@@ -86,33 +101,34 @@ class SparseSampler:
             if world.magnitude_stds_N is None
             else world.magnitude_stds_N.cpu().double().numpy()
         )
+        # Feature i fires when a standard normal exceeds its threshold t_i (rate = P(N > t_i)); with the
+        # copula, the normal is L_i . e + sqrt(d_i) eta, e the sample's shared factor.
+        with np.errstate(divide="ignore"):
+            thresholds = (
+                math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
+            )
         if world.correlation is not None:
             factor, diag = world.correlation
             self.factor_NR = np.ascontiguousarray(factor.astype(np.float64))
             self.free_factor_T = np.ascontiguousarray(
                 factor[order].T.astype(np.float32)
             )  # [rank, free in `order`]
-            with np.errstate(divide="ignore"):
-                thresholds = (
-                    math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
-                )
-            corr = (thresholds, np.sqrt(diag.astype(np.float64)))
-            self.free_copula = (
-                thresholds[order].astype(np.float32),
-                (1 / corr[1][order]).astype(np.float32),
-            )
+            sdiag = np.sqrt(diag.astype(np.float64))
         else:
             self.factor_NR = np.zeros((n, 0))
             self.free_factor_T = np.zeros((0, len(order)), np.float32)
-            corr = (np.zeros(n), np.ones(n))
-            self.free_copula = (np.zeros(len(order), np.float32), np.ones(len(order), np.float32))
+            sdiag = np.ones(n)
+        self.free_copula = (
+            thresholds[order].astype(np.float32),
+            (1 / sdiag[order]).astype(np.float32),
+        )
         self.world_arrays = (
+            *TAIL_TABLES,
             order,
-            self.block_q,
-            rates,
             means,
             stds,
-            *corr,
+            thresholds,
+            sdiag,
             child_offsets,
             by_parent.astype(np.int64),
             s.rescale_N,
@@ -205,37 +221,11 @@ class SparseStream:
 # -- compiled sampler -----------------------------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _next(s):
-    """SFC64, as numpy's (and world/stream.py's)."""
-    tmp = s[0] + s[1] + s[3]
-    s[3] += np.uint64(1)
-    s[0] = s[1] ^ (s[1] >> np.uint64(11))
-    s[1] = s[2] + (s[2] << np.uint64(3))
-    s[2] = ((s[2] << np.uint64(24)) | (s[2] >> np.uint64(40))) + tmp
-    return tmp
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _uniform(s):
-    """Uniform in (0, 1] from the top 53 bits of one word (never 0: its log is finite)."""
-    return (np.float64(_next(s) >> np.uint64(11)) + 1.0) * 2.0**-53
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _normal(s):
-    """One standard normal per word (Box-Muller, cosine branch), as model.normal_from_word."""
-    w = _next(s)
-    u1 = (np.float64(w >> np.uint64(32)) + 1.0) * 2.0**-32
-    u2 = np.float64(w & np.uint64(0xFFFFFFFF)) * 2.0**-32
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
 @numba.njit(cache=True, nogil=True)
 def _normals(s, out):
     flat = out.reshape(-1)
     for i in range(flat.shape[0]):
-        flat[i] = _normal(s)
+        flat[i] = normal(s)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -245,21 +235,25 @@ def _upper_tail(z):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _magnitude(s, mean, std):
-    if std > 0:
-        return max(mean + std * _normal(s), 0.0)
-    return mean
+def _below_tail(u, z, tail_G):
+    """u <= P(N(0, 1) > z), exactly, mostly without erfc: the tail is decreasing, so where z lies between
+    two points of the table, u below the table's value at the right one is below it, u above the value
+    at the left one is above; only a u between the two (about one in TAIL_SCALE x 2.5) needs erfc."""
+    t = (z - TAIL_FROM) * TAIL_SCALE
+    if t >= 0.0 and t < TAIL_POINTS - 1:
+        k = int(t)
+        if u <= tail_G[k + 1]:
+            return True
+        if u > tail_G[k]:
+            return False
+    return u <= _upper_tail(z)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _fires(s, i, b, correlated, rates, eps_BR, factor_NR, thresholds, sdiag):
-    """One Bernoulli draw of feature i's own firing (given the copula's factor e of sample b)."""
-    if correlated:
-        a = 0.0
-        for r in range(eps_BR.shape[1]):
-            a += factor_NR[i, r] * eps_BR[b, r]
-        return _uniform(s) <= _upper_tail((thresholds[i] - a) / sdiag[i])
-    return _uniform(s) <= rates[i]
+def _magnitude(s, mean, std):
+    if std > 0:
+        return max(mean + std * normal(s), 0.0)
+    return mean
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -269,7 +263,7 @@ def _exclude(s, listed, start, end, value, group, count, winner):
         g = group[listed[f]]
         if g >= 0:
             count[g] += 1
-            if _uniform(s) * count[g] <= 1.0:
+            if uniform(s) * count[g] <= 1.0:
                 winner[g] = listed[f]
     for f in range(start, end):
         i = listed[f]
@@ -288,9 +282,10 @@ def _draw(
     A_BF,
     free_thresholds,
     free_inv_sdiag,
+    tail_G,
+    block_log_miss_G,
+    block_empty_G,
     order,
-    block_q,
-    rates,
     means,
     stds,
     thresholds,
@@ -310,62 +305,59 @@ def _draw(
 ):
     """Sample b: the free features (no gating parent) by block thinning over `order`; then, breadth-first,
     each active feature's gated children drawn one by one (a child of an inactive parent never fires,
-    so it need not be drawn), scaled and made exclusive per group; then force relations; then x."""
+    so it need not be drawn), scaled and made exclusive per group; then force relations; then x.
+
+    Feature i fires when eta > z_i, z_i = (t_i - L_i . e) / sqrt(d_i) (without correlation, z_i = t_i):
+    a uniform u fires it when u <= P(N(0, 1) > z_i) (`_below_tail`). A block's bound q is the tail at the
+    table point at or below its smallest z, so q >= every rate in it, with log(1 - q) and the chance
+    (1 - q)^BLOCK that no candidate falls in the block read from tables (no erfc, no log per block)."""
     B, D = x_BD.shape
-    N = rates.shape[0]
+    N = thresholds.shape[0]
     correlated = eps_BR.shape[1] > 0
     n_free = order.shape[0]
-    n_blocks = block_q.shape[0]
+    n_blocks = (n_free + BLOCK - 1) // BLOCK
     value = np.zeros(N)  # scratch: this sample's magnitudes (zero outside `listed`)
     listed = np.empty(N, np.int64)  # this sample's firing features, parents before children
     count = np.zeros(n_groups, np.int64)
     winner = np.full(n_groups, -1, np.int64)
+    z_F = (
+        free_thresholds.copy()
+    )  # without correlation, the z of the free features is their threshold
     cap = max(capacity * B, 16)
     idx_out = np.empty(cap, np.int64)
     val_out = np.empty(cap, np.float32)
     offsets = np.zeros(B + 1, np.int64)
     pos = 0
     for b in range(B):
+        if correlated:
+            for j in range(n_free):  # contiguous: vectorises
+                z_F[j] = (free_thresholds[j] - A_BF[b, j]) * free_inv_sdiag[j]
         k = 0
         for blk in range(n_blocks):
             start = blk * BLOCK
             size = min(BLOCK, n_free - start)
-            if correlated:
-                zmin = np.inf
-                for j in range(start, start + size):  # contiguous: vectorises
-                    zmin = min(zmin, (free_thresholds[j] - A_BF[b, j]) * free_inv_sdiag[j])
-                q = _upper_tail(zmin)
-            else:
-                q = block_q[blk]
-            if q <= 0.0:
-                continue
+            zmin = np.inf
+            for j in range(start, start + size):
+                zmin = min(zmin, z_F[j])
+            t = (zmin - TAIL_FROM) * TAIL_SCALE
+            point = 0 if t < 0.0 else (TAIL_POINTS - 1 if t >= TAIL_POINTS - 1 else int(t))
+            q = 1.0 if t < 0.0 else tail_G[point]
             if q >= DENSE_BLOCK_RATE:
-                for j in range(size):
-                    i = order[start + j]
-                    p = (
-                        _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i])
-                        if correlated
-                        else rates[i]
-                    )
-                    if _uniform(s) <= p:
-                        listed[k] = i
+                for j in range(start, start + size):
+                    if _below_tail(uniform(s), z_F[j], tail_G):
+                        listed[k] = order[j]
                         k += 1
                 continue
-            log_miss = math.log1p(-q)
-            j = -1
-            while True:
-                j += 1 + int(math.floor(math.log(_uniform(s)) / log_miss))
-                if j >= size:
-                    break
-                i = order[start + j]
-                p = (
-                    _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i])
-                    if correlated
-                    else rates[i]
-                )
-                if _uniform(s) * q <= p:
-                    listed[k] = i
+            u = uniform(s)
+            if size == BLOCK and u <= block_empty_G[point]:
+                continue  # the first skip passes the block: no candidate in it
+            log_miss = block_log_miss_G[point]
+            j = int(math.floor(math.log(u) / log_miss))
+            while j < size:
+                if _below_tail(uniform(s) * q, z_F[start + j], tail_G):
+                    listed[k] = order[start + j]
                     k += 1
+                j += 1 + int(math.floor(math.log(uniform(s)) / log_miss))
         # magnitudes (a firing clipped to 0 is inactive, as in SAELens), exclusion among free features
         kept = 0
         for e in range(k):
@@ -389,7 +381,13 @@ def _draw(
             first = k
             for f in range(child_offsets[parent], child_offsets[parent + 1]):
                 c = children[f]
-                if not _fires(s, c, b, correlated, rates, eps_BR, factor_NR, thresholds, sdiag):
+                z = thresholds[c]
+                if correlated:
+                    a = 0.0
+                    for r in range(eps_BR.shape[1]):
+                        a += factor_NR[c, r] * eps_BR[b, r]
+                    z = (z - a) / sdiag[c]
+                if not _below_tail(uniform(s), z, tail_G):
                     continue
                 v = _magnitude(s, means[c], stds[c])
                 if rescale[c]:
