@@ -109,26 +109,24 @@ class SparseSampler:
             )
         if world.correlation is not None:
             factor, diag = world.correlation
-            self.factor_NR = np.ascontiguousarray(factor.astype(np.float64))
-            self.free_factor_T = np.ascontiguousarray(
-                factor[order].T.astype(np.float32)
-            )  # [rank, free in `order`]
+            factor_NR = factor.astype(np.float32)
             sdiag = np.sqrt(diag.astype(np.float64))
         else:
-            self.factor_NR = np.zeros((n, 0))
-            self.free_factor_T = np.zeros((0, len(order)), np.float32)
+            factor_NR = np.zeros((n, 0), np.float32)
             sdiag = np.ones(n)
-        self.free_copula = (
-            thresholds[order].astype(np.float32),
-            (1 / sdiag[order]).astype(np.float32),
-        )
+        self.rank = factor_NR.shape[1]
+        self.free_factor_T = np.ascontiguousarray(factor_NR[order].T)  # [rank, free in `order`]
+        # Per feature: threshold, 1 / sqrt(d), loadings (children in the order they are drawn, siblings adjacent).
+        self.copula = tuple(
+            np.ascontiguousarray(a)
+            for of in (order, by_parent)
+            for a in (thresholds[of].astype(np.float32), (1 / sdiag[of]).astype(np.float32))
+        ) + (np.ascontiguousarray(factor_NR[by_parent]),)
         self.world_arrays = (
             *TAIL_TABLES,
             order,
             means,
             stds,
-            thresholds,
-            sdiag,
             child_offsets,
             by_parent.astype(np.int64),
             s.rescale_N,
@@ -149,9 +147,8 @@ class SparseSampler:
         R = len(self.states_R4)
         x = np.empty((R, batch, self.dim), np.float32) if out_RBD is None else out_RBD
         indices, values, offsets = [], [], []
-        rank = self.factor_NR.shape[1]
         for r in range(R):
-            eps = np.empty((batch, rank), np.float32)
+            eps = np.empty((batch, self.rank), np.float32)
             _normals(self.states_R4[r], eps)
             A_BF = (
                 eps @ self.free_factor_T
@@ -159,9 +156,8 @@ class SparseSampler:
             idx, val, off = _draw(
                 self.states_R4[r],
                 eps,
-                self.factor_NR,
                 A_BF,
-                *self.free_copula,
+                *self.copula,
                 *self.world_arrays,
                 x[r],
                 self.capacity,
@@ -249,6 +245,26 @@ def _below_tail(u, z, tail_G):
     return u <= _upper_tail(z)
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot(a_R, b_R):
+    """a . b, summed in any order (fastmath): the rank-long loop then vectorises."""
+    total = 0.0
+    for r in range(a_R.shape[0]):
+        total += a_R[r] * b_R[r]
+    return total
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz", "reassoc"})
+def _block_minima(z_F, zmin_K):
+    """zmin_K[k] = min of z_F over block k (no NaN assumed, so the minimum vectorises; z may be +inf)."""
+    for blk in range(zmin_K.shape[0]):
+        m = np.float32(np.inf)
+        for j in range(blk * BLOCK, min(blk * BLOCK + BLOCK, z_F.shape[0])):
+            v = z_F[j]
+            m = v if v < m else m
+        zmin_K[blk] = m
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _magnitude(s, mean, std):
     if std > 0:
@@ -278,18 +294,18 @@ def _exclude(s, listed, start, end, value, group, count, winner):
 def _draw(
     s,
     eps_BR,
-    factor_NR,
     A_BF,
     free_thresholds,
     free_inv_sdiag,
+    child_thresholds,
+    child_inv_sdiag,
+    child_factor_GR,
     tail_G,
     block_log_miss_G,
     block_empty_G,
     order,
     means,
     stds,
-    thresholds,
-    sdiag,
     child_offsets,
     children,
     rescale,
@@ -312,7 +328,7 @@ def _draw(
     table point at or below its smallest z, so q >= every rate in it, with log(1 - q) and the chance
     (1 - q)^BLOCK that no candidate falls in the block read from tables (no erfc, no log per block)."""
     B, D = x_BD.shape
-    N = thresholds.shape[0]
+    N = means.shape[0]
     correlated = eps_BR.shape[1] > 0
     n_free = order.shape[0]
     n_blocks = (n_free + BLOCK - 1) // BLOCK
@@ -323,6 +339,8 @@ def _draw(
     z_F = (
         free_thresholds.copy()
     )  # without correlation, the z of the free features is their threshold
+    zmin_K = np.empty(n_blocks, np.float32)  # each block's smallest z
+    _block_minima(z_F, zmin_K)
     cap = max(capacity * B, 16)
     idx_out = np.empty(cap, np.int64)
     val_out = np.empty(cap, np.float32)
@@ -332,14 +350,12 @@ def _draw(
         if correlated:
             for j in range(n_free):  # contiguous: vectorises
                 z_F[j] = (free_thresholds[j] - A_BF[b, j]) * free_inv_sdiag[j]
+            _block_minima(z_F, zmin_K)
         k = 0
         for blk in range(n_blocks):
             start = blk * BLOCK
             size = min(BLOCK, n_free - start)
-            zmin = np.inf
-            for j in range(start, start + size):
-                zmin = min(zmin, z_F[j])
-            t = (zmin - TAIL_FROM) * TAIL_SCALE
+            t = (zmin_K[blk] - TAIL_FROM) * TAIL_SCALE
             point = 0 if t < 0.0 else (TAIL_POINTS - 1 if t >= TAIL_POINTS - 1 else int(t))
             q = 1.0 if t < 0.0 else tail_G[point]
             if q >= DENSE_BLOCK_RATE:
@@ -381,12 +397,9 @@ def _draw(
             first = k
             for f in range(child_offsets[parent], child_offsets[parent + 1]):
                 c = children[f]
-                z = thresholds[c]
+                z = child_thresholds[f]
                 if correlated:
-                    a = 0.0
-                    for r in range(eps_BR.shape[1]):
-                        a += factor_NR[c, r] * eps_BR[b, r]
-                    z = (z - a) / sdiag[c]
+                    z = (z - _dot(child_factor_GR[f], eps_BR[b])) * child_inv_sdiag[f]
                 if not _below_tail(uniform(s), z, tail_G):
                     continue
                 v = _magnitude(s, means[c], stds[c])
