@@ -1,5 +1,9 @@
 """The compiled samplers' random numbers: numpy's SFC64 generator stepped in numba, uniforms and
-normals from its 64-bit words (world/stream.py, world/sparse.py)."""
+normals from its 64-bit words (world/stream.py, world/sparse.py).
+
+The generator's state is an array of 4 words (`sfc64_next`) or, in hot loops, a tuple of them that each
+draw takes and returns (`sfc64_step`, `uniform`, `normal`): an array handed to a helper costs two atomic
+reference count updates per call, which took a third of the sparse sampler's time."""
 
 from __future__ import annotations
 
@@ -10,20 +14,32 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def sfc64_next(s):
-    """One step of Chris Doty-Humphrey's SFC64 on state s = (a, b, c, counter), as numpy's SFC64."""
-    tmp = s[0] + s[1] + s[3]
-    s[3] += np.uint64(1)
-    s[0] = s[1] ^ (s[1] >> np.uint64(11))
-    s[1] = s[2] + (s[2] << np.uint64(3))
-    s[2] = ((s[2] << np.uint64(24)) | (s[2] >> np.uint64(40))) + tmp
-    return tmp
+def sfc64_step(st):
+    """One step of Chris Doty-Humphrey's SFC64 on state (a, b, c, counter), as numpy's SFC64:
+    (word, next state)."""
+    a, b, c, counter = st
+    word = a + b + counter
+    rotated = (c << np.uint64(24)) | (c >> np.uint64(40))
+    return word, (
+        b ^ (b >> np.uint64(11)),
+        c + (c << np.uint64(3)),
+        rotated + word,
+        counter + np.uint64(1),
+    )
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def uniform(s):
-    """Uniform in (0, 1] from the top 53 bits of one word (never 0: its log is finite)."""
-    return (np.float64(sfc64_next(s) >> np.uint64(11)) + 1.0) * 2.0**-53
+def sfc64_next(s):
+    """`sfc64_step` on a state array s (numpy's `bit_generator.state["state"]["state"]`), in place."""
+    word, (s[0], s[1], s[2], s[3]) = sfc64_step((s[0], s[1], s[2], s[3]))
+    return word
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def uniform(st):
+    """Uniform in (0, 1] from the top 53 bits of one word (never 0: its log is finite): (u, next state)."""
+    word, st = sfc64_step(st)
+    return (np.float64(word >> np.uint64(11)) + 1.0) * 2.0**-53, st
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -53,24 +69,27 @@ def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray]:
 ZIGGURAT_X, ZIGGURAT_F = _ziggurat_tables()
 
 
-@numba.njit(cache=True, nogil=True)
-def normal(s):
-    """One standard normal by the ziggurat: one word (layer, sign, position) and no log or cosine in
-    about 99 draws in 100; the rest test the wedge or draw the tail past r exactly."""
+@numba.njit(cache=True, nogil=True, inline="always")
+def normal(st):
+    """One standard normal by the ziggurat, (z, next state): one word (layer, sign, position) and no log
+    or exp in about 99 draws in 100; the rest test the wedge or draw the tail past r exactly."""
     while True:
-        w = sfc64_next(s)
+        w, st = sfc64_step(st)
         layer = np.int64(w & np.uint64(0xFF))
         negative = (w >> np.uint64(8)) & np.uint64(1)
         x = np.float64(w >> np.uint64(11)) * 2.0**-53 * ZIGGURAT_X[layer]
         if x >= ZIGGURAT_X[layer + 1]:
             if layer == 0:  # the tail past r (Marsaglia, 1964)
                 while True:
-                    tail = -math.log(uniform(s)) / ZIGGURAT_R
-                    if -2.0 * math.log(uniform(s)) > tail * tail:
+                    u, st = uniform(st)
+                    tail = -math.log(u) / ZIGGURAT_R
+                    u, st = uniform(st)
+                    if -2.0 * math.log(u) > tail * tail:
                         break
                 x = ZIGGURAT_R + tail
             else:
                 low, high = ZIGGURAT_F[layer], ZIGGURAT_F[layer + 1]
-                if low + uniform(s) * (high - low) >= math.exp(-0.5 * x * x):
+                u, st = uniform(st)
+                if low + u * (high - low) >= math.exp(-0.5 * x * x):
                     continue
-        return -x if negative else x
+        return (-x if negative else x), st

@@ -51,6 +51,7 @@ def _tail_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 TAIL_TABLES = _tail_tables()
+TAIL = TAIL_TABLES[0]  # a global: the compiled code holds it as a constant (no reference counting)
 
 
 @dataclass
@@ -123,7 +124,7 @@ class SparseSampler:
             for a in (thresholds[of].astype(np.float32), (1 / sdiag[of]).astype(np.float32))
         ) + (np.ascontiguousarray(factor_NR[by_parent]),)
         self.world_arrays = (
-            *TAIL_TABLES,
+            *TAIL_TABLES[1:],
             order,
             means,
             stds,
@@ -219,9 +220,11 @@ class SparseStream:
 
 @numba.njit(cache=True, nogil=True)
 def _normals(s, out):
+    st = (s[0], s[1], s[2], s[3])
     flat = out.reshape(-1)
     for i in range(flat.shape[0]):
-        flat[i] = normal(s)
+        flat[i], st = normal(st)
+    s[0], s[1], s[2], s[3] = st
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -231,26 +234,27 @@ def _upper_tail(z):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _below_tail(u, z, tail_G):
+def _below_tail(u, z):
     """u <= P(N(0, 1) > z), exactly, mostly without erfc: the tail is decreasing, so where z lies between
     two points of the table, u below the table's value at the right one is below it, u above the value
     at the left one is above; only a u between the two (about one in TAIL_SCALE x 2.5) needs erfc."""
     t = (z - TAIL_FROM) * TAIL_SCALE
     if t >= 0.0 and t < TAIL_POINTS - 1:
         k = int(t)
-        if u <= tail_G[k + 1]:
+        if u <= TAIL[k + 1]:
             return True
-        if u > tail_G[k]:
+        if u > TAIL[k]:
             return False
     return u <= _upper_tail(z)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _dot(a_R, b_R):
-    """a . b, summed in any order (fastmath): the rank-long loop then vectorises."""
-    total = 0.0
-    for r in range(a_R.shape[0]):
-        total += a_R[r] * b_R[r]
+def _dot(a_GR, g, b_BR, b):
+    """a[g] . b[b], summed in any order (fastmath): the rank-long loop then vectorises (rows by index,
+    not as slices, whose reference counts cost as much as the sum)."""
+    total = np.float32(0.0)
+    for r in range(a_GR.shape[1]):
+        total += a_GR[g, r] * b_BR[b, r]
     return total
 
 
@@ -266,20 +270,24 @@ def _block_minima(z_F, zmin_K):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _magnitude(s, mean, std):
+def _magnitude(st, mean, std):
+    """(max(mean + std z, 0), next state)."""
     if std > 0:
-        return max(mean + std * normal(s), 0.0)
-    return mean
+        z, st = normal(st)
+        return max(mean + std * z, 0.0), st
+    return mean, st
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _exclude(s, listed, start, end, value, group, count, winner):
-    """Among listed[start:end], one uniformly drawn survivor per exclusive group (reservoir sampling)."""
+def _exclude(st, listed, start, end, value, group, count, winner):
+    """Among listed[start:end], one uniformly drawn survivor per exclusive group (reservoir sampling):
+    the others' values set to 0. Returns the generator's next state."""
     for f in range(start, end):
         g = group[listed[f]]
         if g >= 0:
             count[g] += 1
-            if uniform(s) * count[g] <= 1.0:
+            u, st = uniform(st)
+            if u * count[g] <= 1.0:
                 winner[g] = listed[f]
     for f in range(start, end):
         i = listed[f]
@@ -288,6 +296,7 @@ def _exclude(s, listed, start, end, value, group, count, winner):
             if winner[g] != i:
                 value[i] = 0.0
             count[g] = 0
+    return st
 
 
 @numba.njit(cache=True, nogil=True)
@@ -300,7 +309,6 @@ def _draw(
     child_thresholds,
     child_inv_sdiag,
     child_factor_GR,
-    tail_G,
     block_log_miss_G,
     block_empty_G,
     order,
@@ -346,6 +354,7 @@ def _draw(
     val_out = np.empty(cap, np.float32)
     offsets = np.zeros(B + 1, np.int64)
     pos = 0
+    st = (s[0], s[1], s[2], s[3])  # the generator's state as values (see world/rng.py)
     for b in range(B):
         if correlated:
             for j in range(n_free):  # contiguous: vectorises
@@ -357,33 +366,36 @@ def _draw(
             size = min(BLOCK, n_free - start)
             t = (zmin_K[blk] - TAIL_FROM) * TAIL_SCALE
             point = 0 if t < 0.0 else (TAIL_POINTS - 1 if t >= TAIL_POINTS - 1 else int(t))
-            q = 1.0 if t < 0.0 else tail_G[point]
+            q = 1.0 if t < 0.0 else TAIL[point]
             if q >= DENSE_BLOCK_RATE:
                 for j in range(start, start + size):
-                    if _below_tail(uniform(s), z_F[j], tail_G):
+                    u, st = uniform(st)
+                    if _below_tail(u, z_F[j]):
                         listed[k] = order[j]
                         k += 1
                 continue
-            u = uniform(s)
+            u, st = uniform(st)
             if size == BLOCK and u <= block_empty_G[point]:
                 continue  # the first skip passes the block: no candidate in it
             log_miss = block_log_miss_G[point]
             j = int(math.floor(math.log(u) / log_miss))
             while j < size:
-                if _below_tail(uniform(s) * q, z_F[start + j], tail_G):
+                u, st = uniform(st)
+                if _below_tail(u * q, z_F[start + j]):
                     listed[k] = order[start + j]
                     k += 1
-                j += 1 + int(math.floor(math.log(uniform(s)) / log_miss))
+                u, st = uniform(st)
+                j += 1 + int(math.floor(math.log(u) / log_miss))
         # magnitudes (a firing clipped to 0 is inactive, as in SAELens), exclusion among free features
         kept = 0
         for e in range(k):
             i = listed[e]
-            v = _magnitude(s, means[i], stds[i])
+            v, st = _magnitude(st, means[i], stds[i])
             if v > 0:
                 value[i] = v
                 listed[kept] = i
                 kept += 1
-        _exclude(s, listed, 0, kept, value, group, count, winner)
+        st = _exclude(st, listed, 0, kept, value, group, count, winner)
         k = 0
         for e in range(kept):
             if value[listed[e]] > 0:
@@ -399,10 +411,11 @@ def _draw(
                 c = children[f]
                 z = child_thresholds[f]
                 if correlated:
-                    z = (z - _dot(child_factor_GR[f], eps_BR[b])) * child_inv_sdiag[f]
-                if not _below_tail(uniform(s), z, tail_G):
+                    z = (z - _dot(child_factor_GR, f, eps_BR, b)) * child_inv_sdiag[f]
+                u, st = uniform(st)
+                if not _below_tail(u, z):
                     continue
-                v = _magnitude(s, means[c], stds[c])
+                v, st = _magnitude(st, means[c], stds[c])
                 if rescale[c]:
                     v *= value[parent] / means[parent]
                 if v > 0:
@@ -410,7 +423,7 @@ def _draw(
                     listed[k] = c
                     k += 1
             if k - first > 1:
-                _exclude(s, listed, first, k, value, group, count, winner)
+                st = _exclude(st, listed, first, k, value, group, count, winner)
                 kept = first
                 for f in range(first, k):
                     if value[listed[f]] > 0:
@@ -423,7 +436,7 @@ def _draw(
                 continue
             for f in range(foffsets[h], foffsets[h + 1]):
                 if value[fchildren[f]] > 0:
-                    v = _magnitude(s, means[p], stds[p])
+                    v, st = _magnitude(st, means[p], stds[p])
                     if v > 0:
                         value[p] = v
                         listed[k] = p
@@ -450,4 +463,5 @@ def _draw(
             pos += 1
             value[i] = 0.0
         offsets[b + 1] = pos
+    s[0], s[1], s[2], s[3] = st
     return idx_out[:pos].copy(), val_out[:pos].copy(), offsets
