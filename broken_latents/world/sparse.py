@@ -3,19 +3,24 @@ input x = sum magnitude x direction (+ bias); the SAEs train on x. Cost per samp
 L0 x dim (plus, with correlation, rank x features for the copula), not with the feature count.
 
 Firing without drawing every feature: features sorted by rate form blocks of BLOCK; in a block whose
-largest rate is q, candidates come by geometric skips (one log per candidate) and each is kept with
+largest rate is at most q, candidates come by geometric skips (one log per candidate) and each is kept with
 probability rate / q, which is exactly Bernoulli(rate) per feature. With a copula the rate of feature
-i given the shared factor e is P(eta > z_i), z_i = (t_i - L_i . e) / sqrt(d_i); q is then the block's
-largest conditional rate. Then the hierarchy (`laws.Structure`) on the short list, depth by depth, as
+i given the shared factor e is P(eta > z_i), z_i = (t_i - L_i . e) / sqrt(d_i); q is then the normal's tail
+at a table point at or below the block's smallest z, and "u <= P(eta > z)" is decided from the same table,
+with erfc only when u falls between two table points (`_below_tail`): the law is exact, not approximated.
+Then the hierarchy (`laws.Structure`) on the short list, depth by depth, as
 SAELens applies it (a child is drawn only when its parent is active: children of inactive parents
 never fire, so drawing them changes nothing but the cost), and x. `World.sample` (model.dense_reference) draws the same law densely;
 tests/world/test_sparse.py compares the two.
 
-Measured (SynthSAEBench-16k laws scaled, one thread, CPU time so the machine's load does not count):
-2048 x 256, 120k inputs per CPU-second (L0 10.9); 4096 x 256, 74k (L0 16.1), at batch 1024 or 8192.
-SAELens on the same worlds: 10.9k and 5.4k at batch 1024, 7.9k and 3.6k at 8192 (its notes,
-/work/notes/saelens-synthetic.md). In wall time under load ~12, the same window: ours 16.7k-36.8k/s and
-18.8k-23.6k/s, SAELens' 2.4k/s and 1.2k/s.
+Measured (SynthSAEBench-16k laws scaled, batch 1024, one thread, CPU time so the machine's load does not
+count; 2026-12-06, the sampler before (3d983bd) beside this one in one process, benchmarks/bench_sampler.py):
+2048 x 256, 299k inputs per
+CPU-second (before: 115k; L0 10.9); 4096 x 256, 173k (before: 70k; L0 16.1). SAELens on the same worlds, one
+thread, CPU time: 10.2k and 4.9k. What it took (benchmarks/results-scale.md): the generator's state passed
+as a tuple of words (world/rng.py; arrays handed to the inlined helpers cost two atomic reference-count
+updates a call, a third of the time), the tail table instead of an erfc and a log1p per block and per
+candidate, a ziggurat for the normals, the block minima vectorised.
 """
 
 from __future__ import annotations
