@@ -156,9 +156,8 @@ class SparseSampler:
         for r in range(R):
             eps = np.empty((batch, self.rank), np.float32)
             _normals(self.states_R4[r], eps)
-            A_BF = (
-                eps @ self.free_factor_T
-            )  # the free features' shared part, by BLAS (GIL released)
+            # the free features' shared part, by BLAS (GIL released); without correlation none (not B x F zeros)
+            A_BF = eps @ self.free_factor_T if self.rank else np.empty((batch, 0), np.float32)
             idx, val, off = _draw(
                 self.states_R4[r],
                 eps,
