@@ -6,6 +6,7 @@
     metrics = bl.analyse(result)                     # typed metrics.json
     run = bl.run("recap-absorption", "runs/recap", seeds=2)   # as `broken-latents run`, loaded back
     bl.experiments.EXPERIMENTS                       # the registry
+    bl.export_world("synthbench-4k", "worlds/4k")    # a SAELens SyntheticModel folder
 
 The names below load on first use (api.py), so importing the package loads neither torch nor numba."""
 
@@ -16,13 +17,13 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_API = {"load_run", "load_config", "train", "analyse", "run", "Run", "SAE"}
+_API = {"load_run", "load_config", "train", "analyse", "run", "Run", "SAE", "export_world"}
 _SUBMODULES = {"experiments"}
 __all__ = sorted(_API | _SUBMODULES | {"Metrics", "ConfigError", "__version__"})
 
 if TYPE_CHECKING:
     from . import experiments
-    from .api import SAE, Run, analyse, load_config, load_run, run, train
+    from .api import SAE, Run, analyse, export_world, load_config, load_run, run, train
     from .config.schema import ConfigError
     from .analysis.metrics import Metrics
 

@@ -186,6 +186,21 @@ def load_run(directory: str | Path) -> Run:
     return Run(path, config, World.build(config.world), saes, metrics, history)
 
 
+# -- worlds to SAELens --------------------------------------------------------------------------
+
+
+def export_world(world: World | str | Path | ExperimentConfig, path: str | Path) -> Path:
+    """Write a world as a folder SAELens' `SyntheticModel.load_from_disk` reads to the same distribution
+    (and `world.load = "PATH"` reads back): a `World` (e.g. `load_run(DIR).world`), a registered
+    experiment's name, a .toml path or a config. Raises ValueError naming what has no SAELens form
+    ("force" relations, magnitude laws SAELens cannot regenerate)."""
+    from .world.saelens import export_world as write_world
+
+    if not isinstance(world, World):
+        world = World.build(load_config(world).world)
+    return write_world(world, path)
+
+
 # -- train and analyse in memory ---------------------------------------------------------------
 
 
@@ -206,12 +221,14 @@ def train(
     progress: bool = False,
 ):
     """Train every SAE of an experiment (name, .toml path or config) in memory: a `train.TrainResult`
-    with `.stacks` (the SAEs), `.world` and `.history` (a `TrainingHistory`). `set`: "KEY=VALUE" overrides,
-    as the CLI's --set."""
-    from .training.loop import train as train_stacks
+    with `.stacks` (the SAEs), `.world` and `.history` (a `TrainingHistory`); on stored activations the
+    world is the file's rows (`world.activations.StoredActivations`). `set`: "KEY=VALUE" overrides, as
+    the CLI's --set. Checked before anything trains, as `run` is."""
+    from .pipeline.resolve import budget, check_trainable, resolve_target
+    from .training.on_activations import train_run
 
-    config = _resolved(target, seeds, samples, set, device).config
-    return train_stacks(config, device=device, progress=progress)
+    config = resolve_target(target, [*budget(seeds, samples), *set]).config
+    return train_run(config, device, progress, check_trainable(config, device))
 
 
 def run(
@@ -234,24 +251,13 @@ def run(
     return load_run(out)
 
 
-def _resolved(target, seeds, samples, assignments, device: str):
-    """The target with the budget and overrides applied, checked before anything trains (as `run` does)."""
-    from .pipeline.resolve import budget, check_trainable, resolve_target
-
-    resolved = resolve_target(target, [*budget(seeds, samples), *assignments])
-    check_trainable(resolved.config, device)
-    return resolved
-
-
 def analyse(result, clean_cos: float | None = None) -> Metrics:
     """Typed metrics of a `train(...)` result; with the claims of the registered experiment of the
     same name, if there is one (as `broken-latents run` does)."""
-    import dataclasses
-
+    from .experiments.claims import measure_claims
     from .pipeline.resolve import claims_of
-    from .pipeline.run import measure_claims
 
     target = claims_of(result.config)
-    if clean_cos is not None:
-        target = dataclasses.replace(target, clean_cos=clean_cos)
-    return measure_claims(result, target)
+    return measure_claims(
+        result, target.claims, target.clean_cos if clean_cos is None else clean_cos
+    )

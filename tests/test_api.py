@@ -296,3 +296,25 @@ def test_runs_saes_and_worlds_print_in_one_short_line(run):
     ):
         text = repr(obj)
         assert "\n" not in text and len(text) < 200 and all(s in text for s in says), text
+
+
+def test_export_world_reads_back_as_the_same_world_and_refuses_force(tmp_path):
+    from broken_latents.config.schema import TreeConfig, WorldConfig
+    from broken_latents.world.model import World
+
+    config = WorldConfig(
+        features=24,
+        dim=8,
+        firing={"zipf": {"exponent": 0.5, "max": 0.4, "min": 0.01}},
+        tree=TreeConfig(roots=2, branching=2, depth=2, mutually_exclusive=1.0),
+        bias=0.5,
+    )
+    world = World.build(config)
+    again = World.build(WorldConfig(load=str(bl.export_world(world, tmp_path / "w"))))
+    assert torch.equal(again.rates_N, world.rates_N)
+    assert torch.equal(again.directions_ND, world.directions_ND)
+    assert np.array_equal(again.structure.parent_N, world.structure.parent_N)
+    with pytest.raises(ValueError, match="force"):
+        bl.export_world(
+            "recap-absorption", tmp_path / "recap"
+        )  # a registered name, with force relations

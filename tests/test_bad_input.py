@@ -50,7 +50,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started on bad input")
 
-    monkeypatch.setattr(pipeline_run, "train", refuse)
+    monkeypatch.setattr(pipeline_run, "train_run", refuse)
 
 
 def test_version(capsys):

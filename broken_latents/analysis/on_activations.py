@@ -28,7 +28,6 @@ from .peaks import EMPTY, count_peaks, fit_peak_model
 from .score import load_score_model
 from .signals import signals_of
 from .truth import truth_broken
-from ..config.schema import ConfigError
 
 EVAL_ROWS = 50_000
 """Held-out rows the metrics are computed on (at most)."""
@@ -57,26 +56,6 @@ class Truth:
     """Where the directions come from: "given" (world.directions), or "own: class mean beyond the parent"."""
 
 
-def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
-    """The hierarchy the labels imply: p is c's parent when c is never active without p and p is the
-    rarest such concept (its closest ancestor); concepts active on the same rows are left unrelated."""
-    active = np.asarray(labels_NC, dtype=bool)
-    counts = active.sum(0)
-    joint = active.T.astype(np.int64) @ active.astype(np.int64)  # joint[c, p] = rows with both
-    edges = []
-    for c in range(active.shape[1]):
-        if counts[c] == 0:
-            continue
-        ancestors = [
-            p
-            for p in range(active.shape[1])
-            if p != c and joint[c, p] == counts[c] and counts[p] > counts[c]
-        ]
-        if ancestors:
-            edges.append((min(ancestors, key=lambda p: counts[p]), c))
-    return edges
-
-
 KSPARSE_ROWS = 10_000
 """Training rows SAEBench's k-sparse probes (which latents are a concept's own) are fitted on."""
 PROBE_TOKENS = 10_000
@@ -90,8 +69,9 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
     """The probe-based truth `[world]` asks for: None without labels or directions. With labels, each
     concept's direction is what it adds beyond its parent on the training rows (`own_directions`: its
     class mean minus the mean where its parent is active without it), unless `directions` gives them,
-    and a concept that a logistic probe cannot tell apart is dropped, with the reason."""
-    from ..language.probes import fit_probes, own_directions
+    and a concept that a logistic probe cannot tell apart is dropped, with the reason. The files were
+    checked before training (`training.on_activations.check_activations`)."""
+    from ..language.probes import edges_from_labels, fit_probes, own_directions
     from ..world.activations import read_directions, read_labels
 
     if world.labels is None and world.directions is None:
@@ -100,12 +80,6 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
     if world.labels is None:
         return Truth(given, list(range(len(given))))
     labels = read_labels(world.labels, source.n)
-    if given is not None and len(given) != labels.shape[1]:
-        raise ConfigError(
-            "world.directions",
-            f"{world.directions} has {len(given)} directions and {world.labels} "
-            f"{labels.shape[1]} label columns; give one per concept",
-        )
     x_train = source.read(
         train_rows.start, min(train_rows.stop, train_rows.start + 4 * PROBE_TOKENS)
     )
@@ -139,10 +113,22 @@ def truth_from_config(world, source, train_rows: range) -> Truth | None:
 def measure_on_activations(
     result, truth: Truth | None = None, clean_cos: float = CLEAN_COS
 ) -> Metrics:
-    """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows."""
+    """One run entry per (SAE, seed), on up to EVAL_ROWS held-out rows. `truth`: by default the one
+    the run's `[world]` asks for (`truth_from_config`, on its training rows; None without labels or
+    directions)."""
+    if truth is None:
+        truth = truth_from_config(result.config.world, result.source, result.train_rows)
+    # The rows, read before any analysis: up to EVAL_ROWS held-out rows, and (with labels and probes)
+    # the first KSPARSE_ROWS training rows and their labels for SAEBench's k-sparse probes.
     rows = result.test_rows if len(result.test_rows) else result.train_rows
     stop = min(rows.start + EVAL_ROWS, rows.stop)
     x_BD = torch.from_numpy(result.source.read(rows.start, stop))
+    ksparse = None
+    if truth is not None and truth.labels_NC is not None and truth.probe_weights_CD is not None:
+        fit = result.train_rows
+        fit_stop = min(fit.start + KSPARSE_ROWS, fit.stop)
+        x_fit_ND = torch.from_numpy(result.source.read(fit.start, fit_stop))
+        ksparse = x_fit_ND, truth.labels_NC[fit.start : fit_stop]
     variance = float((x_BD - x_BD.mean(0)).pow(2).sum(-1).mean())
     labels = (
         truth.labels_NC[rows.start : stop]
@@ -155,7 +141,6 @@ def measure_on_activations(
         if truth
         else {}
     )
-    ksparse = _ksparse_rows(result, truth)
     runs = []
     # Full absorption compares the others' share with the input's own projection on the concept,
     # taken from the mean (b_dec carries the mean, no latent does).
@@ -415,18 +400,6 @@ def detection(truth_broken: list[bool], broken_score: list[float]) -> dict:
         "precision": round(both / max(n_flagged, 1), 6),
         "recall": round(both / max(n_truth, 1), 6),
     }
-
-
-def _ksparse_rows(result, truth: Truth | None):
-    """(x [KSPARSE_ROWS, D] of the training rows, their labels) for SAEBench's k-sparse probes, or None
-    without labels and probes."""
-    if truth is None or truth.labels_NC is None or truth.probe_weights_CD is None:
-        return None
-    rows = result.train_rows
-    stop = min(rows.start + KSPARSE_ROWS, rows.stop)
-    return torch.from_numpy(result.source.read(rows.start, stop)), truth.labels_NC[
-        rows.start : stop
-    ]
 
 
 def _absorption_of(p: int, rows: np.ndarray, acts_BK, W_dec_KD, F_CD, matched: dict) -> float:

@@ -131,12 +131,14 @@ class WorldConfig:
     dim: int = 50
     """Dimension of the input space; dim < features puts the features in superposition."""
     firing: Spec = 0.2
-    """Firing probability: a number, a list (one per feature) or {linear = [start, stop]}."""
+    """Firing probability: a number, a list (one per feature), {linear = [start, stop]},
+    {zipf = {exponent, max, min}} (SAELens' Zipfian law) or {random = {min, max}} (uniform, seeded by `seed`)."""
     magnitude: Spec = 1.0
-    """Activation magnitude when a feature fires; same forms as `firing`."""
+    """Activation magnitude when a feature fires: a number, a list or {linear = [start, stop]}."""
     magnitude_std: Spec = 0.0
     """Noise of the magnitude: each firing draws N(magnitude, magnitude_std^2), clipped at 0, so
-    activation peaks overlap as in real models; same forms as `firing`. 0 = exact magnitudes."""
+    activation peaks overlap as in real models: a number, a list, {linear = [start, stop]} or
+    {folded_normal = {mean, std}} (each feature's std drawn as |N(mean, std^2)|, seeded). 0 = exact magnitudes."""
     seed: int = 0
     """Seed of the feature directions (the data stream is seeded by the training seed)."""
     hierarchy: list[HierarchyConfig] = field(default_factory=list)
@@ -258,6 +260,12 @@ class WorldConfig:
         more than input space (and the dense sampler draws bits for every feature), and for every
         world with a new law. A fact of the config, so the checks before a run read it unbuilt."""
         return self.lawful or self.features >= SPARSE_FROM
+
+    @property
+    def on_inputs(self) -> bool:
+        """The engines train on the inputs x, not in feature space: a sparse world, or stored
+        activations (which have no features). `training.engines.choose_engine` reads it for both."""
+        return self.sparse or self.activations is not None
 
     def _check_load(self) -> None:
         """With `load`, only features and dim may be set (they must equal the folder's), the rest

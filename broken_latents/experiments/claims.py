@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..analysis.metrics import ClaimResult, Metrics, WorldMetrics
+from ..analysis.metrics import CLEAN_COS, ClaimResult, Metrics, WorldMetrics
 from .checks import Check, Runs
 
 
@@ -25,6 +25,22 @@ class Claim:
 def seeds_needed(seeds_run: int) -> int:
     """A claim holds overall when it holds in at least two thirds of the seeds (7 of 10, 2 of 3)."""
     return math.ceil(2 * seeds_run / 3)
+
+
+def measure_claims(result, claims: list[Claim], clean_cos: float = CLEAN_COS) -> Metrics:
+    """Typed metrics of a trained result (a sampled world's, or stored activations' with the truth
+    their `[world]` asks for), with its config's description and `claims` evaluated."""
+    # Imported here: the registry (`bl.experiments`) loads without the compiled kernels.
+    from ..analysis.measure import measure
+    from ..analysis.on_activations import measure_on_activations
+
+    if result.config.world.activations is not None:
+        metrics = measure_on_activations(result, clean_cos=clean_cos)
+    else:
+        metrics = measure(result, clean_cos=clean_cos)
+    metrics.description = result.config.description
+    metrics.claims = evaluate_claims(claims, metrics)
+    return metrics
 
 
 def evaluate_claims(claims: list[Claim], metrics: Metrics) -> list[ClaimResult]:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..output.atomic import swap_into_place
+from ..files.atomic import swap_into_place
 from ..world.activations import ActivationFile
 from ..config.schema import ConfigError
 from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel

@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 
 from .config import LanguageConfig
 from .grammar import concepts, entropy_given_state, generate, vocabulary_size
-from .probes import fit_probes, mean_difference_directions, own_directions
+from .probes import edges_from_labels, fit_probes, mean_difference_directions, own_directions
 from .transformer import residual_activations, train_transformer
-from ..output.atomic import folder_in_place
+from ..files.atomic import folder_in_place
 
 TRAIN_SHARE = 0.7
 """Share of the sequences the transformer trains on; activations and probes come from the rest."""
@@ -78,8 +78,6 @@ def _build(config: LanguageConfig, path: Path, progress: bool) -> dict:
         probes = fit_probes(
             x_ND, labels_NC, config.probe.tokens, config.probe.min_accuracy, seed=g.seed
         )
-    from ..analysis.on_activations import edges_from_labels
-
     directions = own_directions(x_ND, labels_NC, edges_from_labels(labels_NC))
     np.save(path / "directions.npy", directions)
     np.save(path / "mean_difference_directions.npy", mean_difference_directions(x_ND, labels_NC))

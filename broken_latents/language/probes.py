@@ -147,3 +147,23 @@ def own_directions(
             d = x[active].mean(0) - x[reference].mean(0)
             out[c] = d / max(np.linalg.norm(d), 1e-12)
     return out.astype(np.float32)
+
+
+def edges_from_labels(labels_NC: np.ndarray) -> list[tuple[int, int]]:
+    """The hierarchy the labels imply: p is c's parent when c is never active without p and p is the
+    rarest such concept (its closest ancestor); concepts active on the same rows are left unrelated."""
+    active = np.asarray(labels_NC, dtype=bool)
+    counts = active.sum(0)
+    joint = active.T.astype(np.int64) @ active.astype(np.int64)  # joint[c, p] = rows with both
+    edges = []
+    for c in range(active.shape[1]):
+        if counts[c] == 0:
+            continue
+        ancestors = [
+            p
+            for p in range(active.shape[1])
+            if p != c and joint[c, p] == counts[c] and counts[p] > counts[c]
+        ]
+        if ancestors:
+            edges.append((min(ancestors, key=lambda p: counts[p]), c))
+    return edges

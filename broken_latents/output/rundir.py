@@ -19,13 +19,26 @@ from safetensors.torch import save_file
 import numpy as np
 
 from ..analysis.measure import Trained
-from ..config.schema import ExperimentConfig
+from ..config.schema import ConfigError, ExperimentConfig
 from ..config.toml_io import dump_toml
 from ..analysis.metrics import Metrics, save_arrays
 from .plots import loss_curves, write_run_figures
 from .report import detail_seeds, render_markdown, write_html
-from .atomic import check_replaceable, folder_in_place
+from ..files.atomic import folder_in_place
 from .saelens_format import write_saelens
+
+
+def check_replaceable(out: Path, marker: str, earlier: str, earlier_plural: str) -> None:
+    """Refuse a DIR that holds something other than an earlier output of ours (which holds
+    `marker`): writing would replace it. `earlier`: what such an output is called ("a previous run
+    directory"); `earlier_plural`: the same as the path to choose instead ("an earlier run's directory")."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ConfigError(
+            "--out",
+            f"{out} exists and is not {earlier} (no {marker}); "
+            f"choose a new path or {earlier_plural} to replace",
+        )
 
 
 def check_out_dir(out: Path) -> None:

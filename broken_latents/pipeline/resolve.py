@@ -74,24 +74,30 @@ def budget(seeds: int | None = None, samples: int | None = None) -> list[str]:
     ]
 
 
-def check_trainable(config: ExperimentConfig, device: str = "cpu"):
-    """Everything that refuses a valid config before anything trains or is written: a device this
-    machine lacks, an engine that cannot train it there, sizes the machine cannot hold, a world
-    too big to lay out. A run on stored activations gets its file back, opened and checked
-    (`world.activations.ActivationFile`), so that it is opened once; else None."""
-    from ..training.loop import choose_engine
-    from ..training.preflight import check_config
+def check_trainable(config: ExperimentConfig, device: str = "cpu", out: Path | None = None):
+    """Everything that refuses a valid config before anything trains or is written, in one pass: a
+    device this machine lacks, an engine that cannot train it there, sizes the machine cannot hold,
+    a world too big to lay out, then (with `out`) a run directory that cannot be written, that the
+    disk cannot hold, or that holds something other than an earlier run. A run on stored activations
+    gets its rows back, opened, checked and split (`world.activations.StoredActivations`), so that
+    the file is opened once; else None."""
+    from ..output.rundir import check_out_dir
+    from ..training.engines import choose_engine
+    from ..training.on_activations import check_activations
+    from ..training.preflight import check_config, check_outputs, check_writable
 
     check_device(device)
-    if config.world.activations is not None:
-        from ..language.cache import ensure_built
-        from ..training.on_activations import check_activations
-
-        ensure_built(config.world, progress=True)  # a registered language world's files, built once
-        return check_activations(config)
     choose_engine(config, device)
-    check_config(config, device)
-    return None
+    stored = None
+    if config.world.activations is not None:
+        stored = check_activations(config)
+    else:
+        check_config(config, device)
+    if out is not None:
+        check_writable(out)
+        check_outputs(config, out)
+        check_out_dir(out)
+    return stored
 
 
 def check_device(device: str) -> None:

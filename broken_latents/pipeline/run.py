@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..analysis.measure import Trained, latent_activations, measure
+from ..analysis.measure import latent_activations
 from ..analysis.metrics import Metrics
 from ..analysis.on_activations import stored_latent_activations
-from ..experiments.claims import evaluate_claims
-from ..output.rundir import check_out_dir, write_run
-from ..training.loop import TrainResult, train
-from ..training.preflight import check_outputs, check_writable
+from ..experiments.claims import measure_claims
+from ..output.rundir import write_run
+from ..training.loop import TrainResult
+from ..training.on_activations import train_run
 from .resolve import Target, check_trainable
 
 HISTOGRAM_SAMPLES = 50_000
@@ -28,42 +28,12 @@ class RunOutcome:
     metrics: Metrics
 
 
-def measure_claims(result: Trained, target: Target) -> Metrics:
-    """Typed metrics of a trained result, with the target's description and claims evaluated."""
-    metrics = measure(result, clean_cos=target.clean_cos)
-    metrics.description = result.config.description
-    metrics.claims = evaluate_claims(target.claims, metrics)
-    return metrics
-
-
 def train_and_measure(
     target: Target, device: str = "cpu", progress: bool = False
 ) -> tuple[TrainResult, Metrics]:
     """Check the target's config, train every SAE in memory, then measure it and check its claims."""
-    return _train_and_measure(target, check_trainable(target.config, device), device, progress)
-
-
-def _train_and_measure(target: Target, source, device: str, progress: bool):
-    """`source`: the activations file `check_trainable` opened (SAEs on stored activations), or None."""
-    if source is not None:
-        return _on_activations(target, source, device, progress)
-    result = train(target.config, device=device, progress=progress)
-    return result, measure_claims(result, target)
-
-
-def _on_activations(target: Target, source, device: str, progress: bool):
-    """SAEs on a stored activations file: the truth (labels, directions) is read and probed first, so a
-    bad labels file stops the run before it trains."""
-    from ..analysis.on_activations import measure_on_activations, truth_from_config
-    from ..training.on_activations import train_on_activations
-
-    config = target.config
-    truth = truth_from_config(config.world, source, source.split(config.world.held_out)[0])
-    result = train_on_activations(config, device=device, progress=progress, source=source)
-    metrics = measure_on_activations(result, truth, clean_cos=target.clean_cos)
-    metrics.description = config.description
-    metrics.claims = evaluate_claims(target.claims, metrics)
-    return result, metrics
+    result = train_run(target.config, device, progress, check_trainable(target.config, device))
+    return result, measure_claims(result, target.claims, target.clean_cos)
 
 
 def run_experiment(
@@ -74,16 +44,14 @@ def run_experiment(
     figures: Literal["first", "all", "none"] = "first",
 ) -> RunOutcome:
     """Check, train, measure, check the claims and write DIR (atomically, see `output.rundir.write_run`).
-    Whatever can be refused is refused before anything trains: the config (`check_trainable`), an
-    `out` that cannot be written or that the disk cannot hold, a DIR that holds something other
-    than an earlier run."""
+    Whatever can be refused is refused before anything trains, in one pass (`check_trainable`): the
+    config, an `out` that cannot be written or that the disk cannot hold, a DIR that holds something
+    other than an earlier run."""
     out = Path(out)
-    source = check_trainable(target.config, device)
-    check_writable(out)
-    check_outputs(target.config, out)
-    check_out_dir(out)
+    stored = check_trainable(target.config, device, out)
     started = time.perf_counter()
-    result, metrics = _train_and_measure(target, source, device, progress)
+    result = train_run(target.config, device, progress, stored)
+    metrics = measure_claims(result, target.claims, target.clean_cos)
     activations = None
     if figures != "none":
         activations = (

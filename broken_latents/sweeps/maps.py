@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..output.atomic import file_in_place  # noqa: E402
+from ..files.atomic import file_in_place  # noqa: E402
 from .record import CellRecord, SweepRecord  # noqa: E402
 from .spec import _format, _safe  # noqa: E402
 

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from ..config.schema import ConfigError
 from ..analysis.metrics import read_metrics
-from ..output.atomic import file_in_place
+from ..files.atomic import file_in_place
 from ..output.terminal import make_console
 from .executors import CellTask, claim_counts, metric_means, run_local, run_ray
 from .maps import nothing_to_map, write_maps, write_report

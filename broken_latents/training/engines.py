@@ -357,16 +357,19 @@ def choose_engine(config: ExperimentConfig, device: str) -> type[Engine]:
     "auto" takes the hand-derived gradients where every SAE declares them, else autograd for all."""
     name = config.train.engine
     without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
-    if World.is_sparse(config.world) and name == "compiled":
+    if config.world.on_inputs and name == "compiled":
         raise ConfigError(
             "train.engine",
-            "'compiled' works in feature space, and this world samples sparsely "
+            "'compiled' works on a world's feature firings; on stored activations use one of "
+            "'auto', 'autograd', 'arrays'"
+            if config.world.activations is not None
+            else "'compiled' works in feature space, and this world samples sparsely "
             f"({config.world.features} features, or a tree, correlation, bias or "
             "load); use 'auto', 'autograd' or 'arrays'",
         )
-    if World.is_sparse(config.world) and name == "auto":
-        # Sparse worlds train on x (the hand gradients' feature space would be D unit axes): the
-        # sparse-latent gradients there, which fall back to autograd stack by stack.
+    if config.world.on_inputs and name == "auto":
+        # Sparse worlds and stored activations train on x (the hand gradients' feature space would be
+        # D unit axes): the sparse-latent gradients there, which fall back to autograd stack by stack.
         return sparse_latents_engine(device)
     if name == "auto":
         name = "autograd" if without else "compiled" if device == "cpu" else "arrays"

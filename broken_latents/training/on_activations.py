@@ -7,6 +7,9 @@ inputs x, as they do for sparse worlds, with every SAE's declared terms, the aux
 architecture and activation, and the inverse technique (its peak directions refitted on that stream
 too). Every seed sees the same batches (one stream seeded by train.first_seed); seeds differ in their
 SAEs' initialisation.
+
+`train_run` is the one call that trains either world (stored rows here, else the sampled world of
+training/loop.py `train`): the pipeline, after `pipeline.resolve.check_trainable`, calls it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .engines import ENGINES, Engine, TrainedStack, sparse_latents_engine
-from .loop import TrainResult, new_stacks, run_training, single_torch_thread
+from .engines import TrainedStack, choose_engine
+from .loop import TrainResult, new_stacks, run_training, single_torch_thread, train
 from ..config.schema import ConfigError, ExperimentConfig
-from ..engine import fastpath
-from ..world.activations import ActivationFile, StoredActivations
+from ..language.cache import ensure_built
+from ..world.activations import ActivationFile, StoredActivations, read_directions, read_labels
 
 
 @dataclass
@@ -39,85 +42,65 @@ class ActivationsTrainResult(TrainResult):
         return self.world.test_rows
 
 
-ACTIVATION_ENGINES = ("auto", "autograd", "arrays")
-"""The engines that train on inputs x: "auto" is the sparse-latent gradients, as on sparse worlds (each
-stack they do not cover trains by autograd in the same step); "autograd"; "arrays" (the hand
-gradients, with the D input axes as feature space) where every SAE declares them. "compiled" works in a
-world's feature space only."""
+def train_run(
+    config: ExperimentConfig, device: str, progress: bool, stored: StoredActivations | None
+) -> TrainResult:
+    """Train every [[sae]] of `config` on its world: the stored rows (`stored`, as
+    `pipeline.resolve.check_trainable` opened them, else opened here) or the sampled world."""
+    if config.world.activations is None:
+        return train(config, device=device, progress=progress)
+    return train_on_activations(config, device=device, progress=progress, stored=stored)
 
 
-def engine_for_activations(config: ExperimentConfig, device: str = "cpu") -> type[Engine]:
-    name = config.train.engine
-    if name not in ACTIVATION_ENGINES:
-        raise ConfigError(
-            "train.engine",
-            f"{name!r} works on a world's feature firings; on stored activations use one of "
-            f"{', '.join(repr(e) for e in ACTIVATION_ENGINES)}",
-        )
-    without = [sae.label for sae in config.sae if fastpath.hand_gradients(sae) is None]
-    if name == "arrays" and without:
-        raise ConfigError(
-            "train.engine",
-            f"'arrays' needs hand-derived gradients, and SAE(s) {without} declare none "
-            "(architecture, activation or loss terms); use 'auto' or 'autograd'",
-        )
-    if name == "auto":
-        return sparse_latents_engine(device)
-    return ENGINES[name]
-
-
-def check_activations(config: ExperimentConfig) -> ActivationFile:
-    """Everything that refuses an activations run before it trains: the file, its labels and
-    directions (shapes, NaN), and what cannot train on stored rows. Returns the open file."""
-    from ..world.activations import read_directions, read_labels
-
-    engine_for_activations(config)
+def check_activations(config: ExperimentConfig) -> StoredActivations:
+    """What refuses an activations run's file before it trains: the file, its labels and directions
+    (shapes, NaN), and a batch larger than its training rows. Returns the rows opened once and split,
+    as the world to train on. (The engine is `choose_engine`'s to refuse, as on every world:
+    `pipeline.resolve.check_trainable` asks both.)"""
     world = config.world
+    ensure_built(world, progress=True)  # a registered language world's files, built once
     source = ActivationFile.open(world.activations, world.activations_key)
-    if world.labels is not None:
-        read_labels(world.labels, source.n)
-    if world.directions is not None:
-        read_directions(world.directions, source.dim)
-    train_rows, _ = source.split(world.held_out)
-    if len(train_rows) < config.train.batch_size:
+    labels = read_labels(world.labels, source.n) if world.labels is not None else None
+    given = read_directions(world.directions, source.dim) if world.directions is not None else None
+    if labels is not None and given is not None and len(given) != labels.shape[1]:
+        raise ConfigError(
+            "world.directions",
+            f"{world.directions} has {len(given)} directions and {world.labels} "
+            f"{labels.shape[1]} label columns; give one per concept",
+        )
+    stored = StoredActivations(source, world.held_out)
+    if len(stored.train_rows) < config.train.batch_size:
         raise ConfigError(
             "train.batch_size",
-            f"{config.train.batch_size} is more than the {len(train_rows)} training "
+            f"{config.train.batch_size} is more than the {len(stored.train_rows)} training "
             f"rows of {source.path}; lower it",
         )
-    return source
+    return stored
 
 
 def train_on_activations(
     config: ExperimentConfig,
     device: str = "cpu",
     progress: bool = True,
-    source: ActivationFile | None = None,
+    stored: StoredActivations | None = None,
 ) -> ActivationsTrainResult:
-    """Train every [[sae]] of `config` on `config.world.activations` (or on `source`, already checked)."""
-    if source is None:
-        source = check_activations(config)
-    world = StoredActivations(source, config.world.held_out)
+    """Train every [[sae]] of `config` on `config.world.activations` (or on `stored`, already checked)."""
+    if stored is None:
+        stored = check_activations(config)
     # The engine reads the input width from the config (the inverse technique's directions): the file's.
-    config = replace(config, world=replace(config.world, dim=source.dim))
+    config = replace(config, world=replace(config.world, dim=stored.dim))
     with single_torch_thread(device):
-        stacks = new_stacks(config, source.dim, device)
-        _centre_decoder_bias(stacks, world)
+        stacks = new_stacks(config, stored.dim, device)
+        _centre_decoder_bias(stacks, torch.from_numpy(stored.mean_D))
         result = run_training(
-            config, world, stacks, engine_for_activations(config, device), device, progress
+            config, stored, stacks, choose_engine(config, device), device, progress
         )
     return ActivationsTrainResult(**vars(result))
 
 
 @torch.no_grad()
-def _centre_decoder_bias(
-    stacks: list[TrainedStack], world: StoredActivations, sample: int = 65_536
-) -> None:
+def _centre_decoder_bias(stacks: list[TrainedStack], mean_D: torch.Tensor) -> None:
     """Start b_dec at the activations' mean: real residual streams sit far from the origin, and an SAE
     started at 0 spends its first steps (and its latents' first firings) learning the offset."""
-    rows = world.train_rows
-    mean_D = torch.from_numpy(
-        world.source.read(rows.start, min(rows.start + sample, rows.stop)).mean(0)
-    )
     for stack in stacks:
         stack.sae.b_dec_SD.copy_(mean_D.expand_as(stack.sae.b_dec_SD))

@@ -9,6 +9,7 @@ trained on. Every check that can fail on a user's file raises `ConfigError` nami
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from ..config.schema import ConfigError
 CHUNK_ROWS = 65_536
 """Rows read at a time: one contiguous read, shuffled in memory (a random row order over the whole
 file would read a memory-mapped file row by row)."""
+CENTRE_ROWS = 65_536
+"""Training rows `StoredActivations.mean_D` averages: where training starts every SAE's b_dec."""
 SCAN_ROWS = 1_000_000
 """Rows checked for NaN/inf per read when the file is opened."""
 DTYPES = (np.float32, np.float16)
@@ -228,6 +231,12 @@ class StoredActivations:
         import torch
 
         return torch.eye(self.dim)
+
+    @cached_property
+    def mean_D(self) -> np.ndarray:
+        """The mean row [D] of the first CENTRE_ROWS training rows (where training starts b_dec)."""
+        rows = self.train_rows
+        return self.source.read(rows.start, min(rows.start + CENTRE_ROWS, rows.stop)).mean(0)
 
     def inputs(self, x_RBD):
         """x_RBD of a batch: an `ActivationStream` batch is its inputs."""

@@ -116,11 +116,6 @@ class World:
     def noisy(self) -> bool:
         return self.magnitude_stds_N is not None
 
-    @staticmethod
-    def is_sparse(config: WorldConfig) -> bool:
-        """`sparse` of the world `config` describes, without building it (`WorldConfig.sparse`)."""
-        return config.sparse
-
     @property
     def lawful(self) -> bool:
         """The config's `lawful`: a law only the sparse sampler implements."""
@@ -375,7 +370,7 @@ def _erfinv(y: np.ndarray) -> np.ndarray:
 
 def normal_from_word(words: np.ndarray) -> np.ndarray:
     """One standard normal per 64-bit word, by Box-Muller on its two 32-bit halves (the cosine
-    branch only). The compiled sampler (world/stream.py) computes the same in float64."""
+    branch only). The compiled samplers compute the same in float64 (world/rng.py)."""
     u1 = ((words >> np.uint64(32)).astype(np.float64) + 1.0) * 2.0**-32  # (0, 1]: log is finite
     u2 = (words & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)

@@ -3,19 +3,24 @@ input x = sum magnitude x direction (+ bias); the SAEs train on x. Cost per samp
 L0 x dim (plus, with correlation, rank x features for the copula), not with the feature count.
 
 Firing without drawing every feature: features sorted by rate form blocks of BLOCK; in a block whose
-largest rate is q, candidates come by geometric skips (one log per candidate) and each is kept with
+largest rate is at most q, candidates come by geometric skips (one log per candidate) and each is kept with
 probability rate / q, which is exactly Bernoulli(rate) per feature. With a copula the rate of feature
-i given the shared factor e is P(eta > z_i), z_i = (t_i - L_i . e) / sqrt(d_i); q is then the block's
-largest conditional rate. Then the hierarchy (`laws.Structure`) on the short list, depth by depth, as
+i given the shared factor e is P(eta > z_i), z_i = (t_i - L_i . e) / sqrt(d_i); q is then the normal's tail
+at a table point at or below the block's smallest z, and "u <= P(eta > z)" is decided from the same table,
+with erfc only when u falls between two table points (`_below_tail`): the law is exact, not approximated.
+Then the hierarchy (`laws.Structure`) on the short list, depth by depth, as
 SAELens applies it (a child is drawn only when its parent is active: children of inactive parents
 never fire, so drawing them changes nothing but the cost), and x. `World.sample` (model.dense_reference) draws the same law densely;
 tests/world/test_sparse.py compares the two.
 
-Measured (SynthSAEBench-16k laws scaled, one thread, CPU time so the machine's load does not count):
-2048 x 256, 120k inputs per CPU-second (L0 10.9); 4096 x 256, 74k (L0 16.1), at batch 1024 or 8192.
-SAELens on the same worlds: 10.9k and 5.4k at batch 1024, 7.9k and 3.6k at 8192 (its notes,
-/work/notes/saelens-synthetic.md). In wall time under load ~12, the same window: ours 16.7k-36.8k/s and
-18.8k-23.6k/s, SAELens' 2.4k/s and 1.2k/s.
+Measured (SynthSAEBench-16k laws scaled, batch 1024, one thread, CPU time so the machine's load does not
+count; 2026-12-06, the sampler before (3d983bd) beside this one in one process, benchmarks/bench_sampler.py):
+2048 x 256, 299k inputs per
+CPU-second (before: 115k; L0 10.9); 4096 x 256, 173k (before: 70k; L0 16.1). SAELens on the same worlds, one
+thread, CPU time: 10.2k and 4.9k. What it took (benchmarks/results-scale.md): the generator's state passed
+as a tuple of words (world/rng.py; arrays handed to the inlined helpers cost two atomic reference-count
+updates a call, a third of the time), the tail table instead of an erfc and a log1p per block and per
+candidate, a ziggurat for the normals, the block minima vectorised.
 """
 
 from __future__ import annotations
@@ -28,12 +33,30 @@ import numpy as np
 import torch
 
 from .prefetch import Prefetcher
+from .rng import normal, uniform
 
 BLOCK = 32
 """Features per block of the thinning: smaller blocks bound the rates tighter, larger ones cost fewer logs."""
 
 DENSE_BLOCK_RATE = 0.25
 """Blocks whose bound q is at least this draw one uniform per feature (cheaper than skips there)."""
+
+TAIL_FROM, TAIL_SCALE, TAIL_POINTS = -8.0, 64.0, 1025
+"""The normal's upper tail is tabulated at z = TAIL_FROM + k / TAIL_SCALE, k < TAIL_POINTS (to +8)."""
+
+
+def _tail_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(N(0, 1) > z) at the table's points; per point taken as a block's bound q, log(1 - q) (the
+    geometric skips) and (1 - q)^BLOCK, the chance that a block of BLOCK features has no candidate."""
+    z = TAIL_FROM + np.arange(TAIL_POINTS) / TAIL_SCALE
+    tail = np.array([0.5 * math.erfc(v / math.sqrt(2)) for v in z])
+    with np.errstate(divide="ignore"):
+        log_miss = np.log1p(-tail)
+    return tail, log_miss, np.exp(BLOCK * log_miss)
+
+
+TAIL_TABLES = _tail_tables()
+TAIL = TAIL_TABLES[0]  # a global: the compiled code holds it as a constant (no reference counting)
 
 
 @dataclass
@@ -75,8 +98,6 @@ class SparseSampler:
         # Blocks over the free features only: a gated child is drawn when its parent fires, never before.
         free = np.flatnonzero(s.parent_N < 0)
         order = free[np.argsort(-rates[free], kind="stable")].astype(np.int64)
-        padded = np.concatenate([rates[order], np.zeros((-len(order)) % BLOCK)])
-        self.block_q = padded.reshape(-1, BLOCK).max(1)
         gated = np.flatnonzero(s.parent_N >= 0)
         by_parent = gated[np.argsort(s.parent_N[gated], kind="stable")]
         child_offsets = np.searchsorted(s.parent_N[by_parent], np.arange(n + 1)).astype(np.int64)
@@ -86,33 +107,32 @@ class SparseSampler:
             if world.magnitude_stds_N is None
             else world.magnitude_stds_N.cpu().double().numpy()
         )
+        # Feature i fires when a standard normal exceeds its threshold t_i (rate = P(N > t_i)); with the
+        # copula, the normal is L_i . e + sqrt(d_i) eta, e the sample's shared factor.
+        with np.errstate(divide="ignore"):
+            thresholds = (
+                math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
+            )
         if world.correlation is not None:
             factor, diag = world.correlation
-            self.factor_NR = np.ascontiguousarray(factor.astype(np.float64))
-            self.free_factor_T = np.ascontiguousarray(
-                factor[order].T.astype(np.float32)
-            )  # [rank, free in `order`]
-            with np.errstate(divide="ignore"):
-                thresholds = (
-                    math.sqrt(2) * torch.special.erfinv(torch.from_numpy(1 - 2 * rates)).numpy()
-                )
-            corr = (thresholds, np.sqrt(diag.astype(np.float64)))
-            self.free_copula = (
-                thresholds[order].astype(np.float32),
-                (1 / corr[1][order]).astype(np.float32),
-            )
+            factor_NR = factor.astype(np.float32)
+            sdiag = np.sqrt(diag.astype(np.float64))
         else:
-            self.factor_NR = np.zeros((n, 0))
-            self.free_factor_T = np.zeros((0, len(order)), np.float32)
-            corr = (np.zeros(n), np.ones(n))
-            self.free_copula = (np.zeros(len(order), np.float32), np.ones(len(order), np.float32))
+            factor_NR = np.zeros((n, 0), np.float32)
+            sdiag = np.ones(n)
+        self.rank = factor_NR.shape[1]
+        self.free_factor_T = np.ascontiguousarray(factor_NR[order].T)  # [rank, free in `order`]
+        # Per feature: threshold, 1 / sqrt(d), loadings (children in the order they are drawn, siblings adjacent).
+        self.copula = tuple(
+            np.ascontiguousarray(a)
+            for of in (order, by_parent)
+            for a in (thresholds[of].astype(np.float32), (1 / sdiag[of]).astype(np.float32))
+        ) + (np.ascontiguousarray(factor_NR[by_parent]),)
         self.world_arrays = (
+            *TAIL_TABLES[1:],
             order,
-            self.block_q,
-            rates,
             means,
             stds,
-            *corr,
             child_offsets,
             by_parent.astype(np.int64),
             s.rescale_N,
@@ -133,19 +153,16 @@ class SparseSampler:
         R = len(self.states_R4)
         x = np.empty((R, batch, self.dim), np.float32) if out_RBD is None else out_RBD
         indices, values, offsets = [], [], []
-        rank = self.factor_NR.shape[1]
         for r in range(R):
-            eps = np.empty((batch, rank), np.float32)
+            eps = np.empty((batch, self.rank), np.float32)
             _normals(self.states_R4[r], eps)
-            A_BF = (
-                eps @ self.free_factor_T
-            )  # the free features' shared part, by BLAS (GIL released)
+            # the free features' shared part, by BLAS (GIL released); without correlation none (not B x F zeros)
+            A_BF = eps @ self.free_factor_T if self.rank else np.empty((batch, 0), np.float32)
             idx, val, off = _draw(
                 self.states_R4[r],
                 eps,
-                self.factor_NR,
                 A_BF,
-                *self.free_copula,
+                *self.copula,
                 *self.world_arrays,
                 x[r],
                 self.capacity,
@@ -205,37 +222,14 @@ class SparseStream:
 # -- compiled sampler -----------------------------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _next(s):
-    """SFC64, as numpy's (and world/stream.py's)."""
-    tmp = s[0] + s[1] + s[3]
-    s[3] += np.uint64(1)
-    s[0] = s[1] ^ (s[1] >> np.uint64(11))
-    s[1] = s[2] + (s[2] << np.uint64(3))
-    s[2] = ((s[2] << np.uint64(24)) | (s[2] >> np.uint64(40))) + tmp
-    return tmp
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _uniform(s):
-    """Uniform in (0, 1] from the top 53 bits of one word (never 0: its log is finite)."""
-    return (np.float64(_next(s) >> np.uint64(11)) + 1.0) * 2.0**-53
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _normal(s):
-    """One standard normal per word (Box-Muller, cosine branch), as model.normal_from_word."""
-    w = _next(s)
-    u1 = (np.float64(w >> np.uint64(32)) + 1.0) * 2.0**-32
-    u2 = np.float64(w & np.uint64(0xFFFFFFFF)) * 2.0**-32
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
 @numba.njit(cache=True, nogil=True)
 def _normals(s, out):
+    """Fill out with standard normals from the generator state array s (advanced in place)."""
+    st = (s[0], s[1], s[2], s[3])
     flat = out.reshape(-1)
     for i in range(flat.shape[0]):
-        flat[i] = _normal(s)
+        flat[i], st = normal(st)
+    s[0], s[1], s[2], s[3] = st
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -245,31 +239,61 @@ def _upper_tail(z):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _magnitude(s, mean, std):
+def _below_tail(u, z):
+    """u <= P(N(0, 1) > z), exactly, mostly without erfc: the tail is decreasing, so where z lies between
+    two points of the table, u below the table's value at the right one is below it, u above the value
+    at the left one is above; only a u between the two needs erfc (for a uniform u, a chance of at most
+    max density / TAIL_SCALE = 0.4 / 64, 0.6%)."""
+    t = (z - TAIL_FROM) * TAIL_SCALE
+    if t >= 0.0 and t < TAIL_POINTS - 1:
+        k = int(t)
+        if u <= TAIL[k + 1]:
+            return True
+        if u > TAIL[k]:
+            return False
+    return u <= _upper_tail(z)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot(a_GR, g, b_BR, b):
+    """a[g] . b[b], summed in any order (fastmath): the rank-long loop then vectorises. Rows by index, not
+    as slices: a slice is a new array reference, counted atomically."""
+    total = np.float32(0.0)
+    for r in range(a_GR.shape[1]):
+        total += a_GR[g, r] * b_BR[b, r]
+    return total
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz", "reassoc"})
+def _block_minima(z_F, zmin_K):
+    """zmin_K[k] = min of z_F over block k (no NaN assumed, so the minimum vectorises; z may be +inf)."""
+    for blk in range(zmin_K.shape[0]):
+        m = np.float32(np.inf)
+        for j in range(blk * BLOCK, min(blk * BLOCK + BLOCK, z_F.shape[0])):
+            v = z_F[j]
+            m = v if v < m else m
+        zmin_K[blk] = m
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _magnitude(st, mean, std):
+    """(max(mean + std z, 0), next state)."""
     if std > 0:
-        return max(mean + std * _normal(s), 0.0)
-    return mean
+        z, st = normal(st)
+        return max(mean + std * z, 0.0), st
+    return mean, st
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _fires(s, i, b, correlated, rates, eps_BR, factor_NR, thresholds, sdiag):
-    """One Bernoulli draw of feature i's own firing (given the copula's factor e of sample b)."""
-    if correlated:
-        a = 0.0
-        for r in range(eps_BR.shape[1]):
-            a += factor_NR[i, r] * eps_BR[b, r]
-        return _uniform(s) <= _upper_tail((thresholds[i] - a) / sdiag[i])
-    return _uniform(s) <= rates[i]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _exclude(s, listed, start, end, value, group, count, winner):
-    """Among listed[start:end], one uniformly drawn survivor per exclusive group (reservoir sampling)."""
+def _exclude(st, listed, start, end, value, group, count, winner):
+    """Among listed[start:end], one uniformly drawn survivor per exclusive group (reservoir sampling):
+    the others' values set to 0. Returns the generator's next state."""
     for f in range(start, end):
         g = group[listed[f]]
         if g >= 0:
             count[g] += 1
-            if _uniform(s) * count[g] <= 1.0:
+            u, st = uniform(st)
+            if u * count[g] <= 1.0:
                 winner[g] = listed[f]
     for f in range(start, end):
         i = listed[f]
@@ -278,23 +302,24 @@ def _exclude(s, listed, start, end, value, group, count, winner):
             if winner[g] != i:
                 value[i] = 0.0
             count[g] = 0
+    return st
 
 
 @numba.njit(cache=True, nogil=True)
 def _draw(
     s,
     eps_BR,
-    factor_NR,
     A_BF,
     free_thresholds,
     free_inv_sdiag,
+    child_thresholds,
+    child_inv_sdiag,
+    child_factor_GR,
+    block_log_miss_G,
+    block_empty_G,
     order,
-    block_q,
-    rates,
     means,
     stds,
-    thresholds,
-    sdiag,
     child_offsets,
     children,
     rescale,
@@ -310,72 +335,73 @@ def _draw(
 ):
     """Sample b: the free features (no gating parent) by block thinning over `order`; then, breadth-first,
     each active feature's gated children drawn one by one (a child of an inactive parent never fires,
-    so it need not be drawn), scaled and made exclusive per group; then force relations; then x."""
+    so it need not be drawn), scaled and made exclusive per group; then force relations; then x.
+
+    Feature i fires when eta > z_i, z_i = (t_i - L_i . e) / sqrt(d_i) (without correlation, z_i = t_i):
+    a uniform u fires it when u <= P(N(0, 1) > z_i) (`_below_tail`). A block's bound q is the tail at the
+    table point at or below its smallest z, so q >= every rate in it, with log(1 - q) and the chance
+    (1 - q)^BLOCK that no candidate falls in the block read from tables (no erfc, no log per block)."""
     B, D = x_BD.shape
-    N = rates.shape[0]
+    N = means.shape[0]
     correlated = eps_BR.shape[1] > 0
     n_free = order.shape[0]
-    n_blocks = block_q.shape[0]
+    n_blocks = (n_free + BLOCK - 1) // BLOCK
     value = np.zeros(N)  # scratch: this sample's magnitudes (zero outside `listed`)
     listed = np.empty(N, np.int64)  # this sample's firing features, parents before children
     count = np.zeros(n_groups, np.int64)
     winner = np.full(n_groups, -1, np.int64)
+    z_F = (
+        free_thresholds.copy()
+    )  # without correlation, the z of the free features is their threshold
+    zmin_K = np.empty(n_blocks, np.float32)  # each block's smallest z
+    _block_minima(z_F, zmin_K)
     cap = max(capacity * B, 16)
     idx_out = np.empty(cap, np.int64)
     val_out = np.empty(cap, np.float32)
     offsets = np.zeros(B + 1, np.int64)
     pos = 0
+    st = (s[0], s[1], s[2], s[3])  # the generator's state as values (see world/rng.py)
     for b in range(B):
+        if correlated:
+            for j in range(n_free):  # contiguous: vectorises
+                z_F[j] = (free_thresholds[j] - A_BF[b, j]) * free_inv_sdiag[j]
+            _block_minima(z_F, zmin_K)
         k = 0
         for blk in range(n_blocks):
             start = blk * BLOCK
             size = min(BLOCK, n_free - start)
-            if correlated:
-                zmin = np.inf
-                for j in range(start, start + size):  # contiguous: vectorises
-                    zmin = min(zmin, (free_thresholds[j] - A_BF[b, j]) * free_inv_sdiag[j])
-                q = _upper_tail(zmin)
-            else:
-                q = block_q[blk]
-            if q <= 0.0:
-                continue
+            t = (zmin_K[blk] - TAIL_FROM) * TAIL_SCALE
+            point = 0 if t < 0.0 else (TAIL_POINTS - 1 if t >= TAIL_POINTS - 1 else int(t))
+            q = 1.0 if t < 0.0 else TAIL[point]
             if q >= DENSE_BLOCK_RATE:
-                for j in range(size):
-                    i = order[start + j]
-                    p = (
-                        _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i])
-                        if correlated
-                        else rates[i]
-                    )
-                    if _uniform(s) <= p:
-                        listed[k] = i
+                for j in range(start, start + size):
+                    u, st = uniform(st)
+                    if _below_tail(u, z_F[j]):
+                        listed[k] = order[j]
                         k += 1
                 continue
-            log_miss = math.log1p(-q)
-            j = -1
-            while True:
-                j += 1 + int(math.floor(math.log(_uniform(s)) / log_miss))
-                if j >= size:
-                    break
-                i = order[start + j]
-                p = (
-                    _upper_tail((thresholds[i] - A_BF[b, start + j]) / sdiag[i])
-                    if correlated
-                    else rates[i]
-                )
-                if _uniform(s) * q <= p:
-                    listed[k] = i
+            u, st = uniform(st)
+            if size == BLOCK and u <= block_empty_G[point]:
+                continue  # the first skip passes the block: no candidate in it
+            log_miss = block_log_miss_G[point]
+            j = int(math.floor(math.log(u) / log_miss))
+            while j < size:
+                u, st = uniform(st)
+                if _below_tail(u * q, z_F[start + j]):
+                    listed[k] = order[start + j]
                     k += 1
+                u, st = uniform(st)
+                j += 1 + int(math.floor(math.log(u) / log_miss))
         # magnitudes (a firing clipped to 0 is inactive, as in SAELens), exclusion among free features
         kept = 0
         for e in range(k):
             i = listed[e]
-            v = _magnitude(s, means[i], stds[i])
+            v, st = _magnitude(st, means[i], stds[i])
             if v > 0:
                 value[i] = v
                 listed[kept] = i
                 kept += 1
-        _exclude(s, listed, 0, kept, value, group, count, winner)
+        st = _exclude(st, listed, 0, kept, value, group, count, winner)
         k = 0
         for e in range(kept):
             if value[listed[e]] > 0:
@@ -389,9 +415,13 @@ def _draw(
             first = k
             for f in range(child_offsets[parent], child_offsets[parent + 1]):
                 c = children[f]
-                if not _fires(s, c, b, correlated, rates, eps_BR, factor_NR, thresholds, sdiag):
+                z = child_thresholds[f]
+                if correlated:
+                    z = (z - _dot(child_factor_GR, f, eps_BR, b)) * child_inv_sdiag[f]
+                u, st = uniform(st)
+                if not _below_tail(u, z):
                     continue
-                v = _magnitude(s, means[c], stds[c])
+                v, st = _magnitude(st, means[c], stds[c])
                 if rescale[c]:
                     v *= value[parent] / means[parent]
                 if v > 0:
@@ -399,7 +429,7 @@ def _draw(
                     listed[k] = c
                     k += 1
             if k - first > 1:
-                _exclude(s, listed, first, k, value, group, count, winner)
+                st = _exclude(st, listed, first, k, value, group, count, winner)
                 kept = first
                 for f in range(first, k):
                     if value[listed[f]] > 0:
@@ -412,7 +442,7 @@ def _draw(
                 continue
             for f in range(foffsets[h], foffsets[h + 1]):
                 if value[fchildren[f]] > 0:
-                    v = _magnitude(s, means[p], stds[p])
+                    v, st = _magnitude(st, means[p], stds[p])
                     if v > 0:
                         value[p] = v
                         listed[k] = p
@@ -439,4 +469,5 @@ def _draw(
             pos += 1
             value[i] = 0.0
         offsets[b + 1] = pos
+    s[0], s[1], s[2], s[3] = st
     return idx_out[:pos].copy(), val_out[:pos].copy(), offsets

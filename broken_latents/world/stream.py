@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numba
@@ -11,6 +10,7 @@ import torch
 
 from .model import World
 from .prefetch import Prefetcher
+from .rng import normal_from_word, sfc64_next
 
 TRAIN_STREAM = 0
 """Stream offset of the training samples."""
@@ -166,7 +166,7 @@ def _draw_chunk(
         _apply_hierarchy(fires_NT, force_H, parents_H, offsets_H1, children)
         if noisy:
             for i in range(noise_words.shape[0]):
-                noise_words[i] = _sfc64_next(states_R4[r])
+                noise_words[i] = sfc64_next(states_R4[r])
             _place_noisy(fires_NT, magnitudes_N, stds_N, noise_words, out_CRNB, r)
         else:
             _place(fires_NT, magnitudes_N, out_CRNB, r)
@@ -200,7 +200,7 @@ def _fire(state, thresholds_N, fires_NT, words):
     `words`: scratch for ceil(N T / 2) words (numpy draws whole words)."""
     N, T = fires_NT.shape
     for i in range(words.shape[0]):
-        words[i] = _sfc64_next(state)
+        words[i] = sfc64_next(state)
     bits = words.view(np.uint32)  # little-endian: the low half of each word comes first
     for n in range(N):
         threshold = thresholds_N[n]
@@ -208,17 +208,6 @@ def _fire(state, thresholds_N, fires_NT, words):
         dest = fires_NT[n]
         for t in range(T):
             dest[t] = row[t] < threshold
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _sfc64_next(s):
-    """One step of Chris Doty-Humphrey's SFC64 (state a, b, c, counter), as numpy's SFC64."""
-    tmp = s[0] + s[1] + s[3]
-    s[3] += np.uint64(1)
-    s[0] = s[1] ^ (s[1] >> np.uint64(11))
-    s[1] = s[2] + (s[2] << np.uint64(3))
-    s[2] = ((s[2] << np.uint64(24)) | (s[2] >> np.uint64(40))) + tmp
-    return tmp
 
 
 @numba.njit(cache=True, nogil=True)
@@ -236,11 +225,10 @@ def _place(fires_NT, magnitudes_N, out_CRNB, r):
 
 @numba.njit(cache=True, nogil=True)
 def _place_noisy(fires_NT, magnitudes_N, stds_N, noise_words, out_CRNB, r):
-    """As `_place`, with each magnitude max(m + s z, 0), z = `World.normal_from_word` of the
-    word for (feature n, sample t) of the chunk, computed the same way in float64."""
+    """As `_place`, with each magnitude max(m + s z, 0), z the normal of the word for (feature n,
+    sample t) of the chunk (`rng.normal_from_word`, what `model.normal_from_word` computes in numpy)."""
     C, _, N, B = out_CRNB.shape
     T = C * B
-    scale = 2.0**-32
     for c in range(C):
         for n in range(N):
             m, s = np.float64(magnitudes_N[n]), np.float64(stds_N[n])
@@ -249,10 +237,7 @@ def _place_noisy(fires_NT, magnitudes_N, stds_N, noise_words, out_CRNB, r):
                 if not fires_NT[n, t]:
                     out_CRNB[c, r, n, b] = np.float32(0.0)
                     continue
-                word = noise_words[n * T + t]
-                u1 = (np.float64(word >> np.uint64(32)) + 1.0) * scale
-                u2 = np.float64(word & np.uint64(0xFFFFFFFF)) * scale
-                z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+                z = normal_from_word(noise_words[n * T + t])
                 out_CRNB[c, r, n, b] = np.float32(max(m + s * z, 0.0))
 
 

@@ -187,7 +187,7 @@ def test_the_cli_refuses_a_run_directory_the_disk_cannot_hold_before_training(
     def refuse(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(pipeline_run, "train", refuse)
+    monkeypatch.setattr(pipeline_run, "train_run", refuse)
     monkeypatch.setattr(
         shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096)
     )

@@ -6,7 +6,6 @@ import torch
 
 from broken_latents.analysis.on_activations import (
     Truth,
-    edges_from_labels,
     measure_on_activations,
     truth_from_config,
 )
@@ -18,9 +17,11 @@ from broken_latents.config.schema import (
     TrainConfig,
     WorldConfig,
 )
+from broken_latents.language.probes import edges_from_labels
 from broken_latents.output.describe import world_line
-from broken_latents.training.on_activations import check_activations, train_on_activations
-from broken_latents.world.activations import ActivationFile
+from broken_latents.pipeline.resolve import check_trainable
+from broken_latents.training.on_activations import train_on_activations
+from broken_latents.world.activations import ActivationFile, StoredActivations
 from broken_latents.world.model import World
 
 WORLD = WorldConfig(
@@ -53,7 +54,9 @@ def test_saes_learn_every_direction(stored):
     saes = [
         SAEConfig(label=arch, architecture=arch, latents=6, l1=0.1) for arch in ("untied", "tied")
     ]
-    result = train_on_activations(config(*saes), progress=False, source=ActivationFile.open(path))
+    result = train_on_activations(
+        config(*saes), progress=False, stored=StoredActivations(ActivationFile.open(path), 0.2)
+    )
     truth = Truth(directions, list(range(6)), labels, edges_from_labels(labels))
     metrics = measure_on_activations(result, truth)
     untied, tied = metrics.runs
@@ -75,7 +78,9 @@ def test_absorption_matches_a_plain_recomputation(stored):
     path, labels, _ = stored
     sae = SAEConfig(label="topk", architecture="untied", latents=5, activation="topk", k=1, l1=0.0)
     result = train_on_activations(
-        config(sae, samples=100_000), progress=False, source=ActivationFile.open(path)
+        config(sae, samples=100_000),
+        progress=False,
+        stored=StoredActivations(ActivationFile.open(path), 0.2),
     )
     np.save(path.parent / "labels.npy", labels)
     world = WorldConfig(activations=str(path), labels=str(path.parent / "labels.npy"), held_out=0.2)
@@ -236,8 +241,42 @@ def test_compiled_engine_refused_on_stored_rows(stored):
     path, _, _ = stored
     cfg = config(SAEConfig(label="tied", architecture="tied", latents=2), path=path)
     cfg.train.engine = "compiled"
-    with pytest.raises(ConfigError, match="train.engine"):
-        check_activations(cfg)
+    with pytest.raises(
+        ConfigError, match="train.engine: 'compiled' works on a world's feature firings"
+    ):
+        check_trainable(cfg)
+
+
+def test_arrays_refused_on_stored_rows_where_an_sae_has_no_hand_gradients(stored):
+    """One `choose_engine` serves sampled worlds and stored rows: "arrays" without hand gradients is refused
+    with the same message on both, and "auto" on stored rows is the sparse-latent engine."""
+    path, _, _ = stored
+    cfg = config(
+        SAEConfig(label="soft", architecture="tied", latents=2, activation="topk", k=1), path=path
+    )
+    cfg.train.engine = "arrays"
+    with pytest.raises(
+        ConfigError, match=r"'arrays' needs hand-derived gradients, and SAE\(s\) \['soft'\]"
+    ):
+        check_trainable(cfg)
+    cfg.train.engine = "auto"
+    assert check_trainable(cfg).dim == 12
+
+
+def test_the_python_api_trains_and_analyses_stored_rows(stored):
+    """`bl.train` on a stored-activations config trains on the file's rows (not a default world), and
+    `bl.analyse` measures them as a run does."""
+    import broken_latents as bl
+
+    path, _, _ = stored
+    cfg = config(
+        SAEConfig(label="tied", architecture="tied", latents=6, l1=0.1), samples=20_000, path=path
+    )
+    result = bl.train(cfg)
+    assert result.stacks[0].sae.W_dec_SKD.shape[-1] == 12 and len(result.train_rows) == 32_000
+    metrics = bl.analyse(result)
+    assert metrics.world.extra["activations"] == str(path) and metrics.world.dim == 12
+    assert [run.label for run in metrics.runs] == ["tied"]
 
 
 def test_divergence_names_the_sae_and_seed_exits_2_and_writes_nothing(stored, tmp_path, capsys):

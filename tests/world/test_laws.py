@@ -194,4 +194,4 @@ scale = 0.1
     assert world.tree == TreeConfig(
         4, 4, 3, 1.0, 0, True, True
     ) and world.correlation == CorrelationConfig(25, 0.1)
-    assert World.is_sparse(world) and world.bias == 0.5
+    assert world.sparse and world.bias == 0.5

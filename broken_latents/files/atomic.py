@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..config.errors import ConfigError
-
 
 def swap_into_place(partial: Path, out: Path) -> None:
     """Move the complete folder `partial` to `out`, replacing an earlier `out` (renames are atomic
@@ -50,16 +48,3 @@ def file_in_place(path: Path, write: Callable[[Path], None]) -> None:
     partial = path.parent / f".{path.name}.partial-{os.getpid()}{path.suffix}"
     write(partial)
     os.replace(partial, path)
-
-
-def check_replaceable(out: Path, marker: str, earlier: str, earlier_plural: str) -> None:
-    """Refuse a DIR that holds something other than an earlier output of ours (which holds
-    `marker`): writing would replace it. `earlier`: what such an output is called ("a previous run
-    directory"); `earlier_plural`: the same as the path to choose instead ("an earlier run's directory")."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
-        raise ConfigError(
-            "--out",
-            f"{out} exists and is not {earlier} (no {marker}); "
-            f"choose a new path or {earlier_plural} to replace",
-        )
