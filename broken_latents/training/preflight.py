@@ -35,10 +35,11 @@ SPARSE_LATENT_SECONDS = {"select": 1.5e-9, "entry_dim": 3.3e-10, "parameter": 3.
 batch 1024): selecting the kept latents, per latent of a sample; the list pass, per kept entry and
 dimension; Adam's update, per parameter and step."""
 
-SPARSE_SECONDS_PER_INPUT = (3.0e-6, 2.0e-9)
+SPARSE_SECONDS_PER_INPUT = (0.6e-6, 1.3e-9)
 """The sparse sampler's time per input on its own core: a fixed part and one per feature of the world
-(SynthSAEBench laws, 256 dims: 141k inputs/s at 2048 features, 89k at 4096, idle). The sampling
-thread runs beside the training: the slower of the two sets the pace."""
+(SynthSAEBench laws, 256 dims: 303k inputs per CPU-second at 2048 features, 167k at 4096, measured by
+benchmarks/bench_sampler.py). The sampling thread runs beside the training: the slower of the two
+sets the pace."""
 
 FLOAT = 4  # bytes of a float32
 JSON_NUMBER = 9

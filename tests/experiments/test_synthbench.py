@@ -20,7 +20,7 @@ def test_synthbench_16k_is_refused_on_a_cpu_and_sized_for_a_gpu():
     with pytest.raises(ConfigError) as err:
         check_config(config, "cpu")
     assert err.value.field == "train.samples" and "--device cuda" in str(err.value)
-    check_config(config, "cuda")  # 200M samples: about two hours, bound by the CPU's sampler
+    check_config(config, "cuda")  # 200M samples: over an hour, bound by the CPU's sampler
     assert estimate_seconds(config, "cuda") < estimate_seconds(config, "cpu") / 20
 
 
