@@ -26,14 +26,16 @@ SECONDS_PER_FLOP = {"cpu": 1 / 2e10, "cuda": 1 / 5e13}
 and on the CPU the compiled engine of feature-space worlds): one CPU core's rate on toy products
 (about 20 GFLOP/s), and a datacenter GPU's at a quarter of peak."""
 
-CPU_MATMUL_FLOPS = 1.5e11
-"""One core's float32 matmul rate on a batch's products (1024 x 256 x 1024: 179 GFLOP/s on an idle
-core of the 2-core Xeon, 150 under load): the sparse-latent engine's encoder."""
-SPARSE_LATENT_SECONDS = {"select": 1.5e-9, "entry_dim": 3.3e-10, "parameter": 3.6e-9}
+CPU_MATMUL_FLOPS = 1.2e11
+"""One core's float32 matmul rate on a batch's products inside a training step (1024 x 256 x 1024:
+148-179 GFLOP/s alone on a core of the 2-core Xeon, less beside the step's other passes): the
+sparse-latent engine's encoder."""
+SPARSE_LATENT_SECONDS = {"select": 2.0e-9, "entry_dim": 4.0e-10, "parameter": 4.5e-9}
 """The sparse-latent engine's other costs on one CPU core (training/engines.py
-`CompiledSparseLatentsEngine`, measured on the 2-core Xeon under load, width 1024, 256 dims, k 32,
-batch 1024): selecting the kept latents, per latent of a sample; the list pass, per kept entry and
-dimension; Adam's update, per parameter and step."""
+`CompiledSparseLatentsEngine`, width 1024, 256 dims, k 32, batch 1024, on the 2-core Xeon): selecting
+the kept latents, per latent of a sample; the list pass, per kept entry and dimension; Adam's update,
+per parameter and step. Set so that whole runs of 300k samples at 2048 and 4096 features (3.7-4.8 s
+measured at load 1.4, helper thread and probe included) come out at 3.6 s."""
 
 SPARSE_SECONDS_PER_INPUT = (0.6e-6, 1.3e-9)
 """The sparse sampler's time per input on its own core: a fixed part and one per feature of the world
