@@ -5,6 +5,7 @@ this CPU's measured sgemm rate.
     .venv/bin/python benchmarks/bench_scale.py                 # `make bench` runs it after bench.py
     .venv/bin/python benchmarks/bench_scale.py --quick         # tiny budgets: a smoke check
     .venv/bin/python benchmarks/bench_scale.py --saelens-python /path/to/venv/bin/python
+    .venv/bin/python benchmarks/bench_scale.py --sizes 2048          # one world size only
 
 SAELens runs in its own venv (default /work/saelens-venv; sae-lens pins other versions than ours)
 through benchmarks/saelens_scale_bench.py, by subprocess; without that venv its rows say so.
@@ -134,6 +135,14 @@ def main() -> None:
     parser.add_argument("--saelens-python", type=Path, default=SAELENS_PYTHON)
     parser.add_argument("--train-samples", type=int, default=300_000)
     parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(SIZES),
+        metavar="FEATURES",
+        help=f"world sizes to measure (default {' '.join(map(str, SIZES))})",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help="markdown results (default benchmarks/results-scale.md; "
@@ -150,7 +159,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     gflops = {threads: sgemm_rate(threads, 0.3 if args.quick else 2.0) for threads in (1, 2)}
     rows = []
-    for features in SIZES:
+    for features in args.sizes:
         world_cfg = synthbench_world(features, DIM)
         world = World.build(world_cfg)
         with single_torch_thread("cpu"):  # one BLAS thread, as the sampling thread has in training
@@ -180,7 +189,8 @@ def main() -> None:
         f"- world: `synthbench_world(features, {DIM})` (SynthSAEBench-16k's laws, roots scaled); SAELens: the "
         "same laws in `sae_lens.synthetic` (benchmarks/saelens_scale_bench.py)",
         f"- SAE: untied BatchTopK, {LATENTS} latents, k {K}, batch {BATCH}, lr 3e-4; our training {samples:,} "
-        f"samples with engine `{engine}` (sampling in a second thread), autograd {max(samples // 10, 2 * BATCH):,}; "
+        f"samples with engine `{engine}` (sampling in a second thread, a helper thread sharing the encoder "
+        f"product and Adam where that measures faster), autograd {max(samples // 10, 2 * BATCH):,}; "
         "each measured once" + (" (--quick: the figures mean nothing)" if args.quick else ""),
         "",
         "| features | sampling inputs/s ours | SAELens | x | training samples/s ours | SAELens | x "

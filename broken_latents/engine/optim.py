@@ -32,11 +32,17 @@ def split_like(flat, shapes: list) -> list:
     return views
 
 
+ADAM_CHUNK = 1 << 16
+"""Elements per chunk of an update on a pool's two threads (a width-1024 SAE on 256 dims: 9)."""
+
+
 class FlatAdam:
     """PyTorch's Adam (same formula, same defaults) on a flat buffer, numpy or torch, in place."""
 
-    def __init__(self, flat, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, flat, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, pool=None):
         self.flat, self.lr = flat, lr
+        self.pool = pool
+        """A `chunks.ChunkPool` (numpy buffers): the update in chunks on two threads."""
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.exp_avg = zeros_like(flat)
@@ -57,13 +63,18 @@ class FlatAdam:
         bias_correction2_sqrt = (1 - self.beta2**self.steps) ** 0.5
         if is_numpy(self.flat):  # one compiled pass instead of ten array calls
             constants = (self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, self.eps)
-            _adam_update(
-                self.flat,
-                grad,
-                self.exp_avg,
-                self.exp_avg_sq,
-                np.array(constants + (step_size, bias_correction2_sqrt), self.flat.dtype),
-            )
+            constants = np.array(constants + (step_size, bias_correction2_sqrt), self.flat.dtype)
+            arrays = (self.flat, grad, self.exp_avg, self.exp_avg_sq)
+            if self.pool is None:
+                _adam_update(*arrays, constants)
+                return
+            size = self.flat.shape[0]
+
+            def chunk(i: int) -> None:
+                part = slice(i * ADAM_CHUNK, (i + 1) * ADAM_CHUNK)
+                _adam_update(*(a[part] for a in arrays), constants)
+
+            self.pool.run(chunk, -(-size // ADAM_CHUNK))
             return
         self.exp_avg *= self.beta1
         self.exp_avg += (1 - self.beta1) * grad

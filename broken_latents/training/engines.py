@@ -13,6 +13,7 @@ and has one `step` method: gradients of one batch, then the optimiser's step.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
@@ -25,6 +26,7 @@ from .inverse import InverseState
 from .refit import Probe
 from ..config.schema import ConfigError, ExperimentConfig, SAEConfig
 from ..engine import fastpath, kernel, sparse_latents
+from ..engine.chunks import ChunkPool, HelperProbe
 from ..engine.backend import amax, as_torch, clamp_min, concat_flat, is_numpy, norm_last
 from ..engine.fastpath import Architecture, WorldGeometry, params_of
 from ..engine.optim import FlatAdam, flatten_parameters, split_like
@@ -105,6 +107,9 @@ class Engine:
     def warm_up(self) -> None:
         """Load (or compile) what the first step would otherwise pay for: start-up, not training time."""
         self.optimiser.warm_up()
+
+    def close(self) -> None:
+        """Stop what the engine started (helper threads); called once training ends."""
 
     def step(self, f_RNB, samples_seen: int, lr: float, want_loss: bool) -> dict:
         """One Adam step of every SAE on the batch f_RNB (feature magnitudes, batch last). Returns,
@@ -253,6 +258,8 @@ class SparseLatentsEngine(Engine):
         ]
         self.grad_flat = torch.zeros_like(as_torch(self.optimiser.flat))
         views = iter(split_like(self.grad_flat, [p.shape for p in self.parameters]))
+        self.pool: ChunkPool | None = None
+        """Splits the dense parts of a step over two threads (the CPU subclass)."""
         self.kept_min: list[torch.Tensor | None] = [None] * len(stacks)
         """BatchTopK stacks: each SAE's smallest kept activation of the last batch."""
         self.grad_outs = [
@@ -287,6 +294,7 @@ class SparseLatentsEngine(Engine):
                 out,
                 self.compiled,
                 self.kept_min[i],
+                self.pool,
             )
             if entries.kept_min_S is not None:
                 stack.sae.record_batchtopk_threshold(entries.kept_min_S)
@@ -309,11 +317,29 @@ class SparseLatentsEngine(Engine):
 
 
 class CompiledSparseLatentsEngine(SparseLatentsEngine):
-    """`SparseLatentsEngine` on the CPU: the numba kernels, Adam compiled over numpy views."""
+    """`SparseLatentsEngine` on the CPU: the numba kernels, Adam compiled over numpy views; with two
+    cores or more, the encoder's product and Adam's update in chunks on this thread and a helper
+    (engine/chunks.py: the sampling thread leaves the second core idle part of each step)."""
 
     name = "sparse-latents-compiled"
     backend = "numpy"
     compiled = True
+
+    def __init__(self, config, world, seeds, stacks, device):
+        super().__init__(config, world, seeds, stacks, device)
+        self.helper = ChunkPool() if (os.cpu_count() or 1) >= 2 else None
+        self.probe = HelperProbe()
+
+    def step(self, f_RNB, samples_seen, lr, want_loss):
+        use = self.helper is not None and self.probe.use_helper()
+        self.pool = self.optimiser.pool = self.helper if use else None
+        logged = super().step(f_RNB, samples_seen, lr, want_loss)
+        self.probe.step_done()
+        return logged
+
+    def close(self) -> None:
+        if self.helper is not None:
+            self.helper.close()
 
 
 ENGINES: dict[str, type[Engine]] = {

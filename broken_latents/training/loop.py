@@ -128,17 +128,20 @@ def run_training(
     ):
         engine.warm_up()  # start-up, not training time
         start = time.perf_counter()
-        for step in range(steps):
-            termination.check()
-            want_loss = step % LOG_EVERY == 0 or step == steps - 1
-            lr = config.train.lr * lr_factor(config, step, steps)
-            logged = engine.step(stream.next(), step * batch, lr, want_loss)
-            if want_loss:
-                samples = (step + 1) * batch
-                _check_finite(stacks, logged, seeds, samples, config.train.lr)
-                history.record(samples, logged)
-                bar.update(samples, time.perf_counter() - start, history.means())
-        train_seconds = time.perf_counter() - start
+        try:
+            for step in range(steps):
+                termination.check()
+                want_loss = step % LOG_EVERY == 0 or step == steps - 1
+                lr = config.train.lr * lr_factor(config, step, steps)
+                logged = engine.step(stream.next(), step * batch, lr, want_loss)
+                if want_loss:
+                    samples = (step + 1) * batch
+                    _check_finite(stacks, logged, seeds, samples, config.train.lr)
+                    history.record(samples, logged)
+                    bar.update(samples, time.perf_counter() - start, history.means())
+            train_seconds = time.perf_counter() - start
+        finally:
+            engine.close()
 
     for stack, aux in zip(stacks, engine.auxes):
         if aux is not None:

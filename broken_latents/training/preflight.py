@@ -22,12 +22,26 @@ MAX_HOURS = 24.0
 """A run whose estimated time exceeds this is refused before it starts (see `estimate_seconds`)."""
 
 SECONDS_PER_FLOP = {"cpu": 1 / 2e10, "cuda": 1 / 5e13}
-"""Training speed assumed by `estimate_seconds`: one CPU core's float32 matmul rate (about 20 GFLOP/s,
-of the 358 GFLOP/s two free cores reach on 1024x256x1024), and a datacenter GPU's at a quarter of peak."""
+"""Training speed assumed by `estimate_seconds` for the engines that take 6 B K D flops a step (autograd,
+and on the CPU the compiled engine of feature-space worlds): one CPU core's rate on toy products
+(about 20 GFLOP/s), and a datacenter GPU's at a quarter of peak."""
 
-SPARSE_INPUTS_PER_SECOND = 50_000
-"""Sparse sampling rate per seed assumed by `estimate_seconds` (SynthSAEBench laws at 4096 x 256 on one
-busy core; the sampling thread runs beside the training)."""
+CPU_MATMUL_FLOPS = 1.2e11
+"""One core's float32 matmul rate on a batch's products inside a training step (1024 x 256 x 1024:
+148-179 GFLOP/s alone on a core of the 2-core Xeon, less beside the step's other passes): the
+sparse-latent engine's encoder."""
+SPARSE_LATENT_SECONDS = {"select": 2.0e-9, "entry_dim": 4.0e-10, "parameter": 4.5e-9}
+"""The sparse-latent engine's other costs on one CPU core (training/engines.py
+`CompiledSparseLatentsEngine`, width 1024, 256 dims, k 32, batch 1024, on the 2-core Xeon): selecting
+the kept latents, per latent of a sample; the list pass, per kept entry and dimension; Adam's update,
+per parameter and step. Set so that whole runs of 300k samples at 2048 and 4096 features (3.7-4.8 s
+measured at load 1.4, helper thread and probe included) come out at 3.6 s."""
+
+SPARSE_SECONDS_PER_INPUT = (0.6e-6, 1.3e-9)
+"""The sparse sampler's time per input on its own core: a fixed part and one per feature of the world
+(SynthSAEBench laws, 256 dims: 303k inputs per CPU-second at 2048 features, 167k at 4096, measured by
+benchmarks/bench_sampler.py). The sampling thread runs beside the training: the slower of the two
+sets the pace."""
 
 FLOAT = 4  # bytes of a float32
 JSON_NUMBER = 9
@@ -228,14 +242,45 @@ def world_seconds(world: WorldConfig) -> float:
 
 
 def estimate_seconds(config: ExperimentConfig, device: str = "cpu") -> float:
-    """Wall time of a run, roughly: the world's layout, then training at SECONDS_PER_FLOP (6 B K D flops
-    per SAE and sample, forward and backward) or, in a sparse world, the sampler's pace if slower."""
+    """Wall time of a run, roughly: the world's layout, then training at the pace of the engine that will
+    run (`training_seconds_per_sample`) or, in a sparse world, the sampler's if slower."""
     w, t = config.world, config.train
-    flops = 6 * t.samples * t.seeds * sum(sae.latents for sae in config.sae) * w.dim
-    train = flops * SECONDS_PER_FLOP["cuda" if device == "cuda" else "cpu"]
+    pace = training_seconds_per_sample(config, device)
     if w.sparse:
-        train = max(train, t.samples * t.seeds / SPARSE_INPUTS_PER_SECOND)
-    return world_seconds(w) + train
+        fixed, per_feature = SPARSE_SECONDS_PER_INPUT
+        pace = max(pace, fixed + per_feature * w.features)
+    return world_seconds(w) + t.samples * t.seeds * pace
+
+
+def training_seconds_per_sample(config: ExperimentConfig, device: str = "cpu") -> float:
+    """Seconds a sample of one seed takes to train every SAE. The sparse-latent engine (sparse worlds,
+    on the CPU) pays per SAE its encoder's 2 D K flops at CPU_MATMUL_FLOPS, the selection, the list pass
+    (k entries x D) and Adam (SPARSE_LATENT_SECONDS); a ReLU SAE its dense products (8 D K more), the
+    aux loss two more products, and an SAE it does not cover autograd's 6 D K. Other engines: 6 D K
+    flops at SECONDS_PER_FLOP."""
+    from ..engine import sparse_latents
+    from .engines import choose_engine, sparse_latents_engine
+
+    D, B = config.world.dim, config.train.batch_size
+    dense = SECONDS_PER_FLOP["cuda" if device == "cuda" else "cpu"]
+    sparse_engine = device == "cpu" and choose_engine(config, device) is sparse_latents_engine(
+        device
+    )
+    total = 0.0
+    for sae in config.sae:
+        K = sae.latents
+        if not (sparse_engine and sparse_latents.covers(sae)):
+            total += 6 * D * K * dense
+            continue
+        flops = 2 * D * K + (8 * D * K if sae.activation == "relu" else 0)
+        flops += 4 * D * K if sae.aux else 0
+        cost = SPARSE_LATENT_SECONDS
+        entries = sae.k * D * cost["entry_dim"] if sae.activation != "relu" else 0.0
+        parameters = (K * D * (1 if sae.architecture == "tied" else 2) + K + D) / B
+        total += (
+            flops / CPU_MATMUL_FLOPS + K * cost["select"] + entries + parameters * cost["parameter"]
+        )
+    return total
 
 
 def check_time(config: ExperimentConfig, device: str = "cpu") -> float:

@@ -20,8 +20,8 @@ def test_synthbench_16k_is_refused_on_a_cpu_and_sized_for_a_gpu():
     with pytest.raises(ConfigError) as err:
         check_config(config, "cpu")
     assert err.value.field == "train.samples" and "--device cuda" in str(err.value)
-    check_config(config, "cuda")  # 200M samples: about an hour, bound by the sampler
-    assert estimate_seconds(config, "cuda") < estimate_seconds(config, "cpu") / 50
+    check_config(config, "cuda")  # 200M samples: over an hour, bound by the CPU's sampler
+    assert estimate_seconds(config, "cuda") < estimate_seconds(config, "cpu") / 20
 
 
 def test_synthbench_4k_fits_in_minutes_and_neither_is_reproduced():
