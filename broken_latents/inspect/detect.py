@@ -28,8 +28,6 @@ import base64
 import html
 import json
 import mmap
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..output.atomic import swap_into_place
+from ..output.atomic import check_replaceable, folder_in_place
 from ..world.activations import ActivationFile
 from ..config.schema import ConfigError
 from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
@@ -150,7 +148,7 @@ def inspect_sae(
             f"{file.path} has D = {file.dim} per sample but the SAE takes d_in = {sae.d_in}",
         )
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
-    _check_out_dir(out)
+    check_replaceable(out, "inspect.json", "an earlier inspect folder", "an earlier inspect folder")
     samples = min(file.n, limit) if limit else file.n
     fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress, timings)
     clock = time.perf_counter()
@@ -197,7 +195,7 @@ def inspect_sae(
     }
     # Written through the typed schema (inspect/result.py): the same bytes, checked as it is built.
     result = InspectResult.from_json(result).to_json()
-    _write_atomically(out, result, reservoirs, models)
+    _write_folder(out, result, reservoirs, models)
     return InspectOutcome(out, result)
 
 
@@ -302,25 +300,11 @@ def suspicious(result: dict, n: int) -> list[dict]:
 # -- output -----------------------------------------------------------------------------------
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "inspect.json").exists())
-    ):
-        raise ConfigError(
-            "--out",
-            f"{out} exists and is not an earlier inspect folder (no inspect.json); "
-            "choose a new path or an earlier inspect folder to replace",
-        )
-
-
-def _write_atomically(
-    out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]
-) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        (partial / "figures").mkdir(parents=True)
+def _write_folder(out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]) -> None:
+    """DIR's files, written through output/atomic.py: into a hidden partial folder that replaces DIR
+    only once complete, so a failed or interrupted inspect leaves nothing half-written."""
+    with folder_in_place(out) as partial:
+        (partial / "figures").mkdir()
         figures = []
         for record in suspicious(result, FIGURES):
             j = record["latent"]
@@ -330,10 +314,6 @@ def _write_atomically(
                 figures.append(path)
         (partial / "report.html").write_text(render_html(result, figures))
         (partial / "inspect.json").write_text(json.dumps(result, indent=1))
-        swap_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def histogram(acts: np.ndarray, model: PeakModel, record: dict, path: Path) -> None:
