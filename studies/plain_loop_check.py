@@ -12,6 +12,7 @@ a straight-through L0 estimator was tried untuned and left out: at this budget e
 broken, cos 0.55-0.91, so it measured nothing.)
 
     python studies/plain_loop_check.py train     # CACHE/plain/FAMILY-wW-VARIANT/ (SAELens) + acts, inspected
+    python studies/plain_loop_check.py inspect   # inspect every trained SAE again (after a signal change)
     python studies/plain_loop_check.py report    # precision, recall per family and variant, held-out seeds
     python studies/plain_loop_check.py rows      # CACHE/plain-rows.json: benchmark-table rows of every SAE
 """
@@ -87,6 +88,21 @@ def _name(family: str, w: int, variant: str) -> str:
     return f"{family}-w{w}-{variant}"
 
 
+def _inspect(family: str, w: int, variant: str) -> None:
+    name = _name(family, w, variant)
+    acts = PLAIN / f"{family}-w{w}-acts.npy"
+    main(
+        [
+            "inspect",
+            str(PLAIN / name),
+            "--activations",
+            str(acts),
+            "--out",
+            str(PLAIN / f"{name}-inspect"),
+        ]
+    )
+
+
 def stage_train() -> None:
     """Train, save as SAELens, save the held-out activations, inspect through the CLI; cached per SAE."""
     PLAIN.mkdir(parents=True, exist_ok=True)
@@ -98,29 +114,27 @@ def stage_train() -> None:
             world = World.build(config.world)
             latents, k = config.sae[0].latents, config.sae[0].k
             f_BN, x_BD = held_out_draw(world, 0)
-            acts = PLAIN / f"{family}-w{w}-acts.npy"
-            np.save(acts, x_BD)
+            np.save(PLAIN / f"{family}-w{w}-acts.npy", x_BD)
             np.save(PLAIN / f"{family}-w{w}-features.npy", f_BN)
             for variant in VARIANTS:
                 name = _name(family, w, variant)
-                if (PLAIN / f"{name}-inspect" / "inspect.json").exists():
-                    continue
-                tensors = train_plain(world, latents, variant, k, seed=w)
-                activation = variant.split("-")[1]
-                # Written untied even when tied: write_saelens would zero a tied SAE's b_enc, which this
-                # loop trains; inspect tells tied from untied by W_enc == W_dec^T.
-                write_saelens(PLAIN / name, tensors, activation, k=k)
-                main(
-                    [
-                        "inspect",
-                        str(PLAIN / name),
-                        "--activations",
-                        str(acts),
-                        "--out",
-                        str(PLAIN / f"{name}-inspect"),
-                    ]
-                )
+                if not (PLAIN / name / "cfg.json").exists():
+                    tensors = train_plain(world, latents, variant, k, seed=w)
+                    # Written untied even when tied: write_saelens would zero a tied SAE's b_enc, which
+                    # this loop trains; inspect tells tied from untied by W_enc == W_dec^T.
+                    write_saelens(PLAIN / name, tensors, variant.split("-")[1], k=k)
+                if not (PLAIN / f"{name}-inspect" / "inspect.json").exists():
+                    _inspect(family, w, variant)
                 print(f"{time.time() - started:6.0f}s {name}", flush=True)
+
+
+def stage_inspect() -> None:
+    """Inspect every trained SAE again (after a change to the signals or the score)."""
+    for w in WORLD_SEEDS:
+        for family in FAMILIES:
+            for variant in VARIANTS:
+                if (PLAIN / _name(family, w, variant) / "cfg.json").exists():
+                    _inspect(family, w, variant)
 
 
 def sae_rows(family: str, w: int, variant: str) -> list[dict]:
@@ -195,4 +209,6 @@ def stage_report() -> None:
 
 
 if __name__ == "__main__":
-    {"train": stage_train, "report": stage_report, "rows": stage_rows}[sys.argv[1]]()
+    {"train": stage_train, "inspect": stage_inspect, "report": stage_report, "rows": stage_rows}[
+        sys.argv[1]
+    ]()

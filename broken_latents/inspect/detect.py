@@ -5,8 +5,9 @@ slices), so a file larger than memory works. Two passes:
 
 1. every row: per latent, exact counts (fires, max) and a uniform reservoir sample of at most
    RESERVOIR positive activations, to which the peak model is fitted (signals.peak_model);
-2. the first COACTIVATION_ROWS rows again: how often each latent and each of its decoder
-   neighbours are active together (signals.CoActivation), for the co-activation signal.
+2. after the peak models (fitted to the reservoirs), the first COACTIVATION_ROWS rows again: how
+   often each latent and each of its decoder neighbours are active together, and how often one fires
+   weakly (below half its main peak) while the other is active (signals.CoActivation).
 
 Memory is bounded whatever the number of rows: K x RESERVOIR x 4 bytes of reservoirs, one chunk
 of at most CHUNK_BYTES of activations and latents, and K x NEIGHBOURS pair counts (K = 4096:
@@ -50,6 +51,7 @@ from ..analysis.signals import (
     neighbour_pairs,
     peak_models,
     peak_summary,
+    weak_band,
 )
 
 RESERVOIR = MAX_SAMPLES
@@ -150,10 +152,12 @@ def inspect_sae(
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
     check_replaceable(out, "inspect.json", "an earlier inspect folder", "an earlier inspect folder")
     samples = min(file.n, limit) if limit else file.n
-    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress, timings)
+    fires_K, max_K, reservoirs = first_pass(sae, file, samples, progress, timings)
     clock = time.perf_counter()
     models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
     timings["peak models"] = time.perf_counter() - clock
+    weak_K2 = np.array([weak_band(m) for m in models])
+    coactivation = coactivation_pass(sae, file, samples, max_K, weak_K2, progress, timings)
     signals = latent_signals(
         sae.W_enc,
         sae.W_dec,
@@ -239,15 +243,14 @@ def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, 
             bar.advance(task, len(x_BD))
 
 
-def collect(
+def first_pass(
     sae: NumpySAE,
     file: ActivationFile,
     samples: int,
     progress: bool = False,
     timings: dict[str, float] | None = None,
 ):
-    """The two streaming passes: (fires [K], max [K], reservoirs, co-activation counts). Everything
-    kept is sized by K, RESERVOIR and NEIGHBOURS, never by the number of rows."""
+    """Every row: (fires [K], max [K], reservoirs). Sized by K and RESERVOIR, never by the rows."""
     timings = {} if timings is None else timings
     clock = time.perf_counter()
     fires_K = np.zeros(sae.d_sae, dtype=np.int64)
@@ -258,12 +261,28 @@ def collect(
         np.maximum(max_K, h_BK.max(0), out=max_K)
         reservoirs.add(h_BK)
     timings["streaming pass"] = time.perf_counter() - clock
+    return fires_K, max_K, reservoirs
+
+
+def coactivation_pass(
+    sae: NumpySAE,
+    file: ActivationFile,
+    samples: int,
+    max_K: np.ndarray,
+    weak_K2: np.ndarray | None = None,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+) -> CoActivation:
+    """The first COACTIVATION_ROWS rows again: co-activation counts of the neighbour pairs, and with
+    `weak_K2` (each latent's weak band, from its peak model) the weak-while-partner-active counts.
+    Sized by K x NEIGHBOURS."""
+    timings = {} if timings is None else timings
     clock = time.perf_counter()
-    coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K)
+    coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K, weak_K2)
     for _, h_BK in _encoded(sae, file, min(samples, COACTIVATION_ROWS), progress, "co-activation"):
         coactivation.add(h_BK)
     timings["co-activation pass"] = time.perf_counter() - clock
-    return fires_K, max_K, reservoirs, coactivation
+    return coactivation
 
 
 def _latent_record(

@@ -401,7 +401,8 @@ def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatc
         np.save(path, rng.normal(size=(rows, dim)).astype(np.float32))
         file = inspect_sae.open_activations(path, None)
         tracemalloc.start()
-        fires_K, *_ = inspect_sae.collect(sae, file, rows)
+        fires_K, max_K, _ = inspect_sae.first_pass(sae, file, rows)
+        inspect_sae.coactivation_pass(sae, file, rows, max_K, np.tile([0.1, 0.5], (K, 1)))
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert fires_K.sum() > 0.4 * rows * K  # it really read every row
