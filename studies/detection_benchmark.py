@@ -704,9 +704,9 @@ def stage_fit() -> None:
                 f"flagged clean by family and variant: {json.dumps(report['clean_leak_flagged_by'])}; "
                 f"broken by firing F1 alone: {json.dumps(report['broken_by_f1_only'])}",
                 "",
-                f"policy (leave-one-world-seed-out on the fit split): clean weight {clean_weight}, threshold "
-                f"{threshold}: "
-                + json.dumps(report["policy_choice"][f"{clean_weight} {threshold}"]),
+                f"policy (leave-one-world-seed-out on the fit split): degree {degree}, clean weight "
+                f"{clean_weight}, threshold {threshold}: "
+                + json.dumps(report["policy_choice"][f"{degree} {clean_weight} {threshold}"]),
                 "candidates: "
                 + "; ".join(
                     f"{k}: P {r['precision']} R {r['recall']} clean {r['clean_flagged']}"
