@@ -6,7 +6,7 @@ this is the check that the score does not lean on how they were trained.
 
 Worlds: the detection benchmark's families (studies/detection_benchmark.py) of the kinds an outside
 judge uses (FAMILIES), at its world seeds: 0-2 may enter the score's fit (stage `rows`), 6-8 are held
-out and are the only ones reported. Per world the SAE variants VARIANTS, one training seed each, as
+out from the fit, and 9-11 (FRESH_SEEDS) were generated after every choice and measured once. Per world the SAE variants VARIANTS, one training seed each, as
 SAELens trains them: untied ReLU with L1 on h_j ||W_j||, untied TopK, and a tied ReLU. (JumpReLU with
 a straight-through L0 estimator was tried untuned and left out: at this budget every latent came out
 broken, cos 0.55-0.91, so it measured nothing.)
@@ -14,6 +14,8 @@ broken, cos 0.55-0.91, so it measured nothing.)
     python studies/plain_loop_check.py train     # CACHE/plain/FAMILY-wW-VARIANT/ (SAELens) + acts, inspected
     python studies/plain_loop_check.py inspect   # inspect every trained SAE again (after a signal change)
     python studies/plain_loop_check.py report    # precision, recall per family and variant, held-out seeds
+    python studies/plain_loop_check.py train-fresh    # world seeds 9-11 (FRESH_SEEDS), with the final score
+    python studies/plain_loop_check.py report-fresh
     python studies/plain_loop_check.py rows      # CACHE/plain-rows.json: benchmark-table rows of every SAE
 """
 
@@ -40,6 +42,10 @@ from broken_latents.world.stream import TRAIN_STREAM, DataStream  # noqa: E402
 FAMILIES = ("absorption", "exclusive", "deep", "narrow", "matryoshka", "noisy")
 WORLD_SEEDS = (6, 7, 8, 0, 1, 2)
 """Held-out seeds first, so the report can run while the fit seeds train."""
+FRESH_SEEDS = (9, 10, 11)
+"""The plain-loop SAEs of world seeds 6-8 were read (their misses) while the partner signals were
+designed, so they are not held out from that choice: these seeds were generated afterwards, trained and
+inspected once with the final score (`train-fresh`, `report-fresh`)."""
 VARIANTS = ("untied-relu", "untied-topk", "tied-relu")
 PLAIN = CACHE / "plain"
 STEPS, BATCH, LR = 2500, 512, 3e-3
@@ -103,12 +109,12 @@ def _inspect(family: str, w: int, variant: str) -> None:
     )
 
 
-def stage_train() -> None:
+def stage_train(seeds=WORLD_SEEDS) -> None:
     """Train, save as SAELens, save the held-out activations, inspect through the CLI; cached per SAE."""
     PLAIN.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     started = time.time()
-    for w in WORLD_SEEDS:
+    for w in seeds:
         for family in FAMILIES:
             config = configs(family, w)[1]  # the TopK run: its k and latents
             world = World.build(config.world)
@@ -168,10 +174,10 @@ def sae_rows(family: str, w: int, variant: str) -> list[dict]:
     ]
 
 
-def all_rows() -> list[dict]:
+def all_rows(seeds=WORLD_SEEDS) -> list[dict]:
     return [
         r
-        for w in WORLD_SEEDS
+        for w in seeds
         for family in FAMILIES
         for variant in VARIANTS
         if (PLAIN / f"{_name(family, w, variant)}-inspect" / "inspect.json").exists()
@@ -183,9 +189,10 @@ def stage_rows() -> None:
     (CACHE / "plain-rows.json").write_text(json.dumps(all_rows()))
 
 
-def stage_report() -> None:
-    """Inspect's verdicts against the truth on the held-out world seeds, overall, per family, per variant."""
-    rows = [r for r in all_rows() if r["world_seed"] not in FIT_SEEDS]
+def stage_report(seeds=None, name: str = "plain-report.json") -> None:
+    """Inspect's verdicts against the truth on the held-out world seeds (or `seeds`), overall, per family,
+    per variant; written to CACHE/`name`."""
+    rows = [r for r in all_rows(seeds or WORLD_SEEDS) if seeds or r["world_seed"] not in FIT_SEEDS]
     y = np.array([r["truth"] for r in rows])
     p = np.array([r["inspect_broken"] for r in rows])
     clean = np.array([not r["truth"] and r["best_cos"] >= 0.98 for r in rows])
@@ -193,6 +200,8 @@ def stage_report() -> None:
     report["clean_latents"] = int(clean.sum())
     report["clean_flagged"] = int((clean & p).sum())
     narrow = np.array([r["family"] == "narrow" for r in rows])
+    report["world_seeds"] = sorted({r["world_seed"] for r in rows})
+    report["saes"] = len({(r["family"], r["world_seed"], r["label"]) for r in rows})
     report["narrow_clean_one_peak"] = [
         int(sum(r["peaks"] == 1 for r, c in zip(rows, clean & narrow) if c)),
         int((clean & narrow).sum()),
@@ -204,7 +213,7 @@ def stage_report() -> None:
                 **_rates(y[m], p[m]),
                 "clean_flagged": int((clean & p & m).sum()),
             }
-    (CACHE / "plain-report.json").write_text(json.dumps(report, indent=1))
+    (CACHE / name).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
 

@@ -180,7 +180,7 @@ def inspect_sae(
             "reservoir": RESERVOIR,
             "coactivation_rows": min(samples, COACTIVATION_ROWS),
             "signals": list(SIGNALS),
-            "score": "probability of broken: logistic regression on the signals (analysis/score_weights.json)",
+            "score": "probability of broken: logistic regression on the signals and, with degree 2, their pairwise products (analysis/score_weights.json)",
             "broken": f"score >= threshold_score ({scorer.threshold})",
             "score_fitted": scorer.fitted,
         },
@@ -416,7 +416,7 @@ d_sae {result["d_sae"]})</li>
 <h2>Rules</h2>
 <p>Per latent, signals read from the SAE's weights and these activations only (never a true feature):
 {_signal_list()}
-<b>score</b>: the probability that the latent is broken, a logistic regression on the signals fitted by the
+<b>score</b>: the probability that the latent is broken, a logistic regression on the signals (and their pairwise products) fitted by the
 detection benchmark ({esc(str(result["rules"]["score_fitted"].get("benchmark", "")))}, fitted on world seeds
 {esc(str(result["rules"]["score_fitted"].get("fit_world_seeds", "")))}); <b>broken</b>: score &ge;
 {result["threshold_score"]}. The peak model: a 1-D Gaussian mixture (components by BIC, up to 5) fitted to a
