@@ -189,9 +189,9 @@ def stage_rows() -> None:
     (CACHE / "plain-rows.json").write_text(json.dumps(all_rows()))
 
 
-def stage_report(seeds=None, name: str = "plain-report.json") -> None:
+def stage_report(seeds=None, out: str = "plain-report.json") -> None:
     """Inspect's verdicts against the truth on the held-out world seeds (or `seeds`), overall, per family,
-    per variant; written to CACHE/`name`."""
+    per variant; written to CACHE/`out`."""
     rows = [r for r in all_rows(seeds or WORLD_SEEDS) if seeds or r["world_seed"] not in FIT_SEEDS]
     y = np.array([r["truth"] for r in rows])
     p = np.array([r["inspect_broken"] for r in rows])
@@ -213,11 +213,16 @@ def stage_report(seeds=None, name: str = "plain-report.json") -> None:
                 **_rates(y[m], p[m]),
                 "clean_flagged": int((clean & p & m).sum()),
             }
-    (CACHE / name).write_text(json.dumps(report, indent=1))
+    (CACHE / out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
-    {"train": stage_train, "inspect": stage_inspect, "report": stage_report, "rows": stage_rows}[
-        sys.argv[1]
-    ]()
+    {
+        "train": stage_train,
+        "inspect": stage_inspect,
+        "report": stage_report,
+        "rows": stage_rows,
+        "train-fresh": lambda: stage_train(FRESH_SEEDS),
+        "report-fresh": lambda: stage_report(FRESH_SEEDS, "plain-report-fresh.json"),
+    }[sys.argv[1]]()
