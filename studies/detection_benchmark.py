@@ -61,6 +61,8 @@ they are no longer held out; changes since are judged on world seeds 6-8, never 
 SAMPLES = 5_000_000
 TOPK_SAMPLES = 2_000_000
 """TopK trains by autograd (no hand-derived gradients), 4x slower a sample: fewer samples, batches of 4096."""
+PLAIN_FIT_SEEDS = FIT_SEEDS | set(RETIRED_SEEDS)
+"""The plain-loop SAEs (far fewer latents than the benchmark's) are fitted on the retired seeds too."""
 PLAIN_ROWS = CACHE / "plain-rows.json"
 """Rows of the SAEs trained by a plain PyTorch loop (studies/plain_loop_check.py rows)."""
 CAP_SEEDS = {6}
@@ -474,19 +476,30 @@ THRESHOLDS = tuple(np.round(np.arange(0.3, 0.91, 0.05), 2))
 """Candidate thresholds of the verdict, chosen with the clean weight on the fit split (choose_policy)."""
 
 
+def _fit_part(r: dict) -> bool:
+    """In the fit split: world seeds 0-2, and the plain-loop SAEs of the retired seeds 3-5 too."""
+    plain = r["label"].startswith("plain-")
+    return r["world_seed"] in (PLAIN_FIT_SEEDS if plain else FIT_SEEDS)
+
+
+def _fold(r: dict) -> int:
+    """The cross-validation fold of a fit row: its world seed, the retired seeds 3-5 joining 0-2."""
+    return r["world_seed"] % 3
+
+
 def choose_policy(rows: list[dict], signals) -> tuple[int, float, float, dict]:
     """(degree, clean weight, threshold): each fit world seed predicted by a fit on the other two (the
     fit split only, without the synthetic family, whose latents are all broken), over DEGREES x
     CLEAN_WEIGHTS x THRESHOLDS. Among the choices with cross-validated precision and recall >= 0.9, the
     one flagging fewest clean latents (cos >= CLEAN_COS), then the highest recall; if none reaches
     both, the highest F1. Returns (degree, weight, threshold, {"degree weight threshold": figures})."""
-    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
+    fit_rows = [r for r in rows if _fit_part(r)]
     table = {}
     for degree, weight in [(d, w) for d in DEGREES for w in CLEAN_WEIGHTS]:
         y, score, clean, small = [], [], [], []
-        for seed in sorted(FIT_SEEDS):
-            train_rows = [r for r in fit_rows if r["world_seed"] != seed]
-            test_rows = [r for r in fit_rows if r["world_seed"] == seed]
+        for fold in (0, 1, 2):
+            train_rows = [r for r in fit_rows if _fold(r) != fold]
+            test_rows = [r for r in fit_rows if _fold(r) == fold]
             model = _fit(train_rows, signals, {}, weight, degree)[0]
             score += list(
                 model.probability({s: np.array([r[s] for r in test_rows]) for s in signals})
@@ -511,8 +524,8 @@ def choose_policy(rows: list[dict], signals) -> tuple[int, float, float, dict]:
 
 def evaluate(rows, signals, clean_weight: float = 1.0, threshold: float = 0.5, degree: int = 1):
     """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
-    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
-    held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
+    fit_rows = [r for r in rows if _fit_part(r)]
+    held = [r for r in rows if not _fit_part(r)]
     fitted = {
         "benchmark": "studies/detection_benchmark.py",
         "families": sorted(FAMILIES),
@@ -523,7 +536,8 @@ def evaluate(rows, signals, clean_weight: float = 1.0, threshold: float = 0.5, d
         "fit_broken": sum(r["truth"] for r in fit_rows),
         "samples_per_sae": SAMPLES,
         "plain_loop_fit_latents": sum(r["label"].startswith("plain-") for r in fit_rows),
-        "plain_loop": "studies/plain_loop_check.py: SAEs of the same worlds trained by a plain PyTorch loop, fit seeds only",
+        "plain_loop": "studies/plain_loop_check.py: SAEs of the same worlds trained by a plain PyTorch loop, "
+        f"world seeds {sorted(PLAIN_FIT_SEEDS)} (the retired seeds too; cross-validation folds: seed mod 3)",
         "model": f"logistic regression (L2, C={DEGREES[degree]}, classes weighted equally) on standardised signals"
         + (" and their pairwise products" if degree == 2 else ""),
         "clean_weight": clean_weight,
@@ -636,17 +650,19 @@ def stage_fit() -> None:
     plain = PLAIN_ROWS.exists() and json.loads(PLAIN_ROWS.read_text())
     # The plain-loop SAEs (studies/plain_loop_check.py) of the fit seeds join the fit; their held-out
     # seeds are reported apart (report["plain_loop"]), never fitted on.
-    rows += [r for r in plain or [] if r["world_seed"] in FIT_SEEDS]
+    rows += [r for r in plain or [] if _fit_part(r)]
     degree, clean_weight, threshold, choice = choose_policy(rows, SIGNALS)
     model, report, score = evaluate(rows, SIGNALS, clean_weight, threshold, degree)
     report["policy_choice"] = choice
     if plain:
         report["plain_loop"] = plain_report(
-            [r for r in plain if r["world_seed"] not in FIT_SEEDS], model
+            [r for r in plain if r["world_seed"] not in PLAIN_FIT_SEEDS], model
         )
     saes = {(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows}
     report["saes"] = len(saes)
-    report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
+    report["saes_held_out"] = len(
+        {k for k in saes if k[1] not in FIT_SEEDS and not k[2].startswith("plain-")}
+    )
     report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
     report["drop_one"] = {}
     for s in SIGNALS:

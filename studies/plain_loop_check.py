@@ -5,8 +5,9 @@ against the truth (analysis/truth.py). The detection benchmark's SAEs all come f
 this is the check that the score does not lean on how they were trained.
 
 Worlds: the detection benchmark's families (studies/detection_benchmark.py) of the kinds an outside
-judge uses (FAMILIES), at its world seeds: 0-2 may enter the score's fit (stage `rows`), 6-8 are held
-out from the fit, and 9-11 (FRESH_SEEDS) were generated after every choice and measured once. Per world the SAE variants VARIANTS, one training seed each, as
+judge uses (FAMILIES), at its world seeds: 0-2 and the benchmark's retired 3-5 may enter the score's
+fit (stage `rows`; `train-retired`), 6-8 are held out from the fit, and 9-11 (FRESH_SEEDS) were
+generated after the partner signals were chosen and measured once with each score. Per world the SAE variants VARIANTS, one training seed each, as
 SAELens trains them: untied ReLU with L1 on h_j ||W_j||, untied TopK, and a tied ReLU. (JumpReLU with
 a straight-through L0 estimator was tried untuned and left out: at this budget every latent came out
 broken, cos 0.55-0.91, so it measured nothing.)
@@ -30,7 +31,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection_benchmark import CACHE, FIT_SEEDS, configs, held_out_draw, _rates  # noqa: E402
+from detection_benchmark import (  # noqa: E402
+    CACHE,
+    FIT_SEEDS,
+    RETIRED_SEEDS,
+    configs,
+    held_out_draw,
+    _rates,
+)
 
 from broken_latents.analysis.signals import SIGNALS  # noqa: E402
 from broken_latents.analysis.truth import truth_broken  # noqa: E402
@@ -186,7 +194,7 @@ def all_rows(seeds=WORLD_SEEDS) -> list[dict]:
 
 
 def stage_rows() -> None:
-    (CACHE / "plain-rows.json").write_text(json.dumps(all_rows()))
+    (CACHE / "plain-rows.json").write_text(json.dumps(all_rows((*WORLD_SEEDS, *RETIRED_SEEDS))))
 
 
 def stage_report(seeds=None, out: str = "plain-report.json") -> None:
@@ -224,5 +232,6 @@ if __name__ == "__main__":
         "report": stage_report,
         "rows": stage_rows,
         "train-fresh": lambda: stage_train(FRESH_SEEDS),
+        "train-retired": lambda: stage_train(RETIRED_SEEDS),
         "report-fresh": lambda: stage_report(FRESH_SEEDS, "plain-report-fresh.json"),
     }[sys.argv[1]]()
