@@ -4,9 +4,11 @@ and activations alone, finds the latents the truth calls broken, on worlds it wa
 Families of toy worlds (FAMILIES), each drawn at WORLD_SEEDS world seeds (directions, and rates or
 magnitudes jittered by the seed); per world, six SAE variants (tied and untied x ReLU, JumpReLU,
 TopK; the ReLU/JumpReLU four train in lockstep on the compiled engine, the TopK two by autograd),
-two training seeds each: 9 families x 6 world seeds x 12 = 648 SAEs. THE SPLIT, fixed before any
-tuning: world seeds 0-2 fit the score's weights, world seeds 3-5 are held out and are the only
-ones reported.
+two training seeds each: 10 families x 6 world seeds x 12 = 720 SAEs. THE SPLIT, fixed before any
+tuning: world seeds 0-2 fit the score's weights, world seeds 6-8 are held out and are the only
+ones reported (3-5 are retired, RETIRED_SEEDS). The fit also reads the rows of SAEs trained by a
+plain PyTorch loop (studies/plain_loop_check.py, PLAIN_ROWS) of world seeds 0-5 (PLAIN_FIT_SEEDS),
+and reports those of the other seeds apart.
 
 Stages (each caches to CACHE, so a refit never retrains):
     python studies/detection_benchmark.py train     # trains and writes CACHE/FAMILY-wW.pt (weights + config)
