@@ -4,9 +4,11 @@ and activations alone, finds the latents the truth calls broken, on worlds it wa
 Families of toy worlds (FAMILIES), each drawn at WORLD_SEEDS world seeds (directions, and rates or
 magnitudes jittered by the seed); per world, six SAE variants (tied and untied x ReLU, JumpReLU,
 TopK; the ReLU/JumpReLU four train in lockstep on the compiled engine, the TopK two by autograd),
-two training seeds each: 9 families x 6 world seeds x 12 = 648 SAEs. THE SPLIT, fixed before any
-tuning: world seeds 0-2 fit the score's weights, world seeds 3-5 are held out and are the only
-ones reported.
+two training seeds each: 10 families x 6 world seeds x 12 = 720 SAEs. THE SPLIT, fixed before any
+tuning: world seeds 0-2 fit the score's weights, world seeds 6-8 are held out and are the only
+ones reported (3-5 are retired, RETIRED_SEEDS). The fit also reads the rows of SAEs trained by a
+plain PyTorch loop (studies/plain_loop_check.py, PLAIN_ROWS) of world seeds 0-5 (PLAIN_FIT_SEEDS),
+and reports those of the other seeds apart.
 
 Stages (each caches to CACHE, so a refit never retrains):
     python studies/detection_benchmark.py train     # trains and writes CACHE/FAMILY-wW.pt (weights + config)
@@ -61,6 +63,10 @@ they are no longer held out; changes since are judged on world seeds 6-8, never 
 SAMPLES = 5_000_000
 TOPK_SAMPLES = 2_000_000
 """TopK trains by autograd (no hand-derived gradients), 4x slower a sample: fewer samples, batches of 4096."""
+PLAIN_FIT_SEEDS = FIT_SEEDS | set(RETIRED_SEEDS)
+"""The plain-loop SAEs (far fewer latents than the benchmark's) are fitted on the retired seeds too."""
+PLAIN_ROWS = CACHE / "plain-rows.json"
+"""Rows of the SAEs trained by a plain PyTorch loop (studies/plain_loop_check.py rows)."""
 CAP_SEEDS = {6}
 """World seeds whose SAEs also get their peak signals from models fitted on LARGE_SAE_SAMPLES activations,
 as inspect fits a wide SAE: the verdicts with and without the cap are compared (stage fit)."""
@@ -443,7 +449,7 @@ def _best_threshold(y, score) -> float:
 CLEAN_COS = 0.98
 """The issue's cleanest latents: truth clean with a decoder at |cos| >= this with a feature (a leak under
 0.15). The target: none is ever flagged."""
-CLEAN_WEIGHTS = (1.0, 2.0, 4.0, 8.0, 16.0)
+CLEAN_WEIGHTS = (1.0, 4.0)
 """Candidate weights of those latents in the fit (on top of the balanced class weights), chosen by
 leave-one-world-seed-out on the fit split alone (choose_clean_weight)."""
 
@@ -452,40 +458,76 @@ def _clean(r: dict) -> bool:
     return not r["truth"] and r["best_cos"] >= CLEAN_COS
 
 
-def _fit(rows: list[dict], signals, fitted: dict, clean_weight: float):
+DEGREES = {1: 1.0, 2: 0.3}
+"""Candidate models, degree: L2 strength C. 1: linear in the signals; 2: with their pairwise products
+(78 more inputs for 12 signals, so a stronger penalty). Chosen on the fit split (choose_policy)."""
+
+
+def _fit(rows: list[dict], signals, fitted: dict, clean_weight: float, degree: int = 1):
+    """The score fitted on `rows` (balanced classes; the cleanest latents weighted `clean_weight`)."""
     X = np.array([[r[s] for s in signals] for r in rows])
     y = np.array([r["truth"] for r in rows])
     weight = np.array([clean_weight if _clean(r) else 1.0 for r in rows])
-    return fit_score_model(X, y, tuple(signals), fitted, sample_weight_L=weight), X, y
+    model = fit_score_model(
+        X, y, tuple(signals), fitted, C=DEGREES[degree], sample_weight_L=weight, degree=degree
+    )
+    return model, X, y
 
 
-def choose_clean_weight(rows: list[dict], signals) -> tuple[float, dict]:
-    """The smallest CLEAN_WEIGHTS entry that flags no clean latent (cos >= CLEAN_COS) when each fit
-    world seed is predicted by a fit on the other two, among those keeping that recall >= 0.9; else
-    the one flagging fewest. Reads the fit split only. Returns (weight, {weight: cross-validated figures})."""
-    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
+THRESHOLDS = tuple(np.round(np.arange(0.3, 0.91, 0.05), 2))
+"""Candidate thresholds of the verdict, chosen with the clean weight on the fit split (choose_policy)."""
+
+
+def _fit_part(r: dict) -> bool:
+    """In the fit split: world seeds 0-2, and the plain-loop SAEs of the retired seeds 3-5 too."""
+    plain = r["label"].startswith("plain-")
+    return r["world_seed"] in (PLAIN_FIT_SEEDS if plain else FIT_SEEDS)
+
+
+def _fold(r: dict) -> int:
+    """The cross-validation fold of a fit row: its world seed, the retired seeds 3-5 joining 0-2."""
+    return r["world_seed"] % 3
+
+
+def choose_policy(rows: list[dict], signals) -> tuple[int, float, float, dict]:
+    """(degree, clean weight, threshold): each fit world seed predicted by a fit on the other two (the
+    fit split only, without the synthetic family, whose latents are all broken), over DEGREES x
+    CLEAN_WEIGHTS x THRESHOLDS. Among the choices with cross-validated precision and recall >= 0.9, the
+    one flagging fewest clean latents (cos >= CLEAN_COS), then the highest recall; if none reaches
+    both, the highest F1. Returns (degree, weight, threshold, {"degree weight threshold": figures})."""
+    fit_rows = [r for r in rows if _fit_part(r)]
     table = {}
-    for weight in CLEAN_WEIGHTS:
-        y, flagged, clean = [], [], []
-        for seed in sorted(FIT_SEEDS):
-            train_rows = [r for r in fit_rows if r["world_seed"] != seed]
-            test_rows = [r for r in fit_rows if r["world_seed"] == seed]
-            model = _fit(train_rows, signals, {}, weight)[0]
-            score = model.probability({s: np.array([r[s] for r in test_rows]) for s in signals})
+    for degree, weight in [(d, w) for d in DEGREES for w in CLEAN_WEIGHTS]:
+        y, score, clean, small = [], [], [], []
+        for fold in (0, 1, 2):
+            train_rows = [r for r in fit_rows if _fold(r) != fold]
+            test_rows = [r for r in fit_rows if _fold(r) == fold]
+            model = _fit(train_rows, signals, {}, weight, degree)[0]
+            score += list(
+                model.probability({s: np.array([r[s] for r in test_rows]) for s in signals})
+            )
             y += [r["truth"] for r in test_rows]
-            flagged += list(score >= model.threshold)
             clean += [_clean(r) for r in test_rows]
-        y, flagged, clean = np.array(y), np.array(flagged), np.array(clean)
-        table[weight] = {**_rates(y, flagged), "clean_flagged": int((clean & flagged).sum())}
-    ok = [w for w in CLEAN_WEIGHTS if table[w]["recall"] >= 0.9] or list(CLEAN_WEIGHTS)
-    best = min(ok, key=lambda w: (table[w]["clean_flagged"], w))
-    return best, table
+            small += [r["family"] != "synthetic" for r in test_rows]
+        y, score, clean, small = map(np.array, (y, score, clean, small))
+        for t in THRESHOLDS:
+            flagged = score >= t
+            table[(degree, weight, t)] = {
+                **_rates(y[small], flagged[small]),
+                "clean_flagged": int((clean & flagged & small).sum()),
+            }
+    ok = [k for k, r in table.items() if r["precision"] >= 0.9 and r["recall"] >= 0.9]
+    if ok:
+        best = min(ok, key=lambda k: (table[k]["clean_flagged"], -table[k]["recall"], k))
+    else:
+        best = max(table, key=lambda k: (table[k]["f1"], -k[0], -k[1]))
+    return (*best, {" ".join(map(str, k)): r for k, r in table.items()})
 
 
-def evaluate(rows, signals, clean_weight: float = 1.0):
+def evaluate(rows, signals, clean_weight: float = 1.0, threshold: float = 0.5, degree: int = 1):
     """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
-    fit_rows = [r for r in rows if r["world_seed"] in FIT_SEEDS]
-    held = [r for r in rows if r["world_seed"] not in FIT_SEEDS]
+    fit_rows = [r for r in rows if _fit_part(r)]
+    held = [r for r in rows if not _fit_part(r)]
     fitted = {
         "benchmark": "studies/detection_benchmark.py",
         "families": sorted(FAMILIES),
@@ -495,11 +537,18 @@ def evaluate(rows, signals, clean_weight: float = 1.0):
         "fit_latents": len(fit_rows),
         "fit_broken": sum(r["truth"] for r in fit_rows),
         "samples_per_sae": SAMPLES,
-        "model": "logistic regression (L2, C=1, classes weighted equally) on standardised signals; threshold 0.5 (classes weighted equally, so no prior pushes it)",
+        "plain_loop_fit_latents": sum(r["label"].startswith("plain-") for r in fit_rows),
+        "plain_loop": "studies/plain_loop_check.py: SAEs of the same worlds trained by a plain PyTorch loop, "
+        f"world seeds {sorted(PLAIN_FIT_SEEDS)} (the retired seeds too; cross-validation folds: seed mod 3)",
+        "model": f"logistic regression (L2, C={DEGREES[degree]}, classes weighted equally) on standardised signals"
+        + (" and their pairwise products" if degree == 2 else ""),
         "clean_weight": clean_weight,
-        "clean_weight_rule": f"truth-clean latents with a decoder at |cos| >= {CLEAN_COS} weigh this much more in the fit (chosen by leave-one-world-seed-out on the fit split)",
+        "clean_weight_rule": f"truth-clean latents with a decoder at |cos| >= {CLEAN_COS} weigh this much more in the fit",
+        "threshold_rule": "clean weight and threshold chosen together by leave-one-world-seed-out on the fit split "
+        "(choose_policy: precision and recall >= 0.9, then fewest clean latents flagged, then recall)",
     }
-    model, X, y = _fit(fit_rows, signals, fitted, clean_weight)
+    model, X, y = _fit(fit_rows, signals, fitted, clean_weight, degree)
+    model = dataclasses.replace(model, threshold=threshold)
     fitted["f1_best_threshold_on_fit_split"] = _best_threshold(
         y, model.probability({s: X[:, i] for i, s in enumerate(signals)})
     )
@@ -542,6 +591,27 @@ def evaluate(rows, signals, clean_weight: float = 1.0):
     return model, out, score
 
 
+def plain_report(held: list[dict], model) -> dict:
+    """The score on the plain-loop SAEs of the held-out seeds (their signals as inspect computed them):
+    overall, per family and per variant, with the clean latents (cos >= CLEAN_COS) flagged."""
+    y = np.array([r["truth"] for r in held])
+    score = model.probability({s: np.array([r[s] for r in held]) for s in model.signals})
+    flagged = score >= model.threshold
+    clean = np.array([_clean(r) for r in held])
+    out = {
+        "overall": {**_rates(y, flagged), "auc": _auc(y, score)},
+        "clean_leak_latents": int(clean.sum()),
+        "clean_leak_flagged": int((clean & flagged).sum()),
+        "saes": len({(r["family"], r["world_seed"], r["label"]) for r in held}),
+    }
+    for key, group in (("families", "family"), ("variants", "label")):
+        out[key] = {}
+        for name in sorted({r[group] for r in held}):
+            m = np.array([r[group] == name for r in held])
+            out[key][name] = {**_rates(y[m], flagged[m]), "auc": _auc(y[m], score[m])}
+    return out
+
+
 def cap_agreement(rows: list[dict], model) -> dict:
     """Verdicts and peak counts with every peak model fitted on LARGE_SAE_SAMPLES activations (inspect's
     wide-SAE path) against the same SAEs' uncapped fits, on the CAP_SEEDS worlds."""
@@ -579,16 +649,28 @@ def _table(by_name: dict, first: str) -> list[str]:
 
 def stage_fit() -> None:
     rows = json.loads((CACHE / "table.json").read_text())
-    clean_weight, choice = choose_clean_weight(rows, SIGNALS)
-    model, report, score = evaluate(rows, SIGNALS, clean_weight)
-    report["clean_weight_choice"] = {str(w): r for w, r in choice.items()}
+    plain = PLAIN_ROWS.exists() and json.loads(PLAIN_ROWS.read_text())
+    # The plain-loop SAEs (studies/plain_loop_check.py) of the fit seeds join the fit; their held-out
+    # seeds are reported apart (report["plain_loop"]), never fitted on.
+    rows += [r for r in plain or [] if _fit_part(r)]
+    degree, clean_weight, threshold, choice = choose_policy(rows, SIGNALS)
+    model, report, score = evaluate(rows, SIGNALS, clean_weight, threshold, degree)
+    report["policy_choice"] = choice
+    if plain:
+        report["plain_loop"] = plain_report(
+            [r for r in plain if r["world_seed"] not in PLAIN_FIT_SEEDS], model
+        )
     saes = {(r["family"], r["world_seed"], r["label"], r["seed"]) for r in rows}
     report["saes"] = len(saes)
-    report["saes_held_out"] = len({k for k in saes if k[1] not in FIT_SEEDS})
+    report["saes_held_out"] = len(
+        {k for k in saes if k[1] not in FIT_SEEDS and not k[2].startswith("plain-")}
+    )
     report["world_seeds_present"] = sorted({r["world_seed"] for r in rows})
     report["drop_one"] = {}
     for s in SIGNALS:
-        dropped = evaluate(rows, tuple(x for x in SIGNALS if x != s), clean_weight)[1]
+        dropped = evaluate(
+            rows, tuple(x for x in SIGNALS if x != s), clean_weight, threshold, degree
+        )[1]
         report["drop_one"][s] = {
             **dropped["overall"],
             "without_synthetic": dropped["overall_without_synthetic"],
@@ -640,8 +722,32 @@ def stage_fit() -> None:
                 f"flagged clean by family and variant: {json.dumps(report['clean_leak_flagged_by'])}; "
                 f"broken by firing F1 alone: {json.dumps(report['broken_by_f1_only'])}",
                 "",
-                "clean weight choice (leave-one-world-seed-out on the fit split): "
-                + json.dumps(report["clean_weight_choice"]),
+                f"policy (leave-one-world-seed-out on the fit split): degree {degree}, clean weight "
+                f"{clean_weight}, threshold {threshold}: "
+                + json.dumps(report["policy_choice"][f"{degree} {clean_weight} {threshold}"]),
+                "candidates: "
+                + "; ".join(
+                    f"{k}: P {r['precision']} R {r['recall']} clean {r['clean_flagged']}"
+                    for k, r in report["policy_choice"].items()
+                ),
+                "",
+                *(
+                    [
+                        f"plain-loop SAEs, held-out seeds ({report['plain_loop']['saes']} SAEs; clean latents "
+                        f"flagged {report['plain_loop']['clean_leak_flagged']} of "
+                        f"{report['plain_loop']['clean_leak_latents']}):",
+                        *_table(
+                            {
+                                "**all**": report["plain_loop"]["overall"],
+                                **report["plain_loop"]["families"],
+                                **report["plain_loop"]["variants"],
+                            },
+                            "plain loop",
+                        ),
+                    ]
+                    if "plain_loop" in report
+                    else []
+                ),
                 "",
                 "peak-fit cap: " + json.dumps(report["peak_fit_cap"]),
             ]

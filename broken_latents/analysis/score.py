@@ -1,6 +1,9 @@
 """One calibrated score per latent: the probability that it is broken, from its signals (signals.py).
 
-A logistic regression on the signals, standardised: p = 1 / (1 + exp(-(b + sum_s w_s (x_s - mean_s) / scale_s))).
+A logistic regression on the signals, standardised, z_s = (x_s - mean_s) / scale_s:
+p = 1 / (1 + exp(-(b + sum_s w_s z_s))), or with `degree` 2 also on every product z_s z_t (s <= t, squares
+included): the one nonlinearity allowed, so that e.g. weak firings can count against a latent unless a
+partner latent explains them (chosen on the fit split, docs/detection.md).
 Its weights are data, `score_weights.json` beside this file, written by the detection benchmark
 (studies/detection_benchmark.py) together with how they were fitted (world families, the world
 seeds fitted on, the number of latents) and the threshold for the `broken` verdict. Nothing here
@@ -29,11 +32,13 @@ class ScoreModel:
     """`broken` is score >= threshold."""
     fitted: dict
     """How the weights were fitted (benchmark, split, counts): copied into inspect.json."""
+    degree: int = 1
+    """1: linear in the standardised signals; 2: also their pairwise products (features_of)."""
 
     def probability(self, signals: dict[str, np.ndarray]) -> np.ndarray:
         """Score per latent from {signal: [K]}; every signal the model names must be present."""
         X = np.stack([np.asarray(signals[s], dtype=np.float64) for s in self.signals], axis=1)
-        z = self.intercept + ((X - self.mean) / self.scale) @ self.coef
+        z = self.intercept + features_of((X - self.mean) / self.scale, self.degree) @ self.coef
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     def to_json(self) -> dict:
@@ -44,6 +49,7 @@ class ScoreModel:
             "coef": self.coef.tolist(),
             "intercept": self.intercept,
             "threshold": self.threshold,
+            "degree": self.degree,
             "fitted": self.fitted,
         }
 
@@ -57,7 +63,17 @@ class ScoreModel:
             float(data["intercept"]),
             float(data["threshold"]),
             data.get("fitted", {}),
+            int(data.get("degree", 1)),
         )
+
+
+def features_of(Z_LS: np.ndarray, degree: int) -> np.ndarray:
+    """The model's inputs from standardised signals [L, S]: Z itself, and with degree 2 then every
+    product Z_s Z_t for s <= t in row-major order (S (S + 1) / 2 more columns)."""
+    if degree == 1:
+        return Z_LS
+    s, t = np.triu_indices(Z_LS.shape[1])
+    return np.concatenate([Z_LS, Z_LS[:, s] * Z_LS[:, t]], axis=1)
 
 
 def load_score_model(path: Path = WEIGHTS_FILE) -> ScoreModel:
@@ -72,17 +88,26 @@ def fit_score_model(
     threshold: float = 0.5,
     C: float = 1.0,
     sample_weight_L: np.ndarray | None = None,
+    degree: int = 1,
 ) -> ScoreModel:
-    """Logistic regression (L2, class-balanced) of the truth y on the standardised signals X;
-    `sample_weight_L` multiplies the class weights (the benchmark weights its cleanest latents up)."""
+    """Logistic regression (L2, class-balanced) of the truth y on the standardised signals X (and
+    with `degree` 2 their pairwise products); `sample_weight_L` multiplies the class weights (the
+    benchmark weights its cleanest latents up)."""
     from sklearn.linear_model import LogisticRegression
 
     mean = X_LS.mean(0)
     scale = X_LS.std(0)
     scale = np.where(scale > 1e-9, scale, 1.0)
-    lr = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(
-        (X_LS - mean) / scale, y_L.astype(int), sample_weight=sample_weight_L
+    lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(
+        features_of((X_LS - mean) / scale, degree), y_L.astype(int), sample_weight=sample_weight_L
     )
     return ScoreModel(
-        tuple(signals), mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]), threshold, fitted
+        tuple(signals),
+        mean,
+        scale,
+        lr.coef_[0].copy(),
+        float(lr.intercept_[0]),
+        threshold,
+        fitted,
+        degree,
     )

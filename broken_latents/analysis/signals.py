@@ -39,6 +39,13 @@ most inputs; that bulk is interference, not the latent's feature).
   latents carry (clean latents of independent features are near orthogonal).
 - decoder_negative: max_k max(-c_jk, 0): a decoder that subtracts another latent's direction (the
   tied absorbed parent, parent - child; Matryoshka outer latents, child - parent).
+- weak_with_partner: max over neighbours k of max(c_jk, 0) x the share of j's weak firings (the band of
+  weak_firing_share) on which k is active. Partial absorption: an untied parent latent that still
+  fires, at a quarter of its strength, when its child's latent (which decodes part of the parent)
+  fires. Those weak firings are explained by the partner; the parent still detects its feature.
+- partner_fires_weak: max over neighbours k of max(c_jk, 0) x the share of j's active inputs on which k
+  fires weakly. The other side of the same pair: j is the child latent whose decoder carries part of
+  k's direction, so k only has the remainder left to write when j fires.
 
 Neighbours: each latent's NEIGHBOURS latents with the largest |c_jk|, made symmetric; pair statistics
 are kept only for those pairs, so memory and time grow as K x NEIGHBOURS, not K^2.
@@ -87,6 +94,8 @@ SIGNALS = (
     "active_rate",
     "decoder_overlap",
     "decoder_negative",
+    "weak_with_partner",
+    "partner_fires_weak",
 )
 """Every signal, in the order the score's weights list them."""
 
@@ -119,38 +128,65 @@ def neighbour_pairs(W_dec_KD: np.ndarray, neighbours: int = NEIGHBOURS) -> np.nd
 
 class CoActivation:
     """Exact counts, over a stream of activation chunks, of each latent being active and of each
-    neighbour pair being active together. `active_K`: the per-latent activity thresholds."""
+    neighbour pair being active together. `active_K`: the per-latent activity thresholds; `weak_K2`:
+    each latent's weak-firing band [low, high) (weak_band), when given also counted: each latent's weak
+    firings and, per pair, one latent weak while the other is active."""
 
-    def __init__(self, pairs_P2: np.ndarray, active_K: np.ndarray):
+    def __init__(
+        self, pairs_P2: np.ndarray, active_K: np.ndarray, weak_K2: np.ndarray | None = None
+    ):
         self.pairs_P2 = pairs_P2
         self.active_K = np.asarray(active_K, dtype=np.float32)
+        self.weak_K2 = None if weak_K2 is None else np.asarray(weak_K2, dtype=np.float32)
         self.rows = 0
         self.active_counts_K = np.zeros(len(active_K), dtype=np.int64)
         self.pair_counts_P = np.zeros(len(pairs_P2), dtype=np.int64)
+        self.weak_counts_K = np.zeros(len(active_K), dtype=np.int64)
+        self.weak_pair_counts_P2 = np.zeros((len(pairs_P2), 2), dtype=np.int64)
+        """Column 0: a weak while b is active; column 1: b weak while a is active (pairs a < b)."""
 
     def add(self, h_BK: np.ndarray) -> None:
         on_BK = (h_BK >= self.active_K) & (h_BK > 0)
         self.rows += on_BK.shape[0]
         self.active_counts_K += on_BK.sum(0)
+        self.pair_counts_P += self._pair_counts(on_BK, on_BK)[:, 0]
+        if self.weak_K2 is not None:
+            weak_BK = (h_BK >= self.weak_K2[:, 0]) & (h_BK < self.weak_K2[:, 1]) & (h_BK > 0)
+            self.weak_counts_K += weak_BK.sum(0)
+            self.weak_pair_counts_P2 += self._pair_counts(weak_BK, on_BK)
+
+    def _pair_counts(self, left_BK: np.ndarray, right_BK: np.ndarray) -> np.ndarray:
+        """[P, 2]: rows with left[a] & right[b], and rows with left[b] & right[a], per pair (a, b)."""
         P = len(self.pairs_P2)
+        out = np.zeros((P, 2), dtype=np.int64)
         if P == 0:
-            return
+            return out
         a, b = self.pairs_P2[:, 0], self.pairs_P2[:, 1]
-        rows, cols = np.nonzero(on_BK)
-        if rows.size <= SPARSE_ACTIVE * on_BK.shape[0]:
+        rows_l, cols_l = np.nonzero(left_BK)
+        rows_r, cols_r = np.nonzero(right_BK)
+        B = left_BK.shape[0]
+        if max(rows_l.size, rows_r.size) <= SPARSE_ACTIVE * B:
             # Few latents active per row (every real SAE): co-activation counts of every active pair
-            # as a sparse on^T on product, read at the neighbour pairs. The same integers as the dense
-            # gather below, 7x faster at K = 4096 (issue 18).
+            # as a sparse left^T right product, read at the neighbour pairs. The same integers as the
+            # dense gather below, 7x faster at K = 4096 (issue 18).
             from scipy.sparse import csr_matrix
 
-            on = csr_matrix((np.ones(rows.size, dtype=np.int64), (rows, cols)), shape=on_BK.shape)
-            both = (on.T @ on).tocsr()
-            self.pair_counts_P += np.asarray(both[a, b]).ravel().astype(np.int64)
-            return
+            left = csr_matrix(
+                (np.ones(rows_l.size, np.int64), (rows_l, cols_l)), shape=left_BK.shape
+            )
+            right = csr_matrix(
+                (np.ones(rows_r.size, np.int64), (rows_r, cols_r)), shape=right_BK.shape
+            )
+            both = (left.T @ right).tocsr()
+            out[:, 0] = np.asarray(both[a, b]).ravel()
+            out[:, 1] = np.asarray(both[b, a]).ravel()
+            return out
         step = max(1, PAIR_BLOCK // P)
-        for start in range(0, on_BK.shape[0], step):
-            block = on_BK[start : start + step]
-            self.pair_counts_P += (block[:, a] & block[:, b]).sum(0)
+        for start in range(0, B, step):
+            lb, rb = left_BK[start : start + step], right_BK[start : start + step]
+            out[:, 0] += (lb[:, a] & rb[:, b]).sum(0)
+            out[:, 1] += (lb[:, b] & rb[:, a]).sum(0)
+        return out
 
     def exclusion_P(self) -> np.ndarray:
         """1 - observed / expected co-activations per pair, in [0, 1]; 0 where too few are expected."""
@@ -171,6 +207,15 @@ class PeakSummary:
     weak_share: float
 
 
+def weak_band(model: PeakModel) -> tuple[float, float]:
+    """[WEAK_LOW, WEAK_HIGH) x the main (heaviest) peak's mean: the latent's weak firings; empty
+    (inf, inf) for a latent without peaks."""
+    if not model.peaks:
+        return (np.inf, np.inf)
+    main = max(model.peaks, key=lambda p: p.weight).mean
+    return (WEAK_LOW * main, WEAK_HIGH * main)
+
+
 def peak_summary(model: PeakModel, acts: np.ndarray) -> PeakSummary:
     """The peak signals of one latent from its peak model and its (sampled) positive activations."""
     x = np.asarray(acts, dtype=np.float64)
@@ -179,8 +224,9 @@ def peak_summary(model: PeakModel, acts: np.ndarray) -> PeakSummary:
     main = max(model.peaks, key=lambda p: p.weight)
     above = x[x > model.floor]
     spread = float(above.std() / above.mean()) if above.size >= 2 and above.mean() > 0 else 0.0
-    counted = x[x >= WEAK_LOW * main.mean]
-    weak = float((counted < WEAK_HIGH * main.mean).mean()) if counted.size else 0.0
+    low, high = weak_band(model)
+    counted = x[x >= low]
+    weak = float((counted < high).mean()) if counted.size else 0.0
     if len(model.peaks) < 2:
         return PeakSummary(0.0, spread, weak)
     total = sum(p.weight for p in model.peaks)
@@ -226,6 +272,15 @@ def latent_signals(
     both = np.maximum(n_K[a] + n_K[b], 1.0)
     np.maximum.at(out["exclusive_miss"], a, exclusive_P * n_K[b] / both)
     np.maximum.at(out["exclusive_miss"], b, exclusive_P * n_K[a] / both)
+    positive_P = np.clip(c_P, 0, None)
+    weak_K = np.maximum(coactivation.weak_counts_K, 1).astype(np.float64)
+    active_K = np.maximum(n_K, 1.0)
+    weak_P2 = coactivation.weak_pair_counts_P2
+    # j = a weak while b active, j = b weak while a active; then j active while its partner is weak.
+    np.maximum.at(out["weak_with_partner"], a, positive_P * weak_P2[:, 0] / weak_K[a])
+    np.maximum.at(out["weak_with_partner"], b, positive_P * weak_P2[:, 1] / weak_K[b])
+    np.maximum.at(out["partner_fires_weak"], b, positive_P * weak_P2[:, 0] / active_K[b])
+    np.maximum.at(out["partner_fires_weak"], a, positive_P * weak_P2[:, 1] / active_K[a])
     for name, value in (
         ("exclusive_overlap", exclusive_P),
         ("decoder_overlap", np.abs(c_P)),
@@ -306,7 +361,9 @@ def signals_of(
     h = np.asarray(h_BK, dtype=np.float32)
     if models is None:
         models = [peak_model(h[:, j], seed=seed) for j in range(h.shape[1])]
-    counts = CoActivation(neighbour_pairs(W_dec_KD), ACTIVE_SHARE * h.max(0))
+    counts = CoActivation(
+        neighbour_pairs(W_dec_KD), ACTIVE_SHARE * h.max(0), np.array([weak_band(m) for m in models])
+    )
     rows = max(
         1, 2**24 // max(h.shape[1], 1)
     )  # a wide SAE's [B, K] boolean table in pieces of 16M cells

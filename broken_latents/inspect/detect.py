@@ -5,8 +5,9 @@ slices), so a file larger than memory works. Two passes:
 
 1. every row: per latent, exact counts (fires, max) and a uniform reservoir sample of at most
    RESERVOIR positive activations, to which the peak model is fitted (signals.peak_model);
-2. the first COACTIVATION_ROWS rows again: how often each latent and each of its decoder
-   neighbours are active together (signals.CoActivation), for the co-activation signal.
+2. after the peak models (fitted to the reservoirs), the first COACTIVATION_ROWS rows again: how
+   often each latent and each of its decoder neighbours are active together, and how often one fires
+   weakly (below half its main peak) while the other is active (signals.CoActivation).
 
 Memory is bounded whatever the number of rows: K x RESERVOIR x 4 bytes of reservoirs, one chunk
 of at most CHUNK_BYTES of activations and latents, and K x NEIGHBOURS pair counts (K = 4096:
@@ -28,8 +29,6 @@ import base64
 import html
 import json
 import mmap
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files.atomic import swap_into_place
+from ..files.atomic import folder_in_place
+from ..output.rundir import check_replaceable
 from ..world.activations import ActivationFile
 from ..config.schema import ConfigError
 from ..analysis.peaks import PEAK_FLOOR, MAX_SAMPLES, PeakModel
@@ -52,6 +52,7 @@ from ..analysis.signals import (
     neighbour_pairs,
     peak_models,
     peak_summary,
+    weak_band,
 )
 
 RESERVOIR = MAX_SAMPLES
@@ -150,12 +151,14 @@ def inspect_sae(
             f"{file.path} has D = {file.dim} per sample but the SAE takes d_in = {sae.d_in}",
         )
     out = Path(out) if out is not None else Path("inspect") / sae_path.stem
-    _check_out_dir(out)
+    check_replaceable(out, "inspect.json", "an earlier inspect folder", "an earlier inspect folder")
     samples = min(file.n, limit) if limit else file.n
-    fires_K, max_K, reservoirs, coactivation = collect(sae, file, samples, progress, timings)
+    fires_K, max_K, reservoirs = first_pass(sae, file, samples, progress, timings)
     clock = time.perf_counter()
     models = peak_models([reservoirs.sample(j) for j in range(sae.d_sae)], seed=SEED)
     timings["peak models"] = time.perf_counter() - clock
+    weak_K2 = np.array([weak_band(m) for m in models])
+    coactivation = coactivation_pass(sae, file, samples, max_K, weak_K2, progress, timings)
     signals = latent_signals(
         sae.W_enc,
         sae.W_dec,
@@ -178,7 +181,7 @@ def inspect_sae(
             "reservoir": RESERVOIR,
             "coactivation_rows": min(samples, COACTIVATION_ROWS),
             "signals": list(SIGNALS),
-            "score": "probability of broken: logistic regression on the signals (analysis/score_weights.json)",
+            "score": "probability of broken: logistic regression on the signals and, with degree 2, their pairwise products (analysis/score_weights.json)",
             "broken": f"score >= threshold_score ({scorer.threshold})",
             "score_fitted": scorer.fitted,
         },
@@ -197,7 +200,7 @@ def inspect_sae(
     }
     # Written through the typed schema (inspect/result.py): the same bytes, checked as it is built.
     result = InspectResult.from_json(result).to_json()
-    _write_atomically(out, result, reservoirs, models)
+    _write_folder(out, result, reservoirs, models)
     return InspectOutcome(out, result)
 
 
@@ -241,15 +244,14 @@ def _encoded(sae: NumpySAE, file: ActivationFile, samples: int, progress: bool, 
             bar.advance(task, len(x_BD))
 
 
-def collect(
+def first_pass(
     sae: NumpySAE,
     file: ActivationFile,
     samples: int,
     progress: bool = False,
     timings: dict[str, float] | None = None,
 ):
-    """The two streaming passes: (fires [K], max [K], reservoirs, co-activation counts). Everything
-    kept is sized by K, RESERVOIR and NEIGHBOURS, never by the number of rows."""
+    """Every row: (fires [K], max [K], reservoirs). Sized by K and RESERVOIR, never by the rows."""
     timings = {} if timings is None else timings
     clock = time.perf_counter()
     fires_K = np.zeros(sae.d_sae, dtype=np.int64)
@@ -260,12 +262,28 @@ def collect(
         np.maximum(max_K, h_BK.max(0), out=max_K)
         reservoirs.add(h_BK)
     timings["streaming pass"] = time.perf_counter() - clock
+    return fires_K, max_K, reservoirs
+
+
+def coactivation_pass(
+    sae: NumpySAE,
+    file: ActivationFile,
+    samples: int,
+    max_K: np.ndarray,
+    weak_K2: np.ndarray | None = None,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+) -> CoActivation:
+    """The first COACTIVATION_ROWS rows again: co-activation counts of the neighbour pairs, and with
+    `weak_K2` (each latent's weak band, from its peak model) the weak-while-partner-active counts.
+    Sized by K x NEIGHBOURS."""
+    timings = {} if timings is None else timings
     clock = time.perf_counter()
-    coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K)
+    coactivation = CoActivation(neighbour_pairs(sae.W_dec), ACTIVE_SHARE * max_K, weak_K2)
     for _, h_BK in _encoded(sae, file, min(samples, COACTIVATION_ROWS), progress, "co-activation"):
         coactivation.add(h_BK)
     timings["co-activation pass"] = time.perf_counter() - clock
-    return fires_K, max_K, reservoirs, coactivation
+    return coactivation
 
 
 def _latent_record(
@@ -302,25 +320,11 @@ def suspicious(result: dict, n: int) -> list[dict]:
 # -- output -----------------------------------------------------------------------------------
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "inspect.json").exists())
-    ):
-        raise ConfigError(
-            "--out",
-            f"{out} exists and is not an earlier inspect folder (no inspect.json); "
-            "choose a new path or an earlier inspect folder to replace",
-        )
-
-
-def _write_atomically(
-    out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]
-) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        (partial / "figures").mkdir(parents=True)
+def _write_folder(out: Path, result: dict, reservoirs: Reservoirs, models: list[PeakModel]) -> None:
+    """DIR's files, written through files/atomic.py: into a hidden partial folder that replaces DIR
+    only once complete, so a failed or interrupted inspect leaves nothing half-written."""
+    with folder_in_place(out) as partial:
+        (partial / "figures").mkdir()
         figures = []
         for record in suspicious(result, FIGURES):
             j = record["latent"]
@@ -330,10 +334,6 @@ def _write_atomically(
                 figures.append(path)
         (partial / "report.html").write_text(render_html(result, figures))
         (partial / "inspect.json").write_text(json.dumps(result, indent=1))
-        swap_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def histogram(acts: np.ndarray, model: PeakModel, record: dict, path: Path) -> None:
@@ -417,7 +417,7 @@ d_sae {result["d_sae"]})</li>
 <h2>Rules</h2>
 <p>Per latent, signals read from the SAE's weights and these activations only (never a true feature):
 {_signal_list()}
-<b>score</b>: the probability that the latent is broken, a logistic regression on the signals fitted by the
+<b>score</b>: the probability that the latent is broken, a logistic regression on the signals (and their pairwise products) fitted by the
 detection benchmark ({esc(str(result["rules"]["score_fitted"].get("benchmark", "")))}, fitted on world seeds
 {esc(str(result["rules"]["score_fitted"].get("fit_world_seeds", "")))}); <b>broken</b>: score &ge;
 {result["threshold_score"]}. The peak model: a 1-D Gaussian mixture (components by BIC, up to 5) fitted to a

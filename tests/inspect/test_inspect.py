@@ -271,6 +271,33 @@ def test_out_that_is_not_an_inspect_folder_is_refused(files, tmp_path, capsys):
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
 
+def test_a_failure_while_writing_leaves_the_earlier_inspect_folder_whole(
+    files, tmp_path, monkeypatch
+):
+    """The folder is written through files/atomic.py: a crash half-way (here in the figures) leaves
+    the earlier inspect.json as it was and no partial folder beside it."""
+    out = tmp_path / "out"
+    args = [
+        "inspect",
+        str(files / "sae"),
+        "--activations",
+        str(files / "acts.npy"),
+        "--out",
+        str(out),
+    ]
+    main(args)
+    before = (out / "inspect.json").read_bytes()
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(inspect_sae, "histogram", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(args)
+    assert (out / "inspect.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_histogram_of_a_latent_firing_at_one_exact_value(tmp_path):
     """An exact magnitude and no interference: every firing is the same float32 up to rounding.
     The figure must still draw (numpy refuses 100 bins over a span of a few float32 steps)."""
@@ -374,7 +401,8 @@ def test_memory_is_bounded_by_chunk_and_reservoirs_not_rows(tmp_path, monkeypatc
         np.save(path, rng.normal(size=(rows, dim)).astype(np.float32))
         file = inspect_sae.open_activations(path, None)
         tracemalloc.start()
-        fires_K, *_ = inspect_sae.collect(sae, file, rows)
+        fires_K, max_K, _ = inspect_sae.first_pass(sae, file, rows)
+        inspect_sae.coactivation_pass(sae, file, rows, max_K, np.tile([0.1, 0.5], (K, 1)))
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert fires_K.sum() > 0.4 * rows * K  # it really read every row

@@ -40,13 +40,17 @@ def _world(n: int, seed: int, exclusive: bool = False):
     return f.astype(np.float32), (f @ directions).astype(np.float32), directions
 
 
-def _train_plain(tied: bool, exclusive: bool = False) -> dict:
-    """A ReLU SAE (F latents) by a plain Adam loop: mse + L1 x sum h_j ||W_j||, cosine lr decay."""
+def _train_plain(
+    tied: bool, exclusive: bool = False, x: np.ndarray | None = None, latents: int = F
+) -> dict:
+    """A ReLU SAE by a plain Adam loop: mse + L1 x sum h_j ||W_j||, cosine lr decay; on `x` [STEPS x
+    BATCH, D] when given, else on this module's world."""
     torch.manual_seed(0)
-    x = torch.from_numpy(_world(STEPS * BATCH, 1, exclusive)[1])
-    W_dec = torch.nn.Parameter(torch.randn(F, D) / D**0.5)
+    x = torch.from_numpy(_world(STEPS * BATCH, 1, exclusive)[1] if x is None else x)
+    D = x.shape[1]
+    W_dec = torch.nn.Parameter(torch.randn(latents, D) / D**0.5)
     W_enc = torch.nn.Parameter(W_dec.detach().T.clone())
-    b_enc, b_dec = torch.nn.Parameter(torch.zeros(F)), torch.nn.Parameter(torch.zeros(D))
+    b_enc, b_dec = torch.nn.Parameter(torch.zeros(latents)), torch.nn.Parameter(torch.zeros(D))
     params = [W_dec, b_enc, b_dec] + ([] if tied else [W_enc])
     opt = torch.optim.Adam(params, lr=LR)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)
@@ -122,3 +126,45 @@ def test_mutually_exclusive_children_merged_or_absorbed_are_found(judged):
     flagged = np.array([r["broken"] for r in latents])
     assert truth.sum() == 3 and ((cos < 0.95) & truth).sum() == 2
     assert (flagged == truth).all(), [(r["latent"], r["score"], t) for r, t in zip(latents, truth)]
+
+
+def _narrow_draw(world, n: int, offset: int):
+    """(features [n, F], activations [n, D]) of the project's narrow world, from its own stream."""
+    from broken_latents.world.stream import DataStream
+
+    f_RNB = DataStream(world, [0], n, offset=offset, chunk=1).next()
+    return f_RNB[0].T.numpy(), world.inputs(f_RNB)[0].numpy().astype(np.float32)
+
+
+def test_clean_latents_of_a_narrow_world_trained_by_a_plain_loop_show_one_peak(tmp_path):
+    """The post's narrow world (20 features, magnitudes 20 down to 1, 5 and 7 force 12, dim 50) and a
+    tied 5-latent SAE trained by the plain loop: every latent whose decoder is at |cos| >= 0.98 with a
+    feature (its small leaks of unlearned features make shoulders, not peaks) reports one peak."""
+    from broken_latents.config.schema import HierarchyConfig
+    from broken_latents.experiments.post import narrow_world
+    from broken_latents.world.model import World
+
+    world = World.build(narrow_world(HierarchyConfig(parent=12, children=[5, 7])))
+    x_train = _narrow_draw(world, STEPS * BATCH, 3)[1]
+    f_BF, x_BD = _narrow_draw(world, 20_000, 8)
+    np.save(tmp_path / "acts.npy", x_BD)
+    write_saelens(tmp_path / "sae", _train_plain(True, x=x_train, latents=5), "relu", tied=True)
+    main(
+        [
+            "inspect",
+            str(tmp_path / "sae"),
+            "--activations",
+            str(tmp_path / "acts.npy"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    latents = json.loads((tmp_path / "out" / "inspect.json").read_text())["latents"]
+    sae = load_sae(tmp_path / "sae")
+    h_BK = sae.encode(x_BD)
+    _, cos, _ = truth_broken(h_BK, sae.W_dec, world.directions_ND.numpy(), f_BF, h_BK.max(0) > 0)
+    clean = np.flatnonzero(cos >= 0.98)
+    assert len(clean) >= 2, cos
+    assert all(latents[j]["peaks"] == 1 for j in clean), [
+        (latents[j]["peak_means"], cos[j]) for j in clean
+    ]

@@ -21,9 +21,32 @@ def test_fit_ranks_by_the_informative_signal_and_round_trips():
     assert np.array_equal(again.probability({"a": X[:, 0], "b": X[:, 1]}), p)
 
 
+def test_degree_two_learns_an_interaction_a_linear_score_cannot():
+    """Broken when a is high unless b explains it (the partner signals' role): XOR-like, so the linear
+    score is near chance and the pairwise products separate it; the round trip keeps the degree."""
+    rng = np.random.default_rng(1)
+    a, b = rng.random(2000) < 0.5, rng.random(2000) < 0.5
+    y = a ^ b
+    X = np.stack([a + rng.normal(0, 0.1, 2000), b + rng.normal(0, 0.1, 2000)], axis=1)
+    signals = {"a": X[:, 0], "b": X[:, 1]}
+    linear = fit_score_model(X, y, ("a", "b"), {})
+    pairs = fit_score_model(X, y, ("a", "b"), {}, degree=2)
+    assert ((linear.probability(signals) >= 0.5) == y).mean() < 0.7
+    assert ((pairs.probability(signals) >= 0.5) == y).mean() > 0.95
+    again = ScoreModel.from_json(pairs.to_json())
+    assert again.degree == 2 and np.array_equal(
+        again.probability(signals), pairs.probability(signals)
+    )
+
+
 def test_shipped_weights_cover_the_signals_and_state_the_split():
     model = load_score_model()
-    assert set(model.signals) <= set(SIGNALS) and len(model.signals) == len(model.coef)
+    features = (
+        len(model.signals) * (len(model.signals) + 3) // 2
+        if model.degree == 2
+        else len(model.signals)
+    )
+    assert set(model.signals) <= set(SIGNALS) and features == len(model.coef)
     assert 0 < model.threshold < 1
     fitted = model.fitted
     assert set(fitted["fit_world_seeds"]).isdisjoint(fitted["held_out_world_seeds"])

@@ -136,14 +136,53 @@ def test_sparse_and_dense_coactivation_counts_agree(monkeypatch):
     counts = {}
     for sparse in (signals.SPARSE_ACTIVE, -1):  # -1: never sparse
         monkeypatch.setattr(signals, "SPARSE_ACTIVE", sparse)
-        c = signals.CoActivation(pairs, np.full(K, 0.2, np.float32))
+        c = signals.CoActivation(pairs, np.full(K, 0.2, np.float32), np.tile([0.05, 0.3], (K, 1)))
         c.add(h_BK[:250])
         c.add(h_BK[250:])
-        counts[sparse] = c.pair_counts_P
-    assert counts[-1].sum() > 0 and np.array_equal(counts[signals.SPARSE_ACTIVE], counts[-1])
+        counts[sparse] = (c.pair_counts_P, c.weak_pair_counts_P2)
+    for sparse_count, dense_count in zip(counts[signals.SPARSE_ACTIVE], counts[-1]):
+        assert dense_count.sum() > 0 and np.array_equal(sparse_count, dense_count)
     on = h_BK >= 0.2
+    weak = (h_BK >= 0.05) & (h_BK < 0.3)
     a, b = pairs[:, 0], pairs[:, 1]
-    assert np.array_equal(counts[-1], (on[:, a] & on[:, b]).sum(0))
+    assert np.array_equal(counts[-1][0], (on[:, a] & on[:, b]).sum(0))
+    assert np.array_equal(counts[-1][1][:, 0], (weak[:, a] & on[:, b]).sum(0))
+    assert np.array_equal(counts[-1][1][:, 1], (weak[:, b] & on[:, a]).sum(0))
+
+
+def test_partial_absorption_points_at_the_child_not_the_parent():
+    """Untied partial absorption: the child latent decodes child + parent and fires on every child
+    input; the parent latent (a clean decoder) fires at full strength on the parent alone and at a
+    quarter when the child fires. weak_with_partner is high for the parent (its weak firings come with
+    the child latent), partner_fires_weak for the child (when it fires, the parent fires weakly)."""
+    from broken_latents.analysis.signals import signals_of
+
+    rng = np.random.default_rng(0)
+    n, D = 20_000, 8
+    parent, child, other = np.eye(D)[:3]
+    p_on = rng.random(n) < 0.3
+    c_on = p_on & (rng.random(n) < 0.4)
+    o_on = rng.random(n) < 0.2
+    h_BK = np.stack(
+        [
+            np.where(p_on, np.where(c_on, 0.25, 1.0), 0.0) * rng.normal(1, 0.03, n),
+            np.where(c_on, 1.0, 0.0) * rng.normal(1, 0.03, n),
+            np.where(o_on, 1.0, 0.0) * rng.normal(1, 0.03, n),
+        ],
+        axis=1,
+    ).clip(0, None)
+    W_dec = np.stack([parent, child + 0.75 * parent, other])
+    W_enc = np.stack([parent - 0.75 * child, child, other]).T
+    s, _ = signals_of(W_enc, W_dec, h_BK, tied=False)
+    cos = 0.75 / np.sqrt(1 + 0.75**2)
+    assert s["weak_with_partner"][0] == pytest.approx(
+        cos, abs=0.02
+    )  # every weak firing has the child active
+    assert s["partner_fires_weak"][1] == pytest.approx(
+        cos, abs=0.02
+    )  # the parent weak whenever the child fires
+    assert s["weak_with_partner"][1] == 0 and s["partner_fires_weak"][0] == 0
+    assert s["weak_with_partner"][2] == 0 and s["partner_fires_weak"][2] == 0
 
 
 def test_large_sae_peak_models_match_one_by_one():
