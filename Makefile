@@ -16,12 +16,13 @@ $(VENV_STAMP): pyproject.toml
 demo: $(VENV_STAMP)
 	.venv/bin/broken-latents run narrow-5-7-force-12 --seeds 3 --out runs/demo-narrow-5-7-force-12
 
+# -n: one worker per core, at most 4 (each file's tests stay in one worker: --dist loadfile)
 test: $(VENV_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # The fast tier: everything not marked slow (under a minute on 2 cores).
 test-fast: $(VENV_STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 
 # ruff's rules and line length are in pyproject.toml; `make format` rewrites what --check refuses.
 lint: $(VENV_STAMP)
