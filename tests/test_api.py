@@ -295,7 +295,8 @@ def test_runs_saes_and_worlds_print_in_one_short_line(run):
         (sae, ["SAE('tied' seed 0", "latents"]),
     ):
         text = repr(obj)
-        short = text.replace(str(run.path), "")  # the run's own path is as long as the caller made it
+        # the run's own path is as long as the caller made it
+        short = text.replace(str(run.path), "")
         assert "\n" not in text and len(short) < 200 and all(s in text for s in says), text
 
 
