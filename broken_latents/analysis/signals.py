@@ -54,6 +54,7 @@ are kept only for those pairs, so memory and time grow as K x NEIGHBOURS, not K^
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -126,6 +127,29 @@ def neighbour_pairs(W_dec_KD: np.ndarray, neighbours: int = NEIGHBOURS) -> np.nd
     return np.unique(p, axis=0)
 
 
+class _Mask:
+    """A chunk's boolean table [B, K] with its nonzeros and sparse form, each worked out once (a mask
+    that enters two pair counts is not converted twice)."""
+
+    def __init__(self, mask_BK: np.ndarray):
+        self.mask_BK = mask_BK
+
+    @cached_property
+    def nonzero(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.nonzero(self.mask_BK)
+
+    @property
+    def entries(self) -> int:
+        return self.nonzero[0].size
+
+    @cached_property
+    def sparse(self):
+        from scipy.sparse import csr_matrix
+
+        rows, cols = self.nonzero
+        return csr_matrix((np.ones(rows.size, np.int64), (rows, cols)), shape=self.mask_BK.shape)
+
+
 class CoActivation:
     """Exact counts, over a stream of activation chunks, of each latent being active and of each
     neighbour pair being active together. `active_K`: the per-latent activity thresholds; `weak_K2`:
@@ -149,41 +173,32 @@ class CoActivation:
         on_BK = (h_BK >= self.active_K) & (h_BK > 0)
         self.rows += on_BK.shape[0]
         self.active_counts_K += on_BK.sum(0)
-        self.pair_counts_P += self._pair_counts(on_BK, on_BK)[:, 0]
+        on = _Mask(on_BK)  # its sparse form serves both counts below
+        self.pair_counts_P += self._pair_counts(on, on)[:, 0]
         if self.weak_K2 is not None:
             weak_BK = (h_BK >= self.weak_K2[:, 0]) & (h_BK < self.weak_K2[:, 1]) & (h_BK > 0)
             self.weak_counts_K += weak_BK.sum(0)
-            self.weak_pair_counts_P2 += self._pair_counts(weak_BK, on_BK)
+            self.weak_pair_counts_P2 += self._pair_counts(_Mask(weak_BK), on)
 
-    def _pair_counts(self, left_BK: np.ndarray, right_BK: np.ndarray) -> np.ndarray:
+    def _pair_counts(self, left: _Mask, right: _Mask) -> np.ndarray:
         """[P, 2]: rows with left[a] & right[b], and rows with left[b] & right[a], per pair (a, b)."""
         P = len(self.pairs_P2)
         out = np.zeros((P, 2), dtype=np.int64)
         if P == 0:
             return out
         a, b = self.pairs_P2[:, 0], self.pairs_P2[:, 1]
-        rows_l, cols_l = np.nonzero(left_BK)
-        rows_r, cols_r = np.nonzero(right_BK)
-        B = left_BK.shape[0]
-        if max(rows_l.size, rows_r.size) <= SPARSE_ACTIVE * B:
+        B = left.mask_BK.shape[0]
+        if max(left.entries, right.entries) <= SPARSE_ACTIVE * B:
             # Few latents active per row (every real SAE): co-activation counts of every active pair
             # as a sparse left^T right product, read at the neighbour pairs. The same integers as the
             # dense gather below, 7x faster at K = 4096 (issue 18).
-            from scipy.sparse import csr_matrix
-
-            left = csr_matrix(
-                (np.ones(rows_l.size, np.int64), (rows_l, cols_l)), shape=left_BK.shape
-            )
-            right = csr_matrix(
-                (np.ones(rows_r.size, np.int64), (rows_r, cols_r)), shape=right_BK.shape
-            )
-            both = (left.T @ right).tocsr()
+            both = (left.sparse.T @ right.sparse).tocsr()
             out[:, 0] = np.asarray(both[a, b]).ravel()
             out[:, 1] = np.asarray(both[b, a]).ravel()
             return out
         step = max(1, PAIR_BLOCK // P)
         for start in range(0, B, step):
-            lb, rb = left_BK[start : start + step], right_BK[start : start + step]
+            lb, rb = left.mask_BK[start : start + step], right.mask_BK[start : start + step]
             out[:, 0] += (lb[:, a] & rb[:, b]).sum(0)
             out[:, 1] += (lb[:, b] & rb[:, a]).sum(0)
         return out
