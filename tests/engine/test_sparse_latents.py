@@ -3,6 +3,7 @@ the numba kernels; a sparse world trains the same under them as under autograd, 
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -214,3 +215,19 @@ def test_a_sparse_world_is_learned(monkeypatch):
     result = train(_config([sae], "auto", 60_000, lr=1e-2), progress=False)
     cos_KN = cosine(result.stacks[0].sae.W_dec_SKD[0].detach(), result.world.directions_ND)
     assert cos_KN.amax(0).min() >= 0.95, cos_KN.amax(0)
+
+
+@pytest.mark.parametrize("values", ["normal", "ties", "one value", "with inf"])
+def test_binned_selection_finds_the_kth_largest(values):
+    """The histogram selection of a batch's threshold against a sort, on many values with ties."""
+    rng = np.random.default_rng(3)
+    a = {
+        "normal": rng.standard_normal(50_000),
+        "ties": rng.integers(0, 30, 50_000) / 7,  # every value repeated
+        "one value": np.full(5_000, 2.5),
+        "with inf": np.concatenate([rng.random(5_000), [np.inf, np.inf]]),
+    }[values].astype(np.float32)
+    before = a.copy()
+    for k in (1, 2, 37, len(a) // 3, len(a) - 1, len(a)):
+        assert sparse_latents._kth_largest_binned(a, len(a), k) == np.sort(a)[::-1][k - 1], k
+    np.testing.assert_array_equal(a, before)  # left as it was
