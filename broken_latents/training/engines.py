@@ -108,6 +108,10 @@ class Engine:
         """Load (or compile) what the first step would otherwise pay for: start-up, not training time."""
         self.optimiser.warm_up()
 
+    def pace(self, prefetcher) -> None:
+        """Told the sampling thread of the training stream (`world.prefetch.Prefetcher`, or None
+        without one), an engine may pace its draws (`Prefetcher.pace`); most leave it free."""
+
     def close(self) -> None:
         """Stop what the engine started (helper threads); called once training ends."""
 
@@ -265,6 +269,9 @@ class SparseLatentsEngine(Engine):
         self.grad_outs = [
             {name: next(views) for name, _ in s.sae.named_parameters()} for s in stacks
         ]
+        self.prefetcher = None
+        """The paced sampling thread (`pace`): one turn a step (`give_turn`)."""
+        self._turn_given = False
 
     def warm_up(self) -> None:
         if self.compiled:
@@ -295,6 +302,7 @@ class SparseLatentsEngine(Engine):
                 self.compiled,
                 self.kept_min[i],
                 self.pool,
+                self.give_turn,
             )
             if entries.kept_min_S is not None:
                 stack.sae.record_batchtopk_threshold(entries.kept_min_S)
@@ -304,6 +312,12 @@ class SparseLatentsEngine(Engine):
             extra = _add_parameter_term_grads(stack, inverse, samples_seen, out)
             logged[stack.config.label] = {**(losses or {}), **extra}
         return logged, self.grad_flat.numpy() if self.backend == "numpy" else self.grad_flat
+
+    def give_turn(self) -> None:
+        """Let the paced sampling thread draw the next batch, once a step."""
+        if self.prefetcher is not None and not self._turn_given:
+            self.prefetcher.give_turn()
+            self._turn_given = True
 
     @staticmethod
     def _autograd(stack, aux, inverse, x_RBD, samples_seen, out) -> dict:
@@ -330,10 +344,22 @@ class CompiledSparseLatentsEngine(SparseLatentsEngine):
         self.helper = ChunkPool() if (os.cpu_count() or 1) >= 2 else None
         self.probe = HelperProbe()
 
+    def pace(self, prefetcher) -> None:
+        """With a helper, the sampling thread draws each batch once the encoder's product is done
+        (`Prefetcher.pace`: 118-124k samples/s against 135-143k paced, a width-1024 BatchTopK SAE at
+        2048 features, measured in alternation)."""
+        if self.helper is not None and prefetcher is not None:
+            prefetcher.pace()
+            self.prefetcher = prefetcher
+
     def step(self, f_RNB, samples_seen, lr, want_loss):
         use = self.helper is not None and self.probe.use_helper()
         self.pool = self.optimiser.pool = self.helper if use else None
+        self._turn_given = False
+        if not use:  # nothing to keep the second core free for: draw beside the whole step
+            self.give_turn()
         logged = super().step(f_RNB, samples_seen, lr, want_loss)
+        self.give_turn()  # a step without an encoder product (autograd stacks only) still gives one
         self.probe.step_done()
         return logged
 

@@ -126,6 +126,7 @@ def run_training(
         _progress_bar(progress, steps * batch) as bar,
         np.errstate(all="ignore"),
     ):
+        engine.pace(stream.prefetcher)
         engine.warm_up()  # start-up, not training time
         start = time.perf_counter()
         try:

@@ -267,17 +267,17 @@ class ActivationStream:
             world.source, world.train_rows, batch, seeds[0], offset=offset
         )
         self.seeds, self.device = len(seeds), device or "cpu"
-        self._prefetch = Prefetcher(self.batches.next, 2) if prefetch else None
+        self.prefetcher = Prefetcher(self.batches.next, 2) if prefetch else None
 
     def next(self):
         import torch
 
-        x_BD = self.batches.next() if self._prefetch is None else self._prefetch.take()
+        x_BD = self.batches.next() if self.prefetcher is None else self.prefetcher.take()
         return torch.from_numpy(x_BD).to(self.device).expand(self.seeds, -1, -1)
 
     def close(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.close()
+        if self.prefetcher is not None:
+            self.prefetcher.close()
 
     def __enter__(self) -> "ActivationStream":
         return self

@@ -10,19 +10,45 @@ from typing import Any, Callable
 
 class Prefetcher:
     """Calls `draw()` over and over in a daemon thread, holding at most `depth` results; `take()`
-    hands them out in order and re-raises, in the trainer, whatever stopped the thread."""
+    hands them out in order and re-raises, in the trainer, whatever stopped the thread. `pace()`
+    makes each draw wait for a turn the trainer gives (`give_turn`)."""
 
     def __init__(self, draw: Callable[[], Any], depth: int):
         self._draw = draw
+        self._depth = depth
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._turns: threading.Semaphore | None = None
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
+
+    def pace(self) -> None:
+        """From now on each draw waits for a turn (`give_turn`), `depth` turns given at once. Why:
+        on two cores the sampling thread shares the second one with the trainer's helper
+        (engine/chunks.py), and the scheduler lets a running thread finish its slice (milliseconds,
+        EEVDF) before a woken one runs: a draw that overlaps the encoder's product keeps the helper
+        out of it. A trainer that gives the turn once that product is done (one turn a step) has the
+        batch drawn while it works alone."""
+        self._turns = threading.Semaphore(self._depth)
+
+    def give_turn(self) -> None:
+        """Let a paced thread draw once more (turns add up)."""
+        if self._turns is not None:
+            self._turns.release()
+
+    def _wait_turn(self) -> bool:
+        """Wait for a turn if paced; False if stopped meanwhile."""
+        while self._turns is not None and not self._turns.acquire(timeout=0.1):
+            if self._stop.is_set():
+                return False
+        return True
 
     def _produce(self) -> None:
         try:
             while not self._stop.is_set():
+                if not self._wait_turn():
+                    return
                 item = self._draw()
                 while not self._stop.is_set():
                     try:

@@ -190,7 +190,7 @@ class SparseStream:
     ):
         self.sampler = SparseSampler(world, seeds, offset)
         self.batch, self.device = batch, device or "cpu"
-        self._prefetch: Prefetcher | None = None
+        self.prefetcher: Prefetcher | None = None
         if prefetch:
             self.sampler.draw(
                 2
@@ -198,10 +198,10 @@ class SparseStream:
             self.sampler = SparseSampler(
                 world, seeds, offset
             )  # stream: a fresh sampler starts over)
-            self._prefetch = Prefetcher(self._draw, 2)
+            self.prefetcher = Prefetcher(self._draw, 2)
 
     def next(self) -> SparseBatch:
-        item = self._draw() if self._prefetch is None else self._prefetch.take()
+        item = self._draw() if self.prefetcher is None else self.prefetcher.take()
         item.x_RBD = item.x_RBD.to(self.device)
         return item
 
@@ -209,8 +209,8 @@ class SparseStream:
         return self.sampler.draw(self.batch)
 
     def close(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.close()
+        if self.prefetcher is not None:
+            self.prefetcher.close()
 
     def __enter__(self) -> SparseStream:
         return self

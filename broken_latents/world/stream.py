@@ -82,7 +82,7 @@ class DataStream:
         self._fires_NT = np.empty((n, samples), dtype=np.bool_)
         self._shape = (chunk, len(seeds), n, batch)
         self._recycled: list[np.ndarray] = []
-        self._prefetch: Prefetcher | None = None
+        self.prefetcher: Prefetcher | None = None
         if prefetch:
             self._warm_up()  # here, before anyone times the stream, not in the thread's first draw
             # Chunks go round a ring of QUEUED + 2 buffers (numpy only: the trainer steps on views
@@ -93,19 +93,19 @@ class DataStream:
                 self._recycled = [
                     np.empty(self._shape, dtype=np.float32) for _ in range(QUEUED + 2)
                 ]
-            self._prefetch = Prefetcher(self._draw, QUEUED)
+            self.prefetcher = Prefetcher(self._draw, QUEUED)
 
     def next(self):
         """Feature magnitudes f_RNB of the next batch of every seed (contiguous)."""
         if self.position == self.chunk:
-            self.buffer_CRNB = self._draw() if self._prefetch is None else self._prefetch.take()
+            self.buffer_CRNB = self._draw() if self.prefetcher is None else self.prefetcher.take()
             self.position = 0
         self.position += 1
         return self.buffer_CRNB[self.position - 1]
 
     def close(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.close()
+        if self.prefetcher is not None:
+            self.prefetcher.close()
 
     def __enter__(self) -> "DataStream":
         return self

@@ -1,5 +1,7 @@
 """Every architecture trains on a sparse world's inputs; the engines agree there too."""
 
+import os
+
 import pytest
 import torch
 
@@ -13,7 +15,9 @@ from broken_latents.config.schema import (
     TreeConfig,
     WorldConfig,
 )
+from broken_latents.engine import sparse_latents
 from broken_latents.training.loop import choose_engine, train
+from broken_latents.world.prefetch import Prefetcher
 
 WORLD = WorldConfig(
     features=48,
@@ -91,3 +95,29 @@ def test_compiled_engine_refused_on_sparse_worlds():
     with pytest.raises(ConfigError) as err:
         choose_engine(_config(EVERY_KIND[:1], "compiled"), "cpu")
     assert err.value.field == "train.engine" and "sparse" in str(err.value)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the helper thread needs a second core")
+def test_paced_sampling_draws_once_a_step_after_the_encoder(monkeypatch):
+    """With the helper thread, the sampling thread's turn comes once a step, after the encoder's
+    product wherever the step shares it with the helper (`Prefetcher.pace`)."""
+    events = []
+    encode, give_turn = sparse_latents.encode, Prefetcher.give_turn
+
+    def logged_encode(*args):
+        events.append("encode" if args[3] is not None else "encode alone")
+        return encode(*args)
+
+    def logged_turn(self):
+        events.append("turn")
+        give_turn(self)
+
+    monkeypatch.setattr(sparse_latents, "encode", logged_encode)
+    monkeypatch.setattr(Prefetcher, "give_turn", logged_turn)
+    batchtopk = [s for s in EVERY_KIND if s.label == "batchtopk"]
+    config = _config(batchtopk, samples=30 * 256)
+    assert choose_engine(config, "cpu").name == "sparse-latents-compiled"
+    train(config, progress=False)
+    steps = [events[i : i + 2] for i in range(0, len(events), 2)]
+    assert len(steps) == 30 and ["encode", "turn"] in steps and ["turn", "encode alone"] in steps
+    assert all(step in (["encode", "turn"], ["turn", "encode alone"]) for step in steps)
