@@ -180,7 +180,10 @@ def loss_and_grads(
         weighted = arch.l1_weighted_by_decoder_norm and (l1 != 0 or want_loss)
         norms_SK = W_dec.norm(dim=-1) if weighted or aux_lambda > 0 else None
         l1_w_SK = norms_SK if weighted else torch.ones_like(W_dec[..., 0])
-        g_W_encT_SKD = torch.empty_like(W_dec)
+        # the W_enc gradient as the kernel sums it (row j of W_enc^T by latent): in place where its
+        # buffer is stored transposed (`CompiledSparseLatentsEngine`), else copied there after
+        in_place = not arch.tied and out["W_enc_SDK"].transpose(1, 2).is_contiguous()
+        g_W_encT_SKD = out["W_enc_SDK"].transpose(1, 2) if in_place else torch.empty_like(W_dec)
         g_b_enc_SK = out["b_enc_SK"] if not arch.tied else torch.empty_like(W_dec[..., 0])
         list_grads = compiled_sparse_grads if compiled else torch_sparse_grads
         sums = (torch_dense_grads if entries.h_SBK is not None else list_grads)(
@@ -203,7 +206,7 @@ def loss_and_grads(
             out["W_dec_SKD"] += (l1 / B) * (sum_h_SK / norms_SK.clamp_min(EPS))[..., None] * W_dec
         if arch.tied:
             out["W_dec_SKD"] += g_W_encT_SKD
-        else:
+        elif not in_place:
             out["W_enc_SDK"].copy_(g_W_encT_SKD.transpose(1, 2))
         aux_S = None
         if aux_lambda > 0:

@@ -197,6 +197,7 @@ def test_training_equals_autograd(engine):
     for a, b in zip(fast.stacks, reference.stacks):
         for (name, p), q in zip(a.sae.named_parameters(), b.sae.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{a.config.label} {name}")
+            assert p.is_contiguous(), name  # the compiled engine's transposed W_enc laid back out
         torch.testing.assert_close(
             a.sae.batchtopk_threshold_S, b.sae.batchtopk_threshold_S, equal_nan=True
         )
