@@ -352,8 +352,8 @@ class CompiledSparseLatentsEngine(SparseLatentsEngine):
 
     def pace(self, prefetcher) -> None:
         """With a helper, the sampling thread draws each batch once the encoder's product is done
-        (`Prefetcher.pace`: 118-124k samples/s against 135-143k paced, a width-1024 BatchTopK SAE at
-        2048 features, measured in alternation)."""
+        (`Prefetcher.pace`). A width-1024 BatchTopK SAE at 2048 features: the helper took 1.6 of
+        the encoder's 8 chunks, 4 paced; 115.5k samples/s before, 130-131k paced (same host)."""
         if self.helper is not None and prefetcher is not None:
             prefetcher.pace()
             self.prefetcher = prefetcher
