@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection_benchmark import (  # noqa: E402
     CACHE,
     FIT_SEEDS,
+    PLAIN_VARIED_SEEDS as VARIED_SEEDS,
     RETIRED_SEEDS,
     configs,
     held_out_draw,
@@ -55,6 +57,8 @@ FRESH_SEEDS = (9, 10, 11)
 designed, so they are not held out from that choice: these seeds were generated afterwards, trained and
 inspected once with the final score (`train-fresh`, `report-fresh`)."""
 VARIANTS = ("untied-relu", "untied-topk", "tied-relu")
+VARIED_FAMILIES = (*FAMILIES, "superposition", "wide", "independent")
+VARIED_VARIANTS = (*VARIANTS, "tied-topk")
 PLAIN = CACHE / "plain"
 STEPS, BATCH, LR = 2500, 512, 3e-3
 """1.28M samples a SAE; Adam at 3e-3 with a linear decay over the last fifth (SAELens's default schedule shape)."""
@@ -62,25 +66,58 @@ L1 = 3e-2
 """On sum_j h_j ||W_j|| (SAELens's standard L1), the mse summed over dims and averaged over the batch."""
 
 
-def train_plain(world: World, latents: int, variant: str, k: int, seed: int) -> dict:
+@dataclass(frozen=True)
+class Loop:
+    """One plain training recipe (the check's own is `Loop()`; the fit also reads others, VARIED_LOOPS)."""
+
+    steps: int = STEPS
+    """Adam steps of BATCH fresh samples."""
+    lr: float = LR
+    """Held, then decayed linearly to 0 over the last fifth of the steps."""
+    l1: float = L1
+    """ReLU variants: the penalty on sum_j h_j ||W_j||."""
+    unit_decoder: bool = False
+    """Decoder rows renormalised to unit norm after every step (the older recipe) instead of a free norm."""
+    width: float = 1.0
+    """Latents: this times the benchmark's latents for the world (rounded up)."""
+
+
+VARIED_LOOPS = {
+    "base": Loop(),
+    "l1-1e-2": Loop(l1=1e-2),
+    "l1-1e-1": Loop(l1=1e-1),
+    "short": Loop(steps=1000),
+    "long": Loop(steps=6000),
+    "lr-1e-3": Loop(lr=1e-3, steps=5000),
+    "unit-decoder": Loop(unit_decoder=True),
+    "wide": Loop(width=1.5),
+}
+"""Training recipes of the varied plain-loop SAEs (fit only): other L1 strengths, lengths, learning rates,
+a unit-norm decoder and more latents than the world's features, so the fit does not lean on one loop."""
+
+
+def train_plain(
+    world: World, latents: int, variant: str, k: int, seed: int, loop: Loop = Loop()
+) -> dict:
     """One SAE by a plain Adam loop on fresh samples of `world`; returns SAELens tensors."""
     torch.manual_seed(seed)
     tied, activation = variant.split("-")[0] == "tied", variant.split("-")[1]
     D = world.directions_ND.shape[1]
+    latents = int(np.ceil(loop.width * latents))
     W_dec = torch.nn.Parameter(torch.randn(latents, D) / D**0.5)
     W_enc = torch.nn.Parameter(W_dec.detach().T.clone())
     b_enc, b_dec = torch.nn.Parameter(torch.zeros(latents)), torch.nn.Parameter(torch.zeros(D))
     params = [W_dec, b_enc, b_dec] + ([] if tied else [W_enc])
-    opt = torch.optim.Adam(params, lr=LR)
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, 5 * (1 - s / STEPS)))
+    opt = torch.optim.Adam(params, lr=loop.lr)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, 5 * (1 - s / loop.steps)))
     stream = DataStream(world, [seed], BATCH, offset=TRAIN_STREAM + 3, chunk=64)
-    for _ in range(STEPS):
+    for _ in range(loop.steps):
         x_BD = world.inputs(stream.next())[0].float()
         z_BK = (x_BD - b_dec) @ (W_dec.T if tied else W_enc) + b_enc
         penalty = 0.0
         if activation == "relu":
             h_BK = torch.relu(z_BK)
-            penalty = L1 * (h_BK * W_dec.norm(dim=1)).sum(-1).mean()
+            penalty = loop.l1 * (h_BK * W_dec.norm(dim=1)).sum(-1).mean()
         else:
             top = torch.topk(z_BK, k, dim=-1)
             h_BK = torch.zeros_like(z_BK).scatter(-1, top.indices, torch.relu(top.values))
@@ -89,6 +126,9 @@ def train_plain(world: World, latents: int, variant: str, k: int, seed: int) -> 
         loss.backward()
         opt.step()
         decay.step()
+        if loop.unit_decoder:
+            with torch.no_grad():
+                W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
     out = {
         "W_enc": (W_dec.T if tied else W_enc).detach().numpy().copy(),
         "W_dec": W_dec.detach().numpy().copy(),
@@ -98,12 +138,12 @@ def train_plain(world: World, latents: int, variant: str, k: int, seed: int) -> 
     return out
 
 
-def _name(family: str, w: int, variant: str) -> str:
-    return f"{family}-w{w}-{variant}"
+def _name(family: str, w: int, variant: str, loop: str = "base") -> str:
+    return f"{family}-w{w}-{variant}" + ("" if loop == "base" else f"-{loop}")
 
 
-def _inspect(family: str, w: int, variant: str) -> None:
-    name = _name(family, w, variant)
+def _inspect(family: str, w: int, variant: str, loop: str = "base") -> None:
+    name = _name(family, w, variant, loop)
     acts = PLAIN / f"{family}-w{w}-acts.npy"
     main(
         [
@@ -117,43 +157,73 @@ def _inspect(family: str, w: int, variant: str) -> None:
     )
 
 
-def stage_train(seeds=WORLD_SEEDS) -> None:
-    """Train, save as SAELens, save the held-out activations, inspect through the CLI; cached per SAE."""
+def varied_jobs(seeds=VARIED_SEEDS) -> list[tuple[str, int, str, str]]:
+    """(family, world seed, variant, loop) of the varied SAEs: per world each of VARIED_VARIANTS with a
+    different recipe of VARIED_LOOPS, drawn by the world seed (TopK, which has no L1, never gets an L1 one)."""
+    jobs = []
+    for w in seeds:
+        for i, family in enumerate(VARIED_FAMILIES):
+            rng = np.random.default_rng(100 * w + i)
+            loops = [str(x) for x in rng.permutation(list(VARIED_LOOPS))]
+            for variant in VARIED_VARIANTS:
+                loop = next(
+                    x for x in loops if not (variant.endswith("topk") and x.startswith("l1"))
+                )
+                loops.remove(loop)
+                jobs.append((family, w, variant, loop))
+    return jobs
+
+
+def standard_jobs(seeds=WORLD_SEEDS) -> list[tuple[str, int, str, str]]:
+    return [
+        (family, w, variant, "base") for w in seeds for family in FAMILIES for variant in VARIANTS
+    ]
+
+
+def stage_train(seeds=WORLD_SEEDS, jobs=None) -> None:
+    """Train, save as SAELens, save the held-out activations, inspect through the CLI; cached per SAE.
+    `jobs`: (family, world seed, variant, loop) to train, else the check's own of `seeds`."""
     PLAIN.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     started = time.time()
-    for w in seeds:
-        for family in FAMILIES:
-            config = configs(family, w)[1]  # the TopK run: its k and latents
-            world = World.build(config.world)
-            latents, k = config.sae[0].latents, config.sae[0].k
+    for family, w, variant, loop in jobs or standard_jobs(seeds):
+        config = configs(family, w)[1]  # the TopK run: its k and latents
+        world = World.build(config.world)
+        latents, k = config.sae[0].latents, config.sae[0].k
+        if not (PLAIN / f"{family}-w{w}-features.npy").exists():
             f_BN, x_BD = held_out_draw(world, 0)
             np.save(PLAIN / f"{family}-w{w}-acts.npy", x_BD)
             np.save(PLAIN / f"{family}-w{w}-features.npy", f_BN)
-            for variant in VARIANTS:
-                name = _name(family, w, variant)
-                if not (PLAIN / name / "cfg.json").exists():
-                    tensors = train_plain(world, latents, variant, k, seed=w)
-                    # Written untied even when tied: write_saelens would zero a tied SAE's b_enc, which
-                    # this loop trains; inspect tells tied from untied by W_enc == W_dec^T.
-                    write_saelens(PLAIN / name, tensors, variant.split("-")[1], k=k)
-                if not (PLAIN / f"{name}-inspect" / "inspect.json").exists():
-                    _inspect(family, w, variant)
-                print(f"{time.time() - started:6.0f}s {name}", flush=True)
+        name = _name(family, w, variant, loop)
+        if not (PLAIN / name / "cfg.json").exists():
+            tensors = train_plain(world, latents, variant, k, seed=w, loop=VARIED_LOOPS[loop])
+            # Written untied even when tied: write_saelens would zero a tied SAE's b_enc, which
+            # this loop trains; inspect tells tied from untied by W_enc == W_dec^T.
+            write_saelens(PLAIN / name, tensors, variant.split("-")[1], k=k)
+        if _stale(name):
+            _inspect(family, w, variant, loop)
+        print(f"{time.time() - started:6.0f}s {name}", flush=True)
 
 
-def stage_inspect() -> None:
-    """Inspect every trained SAE again (after a change to the signals or the score)."""
-    for w in WORLD_SEEDS:
-        for family in FAMILIES:
-            for variant in VARIANTS:
-                if (PLAIN / _name(family, w, variant) / "cfg.json").exists():
-                    _inspect(family, w, variant)
+def _stale(name: str) -> bool:
+    """No inspect.json yet, or one written before a signal of SIGNALS existed."""
+    done = PLAIN / f"{name}-inspect" / "inspect.json"
+    return not done.exists() or set(SIGNALS) - set(
+        json.loads(done.read_text())["latents"][0]["signals"]
+    )
 
 
-def sae_rows(family: str, w: int, variant: str) -> list[dict]:
+def stage_inspect(seeds=(*WORLD_SEEDS, *RETIRED_SEEDS), varied: bool = True) -> None:
+    """Inspect again every trained SAE whose inspect.json lacks a signal (after a signal was added)."""
+    for family, w, variant, loop in standard_jobs(seeds) + (varied_jobs() if varied else []):
+        name = _name(family, w, variant, loop)
+        if (PLAIN / name / "cfg.json").exists() and _stale(name):
+            _inspect(family, w, variant, loop)
+
+
+def sae_rows(family: str, w: int, variant: str, loop: str = "base") -> list[dict]:
     """Benchmark-table rows (the truth, the inspect signals, the inspect verdict) of one plain SAE's live latents."""
-    name = _name(family, w, variant)
+    name = _name(family, w, variant, loop)
     world = World.build(configs(family, w)[0].world)
     x_BD = np.load(PLAIN / f"{family}-w{w}-acts.npy")
     f_BN = np.load(PLAIN / f"{family}-w{w}-features.npy")
@@ -168,6 +238,7 @@ def sae_rows(family: str, w: int, variant: str) -> list[dict]:
             "family": family,
             "world_seed": w,
             "label": f"plain-{variant}",
+            "loop": loop,
             "seed": w,
             "latent": int(j),
             "truth": bool(truth[j]),
@@ -182,19 +253,19 @@ def sae_rows(family: str, w: int, variant: str) -> list[dict]:
     ]
 
 
-def all_rows(seeds=WORLD_SEEDS) -> list[dict]:
+def all_rows(seeds=WORLD_SEEDS, jobs=None) -> list[dict]:
     return [
         r
-        for w in seeds
-        for family in FAMILIES
-        for variant in VARIANTS
-        if (PLAIN / f"{_name(family, w, variant)}-inspect" / "inspect.json").exists()
-        for r in sae_rows(family, w, variant)
+        for family, w, variant, loop in jobs or standard_jobs(seeds)
+        if (PLAIN / f"{_name(family, w, variant, loop)}-inspect" / "inspect.json").exists()
+        for r in sae_rows(family, w, variant, loop)
     ]
 
 
 def stage_rows() -> None:
-    (CACHE / "plain-rows.json").write_text(json.dumps(all_rows((*WORLD_SEEDS, *RETIRED_SEEDS))))
+    """CACHE/plain-rows.json: rows of the check's own SAEs (seeds 0-8) and of the varied ones (VARIED_SEEDS)."""
+    rows = all_rows((*WORLD_SEEDS, *RETIRED_SEEDS)) + all_rows(jobs=varied_jobs())
+    (CACHE / "plain-rows.json").write_text(json.dumps(rows))
 
 
 def stage_report(seeds=None, out: str = "plain-report.json") -> None:
@@ -229,9 +300,11 @@ if __name__ == "__main__":
     {
         "train": stage_train,
         "inspect": stage_inspect,
+        "inspect-fit": lambda: stage_inspect((*FIT_SEEDS, *RETIRED_SEEDS)),
         "report": stage_report,
         "rows": stage_rows,
         "train-fresh": lambda: stage_train(FRESH_SEEDS),
         "train-retired": lambda: stage_train(RETIRED_SEEDS),
+        "train-varied": lambda: stage_train(jobs=varied_jobs()),
         "report-fresh": lambda: stage_report(FRESH_SEEDS, "plain-report-fresh.json"),
     }[sys.argv[1]]()
