@@ -6,17 +6,21 @@ this is the check that the score does not lean on how they were trained.
 
 Worlds: the detection benchmark's families (studies/detection_benchmark.py) of the kinds an outside
 judge uses (FAMILIES), at its world seeds: 0-2 and the benchmark's retired 3-5 may enter the score's
-fit (stage `rows`; `train-retired`), 6-8 are held out from the fit, and 9-11 (FRESH_SEEDS) were
-generated after the partner signals were chosen and measured once with each score. Per world the SAE variants VARIANTS, one training seed each, as
-SAELens trains them: untied ReLU with L1 on h_j ||W_j||, untied TopK, and a tied ReLU. (JumpReLU with
-a straight-through L0 estimator was tried untuned and left out: at this budget every latent came out
-broken, cos 0.55-0.91, so it measured nothing.)
+fit (stage `rows`; `train-retired`), 6-8 are held out from the fit, 9-11 (FRESH_SEEDS) were
+generated after the partner signals were chosen and measured once with each of two scores, and 12-14
+(FINAL_SEEDS) after this version's choices, read once. Per world the SAE variants VARIANTS, one training
+seed each, as SAELens trains them: untied ReLU with L1 on h_j ||W_j||, untied TopK, and a tied ReLU.
+(JumpReLU with a straight-through L0 estimator was tried untuned and left out: at this budget every
+latent came out broken, cos 0.55-0.91, so it measured nothing.) For the fit only, the varied SAEs
+(`train-varied`, world seeds 20-25): other recipes (VARIED_LOOPS), tied TopK too, and three more families.
 
     python studies/plain_loop_check.py train     # CACHE/plain/FAMILY-wW-VARIANT/ (SAELens) + acts, inspected
-    python studies/plain_loop_check.py inspect   # inspect every trained SAE again (after a signal change)
+    python studies/plain_loop_check.py inspect   # inspect again every SAE missing a signal (after one is added)
     python studies/plain_loop_check.py report    # precision, recall per family and variant, held-out seeds
     python studies/plain_loop_check.py train-fresh    # world seeds 9-11 (FRESH_SEEDS), with the final score
     python studies/plain_loop_check.py report-fresh
+    python studies/plain_loop_check.py train-varied   # the fit's varied recipes, world seeds 20-25
+    python studies/plain_loop_check.py train-final && python studies/plain_loop_check.py report-final  # 12-14
     python studies/plain_loop_check.py rows      # CACHE/plain-rows.json: benchmark-table rows of every SAE
 """
 
@@ -56,6 +60,10 @@ FRESH_SEEDS = (9, 10, 11)
 """The plain-loop SAEs of world seeds 6-8 were read (their misses) while the partner signals were
 designed, so they are not held out from that choice: these seeds were generated afterwards, trained and
 inspected once with the final score (`train-fresh`, `report-fresh`)."""
+FINAL_SEEDS = (12, 13, 14)
+"""World seeds 9-11 were read with two scores (fit A, then fit B, made after A's figures there), so they
+are no longer fresh: these were generated for the version with cofire_overlap, the varied recipes and
+the plain-loop weight, trained and read once after every choice was frozen (`train-final`, `report-final`)."""
 VARIANTS = ("untied-relu", "untied-topk", "tied-relu")
 VARIED_FAMILIES = (*FAMILIES, "superposition", "wide", "independent")
 VARIED_VARIANTS = (*VARIANTS, "tied-topk")
@@ -208,8 +216,8 @@ def stage_train(seeds=WORLD_SEEDS, jobs=None) -> None:
 def _stale(name: str) -> bool:
     """No inspect.json yet, or one written before a signal of SIGNALS existed."""
     done = PLAIN / f"{name}-inspect" / "inspect.json"
-    return not done.exists() or set(SIGNALS) - set(
-        json.loads(done.read_text())["latents"][0]["signals"]
+    return not done.exists() or bool(
+        set(SIGNALS) - set(json.loads(done.read_text())["latents"][0]["signals"])
     )
 
 
@@ -307,4 +315,6 @@ if __name__ == "__main__":
         "train-retired": lambda: stage_train(RETIRED_SEEDS),
         "train-varied": lambda: stage_train(jobs=varied_jobs()),
         "report-fresh": lambda: stage_report(FRESH_SEEDS, "plain-report-fresh.json"),
+        "train-final": lambda: stage_train(FINAL_SEEDS),
+        "report-final": lambda: stage_report(FINAL_SEEDS, "plain-report-final.json"),
     }[sys.argv[1]]()
