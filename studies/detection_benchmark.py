@@ -7,8 +7,8 @@ TopK; the ReLU/JumpReLU four train in lockstep on the compiled engine, the TopK 
 two training seeds each: 10 families x 6 world seeds x 12 = 720 SAEs. THE SPLIT, fixed before any
 tuning: world seeds 0-2 fit the score's weights, world seeds 6-8 are held out and are the only
 ones reported (3-5 are retired, RETIRED_SEEDS). The fit also reads the rows of SAEs trained by a
-plain PyTorch loop (studies/plain_loop_check.py, PLAIN_ROWS) of world seeds 0-5 (PLAIN_FIT_SEEDS),
-and reports those of the other seeds apart.
+plain PyTorch loop (studies/plain_loop_check.py, PLAIN_ROWS) of world seeds 0-5 and of the varied
+recipes on the fit-only world seeds 20-25 (PLAIN_FIT_SEEDS), and reports those of the other seeds apart.
 
 Stages (each caches to CACHE, so a refit never retrains):
     python studies/detection_benchmark.py train     # trains and writes CACHE/FAMILY-wW.pt (weights + config)
