@@ -64,6 +64,10 @@ FINAL_SEEDS = (12, 13, 14)
 """World seeds 9-11 were read with two scores (fit A, then fit B, made after A's figures there), so they
 are no longer fresh: these were generated for the version with cofire_overlap, the varied recipes and
 the plain-loop weight, trained and read once after every choice was frozen (`train-final`, `report-final`)."""
+FINAL_VARIED_SEEDS = (12, 13, 14, 15, 16, 17)
+"""The varied recipes (VARIED_LOOPS, tied TopK, three more families) on the final worlds: SAEs of other
+loops than the check's own on worlds no fit saw, trained after fit C was frozen and read once
+(`train-final-varied`, `report-final-varied`)."""
 FINAL_SEEDS_2 = (15, 16, 17)
 """Three more, generated after FINAL_SEEDS were read (their figure for the previous score, fit B, was as
 good as this version's, 0.927 against 0.933, where on 9-11 B had 0.866: one set of three seeds is a
@@ -280,10 +284,14 @@ def stage_rows() -> None:
     (CACHE / "plain-rows.json").write_text(json.dumps(rows))
 
 
-def stage_report(seeds=None, out: str = "plain-report.json") -> None:
-    """Inspect's verdicts against the truth on the held-out world seeds (or `seeds`), overall, per family,
-    per variant; written to CACHE/`out`."""
-    rows = [r for r in all_rows(seeds or WORLD_SEEDS) if seeds or r["world_seed"] not in FIT_SEEDS]
+def stage_report(seeds=None, out: str = "plain-report.json", jobs=None) -> None:
+    """Inspect's verdicts against the truth on the held-out world seeds (or `seeds`, or the SAEs `jobs`),
+    overall, per family, per variant (and recipe); written to CACHE/`out`."""
+    rows = [
+        r
+        for r in all_rows(seeds or WORLD_SEEDS, jobs)
+        if seeds or jobs or r["world_seed"] not in FIT_SEEDS
+    ]
     y = np.array([r["truth"] for r in rows])
     p = np.array([r["inspect_broken"] for r in rows])
     clean = np.array([not r["truth"] and r["best_cos"] >= 0.98 for r in rows])
@@ -297,7 +305,8 @@ def stage_report(seeds=None, out: str = "plain-report.json") -> None:
         int(sum(r["peaks"] == 1 for r, c in zip(rows, clean & narrow) if c)),
         int((clean & narrow).sum()),
     ]
-    for key, field in (("families", "family"), ("variants", "label")):
+    report["loops"] = {}
+    for key, field in (("families", "family"), ("variants", "label"), ("loops", "loop")):
         for name in sorted({r[field] for r in rows}):
             m = np.array([r[field] == name for r in rows])
             report[key][name] = {
@@ -322,5 +331,9 @@ if __name__ == "__main__":
         "train-final": lambda: stage_train(FINAL_SEEDS),
         "report-final": lambda: stage_report(FINAL_SEEDS, "plain-report-final.json"),
         "train-final2": lambda: stage_train(FINAL_SEEDS_2),
+        "train-final-varied": lambda: stage_train(jobs=varied_jobs(FINAL_VARIED_SEEDS)),
+        "report-final-varied": lambda: stage_report(
+            out="plain-report-final-varied.json", jobs=varied_jobs(FINAL_VARIED_SEEDS)
+        ),
         "report-final2": lambda: stage_report(FINAL_SEEDS_2, "plain-report-final2.json"),
     }[sys.argv[1]]()
