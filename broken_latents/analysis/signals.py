@@ -46,6 +46,11 @@ most inputs; that bulk is interference, not the latent's feature).
 - partner_fires_weak: max over neighbours k of max(c_jk, 0) x the share of j's active inputs on which k
   fires weakly. The other side of the same pair: j is the child latent whose decoder carries part of
   k's direction, so k only has the remainder left to write when j fires.
+- cofire_overlap: max over neighbours k of |c_jk| x the share of j's active inputs on which k is active.
+  Two latents writing overlapping directions on the same inputs: a child latent that decodes part of its
+  parent while the parent's latent fires beside it (the tied and Matryoshka kind, with one clean peak and
+  no weak firings), a hedging latent. Clean latents of near-orthogonal features overlap little, and
+  latents of independent features co-fire only at the other's rate.
 
 Neighbours: each latent's NEIGHBOURS latents with the largest |c_jk|, made symmetric; pair statistics
 are kept only for those pairs, so memory and time grow as K x NEIGHBOURS, not K^2.
@@ -97,6 +102,7 @@ SIGNALS = (
     "decoder_negative",
     "weak_with_partner",
     "partner_fires_weak",
+    "cofire_overlap",
 )
 """Every signal, in the order the score's weights list them."""
 
@@ -296,6 +302,9 @@ def latent_signals(
     np.maximum.at(out["weak_with_partner"], b, positive_P * weak_P2[:, 1] / weak_K[b])
     np.maximum.at(out["partner_fires_weak"], b, positive_P * weak_P2[:, 0] / active_K[b])
     np.maximum.at(out["partner_fires_weak"], a, positive_P * weak_P2[:, 1] / active_K[a])
+    cofire_P = np.abs(c_P) * coactivation.pair_counts_P
+    np.maximum.at(out["cofire_overlap"], a, cofire_P / active_K[a])
+    np.maximum.at(out["cofire_overlap"], b, cofire_P / active_K[b])
     for name, value in (
         ("exclusive_overlap", exclusive_P),
         ("decoder_overlap", np.abs(c_P)),

@@ -207,3 +207,25 @@ def test_large_sae_peak_models_match_one_by_one():
         assert (
             models[j].to_json() == peak_model(samples[j], max_samples=LARGE_SAE_SAMPLES).to_json()
         )
+
+
+def test_cofire_overlap_sees_a_child_decoding_part_of_its_firing_parent():
+    """A tied-style child latent that decodes child + half the parent fires only with the parent's latent
+    (the child forces the parent): cofire_overlap = cos(W_child, W_parent) x P(parent active | child
+    active) = 0.447; the same world with a clean child decoder gives 0, and a latent of an independent
+    feature whose decoder leans 0.2 on the parent only gets 0.2 x the parent's rate."""
+    rng = np.random.default_rng(0)
+    n, D = 20_000, 8
+    parent, child, other = np.eye(D)[:3]
+    p_on = rng.random(n) < 0.3
+    c_on = p_on & (rng.random(n) < 0.4)
+    o_on = rng.random(n) < 0.2
+    h_BK = np.stack([p_on, c_on, o_on], axis=1) * rng.normal(1, 0.03, (n, 3)).clip(0, None)
+    leaning = 0.2 * parent + np.sqrt(1 - 0.2**2) * other
+    absorbed = np.stack([parent, child + 0.5 * parent, leaning])
+    clean = np.stack([parent, child, leaning])
+    s_absorbed = signals_of(absorbed.T, absorbed, h_BK, tied=True)[0]["cofire_overlap"]
+    s_clean = signals_of(clean.T, clean, h_BK, tied=True)[0]["cofire_overlap"]
+    assert s_absorbed[1] == pytest.approx(0.5 / np.sqrt(1.25), abs=0.01)
+    assert s_clean[1] == pytest.approx(0.0, abs=1e-9)
+    assert s_clean[2] == pytest.approx(0.2 * p_on[o_on].mean(), abs=0.01) and s_clean[2] < 0.1
