@@ -59,8 +59,8 @@ are kept only for those pairs, so memory and time grow as K x NEIGHBOURS, not K^
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
+import numba
 import numpy as np
 
 from .peaks import PeakModel, count_peaks
@@ -83,12 +83,6 @@ LARGE_SAE_FIT = {"init": "k-means++", "tol": 1e-2}
 """EM start and tolerance of a wide SAE's mixture fits: 0.026 s a fit of 2000 activations against 0.061 s
 with the default k-means start and tol 1e-3 (the same peak counts on 20 two-peak latents). The
 detection benchmark measures the verdicts' agreement with the uncapped fits (docs/detection.md)."""
-SPARSE_ACTIVE = 64
-"""At most this many active latents per row on average: pairs are counted by a sparse product (its
-size grows as rows x active^2), else by a dense gather of the pairs' columns."""
-PAIR_BLOCK = 2**22
-"""Rows x pairs multiplied at once while counting co-activations (bounds the temporary array)."""
-
 SIGNALS = (
     "peak_separated_weight",
     "peak_spread",
@@ -133,29 +127,6 @@ def neighbour_pairs(W_dec_KD: np.ndarray, neighbours: int = NEIGHBOURS) -> np.nd
     return np.unique(p, axis=0)
 
 
-class _Mask:
-    """A chunk's boolean table [B, K] with its nonzeros and sparse form, each worked out once (a mask
-    that enters two pair counts is not converted twice)."""
-
-    def __init__(self, mask_BK: np.ndarray):
-        self.mask_BK = mask_BK
-
-    @cached_property
-    def nonzero(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.nonzero(self.mask_BK)
-
-    @property
-    def entries(self) -> int:
-        return self.nonzero[0].size
-
-    @cached_property
-    def sparse(self):
-        from scipy.sparse import csr_matrix
-
-        rows, cols = self.nonzero
-        return csr_matrix((np.ones(rows.size, np.int64), (rows, cols)), shape=self.mask_BK.shape)
-
-
 class CoActivation:
     """Exact counts, over a stream of activation chunks, of each latent being active and of each
     neighbour pair being active together. `active_K`: the per-latent activity thresholds; `weak_K2`:
@@ -174,40 +145,29 @@ class CoActivation:
         self.weak_counts_K = np.zeros(len(active_K), dtype=np.int64)
         self.weak_pair_counts_P2 = np.zeros((len(pairs_P2), 2), dtype=np.int64)
         """Column 0: a weak while b is active; column 1: b weak while a is active (pairs a < b)."""
+        self._by_a: tuple[np.ndarray, np.ndarray] | None = None
+        self._by_b: tuple[np.ndarray, np.ndarray] | None = None
 
     def add(self, h_BK: np.ndarray) -> None:
-        on_BK = (h_BK >= self.active_K) & (h_BK > 0)
-        self.rows += on_BK.shape[0]
-        self.active_counts_K += on_BK.sum(0)
-        on = _Mask(on_BK)  # its sparse form serves both counts below
-        self.pair_counts_P += self._pair_counts(on, on)[:, 0]
-        if self.weak_K2 is not None:
-            weak_BK = (h_BK >= self.weak_K2[:, 0]) & (h_BK < self.weak_K2[:, 1]) & (h_BK > 0)
-            self.weak_counts_K += weak_BK.sum(0)
-            self.weak_pair_counts_P2 += self._pair_counts(_Mask(weak_BK), on)
-
-    def _pair_counts(self, left: _Mask, right: _Mask) -> np.ndarray:
-        """[P, 2]: rows with left[a] & right[b], and rows with left[b] & right[a], per pair (a, b)."""
-        P = len(self.pairs_P2)
-        out = np.zeros((P, 2), dtype=np.int64)
-        if P == 0:
-            return out
-        a, b = self.pairs_P2[:, 0], self.pairs_P2[:, 1]
-        B = left.mask_BK.shape[0]
-        if max(left.entries, right.entries) <= SPARSE_ACTIVE * B:
-            # Few latents active per row (every real SAE): co-activation counts of every active pair
-            # as a sparse left^T right product, read at the neighbour pairs. The same integers as the
-            # dense gather below, 7x faster at K = 4096 (issue 18).
-            both = (left.sparse.T @ right.sparse).tocsr()
-            out[:, 0] = np.asarray(both[a, b]).ravel()
-            out[:, 1] = np.asarray(both[b, a]).ravel()
-            return out
-        step = max(1, PAIR_BLOCK // P)
-        for start in range(0, B, step):
-            lb, rb = left.mask_BK[start : start + step], right.mask_BK[start : start + step]
-            out[:, 0] += (lb[:, a] & rb[:, b]).sum(0)
-            out[:, 1] += (lb[:, b] & rb[:, a]).sum(0)
-        return out
+        if self._by_a is None:  # the pairs indexed by each member, once
+            self._by_a = _pairs_by(self.pairs_P2[:, 0], len(self.active_K))
+            self._by_b = _pairs_by(self.pairs_P2[:, 1], len(self.active_K))
+        weak_K2 = (
+            self.weak_K2 if self.weak_K2 is not None else np.full((len(self.active_K), 2), np.inf)
+        )
+        self.rows += h_BK.shape[0]
+        _count_chunk(
+            np.ascontiguousarray(h_BK, dtype=np.float32),
+            self.active_K,
+            weak_K2.astype(np.float32),
+            self.pairs_P2,
+            *self._by_a,
+            *self._by_b,
+            self.active_counts_K,
+            self.pair_counts_P,
+            self.weak_counts_K,
+            self.weak_pair_counts_P2,
+        )
 
     def exclusion_P(self) -> np.ndarray:
         """1 - observed / expected co-activations per pair, in [0, 1]; 0 where too few are expected."""
@@ -219,6 +179,58 @@ class CoActivation:
             self.pair_counts_P, expected, out=np.ones_like(expected), where=expected > 0
         )
         return np.where(expected >= MIN_EXPECTED, np.clip(1.0 - ratio, 0.0, 1.0), 0.0)
+
+
+def _pairs_by(member_P: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the pairs by one member: latent j's pairs are order[start[j]:start[j + 1]]."""
+    order = np.argsort(member_P, kind="stable")
+    start = np.zeros(K + 1, dtype=np.int64)
+    np.cumsum(np.bincount(member_P, minlength=K), out=start[1:])
+    return start, order
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_chunk(
+    h_BK, active_K, weak_K2, pairs_P2, start_a, order_a, start_b, order_b,
+    active_counts_K, pair_counts_P, weak_counts_K, weak_pair_counts_P2,
+):  # fmt: skip
+    """`CoActivation.add`, row by row: the row's active and weak latents are listed and stamped, then
+    each listed latent's pairs look their partner's stamp up (work ~ active latents x neighbours a
+    row, where the masks and their sparse product cost ~ K and ~ active^2)."""
+    B, K = h_BK.shape
+    stamp_on = np.full(K, -1, np.int64)  # the last row where the latent was active
+    on = np.empty(K, np.int64)
+    weak = np.empty(K, np.int64)
+    for r in range(B):
+        n_on, n_weak = 0, 0
+        for j in range(K):
+            v = h_BK[r, j]
+            if v > 0:
+                if v >= active_K[j]:
+                    on[n_on] = j
+                    n_on += 1
+                    stamp_on[j] = r
+                if v >= weak_K2[j, 0] and v < weak_K2[j, 1]:
+                    weak[n_weak] = j
+                    n_weak += 1
+        for i in range(n_on):
+            j = on[i]
+            active_counts_K[j] += 1
+            for q in range(start_a[j], start_a[j + 1]):  # pairs (j, b): both active
+                p = order_a[q]
+                if stamp_on[pairs_P2[p, 1]] == r:
+                    pair_counts_P[p] += 1
+        for i in range(n_weak):
+            j = weak[i]
+            weak_counts_K[j] += 1
+            for q in range(start_a[j], start_a[j + 1]):  # pairs (j, b): a weak while b active
+                p = order_a[q]
+                if stamp_on[pairs_P2[p, 1]] == r:
+                    weak_pair_counts_P2[p, 0] += 1
+            for q in range(start_b[j], start_b[j + 1]):  # pairs (a, j): b weak while a active
+                p = order_b[q]
+                if stamp_on[pairs_P2[p, 0]] == r:
+                    weak_pair_counts_P2[p, 1] += 1
 
 
 @dataclass

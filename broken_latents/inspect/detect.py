@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from ..files.atomic import folder_in_place
@@ -100,26 +101,55 @@ class Reservoirs:
         self.seen_K = np.zeros(latents, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
 
-    def add(self, h_BK: np.ndarray) -> None:
-        rows, cols = np.nonzero(h_BK > 0)
-        if cols.size == 0:
-            return
-        order = np.argsort(cols, kind="stable")  # by latent, chronological within a latent
-        rows, cols = rows[order], cols[order]
-        values = h_BK[rows, cols]
-        counts = np.bincount(cols, minlength=self.seen_K.size)
-        starts = np.cumsum(counts) - counts
-        t = self.seen_K[cols] + np.arange(cols.size) - starts[cols]  # index in the latent's stream
-        slot = np.where(t < self.size, t, (self.rng.random(cols.size) * (t + 1)).astype(np.int64))
-        keep = slot < self.size
-        flat = cols[keep] * self.size + slot[keep]
-        # A later value in the same slot replaces an earlier one: keep the last write per slot.
-        last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]
-        self.values_KR.reshape(-1)[flat[last]] = values[keep][last]
-        self.seen_K += counts
+    def add(self, h_BK: np.ndarray, counts_K: np.ndarray | None = None) -> None:
+        """`counts_K`: the chunk's positive values per latent, if already counted (`positive_counts`)."""
+        h_BK = np.ascontiguousarray(h_BK, dtype=np.float32)
+        if counts_K is None:
+            counts_K = positive_counts(h_BK, np.zeros(h_BK.shape[1], np.float32))
+        # one uniform per positive value, in the order of the values sorted by latent then row
+        uniforms = self.rng.random(int(counts_K.sum()))
+        _reservoir_update(h_BK, counts_K, self.seen_K, uniforms, self.values_KR)
+        self.seen_K += counts_K
 
     def sample(self, j: int) -> np.ndarray:
         return self.values_KR[j, : min(self.seen_K[j], self.size)]
+
+
+@numba.njit(cache=True, nogil=True)
+def positive_counts(h_BK, max_K):
+    """Each latent's positive values in the chunk [K]; raises max_K to the chunk's max in place."""
+    B, K = h_BK.shape
+    counts_K = np.zeros(K, np.int64)
+    for r in range(B):
+        for j in range(K):
+            v = h_BK[r, j]
+            counts_K[j] += v > 0
+            if v > max_K[j]:
+                max_K[j] = v
+    return counts_K
+
+
+@numba.njit(cache=True, nogil=True)
+def _reservoir_update(h_BK, counts_K, seen_K, uniforms, values_KR):
+    """Algorithm R over the chunk's positive values, latent by latent in row order: the i-th value of
+    latent j's stream goes to slot i while i < size, else to slot floor(u (i + 1)) if that is < size,
+    u the uniform at the value's place in the values sorted by latent then row. Writes in row order:
+    a later value in a slot replaces an earlier one."""
+    B, K = h_BK.shape
+    size = values_KR.shape[1]
+    place_K = np.zeros(K, np.int64)  # where latent j's values start in that sorted order
+    for j in range(1, K):
+        place_K[j] = place_K[j - 1] + counts_K[j - 1]
+    taken_K = np.zeros(K, np.int64)
+    for r in range(B):
+        for j in range(K):
+            v = h_BK[r, j]
+            if v > 0:
+                t = seen_K[j] + taken_K[j]  # the value's index in latent j's stream
+                slot = t if t < size else np.int64(uniforms[place_K[j] + taken_K[j]] * (t + 1))
+                if slot < size:
+                    values_KR[j, slot] = v
+                taken_K[j] += 1
 
 
 @dataclass
@@ -258,9 +288,9 @@ def first_pass(
     max_K = np.zeros(sae.d_sae, dtype=np.float32)
     reservoirs = Reservoirs(sae.d_sae, RESERVOIR, SEED)
     for _, h_BK in _encoded(sae, file, samples, progress, "inspect"):
-        fires_K += (h_BK > 0).sum(0)
-        np.maximum(max_K, h_BK.max(0), out=max_K)
-        reservoirs.add(h_BK)
+        counts_K = positive_counts(h_BK, max_K)
+        fires_K += counts_K
+        reservoirs.add(h_BK, counts_K)
     timings["streaming pass"] = time.perf_counter() - clock
     return fires_K, max_K, reservoirs
 

@@ -142,6 +142,34 @@ def test_reservoir_is_a_uniform_sample():
     assert reservoirs.sample(1).size == 0 and reservoirs.seen_K.tolist() == [50_000, 0]
 
 
+def test_reservoir_keeps_what_the_vectorised_algorithm_keeps():
+    """The compiled update against algorithm R written with numpy (the update before it): the same
+    uniforms, the same slots, over chunks where latents fire at different rates."""
+    rng = np.random.default_rng(5)
+    h = np.where(rng.random((3000, 6)) < [0.9, 0.5, 0.1, 0.02, 0.0, 1.0], rng.random((3000, 6)), 0)
+    reservoirs = Reservoirs(latents=6, size=50, seed=1)
+    values, seen, draws = (
+        np.zeros((6, 50), np.float32),
+        np.zeros(6, np.int64),
+        np.random.default_rng(1),
+    )
+    for chunk in np.array_split(h.astype(np.float32), 7):
+        reservoirs.add(chunk)
+        rows, cols = np.nonzero(chunk > 0)
+        order = np.argsort(cols, kind="stable")
+        rows, cols = rows[order], cols[order]
+        counts = np.bincount(cols, minlength=6)
+        t = seen[cols] + np.arange(cols.size) - (np.cumsum(counts) - counts)[cols]
+        slot = np.where(t < 50, t, (draws.random(cols.size) * (t + 1)).astype(np.int64))
+        keep = slot < 50
+        flat = cols[keep] * 50 + slot[keep]
+        last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]
+        values.reshape(-1)[flat[last]] = chunk[rows, cols][keep][last]
+        seen += counts
+    assert np.array_equal(reservoirs.values_KR, values) and np.array_equal(reservoirs.seen_K, seen)
+    assert seen[0] > 2000 and seen[4] == 0
+
+
 def _bad(files, tmp_path, capsys, argv, problem):
     out = tmp_path / "outdir" / "out"
     with pytest.raises(SystemExit) as exc:

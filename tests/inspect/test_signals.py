@@ -123,8 +123,8 @@ def test_a_latent_reading_minus_its_feature_is_active_where_the_feature_is_absen
     assert signals["active_rate"][1] == pytest.approx((f[:, 2] > 0).mean(), abs=0.02)
 
 
-def test_sparse_and_dense_coactivation_counts_agree(monkeypatch):
-    """The sparse product path (few active latents a row) counts exactly what the dense gather counts,
+def test_coactivation_counts_equal_the_masks_counts():
+    """The compiled row-by-row counts over two chunks equal the counts read off boolean masks,
     including pairs of always-on latents and pairs that never co-fire."""
     import broken_latents.analysis.signals as signals
 
@@ -133,21 +133,19 @@ def test_sparse_and_dense_coactivation_counts_agree(monkeypatch):
     h_BK = np.where(rng.random((500, K)) < 0.05, rng.random((500, K)), 0).astype(np.float32)
     h_BK[:, :2] = 1.0  # two latents active on every row
     pairs = signals.neighbour_pairs(rng.standard_normal((K, D)))
-    counts = {}
-    for sparse in (signals.SPARSE_ACTIVE, -1):  # -1: never sparse
-        monkeypatch.setattr(signals, "SPARSE_ACTIVE", sparse)
-        c = signals.CoActivation(pairs, np.full(K, 0.2, np.float32), np.tile([0.05, 0.3], (K, 1)))
-        c.add(h_BK[:250])
-        c.add(h_BK[250:])
-        counts[sparse] = (c.pair_counts_P, c.weak_pair_counts_P2)
-    for sparse_count, dense_count in zip(counts[signals.SPARSE_ACTIVE], counts[-1]):
-        assert dense_count.sum() > 0 and np.array_equal(sparse_count, dense_count)
+    c = signals.CoActivation(pairs, np.full(K, 0.2, np.float32), np.tile([0.05, 0.3], (K, 1)))
+    c.add(h_BK[:250])
+    c.add(h_BK[250:])
     on = h_BK >= 0.2
     weak = (h_BK >= 0.05) & (h_BK < 0.3)
     a, b = pairs[:, 0], pairs[:, 1]
-    assert np.array_equal(counts[-1][0], (on[:, a] & on[:, b]).sum(0))
-    assert np.array_equal(counts[-1][1][:, 0], (weak[:, a] & on[:, b]).sum(0))
-    assert np.array_equal(counts[-1][1][:, 1], (weak[:, b] & on[:, a]).sum(0))
+    assert c.rows == 500 and c.pair_counts_P.max() == 500  # the always-on pair
+    assert np.array_equal(c.active_counts_K, on.sum(0))
+    assert np.array_equal(c.weak_counts_K, weak.sum(0))
+    assert np.array_equal(c.pair_counts_P, (on[:, a] & on[:, b]).sum(0))
+    assert np.array_equal(c.weak_pair_counts_P2[:, 0], (weak[:, a] & on[:, b]).sum(0))
+    assert np.array_equal(c.weak_pair_counts_P2[:, 1], (weak[:, b] & on[:, a]).sum(0))
+    assert c.weak_pair_counts_P2.sum() > 0 and (c.pair_counts_P == 0).any()
 
 
 def test_partial_absorption_points_at_the_child_not_the_parent():
