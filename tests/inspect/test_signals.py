@@ -148,6 +148,17 @@ def test_coactivation_counts_equal_the_masks_counts():
     assert c.weak_pair_counts_P2.sum() > 0 and (c.pair_counts_P == 0).any()
 
 
+def _parent_child_other():
+    """20,000 inputs in 8 dims: a parent (rate 0.3) with a child firing on 40% of its inputs, and an
+    independent feature (rate 0.2). Returns (rng, n, their unit directions, their firing masks)."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    p_on = rng.random(n) < 0.3
+    c_on = p_on & (rng.random(n) < 0.4)
+    o_on = rng.random(n) < 0.2
+    return rng, n, np.eye(D)[:3], (p_on, c_on, o_on)
+
+
 def test_partial_absorption_points_at_the_child_not_the_parent():
     """Untied partial absorption: the child latent decodes child + parent and fires on every child
     input; the parent latent (a clean decoder) fires at full strength on the parent alone and at a
@@ -155,12 +166,7 @@ def test_partial_absorption_points_at_the_child_not_the_parent():
     the child latent), partner_fires_weak for the child (when it fires, the parent fires weakly)."""
     from broken_latents.analysis.signals import signals_of
 
-    rng = np.random.default_rng(0)
-    n, D = 20_000, 8
-    parent, child, other = np.eye(D)[:3]
-    p_on = rng.random(n) < 0.3
-    c_on = p_on & (rng.random(n) < 0.4)
-    o_on = rng.random(n) < 0.2
+    rng, n, (parent, child, other), (p_on, c_on, o_on) = _parent_child_other()
     h_BK = np.stack(
         [
             np.where(p_on, np.where(c_on, 0.25, 1.0), 0.0) * rng.normal(1, 0.03, n),
@@ -212,12 +218,7 @@ def test_cofire_overlap_sees_a_child_decoding_part_of_its_firing_parent():
     (the child forces the parent): cofire_overlap = cos(W_child, W_parent) x P(parent active | child
     active) = 0.447; the same world with a clean child decoder gives 0, and a latent of an independent
     feature whose decoder leans 0.2 on the parent only gets 0.2 x the parent's rate."""
-    rng = np.random.default_rng(0)
-    n, D = 20_000, 8
-    parent, child, other = np.eye(D)[:3]
-    p_on = rng.random(n) < 0.3
-    c_on = p_on & (rng.random(n) < 0.4)
-    o_on = rng.random(n) < 0.2
+    rng, n, (parent, child, other), (p_on, c_on, o_on) = _parent_child_other()
     h_BK = np.stack([p_on, c_on, o_on], axis=1) * rng.normal(1, 0.03, (n, 3)).clip(0, None)
     leaning = 0.2 * parent + np.sqrt(1 - 0.2**2) * other
     absorbed = np.stack([parent, child + 0.5 * parent, leaning])
