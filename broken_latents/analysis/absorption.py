@@ -76,6 +76,8 @@ TOL = 1e-6
 TOL times the feature's magnitude there along d_i (float32 SAEs carry ~1e-7 of noise)."""
 FULL_ABSORPTION_SHARE = 0.5
 """Full absorption: the other latents carry at least this share of the input's projection."""
+TIE = 1e-12
+"""Relative slack of the full-absorption threshold: sums that equal it up to rounding reach it."""
 
 
 @dataclass
@@ -207,7 +209,9 @@ def absorption_metrics(
         silent_b = np.ones(n, dtype=bool) if m is None else h[fires, m] * norms_K[m] <= floor_b
         target_b = x_BD[fires] @ F[i] if x_BD is not None else x_proj_BN[fires, i]
         net_others_b = np.bincount(input_e[others_e], c_e[others_e], minlength=n)
-        fully = silent_b & (target_b > 0) & (net_others_b >= FULL_ABSORPTION_SHARE * target_b)
+        # a tie with the threshold counts: the others' sum rounds differently in another latent order
+        reach_b = net_others_b >= (FULL_ABSORPTION_SHARE - TIE) * target_b
+        fully = silent_b & (target_b > 0) & reach_b
         full[i] = float(fully.mean())
 
     hedging = [0.0] * K

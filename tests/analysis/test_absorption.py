@@ -3,6 +3,7 @@
 Batches are exact enumerations of firing patterns: each pattern repeated in proportion to its
 probability, so a batch mean is the expectation, with no sampling error."""
 
+import itertools
 import json
 import math
 from fractions import Fraction
@@ -352,3 +353,18 @@ def test_metrics_type():
         np.zeros((0, 1)), np.ones((1, 2)), basis(1, 2), np.zeros((0, 1)), {}, [], {}
     )
     assert isinstance(m, AbsorptionMetrics)
+
+
+def test_full_absorption_at_its_threshold_does_not_depend_on_the_latent_order():
+    """Four latents carry 0.35 + 0.7 + 0.35 + 0.35 = 1.75 of an input whose projection is 3.5: exactly
+    the threshold (half), which the sum reaches or misses by rounding depending on the order of the
+    latents (hypothesis found it); a tie counts in every order."""
+    h = np.array([[0, 0, 0, 0], [0.5, 1, 0.5, 0.5]])
+    W = np.full((4, 3), 0.7)
+    F = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]], float)
+    f = np.array([[0, 0, 0, 0, 0], [1, 0, 0, 2.5, 0]], float)
+    cooccur = {0: [1, 2, 3, 4], 1: [0], 2: [0], 3: [0], 4: [0]}
+    for perm in itertools.permutations(range(4)):
+        perm = list(perm)
+        m = absorption_metrics(h[:, perm], W[perm], F, f, {}, [], cooccur)
+        assert m.full_absorption == [1.0, 0.0, 0.0, 1.0, 0.0], perm
