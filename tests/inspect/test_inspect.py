@@ -14,6 +14,7 @@ from broken_latents.inspect.detect import Reservoirs
 from broken_latents.analysis.score import load_score_model
 from broken_latents.analysis.signals import SIGNALS
 from broken_latents.output.saelens_format import write_saelens
+from inspecting import inspect_latents
 
 D, N = 8, 20_000
 CONTRACT_KEYS = {"latent", "fires", "peaks", "mixture", "threshold", "broken", "score", "signals"}
@@ -462,18 +463,9 @@ def test_absorbed_untied_parent_with_one_clean_peak_is_flagged(tmp_path):
         "relu",
     )
     np.save(tmp_path / "acts.npy", x)
-    main(
-        [
-            "inspect",
-            str(tmp_path / "sae"),
-            "--activations",
-            str(tmp_path / "acts.npy"),
-            "--out",
-            str(tmp_path / "out"),
-        ]
+    parent, child, *clean = inspect_latents(
+        tmp_path / "sae", tmp_path / "acts.npy", tmp_path / "out"
     )
-    result = json.loads((tmp_path / "out" / "inspect.json").read_text())
-    parent, child, *clean = result["latents"]
     assert (
         parent["peaks"] == 1 and parent["signals"]["peak_separated_weight"] == 0
     )  # peaks alone miss it

@@ -9,15 +9,13 @@ its best feature) and the parent's latent, with a clean decoder, falls silent wh
 (firing F1 0.78). Both absorbed latents show a single peak, so a peak count misses them. A second world
 gives f0 two mutually exclusive children instead."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from broken_latents.analysis.truth import truth_broken
-from broken_latents.cli import main
 from broken_latents.output.saelens_format import load_sae, write_saelens
+from inspecting import inspect_latents
 
 D, F = 16, 5
 RATES = np.array([0.15, 0.15, 0.2, 0.2, 0.2])
@@ -85,17 +83,7 @@ def judged(tmp_path_factory):
         f_BF, x_BD, directions = _world(20_000, 2, exclusive)
         np.save(root / f"acts-{name}.npy", x_BD)
         write_saelens(root / name, _train_plain(tied, exclusive), "relu", tied=tied)
-        main(
-            [
-                "inspect",
-                str(root / name),
-                "--activations",
-                str(root / f"acts-{name}.npy"),
-                "--out",
-                str(root / f"out-{name}"),
-            ]
-        )
-        latents = json.loads((root / f"out-{name}" / "inspect.json").read_text())["latents"]
+        latents = inspect_latents(root / name, root / f"acts-{name}.npy", root / f"out-{name}")
         sae = load_sae(root / name)
         h_BK = sae.encode(x_BD)
         truth, cos, f1 = truth_broken(h_BK, sae.W_dec, directions, f_BF, h_BK.max(0) > 0)
@@ -149,17 +137,7 @@ def test_clean_latents_of_a_narrow_world_trained_by_a_plain_loop_show_one_peak(t
     f_BF, x_BD = _narrow_draw(world, 20_000, 8)
     np.save(tmp_path / "acts.npy", x_BD)
     write_saelens(tmp_path / "sae", _train_plain(True, x=x_train, latents=5), "relu", tied=True)
-    main(
-        [
-            "inspect",
-            str(tmp_path / "sae"),
-            "--activations",
-            str(tmp_path / "acts.npy"),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-    latents = json.loads((tmp_path / "out" / "inspect.json").read_text())["latents"]
+    latents = inspect_latents(tmp_path / "sae", tmp_path / "acts.npy", tmp_path / "out")
     sae = load_sae(tmp_path / "sae")
     h_BK = sae.encode(x_BD)
     _, cos, _ = truth_broken(h_BK, sae.W_dec, world.directions_ND.numpy(), f_BF, h_BK.max(0) > 0)
