@@ -372,9 +372,8 @@ class CompiledSparseLatentsEngine(SparseLatentsEngine):
     def close(self) -> None:
         if self.helper is not None:
             self.helper.close()
-        for (
-            W_enc
-        ) in self.transposed:  # the trained SAE's parameters as every other engine leaves them
+        # the trained SAE's parameters laid out as every other engine leaves them
+        for W_enc in self.transposed:
             W_enc.data = W_enc.data.contiguous()
 
 

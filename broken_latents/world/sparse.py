@@ -192,12 +192,10 @@ class SparseStream:
         self.batch, self.device = batch, device or "cpu"
         self.prefetcher: Prefetcher | None = None
         if prefetch:
-            self.sampler.draw(
-                2
-            )  # compile or load the sampler here, not in the timed loop (advances no seed's
-            self.sampler = SparseSampler(
-                world, seeds, offset
-            )  # stream: a fresh sampler starts over)
+            # Compile or load the sampler here, not in the timed loop; the draw advanced the seeds'
+            # streams, so a fresh sampler starts them over.
+            self.sampler.draw(2)
+            self.sampler = SparseSampler(world, seeds, offset)
             self.prefetcher = Prefetcher(self._draw, 2)
 
     def next(self) -> SparseBatch:
