@@ -713,8 +713,8 @@ def _kth_largest_binned(a, n, k):
         return _kth_largest(a[:n].copy(), n, k)
     scale = SELECT_BINS / (np.float64(hi) - np.float64(lo))
     counts = np.zeros(SELECT_BINS, np.int64)
-    for i in range(n):  # the bin: monotone in the value, the same expression below
-        counts[min(int((np.float64(a[i]) - lo) * scale), SELECT_BINS - 1)] += 1
+    for i in range(n):
+        counts[_select_bin(a[i], lo, scale)] += 1
     bin_, above = SELECT_BINS - 1, 0
     while above + counts[bin_] < k:
         above += counts[bin_]
@@ -722,10 +722,16 @@ def _kth_largest_binned(a, n, k):
     inside = np.empty(counts[bin_], a.dtype)
     m = 0
     for i in range(n):
-        if min(int((np.float64(a[i]) - lo) * scale), SELECT_BINS - 1) == bin_:
+        if _select_bin(a[i], lo, scale) == bin_:
             inside[m] = a[i]
             m += 1
     return _kth_largest(inside, m, k - above)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _select_bin(v, lo, scale):
+    """`_kth_largest_binned`'s bin of value v: monotone in v, one expression for both its passes."""
+    return min(int((np.float64(v) - lo) * scale), SELECT_BINS - 1)
 
 
 @numba.njit(cache=True, nogil=True)
