@@ -15,7 +15,6 @@ class Prefetcher:
 
     def __init__(self, draw: Callable[[], Any], depth: int):
         self._draw = draw
-        self._depth = depth
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -30,7 +29,7 @@ class Prefetcher:
         EEVDF) before a woken one runs: a draw that overlaps the encoder's product keeps the helper
         out of it. A trainer that gives the turn once that product is done (one turn a step) has the
         batch drawn while it works alone."""
-        self._turns = threading.Semaphore(self._depth)
+        self._turns = threading.Semaphore(self._queue.maxsize)
 
     def give_turn(self) -> None:
         """Let a paced thread draw once more (turns add up)."""
