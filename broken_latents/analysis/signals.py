@@ -138,28 +138,26 @@ class CoActivation:
     ):
         self.pairs_P2 = pairs_P2
         self.active_K = np.asarray(active_K, dtype=np.float32)
-        self.weak_K2 = None if weak_K2 is None else np.asarray(weak_K2, dtype=np.float32)
+        # without weak bands, an empty band [inf, inf): no firing is weak
+        self.weak_K2 = np.full((len(active_K), 2), np.inf, np.float32)
+        if weak_K2 is not None:
+            self.weak_K2[:] = weak_K2
         self.rows = 0
         self.active_counts_K = np.zeros(len(active_K), dtype=np.int64)
         self.pair_counts_P = np.zeros(len(pairs_P2), dtype=np.int64)
         self.weak_counts_K = np.zeros(len(active_K), dtype=np.int64)
         self.weak_pair_counts_P2 = np.zeros((len(pairs_P2), 2), dtype=np.int64)
         """Column 0: a weak while b is active; column 1: b weak while a is active (pairs a < b)."""
-        self._by_a: tuple[np.ndarray, np.ndarray] | None = None
-        self._by_b: tuple[np.ndarray, np.ndarray] | None = None
+        # the pairs indexed by each member, for the compiled count
+        self._by_a = _pairs_by(pairs_P2[:, 0], len(active_K))
+        self._by_b = _pairs_by(pairs_P2[:, 1], len(active_K))
 
     def add(self, h_BK: np.ndarray) -> None:
-        if self._by_a is None:  # the pairs indexed by each member, once
-            self._by_a = _pairs_by(self.pairs_P2[:, 0], len(self.active_K))
-            self._by_b = _pairs_by(self.pairs_P2[:, 1], len(self.active_K))
-        weak_K2 = (
-            self.weak_K2 if self.weak_K2 is not None else np.full((len(self.active_K), 2), np.inf)
-        )
         self.rows += h_BK.shape[0]
         _count_chunk(
             np.ascontiguousarray(h_BK, dtype=np.float32),
             self.active_K,
-            weak_K2.astype(np.float32),
+            self.weak_K2,
             self.pairs_P2,
             *self._by_a,
             *self._by_b,
