@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,12 @@ from broken_latents.config.schema import (
     WorldConfig,
 )
 from broken_latents.config.toml_io import from_dict, to_dict
-from broken_latents.analysis.score import WEIGHTS_FILE, fit_score_model
+from broken_latents.analysis.score import (
+    RISING,
+    WEIGHTS_FILE,
+    fit_score_model,
+    fit_tree_score_model,
+)
 from broken_latents.analysis.signals import (
     SIGNALS,
     LARGE_SAE_SAMPLES,
@@ -462,9 +468,12 @@ def _clean(r: dict) -> bool:
     return not r["truth"] and r["best_cos"] >= CLEAN_COS
 
 
-DEGREES = {1: 1.0, 2: 0.3}
-"""Candidate models, degree: L2 strength C. 1: linear in the signals; 2: with their pairwise products
-(78 more inputs for 12 signals, so a stronger penalty). Chosen on the fit split (choose_policy)."""
+MODELS = ("linear", "products", "trees")
+"""Candidate score models: "linear", a logistic regression on the signals (L2 strength C = 1); "products",
+one also on their pairwise products (C = 0.3); "trees", boosted trees monotone in the RISING signals
+(score.py, scikit-learn's default settings, not tuned). Chosen on the fit split (choose_policy)."""
+PRODUCTS_C = 0.3
+"""The products' L2 strength: stronger than the linear model's 1, for 91 more inputs (13 signals)."""
 
 
 PLAIN_WEIGHTS = (1.0, 3.0)
@@ -481,23 +490,28 @@ def _fit(
     signals,
     fitted: dict,
     clean_weight: float,
-    degree: int = 1,
+    kind: str = "linear",
     plain_weight: float = 1.0,
 ):
-    """The score fitted on `rows` (balanced classes; the cleanest latents weighted `clean_weight`, the
+    """The score of model `kind` (MODELS) fitted on `rows` (balanced classes; the cleanest latents weighted `clean_weight`, the
     plain-loop SAEs' latents `plain_weight`)."""
     X = np.array([[r[s] for s in signals] for r in rows])
     y = np.array([r["truth"] for r in rows])
     weight = np.array(
         [(clean_weight if _clean(r) else 1.0) * (plain_weight if _plain(r) else 1.0) for r in rows]
     )
-    model = fit_score_model(
-        X, y, tuple(signals), fitted, C=DEGREES[degree], sample_weight_L=weight, degree=degree
-    )
+    if kind == "trees":
+        model = fit_tree_score_model(X, y, tuple(signals), fitted, sample_weight_L=weight)
+    else:
+        degree = 2 if kind == "products" else 1
+        C = PRODUCTS_C if degree == 2 else 1.0
+        model = fit_score_model(
+            X, y, tuple(signals), fitted, C=C, sample_weight_L=weight, degree=degree
+        )
     return model, X, y
 
 
-THRESHOLDS = tuple(np.round(np.arange(0.3, 0.91, 0.05), 2))
+THRESHOLDS = tuple(np.round(np.arange(0.3, 0.96, 0.05), 2))
 """Candidate thresholds of the verdict, chosen with the clean weight on the fit split (choose_policy)."""
 
 
@@ -518,23 +532,23 @@ their recall on world seeds read once fell below the cross-validated one before,
 
 
 def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
-    """(degree, clean weight, plain weight, threshold): each fit fold (world seed mod 3) predicted by a fit
+    """(model kind, clean weight, plain weight, threshold): each fit fold (world seed mod 3) predicted by a fit
     on the other two (the fit split only; the synthetic family, whose latents are all broken, left out of
-    the figures), over DEGREES x CLEAN_WEIGHTS x PLAIN_WEIGHTS x THRESHOLDS, with the figures of the
+    the figures), over MODELS x CLEAN_WEIGHTS x PLAIN_WEIGHTS x THRESHOLDS, with the figures of the
     benchmark's SAEs and of the plain-loop SAEs apart. Among the choices with cross-validated precision
     >= 0.9 and recall >= 0.9 on both, and recall >= POLICY_RECALL on the plain-loop SAEs, the one flagging
     fewest clean latents (cos >= CLEAN_COS), then the highest plain-loop recall; if none qualifies, the
-    highest F1 over both. Returns (the choice, {"degree clean plain threshold": figures})."""
+    highest F1 over both. Returns (the choice, {"kind clean plain threshold": figures})."""
     fit_rows = [r for r in rows if _fit_part(r)]
     table = {}
-    for degree, weight, plain_weight in [
-        (d, w, p) for d in DEGREES for w in CLEAN_WEIGHTS for p in PLAIN_WEIGHTS
+    for kind, weight, plain_weight in [
+        (m, w, p) for m in MODELS for w in CLEAN_WEIGHTS for p in PLAIN_WEIGHTS
     ]:
         y, score, clean, small, plain = [], [], [], [], []
         for fold in (0, 1, 2):
             train_rows = [r for r in fit_rows if _fold(r) != fold]
             test_rows = [r for r in fit_rows if _fold(r) == fold]
-            model = _fit(train_rows, signals, {}, weight, degree, plain_weight)[0]
+            model = _fit(train_rows, signals, {}, weight, kind, plain_weight)[0]
             score += list(
                 model.probability({s: np.array([r[s] for r in test_rows]) for s in signals})
             )
@@ -545,7 +559,7 @@ def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
         y, score, clean, small, plain = map(np.array, (y, score, clean, small, plain))
         for t in THRESHOLDS:
             flagged = score >= t
-            table[(degree, weight, plain_weight, t)] = {
+            table[(kind, weight, plain_weight, t)] = {
                 **_rates(y[small], flagged[small]),
                 "clean_flagged": int((clean & flagged & small).sum()),
                 "benchmark": _rates(y[small & ~plain], flagged[small & ~plain]),
@@ -563,7 +577,7 @@ def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
     if good:
         best = min(good, key=lambda k: (table[k]["clean_flagged"], -table[k]["plain"]["recall"], k))
     else:
-        best = max(table, key=lambda k: (table[k]["f1"], -k[0], -k[1]))
+        best = max(table, key=lambda k: (table[k]["f1"], -k[1]))
     return best, {" ".join(map(str, k)): r for k, r in table.items()}
 
 
@@ -572,7 +586,7 @@ def evaluate(
     signals,
     clean_weight: float = 1.0,
     threshold: float = 0.5,
-    degree: int = 1,
+    kind: str = "linear",
     plain_weight: float = 1.0,
 ):
     """Fit on the fit split, measure on the held-out split: (model, report, held-out scores)."""
@@ -590,18 +604,23 @@ def evaluate(
         "plain_loop_fit_latents": sum(r["label"].startswith("plain-") for r in fit_rows),
         "plain_loop": "studies/plain_loop_check.py: SAEs of the same worlds trained by a plain PyTorch loop, "
         f"world seeds {sorted(PLAIN_FIT_SEEDS)} (the retired seeds too; cross-validation folds: seed mod 3)",
-        "model": f"logistic regression (L2, C={DEGREES[degree]}, classes weighted equally) on standardised signals"
-        + (" and their pairwise products" if degree == 2 else ""),
+        "model": {
+            "linear": "logistic regression (L2, C=1, classes weighted equally) on standardised signals",
+            "products": f"logistic regression (L2, C={PRODUCTS_C}, classes weighted equally) on standardised "
+            "signals and their pairwise products",
+            "trees": "boosted trees (scikit-learn HistGradientBoostingClassifier, default settings, no early "
+            "stopping, classes weighted equally), monotone in " + ", ".join(sorted(RISING)),
+        }[kind],
         "clean_weight": clean_weight,
         "plain_weight": plain_weight,
         "plain_weight_rule": "latents of plain-loop SAEs weigh this much more in the fit",
         "clean_weight_rule": f"truth-clean latents with a decoder at |cos| >= {CLEAN_COS} weigh this much more in the fit",
-        "threshold_rule": "degree, clean weight, plain weight and threshold chosen together by cross-validation "
+        "threshold_rule": "model kind, clean weight, plain weight and threshold chosen together by cross-validation "
         "over world seeds (mod 3) on the fit split (choose_policy: precision and recall >= 0.9 on the benchmark's "
         f"and the plain-loop SAEs, plain-loop recall >= {POLICY_RECALL}, then fewest clean latents flagged, "
         "then plain-loop recall)",
     }
-    model, X, y = _fit(fit_rows, signals, fitted, clean_weight, degree, plain_weight)
+    model, X, y = _fit(fit_rows, signals, fitted, clean_weight, kind, plain_weight)
     model = dataclasses.replace(model, threshold=threshold)
     fitted["f1_best_threshold_on_fit_split"] = _best_threshold(
         y, model.probability({s: X[:, i] for i, s in enumerate(signals)})
@@ -708,8 +727,8 @@ def stage_fit() -> None:
     # seeds are reported apart (report["plain_loop"]), never fitted on.
     rows += [r for r in plain or [] if _fit_part(r)]
     policy, choice = choose_policy(rows, SIGNALS)
-    degree, clean_weight, plain_weight, threshold = policy
-    model, report, score = evaluate(rows, SIGNALS, clean_weight, threshold, degree, plain_weight)
+    kind, clean_weight, plain_weight, threshold = policy
+    model, report, score = evaluate(rows, SIGNALS, clean_weight, threshold, kind, plain_weight)
     report["policy_choice"] = choice
     if plain:
         report["plain_loop"] = plain_report(
@@ -724,7 +743,7 @@ def stage_fit() -> None:
     report["drop_one"] = {}
     for s in SIGNALS:
         dropped_model, dropped = evaluate(
-            rows, tuple(x for x in SIGNALS if x != s), clean_weight, threshold, degree, plain_weight
+            rows, tuple(x for x in SIGNALS if x != s), clean_weight, threshold, kind, plain_weight
         )[:2]
         report["drop_one"][s] = {
             **dropped["overall"],
@@ -735,8 +754,14 @@ def stage_fit() -> None:
                 [r for r in plain if r["world_seed"] not in PLAIN_FIT_SEEDS], dropped_model
             )["overall"]
     report["peak_fit_cap"] = cap_agreement(rows, model)
-    report["weights"] = model.to_json()
-    WEIGHTS_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
+    # The trees themselves are in the weights file; the report keeps what a reader can read.
+    report["weights"] = {k: v for k, v in model.to_json().items() if k != "trees"}
+    if kind == "trees":
+        report["weights"]["questions_per_signal"] = model.splits()
+    # One line per list of numbers (a tree's node arrays), so the file stays a page of keys, not 30k lines.
+    text = json.dumps(model.to_json(), indent=1)
+    text = re.sub(r"\[[-0-9.eE+,\sa-z]*\]", lambda m: re.sub(r"\s+", "", m.group(0)), text)
+    WEIGHTS_FILE.write_text(text + "\n")
     (DOCS / "detection.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = _table(
         {
@@ -765,11 +790,17 @@ def stage_fit() -> None:
         f"| {s} | {cells(r['without_synthetic'])} | {plain_cells(r.get('plain_loop'))} |"
         for s, r in report["drop_one"].items()
     ]
-    weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
-    weights += [
-        f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |"
-        for s, c, m, sd in zip(model.signals, model.coef, model.mean, model.scale)
-    ]
+    if kind == "trees":
+        weights = ["| signal | questions the trees ask of it |", "|---|---|"]
+        weights += [f"| {s} | {n} |" for s, n in model.splits().items()]
+        offset = f"baseline {model.baseline:+.3f}, {len(model.trees)} trees"
+    else:
+        weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
+        weights += [
+            f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |"
+            for s, c, m, sd in zip(model.signals, model.coef, model.mean, model.scale)
+        ]
+        offset = f"intercept {model.intercept:+.3f}"
     (CACHE / "tables.md").write_text(
         "\n".join(
             [
@@ -779,14 +810,14 @@ def stage_fit() -> None:
                 "",
                 *weights,
                 "",
-                f"threshold {model.threshold}, intercept {model.intercept:+.3f}; "
+                f"threshold {model.threshold}, {offset}; "
                 f"SAEs {report['saes']} ({report['saes_held_out']} held out); clean "
                 f"latents with cos >= 0.98 flagged: {report['clean_leak_flagged']} of "
                 f"{report['clean_leak_latents']}; clean weight {report['weights']['fitted']['clean_weight']}; "
                 f"flagged clean by family and variant: {json.dumps(report['clean_leak_flagged_by'])}; "
                 f"broken by firing F1 alone: {json.dumps(report['broken_by_f1_only'])}",
                 "",
-                f"policy (leave-one-world-seed-out on the fit split): degree {degree}, clean weight "
+                f"policy (leave-one-world-seed-out on the fit split): model {kind}, clean weight "
                 f"{clean_weight}, plain weight {plain_weight}, threshold {threshold}: "
                 + json.dumps(report["policy_choice"][" ".join(map(str, policy))]),
                 "candidates: "
