@@ -80,7 +80,8 @@ PLAIN_ROWS = CACHE / "plain-rows.json"
 CAP_SEEDS = {6}
 """World seeds whose SAEs also get their peak signals from models fitted on LARGE_SAE_SAMPLES activations,
 as inspect fits a wide SAE: the verdicts with and without the cap are compared (stage fit)."""
-PEAK_SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share")
+PEAK_SIGNALS = ("peak_separated_weight", "peak_spread", "weak_firing_share", "weak_with_partner")
+"""The signals a latent's peak model changes (the last through the weak share it is scaled by)."""
 SYNTH_SAMPLES, SYNTH_TOPK_SAMPLES = 2_000_000, 1_000_000
 """The synthetic family's budget (its 256-feature world samples 3x slower than the small ones)."""
 TRAIN_SEEDS = 2
@@ -526,9 +527,11 @@ def _fold(r: dict) -> int:
     return r["world_seed"] % 3
 
 
-POLICY_RECALL = 0.92
-"""choose_policy asks this cross-validated recall of the plain-loop SAEs (a margin over the target 0.9:
-their recall on world seeds read once fell below the cross-validated one before, 0.866 against 0.917)."""
+POLICY_RECALL = 0.94
+"""choose_policy asks this cross-validated recall of the plain-loop SAEs, a margin over the target 0.9:
+their recall on other world seeds fell below the cross-validated one twice, 0.866 against 0.917 (fit B,
+seeds 9-11) and 0.887 against 0.923 (the fifth version at a margin of 0.92, seeds 6-8), so 0.92 was too
+thin a margin."""
 
 
 def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:

@@ -40,9 +40,12 @@ most inputs; that bulk is interference, not the latent's feature).
 - decoder_negative: max_k max(-c_jk, 0): a decoder that subtracts another latent's direction (the
   tied absorbed parent, parent - child; Matryoshka outer latents, child - parent).
 - weak_with_partner: max over neighbours k of max(c_jk, 0) x the share of j's weak firings (the band of
-  weak_firing_share) on which k is active. Partial absorption: an untied parent latent that still
-  fires, at a quarter of its strength, when its child's latent (which decodes part of the parent)
-  fires. Those weak firings are explained by the partner; the parent still detects its feature.
+  weak_firing_share) on which k is active, times weak_firing_share: so the share of all j's firings
+  that are weak while k is active. Partial absorption: an untied parent latent that still fires, at a
+  quarter of its strength, when its child's latent (which decodes part of the parent) fires. Those
+  weak firings are explained by the partner; the parent still detects its feature. (Without the last
+  factor a fully absorbed parent, silent when its child fires but for a few noise-level firings, read
+  as just as explained as one that keeps firing: every one of its few weak firings has the child.)
 - partner_fires_weak: max over neighbours k of max(c_jk, 0) x the share of j's active inputs on which k
   fires weakly. The other side of the same pair: j is the child latent whose decoder carries part of
   k's direction, so k only has the remainder left to write when j fires.
@@ -310,6 +313,7 @@ def latent_signals(
     # j = a weak while b active, j = b weak while a active; then j active while its partner is weak.
     np.maximum.at(out["weak_with_partner"], a, positive_P * weak_P2[:, 0] / weak_K[a])
     np.maximum.at(out["weak_with_partner"], b, positive_P * weak_P2[:, 1] / weak_K[b])
+    out["weak_with_partner"] *= out["weak_firing_share"]
     np.maximum.at(out["partner_fires_weak"], b, positive_P * weak_P2[:, 0] / active_K[b])
     np.maximum.at(out["partner_fires_weak"], a, positive_P * weak_P2[:, 1] / active_K[a])
     cofire_P = np.abs(c_P) * coactivation.pair_counts_P

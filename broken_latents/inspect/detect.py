@@ -14,8 +14,8 @@ of at most CHUNK_BYTES of activations and latents, and K x NEIGHBOURS pair count
 164 MiB + 64 MiB + 0.5 MiB).
 
 Per latent: the signals (signals.py, each from weights and activations only), `score` the
-calibrated probability of broken (score.py, logistic regression fitted by the detection
-benchmark, weights in score_weights.json), and `broken` = score >= the stated `threshold_score`.
+calibrated probability of broken (score.py: boosted trees or a logistic regression, fitted by the
+detection benchmark, weights in score_weights.json), and `broken` = score >= the stated `threshold_score`.
 Silent latents (no firing) score 0. `peaks`, `mixture`, `threshold` are the peak model's.
 
 Output (written to a hidden sibling folder and renamed into place at the end, so a failed or
@@ -211,7 +211,8 @@ def inspect_sae(
             "reservoir": RESERVOIR,
             "coactivation_rows": min(samples, COACTIVATION_ROWS),
             "signals": list(SIGNALS),
-            "score": "probability of broken: logistic regression on the signals and, with degree 2, their pairwise products (analysis/score_weights.json)",
+            "score": f"probability of broken: {scorer.fitted.get('model', 'see score_fitted')} "
+            "(analysis/score_weights.json)",
             "broken": f"score >= threshold_score ({scorer.threshold})",
             "score_fitted": scorer.fitted,
         },
@@ -447,7 +448,7 @@ d_sae {result["d_sae"]})</li>
 <h2>Rules</h2>
 <p>Per latent, signals read from the SAE's weights and these activations only (never a true feature):
 {_signal_list()}
-<b>score</b>: the probability that the latent is broken, a logistic regression on the signals (and their pairwise products) fitted by the
+<b>score</b>: the probability that the latent is broken, {esc(str(result["rules"]["score_fitted"].get("model", "")))}, fitted by the
 detection benchmark ({esc(str(result["rules"]["score_fitted"].get("benchmark", "")))}, fitted on world seeds
 {esc(str(result["rules"]["score_fitted"].get("fit_world_seeds", "")))}); <b>broken</b>: score &ge;
 {result["threshold_score"]}. The peak model: a 1-D Gaussian mixture (components by BIC, up to 5) fitted to a

@@ -1,9 +1,20 @@
-"""The score: a logistic regression whose weights are data; the shipped weights name every signal and
-say how they were fitted, with the fit and held-out world seeds apart."""
+"""The score: a logistic regression or boosted trees whose weights are data; the shipped weights name
+every signal and say how they were fitted, with the fit and held-out world seeds apart."""
+
+import json
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from broken_latents.analysis.score import ScoreModel, fit_score_model, load_score_model
+from broken_latents.analysis.score import (
+    RISING,
+    ScoreModel,
+    TreeScoreModel,
+    fit_score_model,
+    fit_tree_score_model,
+    load_score_model,
+)
 from broken_latents.analysis.signals import SIGNALS
 
 
@@ -39,14 +50,74 @@ def test_degree_two_learns_an_interaction_a_linear_score_cannot():
     )
 
 
+def _xor_world(n=2000, seed=1):
+    rng = np.random.default_rng(seed)
+    a, b = rng.random(n) < 0.5, rng.random(n) < 0.5
+    X = np.stack([a + rng.normal(0, 0.1, n), b + rng.normal(0, 0.1, n)], axis=1)
+    return X, a ^ b
+
+
+def test_trees_exported_score_like_the_fitted_estimator_and_round_trip(tmp_path):
+    """The exported node arrays give scikit-learn's own probabilities, and survive the weights file."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y = _xor_world()
+    signals = ("peak_spread", "decoder_overlap")  # one held monotone (RISING), one free
+    model = fit_tree_score_model(X, y, signals, {"how": "test"})
+    reference = HistGradientBoostingClassifier(
+        monotonic_cst=[1, 0], class_weight="balanced", early_stopping=False, random_state=0
+    ).fit(X, y.astype(int))
+    p = model.probability(dict(zip(signals, X.T)))
+    assert np.allclose(p, reference.predict_proba(X)[:, 1], atol=1e-12)
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps(model.to_json()))
+    again = load_score_model(path)
+    assert isinstance(again, TreeScoreModel)
+    assert np.array_equal(again.probability(dict(zip(signals, X.T))), p)
+
+
+def test_trees_learn_the_interaction_and_keep_rising_signals_monotone():
+    """Free in both signals the trees learn XOR; with the first held rising they cannot score a higher
+    value of it lower, whatever the second."""
+    X, y = _xor_world()
+    free = fit_tree_score_model(X, y, ("x", "y"), {})
+    assert ((free.probability({"x": X[:, 0], "y": X[:, 1]}) >= 0.5) == y).mean() > 0.95
+    rising = fit_tree_score_model(X, y, ("peak_spread", "y"), {})
+    grid = np.linspace(-0.5, 1.5, 41)
+    for other in (0.0, 1.0):
+        p = rising.probability({"peak_spread": grid, "y": np.full_like(grid, other)})
+        assert np.all(np.diff(p) >= -1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0, 1), min_size=13, max_size=13),
+    st.sampled_from(sorted(RISING)),
+    st.floats(0, 1),
+)
+def test_shipped_score_never_falls_as_a_rising_signal_grows(values, signal, more):
+    """More of a defect never makes a latent look cleaner under the shipped score (the trees, monotone
+    by construction; the products' score had no such guarantee)."""
+    model = load_score_model()
+    assert isinstance(model, TreeScoreModel)
+    base = dict(zip(model.signals, np.array(values[: len(model.signals)])[:, None]))
+    raised = {**base, signal: base[signal] + more}
+    assert model.probability(raised)[0] >= model.probability(base)[0] - 1e-12
+
+
 def test_shipped_weights_cover_the_signals_and_state_the_split():
     model = load_score_model()
-    features = (
-        len(model.signals) * (len(model.signals) + 3) // 2
-        if model.degree == 2
-        else len(model.signals)
-    )
-    assert set(model.signals) <= set(SIGNALS) and features == len(model.coef)
+    assert set(model.signals) <= set(SIGNALS)
+    if isinstance(model, TreeScoreModel):
+        used = np.concatenate([t["feature"] for t in model.trees])
+        assert used.max() < len(model.signals) and len(model.trees) > 0
+    else:
+        features = (
+            len(model.signals) * (len(model.signals) + 3) // 2
+            if model.degree == 2
+            else len(model.signals)
+        )
+        assert features == len(model.coef)
     assert 0 < model.threshold < 1
     fitted = model.fitted
     assert set(fitted["fit_world_seeds"]).isdisjoint(fitted["held_out_world_seeds"])
