@@ -23,6 +23,7 @@ latent came out broken, cos 0.55-0.91, so it measured nothing.) For the fit only
     python studies/plain_loop_check.py train-final && python studies/plain_loop_check.py report-final  # 12-14
     python studies/plain_loop_check.py train-fifth && python studies/plain_loop_check.py train-fifth-varied
     python studies/plain_loop_check.py inspect-fifth && python studies/plain_loop_check.py report-fifth  # 30-35
+    python studies/plain_loop_check.py inspect-rows   # every SAE of `rows` inspected again (a signal's definition changed)
     python studies/plain_loop_check.py rows      # CACHE/plain-rows.json: benchmark-table rows of every SAE
 """
 
@@ -333,6 +334,9 @@ if __name__ == "__main__":
         "train": stage_train,
         "inspect": stage_inspect,
         "inspect-fit": lambda: stage_inspect((*FIT_SEEDS, *RETIRED_SEEDS)),
+        "inspect-rows": lambda: stage_inspect(
+            jobs=standard_jobs((*WORLD_SEEDS, *RETIRED_SEEDS)) + varied_jobs(), every=True
+        ),
         "report": stage_report,
         "rows": stage_rows,
         "train-fresh": lambda: stage_train(FRESH_SEEDS),
