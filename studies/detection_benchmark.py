@@ -41,9 +41,11 @@ from broken_latents.config.schema import (
 from broken_latents.config.toml_io import from_dict, to_dict
 from broken_latents.analysis.score import (
     RISING,
+    MeanScoreModel,
     WEIGHTS_FILE,
     fit_score_model,
     fit_tree_score_model,
+    model_from_json,
 )
 from broken_latents.analysis.signals import (
     SIGNALS,
@@ -76,6 +78,8 @@ PLAIN_FIT_SEEDS = FIT_SEEDS | set(RETIRED_SEEDS) | set(PLAIN_VARIED_SEEDS)
 """The plain-loop SAEs (far fewer latents than the benchmark's) are fitted on the retired seeds too, and on
 the varied ones."""
 PLAIN_ROWS = CACHE / "plain-rows.json"
+SENTINELS = ROOT / "studies" / "detection-sentinels.json"
+"""The reference cases choose_policy's choice must get right (studies/detection_sentinels.py)."""
 """Rows of the SAEs trained by a plain PyTorch loop (studies/plain_loop_check.py rows)."""
 CAP_SEEDS = {6}
 """World seeds whose SAEs also get their peak signals from models fitted on LARGE_SAE_SAMPLES activations,
@@ -469,10 +473,15 @@ def _clean(r: dict) -> bool:
     return not r["truth"] and r["best_cos"] >= CLEAN_COS
 
 
-MODELS = ("linear", "products", "trees")
+MODELS = ("linear", "products", "trees", "mean")
 """Candidate score models: "linear", a logistic regression on the signals (L2 strength C = 1); "products",
 one also on their pairwise products (C = 0.3); "trees", boosted trees monotone in the RISING signals
-(score.py, scikit-learn's default settings, not tuned). Chosen on the fit split (choose_policy)."""
+(score.py, scikit-learn's default settings, not tuned); "mean", the mean of the trees' and the products'
+probabilities (both fitted as above). Chosen on the fit split (choose_policy)."""
+TREES_TEXT = (
+    "boosted trees (scikit-learn HistGradientBoostingClassifier, default settings, no early stopping, "
+    "classes weighted equally), monotone in " + ", ".join(sorted(RISING))
+)
 PRODUCTS_C = 0.3
 """The products' L2 strength: stronger than the linear model's 1, for 91 more inputs (13 signals)."""
 
@@ -501,7 +510,12 @@ def _fit(
     weight = np.array(
         [(clean_weight if _clean(r) else 1.0) * (plain_weight if _plain(r) else 1.0) for r in rows]
     )
-    if kind == "trees":
+    if kind == "mean":
+        members = tuple(
+            _fit(rows, signals, {}, clean_weight, k, plain_weight)[0] for k in ("trees", "products")
+        )
+        model = MeanScoreModel(members, 0.5, fitted)
+    elif kind == "trees":
         model = fit_tree_score_model(X, y, tuple(signals), fitted, sample_weight_L=weight)
     else:
         degree = 2 if kind == "products" else 1
@@ -534,15 +548,26 @@ seeds 9-11) and 0.887 against 0.923 (the fifth version at a margin of 0.92, seed
 thin a margin."""
 
 
+RECALL_TIE = 0.005
+"""Plain-loop recalls this close count as a tie in choose_policy (a few latents of the 1,071 broken)..."""
+MODEL_PREFERENCE = ("mean", "products", "trees", "linear")
+"""...and a tie goes to the kind first here: the mean of two models that err in different places first
+(trees alone, tied with it on the fit split, scored the judge-path test's partly absorbed parent 0.47
+where the products scored 0.999), then the smoother models."""
+
+
 def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
     """(model kind, clean weight, plain weight, threshold): each fit fold (world seed mod 3) predicted by a fit
     on the other two (the fit split only; the synthetic family, whose latents are all broken, left out of
     the figures), over MODELS x CLEAN_WEIGHTS x PLAIN_WEIGHTS x THRESHOLDS, with the figures of the
     benchmark's SAEs and of the plain-loop SAEs apart. Among the choices with cross-validated precision
-    >= 0.9 and recall >= 0.9 on both, and recall >= POLICY_RECALL on the plain-loop SAEs, the one flagging
-    fewest clean latents (cos >= CLEAN_COS), then the highest plain-loop recall; if none qualifies, the
+    >= 0.9 and recall >= 0.9 on both, recall >= POLICY_RECALL on the plain-loop SAEs and every verdict
+    right on the reference cases (SENTINELS, by the model fitted on the whole fit split), the one flagging
+    fewest clean latents (cos >= CLEAN_COS), then the highest plain-loop recall (within RECALL_TIE
+    a tie, going to the kind first in MODEL_PREFERENCE); if none qualifies, the
     highest F1 over both. Returns (the choice, {"kind clean plain threshold": figures})."""
     fit_rows = [r for r in rows if _fit_part(r)]
+    sentinels = json.loads(SENTINELS.read_text())
     table = {}
     for kind, weight, plain_weight in [
         (m, w, p) for m in MODELS for w in CLEAN_WEIGHTS for p in PLAIN_WEIGHTS
@@ -560,6 +585,12 @@ def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
             small += [r["family"] != "synthetic" for r in test_rows]
             plain += [_plain(r) for r in test_rows]
         y, score, clean, small, plain = map(np.array, (y, score, clean, small, plain))
+        # The reference cases, scored by the model as it would ship (fitted on the whole fit split).
+        shipped = _fit(fit_rows, signals, {}, weight, kind, plain_weight)[0]
+        sentinel_score = shipped.probability(
+            {s: np.array([r[s] for r in sentinels]) for s in signals}
+        )
+        sentinel_truth = np.array([r["truth"] for r in sentinels], dtype=bool)
         for t in THRESHOLDS:
             flagged = score >= t
             table[(kind, weight, plain_weight, t)] = {
@@ -567,6 +598,7 @@ def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
                 "clean_flagged": int((clean & flagged & small).sum()),
                 "benchmark": _rates(y[small & ~plain], flagged[small & ~plain]),
                 "plain": _rates(y[plain], flagged[plain]),
+                "sentinels_wrong": int(((sentinel_score >= t) != sentinel_truth).sum()),
             }
 
     def ok(r: dict) -> bool:
@@ -574,11 +606,18 @@ def choose_policy(rows: list[dict], signals) -> tuple[tuple, dict]:
         return (
             all(x["precision"] >= 0.9 and x["recall"] >= 0.9 for x in parts)
             and r["plain"]["recall"] >= POLICY_RECALL
+            and r["sentinels_wrong"] == 0
         )
 
     good = [k for k, r in table.items() if ok(r)]
     if good:
-        best = min(good, key=lambda k: (table[k]["clean_flagged"], -table[k]["plain"]["recall"], k))
+        fewest = min(table[k]["clean_flagged"] for k in good)
+        good = [k for k in good if table[k]["clean_flagged"] == fewest]
+        top = max(table[k]["plain"]["recall"] for k in good)
+        tied = [k for k in good if table[k]["plain"]["recall"] >= top - RECALL_TIE]
+        best = min(
+            tied, key=lambda k: (MODEL_PREFERENCE.index(k[0]), -table[k]["plain"]["recall"], k)
+        )
     else:
         best = max(table, key=lambda k: (table[k]["f1"], -k[1]))
     return best, {" ".join(map(str, k)): r for k, r in table.items()}
@@ -611,8 +650,9 @@ def evaluate(
             "linear": "logistic regression (L2, C=1, classes weighted equally) on standardised signals",
             "products": f"logistic regression (L2, C={PRODUCTS_C}, classes weighted equally) on standardised "
             "signals and their pairwise products",
-            "trees": "boosted trees (scikit-learn HistGradientBoostingClassifier, default settings, no early "
-            "stopping, classes weighted equally), monotone in " + ", ".join(sorted(RISING)),
+            "trees": TREES_TEXT,
+            "mean": f"the mean of two probabilities: {TREES_TEXT}; and logistic regression (L2, "
+            f"C={PRODUCTS_C}, classes weighted equally) on standardised signals and their pairwise products",
         }[kind],
         "clean_weight": clean_weight,
         "plain_weight": plain_weight,
@@ -723,6 +763,16 @@ def _table(by_name: dict, first: str) -> list[str]:
     return lines
 
 
+def _readable(weights: dict) -> dict:
+    """The weights file's content without the trees' node arrays (a count of questions per signal instead)."""
+    out = {k: v for k, v in weights.items() if k not in ("trees", "members")}
+    if "trees" in weights:
+        out["questions_per_signal"] = model_from_json(weights).splits()
+    if "members" in weights:
+        out["members"] = [_readable(member) for member in weights["members"]]
+    return out
+
+
 def stage_fit() -> None:
     rows = json.loads((CACHE / "table.json").read_text())
     plain = PLAIN_ROWS.exists() and json.loads(PLAIN_ROWS.read_text())
@@ -758,9 +808,7 @@ def stage_fit() -> None:
             )["overall"]
     report["peak_fit_cap"] = cap_agreement(rows, model)
     # The trees themselves are in the weights file; the report keeps what a reader can read.
-    report["weights"] = {k: v for k, v in model.to_json().items() if k != "trees"}
-    if kind == "trees":
-        report["weights"]["questions_per_signal"] = model.splits()
+    report["weights"] = _readable(model.to_json())
     # One line per list of numbers (a tree's node arrays), so the file stays a page of keys, not 30k lines.
     text = json.dumps(model.to_json(), indent=1)
     text = re.sub(r"\[[-0-9.eE+,\sa-z]*\]", lambda m: re.sub(r"\s+", "", m.group(0)), text)
@@ -793,17 +841,21 @@ def stage_fit() -> None:
         f"| {s} | {cells(r['without_synthetic'])} | {plain_cells(r.get('plain_loop'))} |"
         for s, r in report["drop_one"].items()
     ]
-    if kind == "trees":
-        weights = ["| signal | questions the trees ask of it |", "|---|---|"]
-        weights += [f"| {s} | {n} |" for s, n in model.splits().items()]
-        offset = f"baseline {model.baseline:+.3f}, {len(model.trees)} trees"
-    else:
-        weights = ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
-        weights += [
-            f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |"
-            for s, c, m, sd in zip(model.signals, model.coef, model.mean, model.scale)
-        ]
-        offset = f"intercept {model.intercept:+.3f}"
+    weights, offsets = [], []
+    for member in model.members if kind == "mean" else (model,):
+        if hasattr(member, "trees"):
+            weights += ["| signal | questions the trees ask of it |", "|---|---|"]
+            weights += [f"| {s} | {n} |" for s, n in member.splits().items()]
+            offsets.append(f"trees: baseline {member.baseline:+.3f}, {len(member.trees)} trees")
+        else:
+            weights += ["| signal | weight (per std) | mean | std |", "|---|---|---|---|"]
+            weights += [
+                f"| {s} | {c:+.3f} | {m:.3f} | {sd:.3f} |"
+                for s, c, m, sd in zip(member.signals, member.coef, member.mean, member.scale)
+            ]
+            offsets.append(f"logistic: intercept {member.intercept:+.3f}")
+        weights.append("")
+    offset = "; ".join(offsets)
     (CACHE / "tables.md").write_text(
         "\n".join(
             [
@@ -826,7 +878,7 @@ def stage_fit() -> None:
                 "candidates: "
                 + "; ".join(
                     f"{k}: P {r['precision']} R {r['recall']} clean {r['clean_flagged']} plain P "
-                    f"{r['plain']['precision']} R {r['plain']['recall']}"
+                    f"{r['plain']['precision']} R {r['plain']['recall']} sentinels wrong {r['sentinels_wrong']}"
                     for k, r in report["policy_choice"].items()
                 ),
                 "",

@@ -1,6 +1,8 @@
 """One calibrated score per latent: the probability that it is broken, from its signals (signals.py).
 
-Two kinds of model, one registry (SCORE_MODELS), chosen by the detection benchmark on its fit split:
+Three kinds of model, one registry (SCORE_MODELS), chosen by the detection benchmark on its fit split:
+
+The mean of two others (`MeanScoreModel`, kind "mean"), e.g. of the trees and the logistic regression below.
 
 Boosted trees (`TreeScoreModel`, kind "trees"): p = 1 / (1 + exp(-(b + sum of the trees' leaf values))),
 each tree a sequence of "signal <= threshold" questions, fitted by scikit-learn's
@@ -166,13 +168,48 @@ class TreeScoreModel:
         return {s: int((used == i).sum()) for i, s in enumerate(self.signals)}
 
 
-SCORE_MODELS = {"logistic": ScoreModel, "trees": TreeScoreModel}
+@dataclass(frozen=True)
+class MeanScoreModel:
+    """The mean of its members' probabilities. Trees and a logistic regression with products err in
+    different places off the worlds they were fitted on (a tree's step where the data ran out, a
+    product's square far out), so their mean is steadier than either."""
+
+    members: tuple
+    threshold: float
+    fitted: dict
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s for member in self.members for s in member.signals))
+
+    def probability(self, signals: dict[str, np.ndarray]) -> np.ndarray:
+        return np.mean([member.probability(signals) for member in self.members], axis=0)
+
+    def to_json(self) -> dict:
+        return {
+            "kind": "mean",
+            "signals": list(self.signals),
+            "threshold": self.threshold,
+            "members": [member.to_json() for member in self.members],
+            "fitted": self.fitted,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MeanScoreModel":
+        members = tuple(model_from_json(member) for member in data["members"])
+        return cls(members, float(data["threshold"]), data.get("fitted", {}))
+
+
+SCORE_MODELS = {"logistic": ScoreModel, "trees": TreeScoreModel, "mean": MeanScoreModel}
 """The kinds of score model, by the `kind` their weights file names (files without one are logistic)."""
 
 
-def load_score_model(path: Path = WEIGHTS_FILE) -> ScoreModel | TreeScoreModel:
-    data = json.loads(Path(path).read_text())
+def model_from_json(data: dict) -> ScoreModel | TreeScoreModel | MeanScoreModel:
     return SCORE_MODELS[data.get("kind", "logistic")].from_json(data)
+
+
+def load_score_model(path: Path = WEIGHTS_FILE) -> ScoreModel | TreeScoreModel | MeanScoreModel:
+    return model_from_json(json.loads(Path(path).read_text()))
 
 
 def fit_tree_score_model(

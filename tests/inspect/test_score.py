@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from broken_latents.analysis.score import (
     RISING,
+    MeanScoreModel,
     ScoreModel,
     TreeScoreModel,
     fit_score_model,
@@ -89,35 +90,55 @@ def test_trees_learn_the_interaction_and_keep_rising_signals_monotone():
         assert np.all(np.diff(p) >= -1e-12)
 
 
+def _trees_of(model):
+    return [m for m in getattr(model, "members", (model,)) if isinstance(m, TreeScoreModel)]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(0, 1), min_size=13, max_size=13),
     st.sampled_from(sorted(RISING)),
     st.floats(0, 1),
 )
-def test_shipped_score_never_falls_as_a_rising_signal_grows(values, signal, more):
-    """More of a defect never makes a latent look cleaner under the shipped score (the trees, monotone
-    by construction; the products' score had no such guarantee)."""
-    model = load_score_model()
-    assert isinstance(model, TreeScoreModel)
-    base = dict(zip(model.signals, np.array(values[: len(model.signals)])[:, None]))
+def test_shipped_trees_never_fall_as_a_rising_signal_grows(values, signal, more):
+    """More of a defect never makes a latent look cleaner to the shipped score's trees (monotone by
+    construction; the products beside them have no such guarantee)."""
+    (trees,) = _trees_of(load_score_model())
+    base = dict(zip(trees.signals, np.array(values[: len(trees.signals)])[:, None]))
     raised = {**base, signal: base[signal] + more}
-    assert model.probability(raised)[0] >= model.probability(base)[0] - 1e-12
+    assert trees.probability(raised)[0] >= trees.probability(base)[0] - 1e-12
+
+
+def test_mean_of_two_models_is_the_mean_of_their_probabilities_and_round_trips(tmp_path):
+    X, y = _xor_world()
+    signals = dict(zip(("x", "y"), X.T))
+    trees = fit_tree_score_model(X, y, ("x", "y"), {})
+    pairs = fit_score_model(X, y, ("x", "y"), {}, degree=2)
+    mean = MeanScoreModel((trees, pairs), 0.6, {"how": "test"})
+    expected = (trees.probability(signals) + pairs.probability(signals)) / 2
+    assert np.allclose(mean.probability(signals), expected) and mean.signals == ("x", "y")
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps(mean.to_json()))
+    again = load_score_model(path)
+    assert isinstance(again, MeanScoreModel) and again.threshold == 0.6
+    assert np.array_equal(again.probability(signals), mean.probability(signals))
 
 
 def test_shipped_weights_cover_the_signals_and_state_the_split():
     model = load_score_model()
     assert set(model.signals) <= set(SIGNALS)
-    if isinstance(model, TreeScoreModel):
-        used = np.concatenate([t["feature"] for t in model.trees])
-        assert used.max() < len(model.signals) and len(model.trees) > 0
-    else:
+    for trees in _trees_of(model):
+        used = np.concatenate([t["feature"] for t in trees.trees])
+        assert used.max() < len(trees.signals) and len(trees.trees) > 0
+    for member in getattr(model, "members", (model,)):
+        if isinstance(member, TreeScoreModel):
+            continue
         features = (
-            len(model.signals) * (len(model.signals) + 3) // 2
-            if model.degree == 2
-            else len(model.signals)
+            len(member.signals) * (len(member.signals) + 3) // 2
+            if member.degree == 2
+            else len(member.signals)
         )
-        assert features == len(model.coef)
+        assert features == len(member.coef)
     assert 0 < model.threshold < 1
     fitted = model.fitted
     assert set(fitted["fit_world_seeds"]).isdisjoint(fitted["held_out_world_seeds"])
