@@ -146,3 +146,23 @@ def test_clean_latents_of_a_narrow_world_trained_by_a_plain_loop_show_one_peak(t
     assert all(latents[j]["peaks"] == 1 for j in clean), [
         (latents[j]["peak_means"], cos[j]) for j in clean
     ]
+
+
+def test_the_benchmarks_reference_latents_are_these_saes_signals(judged):
+    """studies/detection-sentinels.json holds these three SAEs' latents for the score's policy; a change
+    to a signal or to this loop must regenerate it (python studies/detection_sentinels.py)."""
+    import json
+    from pathlib import Path
+
+    from broken_latents.analysis.signals import SIGNALS
+
+    stored = json.loads(
+        (Path(__file__).parents[2] / "studies" / "detection-sentinels.json").read_text()
+    )
+    for name in ("tied", "untied", "exclusive"):
+        latents, truth, _, _ = judged[name]
+        rows = [r for r in stored if r["sae"] == name]
+        assert [r["truth"] for r in rows] == [bool(t) for t in truth]
+        for r in rows:
+            signals = latents[r["latent"]]["signals"]
+            assert all(abs(signals[s] - r[s]) <= 2e-4 for s in SIGNALS), (name, r["latent"])
