@@ -78,9 +78,9 @@ PLAIN_FIT_SEEDS = FIT_SEEDS | set(RETIRED_SEEDS) | set(PLAIN_VARIED_SEEDS)
 """The plain-loop SAEs (far fewer latents than the benchmark's) are fitted on the retired seeds too, and on
 the varied ones."""
 PLAIN_ROWS = CACHE / "plain-rows.json"
+"""Rows of the SAEs trained by a plain PyTorch loop (studies/plain_loop_check.py rows)."""
 SENTINELS = ROOT / "studies" / "detection-sentinels.json"
 """The reference cases choose_policy's choice must get right (studies/detection_sentinels.py)."""
-"""Rows of the SAEs trained by a plain PyTorch loop (studies/plain_loop_check.py rows)."""
 CAP_SEEDS = {6}
 """World seeds whose SAEs also get their peak signals from models fitted on LARGE_SAE_SAMPLES activations,
 as inspect fits a wide SAE: the verdicts with and without the cap are compared (stage fit)."""
@@ -478,12 +478,23 @@ MODELS = ("linear", "products", "trees", "mean")
 one also on their pairwise products (C = 0.3); "trees", boosted trees monotone in the RISING signals
 (score.py, scikit-learn's default settings, not tuned); "mean", the mean of the trees' and the products'
 probabilities (both fitted as above). Chosen on the fit split (choose_policy)."""
-TREES_TEXT = (
+PRODUCTS_C = 0.3
+"""The products' L2 strength: stronger than the linear model's 1, for 91 more inputs (13 signals)."""
+_TREES_TEXT = (
     "boosted trees (scikit-learn HistGradientBoostingClassifier, default settings, no early stopping, "
     "classes weighted equally), monotone in " + ", ".join(sorted(RISING))
 )
-PRODUCTS_C = 0.3
-"""The products' L2 strength: stronger than the linear model's 1, for 91 more inputs (13 signals)."""
+_PRODUCTS_TEXT = (
+    f"logistic regression (L2, C={PRODUCTS_C}, classes weighted equally) on standardised signals and "
+    "their pairwise products"
+)
+MODEL_TEXT = {
+    "linear": "logistic regression (L2, C=1, classes weighted equally) on standardised signals",
+    "products": _PRODUCTS_TEXT,
+    "trees": _TREES_TEXT,
+    "mean": f"the mean of two probabilities: {_TREES_TEXT}; and {_PRODUCTS_TEXT}",
+}
+"""Each kind of MODELS in words, for the weights file's `fitted.model`."""
 
 
 PLAIN_WEIGHTS = (1.0, 3.0)
@@ -510,20 +521,18 @@ def _fit(
     weight = np.array(
         [(clean_weight if _clean(r) else 1.0) * (plain_weight if _plain(r) else 1.0) for r in rows]
     )
+    return _fit_kind(kind, X, y, tuple(signals), fitted, weight), X, y
+
+
+def _fit_kind(kind: str, X, y, signals: tuple[str, ...], fitted: dict, weight):
     if kind == "mean":
-        members = tuple(
-            _fit(rows, signals, {}, clean_weight, k, plain_weight)[0] for k in ("trees", "products")
-        )
-        model = MeanScoreModel(members, 0.5, fitted)
-    elif kind == "trees":
-        model = fit_tree_score_model(X, y, tuple(signals), fitted, sample_weight_L=weight)
-    else:
-        degree = 2 if kind == "products" else 1
-        C = PRODUCTS_C if degree == 2 else 1.0
-        model = fit_score_model(
-            X, y, tuple(signals), fitted, C=C, sample_weight_L=weight, degree=degree
-        )
-    return model, X, y
+        members = tuple(_fit_kind(k, X, y, signals, {}, weight) for k in ("trees", "products"))
+        return MeanScoreModel(members, 0.5, fitted)
+    if kind == "trees":
+        return fit_tree_score_model(X, y, signals, fitted, sample_weight_L=weight)
+    degree = 2 if kind == "products" else 1
+    C = PRODUCTS_C if degree == 2 else 1.0
+    return fit_score_model(X, y, signals, fitted, C=C, sample_weight_L=weight, degree=degree)
 
 
 THRESHOLDS = tuple(np.round(np.arange(0.3, 0.96, 0.05), 2))
@@ -646,22 +655,16 @@ def evaluate(
         "plain_loop_fit_latents": sum(r["label"].startswith("plain-") for r in fit_rows),
         "plain_loop": "studies/plain_loop_check.py: SAEs of the same worlds trained by a plain PyTorch loop, "
         f"world seeds {sorted(PLAIN_FIT_SEEDS)} (the retired seeds too; cross-validation folds: seed mod 3)",
-        "model": {
-            "linear": "logistic regression (L2, C=1, classes weighted equally) on standardised signals",
-            "products": f"logistic regression (L2, C={PRODUCTS_C}, classes weighted equally) on standardised "
-            "signals and their pairwise products",
-            "trees": TREES_TEXT,
-            "mean": f"the mean of two probabilities: {TREES_TEXT}; and logistic regression (L2, "
-            f"C={PRODUCTS_C}, classes weighted equally) on standardised signals and their pairwise products",
-        }[kind],
+        "model": MODEL_TEXT[kind],
         "clean_weight": clean_weight,
         "plain_weight": plain_weight,
         "plain_weight_rule": "latents of plain-loop SAEs weigh this much more in the fit",
         "clean_weight_rule": f"truth-clean latents with a decoder at |cos| >= {CLEAN_COS} weigh this much more in the fit",
         "threshold_rule": "model kind, clean weight, plain weight and threshold chosen together by cross-validation "
         "over world seeds (mod 3) on the fit split (choose_policy: precision and recall >= 0.9 on the benchmark's "
-        f"and the plain-loop SAEs, plain-loop recall >= {POLICY_RECALL}, then fewest clean latents flagged, "
-        "then plain-loop recall)",
+        f"and the plain-loop SAEs, plain-loop recall >= {POLICY_RECALL}, every verdict right on the reference "
+        "latents of studies/detection-sentinels.json, then fewest clean latents flagged, then plain-loop recall "
+        f"within {RECALL_TIE} a tie going to the kind first in {list(MODEL_PREFERENCE)})",
     }
     model, X, y = _fit(fit_rows, signals, fitted, clean_weight, kind, plain_weight)
     model = dataclasses.replace(model, threshold=threshold)

@@ -76,7 +76,7 @@ FINAL_SEEDS_2 = (15, 16, 17)
 good as this version's, 0.927 against 0.933, where on 9-11 B had 0.866: one set of three seeds is a
 noisy figure); nothing was changed in between, read once (`train-final2`, `report-final2`)."""
 FIFTH_SEEDS = (30, 31, 32, 33, 34, 35)
-"""For the fifth version (the score as boosted trees): worlds generated and trained, the check's own
+"""For the fifth version (the mean of boosted trees and the products): worlds generated and trained, the check's own
 recipe and the varied ones, while that version was chosen on the fit split; inspected with its frozen
 weights and read once (`train-fifth`, `inspect-fifth`, `report-fifth`)."""
 VARIANTS = ("untied-relu", "untied-topk", "tied-relu")

@@ -14,8 +14,9 @@ of at most CHUNK_BYTES of activations and latents, and K x NEIGHBOURS pair count
 164 MiB + 64 MiB + 0.5 MiB).
 
 Per latent: the signals (signals.py, each from weights and activations only), `score` the
-calibrated probability of broken (score.py: boosted trees or a logistic regression, fitted by the
-detection benchmark, weights in score_weights.json), and `broken` = score >= the stated `threshold_score`.
+calibrated probability of broken (score.py: the kind of model its weights file names, since the
+fifth version the mean of boosted trees and a logistic regression, fitted by the detection benchmark,
+weights in score_weights.json), and `broken` = score >= the stated `threshold_score`.
 Silent latents (no firing) score 0. `peaks`, `mixture`, `threshold` are the peak model's.
 
 Output (written to a hidden sibling folder and renamed into place at the end, so a failed or
